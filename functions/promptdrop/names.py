@@ -1,0 +1,66 @@
+"""Names that come from outside (keys, object paths) and the names promptdrop makes (run ids).
+
+A key becomes part of an object name, so anything that could escape the run's folder is refused, never
+rewritten silently. The same rules guard reference-image paths and keys in a results file given to
+``promptdrop extract``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+from promptdrop.errors import UnsafeNameError
+
+MAX_KEY_CHARS = 128
+_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is safe as a relative object name; raise UnsafeNameError saying why."""
+    if not key:
+        raise UnsafeNameError("key is empty")
+    if len(key) > MAX_KEY_CHARS:
+        raise UnsafeNameError(f"key is longer than {MAX_KEY_CHARS} characters")
+    return check_relative_path(key, what="key")
+
+
+def check_relative_path(path: str, *, what: str = "path") -> str:
+    """Return ``path`` if it stays inside the folder it is joined to."""
+    if not path:
+        raise UnsafeNameError(f"{what} is empty")
+    if path.startswith("/"):
+        raise UnsafeNameError(f"{what} starts with '/'")
+    if "\\" in path:
+        raise UnsafeNameError(f"{what} contains a backslash")
+    if any(unicodedata.category(ch) == "Cc" for ch in path):
+        raise UnsafeNameError(f"{what} contains a control character")
+    for segment in path.split("/"):
+        if segment in {"", ".", ".."}:
+            raise UnsafeNameError(f"{what} has an empty, '.' or '..' segment")
+    return path
+
+
+def slug(text: str, *, limit: int = 40) -> str:
+    """Lowercase ASCII letters, digits and single dashes; ``run`` if nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cleaned = _SLUG_CHARS.sub("-", ascii_text.lower()).strip("-")
+    return cleaned[:limit].rstrip("-") or "run"
+
+
+def claim_digest(claim_key: str) -> str:
+    return hashlib.sha256(claim_key.encode()).hexdigest()
+
+
+def make_run_id(name: str, claim_key: str) -> str:
+    """``<slug of the file stem or message name, <= 40 chars>-<8 hex of sha256(claim key)>``."""
+    return f"{slug(name)}-{claim_digest(claim_key)[:8]}"
+
+
+def file_claim_key(bucket: str, name: str, generation: str) -> str:
+    return f"file:{bucket}/{name}#{generation}"
+
+
+def message_claim_key(topic_or_source: str, message_key: str) -> str:
+    return f"message:{topic_or_source}/{message_key}"

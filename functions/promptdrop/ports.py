@@ -1,0 +1,189 @@
+"""The seams between use cases and the outside world. Adapters implement these Protocols.
+
+Adapters translate their SDK's errors into ``promptdrop.errors`` (transient vs permanent) so the use
+cases never see a Google exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal, Protocol
+
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, JobState, RunState
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    name: str
+    size: int
+    generation: str  # GCS generation; locally a counter assigned when the object lands
+    updated: float  # epoch seconds
+    content_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class BlobStore(Protocol):
+    """A bucket: a local folder or Cloud Storage. Object names use '/' and never start with one."""
+
+    @property
+    def url(self) -> str:
+        """``gs://NAME`` or the local folder, for people and for summary.json."""
+        ...
+
+    def stat(self, name: str) -> BlobInfo | None: ...
+
+    def open_read(self, name: str, *, start: int = 0) -> AbstractContextManager[BinaryIO]:
+        """Stream an object from byte ``start``. Raises NotFoundError."""
+        ...
+
+    def read_bytes(self, name: str) -> bytes: ...
+
+    def open_write(
+        self, name: str, *, content_type: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        """Stream an object in; it appears whole when the block ends without error, never half."""
+        ...
+
+    def write_bytes(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> bool:
+        """Write atomically. With ``if_absent`` return False (and change nothing) if the object exists."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[BlobInfo]: ...
+
+    def delete(self, name: str) -> None:
+        """Delete; a missing object is fine."""
+        ...
+
+    def copy(self, source: str, destination: str) -> None: ...
+
+
+class JobStore(Protocol):
+    """Runs and jobs with atomic claims, leases and conditional updates (SQLite or Firestore)."""
+
+    def create_run(self, run: Run) -> bool:
+        """Atomic create-if-absent. False if a run with this id exists (a redelivered event)."""
+        ...
+
+    def get_run(self, run_id: str) -> Run | None: ...
+
+    def update_run(
+        self,
+        run_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_states: Iterable[RunState] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Run:
+        """Set top-level fields (values as ``model_dump(mode="json")`` gives them) and ``updated_at``.
+
+        Raises PreconditionFailedError if the run's state is not in ``if_states`` or its lease is not
+        held by ``if_lease_owner``; NotFoundError if it does not exist.
+        """
+        ...
+
+    def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
+        """Runs in these states (all if None), oldest ``updated_at`` first: the active-work query."""
+        ...
+
+    def create_job(self, job: Job) -> bool:
+        """Atomic create-if-absent."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def update_job(
+        self,
+        job_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_phases: Iterable[JobPhase] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Job: ...
+
+    def list_jobs(self, run_id: str) -> list[Job]:
+        """A run's jobs ordered by (attempt, chunk)."""
+        ...
+
+    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
+        """All jobs (of every run) in these phases: how many are in flight, and their tokens."""
+        ...
+
+    def acquire_lease(
+        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
+    ) -> bool:
+        """Take the lease if free, expired, or already ours (then extend it). Atomic."""
+        ...
+
+    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
+        """Give the lease back if we hold it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    name: str  # "files/..."
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """A batch job as promptdrop needs it, from the SDK object plus the raw fields the SDK drops."""
+
+    name: str  # "batches/..."
+    display_name: str | None
+    state: JobState
+    model: str | None = None
+    results_file: str | None = None  # "files/batch-..."
+    # Raw wire items {"response"|"error", "metadata"?} when the API answered inline.
+    inlined_responses: list[dict[str, Any]] | None = None
+    stats: Mapping[str, int] = field(default_factory=dict)  # requestCount, successfulRequestCount...
+    error: str | None = None  # the Operation error message, when the job failed
+
+    @property
+    def done(self) -> bool:
+        return self.state.terminal
+
+
+class BatchBackend(Protocol):
+    """The Gemini Batch + Files API (real, or the bundled emulator over HTTP)."""
+
+    def upload_file(
+        self, source: BinaryIO, *, size: int, display_name: str, mime_type: str = "jsonl"
+    ) -> UploadedFile: ...
+
+    def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
+        """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
+        ...
+
+    def find_batch(self, display_name: str) -> BatchInfo | None:
+        """The most recent batch with this display name, for recovery after an ambiguous create."""
+        ...
+
+    def get_batch(self, name: str) -> BatchInfo: ...
+
+    def cancel_batch(self, name: str) -> None: ...
+
+    def download_file(self, file_name: str, destination: BinaryIO) -> None:
+        """Stream a file's bytes into ``destination`` (never whole in memory)."""
+        ...
+
+    def delete_file(self, file_name: str) -> None:
+        """Delete; a missing file is fine."""
+        ...
+
+
+class Notifier(Protocol):
+    """Where run events go: the events topic, or locally an events log."""
+
+    def publish(self, event: Mapping[str, Any]) -> None: ...

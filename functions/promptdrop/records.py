@@ -1,0 +1,104 @@
+"""What the job store keeps: one record per run and one per batch job.
+
+Timestamps are epoch seconds (floats), so SQLite and Firestore store them the same way and leases compare
+without time-zone traps. Both stores persist ``model_dump(mode="json")`` and read back with
+``model_validate``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from promptdrop.states import JobPhase, JobState, RunState
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+
+
+class RunSource(_Record):
+    """Where a run's prompts came from, and what it was claimed by."""
+
+    kind: Literal["file", "message", "uri"]
+    bucket: str | None = None
+    object: str | None = None  # object name of the prompt file (file and uri kinds)
+    generation: str | None = None
+    message_id: str | None = None
+    name: str  # file stem or message `name`: the readable part of the run id
+    format: Literal["jsonl", "txt"] = "jsonl"
+
+
+class Counts(_Record):
+    """Line counts; ``lines`` = non-blank input lines = manifest entries."""
+
+    lines: int = 0
+    valid: int = 0
+    invalid: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class Cost(_Record):
+    """USD; ``None`` where a model's price is unknown."""
+
+    batch: float | None = None
+    interactive: float | None = None
+    saved: float | None = None
+    estimate: float | None = None
+    estimate_interactive: float | None = None
+
+
+class Lease(_Record):
+    owner: str | None = None
+    expires: float = 0.0
+
+
+class Run(_Record):
+    run_id: str
+    claim_key: str
+    state: RunState
+    source: RunSource
+    input_object: str  # the staged copy of the prompts, under the run's output folder
+    output_folder: str  # "outputs/<run_id>/"
+    model: str  # default model for lines that name none
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    counts: Counts = Field(default_factory=Counts)
+    cost: Cost = Field(default_factory=Cost)
+    reason: str | None = None  # why FAILED/CANCELLED, for people
+    submit_attempts: int = 0
+    next_attempt_at: float = 0.0
+    cancel_requested: bool = False
+    notified: bool = False  # the terminal event was published
+    lease: Lease = Field(default_factory=Lease)
+
+
+class Job(_Record):
+    job_id: str  # also the batch's display_name: "<run_id>-a<attempt>-c<chunk>"
+    run_id: str
+    attempt: int  # 1 for the first submission; retries of failed lines get 2, 3, ...
+    chunk: int
+    phase: JobPhase
+    state: JobState = JobState.JOB_STATE_UNSPECIFIED
+    model: str
+    request_object: str  # the request JSONL in the bucket ({"key","request"} lines, as uploaded)
+    request_count: int
+    request_bytes: int
+    estimated_tokens: int
+    file_name: str | None = None  # Files API name of the uploaded input
+    batch_name: str | None = None  # "batches/..."
+    results_file: str | None = None  # "files/batch-..."
+    results_object: str | None = None  # where the results were streamed to in the bucket
+    harvest_offset: int = 0  # byte offset in results_object up to which outcomes are written
+    harvest_part: int = 0  # number of outcome parts written
+    created_at: float
+    updated_at: float
+    submitted_at: float | None = None
+    deadline_at: float | None = None
+    ended_at: float | None = None
+    stats: dict[str, int] = Field(default_factory=dict)
+    error: str | None = None
+    lease: Lease = Field(default_factory=Lease)

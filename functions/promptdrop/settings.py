@@ -1,0 +1,149 @@
+"""The one settings object, built once from the environment (explicit arguments win).
+
+Every variable here is listed in the README's configuration table; the Cloud Functions read the same
+ones (a test checks that Terraform sets only variables this module reads).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from promptdrop.errors import ConfigurationError
+from promptdrop.models import DEFAULT_MODEL
+
+ENV_PREFIX = "PROMPTDROP_"
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"36h"`` or ``"2d"``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigurationError(f"not a duration: {text!r} (use seconds, or a number with s/m/h/d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class Settings(BaseModel):
+    """Deployment-wide configuration. Field ``x`` is read from ``PROMPTDROP_X`` unless noted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Path(".promptdrop")  # local state folder: emulator data, events log
+    bucket: str = ""  # gs://NAME or a local folder; default <home>/bucket
+    store: str = ""  # sqlite:///PATH or firestore[://PROJECT/DATABASE]; default sqlite <home>/state.db
+    backend: Literal["gemini", "emulator"] = "emulator"
+    api_key: SecretStr | None = None  # GEMINI_API_KEY
+    gemini_base_url: str | None = None
+    model: str = DEFAULT_MODEL
+    inbox_prefix: str = "inbox/"
+    output_prefix: str = "outputs/"
+    events_topic: str | None = None
+    max_cost_usd: float | None = None
+    max_attempts: int = 3
+    job_deadline: float = 36 * 3600.0  # seconds; the API expires jobs at 48 h
+    max_line_bytes: int = 20 * MiB
+    max_file_bytes: int = 2 * GiB
+    max_requests_per_job: int = 10_000
+    max_job_bytes: int = 1900 * MiB  # the Files API takes 2 GB per file
+    max_enqueued_tokens: int = 2_000_000  # Tier 1 enqueued-token limit of the image models
+    max_jobs_in_flight: int = 50  # the API allows 100 concurrent batch jobs per project
+    inline_image_max_bytes: int = 4 * MiB  # larger reference images go through the Files API
+    upload_concurrency: int = 16
+    lease_seconds: float = 300.0
+    harvest_time_budget: float = 0.0  # seconds per invocation; 0 = no budget (local)
+    poll_interval: float = 10.0  # seconds between `serve` ticks
+    submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
+    log_format: Literal["text", "json"] = "text"
+    in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
+
+    @property
+    def bucket_is_gcs(self) -> bool:
+        return self.bucket.startswith("gs://")
+
+    @property
+    def bucket_name(self) -> str:
+        """The GCS bucket name, or the local folder path."""
+        return self.bucket.removeprefix("gs://").rstrip("/")
+
+    @property
+    def store_is_firestore(self) -> bool:
+        return self.store == "firestore" or self.store.startswith("firestore://")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store.removeprefix("sqlite:///"))
+
+    @property
+    def emulator_dir(self) -> Path:
+        return self.home / "emulator"
+
+    @property
+    def events_log(self) -> Path:
+        return self.home / "events.jsonl"
+
+    def require_cloud_ready(self) -> None:
+        """In a real deployment refuse local defaults: no silent fallback (DESIGN reliability rule 8)."""
+        problems = []
+        if not self.bucket_is_gcs:
+            problems.append("PROMPTDROP_BUCKET must be gs://NAME")
+        if not self.store_is_firestore:
+            problems.append("PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE")
+        if self.backend != "gemini":
+            problems.append("PROMPTDROP_BACKEND must be gemini")
+        if self.api_key is None:
+            problems.append("GEMINI_API_KEY must be set (from Secret Manager)")
+        if problems:
+            raise ConfigurationError("refusing to start in the cloud: " + "; ".join(problems))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``PROMPTDROP_*`` variables (and ``GEMINI_API_KEY``, ``K_SERVICE``)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            if name in {"api_key", "in_cloud"}:
+                continue
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            if name in {"job_deadline", "lease_seconds", "harvest_time_budget", "poll_interval",
+                        "submit_retry_base"}:
+                values[name] = parse_duration(raw)
+            else:
+                values[name] = raw
+        key = env.get("GEMINI_API_KEY")
+        if key:
+            values["api_key"] = key
+        values["in_cloud"] = bool(env.get("K_SERVICE"))
+        if "backend" not in values:
+            values["backend"] = "gemini" if key else "emulator"
+        values.update(overrides)
+        home = Path(str(values.get("home", cls.model_fields["home"].default)))
+        values.setdefault("bucket", str(home / "bucket"))
+        values.setdefault("store", f"sqlite:///{home / 'state.db'}")
+        try:
+            settings = cls.model_validate(values)
+        except ValidationError as exc:
+            # Never echo values: one of them may be the API key.
+            fields = ", ".join(ENV_PREFIX + str(e["loc"][0]).upper() for e in exc.errors())
+            raise ConfigurationError(f"invalid configuration in {fields}") from None
+        for prefix in (settings.inbox_prefix, settings.output_prefix):
+            if not prefix.endswith("/") or prefix.startswith("/"):
+                raise ConfigurationError(f"prefix {prefix!r} must end with '/' and not start with one")
+        if settings.output_prefix.startswith(settings.inbox_prefix) or settings.inbox_prefix.startswith(
+            settings.output_prefix
+        ):
+            raise ConfigurationError("PROMPTDROP_OUTPUT_PREFIX must not overlap PROMPTDROP_INBOX_PREFIX")
+        return settings
