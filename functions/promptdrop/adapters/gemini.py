@@ -1,0 +1,316 @@
+"""The production ``BatchBackend``: google-genai against the Gemini API, or any endpoint that speaks it.
+
+``PROMPTDROP_GEMINI_BASE_URL`` points the same code at the bundled emulator or a compatible gateway.
+Every SDK failure leaves this module as a ``promptdrop.errors`` type whose message we build ourselves from
+the HTTP status and the server's message, so the API key can never ride along in an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, BinaryIO, cast
+
+import orjson
+import pydantic
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from promptdrop.errors import (
+    AmbiguousCreateError,
+    BackendError,
+    BackendPermanentError,
+    BackendTransientError,
+    ConfigurationError,
+    NotFoundError,
+)
+from promptdrop.ports import BatchInfo, UploadedFile
+from promptdrop.settings import Settings
+from promptdrop.states import JobState
+
+# SDK 3.x defaults to v1; the Batch API docs and every example use v1beta.
+GEMINI_API_VERSION = "v1beta"
+LIST_PAGE_SIZE = 100
+MAX_SERVER_MESSAGE_CHARS = 500
+
+_BATCH_NAME = re.compile(r"batches/[^/?#\s]+")
+# The Files API answers 403 "You do not have permission to access the File ... or it may not exist" for a
+# file that expired (48 h) or was deleted, so for a delete both mean "already gone".
+_FILE_GONE_CODES = frozenset({403, 404})
+
+
+class BackendNotFoundError(BackendPermanentError, NotFoundError):
+    """The batch job or file does not exist (HTTP 404): callers can catch it as ``NotFoundError``."""
+
+
+def _transport_error_types() -> tuple[type[Exception], ...]:
+    """Network failures of whichever HTTP stack the SDK runs on (httpx2 by default, httpx if chosen)."""
+    found: list[type[Exception]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.append(module.TransportError)
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_error_types()
+# A 200 whose body the SDK cannot read is a failure too (a gateway's HTML page, a truncated body).
+_UNREADABLE_RESPONSE = (genai_errors.UnknownApiResponseError, pydantic.ValidationError)
+_SDK_FAILURES: tuple[type[Exception], ...] = (
+    genai_errors.APIError,
+    *_UNREADABLE_RESPONSE,
+    *_TRANSPORT_ERRORS,
+)
+
+
+def translate_error(exc: Exception, action: str, *, creating: bool = False, secret: str = "") -> BackendError:
+    """Our typed error for an SDK failure: 408/429/5xx/network are transient, other 4xx permanent.
+
+    ``creating`` marks ``batches.create``: every failure that may have happened after the server took the
+    POST (timeout, dropped connection, 5xx, an unreadable 200) becomes ``AmbiguousCreateError`` so the
+    caller looks the job up by display name before paying for a second one. 429 and other 4xx refused
+    the request, so no job exists. ``secret`` (the API key) is cut out of the message wherever it appears.
+    """
+    error_type: type[BackendError]
+    if isinstance(exc, genai_errors.APIError):
+        code = int(exc.code)
+        server_message = str(exc.message or "")[:MAX_SERVER_MESSAGE_CHARS]
+        detail = f"HTTP {code} {exc.status or ''}".rstrip() + (
+            f": {server_message}" if server_message else ""
+        )
+        if code == 429:
+            error_type = BackendTransientError
+        elif creating and (code == 408 or not 400 <= code < 500):
+            error_type = AmbiguousCreateError
+        elif code == 404:
+            error_type = BackendNotFoundError
+        elif code == 408 or code >= 500:
+            error_type = BackendTransientError
+        else:
+            error_type = BackendPermanentError
+    elif isinstance(exc, _UNREADABLE_RESPONSE):
+        # Never echo the body: say what kind of failure it was.
+        detail = f"unreadable response from the server ({type(exc).__name__})"
+        error_type = AmbiguousCreateError if creating else BackendTransientError
+    else:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error_type = AmbiguousCreateError if creating else BackendTransientError
+    message = f"{action} failed: {detail}"
+    if secret:
+        message = message.replace(secret, "[redacted]")
+    return error_type(message)
+
+
+def batch_info_from_operation(raw: Mapping[str, Any]) -> BatchInfo:
+    """A ``BatchInfo`` from the Operation JSON of ``GET batches/ID`` exactly as the server sent it.
+
+    Built from the wire, not from the SDK's ``BatchJob``: on the Gemini API the SDK drops ``batchStats``
+    and the Operation ``error`` (python-genai#1323), and it types ``JobError.details`` as ``list[str]``,
+    so one inline error carrying a real ``google.rpc.Status`` (object details) makes ``batches.get``
+    raise a pydantic ValidationError and the whole job unreadable. The wire form also keeps inline
+    responses as the same camelCase dicts (base64 image data as strings) a results file holds, so
+    harvest treats both alike.
+    """
+    metadata: Mapping[str, Any] = raw.get("metadata") or {}
+    # The SDK reads only ``metadata``; the top-level ``response`` mirrors the output once the job is done.
+    output: Mapping[str, Any] = metadata.get("output") or raw.get("response") or {}
+    error: Mapping[str, Any] = raw.get("error") or {}
+    error_message = error.get("message") or (f"error code {error['code']}" if error.get("code") else None)
+    return BatchInfo(
+        name=str(raw.get("name") or metadata.get("name") or ""),
+        display_name=metadata.get("displayName"),
+        state=JobState.parse(metadata.get("state")),
+        model=metadata.get("model"),
+        results_file=output.get("responsesFile"),
+        inlined_responses=_inlined_responses(output),
+        stats=_int_stats(metadata.get("batchStats") or {}),
+        error=error_message,
+    )
+
+
+def _inlined_responses(output: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """``output.inlinedResponses.inlinedResponses``: the double nesting is how the API sends it."""
+    outer = output.get("inlinedResponses")
+    if outer is None:
+        return None
+    items = outer.get("inlinedResponses") if isinstance(outer, Mapping) else outer
+    return [dict(item) for item in items or []]
+
+
+def _int_stats(batch_stats: Mapping[str, Any]) -> dict[str, int]:
+    """``batchStats`` counts are int64, so JSON strings on the wire; a zero count is left out by the API."""
+    return {key: int(value) for key, value in batch_stats.items() if str(value).lstrip("-").isdigit()}
+
+
+def _batch_info_from_job(job: types.BatchJob) -> BatchInfo:
+    """A ``BatchInfo`` from the SDK's object, for create and list answers (no outputs, no stats)."""
+    return BatchInfo(
+        name=job.name or "",
+        display_name=job.display_name,
+        state=JobState.parse(job.state),
+        model=job.model,
+        results_file=job.dest.file_name if job.dest else None,
+    )
+
+
+class GeminiBackend:
+    """``BatchBackend`` over the google-genai SDK (Files API + Batch API, Gemini Developer API mode)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 120,
+        retry_attempts: int = 5,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+        client: genai.Client | None = None,
+    ) -> None:
+        if not api_key:
+            raise ConfigurationError("the Gemini backend needs an API key (GEMINI_API_KEY)")
+        self._secret = api_key  # kept only to cut it out of error messages
+        self._owns_client = client is None
+        # The key is passed explicitly: left to itself the SDK prefers GOOGLE_API_KEY over GEMINI_API_KEY,
+        # and vertexai=False keeps GOOGLE_GENAI_USE_VERTEXAI from switching the API underneath us.
+        self._client = client or genai.Client(
+            vertexai=False,
+            api_key=api_key,
+            http_options=types.HttpOptions(
+                base_url=base_url,
+                api_version=GEMINI_API_VERSION,
+                timeout=int(timeout_s * 1000),  # milliseconds
+                retry_options=types.HttpRetryOptions(
+                    attempts=retry_attempts, initial_delay=initial_delay, max_delay=max_delay
+                ),
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, base_url_override: str | None = None) -> GeminiBackend:
+        """The backend the configuration names: its API key, and its base URL unless overridden."""
+        if settings.api_key is None:
+            raise ConfigurationError("the Gemini backend needs an API key (GEMINI_API_KEY)")
+        return cls(
+            settings.api_key.get_secret_value(), base_url=base_url_override or settings.gemini_base_url
+        )
+
+    def close(self) -> None:
+        """Release the HTTP connections of a client this backend built."""
+        if self._owns_client:
+            self._client.close()
+
+    @contextmanager
+    def _translated_errors(self, action: str, *, creating: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except _SDK_FAILURES as exc:
+            raise translate_error(exc, action, creating=creating, secret=self._secret) from exc
+
+    def upload_file(
+        self, source: BinaryIO, *, size: int, display_name: str, mime_type: str = "jsonl"
+    ) -> UploadedFile:
+        """Stream ``source`` from its current position through the resumable upload (8 MiB chunks)."""
+        if not isinstance(source, io.IOBase) or not source.seekable():
+            raise TypeError("upload_file needs a seekable binary stream (an io.IOBase)")
+        start = source.tell()
+        remaining = source.seek(0, os.SEEK_END) - start
+        source.seek(start)
+        if remaining != size:
+            raise ValueError(f"upload of {display_name!r}: the stream holds {remaining} bytes, not {size}")
+        config = types.UploadFileConfig(display_name=display_name, mime_type=mime_type)
+        with self._translated_errors(f"upload {display_name}"):
+            try:
+                uploaded = self._client.files.upload(file=source, config=config)
+            except _UNREADABLE_RESPONSE:
+                raise
+            except (ValueError, KeyError) as exc:
+                # Our checks above rule out bad arguments, so these are the SDK's resumable-protocol
+                # failures: no upload URL, or a chunk the server never confirmed.
+                raise BackendTransientError(
+                    f"upload {display_name} failed: the server did not complete the resumable upload"
+                ) from exc
+        if not uploaded.name:
+            raise BackendTransientError(f"upload {display_name} failed: the server returned no file name")
+        return UploadedFile(name=uploaded.name, uri=uploaded.uri or "")
+
+    def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
+        """One POST with the SDK's retries off: a retried create would make (and bill) a second job."""
+        config = types.CreateBatchJobConfig(
+            display_name=display_name,
+            http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+        )
+        with self._translated_errors(f"create batch {display_name}", creating=True):
+            job = self._client.batches.create(model=model, src=file_name, config=config)
+        return _batch_info_from_job(job)
+
+    def find_batch(self, display_name: str) -> BatchInfo | None:
+        """The newest batch named ``display_name``, paging through every batch of the project."""
+        with self._translated_errors(f"find batch {display_name}"):
+            matches = [
+                job
+                for job in self._client.batches.list(
+                    config=types.ListBatchJobsConfig(page_size=LIST_PAGE_SIZE)
+                )
+                if job.display_name == display_name
+            ]
+        if not matches:
+            return None
+        newest = max(matches, key=lambda job: (job.create_time is not None, job.create_time or datetime.min))
+        return _batch_info_from_job(newest)
+
+    def get_batch(self, name: str) -> BatchInfo:
+        return batch_info_from_operation(self._get_operation_json(name))
+
+    def _get_operation_json(self, name: str) -> dict[str, Any]:
+        """``GET batches/ID`` through the SDK's own transport, answered as the raw Operation JSON.
+
+        ``batches.get`` would parse into ``BatchJob`` and lose ``batchStats`` and the job error (see
+        ``batch_info_from_operation``). ``BaseApiClient.request`` is what ``batches.get`` itself calls: the
+        same URL building, key header, timeout and client-level retries, minus the lossy parsing. It is a
+        private SDK API, so this is the one place that touches it.
+        """
+        if not _BATCH_NAME.fullmatch(name):
+            raise BackendPermanentError(f"not a batch job name: {name!r} (expected batches/ID)")
+        with self._translated_errors(f"get {name}"):
+            body = self._client._api_client.request("get", name, {}).body
+        try:
+            raw = orjson.loads(body or "")
+        except orjson.JSONDecodeError:
+            raw = None
+        if not isinstance(raw, dict):
+            raise BackendTransientError(
+                f"get {name} failed: unreadable response from the server (no Operation)"
+            )
+        return raw
+
+    def cancel_batch(self, name: str) -> None:
+        with self._translated_errors(f"cancel {name}"):
+            self._client.batches.cancel(name=name)
+
+    def download_file(self, file_name: str, destination: BinaryIO) -> None:
+        """Stream the file into ``destination`` in 1 MiB chunks.
+
+        The SDK does not retry downloads, and neither do we: bytes already written to an arbitrary stream
+        cannot be taken back, so the caller starts again with a fresh destination.
+        """
+        with self._translated_errors(f"download {file_name}"):
+            # Typed io.IOBase in the SDK, which only ever calls destination.write(chunk).
+            self._client.files.download(file=file_name, destination=cast(io.IOBase, destination))
+
+    def delete_file(self, file_name: str) -> None:
+        """Delete a file; one that is already gone (404, or the Files API's 403) is fine."""
+        with self._translated_errors(f"delete {file_name}"):
+            try:
+                self._client.files.delete(name=file_name)
+            except genai_errors.ClientError as exc:
+                if exc.code not in _FILE_GONE_CODES:
+                    raise
