@@ -1,0 +1,444 @@
+"""Batch jobs of the emulator: records on disk, a scheduler thread and a small pool of workers.
+
+A job is PENDING for ``pending_seconds`` after creation, then RUNNING for ``running_seconds``, then a
+worker answers its requests one by one, streaming the results to a temporary file, and the job ends.
+Deadlines are computed from the persisted create/start times and the *current* options, so an emulator
+restarted on the same data folder picks every unfinished job up where it stopped.
+
+Layout under the data folder: ``batches/<id>.json`` (record), ``batches/<id>.requests.jsonl``
+(the requests of an inline-source job), ``batches/<id>.inline.jsonl`` (inline results, one item a line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from promptdrop.emulator.answers import Answer, answer, job_marker, response_id, status_error
+from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
+from promptdrop.emulator.options import EmulatorOptions
+from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339
+
+logger = logging.getLogger(__name__)
+
+PENDING: Final = "BATCH_STATE_PENDING"
+RUNNING: Final = "BATCH_STATE_RUNNING"
+SUCCEEDED: Final = "BATCH_STATE_SUCCEEDED"
+FAILED: Final = "BATCH_STATE_FAILED"
+CANCELLED: Final = "BATCH_STATE_CANCELLED"
+EXPIRED: Final = "BATCH_STATE_EXPIRED"
+ACTIVE_STATES: Final = frozenset({PENDING, RUNNING})
+
+BATCH_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+OUTPUT_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
+RESULTS_MIME_TYPE: Final = "application/jsonl"
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """One batch job as the emulator persists it."""
+
+    id: str
+    model: str
+    create_time: float
+    update_time: float
+    state: str
+    request_count: int
+    display_name: str | None = None
+    source_file: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    succeeded: int = 0
+    failed: int = 0
+    responses_file: str | None = None
+    # Set when the results were answered inline: how many items, and their bytes (for Content-Length).
+    inline_count: int | None = None
+    inline_bytes: int = 0
+    error: dict[str, object] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.id}"
+
+    @property
+    def sort_key(self) -> str:
+        return f"{int(self.create_time * 1_000_000):020d}:{self.id}"
+
+
+def _batch_stats(job: BatchRecord) -> dict[str, str]:
+    counts = {"requestCount": job.request_count}
+    if job.state in ACTIVE_STATES:
+        counts["pendingRequestCount"] = job.request_count
+    elif job.state == SUCCEEDED:
+        counts["successfulRequestCount"] = job.succeeded
+        counts["failedRequestCount"] = job.failed
+    # int64 as strings, and zero fields left out, as the API does.
+    return {field: int64(value) for field, value in counts.items() if value}
+
+
+def operation_json(
+    job: BatchRecord, *, inline_items: object = None, listing: bool = False
+) -> dict[str, object]:
+    """The long-running Operation wrapping the GenerateContentBatch.
+
+    ``inline_items`` stands for the inline results (the server streams them in place of this value);
+    ``listing`` leaves outputs out, as list items carry none.
+    """
+    metadata: dict[str, object] = {"@type": BATCH_TYPE, "name": job.name, "model": job.model}
+    if job.display_name:
+        metadata["displayName"] = job.display_name
+    if job.source_file:
+        metadata["inputConfig"] = {"fileName": job.source_file}
+    metadata["createTime"] = rfc3339(job.create_time)
+    metadata["updateTime"] = rfc3339(job.update_time)
+    if job.end_time is not None:
+        metadata["endTime"] = rfc3339(job.end_time)
+    metadata["batchStats"] = _batch_stats(job)
+    metadata["state"] = job.state
+    operation: dict[str, object] = {"name": job.name, "metadata": metadata}
+    if job.state in ACTIVE_STATES:
+        return operation
+    output: dict[str, object] | None = None
+    if job.responses_file:
+        output = {"responsesFile": job.responses_file}
+    elif job.inline_count is not None:
+        output = {"inlinedResponses": {"inlinedResponses": inline_items}}
+    if output is not None and not listing:
+        metadata["output"] = output
+        operation["response"] = {"@type": OUTPUT_TYPE, **output}
+    operation["done"] = True
+    if job.error:
+        operation["error"] = job.error
+    return operation
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceLine:
+    key: str | None
+    metadata: dict[str, object] | None
+    request: object
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How answering a job's requests ended."""
+
+    state: str
+    succeeded: int = 0
+    failed: int = 0
+    item_bytes: int = 0
+    error: dict[str, object] | None = None
+
+
+JOB_FAILED_ERROR: Final = {
+    "code": 13,
+    "message": "The batch job failed (asked for by [[emulator:job=failed]]).",
+}
+
+
+class _Abandoned(Exception):
+    """The job was cancelled or deleted, or the emulator is stopping, while a worker ran it."""
+
+
+class _InputMissing(Exception):
+    """The input file of a job was deleted before the job ran."""
+
+
+class Engine:
+    """Batch jobs and files of one data folder; thread-safe."""
+
+    def __init__(
+        self, data_dir: Path, options: EmulatorOptions, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.options = options
+        self.files = FileStore(data_dir, clock)
+        self._dir = data_dir / "batches"
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._jobs: dict[str, BatchRecord] = {}
+        self._in_pool: set[str] = set()
+        self._stopping = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._scheduler: threading.Thread | None = None
+
+    # Lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what an earlier run left and start the scheduler and workers."""
+        self.files.load()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self._dir)
+        for path in self._dir.glob("*.out.tmp"):
+            path.unlink()
+        for path in self._dir.glob("*.json"):
+            job = BatchRecord(**orjson.loads(path.read_bytes()))
+            self._jobs[job.id] = job
+        self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="emulator-worker")
+        self._scheduler = threading.Thread(target=self._schedule, name="emulator-scheduler", daemon=True)
+        self._scheduler.start()
+
+    def close(self) -> None:
+        """Stop scheduling, let workers abandon their jobs (they stay RUNNING on disk) and wait for them."""
+        self._stopping.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._scheduler is not None:
+            self._scheduler.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # API -------------------------------------------------------------------------------------------
+
+    def create_batch(self, model: str, body: object) -> BatchRecord:
+        """Create a job from a ``batchGenerateContent`` body (any key spelling)."""
+        normalized = camel_keys(body)
+        batch = normalized.get("batch") if isinstance(normalized, dict) else None
+        if not isinstance(batch, dict):
+            raise ApiError(400, "body must be {'batch': {...}}")
+        input_config = batch.get("inputConfig")
+        if not isinstance(input_config, dict) or ("fileName" in input_config) == ("requests" in input_config):
+            raise ApiError(400, "batch.inputConfig must have exactly one of fileName or requests")
+        display_name = batch.get("displayName")
+        job_id = random_id(36)
+        now = self._clock()
+        if "fileName" in input_config:
+            source_file = str(input_config["fileName"])
+            request_count = self._count_file_requests(source_file)
+        else:
+            source_file = None
+            request_count = self._write_inline_requests(job_id, input_config["requests"])
+        job = BatchRecord(
+            id=job_id,
+            model="models/" + model.removeprefix("models/"),
+            create_time=now,
+            update_time=now,
+            state=PENDING,
+            request_count=request_count,
+            display_name=str(display_name) if display_name else None,
+            source_file=source_file,
+        )
+        with self._lock:
+            active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
+            if active >= self.options.max_active_jobs:
+                (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
+                raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
+            self._save(job)
+            self._lock.notify_all()
+        return job
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        with self._lock:
+            job = self._jobs.get(batch_id)
+        if job is None:
+            raise ApiError(404, f"Batch batches/{batch_id} not found.")
+        return job
+
+    def list_batches(self) -> list[BatchRecord]:
+        """Every job, newest first."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.sort_key, reverse=True)
+
+    def cancel_batch(self, batch_id: str) -> None:
+        """Cancel an unfinished job (results not yet written are dropped); a finished job is left as it is."""
+        with self._lock:
+            job = self.get_batch(batch_id)
+            if job.state in ACTIVE_STATES:
+                self._end(job, CANCELLED)
+            self._lock.notify_all()
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Forget a job (an unfinished one is abandoned); its results file, if any, stays in the Files API."""
+        with self._lock:
+            self.get_batch(batch_id)
+            del self._jobs[batch_id]
+            for suffix in (".json", ".requests.jsonl", ".inline.jsonl"):
+                (self._dir / f"{batch_id}{suffix}").unlink(missing_ok=True)
+
+    def inline_results_path(self, job: BatchRecord) -> Path:
+        return self._dir / f"{job.id}.inline.jsonl"
+
+    # Creation helpers ------------------------------------------------------------------------------
+
+    def _count_file_requests(self, file_name: str) -> int:
+        if not file_name.startswith("files/"):
+            raise ApiError(400, f"inputConfig.fileName must read files/<id>, got {file_name!r}")
+        record = self.files.get(file_name.removeprefix("files/"))
+        count = 0
+        with self.files.data_path(record.id).open("rb") as stream:
+            for line in stream:
+                count += bool(line.strip())
+        if count == 0:
+            raise ApiError(400, f"{file_name} holds no requests.")
+        return count
+
+    def _write_inline_requests(self, job_id: str, requests: object) -> int:
+        items = requests.get("requests") if isinstance(requests, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "inputConfig.requests.requests must be a non-empty list")
+        tmp = self._dir / f".{job_id}.requests.jsonl.tmp"
+        with tmp.open("wb") as out:
+            for index, item in enumerate(items):
+                if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
+                    tmp.unlink()
+                    raise ApiError(400, f"inputConfig.requests.requests[{index}].request must be an object")
+                out.write(
+                    orjson.dumps({"request": item["request"], "metadata": item.get("metadata")}) + b"\n"
+                )
+        os.replace(tmp, self._dir / f"{job_id}.requests.jsonl")
+        return len(items)
+
+    # Scheduling ------------------------------------------------------------------------------------
+
+    def _save(self, job: BatchRecord) -> None:
+        """Persist and publish a record (called with the lock held)."""
+        write_json_atomically(self._dir / f"{job.id}.json", asdict(job))
+        self._jobs[job.id] = job
+
+    def _end(self, job: BatchRecord, state: str, error: dict[str, object] | None = None) -> None:
+        now = self._clock()
+        job.state, job.end_time, job.update_time, job.error = state, now, now, error
+        self._save(job)
+
+    def _schedule(self) -> None:
+        """Move jobs along as their deadlines pass; hand RUNNING jobs that are due to the workers."""
+        with self._lock:
+            while not self._stopping.is_set():
+                now = self._clock()
+                wake = now + 1.0
+                for job in list(self._jobs.values()):
+                    if job.state == PENDING:
+                        due = job.create_time + self.options.pending_seconds
+                        if now < due:
+                            wake = min(wake, due)
+                            continue
+                        job.state, job.start_time, job.update_time = RUNNING, now, now
+                        self._save(job)
+                    if job.state == RUNNING and job.id not in self._in_pool:
+                        due = (job.start_time or now) + self.options.running_seconds
+                        if now < due:
+                            wake = min(wake, due)
+                            continue
+                        self._in_pool.add(job.id)
+                        assert self._pool is not None
+                        self._pool.submit(self._run, job)
+                self._lock.wait(max(0.01, wake - self._clock()))
+
+    def _abandoned(self, job: BatchRecord) -> bool:
+        return self._stopping.is_set() or job.state != RUNNING or self._jobs.get(job.id) is not job
+
+    def _run(self, job: BatchRecord) -> None:
+        tmp = self._dir / f"{job.id}.out.tmp"
+        inline = job.source_file is None or job.request_count <= self.options.inline_responses_max
+        try:
+            outcome = self._answer_all(job, tmp, inline=inline)
+            with self._lock:
+                if not self._abandoned(job):
+                    self._finish(job, tmp, outcome, inline=inline)
+        except _Abandoned:
+            pass
+        except Exception:
+            logger.exception("batch %s failed inside the emulator", job.name)
+            with self._lock:
+                if not self._abandoned(job):
+                    self._end(job, FAILED, {"code": 13, "message": "internal error in the emulator"})
+        finally:
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._in_pool.discard(job.id)
+
+    def _finish(self, job: BatchRecord, tmp: Path, outcome: _Outcome, *, inline: bool) -> None:
+        if outcome.state != SUCCEEDED:
+            self._end(job, outcome.state, outcome.error)
+            return
+        if inline:
+            os.replace(tmp, self.inline_results_path(job))
+            job.inline_count = outcome.succeeded + outcome.failed
+            job.inline_bytes = outcome.item_bytes
+        else:
+            job.responses_file = self.files.add_generated(f"batch-{job.id}", tmp, RESULTS_MIME_TYPE).name
+        job.succeeded, job.failed = outcome.succeeded, outcome.failed
+        self._end(job, SUCCEEDED)
+
+    def _answer_all(self, job: BatchRecord, tmp: Path, *, inline: bool) -> _Outcome:
+        """Answer every request into ``tmp``, one result item a line."""
+        succeeded = failed = item_bytes = 0
+        try:
+            with tmp.open("wb") as out:
+                for index, line in enumerate(self._source_lines(job)):
+                    if self._abandoned(job):
+                        raise _Abandoned
+                    marker = job_marker(line.request)
+                    if marker == "expired":
+                        return _Outcome(EXPIRED)
+                    if marker == "failed":
+                        return _Outcome(FAILED, error=JOB_FAILED_ERROR)
+                    if line.problem is not None:
+                        result = Answer(error=status_error(3, line.problem))
+                    else:
+                        result = answer(
+                            line.request,
+                            job.model,
+                            image_scale=self.options.image_scale,
+                            response_id=response_id(job.id, index),
+                        )
+                    item: dict[str, object] = {}
+                    if not inline and line.key is not None:
+                        item["key"] = line.key
+                    if result.error is not None:
+                        item["error"] = result.error
+                        failed += 1
+                    else:
+                        item["response"] = result.response
+                        succeeded += 1
+                    if inline and line.metadata is not None:
+                        item["metadata"] = line.metadata
+                    encoded = orjson.dumps(item)
+                    out.write(encoded + b"\n")
+                    item_bytes += len(encoded)
+        except _InputMissing as exc:
+            return _Outcome(FAILED, error={"code": 5, "message": str(exc)})
+        return _Outcome(SUCCEEDED, succeeded, failed, item_bytes)
+
+    def _source_lines(self, job: BatchRecord) -> Iterator[_SourceLine]:
+        if job.source_file is None:
+            with (self._dir / f"{job.id}.requests.jsonl").open("rb") as stream:
+                for raw in stream:
+                    item = orjson.loads(raw)
+                    yield _SourceLine(key=None, metadata=item.get("metadata"), request=item["request"])
+            return
+        file_id = job.source_file.removeprefix("files/")
+        try:
+            stream = self.files.data_path(file_id).open("rb")
+        except FileNotFoundError as exc:
+            raise _InputMissing(f"Input file {job.source_file} was deleted before the job ran.") from exc
+        with stream:
+            for number, raw in enumerate(stream, start=1):
+                if not raw.strip():
+                    continue
+                yield self._parse_file_line(number, raw)
+
+    @staticmethod
+    def _parse_file_line(number: int, raw: bytes) -> _SourceLine:
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _SourceLine(None, None, None, f"line {number} is not valid JSON")
+        if not isinstance(item, dict):
+            return _SourceLine(None, None, None, f"line {number} is not a JSON object")
+        key = item.get("key")
+        key = None if key is None else str(key)
+        metadata: dict[str, object] | None = {"key": key} if key is not None else None
+        request = item.get("request")
+        if not isinstance(request, dict):
+            return _SourceLine(key, metadata, None, f"line {number} has no 'request' object")
+        return _SourceLine(key, metadata, request)

@@ -1,0 +1,149 @@
+"""The emulator's controls: one frozen object, parsed from and rendered back to command-line flags.
+
+``docs/EMULATOR.md`` describes each control. The API key is deliberately not rendered into flags
+(a command line is visible to every user of the machine); the launcher passes it in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from typing import Final
+
+API_KEY_ENV: Final = "PROMPTDROP_EMULATOR_API_KEY"
+
+# Calls that fault injection may hit, by name. Upload-session chunk POSTs are never faulted: the SDK
+# retries them with its own loop that only looks at the X-Goog-Upload-Status header.
+FAULT_ROUTES: Final = (
+    "upload",
+    "file_get",
+    "file_list",
+    "file_delete",
+    "download",
+    "create",
+    "get",
+    "list",
+    "cancel",
+    "delete",
+)
+# Downloads are raw bytes, not JSON API calls, so they are faulted only when asked for by name.
+DEFAULT_FAULT_ROUTES: Final = tuple(route for route in FAULT_ROUTES if route != "download")
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorOptions:
+    """Every control of the emulator (see docs/EMULATOR.md)."""
+
+    api_key: str | None = None
+    pending_seconds: float = 1.0
+    running_seconds: float = 2.0
+    workers: int = 2
+    image_scale: float = 1.0
+    inline_responses_max: int = 0
+    max_active_jobs: int = 100
+    fault_rate: float = 0.0
+    fault_codes: tuple[int, ...] = (429, 500, 503)
+    fault_routes: tuple[str, ...] = DEFAULT_FAULT_ROUTES
+    stall_rate: float = 0.0
+    stall_seconds: float = 30.0
+    fault_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("pending_seconds", "running_seconds", "stall_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("fault_rate", "stall_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.fault_rate + self.stall_rate > 1.0:
+            raise ValueError("fault_rate + stall_rate must not exceed 1")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.image_scale <= 0:
+            raise ValueError("image_scale must be positive")
+        if self.inline_responses_max < 0 or self.max_active_jobs < 1:
+            raise ValueError("inline_responses_max must be >= 0 and max_active_jobs >= 1")
+        if not self.fault_codes or any(code < 400 or code > 599 for code in self.fault_codes):
+            raise ValueError("fault_codes must be HTTP error statuses (400-599)")
+        unknown = set(self.fault_routes) - set(FAULT_ROUTES)
+        if unknown:
+            raise ValueError(f"unknown fault routes {sorted(unknown)}; known: {', '.join(FAULT_ROUTES)}")
+
+    def to_argv(self) -> list[str]:
+        """Flags that reproduce these options (all but the API key) for ``python -m promptdrop.emulator``."""
+        defaults = EmulatorOptions()
+        argv: list[str] = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "api_key" or value == getattr(defaults, field.name):
+                continue
+            flag = "--" + field.name.replace("_", "-")
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        return argv
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m promptdrop.emulator`` (and of ``promptdrop emulator``)."""
+    parser = argparse.ArgumentParser(
+        prog="promptdrop emulator",
+        description="Serve the Gemini Batch and Files API locally, for the google-genai SDK (base_url).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 lets the OS choose")
+    parser.add_argument("--data-dir", default="./.promptdrop/emulator", help="where files and jobs persist")
+    parser.add_argument(
+        "--api-key", help=f"accept only this API key (also ${API_KEY_ENV}); default: any non-empty key"
+    )
+    parser.add_argument("--pending-seconds", type=float, default=1.0, help="time a job stays PENDING")
+    parser.add_argument("--running-seconds", type=float, default=2.0, help="time a job stays RUNNING")
+    parser.add_argument("--workers", type=int, default=2, help="threads that run jobs")
+    parser.add_argument("--image-scale", type=float, default=1.0, help="scale image sizes (e.g. 0.0625)")
+    parser.add_argument(
+        "--inline-responses-max",
+        type=int,
+        default=0,
+        help="answer file jobs of at most N requests inline (default 0: never)",
+    )
+    parser.add_argument("--max-active-jobs", type=int, default=100, help="unfinished jobs allowed at once")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of calls answered by a fault")
+    parser.add_argument(
+        "--fault-codes", type=_int_list, default=(429, 500, 503), help="HTTP statuses of faults (429,500,503)"
+    )
+    parser.add_argument(
+        "--fault-routes",
+        type=_name_list,
+        default=DEFAULT_FAULT_ROUTES,
+        help=f"calls that faults and stalls may hit: {','.join(FAULT_ROUTES)} (default: all but download)",
+    )
+    parser.add_argument("--stall-rate", type=float, default=0.0, help="fraction of calls that stall")
+    parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stalled call sleeps")
+    parser.add_argument("--fault-seed", type=int, default=None, help="seed faults and stalls (repeatable)")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """Build the options from parsed flags; the key comes from ``--api-key`` or the environment."""
+    return EmulatorOptions(
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        pending_seconds=args.pending_seconds,
+        running_seconds=args.running_seconds,
+        workers=args.workers,
+        image_scale=args.image_scale,
+        inline_responses_max=args.inline_responses_max,
+        max_active_jobs=args.max_active_jobs,
+        fault_rate=args.fault_rate,
+        fault_codes=tuple(args.fault_codes),
+        fault_routes=tuple(args.fault_routes),
+        stall_rate=args.stall_rate,
+        stall_seconds=args.stall_seconds,
+        fault_seed=args.fault_seed,
+    )

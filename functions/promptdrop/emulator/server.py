@@ -1,0 +1,522 @@
+"""The emulator's HTTP front: routes of the Gemini Files and Batch API on a threaded stdlib server.
+
+Success is only ever HTTP 200 (the SDK raises on anything else); errors carry Google's
+``{"error": {"code", "message", "status"}}`` body. The key is checked on every call except upload-session
+chunks, which the SDK sends without it; it is never logged (request logs drop the query string).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hmac
+import logging
+import random
+import re
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+from promptdrop.emulator.engine import Engine, operation_json
+from promptdrop.emulator.files import COPY_CHUNK, file_json
+from promptdrop.emulator.options import EmulatorOptions
+from promptdrop.emulator.wire import ApiError, camel_keys, page_size, paginate
+from promptdrop.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+# The API's documented cap on a request body (inline batches must stay under 20 MB).
+MAX_JSON_BODY: Final = 20 * 1024 * 1024
+UPLOAD_GRANULARITY: Final = 8 * 1024 * 1024
+_VERSION = r"(?P<ver>v1(?:alpha|beta)?)"
+_ID = r"(?P<id>[^/:]+)"
+_PREFIX = r"(?P<prefix>(?:/[^/]+)*?)"
+
+# (method, path pattern after an optional base path, route name). Names match options.FAULT_ROUTES.
+ROUTES: Final = [
+    ("GET", r"/health", "health"),
+    ("POST", rf"/upload/{_VERSION}/files", "upload"),
+    ("GET", rf"/download/{_VERSION}/files/{_ID}:download", "download"),
+    ("GET", rf"/{_VERSION}/files/{_ID}:download", "download"),
+    ("GET", rf"/{_VERSION}/files", "file_list"),
+    ("GET", rf"/{_VERSION}/files/{_ID}", "file_get"),
+    ("DELETE", rf"/{_VERSION}/files/{_ID}", "file_delete"),
+    ("POST", rf"/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent", "create"),
+    ("GET", rf"/{_VERSION}/batches", "list"),
+    ("GET", rf"/{_VERSION}/batches/{_ID}", "get"),
+    ("POST", rf"/{_VERSION}/batches/{_ID}:cancel", "cancel"),
+    ("DELETE", rf"/{_VERSION}/batches/{_ID}", "delete"),
+    ("POST", rf"/{_VERSION}/batches/{_ID}:delete", "delete"),
+]
+_COMPILED: Final = [(method, re.compile(_PREFIX + pattern), name) for method, pattern, name in ROUTES]
+
+_FAULT_MESSAGES: Final = {
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred.",
+    503: "The service is currently unavailable.",
+}
+
+
+def match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The route name and path parameters of a request, or None."""
+    for route_method, pattern, name in _COMPILED:
+        found = pattern.fullmatch(path)
+        if found and route_method == method:
+            return name, {k: v for k, v in found.groupdict().items() if v is not None}
+    return None
+
+
+class FaultInjector:
+    """Answers a seeded fraction of calls with an error, or makes them sleep first."""
+
+    def __init__(self, options: EmulatorOptions, stopping: threading.Event) -> None:
+        self._options = options
+        self._random = random.Random(options.fault_seed)  # noqa: S311 - test faults, not secrets
+        self._lock = threading.Lock()
+        self._stopping = stopping
+        self.faults = 0
+        self.stalls = 0
+
+    def apply(self, route: str) -> None:
+        options = self._options
+        if route not in options.fault_routes or not (options.fault_rate or options.stall_rate):
+            return
+        with self._lock:
+            draw = self._random.random()
+            code = self._random.choice(options.fault_codes)
+            if draw < options.fault_rate:
+                self.faults += 1
+            elif draw < options.fault_rate + options.stall_rate:
+                self.stalls += 1
+        if draw < options.fault_rate:
+            message = _FAULT_MESSAGES.get(code, "Emulated fault.")
+            raise ApiError(code, f"{message} (fault injected by the emulator)")
+        if draw < options.fault_rate + options.stall_rate:
+            self._stopping.wait(options.stall_seconds)
+
+
+@dataclass(slots=True)
+class _Reply:
+    body: bytes | Iterator[bytes] = b"{}"
+    length: int | None = None
+    content_type: str = "application/json; charset=UTF-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(value: object, headers: dict[str, str] | None = None) -> _Reply:
+    return _Reply(orjson.dumps(value), headers=headers or {})
+
+
+def _stream_file(stream: IO[bytes]) -> Iterator[bytes]:
+    with stream:
+        while block := stream.read(COPY_CHUNK):
+            yield block
+
+
+def _inline_items(stream: IO[bytes]) -> Iterator[bytes]:
+    """A JSON array of the inline result items stored one per line."""
+    with stream:
+        yield b"["
+        for index, line in enumerate(stream):
+            yield (b"," if index else b"") + line.rstrip(b"\n")
+        yield b"]"
+
+
+class _HttpServer(ThreadingHTTPServer):
+    # Handler threads are joined on close (after their sockets are shut), so stop() leaves nothing behind.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine, data_dir: Path) -> None:
+        super().__init__(address, _Handler)
+        self.engine = engine
+        self.data_dir = data_dir
+        self.stopping = threading.Event()
+        self.faults = FaultInjector(engine.options, self.stopping)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, *, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Wake handler threads blocked on idle keep-alive connections."""
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "promptdrop-emulator"
+    # Idle keep-alive connections are dropped after this many seconds.
+    timeout = 120
+    server: _HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, open_=True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, open_=False)
+        super().finish()
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    # Logging without the query string, where a ?key= would be.
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logger.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("emulator http: %s", format % args)
+
+    # Dispatch --------------------------------------------------------------------------------------
+
+    def _handle(self, method: str) -> None:
+        self._body_read = False
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        self._query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        found = match_route(method, path)
+        is_chunk = found is not None and found[0] == "upload" and "upload_id" in self._query
+        try:
+            if found is None:
+                raise ApiError(404, f"Method or path not found: {method} {path}")
+            name, params = found
+            if name == "health":
+                reply = _json({"status": "ok", "data_dir": str(self.server.data_dir)})
+            elif is_chunk:
+                reply = self._upload_chunk(params)
+            else:
+                self._authenticate()
+                self.server.faults.apply(name)
+                reply = getattr(self, f"_route_{name}")(params)
+        except ApiError as exc:
+            reply = _json(exc.body())
+            if is_chunk:
+                # Without this header the SDK re-sends the chunk three times, sleeping 1+2+4 s.
+                reply.headers["X-Goog-Upload-Status"] = "final"
+            self._send(reply, status=exc.http_status)
+            return
+        except Exception:
+            logger.exception("emulator failed on %s %s", method, path)
+            self._send(_json(ApiError(500, "Internal error in the emulator.").body()), status=500)
+            return
+        self._send(reply, status=200)
+
+    def _send(self, reply: _Reply, *, status: int) -> None:
+        if not self._body_read:
+            # An unread request body would be taken for the next request on this connection.
+            self.close_connection = True
+        body = reply.body
+        length = len(body) if isinstance(body, bytes) else reply.length
+        self.send_response(status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(length))
+        for header, value in reply.headers.items():
+            self.send_header(header, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if isinstance(body, bytes):
+            self.wfile.write(body)
+        else:
+            for block in body:
+                self.wfile.write(block)
+
+    def _authenticate(self) -> None:
+        key = self.headers.get("x-goog-api-key") or self._query.get("key")
+        if not key:
+            raise ApiError(401, "Method doesn't allow unregistered callers: pass an API key.")
+        expected = self.server.engine.options.api_key
+        if expected and not hmac.compare_digest(key.encode(), expected.encode()):
+            raise ApiError(403, "API key not valid. Please pass a valid API key.")
+
+    def _content_length(self) -> int:
+        try:
+            return int(self.headers.get("Content-Length") or 0)
+        except ValueError as exc:
+            raise ApiError(400, "Content-Length is not a number") from exc
+
+    def _json_body(self) -> object:
+        length = self._content_length()
+        if length > MAX_JSON_BODY:
+            raise ApiError(400, f"Request payload size exceeds the limit: {MAX_JSON_BODY} bytes.")
+        raw = self.rfile.read(length) if length else b""
+        self._body_read = True
+        if not raw.strip():
+            return {}
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"Invalid JSON payload received: {exc}") from exc
+
+    def _base_url(self, prefix: str = "") -> str:
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+        return f"http://{host}{prefix}"
+
+    # Files -----------------------------------------------------------------------------------------
+
+    def _route_upload(self, params: dict[str, str]) -> _Reply:
+        body = camel_keys(self._json_body())
+        command = (self.headers.get("X-Goog-Upload-Command") or "").lower()
+        if command != "start":
+            raise ApiError(400, "Only resumable uploads are supported: X-Goog-Upload-Command: start")
+        file_info = body.get("file") if isinstance(body, dict) else None
+        file_info = file_info if isinstance(file_info, dict) else {}
+        mime_type = file_info.get("mimeType") or self.headers.get("X-Goog-Upload-Header-Content-Type")
+        if not mime_type:
+            raise ApiError(400, "The file's MIME type is missing.")
+        declared = self.headers.get("X-Goog-Upload-Header-Content-Length") or file_info.get("sizeBytes")
+        try:
+            declared_size = None if declared is None else int(declared)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "X-Goog-Upload-Header-Content-Length is not a number") from exc
+        display_name = file_info.get("displayName")
+        name = file_info.get("name")
+        session = self.server.engine.files.start_upload(
+            mime_type=str(mime_type),
+            declared_size=declared_size,
+            display_name=str(display_name) if display_name else None,
+            name=str(name) if name else None,
+        )
+        upload_url = (
+            f"{self._base_url(params['prefix'])}/upload/{params['ver']}/files"
+            f"?upload_id={session}&upload_protocol=resumable"
+        )
+        return _json(
+            {},
+            {
+                "X-Goog-Upload-URL": upload_url,
+                "X-Goog-Upload-Control-URL": upload_url,
+                "X-Goog-Upload-Status": "active",
+                "X-Goog-Upload-Chunk-Granularity": str(UPLOAD_GRANULARITY),
+            },
+        )
+
+    def _upload_chunk(self, params: dict[str, str]) -> _Reply:
+        command = {
+            part.strip() for part in (self.headers.get("X-Goog-Upload-Command") or "").lower().split(",")
+        }
+        if not command <= {"upload", "finalize"} or not command:
+            raise ApiError(400, "X-Goog-Upload-Command must be 'upload', 'finalize' or 'upload, finalize'")
+        try:
+            offset = int(self.headers.get("X-Goog-Upload-Offset") or 0)
+        except ValueError as exc:
+            raise ApiError(400, "X-Goog-Upload-Offset is not a number") from exc
+        record = self.server.engine.files.write_chunk(
+            self._query["upload_id"],
+            offset=offset,
+            body=self.rfile,  # type: ignore[arg-type]
+            length=self._content_length(),
+            finalize="finalize" in command,
+        )
+        self._body_read = True
+        if record is None:
+            return _Reply(b"", headers={"X-Goog-Upload-Status": "active"})
+        body = {"file": file_json(record, self._base_url(params["prefix"]))}
+        return _json(body, {"X-Goog-Upload-Status": "final"})
+
+    def _route_file_get(self, params: dict[str, str]) -> _Reply:
+        record = self.server.engine.files.get(params["id"])
+        return _json(file_json(record, self._base_url(params["prefix"])))
+
+    def _route_file_list(self, params: dict[str, str]) -> _Reply:
+        size = page_size(self._query.get("pageSize"), default=10, maximum=100)
+        records = self.server.engine.files.list()
+        page, token = paginate(records, lambda r: r.sort_key, size, self._query.get("pageToken"))
+        body: dict[str, object] = {}
+        if page:
+            body["files"] = [file_json(r, self._base_url(params["prefix"])) for r in page]
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
+
+    def _route_file_delete(self, params: dict[str, str]) -> _Reply:
+        self.server.engine.files.delete(params["id"])
+        return _json({})
+
+    def _route_download(self, params: dict[str, str]) -> _Reply:
+        files = self.server.engine.files
+        record = files.get(params["id"])
+        try:
+            stream = files.data_path(record.id).open("rb")
+        except FileNotFoundError as exc:
+            raise ApiError(404, f"File {record.name} does not exist.") from exc
+        mime_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
+        return _Reply(_stream_file(stream), length=record.size, content_type=mime_type)
+
+    # Batches ---------------------------------------------------------------------------------------
+
+    def _route_create(self, params: dict[str, str]) -> _Reply:
+        job = self.server.engine.create_batch(params["model"], self._json_body())
+        return _json(operation_json(job))
+
+    def _route_get(self, params: dict[str, str]) -> _Reply:
+        engine = self.server.engine
+        job = engine.get_batch(params["id"])
+        if job.inline_count is None or job.state != "BATCH_STATE_SUCCEEDED":
+            return _json(operation_json(job))
+        # Inline results can be large (images): stream them from disk into both places they appear.
+        placeholder = f"inline-{secrets.token_hex(8)}"
+        pieces = orjson.dumps(operation_json(job, inline_items=placeholder)).split(
+            f'"{placeholder}"'.encode()
+        )
+        array_length = 2 + job.inline_bytes + max(0, job.inline_count - 1)
+        path = engine.inline_results_path(job)
+        try:
+            streams = [path.open("rb") for _ in pieces[1:]]
+        except FileNotFoundError as exc:
+            raise ApiError(404, f"Batch {job.name} not found.") from exc
+
+        def body() -> Iterator[bytes]:
+            for piece, stream in zip(pieces, [*streams, None], strict=True):
+                yield piece
+                if stream is not None:
+                    yield from _inline_items(stream)
+
+        length = sum(map(len, pieces)) + len(streams) * array_length
+        return _Reply(body(), length=length)
+
+    def _route_list(self, params: dict[str, str]) -> _Reply:
+        size = page_size(self._query.get("pageSize"), default=10, maximum=100)
+        jobs = self.server.engine.list_batches()
+        page, token = paginate(jobs, lambda j: j.sort_key, size, self._query.get("pageToken"))
+        body: dict[str, object] = {}
+        if page:
+            body["operations"] = [operation_json(job, listing=True) for job in page]
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
+
+    def _route_cancel(self, params: dict[str, str]) -> _Reply:
+        self._json_body()
+        self.server.engine.cancel_batch(params["id"])
+        return _json({})
+
+    def _route_delete(self, params: dict[str, str]) -> _Reply:
+        self._json_body()
+        self.server.engine.delete_batch(params["id"])
+        return _json({})
+
+
+class EmulatorServer:
+    """The emulator serving one data folder on a background thread.
+
+    Only one emulator may serve a folder at a time (an exclusive lock on ``serve.lock``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        options: EmulatorOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.options = options or EmulatorOptions()
+        self._address = (host, port)
+        self._clock = clock
+        self._httpd: _HttpServer | None = None
+        self._engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+        self._lock_file: IO[bytes] | None = None
+        self._port: int | None = None
+
+    def start(self) -> EmulatorServer:
+        """Load the data folder, bind and serve in the background; returns once it accepts calls."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = (self.data_dir / "serve.lock").open("ab")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock_file.close()
+            raise ConfigurationError(f"another emulator is already serving {self.data_dir}") from exc
+        self._lock_file = lock_file
+        try:
+            engine = Engine(self.data_dir, self.options, *([self._clock] if self._clock else []))
+            engine.start()
+            self._engine = engine
+            self._httpd = _HttpServer(self._address, engine, self.data_dir)
+        except BaseException:
+            self.stop()
+            raise
+        self._port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="emulator-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound port (still known after stop(), so a restart can reuse it)."""
+        if self._port is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self._address[0]
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def faults_injected(self) -> int:
+        return self._httpd.faults.faults if self._httpd else 0
+
+    @property
+    def calls_stalled(self) -> int:
+        return self._httpd.faults.stalls if self._httpd else 0
+
+    def stop(self) -> None:
+        """Stop serving; unfinished jobs stay on disk and resume when an emulator serves the folder again."""
+        if self._httpd is not None:
+            self._httpd.stopping.set()
+            if self._thread is not None:
+                self._httpd.shutdown()
+            self._httpd.close_connections()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
