@@ -1,0 +1,397 @@
+"""The `promptdrop` command line: run, serve, status, cancel, extract, emulator.
+
+Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CANCELLED (and errors),
+2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from promptdrop import logs, prompts
+from promptdrop.cost import CostTally
+from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
+from promptdrop.manifest import summary as run_summary
+from promptdrop.records import Run
+from promptdrop.settings import Settings
+from promptdrop.states import JobPhase, RunState
+from promptdrop.usecases import poll, submit
+from promptdrop.usecases.context import Context
+
+app = typer.Typer(
+    name="promptdrop",
+    help="Turn prompt files into images at half price with the Gemini Batch API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+log = logging.getLogger("promptdrop.cli")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _context(settings: Settings) -> Context:
+    from promptdrop.wiring import build_context
+
+    logs.configure(
+        settings.log_format, logging.INFO if os.environ.get("PROMPTDROP_VERBOSE") else logging.WARNING
+    )
+    if settings.backend == "emulator":
+        err.print(
+            "[yellow]No GEMINI_API_KEY: using the bundled Gemini Batch API emulator. "
+            "Images are placeholders drawn locally; nothing is billed.[/yellow]"
+        )
+    try:
+        return build_context(settings)
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _exit_code(state: RunState) -> int:
+    return 0 if state in (RunState.SUCCEEDED, RunState.PARTIAL) else 1
+
+
+def _money(value: float | None) -> str:
+    return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
+
+
+@app.command()
+def run(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl or .txt file")
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Drive the run to its end with a progress bar")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate; submit nothing")] = False,
+) -> None:
+    """Put FILE into the inbox and submit it; print the run id."""
+    settings = _settings()
+    fmt = prompts.detect_format(file.name)
+    if fmt is None:
+        err.print(
+            f"[red]{file.name}: not a prompt file[/red] (use .jsonl, one JSON object per line, or .txt)"
+        )
+        raise typer.Exit(2)
+    if dry_run:
+        raise typer.Exit(_dry_run(settings, file, fmt))
+    ctx = _context(settings)
+    name = settings.inbox_prefix + file.name
+    try:
+        # Through a temporary name and a rename: `serve` never sees half a file.
+        with file.open("rb") as source, ctx.blobs.open_write(name) as target:
+            while block := source.read(4 * 1024 * 1024):
+                target.write(block)
+        info = ctx.blobs.stat(name)
+        assert info is not None
+        receipt = submit.receive_file(
+            ctx, submit.StorageObject(settings.bucket_name, name, info.generation, info.size)
+        )
+    except PromptdropError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if receipt.run is None:
+        err.print(f"[red]not submitted:[/red] {receipt.ignored}")
+        raise typer.Exit(1)
+    run_record = receipt.run
+    out.print(run_record.run_id)
+    if not wait:
+        err.print(
+            f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
+            "(and keep `promptdrop serve` running, or use --wait)"
+        )
+        raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
+    final = _wait(ctx, run_record.run_id)
+    _print_result(ctx, final)
+    raise typer.Exit(_exit_code(final.state))
+
+
+def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
+    tally = CostTally()
+    valid = invalid = 0
+    options = prompts.ParseOptions(
+        default_model=settings.model,
+        max_line_bytes=settings.max_line_bytes,
+        bucket_name=settings.bucket_name if settings.bucket_is_gcs else None,
+    )
+    with file.open("rb") as stream:
+        for line in prompts.parse_prompt_file(stream, fmt, options):
+            if isinstance(line, prompts.PromptRequest):
+                valid += 1
+                tally.add_estimate(line.model, line.image_size, line.estimated_input_tokens)
+            else:
+                invalid += 1
+                err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
+    total = tally.total
+    out.print(f"{valid} valid, {invalid} invalid line(s)")
+    out.print(f"estimated batch cost: {_money(total.batch)}")
+    out.print(f"same work on the interactive API: {_money(total.interactive)} (saves {_money(total.saved)})")
+    if settings.max_cost_usd is not None and total.batch is not None and total.batch > settings.max_cost_usd:
+        out.print(
+            f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${settings.max_cost_usd}: it would be refused[/red]"
+        )
+        return 1
+    return 0 if valid else 1
+
+
+def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
+    done = total = 0
+    for job in ctx.store.list_jobs(run_id):
+        if job.attempt != 1:
+            continue
+        total += job.request_count
+        if job.phase is JobPhase.DONE:
+            done += job.request_count
+        else:
+            done += min(
+                job.request_count,
+                job.stats.get("successfulRequestCount", 0) + job.stats.get("failedRequestCount", 0),
+            )
+    return done, total
+
+
+def _wait(ctx: Context, run_id: str) -> Run:
+    interval = min(ctx.settings.poll_interval, 2.0)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(run_id, total=None)
+        while True:
+            try:
+                poll.tick(ctx, run_ids=[run_id])
+            except PromptdropError as exc:
+                log.warning("tick failed: %s", exc)
+            current = ctx.store.get_run(run_id)
+            if current is None:
+                raise PromptdropError(f"run {run_id} disappeared from the store")
+            done, total = _progress_numbers(ctx, run_id)
+            progress.update(
+                task, description=f"{run_id} {current.state.value}", completed=done, total=total or None
+            )
+            if current.state.terminal:
+                return current
+            time.sleep(interval)
+
+
+def _print_result(ctx: Context, run_record: Run) -> None:
+    layout = ctx.layout(run_record.run_id)
+    counts = run_record.counts
+    out.print(
+        f"[bold]{run_record.state.value}[/bold]: {counts.succeeded} succeeded, {counts.failed} failed, "
+        f"{counts.invalid} invalid of {counts.lines} lines"
+    )
+    if run_record.reason:
+        out.print(f"reason: {run_record.reason}")
+    cost = run_record.cost
+    out.print(
+        f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
+        f"saved {_money(cost.saved)})"
+    )
+    base = ctx.blobs.url.rstrip("/") + "/"
+    out.print(f"images:   {base}{layout.folder}images/")
+    out.print(f"manifest: {base}{layout.manifest}")
+    out.print(f"summary:  {base}{layout.summary}")
+
+
+@app.command()
+def serve(
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between ticks (PROMPTDROP_POLL_INTERVAL)")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One scan and one tick, then exit")] = False,
+) -> None:
+    """Watch the local inbox and poll jobs on an interval: the local twin of the deployment."""
+    settings = _settings()
+    ctx = _context(settings)
+    pause = settings.poll_interval if interval is None else interval
+    watcher = InboxWatcher(ctx)
+    err.print(f"serving {ctx.blobs.url} (inbox {settings.inbox_prefix}, every {pause:g}s); Ctrl-C stops")
+    try:
+        while True:
+            try:
+                for run_id in watcher.scan():
+                    err.print(f"claimed {run_id}")
+                report = poll.tick(ctx)
+                for run_id in report.runs_finished:
+                    finished = ctx.store.get_run(run_id)
+                    if finished is not None:
+                        err.print(f"{run_id}: {finished.state.value}")
+            except PromptdropError as exc:
+                err.print(f"[yellow]tick failed, will retry: {exc}[/yellow]")
+            if once:
+                return
+            time.sleep(pause)
+    except KeyboardInterrupt:
+        err.print("stopped")
+
+
+class InboxWatcher:
+    """Finds complete files in the local inbox: a file is taken once its size held still for one scan."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.sizes: dict[str, int] = {}
+        self.done: set[tuple[str, str]] = set()
+
+    def scan(self) -> list[str]:
+        settings = self.ctx.settings
+        claimed = []
+        for info in self.ctx.blobs.list(settings.inbox_prefix):
+            if (info.name, info.generation) in self.done:
+                continue
+            if self.sizes.get(info.name) != info.size:
+                self.sizes[info.name] = info.size  # still changing, or new: look again next scan
+                continue
+            receipt = submit.receive_file(
+                self.ctx, submit.StorageObject(settings.bucket_name, info.name, info.generation, info.size)
+            )
+            self.done.add((info.name, info.generation))
+            if receipt.created and receipt.run is not None:
+                claimed.append(receipt.run.run_id)
+        return claimed
+
+
+@app.command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="A run id; all recent runs when omitted")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Show runs, or one run with its jobs."""
+    settings = _settings()
+    from promptdrop.wiring import blob_store, job_store
+
+    store = job_store(settings)
+    if run_id is None:
+        runs = sorted(store.list_runs(None), key=lambda r: r.created_at, reverse=True)[:50]
+        if as_json:
+            out.print_json(
+                orjson.dumps([r.model_dump(mode="json", exclude={"lease"}) for r in runs]).decode()
+            )
+            return
+        table = Table("run", "state", "lines", "ok", "failed", "invalid", "cost (batch)")
+        for r in runs:
+            table.add_row(
+                r.run_id,
+                r.state.value,
+                str(r.counts.lines),
+                str(r.counts.succeeded),
+                str(r.counts.failed),
+                str(r.counts.invalid),
+                _money(r.cost.batch or r.cost.estimate),
+            )
+        out.print(table)
+        return
+    record = store.get_run(run_id)
+    if record is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    jobs = store.list_jobs(run_id)
+    data: dict[str, Any] = run_summary(record, jobs, bucket_url=blob_store(settings).url)
+    if as_json:
+        out.print_json(orjson.dumps(data).decode())
+    else:
+        out.print(
+            f"[bold]{record.run_id}[/bold] {record.state.value}"
+            + (f" ({record.reason})" if record.reason else "")
+        )
+        c = record.counts
+        out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
+        out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        for job in jobs:
+            out.print(
+                f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
+                f"{job.request_count} requests"
+            )
+
+
+@app.command()
+def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> None:
+    """Cancel a run: its batch jobs are cancelled and every unfinished line is reported as cancelled."""
+    settings = _settings()
+    ctx = _context(settings)
+    record = ctx.store.get_run(run_id)
+    if record is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    if record.state.terminal:
+        out.print(f"{run_id} already ended: {record.state.value}")
+        raise typer.Exit(_exit_code(record.state))
+    try:
+        ctx.store.update_run(run_id, {"cancel_requested": True})
+        poll.tick(ctx, run_ids=[run_id])
+    except (PreconditionFailedError, PromptdropError) as exc:
+        err.print(f"cancel recorded; the poller finishes it ({exc})")
+    final = ctx.store.get_run(run_id)
+    state = final.state.value if final else "unknown"
+    out.print(f"{run_id}: cancel requested; state {state}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def extract(
+    results_file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A downloaded batch results file")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for images/ and manifest.jsonl")],
+) -> None:
+    """Turn an already downloaded batch results file into images plus a manifest (streaming)."""
+    from promptdrop.adapters.localfs import LocalBlobStore
+    from promptdrop.usecases.harvest import extract_results
+
+    store = LocalBlobStore(out_dir)
+    with results_file.open("rb") as stream:
+        counts = extract_results(stream, store)
+    out.print(
+        f"{counts['succeeded']} images, {counts['failed']} failed, {counts['invalid']} invalid "
+        f"of {counts['lines']} lines -> {out_dir}/images, {out_dir}/manifest.jsonl"
+    )
+    raise typer.Exit(0 if counts["succeeded"] else 1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def emulator(ctx: typer.Context) -> None:
+    """Run the bundled Gemini Batch API emulator (see `promptdrop emulator --help`)."""
+    from promptdrop.emulator import main as emulator_main
+
+    raise typer.Exit(emulator_main(list(ctx.args)))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    # The emulator and the local cloud listen on loopback: never send that through a proxy.
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,67 @@
+"""Object names inside a run's output folder: the one place that knows the bucket layout of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from promptdrop.names import check_key
+
+
+@dataclass(frozen=True, slots=True)
+class RunLayout:
+    folder: str  # "outputs/<run_id>/"
+
+    @classmethod
+    def of(cls, output_prefix: str, run_id: str) -> RunLayout:
+        return cls(f"{output_prefix}{run_id}/")
+
+    @property
+    def manifest(self) -> str:
+        return self.folder + "manifest.jsonl"
+
+    @property
+    def errors(self) -> str:
+        return self.folder + "errors.jsonl"
+
+    @property
+    def rejected(self) -> str:
+        return self.folder + "rejected.jsonl"
+
+    @property
+    def summary(self) -> str:
+        return self.folder + "summary.json"
+
+    def image(self, key: str, extension: str) -> str:
+        """Depends only on (run, key): a harvest run twice writes the same object once."""
+        return f"{self.folder}images/{check_key(key)}.{extension}"
+
+    # Scratch space, deleted when the run ends (and by the bucket's lifecycle rule in the cloud).
+    @property
+    def work(self) -> str:
+        return self.folder + "_work/"
+
+    def input(self, fmt: str) -> str:
+        return f"{self.work}input.{fmt}"
+
+    @property
+    def submit_outcomes(self) -> str:
+        """Lines refused at submission (a missing reference image, the budget cap)."""
+        return self.work + "submit-outcomes.jsonl"
+
+    def job_folder(self, job_id: str) -> str:
+        return f"{self.work}jobs/{job_id}/"
+
+    def job_requests(self, job_id: str) -> str:
+        return self.job_folder(job_id) + "requests.jsonl"
+
+    def job_keys(self, job_id: str) -> str:
+        return self.job_folder(job_id) + "keys.jsonl"
+
+    def job_results(self, job_id: str) -> str:
+        return self.job_folder(job_id) + "results.jsonl"
+
+    def job_outcomes(self, job_id: str, part: int) -> str:
+        return f"{self.job_folder(job_id)}outcomes-{part:06d}.jsonl"
+
+    def job_outcomes_prefix(self, job_id: str) -> str:
+        return self.job_folder(job_id) + "outcomes-"

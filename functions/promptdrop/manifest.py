@@ -1,0 +1,176 @@
+"""What a run writes for people and programs: manifest entries, errors.jsonl / rejected.jsonl lines, the summary.
+
+Pure: the harvest and settle use cases decide *what* happened; this module only says how it is written down
+(DESIGN.md "Bucket layout" and "manifest.jsonl").
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from promptdrop.prompts import InvalidLine, LineError, RejectedLine
+from promptdrop.records import Counts, Job, Run
+from promptdrop.states import RunState
+
+SCHEMA_VERSION = 1
+
+Status = Literal["succeeded", "failed", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final word on one request key, as the harvest checkpoints it (one JSON line per key)."""
+
+    key: str
+    status: Status
+    attempt: int
+    model: str | None = None
+    image: str | None = None
+    mime_type: str | None = None
+    bytes: int | None = None
+    finish_reason: str | None = None
+    text: str | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == "failed" and bool(self.error and self.error.get("retryable"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "status": self.status,
+            "attempt": self.attempt,
+            "model": self.model,
+            "image": self.image,
+            "mime_type": self.mime_type,
+            "bytes": self.bytes,
+            "finish_reason": self.finish_reason,
+            "text": self.text,
+            "usage": self.usage,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**{name: data.get(name) for name in cls.__slots__})  # type: ignore[arg-type]
+
+    @classmethod
+    def failure(
+        cls, key: str, error: LineError, *, attempt: int, model: str | None, status: Status = "failed"
+    ) -> Outcome:
+        return cls(key=key, status=status, attempt=attempt, model=model, error=error.to_json())
+
+
+def entry_for_outcome(line: int, outcome: Outcome) -> dict[str, Any]:
+    """A manifest entry for a line that was submitted (or refused at submission)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "line": line,
+        "key": outcome.key,
+        "status": outcome.status,
+        "image": outcome.image,
+        "mime_type": outcome.mime_type,
+        "bytes": outcome.bytes,
+        "finish_reason": outcome.finish_reason,
+        "text": outcome.text,
+        "usage": outcome.usage,
+        "attempts": outcome.attempt,
+        "error": outcome.error,
+    }
+
+
+def entry_for_invalid(line: InvalidLine | RejectedLine) -> dict[str, Any]:
+    """A manifest entry for a line that never reached the API."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "line": line.line,
+        "key": line.key if isinstance(line, InvalidLine) else None,
+        "status": "invalid",
+        "image": None,
+        "mime_type": None,
+        "bytes": None,
+        "finish_reason": None,
+        "text": None,
+        "usage": None,
+        "attempts": 0,
+        "error": line.error.to_json(),
+    }
+
+
+def error_line(input_form: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """An errors.jsonl line: the input form (defaults resolved) plus ``error``; droppable back into the inbox."""
+    return {**{k: v for k, v in input_form.items() if k != "error"}, "error": error}
+
+
+def rejected_line(line: RejectedLine) -> dict[str, Any]:
+    """A rejected.jsonl line: where, why, and the raw bytes (base64) so nothing is lost."""
+    return {
+        "line": line.line,
+        "error": line.error.to_json(),
+        "raw_base64": base64.b64encode(line.raw).decode("ascii"),
+    }
+
+
+def final_state(counts: Counts, *, cancelled: bool) -> RunState:
+    """SUCCEEDED if every line succeeded, PARTIAL if some did, FAILED if none (DESIGN "Lifecycle")."""
+    if cancelled:
+        return RunState.CANCELLED
+    if counts.lines > 0 and counts.succeeded == counts.lines:
+        return RunState.SUCCEEDED
+    if counts.succeeded > 0:
+        return RunState.PARTIAL
+    return RunState.FAILED
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
+    """summary.json for a run (terminal or not: `promptdrop status --json` shows the same shape)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "state": run.state.value,
+        "reason": run.reason,
+        "source": {**run.source.model_dump(mode="json"), "bucket_url": bucket_url},
+        "model": run.model,
+        "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at),
+        "counts": {
+            "lines": run.counts.lines,
+            "succeeded": run.counts.succeeded,
+            "failed": run.counts.failed,
+            "invalid": run.counts.invalid,
+        },
+        "jobs": [
+            {
+                "name": job.batch_name,
+                "display_name": job.job_id,
+                "state": job.state.value,
+                "attempt": job.attempt,
+                "requests": job.request_count,
+                "model": job.model,
+            }
+            for job in jobs
+        ],
+        "cost": {
+            "currency": "USD",
+            "batch": run.cost.batch,
+            "interactive": run.cost.interactive,
+            "saved": run.cost.saved,
+            "estimate": run.cost.estimate,
+        },
+        "outputs": {
+            "folder": run.output_folder,
+            "manifest": run.output_folder + "manifest.jsonl",
+            "images": run.output_folder + "images/",
+        },
+    }

@@ -1,0 +1,309 @@
+"""Harvest: stream a job's results once, write each image exactly as returned, checkpoint as it goes.
+
+Resumable and idempotent: an image's object name depends only on (run, key); outcomes are written in
+numbered parts, each followed by a checkpoint (byte offset, part count) in the job record. A crash between a
+part and its checkpoint rewrites the same part from the same offset, so running a harvest twice produces the
+same outputs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from promptdrop import results
+from promptdrop.errors import BackendError, NotFoundError, PromptdropError, UnsafeNameError
+from promptdrop.layout import RunLayout
+from promptdrop.manifest import Outcome
+from promptdrop.names import check_key
+from promptdrop.ports import BlobStore
+from promptdrop.prompts import LineError
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, JobState
+from promptdrop.streams import iter_lines
+from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_LINES = 200
+CHECKPOINT_BYTES = 256 * 1024 * 1024
+
+
+class ImageWriter:
+    """Writes images with bounded concurrency and bounded memory (at most 2 x concurrency images held)."""
+
+    def __init__(self, blobs: BlobStore, concurrency: int) -> None:
+        self.blobs = blobs
+        self.concurrency = max(1, concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
+        self._slots = threading.BoundedSemaphore(self.concurrency * 2)
+        self._pending: list[Future[bool]] = []
+
+    def submit(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
+        if self.concurrency == 1:
+            self.blobs.write_bytes(name, data, content_type=content_type, metadata=metadata)
+            return
+        self._slots.acquire()
+        future = self._pool.submit(
+            self.blobs.write_bytes, name, data, content_type=content_type, metadata=metadata
+        )
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending.append(future)
+
+    def flush(self) -> None:
+        """Wait until every submitted image is written; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def to_outcome(
+    parsed: results.ImageOutcome, key: str, *, image_name: str | None, attempt: int, model: str | None
+) -> Outcome:
+    return Outcome(
+        key=key,
+        status="succeeded" if parsed.succeeded else "failed",
+        attempt=attempt,
+        model=model,
+        image=image_name if parsed.succeeded else None,
+        mime_type=parsed.mime_type,
+        bytes=len(parsed.data) if parsed.data is not None else None,
+        finish_reason=parsed.finish_reason,
+        text=parsed.text,
+        usage=parsed.usage.to_json() if parsed.usage else None,
+        error=parsed.error.to_json() if parsed.error else None,
+    )
+
+
+def iter_job_keys(ctx: Context, layout: RunLayout, job: Job) -> Iterator[tuple[str, int]]:
+    """(key, input line) of every request in a job, in request order."""
+    with ctx.blobs.open_read(layout.job_keys(job.job_id)) as stream:
+        for raw in iter_lines(stream):
+            if raw.strip():
+                item = orjson.loads(raw)
+                yield item["key"], item["line"]
+
+
+def job_keys(ctx: Context, layout: RunLayout, job: Job) -> list[str]:
+    return [key for key, _ in iter_job_keys(ctx, layout, job)]
+
+
+def iter_job_outcomes(ctx: Context, layout: RunLayout, job: Job) -> Iterator[Outcome]:
+    """Outcomes a job's harvest has checkpointed so far (parts beyond the checkpoint are ignored)."""
+    for part in range(job.harvest_part):
+        try:
+            data = ctx.blobs.read_bytes(layout.job_outcomes(job.job_id, part))
+        except NotFoundError:
+            continue
+        for raw in data.splitlines():
+            if raw:
+                yield Outcome.from_json(orjson.loads(raw))
+
+
+def _job_end_error(job: Job) -> LineError:
+    """Why the lines of a job that gave no result for them failed, and whether trying again may help."""
+    if job.error == "cancelled":
+        return LineError("cancelled", "the run was cancelled before this line finished")
+    if job.error == "deadline":
+        return LineError(
+            "deadline_exceeded", "the batch job passed PROMPTDROP_JOB_DEADLINE and was cancelled", True
+        )
+    if job.state is JobState.JOB_STATE_EXPIRED:
+        return LineError("job_expired", "the batch job expired (pending or running for over 48 hours)", True)
+    if job.state is JobState.JOB_STATE_FAILED:
+        return LineError("job_failed", f"the batch job failed: {job.error or 'no reason given'}", True)
+    if job.state is JobState.JOB_STATE_CANCELLED:
+        return LineError("job_cancelled", "the batch job was cancelled outside promptdrop", True)
+    return LineError("missing_result", "the results file had no line for this key", True)
+
+
+class _Checkpointer:
+    def __init__(self, ctx: Context, run: Run, job: Job, writer: ImageWriter) -> None:
+        self.ctx, self.run, self.job, self.writer = ctx, run, job, writer
+        self.layout = ctx.layout(run.run_id)
+        self.buffer: list[bytes] = []
+        self.bytes_since = 0
+
+    def add(self, outcome: Outcome, consumed: int) -> None:
+        self.buffer.append(orjson.dumps(outcome.to_json()))
+        self.bytes_since += consumed
+
+    @property
+    def due(self) -> bool:
+        return len(self.buffer) >= CHECKPOINT_LINES or self.bytes_since >= CHECKPOINT_BYTES
+
+    def commit(self, offset: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Images durable first, then the outcome part, then the checkpoint that makes the part count."""
+        from promptdrop.usecases.poll import renew_lease
+
+        self.writer.flush()
+        changes: dict[str, Any] = {"harvest_offset": offset}
+        if self.buffer:
+            part = self.job.harvest_part
+            self.ctx.blobs.write_bytes(
+                self.layout.job_outcomes(self.job.job_id, part),
+                b"\n".join(self.buffer) + b"\n",
+                content_type="application/jsonl",
+            )
+            changes["harvest_part"] = part + 1
+        changes.update(extra or {})
+        renew_lease(self.ctx, self.run.run_id)
+        self.job = self.ctx.store.update_job(self.job.job_id, changes)
+        self.buffer.clear()
+        self.bytes_since = 0
+
+
+def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bool:
+    """Harvest one terminal job. True when done; False when the time budget ran out (resume next tick)."""
+    layout = ctx.layout(run.run_id)
+    extra = {"run_id": run.run_id, "job": job.batch_name or job.job_id}
+    if job.results_file and not job.results_object:
+        # Streamed once from the Files API into the bucket (in a Cloud Function the disk is memory).
+        with ctx.blobs.open_write(layout.job_results(job.job_id), content_type="application/jsonl") as out:
+            ctx.backend.download_file(job.results_file, out)
+        job = ctx.store.update_job(job.job_id, {"results_object": layout.job_results(job.job_id)})
+        log.info("results downloaded", extra=extra)
+
+    known = dict(iter_job_keys(ctx, layout, job))
+    done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
+    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency) as writer:
+        cp = _Checkpointer(ctx, run, job, writer)
+        if job.results_object and job.harvest_offset >= 0:
+            offset = job.harvest_offset
+            with ctx.blobs.open_read(job.results_object, start=offset) as stream:
+                for raw in iter_lines(stream):
+                    offset += len(raw)
+                    outcome = _outcome_for_line(raw, job, layout, known, done_keys, writer, run)
+                    if outcome is not None:
+                        done_keys.add(outcome.key)
+                        cp.add(outcome, len(raw))
+                    else:
+                        cp.bytes_since += len(raw)
+                    if cp.due:
+                        cp.commit(offset)
+                        if deadline is not None and ctx.clock() >= deadline:
+                            log.info("harvest paused at byte %d (time budget)", offset, extra=extra)
+                            return False
+            cp.commit(offset, {"harvest_offset": -1})  # -1: the whole results file is consumed
+        job = cp.job
+        # Every key is accounted for: lines the job never answered fail with the job's reason.
+        error = _job_end_error(job)
+        for key in known:
+            if key not in done_keys:
+                cp.add(Outcome.failure(key, error, attempt=job.attempt, model=job.model), 0)
+        cp.commit(-1, {"phase": JobPhase.DONE.value})
+    _cleanup_job(ctx, cp.job)
+    log.info("harvested", extra=extra)
+    return True
+
+
+def _outcome_for_line(
+    raw: bytes,
+    job: Job,
+    layout: RunLayout,
+    known: Mapping[str, int],
+    done: set[str],
+    writer: ImageWriter,
+    run: Run,
+) -> Outcome | None:
+    if not raw.strip():
+        return None
+    try:
+        parsed = results.parse_result_line(raw)
+    except PromptdropError as exc:
+        log.warning(
+            "unreadable result line skipped: %s", exc, extra={"run_id": run.run_id, "job": job.batch_name}
+        )
+        return None
+    key = parsed.key
+    if key is None or key not in known or key in done:
+        # Join on key, never on order; a key we did not send (or a repeat) cannot be attributed.
+        log.warning("result line with unknown or repeated key skipped", extra={"run_id": run.run_id})
+        return None
+    image_name = None
+    if parsed.succeeded and parsed.data is not None and parsed.extension:
+        image_name = layout.image(key, parsed.extension)
+        writer.submit(
+            image_name, parsed.data, parsed.mime_type, {"run": run.run_id, "key": key, "model": job.model}
+        )
+    return to_outcome(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
+
+
+def _cleanup_job(ctx: Context, job: Job) -> None:
+    """Input files are deleted when their job ends and result files after harvest (20 GB per project)."""
+    for name in (job.file_name, job.results_file):
+        if name:
+            try:
+                ctx.backend.delete_file(name)
+            except BackendError as exc:
+                log.warning("could not delete %s: %s", name, exc, extra={"run_id": job.run_id})
+    if job.results_object:
+        ctx.blobs.delete(job.results_object)
+
+
+def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dict[str, int]:
+    """`promptdrop extract`: a downloaded results file -> images/<key>.<ext> + manifest.jsonl in ``out``.
+
+    Keys from someone else's file obey the same rules as ours: a key that could escape the folder is
+    reported in the manifest and nothing is written for it.
+    """
+    from promptdrop.manifest import SCHEMA_VERSION
+
+    counts = {"lines": 0, "succeeded": 0, "failed": 0, "invalid": 0}
+    seen: set[str] = set()
+    with ImageWriter(out, concurrency) as writer, out.open_write("manifest.jsonl") as manifest:
+        for number, raw in enumerate(iter_lines(stream), start=1):
+            if not raw.strip():
+                continue
+            counts["lines"] += 1
+            entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "line": number}
+            try:
+                parsed = results.parse_result_line(raw)
+                key = check_key(parsed.key or f"line-{number}")
+                if key in seen:
+                    raise UnsafeNameError(f"duplicate key {key!r}")
+                seen.add(key)
+            except PromptdropError as exc:
+                code = "invalid_key" if isinstance(exc, UnsafeNameError) else "bad_json"
+                counts["invalid"] += 1
+                entry.update(
+                    key=None,
+                    status="invalid",
+                    image=None,
+                    mime_type=None,
+                    bytes=None,
+                    finish_reason=None,
+                    text=None,
+                    usage=None,
+                    attempts=0,
+                    error=LineError(code, str(exc)).to_json(),
+                )
+                manifest.write(orjson.dumps(entry) + b"\n")
+                continue
+            image_name = None
+            if parsed.succeeded and parsed.data is not None and parsed.extension:
+                image_name = f"images/{key}.{parsed.extension}"
+                writer.submit(image_name, parsed.data, parsed.mime_type, {"key": key})
+            outcome = to_outcome(parsed, key, image_name=image_name, attempt=1, model=None)
+            counts[outcome.status] += 1
+            entry.update({k: v for k, v in outcome.to_json().items() if k not in {"attempt", "model"}})
+            entry["attempts"] = 1
+            manifest.write(orjson.dumps(entry) + b"\n")
+    return counts

@@ -1,0 +1,93 @@
+"""Build the adapters the settings name. The one place that knows which adapter serves which setting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from promptdrop.errors import ConfigurationError
+from promptdrop.logs import register_secret
+from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier
+from promptdrop.settings import Settings
+from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+# The key the CLI hands the bundled emulator when no GEMINI_API_KEY is configured (it accepts any).
+EMULATOR_KEY = "promptdrop-local-emulator"
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    if settings.bucket_is_gcs:
+        from promptdrop.adapters.gcs import GcsBlobStore
+
+        return GcsBlobStore(settings.bucket_name, upload_concurrency=settings.upload_concurrency)
+    from promptdrop.adapters.localfs import LocalBlobStore
+
+    return LocalBlobStore(Path(settings.bucket))
+
+
+def job_store(settings: Settings) -> JobStore:
+    if settings.store_is_firestore:
+        from promptdrop.adapters.firestore_store import FirestoreJobStore
+
+        project, database = None, "(default)"
+        if settings.store.startswith("firestore://"):
+            parts = settings.store.removeprefix("firestore://").split("/", 1)
+            project = parts[0] or None
+            if len(parts) > 1 and parts[1]:
+                database = parts[1]
+        return FirestoreJobStore(project=project, database=database)
+    if settings.store.startswith("sqlite:///"):
+        from promptdrop.adapters.sqlite_store import SqliteJobStore
+
+        return SqliteJobStore(settings.sqlite_path)
+    raise ConfigurationError(
+        "PROMPTDROP_STORE must be sqlite:///PATH, firestore or firestore://PROJECT/DATABASE"
+    )
+
+
+def notifier(settings: Settings) -> Notifier:
+    if settings.events_topic:
+        from promptdrop.adapters.pubsub import PubsubNotifier
+
+        return PubsubNotifier(settings.events_topic)
+    from promptdrop.adapters.events_log import EventsLog
+
+    return EventsLog(settings.events_log)
+
+
+def emulator_url(settings: Settings) -> str:
+    """The bundled emulator serving this state folder: reused if running, else started in the background."""
+    from promptdrop.emulator import EmulatorOptions
+    from promptdrop.emulator.launcher import ensure_emulator
+
+    options = EmulatorOptions(image_scale=settings.emulator_image_scale)
+    return ensure_emulator(settings.emulator_dir, options)
+
+
+def backend(settings: Settings) -> BatchBackend:
+    from promptdrop.adapters.gemini import GeminiBackend
+
+    if settings.backend == "gemini":
+        if settings.api_key is None:
+            raise ConfigurationError("PROMPTDROP_BACKEND=gemini needs GEMINI_API_KEY")
+        register_secret(settings.api_key.get_secret_value())
+        return GeminiBackend.from_settings(settings)
+    base_url = settings.gemini_base_url or emulator_url(settings)
+    key = settings.api_key.get_secret_value() if settings.api_key else EMULATOR_KEY
+    return GeminiBackend(key, base_url=base_url)
+
+
+def build_context(settings: Settings) -> Context:
+    if settings.in_cloud:
+        settings.require_cloud_ready()
+    if settings.api_key is not None:
+        register_secret(settings.api_key.get_secret_value())
+    return Context(
+        settings=settings,
+        blobs=blob_store(settings),
+        store=job_store(settings),
+        notifier=notifier(settings),
+        backend_factory=lambda: backend(settings),
+    )
