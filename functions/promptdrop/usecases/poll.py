@@ -247,7 +247,8 @@ def _record_job_end(
         "phase": JobPhase.HARVESTING.value,
         "state": state.value,
         "ended_at": ctx.clock(),
-        "error": job.error if job.error == "deadline" else error,
+        # Our own reasons for stopping a job (deadline, cancel) say more than the API's.
+        "error": job.error if job.error in ("deadline", "cancelled") else error,
     }
     if info is not None:
         changes["stats"] = dict(info.stats)

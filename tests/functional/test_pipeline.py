@@ -1,0 +1,311 @@
+"""Whole runs through the use cases: embedded adapters, the real SDK and the emulator over HTTP."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from promptdrop.errors import AmbiguousCreateError
+from promptdrop.ports import BatchInfo
+from promptdrop.states import JobPhase, RunState
+from promptdrop.usecases import poll
+from tests.functional.conftest import Pipeline, jsonl, read_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _batches(emulator: Any) -> list[Any]:
+    """Every batch job the emulator holds (the client is kept alive while the pager runs)."""
+    client = emulator.client()
+    return list(client.batches.list(config={"page_size": 50}))
+
+
+def _bucket_files(root: Path) -> set[str]:
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".promptdrop-meta")
+    }
+
+
+def test_example_file_runs_to_partial_with_every_line_accounted_for(pipeline: Pipeline) -> None:
+    """The shipped example gives images for the good lines, one safety failure and one invalid line."""
+    receipt = pipeline.drop("catalogue.jsonl", (REPO / "examples" / "catalogue.jsonl").read_bytes())
+    assert receipt.created and receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id)
+
+    assert run.state is RunState.PARTIAL
+    entries = pipeline.manifest(run)
+    assert [e["line"] for e in entries] == list(range(2, 15))  # line 1 is the defaults line
+    by_key = {e["key"]: e for e in entries}
+    assert by_key["blocked-example"]["status"] == "failed"
+    assert by_key["blocked-example"]["error"]["code"] == "safety"
+    assert by_key["bad-ratio"]["status"] == "invalid"
+    assert by_key["bad-ratio"]["error"]["code"] == "bad_aspect_ratio"
+    succeeded = [e for e in entries if e["status"] == "succeeded"]
+    assert len(succeeded) == 11
+    for entry in succeeded:
+        data = (pipeline.bucket / entry["image"]).read_bytes()
+        assert len(data) == entry["bytes"]
+        width, height = _png_size(data)
+        assert width > 0 and height > 0
+    hero = (pipeline.bucket / by_key["hero-mountain"]["image"]).read_bytes()
+    width, height = _png_size(hero)
+    assert abs(width / height - 21 / 9) < 0.05
+
+    summary = orjson.loads((pipeline.outputs(run) / "summary.json").read_bytes())
+    assert summary["state"] == "PARTIAL"
+    assert summary["counts"] == {"lines": 13, "succeeded": 11, "failed": 1, "invalid": 1}
+    assert summary["jobs"][0]["state"] == "JOB_STATE_SUCCEEDED"
+    # 10 images at 1K/2K ($0.067) and one at 4K ($0.12) in batch, plus a little text input.
+    assert summary["cost"]["batch"] == pytest.approx(10 * 0.0672 + 0.12, abs=0.002)
+    assert summary["cost"]["interactive"] == pytest.approx(2 * summary["cost"]["batch"])
+    assert summary["cost"]["saved"] == pytest.approx(summary["cost"]["batch"])
+    assert summary["cost"]["estimate"] is not None
+
+    events = read_jsonl(pipeline.home / "events.jsonl")
+    assert [(e["run_id"], e["state"]) for e in events] == [(run.run_id, "PARTIAL")]
+    assert not list(pipeline.ctx.blobs.list(run.output_folder + "_work/"))  # scratch cleaned up
+
+
+def test_adversarial_file_one_entry_per_line_and_nothing_outside_the_run_folder(pipeline: Pipeline) -> None:
+    """Bad lines are reported with line numbers while the good ones run; nothing escapes outputs/<run_id>/."""
+    huge = "x" * (5 * 1024 * 1024)
+    lines = [
+        b'{"key": "ok-1", "prompt": "a red apple"}',
+        b"",
+        b'{"key": "broken", "prompt": "missing brace"',
+        b'{"key": "ok-1", "prompt": "duplicate key"}',
+        b'{"key": "../escape", "prompt": "path traversal"}',
+        b'{"key": "ratio", "prompt": "odd ratio", "aspect_ratio": "5:7"}',
+        b"   ",
+        b'{"key": "empty", "prompt": ""}',
+        b'{"key": "latin1", "prompt": "caf\xe9"}',
+        orjson.dumps({"key": "huge", "prompt": huge}),
+        b'{"key": "ok-2", "prompt": "a green pear", "aspect_ratio": "16:9"}',
+        b'{"key": "/abs", "prompt": "absolute key"}',
+        b"",
+    ]
+    before = _bucket_files(pipeline.bucket) if pipeline.bucket.exists() else set()
+    receipt = pipeline.drop("adversarial.jsonl", b"\n".join(lines) + b"\n")
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id)
+
+    entries = pipeline.manifest(run)
+    non_blank = [i + 1 for i, raw in enumerate(lines) if raw.strip()]
+    assert [e["line"] for e in entries] == non_blank
+    status = {e["line"]: (e["status"], (e["error"] or {}).get("code")) for e in entries}
+    assert status[1] == ("succeeded", None)
+    assert status[3][0] == "invalid" and status[3][1] == "bad_json"
+    assert status[4] == ("invalid", "duplicate_key")
+    assert status[5] == ("invalid", "invalid_key")
+    assert status[6] == ("invalid", "bad_aspect_ratio")
+    assert status[8] == ("invalid", "empty_prompt")
+    assert status[9] == ("invalid", "bad_utf8")
+    assert status[10] == ("invalid", "prompt_too_long")
+    assert status[11] == ("succeeded", None)
+    assert status[12] == ("invalid", "invalid_key")
+    assert run.state is RunState.PARTIAL
+
+    images = sorted(p.name for p in (pipeline.outputs(run) / "images").iterdir())
+    assert images == ["ok-1.png", "ok-2.png"]
+    rejected = read_jsonl(pipeline.outputs(run) / "rejected.jsonl")
+    assert sorted(r["line"] for r in rejected) == [3, 9]
+    raw9 = base64.b64decode(next(r for r in rejected if r["line"] == 9)["raw_base64"])
+    assert raw9 == lines[8]
+    errors = read_jsonl(pipeline.outputs(run) / "errors.jsonl")
+    assert {e["key"] for e in errors} == {"ok-1", "../escape", "ratio", "empty", "huge", "/abs"}
+    assert all("error" in e for e in errors)
+
+    created = _bucket_files(pipeline.bucket) - before
+    outside = [f for f in created if not f.startswith(run.output_folder) and f != "inbox/adversarial.jsonl"]
+    assert outside == []
+    assert not (pipeline.bucket.parent / "escape.png").exists()
+
+
+def test_errors_file_dropped_back_retries_exactly_the_failed_and_invalid_lines(pipeline: Pipeline) -> None:
+    """errors.jsonl is valid input: it reruns the failed and the invalid-but-parseable lines, nothing else."""
+    first = pipeline.drop(
+        "retry-me.jsonl",
+        jsonl(
+            {"defaults": {"aspect_ratio": "3:2"}},
+            {"key": "good", "prompt": "fine line"},
+            {"key": "blocked", "prompt": "blocked once [[emulator:safety]]"},
+            {"key": "bad-size", "prompt": "wrong size", "image_size": "3K"},
+        ),
+    )
+    assert first.run is not None
+    run = pipeline.finish(first.run.run_id)
+    errors = (pipeline.outputs(run) / "errors.jsonl").read_bytes()
+    dropped = {e["key"]: e for e in read_jsonl(pipeline.outputs(run) / "errors.jsonl")}
+    assert set(dropped) == {"blocked", "bad-size"}
+    assert dropped["blocked"]["aspect_ratio"] == "3:2"  # the file's defaults resolved into the line
+
+    second = pipeline.drop("retry-me-errors.jsonl", errors)
+    assert second.run is not None and second.run.run_id != run.run_id
+    rerun = pipeline.finish(second.run.run_id)
+    entries = pipeline.manifest(rerun)
+    assert [(e["key"], e["status"]) for e in entries] == [("blocked", "failed"), ("bad-size", "invalid")]
+
+
+def test_retryable_failures_are_resubmitted_up_to_max_attempts(pipeline: Pipeline) -> None:
+    """An INTERNAL error line and an expired job are retried automatically; attempts are recorded."""
+    ctx = pipeline.context(max_attempts=2)
+    receipt = pipeline.drop(
+        "flaky.jsonl",
+        jsonl({"key": "ok", "prompt": "fine"}, {"key": "internal", "prompt": "breaks [[emulator:error=13]]"}),
+        ctx,
+    )
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    by_key = {e["key"]: e for e in pipeline.manifest(run)}
+    assert by_key["ok"]["attempts"] == 1 and by_key["ok"]["status"] == "succeeded"
+    assert by_key["internal"]["attempts"] == 2
+    assert by_key["internal"]["error"]["code"] == "api_error" and by_key["internal"]["error"]["retryable"]
+    jobs = ctx.store.list_jobs(run.run_id)
+    assert [(j.attempt, j.request_count) for j in jobs] == [(1, 2), (2, 1)]
+
+
+def test_expired_job_lines_are_resubmitted_and_reported(pipeline: Pipeline) -> None:
+    """EXPIRED is terminal: its lines fail retryably, are resubmitted, and end with the reason."""
+    ctx = pipeline.context(max_attempts=2)
+    receipt = pipeline.drop("expire.jsonl", jsonl({"key": "late", "prompt": "slow [[emulator:job=expired]]"}), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.FAILED
+    (entry,) = pipeline.manifest(run)
+    assert entry["error"]["code"] == "job_expired" and entry["attempts"] == 2
+    summary = orjson.loads((pipeline.outputs(run) / "summary.json").read_bytes())
+    assert [j["state"] for j in summary["jobs"]] == ["JOB_STATE_EXPIRED", "JOB_STATE_EXPIRED"]
+
+
+def test_budget_cap_refuses_the_run_before_anything_is_submitted(pipeline: Pipeline) -> None:
+    """A run whose estimate exceeds PROMPTDROP_MAX_COST_USD is FAILED with the reason and no batch job."""
+    ctx = pipeline.context(max_cost_usd=0.10)
+    receipt = pipeline.drop("pricey.txt", b"one\ntwo\nthree\n", ctx)
+    assert receipt.run is not None
+    run = ctx.store.get_run(receipt.run.run_id)
+    assert run is not None and run.state is RunState.FAILED
+    assert run.reason is not None and "budget cap" in run.reason
+    assert ctx.store.list_jobs(run.run_id) == []
+    entries = pipeline.manifest(run)
+    assert [(e["key"], e["error"]["code"]) for e in entries] == [
+        ("line-1", "budget_exceeded"),
+        ("line-2", "budget_exceeded"),
+        ("line-3", "budget_exceeded"),
+    ]
+    assert _batches(pipeline.emulator) == []
+
+
+def test_unusable_file_gives_a_failed_run_with_the_reason(pipeline: Pipeline) -> None:
+    """A file that is not JSONL/text ends FAILED with the reason in summary.json, never a crash."""
+    receipt = pipeline.drop("photo.csv", b"a,b,c\n")
+    assert receipt.run is not None
+    run = pipeline.ctx.store.get_run(receipt.run.run_id)
+    assert run is not None and run.state is RunState.FAILED
+    summary = orjson.loads((pipeline.outputs(run) / "summary.json").read_bytes())
+    assert "not a prompt file" in summary["reason"]
+
+
+def test_redelivered_event_creates_one_run_and_one_batch_job(pipeline: Pipeline) -> None:
+    """The same object delivered twice is claimed once."""
+    data = jsonl({"key": "a", "prompt": "one"})
+    first = pipeline.drop("twice.jsonl", data)
+    assert first.run is not None
+    info = pipeline.ctx.blobs.stat("inbox/twice.jsonl")
+    assert info is not None
+    from promptdrop.usecases import submit
+
+    again = submit.receive_file(
+        pipeline.ctx, submit.StorageObject(pipeline.ctx.settings.bucket_name, info.name, info.generation, info.size)
+    )
+    assert not again.created and again.run is not None and again.run.run_id == first.run.run_id
+    pipeline.finish(first.run.run_id)
+    assert len(_batches(pipeline.emulator)) == 1
+
+
+def test_job_created_before_a_crash_is_found_by_display_name(pipeline: Pipeline) -> None:
+    """batches.create succeeded but the answer was lost: the next tick adopts the job instead of paying twice."""
+
+    class LostAnswer:
+        """Wraps the real backend: the create reaches the emulator, then the caller 'crashes'."""
+
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
+            self.real.create_batch(model=model, file_name=file_name, display_name=display_name)
+            raise AmbiguousCreateError("timed out waiting for the answer")
+
+    ctx = pipeline.ctx
+    real = ctx.backend
+    ctx._backend = LostAnswer(real)  # type: ignore[assignment]
+    receipt = pipeline.drop("crash.jsonl", jsonl({"key": "k", "prompt": "once only"}))
+    assert receipt.run is not None
+    (job,) = ctx.store.list_jobs(receipt.run.run_id)
+    assert job.phase is JobPhase.CREATING and job.batch_name is None
+
+    ctx._backend = real
+    run = pipeline.finish(receipt.run.run_id)
+    assert run.state is RunState.SUCCEEDED
+    batches = _batches(pipeline.emulator)
+    assert len(batches) == 1
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.batch_name == batches[0].name
+
+
+def test_inline_responses_are_harvested_like_a_results_file(pipeline: Pipeline, emulator_factory: Any) -> None:
+    """Small jobs answered inline (no responses file) still give images and a manifest."""
+    emulator = emulator_factory("inline", inline_responses_max=10)
+    ctx = pipeline.context(gemini_base_url=emulator.url)
+    receipt = pipeline.drop("inline.jsonl", jsonl({"key": "x", "prompt": "p1"}, {"key": "y", "prompt": "p2"}), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.SUCCEEDED
+    assert sorted(p.name for p in (pipeline.outputs(run) / "images").iterdir()) == ["x.png", "y.png"]
+
+
+def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, emulator_factory: Any) -> None:
+    """Cancelling a running run cancels its batch jobs and accounts for every line."""
+    emulator = emulator_factory("slow", pending_seconds=30.0)
+    ctx = pipeline.context(gemini_base_url=emulator.url)
+    receipt = pipeline.drop("cancel.jsonl", jsonl({"key": "a", "prompt": "x"}, {"key": "b", "prompt": "y"}), ctx)
+    assert receipt.run is not None
+    ctx.store.update_run(receipt.run.run_id, {"cancel_requested": True})
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.CANCELLED
+    assert [e["error"]["code"] for e in pipeline.manifest(run)] == ["cancelled", "cancelled"]
+    (batch,) = _batches(emulator)
+    assert batch.state == "JOB_STATE_CANCELLED"
+
+
+def test_two_pollers_at_once_harvest_each_job_once(pipeline: Pipeline) -> None:
+    """Overlapping ticks skip leased work: both run, the images and outcomes are written once."""
+    receipt = pipeline.drop("overlap.jsonl", jsonl(*({"key": f"k{i}", "prompt": f"p{i}"} for i in range(20))))
+    assert receipt.run is not None
+    other = pipeline.context(upload_concurrency=4)
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(100):
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda c: poll.tick(c), [pipeline.ctx, other]))
+        run = pipeline.ctx.store.get_run(receipt.run.run_id)
+        assert run is not None
+        if run.state.terminal:
+            break
+    assert run.state is RunState.SUCCEEDED
+    keys = [e["key"] for e in pipeline.manifest(run)]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(20)) and len(set(keys)) == 20
