@@ -102,6 +102,7 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Run
     jobs = ctx.store.list_jobs(run_id)
     if run.cancel_requested:
         _cancel_jobs(ctx, run, jobs)
+        jobs = ctx.store.list_jobs(run_id)
     for job in jobs:
         if job.phase is JobPhase.CREATING:
             _recover_creating(ctx, run, job)
