@@ -60,7 +60,7 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
         elif outcome == "finished":
             report.runs_finished.append(run_id)
             report.runs_advanced.append(run_id)
-        elif outcome.startswith("transient"):
+        elif outcome.startswith(("transient", "error")):
             report.transient_errors.append(f"{run_id}: {outcome}")
         else:
             report.runs_advanced.append(run_id)
@@ -77,6 +77,11 @@ def _advance_leased(ctx: Context, run_id: str, deadline: float | None) -> str:
     except TransientError as exc:
         log.warning("transient failure, will retry next tick: %s", exc, extra={"run_id": run_id})
         return f"transient: {exc}"
+    except PermanentError as exc:
+        # A bug or a configuration problem (e.g. the events topic is missing): said loudly, then the
+        # other runs go on; this run is tried again next tick once the cause is fixed.
+        log.error("cannot advance run: %s", exc, extra={"run_id": run_id})
+        return f"error: {exc}"
     finally:
         ctx.store.release_lease("run", run_id, ctx.owner)
 

@@ -1,0 +1,206 @@
+"""Cloud Functions (2nd gen) entry points: thin adapters from CloudEvents to promptdrop's use cases.
+
+Each function parses its event into a typed object, calls one use case, and returns normally on success
+or after recording a permanent failure (bad input never becomes a retry storm). It raises only for
+transient failures, which Eventarc redelivers (RETRY_POLICY_RETRY on the file and request triggers).
+A run whose submission failed transiently stays RECEIVED and ``poll_jobs`` retries it with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from promptdrop import events, logs
+from promptdrop.errors import InputError, PermanentError, TransientError
+from promptdrop.settings import Settings
+from promptdrop.usecases import poll, submit
+from promptdrop.usecases.context import Context
+from promptdrop.wiring import build_context
+
+PUBSUB_PUBLISHED: Final = "google.cloud.pubsub.topic.v1.messagePublished"
+STORAGE_FINALIZED: Final = "google.cloud.storage.object.v1.finalized"
+
+# What each entry point accepts; the Terraform consistency test checks the triggers against this.
+ACCEPTED_EVENT_TYPES: Final[dict[str, frozenset[str]]] = {
+    "on_prompt_file": frozenset({PUBSUB_PUBLISHED, STORAGE_FINALIZED}),
+    "on_prompt_message": frozenset({PUBSUB_PUBLISHED}),
+    "poll_jobs": frozenset({PUBSUB_PUBLISHED}),
+}
+
+SETTINGS: Final = Settings.from_env()
+if SETTINGS.in_cloud:
+    # A real deployment refuses to start on local defaults: no silent fallback (DESIGN rule 8).
+    SETTINGS.require_cloud_ready()
+logs.configure("json" if SETTINGS.in_cloud else SETTINGS.log_format)
+log = logging.getLogger("promptdrop.functions")
+
+_context: Context | None = None
+
+
+def context() -> Context:
+    """Built on first use and kept while the instance is warm (clients are reused across invocations)."""
+    global _context
+    if _context is None:
+        _context = build_context(SETTINGS)
+    return _context
+
+
+def _permanent(what: str, exc: PermanentError, **fields: Any) -> None:
+    log.error("%s: %s (permanent; not retried)", what, exc, extra=fields)
+
+
+@functions_framework.cloud_event
+def on_prompt_file(event: CloudEvent) -> None:
+    """A prompt file landed in the inbox (bucket notification via Pub/Sub, or the direct storage event)."""
+    try:
+        obj = _storage_object(event)
+    except InputError as exc:
+        _permanent("unreadable storage event", exc)
+        return
+    if obj is None:
+        return
+    ctx = context()
+    try:
+        size = obj.size
+        if size is None:
+            info = ctx.blobs.stat(obj.name)
+            if info is None or info.generation != obj.generation:
+                log.info("object %s#%s is gone or replaced; nothing to do", obj.name, obj.generation)
+                return
+            size = info.size
+        receipt = submit.receive_file(ctx, submit.StorageObject(obj.bucket, obj.name, obj.generation, size))
+    except TransientError:
+        log.warning("transient failure claiming %s; Eventarc will redeliver", obj.name, exc_info=True)
+        raise
+    except PermanentError as exc:
+        _permanent(f"cannot take {obj.name}", exc)
+        return
+    if receipt.run is None:
+        log.info("ignored: %s", receipt.ignored)
+    else:
+        log.info(
+            "run %s is %s", receipt.run.run_id, receipt.run.state.value, extra={"run_id": receipt.run.run_id}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """A finalized inbox object; ``size`` is None when the notification carried no payload."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int | None
+
+
+def _storage_object(event: CloudEvent) -> ObjectRef | None:
+    """The finalized object named by either event shape, or None when the event is not for us."""
+    event_type = event["type"]
+    if event_type == PUBSUB_PUBLISHED:
+        message = events.parse_pubsub_envelope(event.data or {})
+        parsed = events.parse_storage_notification(message.attributes, message.data)
+    elif event_type == STORAGE_FINALIZED:
+        parsed = events.parse_storage_object(event.data or {})
+    else:
+        log.warning("on_prompt_file ignores events of type %s", event_type)
+        return None
+    if parsed.event_type != events.OBJECT_FINALIZE:
+        log.info("ignored %s of %s", parsed.event_type, parsed.name)
+        return None
+    if parsed.bucket != SETTINGS.bucket_name:
+        log.warning(
+            "ignored an object of bucket %s (this deployment serves %s)", parsed.bucket, SETTINGS.bucket_name
+        )
+        return None
+    # The notification is filtered to the inbox, but the direct trigger is not: check the prefix here too.
+    if not parsed.name.startswith(SETTINGS.inbox_prefix):
+        log.info("ignored %s: outside the inbox prefix %s", parsed.name, SETTINGS.inbox_prefix)
+        return None
+    if parsed.size == 0:
+        log.info("ignored %s: zero-byte object (uploaders create an empty object first)", parsed.name)
+        return None
+    return ObjectRef(parsed.bucket, parsed.name, parsed.generation, parsed.size)
+
+
+@functions_framework.cloud_event
+def on_prompt_message(event: CloudEvent) -> None:
+    """A request on the requests topic: inline prompts, or the ``gs://`` uri of a prompt file."""
+    try:
+        message = events.parse_pubsub_envelope(event.data or {})
+        request = events.parse_request_message(message.data, message.attributes, message.message_id)
+    except InputError as exc:
+        _permanent("unusable request message", exc)
+        return
+    ctx = context()
+    try:
+        if request.is_inline:
+            receipt = submit.receive_inline(
+                ctx,
+                submit.InlineRequest(
+                    claim_token=request.claim_token,
+                    name=request.name or "message",
+                    prompts=request.prompts,
+                    defaults=request.defaults,
+                ),
+            )
+        else:
+            receipt = _receive_uri(ctx, request)
+    except TransientError:
+        log.warning(
+            "transient failure on message %s; Eventarc will redeliver", message.message_id, exc_info=True
+        )
+        raise
+    except PermanentError as exc:
+        _permanent(f"cannot take message {message.message_id}", exc)
+        return
+    if receipt.run is not None:
+        log.info(
+            "run %s is %s", receipt.run.run_id, receipt.run.state.value, extra={"run_id": receipt.run.run_id}
+        )
+    else:
+        log.info("ignored: %s", receipt.ignored)
+
+
+def _receive_uri(ctx: Context, request: events.PromptMessage) -> submit.Receipt:
+    assert request.bucket is not None and request.object is not None
+    if request.bucket != SETTINGS.bucket_name:
+        raise InputError(f"{request.uri} is not in this deployment's bucket gs://{SETTINGS.bucket_name}")
+    if request.object.startswith(SETTINGS.inbox_prefix):
+        return submit.Receipt(None, False, f"{request.uri} is in the inbox, where it runs by itself")
+    info = ctx.blobs.stat(request.object)
+    if info is None:
+        raise InputError(f"{request.uri} does not exist")
+    return submit.receive_uri(
+        ctx, submit.StorageObject(request.bucket, request.object, info.generation, info.size)
+    )
+
+
+@functions_framework.cloud_event
+def poll_jobs(event: CloudEvent) -> None:
+    """The scheduler tick: advance every active run within the invocation's time budget.
+
+    Never raises: a stale tick is worthless, so the trigger does not retry; the next tick continues.
+    """
+    ctx = context()
+    budget = SETTINGS.harvest_time_budget
+    deadline = time.time() + budget if budget > 0 else None
+    try:
+        report = poll.tick(ctx, deadline=deadline)
+    except (TransientError, PermanentError) as exc:
+        log.warning("tick failed: %s", exc)
+        return
+    log.info(
+        "tick: %d active run(s), %d advanced, %d finished, %d skipped (leased), %d transient error(s)%s",
+        report.runs_seen,
+        len(report.runs_advanced),
+        len(report.runs_finished),
+        len(report.runs_skipped),
+        len(report.transient_errors),
+        "; out of time, continuing next tick" if report.out_of_time else "",
+    )
