@@ -1,0 +1,89 @@
+"""What a run costs: from token usage after the fact, and estimated before submission (pure).
+
+Rates come from the one table in ``models.py``; the Batch API bills half of each. A model missing from the
+table costs ``None``: a total that includes one is ``None`` too, never a partial guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from promptdrop.models import BATCH_DISCOUNT, model_spec
+from promptdrop.results import Usage
+
+_PER_MILLION = 1_000_000
+# Sums are rounded to micro-dollars so float noise (0.30000000000000004) stays out of summary.json.
+_DIGITS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """USD on the Batch API and on the standard (interactive) API; None = unknown model."""
+
+    batch: float | None
+    interactive: float | None
+
+    @property
+    def saved(self) -> float | None:
+        if self.batch is None or self.interactive is None:
+            return None
+        return round(self.interactive - self.batch, _DIGITS)
+
+
+def usage_cost(model: str, usage: Usage, *, batch: bool) -> float | None:
+    """USD for one response's tokens: input at the text rate, image output and other output at theirs."""
+    spec = model_spec(model)
+    if spec is None:
+        return None
+    rates = spec.rates
+    other_output = max(usage.output_tokens - usage.image_tokens, 0)
+    interactive = (
+        usage.prompt_tokens * rates.text_input
+        + usage.image_tokens * rates.image_output
+        + other_output * rates.text_output
+    ) / _PER_MILLION
+    return interactive * BATCH_DISCOUNT if batch else interactive
+
+
+def estimate_request(model: str, image_size: str, input_tokens: int) -> Money:
+    """One image of ``image_size`` plus ``input_tokens`` of input, before submission."""
+    spec = model_spec(model)
+    if spec is None:
+        return Money(batch=None, interactive=None)
+    interactive = (
+        spec.image_cost(image_size, batch=False) + input_tokens * spec.rates.text_input / _PER_MILLION
+    )
+    return Money(batch=interactive * BATCH_DISCOUNT, interactive=interactive)
+
+
+class CostTally:
+    """Adds costs up; the total is unknown (None) as soon as one unknown model was added."""
+
+    def __init__(self) -> None:
+        self._batch = 0.0
+        self._interactive = 0.0
+        self._unknown = False
+
+    def add_money(self, money: Money) -> None:
+        """Add an amount already worked out (e.g. a checkpointed part of a resumed harvest)."""
+        if money.batch is None or money.interactive is None:
+            self._unknown = True
+            return
+        self._batch += money.batch
+        self._interactive += money.interactive
+
+    def add_usage(self, model: str, usage: Usage) -> None:
+        self.add_money(
+            Money(
+                batch=usage_cost(model, usage, batch=True), interactive=usage_cost(model, usage, batch=False)
+            )
+        )
+
+    def add_estimate(self, model: str, image_size: str, input_tokens: int) -> None:
+        self.add_money(estimate_request(model, image_size, input_tokens))
+
+    @property
+    def total(self) -> Money:
+        if self._unknown:
+            return Money(batch=None, interactive=None)
+        return Money(batch=round(self._batch, _DIGITS), interactive=round(self._interactive, _DIGITS))

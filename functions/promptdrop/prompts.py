@@ -1,0 +1,866 @@
+"""Prompt files and Pub/Sub prompt lists -> validated batch requests (pure: reads only the given stream).
+
+Two JSONL line forms (DESIGN "Input"): simple ``{"prompt", "key"?, "aspect_ratio"?, "image_size"?, "model"?,
+"images"?, "system"?, "modalities"?}`` and native ``{"key"?, "request": {GenerateContentRequest}, "model"?}``.
+A ``.txt`` file is one prompt per line. An optional first line ``{"defaults": {...}}`` sets a file's defaults.
+
+Every non-blank line gives exactly one ``ParsedLine``: a ``PromptRequest`` ready for the batch, an
+``InvalidLine`` (parsed, but refused: it carries its input form so ``errors.jsonl`` can be dropped back in)
+or a ``RejectedLine`` (not even a JSON object). A bad defaults line is an ``InvalidLine`` (code
+``bad_defaults``), and every later line of that file is refused with ``bad_defaults`` too: running them with
+defaults the user did not mean (another size, ratio or model) would spend money on the wrong images.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO, Final, Literal
+
+import orjson
+
+from promptdrop.errors import InputError, UnsafeNameError
+from promptdrop.models import EXTREME_RATIOS, STANDARD_RATIOS, ModelSpec, model_spec
+from promptdrop.names import check_key, check_relative_path
+
+LineFormat = Literal["jsonl", "txt"]
+
+_FORMATS: Final[dict[str, LineFormat]] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".txt": "txt",
+}
+_READ_BLOCK: Final = 1 << 20
+# How much of an over-long line is kept for rejected.jsonl, so people can tell which line it was.
+_KEPT_HEAD: Final = 1024
+_BOM: Final = b"\xef\xbb\xbf"
+
+# What the SDK knows; an unknown model is checked against these, a known one against its row in models.py.
+KNOWN_RATIOS: Final = frozenset(STANDARD_RATIOS + EXTREME_RATIOS)
+KNOWN_SIZES: Final = frozenset({"512", "1K", "2K", "4K"})
+MODALITIES: Final = frozenset({"TEXT", "IMAGE"})
+# Tokens a reference image costs when the model is not in the table (the table's own default).
+_UNKNOWN_MODEL_IMAGE_TOKENS: Final = 560
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def detect_format(object_name: str) -> LineFormat | None:
+    """``jsonl`` for .jsonl/.ndjson/.json, ``txt`` for .txt, None for anything else (an unusable file)."""
+    return _FORMATS.get(PurePosixPath(object_name).suffix.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """Why one line failed; ``code`` is ours and stable, ``message`` is for people."""
+
+    code: str
+    message: str
+    retryable: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+@dataclass(frozen=True, slots=True)
+class FileDefaults:
+    """What a line may leave out: from a file's defaults line, a message's ``defaults``, or configuration."""
+
+    model: str | None = None
+    image_size: str | None = None
+    aspect_ratio: str | None = None
+    modalities: tuple[str, ...] | None = None
+    system: str | None = None
+
+    def over(self, base: FileDefaults) -> FileDefaults:
+        """These defaults, with ``base`` filling the fields left unset."""
+        return FileDefaults(
+            model=self.model if self.model is not None else base.model,
+            image_size=self.image_size if self.image_size is not None else base.image_size,
+            aspect_ratio=self.aspect_ratio if self.aspect_ratio is not None else base.aspect_ratio,
+            modalities=self.modalities if self.modalities is not None else base.modalities,
+            system=self.system if self.system is not None else base.system,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParseOptions:
+    default_model: str  # deployment default (settings.model)
+    defaults: FileDefaults = field(default_factory=FileDefaults)  # deployment-wide; a file's override them
+    max_line_bytes: int = 20 * 1024 * 1024
+    bucket_name: str | None = None  # own bucket: "gs://<bucket_name>/path" image refs are accepted
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRequest:
+    """A valid line, ready to be written as ``{"key": key, "request": request}`` (see ``request_line``)."""
+
+    line: int  # 1-based physical line (message: 1-based index in prompts)
+    key: str
+    model: str  # bare id, e.g. "gemini-3-pro-image-preview"
+    request: dict[str, Any]  # GenerateContentRequest, camelCase; reference images NOT yet included
+    image_refs: tuple[str, ...]  # bucket object names (relative, checked) to add as image parts, in order
+    image_size: str  # size class used for cost
+    aspect_ratio: str | None
+    estimated_input_tokens: int  # text tokens (ceil(chars/4)) + the model's tokens per reference image
+    input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    """Parsed but refused. ``key`` is None when the key itself is unsafe (or for a bad defaults line)."""
+
+    line: int
+    key: str | None
+    error: LineError
+    input_form: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedLine:
+    """Not usable at all (bad JSON, non-UTF-8, over max_line_bytes, not an object)."""
+
+    line: int
+    error: LineError
+    raw: bytes  # only the first bytes of an over-long line (its message says so)
+
+
+ParsedLine = PromptRequest | InvalidLine | RejectedLine
+
+
+class _Invalid(Exception):
+    """Internal: a line broke a rule; carries the LineError it becomes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.error = LineError(code, message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading lines
+
+
+def _finish_line(line: bytes, max_line_bytes: int) -> tuple[bytes, bool]:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if len(line) > max_line_bytes:
+        return line[:_KEPT_HEAD], False
+    return line, True
+
+
+def _head(pieces: list[bytes]) -> bytes:
+    """The first bytes of a line held in pieces, without joining all of it."""
+    head = b""
+    for piece in pieces:
+        head += piece[: _KEPT_HEAD - len(head)]
+        if len(head) >= _KEPT_HEAD:
+            break
+    return head
+
+
+def _scan_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
+    """``(number, bytes, whole)``; for an over-long line ``whole`` is False and bytes is only its head.
+
+    Reads 1 MiB blocks; a line in progress is kept as a list of pieces (no quadratic joins) and dropped as
+    soon as it passes the limit, so memory stays within ``max_line_bytes`` + one block whatever the input.
+    """
+    number = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    skipped_head: bytes | None = None  # set while the rest of an over-long line is being skipped
+    while block := stream.read(_READ_BLOCK):
+        pieces = block.split(b"\n")
+        tail = pieces.pop()
+        if pieces:
+            number += 1
+            if skipped_head is not None:
+                yield number, skipped_head, False
+                skipped_head = None
+            elif pending:
+                pending.append(pieces[0])
+                yield number, *_finish_line(b"".join(pending), max_line_bytes)
+                pending, pending_size = [], 0
+            else:
+                yield number, *_finish_line(pieces[0], max_line_bytes)
+            for line in islice(pieces, 1, None):
+                number += 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > max_line_bytes:
+                    yield number, line[:_KEPT_HEAD], False
+                else:
+                    yield number, line, True
+        if tail and skipped_head is None:
+            pending.append(tail)
+            pending_size += len(tail)
+            if pending_size > max_line_bytes + 1:  # +1: a '\r' before the '\n' is not part of the line
+                skipped_head = _head(pending)
+                pending, pending_size = [], 0
+    if skipped_head is not None:
+        yield number + 1, skipped_head, False
+    elif pending:
+        yield number + 1, *_finish_line(b"".join(pending), max_line_bytes)
+
+
+def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """Physical lines numbered from 1, without ``\\n``/``\\r\\n``; None for a line over ``max_line_bytes``."""
+    for number, line, whole in _scan_lines(stream, max_line_bytes):
+        yield number, line if whole else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Messages and small checks
+
+
+def _show(value: object) -> str:
+    """The value for a message if it is short and printable, else only its type (never echo big input)."""
+    if isinstance(value, str) and len(value) <= 40 and value.isprintable():
+        return repr(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _opt_str(value: object, what: str, code: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid(code, f"{what} must be a string, not {_show(value)}")
+    return value
+
+
+def _check_model(value: object) -> str | None:
+    model = _opt_str(value, "model", "bad_model_field")
+    if model is None:
+        return None
+    bare = model.removeprefix("models/")
+    if not _MODEL_ID.fullmatch(bare):
+        raise _Invalid(
+            "bad_model_field", f"model {_show(model)} is not a model id such as 'gemini-3-pro-image-preview'"
+        )
+    return bare
+
+
+def _check_size_form(value: object) -> str | None:
+    size = _opt_str(value, "image_size", "bad_image_size")
+    if size is None or size in KNOWN_SIZES:
+        return size
+    if size.upper() in KNOWN_SIZES:
+        raise _Invalid(
+            "bad_image_size", f"image_size {_show(size)} must be written {size.upper()!r} (uppercase K)"
+        )
+    raise _Invalid(
+        "bad_image_size", f"image_size {_show(size)} is not one of {', '.join(sorted(KNOWN_SIZES))}"
+    )
+
+
+def _check_ratio_form(value: object) -> str | None:
+    ratio = _opt_str(value, "aspect_ratio", "bad_aspect_ratio")
+    if ratio is None or ratio in KNOWN_RATIOS:
+        return ratio
+    raise _Invalid("bad_aspect_ratio", f"aspect_ratio {_show(ratio)} is not a known ratio such as '16:9'")
+
+
+def _check_modalities(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Invalid("bad_modalities", f'modalities must be a list such as ["IMAGE"], not {_show(value)}')
+    unknown = [item for item in value if item not in MODALITIES]
+    if unknown:
+        raise _Invalid(
+            "bad_modalities", f'modality {_show(unknown[0])} is not one of "IMAGE", "TEXT" (uppercase)'
+        )
+    if "IMAGE" not in value:
+        raise _Invalid(
+            "bad_modalities", 'modalities must include "IMAGE" (without it the model makes no image)'
+        )
+    return tuple(value)
+
+
+def _check_for_model(model: str, spec: ModelSpec | None, ratio: str | None, size: str | None) -> None:
+    """Ratio and size against what this model accepts (the form was checked already)."""
+    if spec is None:
+        return
+    if size is not None and size not in spec.image_sizes:
+        raise _Invalid(
+            "bad_image_size", f"{model} accepts image_size {', '.join(spec.image_sizes)}, not {size!r}"
+        )
+    if ratio is not None and ratio not in spec.aspect_ratios:
+        raise _Invalid("bad_aspect_ratio", f"{model} does not accept aspect_ratio {ratio!r}")
+
+
+def _text_tokens(chars: int) -> int:
+    return math.ceil(chars / 4)
+
+
+def _image_tokens(spec: ModelSpec | None) -> int:
+    return spec.input_image_tokens if spec is not None else _UNKNOWN_MODEL_IMAGE_TOKENS
+
+
+def _check_length(model: str, spec: ModelSpec | None, tokens: int) -> None:
+    if spec is not None and tokens > spec.max_input_tokens:
+        raise _Invalid(
+            "prompt_too_long",
+            f"the input is about {tokens} tokens; {model} takes at most {spec.max_input_tokens}",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Defaults
+
+
+_DEFAULT_FIELDS: Final = {
+    "model": "model",
+    "image_size": "image_size",
+    "imageSize": "image_size",
+    "aspect_ratio": "aspect_ratio",
+    "aspectRatio": "aspect_ratio",
+    "modalities": "modalities",
+    "response_modalities": "modalities",
+    "responseModalities": "modalities",
+    "system": "system",
+}
+
+
+def _canonical_fields(line: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """Rename accepted spellings to one name; an unknown field or one given twice breaks the line."""
+    values: dict[str, Any] = {}
+    for name, value in line.items():
+        canonical = aliases.get(name)
+        if canonical is None:
+            raise _Invalid("unknown_field", f"unknown field {_show(name)}")
+        if canonical in values:
+            raise _Invalid("bad_request", f"field {canonical!r} is given twice (in two spellings)")
+        values[canonical] = value
+    return values
+
+
+def _defaults_from(value: object) -> FileDefaults:
+    if not isinstance(value, Mapping):
+        raise _Invalid("bad_defaults", f"defaults must be an object, not {_show(value)}")
+    try:
+        fields = _canonical_fields(value, _DEFAULT_FIELDS)
+        system = _opt_str(fields.get("system"), "system", "bad_defaults")
+        return FileDefaults(
+            model=_check_model(fields.get("model")),
+            image_size=_check_size_form(fields.get("image_size")),
+            aspect_ratio=_check_ratio_form(fields.get("aspect_ratio")),
+            modalities=_check_modalities(fields.get("modalities")),
+            system=system if system and system.strip() else None,
+        )
+    except _Invalid as exc:
+        raise _Invalid("bad_defaults", f"defaults: {exc.error.message}") from None
+
+
+def parse_defaults(value: object) -> FileDefaults:
+    """Defaults from a JSON object (a message's ``defaults``, configuration); raises InputError saying why."""
+    try:
+        return _defaults_from(value)
+    except _Invalid as exc:
+        raise InputError(exc.error.message) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Native requests: casing
+
+# The GenerateContentRequest messages promptdrop knows, field names in camelCase, each with the message type
+# of its value. None marks a scalar, an enum, or a FREE-FORM value (function parameter schemas, response
+# schemas, function call args, tool bodies): those are copied verbatim, because their keys are the user's own
+# names (a schema property called "max_tokens" must stay "max_tokens"). Only fields listed here are renamed;
+# unknown fields are kept as written so newer API fields still pass through.
+_MESSAGES: Final[dict[str, dict[str, str | None]]] = {
+    "GenerateContentRequest": {
+        "model": None,
+        "contents": "Content",
+        "systemInstruction": "Content",
+        "tools": "Tool",
+        "toolConfig": "ToolConfig",
+        "safetySettings": "SafetySetting",
+        "generationConfig": "GenerationConfig",
+        "cachedContent": None,
+    },
+    "Content": {"role": None, "parts": "Part"},
+    "Part": {
+        "text": None,
+        "thought": None,
+        "thoughtSignature": None,
+        "inlineData": "Blob",
+        "fileData": "FileData",
+        "functionCall": "FunctionCall",
+        "functionResponse": "FunctionResponse",
+        "executableCode": None,
+        "codeExecutionResult": None,
+        "videoMetadata": None,
+        "mediaResolution": None,
+    },
+    "Blob": {"mimeType": None, "data": None, "displayName": None},
+    "FileData": {"mimeType": None, "fileUri": None, "displayName": None},
+    "FunctionCall": {"id": None, "name": None, "args": None},
+    "FunctionResponse": {
+        "id": None,
+        "name": None,
+        "response": None,
+        "willContinue": None,
+        "scheduling": None,
+    },
+    "Tool": {
+        "functionDeclarations": "FunctionDeclaration",
+        "googleSearch": None,
+        "googleSearchRetrieval": None,
+        "codeExecution": None,
+        "urlContext": None,
+    },
+    "FunctionDeclaration": {
+        "name": None,
+        "description": None,
+        "behavior": None,
+        "parameters": None,
+        "parametersJsonSchema": None,
+        "response": None,
+        "responseJsonSchema": None,
+    },
+    "ToolConfig": {"functionCallingConfig": "FunctionCallingConfig"},
+    "FunctionCallingConfig": {"mode": None, "allowedFunctionNames": None},
+    "SafetySetting": {"category": None, "threshold": None},
+    "GenerationConfig": {
+        "stopSequences": None,
+        "responseMimeType": None,
+        "responseSchema": None,
+        "responseJsonSchema": None,
+        "responseModalities": None,
+        "candidateCount": None,
+        "maxOutputTokens": None,
+        "temperature": None,
+        "topP": None,
+        "topK": None,
+        "seed": None,
+        "presencePenalty": None,
+        "frequencyPenalty": None,
+        "responseLogprobs": None,
+        "logprobs": None,
+        "enableEnhancedCivicAnswers": None,
+        "mediaResolution": None,
+        "speechConfig": None,
+        "thinkingConfig": "ThinkingConfig",
+        "imageConfig": "ImageConfig",
+    },
+    "ThinkingConfig": {"includeThoughts": None, "thinkingBudget": None, "thinkingLevel": None},
+    "ImageConfig": {"aspectRatio": None, "imageSize": None},
+}
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"([A-Z])", r"_\1", camel).lower()
+
+
+# message -> {spelling: camelCase name}, both spellings of every known field.
+_SPELLINGS: Final[dict[str, dict[str, str]]] = {
+    message: {**{_snake(name): name for name in fields}, **{name: name for name in fields}}
+    for message, fields in _MESSAGES.items()
+}
+
+
+def _camel_case(value: Any, message: str) -> Any:
+    """``value`` (a message or a list of them) with its known field names in camelCase, recursively."""
+    if isinstance(value, list):
+        return [_camel_case(item, message) for item in value]
+    if not isinstance(value, dict):
+        return value
+    spellings = _SPELLINGS[message]
+    children = _MESSAGES[message]
+    fields: dict[str, Any] = value
+    out: dict[str, Any] = {}
+    for name, item in fields.items():
+        camel = spellings.get(name, name)
+        if camel in out:
+            raise _Invalid("bad_request", f"{message} field {camel!r} is given twice (in two spellings)")
+        child = children.get(camel)
+        out[camel] = item if child is None else _camel_case(item, child)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lines
+
+
+_SIMPLE_FIELDS: Final = {**_DEFAULT_FIELDS, "prompt": "prompt", "key": "key", "images": "images"}
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model"})
+
+
+class _LineParser:
+    """JSON objects (lines or message items) -> ParsedLines; remembers keys and the defaults in force."""
+
+    def __init__(self, options: ParseOptions) -> None:
+        self._options = options
+        self._defaults = options.defaults
+        self._bad_defaults: str | None = None  # why every line is refused after unusable defaults
+        self._seen: set[str] = set()
+
+    def use_defaults(self, value: object, where: str) -> LineError | None:
+        """Apply a file's or message's defaults; if they are unusable, refuse every line from now on."""
+        try:
+            self._defaults = _defaults_from(value).over(self._options.defaults)
+        except _Invalid as exc:
+            self.refuse_all(where, exc.error.message)
+            return exc.error
+        return None
+
+    def refuse_all(self, where: str, reason: str) -> None:
+        self._bad_defaults = f"{where} are invalid, so this line was not run: {reason}"
+
+    def parse(self, line: int, obj: Mapping[str, Any]) -> PromptRequest | InvalidLine:
+        """One JSON object -> a valid request, or the reason it is refused (with its input form)."""
+        fields = {name: value for name, value in obj.items() if name != "error"}
+        native = "request" in fields
+        form = self._input_form(line, fields, native=native)
+        key: str | None = None
+        try:
+            key = self._check_key(fields.get("key"), line)
+            if key in self._seen:
+                raise _Invalid("duplicate_key", f"key {_show(key)} is used by an earlier line of this input")
+            self._seen.add(key)
+            if self._bad_defaults is not None:
+                raise _Invalid("bad_defaults", self._bad_defaults)
+            if native:
+                return self._native(line, key, fields, form)
+            return self._simple(line, key, fields, form)
+        except _Invalid as exc:
+            return InvalidLine(line, key, exc.error, form)
+
+    def _input_form(self, line: int, fields: dict[str, Any], *, native: bool) -> dict[str, Any]:
+        """The line as written, its key made explicit and the defaults it relies on written in.
+
+        Spellings the line used win. A native request gets its defaults once it is normalised (``_native``).
+        """
+        raw_key = fields.get("key")
+        form: dict[str, Any] = {"key": f"line-{line}" if raw_key is None else raw_key}
+        form.update((name, value) for name, value in fields.items() if name != "key")
+        defaults = self._defaults
+        model = defaults.model or self._options.default_model
+        if native:
+            form.setdefault("model", model)
+            return form
+        present = {_SIMPLE_FIELDS.get(name) for name in fields}
+        for name, value in (
+            ("model", model),
+            ("aspect_ratio", defaults.aspect_ratio),
+            ("image_size", defaults.image_size),
+            ("modalities", list(defaults.modalities) if defaults.modalities is not None else None),
+            ("system", defaults.system),
+        ):
+            if name not in present and value is not None:
+                form[name] = value
+        return form
+
+    def _check_key(self, raw_key: object, line: int) -> str:
+        if raw_key is None:
+            key = f"line-{line}"
+        elif not isinstance(raw_key, str):
+            raise _Invalid("invalid_key", f"key must be a string, not {_show(raw_key)}")
+        else:
+            key = raw_key
+        try:
+            check_key(key)
+        except UnsafeNameError as exc:
+            raise _Invalid("invalid_key", f"key {_show(key)} is unsafe: {exc}") from None
+        return key
+
+    def _model(self, value: object) -> tuple[str, ModelSpec | None]:
+        model = _check_model(value) or self._defaults.model or self._options.default_model
+        return model, model_spec(model)
+
+    def _image_ref(self, ref: object) -> str:
+        if not isinstance(ref, str):
+            raise _Invalid("bad_image_ref", f"images entries must be strings, not {_show(ref)}")
+        path = ref
+        if ref.startswith("gs://"):
+            bucket, _, path = ref.removeprefix("gs://").partition("/")
+            if bucket != self._options.bucket_name:
+                raise _Invalid("bad_image_ref", f"image {_show(ref)} is not in this deployment's bucket")
+        elif "://" in ref:
+            raise _Invalid("bad_image_ref", f"image {_show(ref)} must be a path in this deployment's bucket")
+        try:
+            return check_relative_path(path, what="image path")
+        except UnsafeNameError as exc:
+            raise _Invalid("bad_image_ref", f"image {_show(ref)}: {exc}") from None
+
+    def _simple(
+        self, line: int, key: str, line_fields: dict[str, Any], form: dict[str, Any]
+    ) -> PromptRequest:
+        fields = _canonical_fields(line_fields, _SIMPLE_FIELDS)
+        defaults = self._defaults
+        model, spec = self._model(fields.get("model"))
+        ratio = _check_ratio_form(fields.get("aspect_ratio")) or defaults.aspect_ratio
+        size = _check_size_form(fields.get("image_size")) or defaults.image_size
+        modalities = _check_modalities(fields.get("modalities")) or defaults.modalities or ("IMAGE",)
+        system = _opt_str(fields.get("system"), "system", "bad_request")
+        if system is None:
+            system = defaults.system
+        if "prompt" not in fields:
+            raise _Invalid("missing_prompt", 'the line has no "prompt" (nor a native "request")')
+        prompt = _opt_str(fields["prompt"], "prompt", "bad_request")
+        if not prompt or not prompt.strip():
+            raise _Invalid("empty_prompt", "the prompt is empty")
+        images = fields.get("images")
+        if images is None:
+            images = []
+        if not isinstance(images, list):
+            raise _Invalid("bad_image_ref", f"images must be a list of paths, not {_show(images)}")
+        refs = tuple(self._image_ref(ref) for ref in images)
+        _check_for_model(model, spec, ratio, size)
+        tokens = _text_tokens(len(prompt) + len(system or "")) + len(refs) * _image_tokens(spec)
+        _check_length(model, spec, tokens)
+
+        generation: dict[str, Any] = {"responseModalities": list(modalities)}
+        image_config = {}
+        if ratio is not None:
+            image_config["aspectRatio"] = ratio
+        if size is not None:
+            image_config["imageSize"] = size
+        if image_config:
+            generation["imageConfig"] = image_config
+        request: dict[str, Any] = {
+            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "generationConfig": generation,
+        }
+        if system and system.strip():
+            request["systemInstruction"] = {"parts": [{"text": system}]}
+        return PromptRequest(
+            line=line,
+            key=key,
+            model=model,
+            request=request,
+            image_refs=refs,
+            image_size=_cost_size(size, spec),
+            aspect_ratio=ratio,
+            estimated_input_tokens=tokens,
+            input_form=form,
+        )
+
+    def _native(self, line: int, key: str, fields: dict[str, Any], form: dict[str, Any]) -> PromptRequest:
+        extra = [name for name in fields if name not in _NATIVE_FIELDS]
+        if extra:
+            if extra[0] in _SIMPLE_FIELDS:
+                raise _Invalid(
+                    "bad_request",
+                    f"field {extra[0]!r} is not allowed next to a native request (only key and model are)",
+                )
+            raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
+        raw_request = fields["request"]
+        if not isinstance(raw_request, dict):
+            raise _Invalid("bad_request", f"request must be an object, not {_show(raw_request)}")
+        if "config" in raw_request:
+            raise _Invalid(
+                "bad_request", "request has 'config' (the SDK's name); the REST field is generationConfig"
+            )
+        request = _camel_case(raw_request, "GenerateContentRequest")
+        # A batch takes its model from the job, so a model inside the request moves up to the line.
+        inner_model = _check_model(request.pop("model", None))
+        line_model = _check_model(fields.get("model"))
+        if inner_model and line_model and inner_model != line_model:
+            raise _Invalid(
+                "bad_model_field", f"model {line_model!r} and request.model {inner_model!r} differ"
+            )
+        model, spec = self._model(line_model or inner_model)
+        self._fill_native(request)
+        form["model"] = model
+        form["request"] = request
+
+        text_chars, image_parts = _count_contents(request.get("contents"))
+        system_chars = _count_system(request.get("systemInstruction"))
+        generation = request.get("generationConfig", {})
+        if not isinstance(generation, dict):
+            raise _Invalid("bad_request", "request.generationConfig must be an object")
+        _check_modalities(generation.get("responseModalities"))
+        image_config = generation.get("imageConfig", {})
+        if not isinstance(image_config, dict):
+            raise _Invalid("bad_request", "request.generationConfig.imageConfig must be an object")
+        ratio = _check_ratio_form(image_config.get("aspectRatio"))
+        size = _check_size_form(image_config.get("imageSize"))
+        _check_for_model(model, spec, ratio, size)
+        tokens = _text_tokens(text_chars + system_chars) + image_parts * _image_tokens(spec)
+        _check_length(model, spec, tokens)
+        return PromptRequest(
+            line=line,
+            key=key,
+            model=model,
+            request=request,
+            image_refs=(),
+            image_size=_cost_size(size, spec),
+            aspect_ratio=ratio,
+            estimated_input_tokens=tokens,
+            input_form=form,
+        )
+
+    def _fill_native(self, request: dict[str, Any]) -> None:
+        """Defaults fill only what the request leaves out (the rest is the user's own request)."""
+        defaults = self._defaults
+        if defaults.system is not None and "systemInstruction" not in request:
+            request["systemInstruction"] = {"parts": [{"text": defaults.system}]}
+        if defaults.modalities is None and defaults.aspect_ratio is None and defaults.image_size is None:
+            return
+        generation = request.setdefault("generationConfig", {})
+        if not isinstance(generation, dict):
+            return  # the validation that follows reports it
+        if defaults.modalities is not None:
+            generation.setdefault("responseModalities", list(defaults.modalities))
+        if defaults.aspect_ratio is None and defaults.image_size is None:
+            return
+        image_config = generation.setdefault("imageConfig", {})
+        if not isinstance(image_config, dict):
+            return
+        if defaults.aspect_ratio is not None:
+            image_config.setdefault("aspectRatio", defaults.aspect_ratio)
+        if defaults.image_size is not None:
+            image_config.setdefault("imageSize", defaults.image_size)
+
+
+def _cost_size(size: str | None, spec: ModelSpec | None) -> str:
+    if size is not None:
+        return size
+    return spec.default_size if spec is not None else "1K"
+
+
+def _count_contents(contents: object) -> tuple[int, int]:
+    """(text characters, image parts) of a native request's contents; checks their shape."""
+    if not isinstance(contents, list) or not contents:
+        raise _Invalid("bad_request", "request.contents must be a non-empty list")
+    text_chars = 0
+    images = 0
+    has_text = False
+    for content in contents:
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts:
+            raise _Invalid("bad_request", "every request.contents entry needs a non-empty parts list")
+        for part in parts:
+            if not isinstance(part, dict):
+                raise _Invalid("bad_request", "request.contents parts must be objects")
+            text = part.get("text")
+            if isinstance(text, str):
+                text_chars += len(text)
+                has_text = has_text or bool(text.strip())
+            elif "inlineData" in part:
+                blob = part["inlineData"]
+                if not isinstance(blob, dict) or not isinstance(blob.get("data"), str):
+                    raise _Invalid("bad_request", "an inlineData part needs base64 data as a string")
+                images += 1
+            elif "fileData" in part:
+                images += 1
+    if not has_text and not images:
+        raise _Invalid("empty_prompt", "the request has no text and no image")
+    return text_chars, images
+
+
+def _count_system(system: object) -> int:
+    if system is None:
+        return 0
+    parts = system.get("parts") if isinstance(system, dict) else None
+    if not isinstance(parts, list):
+        raise _Invalid("bad_request", 'request.systemInstruction must be {"parts": [{"text": ...}]}')
+    return sum(
+        len(part["text"]) for part in parts if isinstance(part, dict) and isinstance(part.get("text"), str)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _utf8_error(bad: UnicodeDecodeError) -> LineError:
+    return LineError("bad_utf8", f"the line is not valid UTF-8 (byte {bad.start})")
+
+
+def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> LineError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return _utf8_error(bad)
+    return LineError("bad_json", f"the line is not valid JSON: {exc}")
+
+
+def parse_prompt_file(stream: BinaryIO, fmt: LineFormat, options: ParseOptions) -> Iterator[ParsedLine]:
+    """Every non-blank line of a prompt file, in order, as a PromptRequest, InvalidLine or RejectedLine."""
+    parser = _LineParser(options)
+    first = True
+    for number, raw, whole in _scan_lines(stream, options.max_line_bytes):
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        if whole and (not raw or raw.isspace()):
+            continue
+        was_first, first = first, False
+        if not whole:
+            message = (
+                f"the line is longer than {options.max_line_bytes} bytes; only its first {len(raw)} are kept"
+            )
+            yield RejectedLine(number, LineError("line_too_long", message), raw)
+        elif fmt == "txt":
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as bad:
+                yield RejectedLine(number, _utf8_error(bad), raw)
+                continue
+            if text:
+                yield parser.parse(number, {"prompt": text})
+        else:
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield RejectedLine(number, _decode_error(raw, exc), raw)
+                continue
+            if not isinstance(obj, dict):
+                yield RejectedLine(
+                    number, LineError("not_an_object", "the line is JSON but not an object"), raw
+                )
+            elif was_first and "defaults" in obj:
+                problem = _defaults_line(parser, number, obj)
+                if problem is not None:
+                    yield problem
+            else:
+                yield parser.parse(number, obj)
+
+
+def _defaults_line(parser: _LineParser, number: int, obj: dict[str, Any]) -> InvalidLine | None:
+    """Apply a file's defaults line; an InvalidLine (bad_defaults) for it if it is unusable."""
+    where = f"the file's defaults (line {number})"
+    form = {"defaults": obj["defaults"]}
+    extra = [name for name in obj if name not in {"defaults", "error"}]
+    if extra:
+        error = LineError("bad_defaults", f'a defaults line has only "defaults", not {_show(extra[0])}')
+        parser.refuse_all(where, error.message)
+        return InvalidLine(number, None, error, form)
+    problem = parser.use_defaults(obj["defaults"], where)
+    return None if problem is None else InvalidLine(number, None, problem, form)
+
+
+def parse_prompt_items(
+    items: Iterable[object], options: ParseOptions, defaults: Mapping[str, Any] | None = None
+) -> Iterator[ParsedLine]:
+    """A Pub/Sub message's ``prompts``: objects are JSONL lines, strings txt prompts; line = 1-based index.
+
+    Unusable message ``defaults`` refuse every item (code ``bad_defaults``), as a bad defaults line does.
+    """
+    parser = _LineParser(options)
+    if defaults is not None:
+        parser.use_defaults(defaults, "the message's defaults")
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, dict):
+            yield parser.parse(number, item)
+        elif isinstance(item, str):
+            yield parser.parse(number, {"prompt": item.strip()})
+        else:
+            error = LineError("not_an_object", "a prompt must be an object or a string")
+            yield RejectedLine(number, error, orjson.dumps(item))
+
+
+def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ()) -> bytes:
+    """The JSONL line ``{"key", "request"}`` (no newline), ``extra_parts`` appended to the first content."""
+    request = req.request
+    if extra_parts:
+        first, *rest = request["contents"]
+        request = {**request, "contents": [{**first, "parts": [*first["parts"], *extra_parts]}, *rest]}
+    return orjson.dumps({"key": req.key, "request": request})

@@ -1,0 +1,321 @@
+"""Result lines and inline responses -> image outcomes (pure).
+
+A results file is gigabytes of 1.5-6 MB lines, so each line is parsed once (orjson), its image decoded once,
+and nothing else copies the payload. Shapes (reference/gemini-batch-api.md §4): ``{"key", "response"}`` or
+``{"key", "error": google.rpc.Status}``; camelCase as the wire sends it, snake_case as an SDK dump has it
+(``inline_data``, ``mime_type``, ``usage_metadata``...), where ``data`` may even be bytes already.
+
+The image is the LAST non-thought ``inlineData`` part: Gemini 3 Pro Image may send drafts marked
+``"thought": true`` before the final one. A response without an image part is a failure whatever its
+``finishReason`` says.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from promptdrop.errors import PermanentError
+from promptdrop.prompts import LineError
+
+MIME_EXTENSIONS: Final = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# Any other type is stored as it came, named ".bin": an unknown type is never guessed into a wrong extension.
+OTHER_EXTENSION: Final = "bin"
+
+# google.rpc codes worth another attempt: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
+# UNAVAILABLE.
+RETRYABLE_RPC_CODES: Final = frozenset({4, 8, 10, 13, 14})
+# The same failures when an error carries an HTTP status instead (inline errors may).
+_RETRYABLE_HTTP_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
+_RPC_NAMES: Final = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+_RPC_CODES: Final = {name: code for code, name in _RPC_NAMES.items()}
+
+# Finish or block reasons that mean a safety/policy refusal: final, never retried.
+SAFETY_REASONS: Final = frozenset(
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "IMAGE_PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_RECITATION",
+    }
+)
+_MAX_MESSAGE_CHARS: Final = 500
+_URLSAFE_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+
+
+class ResultLineError(PermanentError):
+    """A result line that is not a JSON object, or has neither ``response`` nor ``error``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    output_tokens: int  # includes image and thought tokens
+    image_tokens: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "image_tokens": self.image_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImageOutcome:
+    key: str | None
+    succeeded: bool
+    data: bytes | None  # the image bytes exactly as returned (no re-encoding)
+    mime_type: str | None
+    extension: str | None
+    finish_reason: (
+        str | None
+    )  # the candidate's finishReason, or promptFeedback.blockReason for a blocked prompt
+    text: str | None  # non-thought text parts joined with "\n"
+    usage: Usage | None
+    error: LineError | None  # None when succeeded
+
+
+def extension_for(mime_type: str) -> str:
+    return MIME_EXTENSIONS.get(mime_type.lower(), OTHER_EXTENSION)
+
+
+def _get(mapping: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = mapping.get(camel)
+    return mapping.get(snake) if value is None else value
+
+
+def _as_int(value: object) -> int:
+    """Token counts (int64 may come as a JSON string); anything else counts 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _decode_base64(data: str | bytes) -> bytes:
+    """Standard base64 at C speed; URL-safe, unpadded or wrapped base64 on the slow path."""
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
+    raw = data.encode("ascii") if isinstance(data, str) else data
+    cleaned = b"".join(raw.split()).translate(_URLSAFE_TO_STANDARD).rstrip(b"=")
+    cleaned += b"=" * (-len(cleaned) % 4)
+    return binascii.a2b_base64(cleaned, strict_mode=True)
+
+
+def _sniff_mime(data: bytes) -> str | None:
+    """The type from the magic bytes, for a part that did not say (or said something generic)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def usage_from(metadata: object) -> Usage | None:
+    """Usage from a ``usageMetadata`` object (camelCase or snake_case); None if there is none."""
+    if not isinstance(metadata, Mapping):
+        return None
+    image_tokens = 0
+    details = _get(metadata, "candidatesTokensDetails", "candidates_tokens_details")
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, Mapping) and detail.get("modality") == "IMAGE":
+            image_tokens += _as_int(_get(detail, "tokenCount", "token_count"))
+    return Usage(
+        prompt_tokens=_as_int(_get(metadata, "promptTokenCount", "prompt_token_count")),
+        output_tokens=_as_int(_get(metadata, "candidatesTokenCount", "candidates_token_count"))
+        + _as_int(_get(metadata, "thoughtsTokenCount", "thoughts_token_count")),
+        image_tokens=image_tokens,
+    )
+
+
+def _failure(
+    key: str | None,
+    code: str,
+    message: str,
+    *,
+    retryable: bool = False,
+    finish_reason: str | None = None,
+    text: str | None = None,
+    usage: Usage | None = None,
+) -> ImageOutcome:
+    return ImageOutcome(
+        key=key,
+        succeeded=False,
+        data=None,
+        mime_type=None,
+        extension=None,
+        finish_reason=finish_reason,
+        text=text,
+        usage=usage,
+        error=LineError(code, message, retryable),
+    )
+
+
+def _status_code(status: Mapping[str, Any]) -> int | None:
+    """The google.rpc code of a Status; REST errors also name it in ``status`` next to an HTTP ``code``."""
+    name = status.get("status")
+    if isinstance(name, str) and name.upper() in _RPC_CODES:
+        return _RPC_CODES[name.upper()]
+    code = status.get("code")
+    if isinstance(code, str):
+        return int(code) if code.isdigit() else _RPC_CODES.get(code.upper())
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _error_outcome(key: str | None, status: object) -> ImageOutcome:
+    """An ``error`` item (a google.rpc.Status) -> api_error, retryable for transient codes only."""
+    code = _status_code(status) if isinstance(status, Mapping) else None
+    message = str(status.get("message") or "") if isinstance(status, Mapping) else str(status)
+    if code in _RPC_NAMES:
+        label = f"rpc code {code} ({_RPC_NAMES[code]})"
+        retryable = code in RETRYABLE_RPC_CODES
+    elif code is not None:
+        label = f"HTTP status {code}"
+        retryable = code in _RETRYABLE_HTTP_CODES
+    else:
+        label = "error without a code"
+        retryable = False
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "…"
+    return _failure(key, "api_error", f"{label}: {message}" if message else label, retryable=retryable)
+
+
+def outcome_from_item(item: Mapping[str, Any], key: str | None) -> ImageOutcome:
+    """One result (a results-file line or an inline response) -> its outcome; shared by both job outputs."""
+    error = item.get("error")
+    if error is not None:
+        return _error_outcome(key, error)
+    response = item.get("response")
+    if not isinstance(response, Mapping):
+        raise ResultLineError("a result has neither a response object nor an error")
+    usage = usage_from(_get(response, "usageMetadata", "usage_metadata"))
+    candidates = response.get("candidates")
+    candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+    if not isinstance(candidate, Mapping):
+        feedback = _get(response, "promptFeedback", "prompt_feedback")
+        block = _get(feedback, "blockReason", "block_reason") if isinstance(feedback, Mapping) else None
+        if block:
+            return _failure(
+                key, "blocked", f"the prompt was blocked ({block})", finish_reason=str(block), usage=usage
+            )
+        return _failure(key, "no_image", "the response has no candidates", usage=usage)
+
+    finish = _get(candidate, "finishReason", "finish_reason")
+    finish_reason = str(finish) if finish is not None else None
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, Mapping) else None
+    image: Mapping[str, Any] | None = None
+    texts: list[str] = []
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, Mapping) or part.get("thought") is True:
+            continue
+        blob = _get(part, "inlineData", "inline_data")
+        if isinstance(blob, Mapping):
+            image = blob
+        text = part.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+    text_out = "\n".join(texts) if texts else None
+
+    if image is None:
+        if finish_reason in SAFETY_REASONS:
+            return _failure(
+                key,
+                "safety",
+                f"no image: refused for safety ({finish_reason})",
+                finish_reason=finish_reason,
+                text=text_out,
+                usage=usage,
+            )
+        return _failure(
+            key,
+            "no_image",
+            f"the model returned no image (finishReason {finish_reason})",
+            finish_reason=finish_reason,
+            text=text_out,
+            usage=usage,
+        )
+
+    payload = image.get("data")
+    try:
+        if not isinstance(payload, str | bytes):
+            raise ValueError("no data")
+        # An SDK dump holds the bytes already decoded; the wire holds base64 text.
+        data = payload if isinstance(payload, bytes) else _decode_base64(payload)
+    except (binascii.Error, ValueError):
+        return _failure(
+            key,
+            "bad_image_data",
+            "the image part's data is not base64",
+            finish_reason=finish_reason,
+            text=text_out,
+            usage=usage,
+        )
+    declared = _get(image, "mimeType", "mime_type")
+    if isinstance(declared, str) and declared.lower().startswith("image/"):
+        mime_type: str | None = declared.lower()
+    else:
+        mime_type = _sniff_mime(data)
+    return ImageOutcome(
+        key=key,
+        succeeded=True,
+        data=data,
+        mime_type=mime_type,
+        extension=extension_for(mime_type) if mime_type else OTHER_EXTENSION,
+        finish_reason=finish_reason,
+        text=text_out,
+        usage=usage,
+        error=None,
+    )
+
+
+def parse_result_line(raw: bytes) -> ImageOutcome:
+    """One line of a results file: ``{"key", "response"}`` or ``{"key", "error"}`` (key may be absent)."""
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ResultLineError(f"a result line is not valid JSON: {exc}") from exc
+    if not isinstance(item, dict):
+        raise ResultLineError("a result line is not a JSON object")
+    key = item.get("key")
+    if key is not None and not isinstance(key, str):
+        raise ResultLineError("a result line's key is not a string")
+    return outcome_from_item(item, key)
+
+
+def job_outcome(key: str, code: str, message: str, *, retryable: bool) -> ImageOutcome:
+    """The outcome of a line whose job ended (expired, failed, cancelled) without a result for it."""
+    return _failure(key, code, message, retryable=retryable)
