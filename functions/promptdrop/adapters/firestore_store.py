@@ -1,0 +1,294 @@
+"""Firestore as the job store (``JobStore``).
+
+Collections ``runs`` (document id = run id) and ``jobs`` (document id = job id) hold
+``model_dump(mode="json")`` of the records. Creates are ``document.create()`` (fails if the document
+exists); conditional updates and leases read and write in one transaction, which Firestore retries on
+contention. The queries are the ones docs/ARCHITECTURE.md lists, so the composite indexes shipped in
+``infra/`` cover them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+from google.api_core import exceptions as api_exceptions
+from google.api_core import gapic_v1
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exceptions
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from pydantic import BaseModel
+
+from promptdrop.errors import (
+    ConfigurationError,
+    NotFoundError,
+    PermanentError,
+    PreconditionFailedError,
+    PromptdropError,
+    TransientError,
+)
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, RunState
+
+DEFAULT_DATABASE = "(default)"
+RUNS = "runs"
+JOBS = "jobs"
+
+_Record = TypeVar("_Record", Run, Job)
+
+_TRANSIENT = (
+    api_exceptions.Aborted,  # contention
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.DeadlineExceeded,
+    api_exceptions.TooManyRequests,  # RESOURCE_EXHAUSTED
+    api_exceptions.InternalServerError,
+    api_exceptions.Cancelled,
+    api_exceptions.Unknown,
+    api_exceptions.RetryError,
+    auth_exceptions.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def parse_store_url(url: str) -> tuple[str | None, str]:
+    """(project, database) of ``firestore``, ``firestore://PROJECT`` or ``firestore://PROJECT/DATABASE``."""
+    if url == "firestore":
+        return None, DEFAULT_DATABASE
+    if not url.startswith("firestore://"):
+        raise ConfigurationError("PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE")
+    project, _, database = url.removeprefix("firestore://").strip("/").partition("/")
+    if "/" in database:
+        raise ConfigurationError("PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE")
+    return project or None, database or DEFAULT_DATABASE
+
+
+def translate_firestore_error(exc: BaseException, what: str) -> PromptdropError:
+    """Our error for a google-cloud-firestore exception about ``what``."""
+    if isinstance(exc, api_exceptions.NotFound):
+        return NotFoundError(f"{what}: not found")
+    if isinstance(exc, api_exceptions.AlreadyExists):
+        return PreconditionFailedError(f"{what}: already exists")
+    if isinstance(exc, _TRANSIENT):
+        return TransientError(f"Firestore did not complete {what}: {type(exc).__name__}")
+    if isinstance(exc, ValueError) and isinstance(exc.__cause__, api_exceptions.Aborted):
+        # The transaction ran out of attempts against concurrent writers.
+        return TransientError(f"Firestore contention on {what}: transaction attempts exhausted")
+    if isinstance(exc, api_exceptions.FailedPrecondition):
+        # Typically a missing composite index; the message names the index to create.
+        return PermanentError(f"Firestore refused {what}: {exc.message}")
+    return PermanentError(f"Firestore refused {what}: {type(exc).__name__}")
+
+
+@contextmanager
+def _firestore_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except PromptdropError:
+        raise
+    except (
+        api_exceptions.GoogleAPIError,
+        auth_exceptions.GoogleAuthError,
+        ConnectionError,
+        TimeoutError,
+    ) as exc:
+        raise translate_firestore_error(exc, what) from exc
+    except ValueError as exc:
+        if isinstance(exc.__cause__, api_exceptions.Aborted):
+            raise translate_firestore_error(exc, what) from exc
+        raise
+
+
+def _lease_held(document: Mapping[str, Any], owner: str, now: float) -> bool:
+    lease = document.get("lease") or {}
+    return bool(lease.get("owner") == owner and float(lease.get("expires", 0.0)) > now)
+
+
+class FirestoreJobStore:
+    """Runs and jobs in Firestore. ``timeout``/``retry`` apply to each call (``retry=None``: no retries)."""
+
+    def __init__(
+        self,
+        client: firestore.Client | None = None,
+        *,
+        project: str | None = None,
+        database: str = DEFAULT_DATABASE,
+        transaction_attempts: int = 25,
+        timeout: float | None = None,
+        retry: Retry | object | None = gapic_v1.method.DEFAULT,
+    ) -> None:
+        self._client = client if client is not None else firestore.Client(project=project, database=database)
+        self._runs = self._client.collection(RUNS)
+        self._jobs = self._client.collection(JOBS)
+        self._attempts = transaction_attempts
+        self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
+
+    @classmethod
+    def from_url(cls, url: str, client: firestore.Client | None = None, **options: Any) -> FirestoreJobStore:
+        """The store ``PROMPTDROP_STORE`` names (``firestore`` or ``firestore://PROJECT/DATABASE``)."""
+        project, database = parse_store_url(url)
+        return cls(client, project=project, database=database, **options)
+
+    # Runs
+
+    def create_run(self, run: Run) -> bool:
+        return self._create(self._runs, run.run_id, run, f"creating run {run.run_id}")
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._get(self._runs, run_id, Run, f"reading run {run_id}")
+
+    def update_run(
+        self,
+        run_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_states: Iterable[RunState] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Run:
+        return self._update(
+            self._runs, run_id, Run, changes, "state", if_states, if_lease_owner, f"updating run {run_id}"
+        )
+
+    def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
+        query: Any = self._runs
+        if states is not None:
+            wanted = [RunState(state).value for state in states]
+            if not wanted:
+                return []
+            query = query.where(filter=FieldFilter("state", "in", wanted))
+        return self._query(query.order_by("updated_at").limit(limit), Run, "listing runs")
+
+    # Jobs
+
+    def create_job(self, job: Job) -> bool:
+        return self._create(self._jobs, job.job_id, job, f"creating job {job.job_id}")
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._get(self._jobs, job_id, Job, f"reading job {job_id}")
+
+    def update_job(
+        self,
+        job_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_phases: Iterable[JobPhase] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Job:
+        return self._update(
+            self._jobs, job_id, Job, changes, "phase", if_phases, if_lease_owner, f"updating job {job_id}"
+        )
+
+    def list_jobs(self, run_id: str) -> list[Job]:
+        query = (
+            self._jobs.where(filter=FieldFilter("run_id", "==", run_id)).order_by("attempt").order_by("chunk")
+        )
+        return self._query(query, Job, f"listing jobs of run {run_id}")
+
+    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
+        wanted = [JobPhase(phase).value for phase in phases]
+        if not wanted:
+            return []
+        query = self._jobs.where(filter=FieldFilter("phase", "in", wanted))
+        return self._query(query, Job, "listing jobs by phase")
+
+    # Leases
+
+    def acquire_lease(
+        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
+    ) -> bool:
+        reference = self._collection(kind).document(record_id)
+
+        def take(transaction: firestore.Transaction) -> bool:
+            document = self._read(reference, transaction, f"{kind} {record_id}")
+            lease = document.get("lease") or {}
+            holder = lease.get("owner")
+            if holder not in (None, owner) and float(lease.get("expires", 0.0)) > now:
+                return False
+            transaction.update(reference, {"lease": {"owner": owner, "expires": now + ttl}})
+            return True
+
+        return bool(self._transact(take, f"taking the lease of {kind} {record_id}"))
+
+    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
+        reference = self._collection(kind).document(record_id)
+
+        def give_back(transaction: firestore.Transaction) -> None:
+            snapshot = reference.get(transaction=transaction, **self._call)
+            if snapshot.exists and ((snapshot.to_dict() or {}).get("lease") or {}).get("owner") == owner:
+                transaction.update(reference, {"lease": {"owner": None, "expires": 0.0}})
+
+        self._transact(give_back, f"releasing the lease of {kind} {record_id}")
+
+    # Shared
+
+    def _collection(self, kind: Literal["run", "job"]) -> Any:
+        if kind == "run":
+            return self._runs
+        if kind == "job":
+            return self._jobs
+        raise ValueError(f"unknown record kind {kind!r}")
+
+    def _create(self, collection: Any, record_id: str, record: BaseModel, what: str) -> bool:
+        with _firestore_errors(what):
+            try:
+                collection.document(record_id).create(record.model_dump(mode="json"), **self._call)
+            except api_exceptions.AlreadyExists:
+                return False
+        return True
+
+    def _get(self, collection: Any, record_id: str, model: type[_Record], what: str) -> _Record | None:
+        with _firestore_errors(what):
+            snapshot = collection.document(record_id).get(**self._call)
+        return model.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def _query(self, query: Any, model: type[_Record], what: str) -> list[_Record]:
+        with _firestore_errors(what):
+            return [model.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
+
+    def _read(self, reference: Any, transaction: firestore.Transaction, what: str) -> dict[str, Any]:
+        snapshot = reference.get(transaction=transaction, **self._call)
+        if not snapshot.exists:
+            raise NotFoundError(f"{what} does not exist")
+        return dict(snapshot.to_dict() or {})
+
+    def _transact(self, body: Callable[[firestore.Transaction], Any], what: str) -> Any:
+        with _firestore_errors(what):
+            return firestore.transactional(body)(self._client.transaction(max_attempts=self._attempts))
+
+    def _update(
+        self,
+        collection: Any,
+        record_id: str,
+        model: type[_Record],
+        changes: Mapping[str, Any],
+        state_field: str,
+        allowed: Iterable[RunState] | Iterable[JobPhase] | None,
+        if_lease_owner: str | None,
+        what: str,
+    ) -> _Record:
+        unknown = set(changes) - set(model.model_fields)
+        if unknown:
+            raise ValueError(f"{what}: unknown fields {sorted(unknown)}")
+        allowed_values = None if allowed is None else {str(value) for value in allowed}
+        reference = collection.document(record_id)
+
+        def apply(transaction: firestore.Transaction) -> _Record:
+            document = self._read(reference, transaction, what.removeprefix("updating "))
+            if allowed_values is not None and document.get(state_field) not in allowed_values:
+                raise PreconditionFailedError(
+                    f"{what}: {state_field} is {document.get(state_field)}, not one of {sorted(allowed_values)}"
+                )
+            if if_lease_owner is not None and not _lease_held(document, if_lease_owner, time.time()):
+                raise PreconditionFailedError(f"{what}: the lease is not held by {if_lease_owner}")
+            merged = {**document, **changes}
+            if "updated_at" not in changes:
+                merged["updated_at"] = time.time()
+            record = model.model_validate(merged)
+            transaction.set(reference, record.model_dump(mode="json"))
+            return record
+
+        result: _Record = self._transact(apply, what)
+        return result

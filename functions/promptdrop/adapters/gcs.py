@@ -1,0 +1,309 @@
+"""Cloud Storage as the bucket (``BlobStore``), over google-cloud-storage.
+
+Reads and writes stream in fixed-size chunks, so memory stays flat for objects of any size. Every library
+error is translated once, in ``_storage_errors``: 429/5xx, timeouts and dropped connections become
+``TransientError``; 404 ``NotFoundError``; 412 ``PreconditionFailedError``; other 4xx ``PermanentError``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, BinaryIO, cast
+
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exceptions
+from google.cloud.storage import Blob, Client
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.cloud.storage.fileio import BlobWriter
+from google.cloud.storage.retry import DEFAULT_RETRY
+from requests.adapters import HTTPAdapter
+
+from promptdrop.errors import (
+    NotFoundError,
+    PermanentError,
+    PreconditionFailedError,
+    PromptdropError,
+    TransientError,
+)
+from promptdrop.names import check_relative_path
+from promptdrop.ports import BlobInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Multiples of 256 KiB, as resumable uploads require; one chunk is what a stream holds in memory.
+DEFAULT_CHUNK_SIZE = 8 * MiB
+DEFAULT_TIMEOUT = 60.0
+
+_TRANSIENT_STATUS = frozenset({408, 429})
+_LIBRARY_ERRORS = (
+    api_exceptions.GoogleAPIError,
+    auth_exceptions.GoogleAuthError,
+    requests.RequestException,
+    InvalidResponse,
+    DataCorruption,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        return int(exc.code) if exc.code is not None else None
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def translate_storage_error(exc: BaseException, what: str) -> PromptdropError:
+    """Our error for a google-cloud-storage / requests / google-auth exception about ``what``."""
+    status = _status_of(exc)
+    if status == 404:
+        return NotFoundError(f"{what} does not exist")
+    if status == 412:
+        return PreconditionFailedError(f"{what} changed or already exists (precondition failed)")
+    if status is not None and (status in _TRANSIENT_STATUS or status >= 500):
+        return TransientError(f"Cloud Storage answered {status} for {what}")
+    if isinstance(
+        exc,
+        api_exceptions.RetryError
+        | requests.ConnectionError
+        | requests.Timeout
+        | auth_exceptions.TransportError
+        | DataCorruption
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return TransientError(f"Cloud Storage did not answer for {what}: {type(exc).__name__}")
+    return PermanentError(f"Cloud Storage refused {what}: {type(exc).__name__} {status or ''}".rstrip())
+
+
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except PromptdropError:
+        raise
+    except _LIBRARY_ERRORS as exc:
+        raise translate_storage_error(exc, what) from exc
+
+
+class _ObjectReader(io.RawIOBase):
+    """Ranged reads of one generation of an object, so a rewrite during the read cannot mix two versions."""
+
+    def __init__(self, blob: Blob, start: int, size: int, chunk_size: int, call: dict[str, Any]) -> None:
+        self._blob = blob
+        self._position = start
+        self._size = size
+        self._chunk_size = chunk_size
+        self._call = call
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._position >= self._size or not len(view):
+            return 0
+        end = min(self._position + len(view), self._size) - 1
+        with _storage_errors(f"gs://{self._blob.bucket.name}/{self._blob.name}"):
+            # Checksums cover whole objects only, so ranged reads cannot verify them.
+            data = self._blob.download_as_bytes(start=self._position, end=end, checksum=None, **self._call)
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        # RawIOBase.readall would fetch 8 KiB per request.
+        parts = []
+        while chunk := self.read(self._chunk_size):
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class _ObjectWriter(BlobWriter):  # type: ignore[misc]
+    """A resumable upload that finalizes the object on ``close`` only, never after ``abandon``.
+
+    BlobWriter's own ``close`` uploads what it buffered as the last chunk, and ``IOBase.__del__`` calls
+    ``close``: a writer dropped after an error would otherwise finalize a partial object at garbage
+    collection.
+    """
+
+    _abandoned = False
+
+    def __init__(self, blob: Blob, what: str, **kwargs: Any) -> None:
+        super().__init__(blob, **kwargs)
+        self._what = what
+
+    def write(self, data: Any) -> int:
+        with _storage_errors(self._what):
+            return int(super().write(data))
+
+    def close(self) -> None:
+        if self._abandoned:
+            return
+        with _storage_errors(self._what):
+            super().close()
+
+    def abandon(self) -> None:
+        """Cancel the upload session; nothing becomes visible."""
+        self._abandoned = True
+        try:
+            self.terminate()
+        except Exception as exc:  # the session expires by itself within a week
+            log.warning("could not cancel the upload of %s: %s", self._what, type(exc).__name__)
+
+
+class GcsBlobStore:
+    """A Cloud Storage bucket. ``timeout`` and ``retry`` apply to every call (``retry=None``: no retries)."""
+
+    def __init__(
+        self,
+        bucket_name: str,
+        client: Client | None = None,
+        *,
+        upload_concurrency: int = 16,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+        retry: Retry | None = DEFAULT_RETRY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._client = client if client is not None else Client()
+        # requests keeps 10 connections per host by default; parallel uploads would discard the rest.
+        pool = HTTPAdapter(pool_connections=upload_concurrency, pool_maxsize=upload_concurrency)
+        for scheme in ("https://", "http://"):
+            self._client._http.mount(scheme, pool)
+        self._bucket = self._client.bucket(bucket_name)
+        self._name = bucket_name
+        self._chunk_size = chunk_size
+        self._retry = retry
+        self._timeout = timeout
+        self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
+
+    @property
+    def url(self) -> str:
+        return f"gs://{self._name}"
+
+    def _blob(self, name: str) -> Blob:
+        return self._bucket.blob(check_relative_path(name, what="object name"))
+
+    def _where(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    def stat(self, name: str) -> BlobInfo | None:
+        blob = self._blob(name)
+        with _storage_errors(self._where(name)):
+            found = self._bucket.get_blob(blob.name, **self._call)
+        return None if found is None else _info(found)
+
+    @contextmanager
+    def _open_read(self, name: str, start: int) -> Iterator[BinaryIO]:
+        blob = self._blob(name)
+        with _storage_errors(self._where(name)):
+            # Pins the generation (later ranged reads ask for it) and says where the object ends.
+            blob.reload(**self._call)
+        raw = _ObjectReader(blob, start, int(blob.size or 0), self._chunk_size, self._call)
+        with io.BufferedReader(raw, buffer_size=self._chunk_size) as reader:
+            yield cast(BinaryIO, reader)
+
+    def open_read(self, name: str, *, start: int = 0) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(name, start)
+
+    def read_bytes(self, name: str) -> bytes:
+        blob = self._blob(name)
+        with _storage_errors(self._where(name)):
+            return bytes(blob.download_as_bytes(**self._call))
+
+    @contextmanager
+    def _open_write(
+        self, name: str, content_type: str | None, metadata: Mapping[str, str] | None
+    ) -> Iterator[BinaryIO]:
+        blob = self._blob(name)
+        blob.metadata = dict(metadata) if metadata else None
+        upload_options: dict[str, Any] = {"timeout": self._timeout}
+        if content_type:
+            upload_options["content_type"] = content_type
+        writer = _ObjectWriter(
+            blob,
+            self._where(name),
+            chunk_size=self._chunk_size,
+            ignore_flush=True,  # wrappers such as TextIOWrapper flush; only close() may finalize
+            retry=self._retry,
+            **upload_options,
+        )
+        try:
+            yield cast(BinaryIO, writer)
+        except BaseException:
+            writer.abandon()
+            raise
+        try:
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
+
+    def open_write(
+        self, name: str, *, content_type: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        return self._open_write(name, content_type, metadata)
+
+    def write_bytes(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> bool:
+        blob = self._blob(name)
+        blob.metadata = dict(metadata) if metadata else None
+        # Create-only writes are safe to retry; so are plain ones here: promptdrop rewrites an object only
+        # with the same bytes, so the library's default of not retrying unconditional uploads is too careful.
+        options: dict[str, Any] = {**self._call, "content_type": content_type or "application/octet-stream"}
+        if if_absent:
+            options["if_generation_match"] = 0
+        with _storage_errors(self._where(name)):
+            try:
+                blob.upload_from_string(data, **options)
+            except api_exceptions.PreconditionFailed:
+                if not if_absent:
+                    raise
+                return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[BlobInfo]:
+        with _storage_errors(self._where(prefix + "*")):
+            for blob in self._client.list_blobs(self._bucket, prefix=prefix or None, **self._call):
+                yield _info(blob)
+
+    def delete(self, name: str) -> None:
+        blob = self._blob(name)
+        with _storage_errors(self._where(name)):
+            try:
+                blob.delete(**self._call)
+            except api_exceptions.NotFound:
+                return
+
+    def copy(self, source: str, destination: str) -> None:
+        source_blob, destination_blob = self._blob(source), self._blob(destination)
+        with _storage_errors(f"copy of {self._where(source)} to {destination}"):
+            # Rewrite rather than copyTo: a large object across storage classes takes several calls.
+            token, _, _ = destination_blob.rewrite(source_blob, **self._call)
+            while token is not None:
+                token, _, _ = destination_blob.rewrite(source_blob, token=token, **self._call)
+
+
+def _info(blob: Blob) -> BlobInfo:
+    return BlobInfo(
+        name=blob.name,
+        size=int(blob.size or 0),
+        generation=str(blob.generation),
+        updated=blob.updated.timestamp() if blob.updated is not None else 0.0,
+        content_type=blob.content_type,
+        metadata=dict(blob.metadata or {}),
+    )
