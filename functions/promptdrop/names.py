@@ -34,7 +34,8 @@ def check_relative_path(path: str, *, what: str = "path") -> str:
         raise UnsafeNameError(f"{what} starts with '/'")
     if "\\" in path:
         raise UnsafeNameError(f"{what} contains a backslash")
-    if any(unicodedata.category(ch) == "Cc" for ch in path):
+    # Printable ASCII is the common case and cannot hold a control character: skip the per-character scan.
+    if not (path.isascii() and path.isprintable()) and any(unicodedata.category(ch) == "Cc" for ch in path):
         raise UnsafeNameError(f"{what} contains a control character")
     for segment in path.split("/"):
         if segment in {"", ".", ".."}:
