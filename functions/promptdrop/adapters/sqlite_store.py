@@ -1,0 +1,366 @@
+"""The embedded job store: runs and jobs in one SQLite file, shared safely by threads and processes.
+
+Each record is kept whole as JSON (``model_dump(mode="json")``) beside the few columns the queries of
+``JobStore`` filter and sort on. Read-modify-write happens inside ``BEGIN IMMEDIATE``, which takes the
+database's write lock up front, so conditional updates and leases are atomic across processes (two
+``promptdrop serve`` may share the file). WAL mode lets readers go on while one process writes.
+
+Threads share one connection guarded by a lock: every operation is a short transaction, so the lock is
+held only for microseconds and a per-thread connection would buy nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import orjson
+
+from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError, TransientError
+from promptdrop.records import Job, Lease, Run
+from promptdrop.states import JobPhase, RunState
+
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's write lock
+
+
+@contextmanager
+def translate_sqlite_errors(path: Path) -> Iterator[None]:
+    """Lock contention and I/O trouble may pass (transient); a corrupt or foreign file will not."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # "database is locked", "disk I/O error", ...
+        raise TransientError(f"SQLite database {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database", corruption
+        raise PermanentError(f"SQLite database {path}: {exc}") from exc
+
+
+def open_database(path: Path, *, timeout: float, schema: str) -> sqlite3.Connection:
+    """Open (creating if needed) a WAL-mode database and apply ``schema`` (``IF NOT EXISTS`` statements).
+
+    The connection is in autocommit mode; callers group statements with ``write_transaction``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with translate_sqlite_errors(path):
+        connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            _enable_wal(connection, timeout)
+            # NORMAL is durable across application crashes in WAL mode; only a power cut can lose the
+            # last commits, and every step of the pipeline is idempotent, so it is redone.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            with write_transaction(connection):
+                _run_script(connection, schema)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
+
+
+def _enable_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    # Processes switching a new file to WAL at the same moment may be told "database is locked" at
+    # once, without the busy timeout being waited out, so retry until the timeout has passed.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _run_script(connection: sqlite3.Connection, schema: str) -> None:
+    # executescript() would COMMIT first and escape the transaction; run the statements one by one.
+    for statement in schema.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+@contextmanager
+def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: holds the database's write lock from the first read."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        # Some errors (a full disk) end the transaction themselves; a failed COMMIT leaves it open.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, updated_at);
+CREATE INDEX IF NOT EXISTS runs_by_update ON runs (updated_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run_id, attempt, chunk);
+CREATE INDEX IF NOT EXISTS jobs_by_phase ON jobs (phase)
+"""
+
+RecordT = TypeVar("RecordT", Run, Job)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table(Generic[RecordT]):
+    """How one record type maps to its table: the key, and the columns kept beside the JSON doc."""
+
+    name: str
+    key: str
+    model: type[RecordT]
+    status_field: str  # "state" or "phase": what ``if_states`` / ``if_phases`` compare
+
+    def columns(self, record: RecordT) -> dict[str, Any]:
+        if isinstance(record, Run):
+            return {"run_id": record.run_id, "state": record.state.value, "updated_at": record.updated_at}
+        return {
+            "job_id": record.job_id,
+            "run_id": record.run_id,
+            "attempt": record.attempt,
+            "chunk": record.chunk,
+            "phase": record.phase.value,
+            "updated_at": record.updated_at,
+        }
+
+
+_RUNS = _Table("runs", "run_id", Run, "state")
+_JOBS = _Table("jobs", "job_id", Job, "phase")
+
+
+def _dump(record: Run | Job) -> str:
+    return orjson.dumps(record.model_dump(mode="json")).decode()
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class SqliteJobStore:
+    """``JobStore`` on a SQLite file (``PROMPTDROP_STORE=sqlite:///PATH``)."""
+
+    def __init__(self, path: Path, *, timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._connection = open_database(path, timeout=timeout, schema=_SCHEMA)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, translate_sqlite_errors(self._path), write_transaction(self._connection) as conn:
+            yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, translate_sqlite_errors(self._path):
+            yield self._connection
+
+    # Runs
+
+    def create_run(self, run: Run) -> bool:
+        return self._create(_RUNS, run)
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._get(_RUNS, run_id)
+
+    def update_run(
+        self,
+        run_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_states: Iterable[RunState] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Run:
+        return self._update(_RUNS, run_id, changes, if_statuses=if_states, if_lease_owner=if_lease_owner)
+
+    def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
+        if states is None:
+            where, params = "", []
+        else:
+            wanted = [RunState(state).value for state in states]
+            if not wanted:
+                return []
+            where, params = f"WHERE state IN ({_placeholders(len(wanted))})", wanted
+        sql = f"SELECT doc FROM runs {where} ORDER BY updated_at, run_id LIMIT ?"  # noqa: S608 (placeholders only)
+        with self._reading() as conn:
+            rows = conn.execute(sql, [*params, limit]).fetchall()
+        return [Run.model_validate_json(doc) for (doc,) in rows]
+
+    # Jobs
+
+    def create_job(self, job: Job) -> bool:
+        return self._create(_JOBS, job)
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._get(_JOBS, job_id)
+
+    def update_job(
+        self,
+        job_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_phases: Iterable[JobPhase] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Job:
+        return self._update(_JOBS, job_id, changes, if_statuses=if_phases, if_lease_owner=if_lease_owner)
+
+    def list_jobs(self, run_id: str) -> list[Job]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM jobs WHERE run_id = ? ORDER BY attempt, chunk, job_id", [run_id]
+            ).fetchall()
+        return [Job.model_validate_json(doc) for (doc,) in rows]
+
+    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
+        wanted = [JobPhase(phase).value for phase in phases]
+        if not wanted:
+            return []
+        sql = (
+            f"SELECT doc FROM jobs WHERE phase IN ({_placeholders(len(wanted))})"  # noqa: S608 (placeholders)
+            " ORDER BY run_id, attempt, chunk"
+        )
+        with self._reading() as conn:
+            rows = conn.execute(sql, wanted).fetchall()
+        return [Job.model_validate_json(doc) for (doc,) in rows]
+
+    # Leases
+
+    def acquire_lease(
+        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
+    ) -> bool:
+        """Take the lease if free, expired or ours. Raises NotFoundError if the record does not exist.
+
+        The lease alone changes: ``updated_at`` keeps following real progress.
+        """
+        table = _RUNS if kind == "run" else _JOBS
+        with self._transaction() as conn:
+            doc = self._load(conn, table, record_id)
+            lease = Lease.model_validate(doc.get("lease") or {})
+            if lease.owner is not None and lease.owner != owner and lease.expires > now:
+                return False
+            doc["lease"] = {"owner": owner, "expires": now + ttl}
+            self._save_doc(conn, table, record_id, doc)
+        return True
+
+    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
+        """Clear the lease if ``owner`` holds it; a missing record or someone else's lease is left alone."""
+        table = _RUNS if kind == "run" else _JOBS
+        with self._transaction() as conn:
+            doc = self._find(conn, table, record_id)
+            if doc is None or Lease.model_validate(doc.get("lease") or {}).owner != owner:
+                return
+            doc["lease"] = Lease().model_dump(mode="json")
+            self._save_doc(conn, table, record_id, doc)
+
+    # Shared by runs and jobs
+
+    def _create(self, table: _Table[RecordT], record: RecordT) -> bool:
+        columns = {**table.columns(record), "doc": _dump(record)}
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"  # noqa: S608
+            f" ON CONFLICT ({table.key}) DO NOTHING"
+        )
+        with self._transaction() as conn:
+            inserted = conn.execute(sql, list(columns.values())).rowcount
+        return inserted == 1
+
+    def _get(self, table: _Table[RecordT], record_id: str) -> RecordT | None:
+        with self._reading() as conn:
+            doc = self._find(conn, table, record_id)
+        return None if doc is None else table.model.model_validate(doc)
+
+    def _update(
+        self,
+        table: _Table[RecordT],
+        record_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_statuses: Iterable[str] | None,
+        if_lease_owner: str | None,
+    ) -> RecordT:
+        unknown = set(changes) - set(table.model.model_fields)
+        if unknown:
+            raise ValueError(f"not fields of {table.model.__name__}: {sorted(unknown)}")
+        allowed = None if if_statuses is None else {str(status) for status in if_statuses}
+        with self._transaction() as conn:
+            doc = self._load(conn, table, record_id)
+            current = table.model.model_validate(doc)
+            status = str(getattr(current, table.status_field))
+            if allowed is not None and status not in allowed:
+                raise PreconditionFailedError(
+                    f"{table.key} {record_id} is {status}, not one of {sorted(allowed)}"
+                )
+            if if_lease_owner is not None and not _holds(current.lease, if_lease_owner, time.time()):
+                raise PreconditionFailedError(f"{table.key} {record_id}: lease not held by {if_lease_owner}")
+            doc.update(changes)
+            if "updated_at" not in changes:
+                doc["updated_at"] = time.time()
+            updated = table.model.model_validate(doc)
+            self._save(conn, table, updated)
+        return updated
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, table: _Table[Any], record_id: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            f"SELECT doc FROM {table.name} WHERE {table.key} = ?",  # noqa: S608 (fixed names)
+            [record_id],
+        ).fetchone()
+        if row is None:
+            return None
+        doc: dict[str, Any] = orjson.loads(row[0])
+        return doc
+
+    @classmethod
+    def _load(cls, conn: sqlite3.Connection, table: _Table[Any], record_id: str) -> dict[str, Any]:
+        doc = cls._find(conn, table, record_id)
+        if doc is None:
+            raise NotFoundError(f"no {table.name[:-1]} {record_id}")
+        return doc
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, table: _Table[RecordT], record: RecordT) -> None:
+        values: dict[str, Any] = {**table.columns(record), "doc": _dump(record)}
+        key = values.pop(table.key)
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        conn.execute(
+            f"UPDATE {table.name} SET {assignments} WHERE {table.key} = ?",  # noqa: S608 (fixed names)
+            [*values.values(), key],
+        )
+
+    @staticmethod
+    def _save_doc(conn: sqlite3.Connection, table: _Table[Any], record_id: str, doc: dict[str, Any]) -> None:
+        # Only the lease changed, and no indexed column holds it.
+        conn.execute(
+            f"UPDATE {table.name} SET doc = ? WHERE {table.key} = ?",  # noqa: S608 (fixed names)
+            [orjson.dumps(doc).decode(), record_id],
+        )
+
+
+def _holds(lease: Lease, owner: str, now: float) -> bool:
+    return lease.owner == owner and lease.expires > now

@@ -1,0 +1,240 @@
+"""The ``BlobStore`` contract, as a mixin every adapter's test class inherits.
+
+Subclass it in a ``Test...`` class and override the ``store`` fixture with a fresh, empty store. Only the
+Protocol's methods are used here, so a local folder and Cloud Storage must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from promptdrop.errors import NotFoundError, UnsafeNameError
+from promptdrop.ports import BlobStore
+
+UNSAFE_NAMES = ["", "/etc/passwd", "../outside", "a/../../b", "a//b", "a/./b", "a\\b", "bad\x00name", "a/"]
+MiB = 1024 * 1024
+
+
+class Boom(Exception):
+    """Raised inside a write block to abandon it."""
+
+
+class BlobStoreContract:
+    @pytest.fixture
+    def store(self) -> BlobStore:
+        raise NotImplementedError("subclasses provide a fresh, empty store")
+
+    def test_url_names_the_bucket(self, store: BlobStore) -> None:
+        """The url is a non-empty string people can read."""
+        assert isinstance(store.url, str)
+        assert store.url
+
+    def test_write_then_read_round_trip(self, store: BlobStore) -> None:
+        """Bytes written come back unchanged, through read_bytes and open_read."""
+        data = bytes(range(256)) * 10
+        assert store.write_bytes("a/b/c.bin", data) is True
+        assert store.read_bytes("a/b/c.bin") == data
+        with store.open_read("a/b/c.bin") as handle:
+            assert handle.read() == data
+
+    def test_empty_object_round_trip(self, store: BlobStore) -> None:
+        """A zero-byte object exists and reads back empty."""
+        store.write_bytes("empty.txt", b"")
+        info = store.stat("empty.txt")
+        assert info is not None
+        assert info.size == 0
+        assert store.read_bytes("empty.txt") == b""
+
+    def test_stat_reports_size_type_and_metadata(self, store: BlobStore) -> None:
+        """stat gives the name, size, content type and metadata the object was written with."""
+        before = time.time()
+        store.write_bytes("img/k.png", b"\x89PNG....", content_type="image/png", metadata={"run": "r1"})
+        info = store.stat("img/k.png")
+        assert info is not None
+        assert (info.name, info.size, info.content_type, dict(info.metadata)) == (
+            "img/k.png",
+            8,
+            "image/png",
+            {"run": "r1"},
+        )
+        assert info.generation
+        # A loose bound: the store's clock may be another host's, but not an hour off.
+        assert abs(info.updated - before) < 3600
+
+    def test_stat_of_missing_object_is_none(self, store: BlobStore) -> None:
+        """A name nothing was written to has no info."""
+        assert store.stat("nothing/here.txt") is None
+
+    def test_reading_missing_object_raises_not_found(self, store: BlobStore) -> None:
+        """read_bytes and open_read of a missing object raise NotFoundError."""
+        with pytest.raises(NotFoundError):
+            store.read_bytes("missing.bin")
+        with pytest.raises(NotFoundError), store.open_read("missing.bin") as handle:
+            handle.read()
+
+    def test_write_replaces_existing_object(self, store: BlobStore) -> None:
+        """A plain write overwrites, and returns True."""
+        store.write_bytes("x.txt", b"old")
+        assert store.write_bytes("x.txt", b"new and longer") is True
+        assert store.read_bytes("x.txt") == b"new and longer"
+
+    @pytest.mark.parametrize(("existing", "expected"), [(None, True), (b"first", False)])
+    def test_write_if_absent(self, store: BlobStore, existing: bytes | None, expected: bool) -> None:
+        """if_absent writes only when the object is missing and otherwise changes nothing."""
+        if existing is not None:
+            store.write_bytes("claim.json", existing, metadata={"who": "first"})
+        before = store.stat("claim.json")
+        assert (
+            store.write_bytes("claim.json", b"second", metadata={"who": "second"}, if_absent=True) is expected
+        )
+        after = store.stat("claim.json")
+        assert after is not None
+        if expected:
+            assert store.read_bytes("claim.json") == b"second"
+        else:
+            assert before is not None
+            assert store.read_bytes("claim.json") == existing
+            assert (after.generation, dict(after.metadata)) == (before.generation, {"who": "first"})
+
+    def test_open_write_streams_chunks_into_one_object(self, store: BlobStore) -> None:
+        """Chunks written through open_write form one object with the given type and metadata."""
+        chunks = [bytes([n]) * MiB for n in range(3)]
+        with store.open_write(
+            "big/results.jsonl", content_type="application/jsonl", metadata={"k": "v"}
+        ) as out:
+            for chunk in chunks:
+                out.write(chunk)
+        info = store.stat("big/results.jsonl")
+        assert info is not None
+        assert (info.size, info.content_type, dict(info.metadata)) == (
+            3 * MiB,
+            "application/jsonl",
+            {"k": "v"},
+        )
+        assert store.read_bytes("big/results.jsonl") == b"".join(chunks)
+
+    def test_failed_open_write_leaves_no_object(self, store: BlobStore) -> None:
+        """An error inside the write block leaves neither a new nor a half object."""
+        with pytest.raises(Boom), store.open_write("half.bin") as out:
+            out.write(b"partial")
+            raise Boom
+        assert store.stat("half.bin") is None
+        assert list(store.list("")) == []
+
+    def test_failed_open_write_keeps_previous_version(self, store: BlobStore) -> None:
+        """An abandoned rewrite leaves the previous object as it was."""
+        store.write_bytes("keep.txt", b"version 1")
+        before = store.stat("keep.txt")
+        with pytest.raises(Boom), store.open_write("keep.txt") as out:
+            out.write(b"version 2, unfinished")
+            raise Boom
+        after = store.stat("keep.txt")
+        assert store.read_bytes("keep.txt") == b"version 1"
+        assert before is not None and after is not None
+        assert after.generation == before.generation
+
+    @pytest.mark.parametrize("start", [0, 1, 4095, 100_000, 300_000])
+    def test_open_read_from_offset(self, store: BlobStore, start: int) -> None:
+        """open_read(start=n) streams the object from byte n to the end."""
+        data = bytes(n % 251 for n in range(300_000))
+        store.write_bytes("results.jsonl", data)
+        with store.open_read("results.jsonl", start=start) as handle:
+            assert handle.read() == data[start:]
+
+    def test_generation_is_stable_until_rewritten(self, store: BlobStore) -> None:
+        """An unchanged object keeps its generation; a rewrite, even with the same bytes, gets a new one."""
+        store.write_bytes("inbox/p.jsonl", b'{"prompt": "a cat"}\n')
+        first = store.stat("inbox/p.jsonl")
+        again = store.stat("inbox/p.jsonl")
+        store.write_bytes("inbox/p.jsonl", b'{"prompt": "a cat"}\n')
+        rewritten = store.stat("inbox/p.jsonl")
+        assert first is not None and again is not None and rewritten is not None
+        assert first.generation == again.generation
+        assert rewritten.generation != first.generation
+
+    def test_list_is_recursive_sorted_and_limited_to_prefix(self, store: BlobStore) -> None:
+        """list yields every object under the prefix, at any depth, sorted by name."""
+        names = ["out/r/b.png", "out/r/a.png", "out/r/sub/z.png", "out/r.txt", "out/r2/a.png", "in/x.jsonl"]
+        for name in names:
+            store.write_bytes(name, name.encode())
+        assert [info.name for info in store.list("out/r/")] == [
+            "out/r/a.png",
+            "out/r/b.png",
+            "out/r/sub/z.png",
+        ]
+        assert [info.name for info in store.list("out/r")] == [
+            "out/r.txt",
+            "out/r/a.png",
+            "out/r/b.png",
+            "out/r/sub/z.png",
+            "out/r2/a.png",
+        ]
+        assert [info.name for info in store.list("")] == sorted(names)
+        assert list(store.list("nowhere/")) == []
+
+    def test_list_reports_what_stat_reports(self, store: BlobStore) -> None:
+        """Listed infos carry the same size, generation and content type as stat."""
+        store.write_bytes("l/one.png", b"12345", content_type="image/png", metadata={"a": "b"})
+        (listed,) = store.list("l/")
+        assert listed == store.stat("l/one.png")
+
+    def test_delete(self, store: BlobStore) -> None:
+        """delete removes the object; deleting a missing one is fine."""
+        store.write_bytes("d/gone.txt", b"x")
+        store.write_bytes("d/stays.txt", b"y")
+        store.delete("d/gone.txt")
+        store.delete("d/gone.txt")
+        store.delete("never/existed.txt")
+        assert store.stat("d/gone.txt") is None
+        assert [info.name for info in store.list("d/")] == ["d/stays.txt"]
+
+    def test_rewrite_after_delete_gets_new_generation(self, store: BlobStore) -> None:
+        """A deleted and re-created object never reuses the old generation (claims depend on it)."""
+        store.write_bytes("inbox/again.jsonl", b"same")
+        first = store.stat("inbox/again.jsonl")
+        store.delete("inbox/again.jsonl")
+        store.write_bytes("inbox/again.jsonl", b"same")
+        second = store.stat("inbox/again.jsonl")
+        assert first is not None and second is not None
+        assert first.generation != second.generation
+
+    def test_copy(self, store: BlobStore) -> None:
+        """copy duplicates bytes, content type and metadata; the source stays; the copy is independent."""
+        store.write_bytes("src/p.jsonl", b"line\n", content_type="application/jsonl", metadata={"m": "1"})
+        store.copy("src/p.jsonl", "dst/deep/p.jsonl")
+        copied = store.stat("dst/deep/p.jsonl")
+        assert copied is not None
+        assert (copied.size, copied.content_type, dict(copied.metadata)) == (
+            5,
+            "application/jsonl",
+            {"m": "1"},
+        )
+        store.write_bytes("src/p.jsonl", b"changed\n")
+        assert store.read_bytes("dst/deep/p.jsonl") == b"line\n"
+
+    def test_copy_of_missing_object_raises_not_found(self, store: BlobStore) -> None:
+        """Copying nothing is an error, and creates nothing."""
+        with pytest.raises(NotFoundError):
+            store.copy("missing.txt", "copy.txt")
+        assert store.stat("copy.txt") is None
+
+    @pytest.mark.parametrize("name", UNSAFE_NAMES)
+    def test_unsafe_names_are_refused(self, store: BlobStore, name: str) -> None:
+        """Names that could escape the bucket's folder structure raise UnsafeNameError on every method."""
+        calls: list[Callable[[], object]] = [
+            lambda: store.write_bytes(name, b"x"),
+            lambda: store.stat(name),
+            lambda: store.read_bytes(name),
+            lambda: store.delete(name),
+            lambda: store.copy("ok.txt", name),
+        ]
+        store.write_bytes("ok.txt", b"x")
+        for call in calls:
+            with pytest.raises(UnsafeNameError):
+                call()
+        with pytest.raises(UnsafeNameError), store.open_write(name) as out:
+            out.write(b"x")
+        assert [info.name for info in store.list("")] == ["ok.txt"]

@@ -1,0 +1,336 @@
+"""The ``JobStore`` contract, as a mixin every adapter's test class inherits.
+
+Subclass it in a ``Test...`` class and override the ``job_store`` fixture with a fresh, empty store. Only
+the Protocol's methods are used here, so SQLite and Firestore must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import pytest
+
+from promptdrop.errors import NotFoundError, PreconditionFailedError
+from promptdrop.ports import JobStore
+from promptdrop.records import Counts, Job, Lease, Run, RunSource
+from promptdrop.states import JobPhase, JobState, RunState
+
+Kind = Literal["run", "job"]
+T0 = 1_700_000_000.0  # a fixed past instant, so ordering tests do not depend on the clock
+
+
+def make_run(
+    run_id: str = "cats-0123abcd", *, state: RunState = RunState.RECEIVED, updated_at: float = T0
+) -> Run:
+    """A plausible run record."""
+    return Run(
+        run_id=run_id,
+        claim_key=f"file:bucket/inbox/{run_id}.jsonl#1",
+        state=state,
+        source=RunSource(
+            kind="file", bucket="bucket", object=f"inbox/{run_id}.jsonl", generation="1", name=run_id
+        ),
+        input_object=f"outputs/{run_id}/input.jsonl",
+        output_folder=f"outputs/{run_id}/",
+        model="gemini-3-pro-image-preview",
+        created_at=T0,
+        updated_at=updated_at,
+        counts=Counts(lines=3, valid=2, invalid=1),
+    )
+
+
+def make_job(
+    run_id: str = "cats-0123abcd",
+    *,
+    attempt: int = 1,
+    chunk: int = 0,
+    phase: JobPhase = JobPhase.QUEUED,
+    updated_at: float = T0,
+) -> Job:
+    """A plausible job record named as promptdrop names them."""
+    return Job(
+        job_id=f"{run_id}-a{attempt}-c{chunk}",
+        run_id=run_id,
+        attempt=attempt,
+        chunk=chunk,
+        phase=phase,
+        model="gemini-3-pro-image-preview",
+        request_object=f"outputs/{run_id}/_work/requests-a{attempt}-c{chunk}.jsonl",
+        request_count=2,
+        request_bytes=512,
+        estimated_tokens=2240,
+        created_at=T0,
+        updated_at=updated_at,
+    )
+
+
+class JobStoreContract:
+    @pytest.fixture
+    def job_store(self) -> JobStore:
+        raise NotImplementedError("subclasses provide a fresh, empty store")
+
+    @pytest.fixture
+    def run(self, job_store: JobStore) -> Run:
+        """A run already in the store."""
+        record = make_run()
+        assert job_store.create_run(record)
+        return record
+
+    @pytest.fixture
+    def job(self, job_store: JobStore) -> Job:
+        """A job already in the store."""
+        record = make_job()
+        assert job_store.create_job(record)
+        return record
+
+    @staticmethod
+    def _create(job_store: JobStore, kind: Kind) -> str:
+        if kind == "run":
+            assert job_store.create_run(make_run("leased-run"))
+            return "leased-run"
+        job = make_job("leased-run")
+        assert job_store.create_job(job)
+        return job.job_id
+
+    @staticmethod
+    def _lease(job_store: JobStore, kind: Kind, record_id: str) -> Lease:
+        record = job_store.get_run(record_id) if kind == "run" else job_store.get_job(record_id)
+        assert record is not None
+        return record.lease
+
+    @staticmethod
+    def _update(job_store: JobStore, kind: Kind, record_id: str, owner: str) -> Run | Job:
+        if kind == "run":
+            return job_store.update_run(record_id, {"reason": "x"}, if_lease_owner=owner)
+        return job_store.update_job(record_id, {"error": "x"}, if_lease_owner=owner)
+
+    # Create and get
+
+    def test_run_round_trip(self, job_store: JobStore, run: Run) -> None:
+        """A created run reads back equal, with its enums as enums."""
+        stored = job_store.get_run(run.run_id)
+        assert stored == run
+        assert stored is not None and stored.state is RunState.RECEIVED
+
+    def test_job_round_trip(self, job_store: JobStore, job: Job) -> None:
+        """A created job reads back equal."""
+        stored = job_store.get_job(job.job_id)
+        assert stored == job
+        assert stored is not None and stored.phase is JobPhase.QUEUED
+
+    def test_get_missing_is_none(self, job_store: JobStore) -> None:
+        """Unknown ids read as None."""
+        assert job_store.get_run("nope") is None
+        assert job_store.get_job("nope") is None
+
+    def test_create_run_twice_keeps_the_first(self, job_store: JobStore, run: Run) -> None:
+        """A second create with the same id returns False and changes nothing (a redelivered event)."""
+        assert job_store.create_run(make_run(run.run_id, state=RunState.FAILED)) is False
+        assert job_store.get_run(run.run_id) == run
+
+    def test_create_job_twice_keeps_the_first(self, job_store: JobStore, job: Job) -> None:
+        """A second create_job with the same id returns False and changes nothing."""
+        assert job_store.create_job(make_job(phase=JobPhase.DONE)) is False
+        assert job_store.get_job(job.job_id) == job
+
+    # Updates
+
+    def test_update_run_sets_fields_and_updated_at(self, job_store: JobStore, run: Run) -> None:
+        """update_run sets the given top-level fields, bumps updated_at and returns the new record."""
+        before = time.time()
+        changes: dict[str, Any] = {
+            "state": RunState.SUBMITTED.value,
+            "counts": Counts(lines=3, valid=3).model_dump(mode="json"),
+            "reason": None,
+            "submit_attempts": 1,
+        }
+        updated = job_store.update_run(run.run_id, changes)
+        assert updated.state is RunState.SUBMITTED
+        assert updated.counts == Counts(lines=3, valid=3)
+        assert updated.submit_attempts == 1
+        assert updated.updated_at >= before
+        assert (updated.model, updated.created_at) == (run.model, run.created_at)
+        assert job_store.get_run(run.run_id) == updated
+
+    def test_update_keeps_an_explicit_updated_at(self, job_store: JobStore, run: Run, job: Job) -> None:
+        """A change that sets updated_at itself wins over the store's clock."""
+        assert job_store.update_run(run.run_id, {"updated_at": T0 + 5}).updated_at == T0 + 5
+        assert job_store.update_job(job.job_id, {"updated_at": T0 + 7}).updated_at == T0 + 7
+
+    def test_update_job_sets_fields(self, job_store: JobStore, job: Job) -> None:
+        """update_job sets fields, including the job state, and returns the stored record."""
+        changes = {
+            "phase": JobPhase.ACTIVE.value,
+            "state": JobState.JOB_STATE_RUNNING.value,
+            "batch_name": "batches/123",
+            "stats": {"requestCount": 2},
+        }
+        updated = job_store.update_job(job.job_id, changes)
+        assert (updated.phase, updated.state, updated.batch_name, updated.stats) == (
+            JobPhase.ACTIVE,
+            JobState.JOB_STATE_RUNNING,
+            "batches/123",
+            {"requestCount": 2},
+        )
+        assert job_store.get_job(job.job_id) == updated
+
+    def test_update_missing_raises_not_found(self, job_store: JobStore) -> None:
+        """Updating a record that does not exist raises NotFoundError and creates nothing."""
+        with pytest.raises(NotFoundError):
+            job_store.update_run("ghost", {"reason": "x"})
+        with pytest.raises(NotFoundError):
+            job_store.update_job("ghost", {"error": "x"})
+        assert job_store.get_run("ghost") is None
+        assert job_store.get_job("ghost") is None
+
+    @pytest.mark.parametrize(
+        ("if_states", "allowed"),
+        [
+            ([RunState.RECEIVED], True),
+            ([RunState.SUBMITTED, RunState.RECEIVED], True),
+            ([RunState.SUBMITTED, RunState.HARVESTING], False),
+            ([], False),
+        ],
+    )
+    def test_update_run_if_states(
+        self, job_store: JobStore, run: Run, if_states: list[RunState], allowed: bool
+    ) -> None:
+        """A conditional update applies only when the run's state is one of if_states."""
+        changes = {"state": RunState.CANCELLED.value}
+        if allowed:
+            assert job_store.update_run(run.run_id, changes, if_states=if_states).state is RunState.CANCELLED
+        else:
+            with pytest.raises(PreconditionFailedError):
+                job_store.update_run(run.run_id, changes, if_states=if_states)
+            assert job_store.get_run(run.run_id) == run
+
+    @pytest.mark.parametrize(
+        ("if_phases", "allowed"),
+        [([JobPhase.QUEUED], True), ([JobPhase.ACTIVE, JobPhase.HARVESTING], False)],
+    )
+    def test_update_job_if_phases(
+        self, job_store: JobStore, job: Job, if_phases: list[JobPhase], allowed: bool
+    ) -> None:
+        """A conditional job update applies only when the job's phase is one of if_phases."""
+        changes = {"phase": JobPhase.CREATING.value}
+        if allowed:
+            assert job_store.update_job(job.job_id, changes, if_phases=if_phases).phase is JobPhase.CREATING
+        else:
+            with pytest.raises(PreconditionFailedError):
+                job_store.update_job(job.job_id, changes, if_phases=if_phases)
+            assert job_store.get_job(job.job_id) == job
+
+    # Leases and conditional updates on them
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_update_if_lease_owner(self, job_store: JobStore, kind: Kind) -> None:
+        """Only the holder of a live lease may update under if_lease_owner."""
+        record_id = self._create(job_store, kind)
+        with pytest.raises(PreconditionFailedError):  # nobody holds it
+            self._update(job_store, kind, record_id, "me")
+        assert job_store.acquire_lease(kind, record_id, "me", 300, time.time())
+        with pytest.raises(PreconditionFailedError):
+            self._update(job_store, kind, record_id, "someone-else")
+        assert self._update(job_store, kind, record_id, "me").lease.owner == "me"
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_update_under_expired_lease_fails(self, job_store: JobStore, kind: Kind) -> None:
+        """A lease past its expiry no longer entitles its owner to update."""
+        record_id = self._create(job_store, kind)
+        assert job_store.acquire_lease(kind, record_id, "me", 10, time.time() - 100)
+        with pytest.raises(PreconditionFailedError):
+            self._update(job_store, kind, record_id, "me")
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_lease_is_exclusive_until_it_expires(self, job_store: JobStore, kind: Kind) -> None:
+        """A live lease keeps others out; once expired, another owner takes it over."""
+        record_id = self._create(job_store, kind)
+        assert job_store.acquire_lease(kind, record_id, "a", 60, T0) is True
+        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 59) is False
+        assert self._lease(job_store, kind, record_id) == Lease(owner="a", expires=T0 + 60)
+        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 60) is True
+        assert self._lease(job_store, kind, record_id) == Lease(owner="b", expires=T0 + 120)
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_own_lease_is_extended(self, job_store: JobStore, kind: Kind) -> None:
+        """Acquiring a lease one already holds extends it."""
+        record_id = self._create(job_store, kind)
+        assert job_store.acquire_lease(kind, record_id, "a", 60, T0)
+        assert job_store.acquire_lease(kind, record_id, "a", 60, T0 + 30)
+        assert self._lease(job_store, kind, record_id) == Lease(owner="a", expires=T0 + 90)
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_release_only_by_owner(self, job_store: JobStore, kind: Kind) -> None:
+        """release_lease by someone else does nothing; by the owner it frees the lease for others."""
+        record_id = self._create(job_store, kind)
+        assert job_store.acquire_lease(kind, record_id, "a", 60, T0)
+        job_store.release_lease(kind, record_id, "b")
+        assert self._lease(job_store, kind, record_id).owner == "a"
+        job_store.release_lease(kind, record_id, "a")
+        assert self._lease(job_store, kind, record_id).owner is None
+        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 1)
+
+    @pytest.mark.parametrize("kind", ["run", "job"])
+    def test_leases_do_not_touch_updated_at(self, job_store: JobStore, kind: Kind) -> None:
+        """Taking and giving back a lease leaves updated_at alone, so the active-work order follows progress."""
+        record_id = self._create(job_store, kind)
+        job_store.acquire_lease(kind, record_id, "a", 60, time.time())
+        job_store.release_lease(kind, record_id, "a")
+        record = job_store.get_run(record_id) if kind == "run" else job_store.get_job(record_id)
+        assert record is not None and record.updated_at == T0
+
+    def test_releasing_a_missing_record_is_fine(self, job_store: JobStore) -> None:
+        """Giving back a lease on a record that does not exist is a no-op."""
+        job_store.release_lease("run", "ghost", "a")
+        job_store.release_lease("job", "ghost", "a")
+
+    # Queries
+
+    def test_list_runs_oldest_update_first_and_filtered(self, job_store: JobStore) -> None:
+        """list_runs filters by state and orders by updated_at, oldest first, up to the limit."""
+        runs = [
+            make_run("r-newest", state=RunState.SUBMITTED, updated_at=T0 + 30),
+            make_run("r-oldest", state=RunState.RECEIVED, updated_at=T0 + 10),
+            make_run("r-done", state=RunState.SUCCEEDED, updated_at=T0),
+            make_run("r-middle", state=RunState.HARVESTING, updated_at=T0 + 20),
+        ]
+        for run in runs:
+            assert job_store.create_run(run)
+        active = [RunState.RECEIVED, RunState.SUBMITTED, RunState.HARVESTING]
+
+        def ids(found: list[Run]) -> list[str]:
+            return [run.run_id for run in found]
+
+        assert ids(job_store.list_runs(active)) == ["r-oldest", "r-middle", "r-newest"]
+        assert ids(job_store.list_runs(active, limit=2)) == ["r-oldest", "r-middle"]
+        assert ids(job_store.list_runs()) == ["r-done", "r-oldest", "r-middle", "r-newest"]
+        assert ids(job_store.list_runs([RunState.CANCELLED])) == []
+        job_store.update_run("r-oldest", {"submit_attempts": 1})  # now the most recently updated
+        assert ids(job_store.list_runs(active)) == ["r-middle", "r-newest", "r-oldest"]
+
+    def test_list_jobs_by_attempt_then_chunk(self, job_store: JobStore) -> None:
+        """A run's jobs come ordered by (attempt, chunk), other runs' jobs left out."""
+        order = [(2, 0), (1, 10), (1, 2), (2, 1), (1, 0)]
+        for attempt, chunk in order:
+            assert job_store.create_job(make_job("run-a", attempt=attempt, chunk=chunk))
+        assert job_store.create_job(make_job("run-b"))
+        found = [(job.attempt, job.chunk) for job in job_store.list_jobs("run-a")]
+        assert found == sorted(order)
+        assert job_store.list_jobs("run-none") == []
+
+    def test_list_jobs_in_phases_spans_runs(self, job_store: JobStore) -> None:
+        """list_jobs_in_phases returns the jobs of every run whose phase is one of those asked for."""
+        jobs = [
+            make_job("run-a", chunk=0, phase=JobPhase.ACTIVE),
+            make_job("run-a", chunk=1, phase=JobPhase.DONE),
+            make_job("run-b", chunk=0, phase=JobPhase.CREATING),
+            make_job("run-b", chunk=1, phase=JobPhase.QUEUED),
+        ]
+        for job in jobs:
+            assert job_store.create_job(job)
+        in_flight = job_store.list_jobs_in_phases([JobPhase.CREATING, JobPhase.ACTIVE])
+        assert sorted(job.job_id for job in in_flight) == ["run-a-a1-c0", "run-b-a1-c0"]
+        assert job_store.list_jobs_in_phases([]) == []
+        job_store.update_job("run-b-a1-c1", {"phase": JobPhase.ACTIVE.value})
+        assert len(job_store.list_jobs_in_phases([JobPhase.ACTIVE])) == 2
