@@ -1,0 +1,727 @@
+# promptdrop on Google Cloud: a bucket whose inbox starts runs, Firestore for state, three 2nd-gen
+# Cloud Functions fed through Pub/Sub, a scheduler tick for the poller. scripts/deploy drives it.
+
+locals {
+  bucket_name        = coalesce(var.bucket_name, "${var.project_id}-${var.name_prefix}")
+  firestore_location = coalesce(var.firestore.location, var.region)
+  pubsub_agent       = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # A run's scratch objects are <output_prefix><run_id>/_work/... (promptdrop/layout.py). A lifecycle
+  # condition anchors only at the two ends of a name (matches_prefix, matches_suffix; no wildcard in the
+  # middle), so the rule takes the output prefix and lists the endings of every scratch name; none of
+  # them ends an output (images/<key>.<ext>, manifest.jsonl, errors.jsonl, rejected.jsonl, summary.json).
+  # The consistency test derives both sets of names from RunLayout and checks the rule against them.
+  scratch_suffixes = [
+    "/_work/input.jsonl",
+    "/_work/input.txt",
+    "/_work/submit-outcomes.jsonl",
+    "/requests.jsonl",
+    "/keys.jsonl",
+    "/results.jsonl",
+    # jobs/<job_id>/outcomes-NNNNNN.jsonl
+    "0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl", "5.jsonl", "6.jsonl", "7.jsonl", "8.jsonl", "9.jsonl",
+  ]
+
+  # 540 s is the longest an event-driven function may run. Harvest stops at 480 s (its time budget) to
+  # checkpoint and still finish the uploads in flight; a lease lasts 600 s so no other poller takes over
+  # a job while the invocation that holds it may still be running.
+  function_timeout_seconds    = 540
+  harvest_time_budget_seconds = 480
+  lease_seconds               = 600
+
+  # Each instance handles one event at a time (max_instance_request_concurrency = 1): the poller already
+  # works in threads inside one event, and the memory figures below are per event. Sizing, in var.functions:
+  # - poller 2Gi/1 vCPU: in Cloud Functions the disk is memory, so results stream into GCS and back;
+  #   what stays resident is a few 4K-image result lines (tens of MB of base64 each, plus the decoded
+  #   bytes) times the upload concurrency. JSON parsing and base64 decoding are CPU-bound: 1 full vCPU.
+  #   3 instances: ticks overlap only while a harvest runs, and a third poller would mostly skip leased work.
+  # - file/message 1Gi/1 vCPU: a prompt file is streamed to the Files API, but one line may carry up to
+  #   max_line_bytes (20 MiB) of inline reference images, held while it is validated and re-serialised.
+  #   10 and 5 instances absorb a burst of uploads or messages; Pub/Sub retries the rest with backoff.
+  # All bounded so a burst can neither exceed the API's 100 concurrent batch jobs nor run up cost.
+  functions = {
+    file = {
+      name        = "${var.name_prefix}-on-prompt-file"
+      entry_point = "on_prompt_file"
+      sizing      = var.functions.file
+    }
+    message = {
+      name        = "${var.name_prefix}-on-prompt-message"
+      entry_point = "on_prompt_message"
+      sizing      = var.functions.message
+    }
+    poller = {
+      name        = "${var.name_prefix}-poll-jobs"
+      entry_point = "poll_jobs"
+      sizing      = var.functions.poller
+    }
+  }
+
+  # Every variable here is read by promptdrop.settings.Settings (tests/unit/test_infra_consistency.py checks).
+  fixed_env = {
+    PROMPTDROP_BUCKET              = "gs://${google_storage_bucket.data.name}"
+    PROMPTDROP_STORE               = "firestore://${var.project_id}/${google_firestore_database.main.name}"
+    PROMPTDROP_BACKEND             = "gemini"
+    PROMPTDROP_INBOX_PREFIX        = var.inbox_prefix
+    PROMPTDROP_OUTPUT_PREFIX       = var.output_prefix
+    PROMPTDROP_EVENTS_TOPIC        = google_pubsub_topic.events.id
+    PROMPTDROP_HARVEST_TIME_BUDGET = tostring(local.harvest_time_budget_seconds)
+    PROMPTDROP_LEASE_SECONDS       = tostring(local.lease_seconds)
+    PROMPTDROP_LOG_FORMAT          = "json"
+  }
+  tunable_env = {
+    PROMPTDROP_MODEL                = var.settings.model
+    PROMPTDROP_MAX_COST_USD         = var.settings.max_cost_usd
+    PROMPTDROP_MAX_ATTEMPTS         = var.settings.max_attempts
+    PROMPTDROP_JOB_DEADLINE         = var.settings.job_deadline
+    PROMPTDROP_MAX_JOBS_IN_FLIGHT   = var.settings.max_jobs_in_flight
+    PROMPTDROP_MAX_FILE_BYTES       = var.settings.max_file_bytes
+    PROMPTDROP_MAX_LINE_BYTES       = var.settings.max_line_bytes
+    PROMPTDROP_MAX_ENQUEUED_TOKENS  = var.settings.max_enqueued_tokens
+    PROMPTDROP_MAX_REQUESTS_PER_JOB = var.settings.max_requests_per_job
+    PROMPTDROP_UPLOAD_CONCURRENCY   = var.settings.upload_concurrency
+    PROMPTDROP_GEMINI_BASE_URL      = var.settings.gemini_base_url
+  }
+  function_env = merge(local.fixed_env, { for name, value in local.tunable_env : name => tostring(value) if value != null })
+
+  apis = toset([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "eventarc.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ])
+}
+
+# ---------------------------------------------------------------------------------------------------
+# APIs and service agents
+
+resource "google_project_service" "apis" {
+  for_each = local.apis
+
+  service = each.value
+  # Other workloads in the project may use these APIs: tearing promptdrop down never disables them.
+  disable_on_destroy         = false
+  disable_dependent_services = false
+}
+
+data "google_project" "this" {
+  depends_on = [google_project_service.apis]
+}
+
+# Reading this data source also creates the Cloud Storage service agent if it does not exist yet.
+data "google_storage_project_service_account" "gcs" {
+  depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Buckets
+
+resource "google_storage_bucket" "data" {
+  # checkov:skip=CKV_GCP_62: Usage logs would need a second bucket and cost storage; Cloud Audit Logs record admin access, and every run is recorded in Firestore.
+  # checkov:skip=CKV_GCP_78: Outputs are written once under run-unique names and scratch objects are rewritten during a harvest; versioning would keep every scratch copy. Soft delete (7 days, the default) still protects against accidental deletes.
+  name                        = local.bucket_name
+  location                    = var.region
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = var.allow_data_deletion
+
+  # Scratch left behind by a crashed harvest (the code deletes it when a run ends).
+  lifecycle_rule {
+    action {
+      type = "Delete"
+    }
+    condition {
+      age            = var.retention.scratch_days
+      matches_prefix = [var.output_prefix]
+      matches_suffix = local.scratch_suffixes
+    }
+  }
+
+  dynamic "lifecycle_rule" {
+    for_each = var.retention.outputs_days == null ? [] : [var.retention.outputs_days]
+    content {
+      action {
+        type = "Delete"
+      }
+      condition {
+        age            = lifecycle_rule.value
+        matches_prefix = [var.output_prefix]
+      }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = !startswith(var.output_prefix, var.inbox_prefix) && !startswith(var.inbox_prefix, var.output_prefix)
+      error_message = "output_prefix must not overlap inbox_prefix: outputs written into the inbox would start new runs."
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# Function source archives live apart from the data: a function that can write the data bucket must not
+# be able to replace the code of the next deployment.
+resource "google_storage_bucket" "source" {
+  # checkov:skip=CKV_GCP_62: Holds only build inputs that Terraform itself uploads; access logs would record nothing of interest.
+  # checkov:skip=CKV_GCP_78: Each archive is named after its MD5 and never overwritten, so there is nothing for versioning to keep.
+  name                        = "${local.bucket_name}-source"
+  location                    = var.region
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+
+  # Old archives only matter to builds that are long finished; Terraform uploads the current one again if it is gone.
+  lifecycle_rule {
+    action {
+      type = "Delete"
+    }
+    condition {
+      age = 30
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+data "archive_file" "functions_source" {
+  type        = "zip"
+  source_dir  = "${path.module}/../functions"
+  output_path = "${path.module}/.terraform/functions-source.zip"
+  excludes    = ["**/__pycache__/**", "**/*.pyc", "*.egg-info/**", "**/.pytest_cache/**", "**/.mypy_cache/**"]
+}
+
+resource "google_storage_bucket_object" "functions_source" {
+  name   = "functions-${data.archive_file.functions_source.output_md5}.zip"
+  bucket = google_storage_bucket.source.name
+  source = data.archive_file.functions_source.output_path
+}
+
+# Built images go to a repository with a cleanup policy, so redeploys do not pile up storage that is
+# billed while idle (the default gcf-artifacts repository keeps every image).
+resource "google_artifact_registry_repository" "functions" {
+  # checkov:skip=CKV_GCP_84: Images hold only the open-source code of this repository; a customer-managed key would add a KMS key ring to pay for and rotate.
+  repository_id = "${var.name_prefix}-functions"
+  location      = var.region
+  format        = "DOCKER"
+  description   = "Images of the promptdrop functions"
+
+  cleanup_policy_dry_run = false
+  cleanup_policies {
+    id     = "keep-recent"
+    action = "KEEP"
+    most_recent_versions {
+      keep_count = 3
+    }
+  }
+  cleanup_policies {
+    id     = "delete-old"
+    action = "DELETE"
+    condition {
+      older_than = "604800s"
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Firestore
+
+resource "google_firestore_database" "main" {
+  name        = var.firestore.database
+  location_id = local.firestore_location
+  type        = "FIRESTORE_NATIVE"
+  # Runs and jobs are claimed with transactions; optimistic concurrency avoids lock waits between pollers.
+  concurrency_mode            = "OPTIMISTIC"
+  app_engine_integration_mode = "DISABLED"
+  # PITR storage is billed; every output is in the bucket and the records can be rebuilt from summaries.
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_DISABLED"
+  delete_protection_state           = var.allow_data_deletion ? "DELETE_PROTECTION_DISABLED" : "DELETE_PROTECTION_ENABLED"
+  deletion_policy                   = var.allow_data_deletion ? "DELETE" : "ABANDON"
+
+  depends_on = [google_project_service.apis]
+}
+
+# The poller's queries (docs/ARCHITECTURE.md): runs where state in [...] order by updated_at, and
+# jobs where run_id == X order by attempt, chunk. `jobs where phase in [...]` uses a single-field index.
+resource "google_firestore_index" "runs_by_state" {
+  database    = google_firestore_database.main.name
+  collection  = "runs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+}
+
+resource "google_firestore_index" "jobs_by_run" {
+  database    = google_firestore_database.main.name
+  collection  = "jobs"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "run_id"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "attempt"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "chunk"
+    order      = "ASCENDING"
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Pub/Sub
+
+resource "google_pubsub_topic" "inbox" {
+  # checkov:skip=CKV_GCP_83: Messages carry object metadata only, never prompts or keys; Google-managed encryption applies.
+  name       = "${var.name_prefix}-inbox"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "requests" {
+  # checkov:skip=CKV_GCP_83: Prompts are not secret to the project that runs them; a customer-managed key would add a KMS key ring to pay for and rotate.
+  name       = "${var.name_prefix}-requests"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "events" {
+  # checkov:skip=CKV_GCP_83: Run notifications hold ids, counts and costs only; Google-managed encryption applies.
+  name       = "${var.name_prefix}-events"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "tick" {
+  # checkov:skip=CKV_GCP_83: The tick carries no data at all.
+  name = "${var.name_prefix}-tick"
+  # A tick that waited is worthless: the next one is at most a schedule period away.
+  message_retention_duration = "600s"
+  depends_on                 = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  # checkov:skip=CKV_GCP_83: Holds the same messages as the inbox and requests topics; Google-managed encryption applies.
+  name       = "${var.name_prefix}-dead-letter"
+  depends_on = [google_project_service.apis]
+}
+
+# A topic without a subscription drops what it receives: this one keeps dead letters for a week.
+resource "google_pubsub_subscription" "dead_letter" {
+  name                       = "${var.name_prefix}-dead-letter"
+  topic                      = google_pubsub_topic.dead_letter.id
+  message_retention_duration = "604800s"
+  ack_deadline_seconds       = 60
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# The bucket notifies only for objects finalized under the inbox prefix. Eventarc's direct Cloud Storage
+# trigger cannot filter by prefix, so it would invoke the function for every output image as well.
+resource "google_storage_notification" "inbox" {
+  bucket             = google_storage_bucket.data.name
+  topic              = google_pubsub_topic.inbox.id
+  payload_format     = "JSON_API_V1"
+  event_types        = ["OBJECT_FINALIZE"]
+  object_name_prefix = var.inbox_prefix
+
+  depends_on = [google_pubsub_topic_iam_member.gcs_publishes_inbox]
+}
+
+resource "google_pubsub_topic_iam_member" "gcs_publishes_inbox" {
+  topic  = google_pubsub_topic.inbox.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
+
+# The file and request paths use explicit push subscriptions instead of Eventarc triggers: the
+# subscription Eventarc creates for a function cannot be given a dead-letter topic
+# (hashicorp/terraform-provider-google#25069). Pushed to <function url>/projects/P/topics/T, the raw
+# Pub/Sub body becomes a google.cloud.pubsub.topic.v1.messagePublished CloudEvent in functions-framework,
+# the same event an Eventarc trigger delivers. Retried with backoff, dead-lettered after N deliveries.
+resource "google_pubsub_subscription" "file" {
+  name  = "${var.name_prefix}-inbox-to-file"
+  topic = google_pubsub_topic.inbox.id
+
+  # Longer than the function timeout, so a message is not redelivered while it is still being handled.
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.dead_letter_max_delivery_attempts
+  }
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.file.service_config[0].uri}/${google_pubsub_topic.inbox.id}"
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloudfunctions2_function.file.service_config[0].uri
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.invoker, google_service_account_iam_member.pubsub_signs_as_invoker]
+}
+
+resource "google_pubsub_subscription" "message" {
+  name  = "${var.name_prefix}-requests-to-message"
+  topic = google_pubsub_topic.requests.id
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.dead_letter_max_delivery_attempts
+  }
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.message.service_config[0].uri}/${google_pubsub_topic.requests.id}"
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloudfunctions2_function.message.service_config[0].uri
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.invoker, google_service_account_iam_member.pubsub_signs_as_invoker]
+}
+
+# Dead-lettering is done by the Pub/Sub service agent: it must publish to the dead-letter topic and
+# acknowledge on the source subscriptions.
+resource "google_pubsub_topic_iam_member" "pubsub_publishes_dead_letters" {
+  topic  = google_pubsub_topic.dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_forwards_dead_letters" {
+  for_each = {
+    file    = google_pubsub_subscription.file.id
+    message = google_pubsub_subscription.message.id
+  }
+
+  subscription = each.value
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Secret: the Gemini API key. Terraform creates the secret only; scripts/deploy adds the key as a
+# version with gcloud, so the value never passes through Terraform state.
+
+resource "google_secret_manager_secret" "gemini_api_key" {
+  secret_id = "${var.name_prefix}-gemini-api-key"
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Identities: one service account per function, one that invokes them, one that builds them.
+
+resource "google_service_account" "function" {
+  for_each = local.functions
+
+  account_id   = "${var.name_prefix}-${each.key}"
+  display_name = "promptdrop ${each.value.entry_point}"
+  depends_on   = [google_project_service.apis]
+}
+
+# Objects of this bucket only (read the inbox, write outputs, delete scratch); no bucket administration.
+resource "google_storage_bucket_iam_member" "function_objects" {
+  for_each = local.functions
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.function[each.key].member
+}
+
+# Firestore user, limited to this database by an IAM condition on its resource name.
+resource "google_project_iam_member" "function_firestore" {
+  for_each = local.functions
+
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.function[each.key].member
+  condition {
+    title      = "${var.name_prefix}-database-only"
+    expression = "resource.name == \"${google_firestore_database.main.id}\""
+  }
+}
+
+# Every function may end a run (a file or message refused at submission ends it at once), so all publish events.
+resource "google_pubsub_topic_iam_member" "function_publishes_events" {
+  for_each = local.functions
+
+  topic  = google_pubsub_topic.events.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.function[each.key].member
+}
+
+resource "google_secret_manager_secret_iam_member" "function_reads_key" {
+  for_each = local.functions
+
+  secret_id = google_secret_manager_secret.gemini_api_key.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.key].member
+}
+
+# The identity Pub/Sub push and the Eventarc tick trigger call the functions with.
+resource "google_service_account" "invoker" {
+  account_id   = "${var.name_prefix}-invoker"
+  display_name = "promptdrop push and trigger identity"
+  depends_on   = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "invoker_receives_events" {
+  project = var.project_id
+  role    = "roles/eventarc.eventReceiver"
+  member  = google_service_account.invoker.member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = local.functions
+
+  project  = var.project_id
+  location = var.region
+  name     = local.deployed[each.key].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = google_service_account.invoker.member
+}
+
+# Pub/Sub mints the OIDC tokens of push deliveries; projects created before April 2021 lack the grant.
+resource "google_service_account_iam_member" "pubsub_signs_as_invoker" {
+  service_account_id = google_service_account.invoker.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}
+
+# Cloud Build runs as this account instead of the default compute account, which new projects no longer
+# grant build permissions. Roles as documented for a custom build service account of Cloud Run functions.
+resource "google_service_account" "build" {
+  account_id   = "${var.name_prefix}-build"
+  display_name = "promptdrop function builds"
+  depends_on   = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "build" {
+  for_each = toset(["roles/logging.logWriter", "roles/storage.objectAdmin"])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.build.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "build_pushes_images" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.build.member
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Functions
+
+locals {
+  deployed = {
+    file    = google_cloudfunctions2_function.file
+    message = google_cloudfunctions2_function.message
+    poller  = google_cloudfunctions2_function.poller
+  }
+}
+
+resource "google_cloudfunctions2_function" "file" {
+  name        = local.functions.file.name
+  location    = var.region
+  description = "Starts a run for each prompt file finalized under the inbox prefix."
+
+  build_config {
+    runtime           = var.functions.runtime
+    entry_point       = "on_prompt_file"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = local.functions.file.sizing.memory
+    available_cpu                    = local.functions.file.sizing.cpu
+    max_instance_count               = local.functions.file.sizing.max_instances
+    min_instance_count               = 0
+    max_instance_request_concurrency = 1
+    timeout_seconds                  = local.function_timeout_seconds
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.function["file"].email
+    environment_variables            = local.function_env
+    secret_environment_variables {
+      key        = "GEMINI_API_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_artifact_registry_repository_iam_member.build_pushes_images,
+    google_secret_manager_secret_iam_member.function_reads_key,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "message" {
+  name        = local.functions.message.name
+  location    = var.region
+  description = "Starts a run for each message on the requests topic."
+
+  build_config {
+    runtime           = var.functions.runtime
+    entry_point       = "on_prompt_message"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = local.functions.message.sizing.memory
+    available_cpu                    = local.functions.message.sizing.cpu
+    max_instance_count               = local.functions.message.sizing.max_instances
+    min_instance_count               = 0
+    max_instance_request_concurrency = 1
+    timeout_seconds                  = local.function_timeout_seconds
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.function["message"].email
+    environment_variables            = local.function_env
+    secret_environment_variables {
+      key        = "GEMINI_API_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_artifact_registry_repository_iam_member.build_pushes_images,
+    google_secret_manager_secret_iam_member.function_reads_key,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "poller" {
+  name        = local.functions.poller.name
+  location    = var.region
+  description = "On each scheduler tick: submits, polls and harvests batch jobs."
+
+  build_config {
+    runtime           = var.functions.runtime
+    entry_point       = "poll_jobs"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = local.functions.poller.sizing.memory
+    available_cpu                    = local.functions.poller.sizing.cpu
+    max_instance_count               = local.functions.poller.sizing.max_instances
+    min_instance_count               = 0
+    max_instance_request_concurrency = 1
+    timeout_seconds                  = local.function_timeout_seconds
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.function["poller"].email
+    environment_variables            = local.function_env
+    secret_environment_variables {
+      key        = "GEMINI_API_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = "latest"
+    }
+  }
+
+  # The tick needs no dead letter and no retry: a stale tick is worthless, the next one comes anyway.
+  event_trigger {
+    trigger_region        = var.region
+    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+    pubsub_topic          = google_pubsub_topic.tick.id
+    retry_policy          = "RETRY_POLICY_DO_NOT_RETRY"
+    service_account_email = google_service_account.invoker.email
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_artifact_registry_repository_iam_member.build_pushes_images,
+    google_secret_manager_secret_iam_member.function_reads_key,
+    google_project_iam_member.invoker_receives_events,
+  ]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Scheduler: the poller's tick
+
+resource "google_cloud_scheduler_job" "tick" {
+  name        = "${var.name_prefix}-tick"
+  region      = var.region
+  description = "Wakes the poller: submit, poll and harvest whatever is due."
+  schedule    = var.tick_schedule
+  time_zone   = "Etc/UTC"
+
+  # A missed tick is not worth a retry (the next one is at most a schedule period away).
+  retry_config {
+    retry_count = 0
+  }
+
+  pubsub_target {
+    topic_name = google_pubsub_topic.tick.id
+    data       = base64encode(jsonencode({ tick = true }))
+  }
+
+  depends_on = [google_project_service.apis]
+}

@@ -1,0 +1,141 @@
+variable "project_id" {
+  description = "The Google Cloud project to deploy into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region for the bucket, the functions, the scheduler job and (unless firestore.location says otherwise) Firestore."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name, so two deployments can share a project."
+  type        = string
+  default     = "promptdrop"
+
+  validation {
+    # Service account ids allow 30 characters; the longest suffix added here is "-message".
+    condition     = can(regex("^[a-z][a-z0-9-]{2,14}$", var.name_prefix))
+    error_message = "name_prefix must be 3-15 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "bucket_name" {
+  description = "Name of the data bucket (inbox and outputs). Default: <project_id>-<name_prefix>."
+  type        = string
+  default     = null
+}
+
+variable "inbox_prefix" {
+  description = "Objects under this prefix start a run (PROMPTDROP_INBOX_PREFIX)."
+  type        = string
+  default     = "inbox/"
+
+  validation {
+    condition     = endswith(var.inbox_prefix, "/") && !startswith(var.inbox_prefix, "/")
+    error_message = "inbox_prefix must end with '/' and not start with one."
+  }
+}
+
+variable "output_prefix" {
+  description = "Everything a run writes goes under this prefix (PROMPTDROP_OUTPUT_PREFIX); it must not overlap the inbox."
+  type        = string
+  default     = "outputs/"
+
+  validation {
+    condition     = endswith(var.output_prefix, "/") && !startswith(var.output_prefix, "/")
+    error_message = "output_prefix must end with '/' and not start with one."
+  }
+}
+
+variable "retention" {
+  description = <<-EOT
+    Lifecycle of objects in the data bucket, in days.
+    scratch_days: delete a run's scratch objects (<output_prefix><run_id>/_work/...) left behind by a crash.
+    outputs_days: delete everything under the output prefix after this many days (null keeps outputs forever).
+  EOT
+  type = object({
+    scratch_days = optional(number, 7)
+    outputs_days = optional(number)
+  })
+  default = {}
+
+  validation {
+    condition     = var.retention.scratch_days >= 3 && (var.retention.outputs_days == null ? true : var.retention.outputs_days >= 1)
+    error_message = "retention.scratch_days must be at least 3 (a harvest may resume for a day and a half), outputs_days at least 1."
+  }
+}
+
+variable "firestore" {
+  description = "The Firestore database (native mode) that keeps runs and jobs. Only one database per project gets the free tier."
+  type = object({
+    database = optional(string, "(default)")
+    location = optional(string) # default: var.region
+  })
+  default = {}
+}
+
+variable "functions" {
+  description = "Sizing of the three functions (see the comment on local.function_sizing in main.tf for why these defaults)."
+  type = object({
+    runtime = optional(string, "python312")
+    file = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 10)
+    }), {})
+    message = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 5)
+    }), {})
+    poller = optional(object({
+      memory        = optional(string, "2Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 3)
+    }), {})
+  })
+  default = {}
+}
+
+variable "settings" {
+  description = "Optional promptdrop settings passed to every function as PROMPTDROP_* variables; null keeps the code's default."
+  type = object({
+    model                = optional(string)
+    max_cost_usd         = optional(number)
+    max_attempts         = optional(number)
+    job_deadline         = optional(string) # e.g. "36h"
+    max_jobs_in_flight   = optional(number)
+    max_file_bytes       = optional(number)
+    max_line_bytes       = optional(number)
+    max_enqueued_tokens  = optional(number)
+    max_requests_per_job = optional(number)
+    upload_concurrency   = optional(number)
+    gemini_base_url      = optional(string)
+  })
+  default = {}
+}
+
+variable "tick_schedule" {
+  description = "Cron schedule (UTC) of the poller's tick. Every 2 minutes costs about 2 Firestore reads per tick while idle."
+  type        = string
+  default     = "*/2 * * * *"
+}
+
+variable "dead_letter_max_delivery_attempts" {
+  description = "Deliveries of a file or request message before it goes to the dead-letter topic (5-100)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts 5 to 100 delivery attempts."
+  }
+}
+
+variable "allow_data_deletion" {
+  description = "Let `terraform destroy` delete the data bucket's objects and the Firestore database (scripts/deploy --destroy --delete-data sets it)."
+  type        = bool
+  default     = false
+}

@@ -1,0 +1,458 @@
+"""The Terraform in infra/ agrees with the code it deploys.
+
+Providers cannot be downloaded in CI, so instead of ``terraform validate`` this parses ``infra/*.tf`` with
+python-hcl2 and checks what the functions rely on: entry points, environment variables, the event types
+their triggers deliver, bucket prefixes, lifecycle rules and the Firestore indexes of the poller's queries.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import itertools
+import re
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import flask
+import hcl2
+import pytest
+from functions_framework import event_conversion
+from hcl2.utils import SerializationOptions
+
+from promptdrop.layout import RunLayout
+from promptdrop.prompts import LineFormat
+from promptdrop.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+MAIN_PY = ROOT / "functions" / "main.py"
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+
+PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
+FUNCTION = "google_cloudfunctions2_function"
+# Settings fields that Settings.from_env reads from other variables (GEMINI_API_KEY, K_SERVICE).
+FIELDS_NOT_FROM_PREFIX = {"api_key", "in_cloud"}
+# What a reference to something only known after apply (a project number, a bucket name) resolves to.
+UNKNOWN = "unknown"
+_INTERPOLATION = re.compile(r"\$\{([^{}]+)\}")
+_REFERENCE = re.compile(r"^(?:tostring\()?(var|local)\.(\w+)\)?$")
+_TOPIC_ID = re.compile(r"^google_pubsub_topic\.(\w+)\.id$")
+
+
+@dataclass(frozen=True)
+class Terraform:
+    """The parts of infra/*.tf these checks read, with literal values resolved where they can be."""
+
+    resources: dict[str, dict[str, dict[str, Any]]]  # type -> name -> body
+    locals: dict[str, Any]
+    variables: dict[str, dict[str, Any]]
+
+    def resource(self, kind: str, name: str) -> dict[str, Any]:
+        try:
+            return self.resources[kind][name]
+        except KeyError:
+            pytest.fail(f"infra/ declares no {kind}.{name}")
+
+    def value(self, expression: Any) -> Any:
+        """A whole-value reference (``${local.x}``) becomes the referenced value; strings are resolved."""
+        if isinstance(expression, list):
+            return [self.value(item) for item in expression]
+        if not isinstance(expression, str):
+            return expression
+        whole = re.fullmatch(r"\$\{(var|local)\.(\w+)\}", expression)
+        if whole:
+            return self.value(self._lookup(*whole.groups()))
+        return self.text(expression)
+
+    def text(self, expression: str) -> str:
+        """Resolve ``${var.x}``, ``${local.x}``, ``${tostring(...)}`` and topic ids; anything else is UNKNOWN."""
+
+        def one(match: re.Match[str]) -> str:
+            inner = match.group(1).strip()
+            reference = _REFERENCE.match(inner)
+            if reference:
+                return self.text(str(self._lookup(*reference.groups())))
+            topic = _TOPIC_ID.match(inner)
+            if topic:
+                name = self.text(self.resource("google_pubsub_topic", topic.group(1))["name"])
+                return f"projects/{UNKNOWN}/topics/{name}"
+            return UNKNOWN
+
+        return _INTERPOLATION.sub(one, expression)
+
+    def _lookup(self, kind: str, name: str) -> Any:
+        if kind == "local":
+            return self.locals[name]
+        return self.variables[name].get("default", f"${{{UNKNOWN}}}")
+
+
+def block(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """The one nested block ``name`` of a resource body."""
+    blocks = body.get(name) or []
+    assert len(blocks) == 1, f"expected exactly one {name} block, found {len(blocks)}"
+    result: dict[str, Any] = blocks[0]
+    return result
+
+
+@cache
+def terraform() -> Terraform:
+    resources: dict[str, dict[str, dict[str, Any]]] = {}
+    local_values: dict[str, Any] = {}
+    variables: dict[str, dict[str, Any]] = {}
+    options = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+    for path in sorted(INFRA.glob("*.tf")):
+        with path.open() as file:
+            parsed = hcl2.load(file, serialization_options=options)
+        for entry in parsed.get("resource", []):
+            for kind, named in entry.items():
+                resources.setdefault(kind, {}).update(named)
+        for entry in parsed.get("locals", []):
+            local_values.update(entry)
+        for entry in parsed.get("variable", []):
+            variables.update(entry)
+    return Terraform(resources, local_values, variables)
+
+
+def functions() -> dict[str, dict[str, Any]]:
+    deployed = terraform().resources.get(FUNCTION, {})
+    assert deployed, f"infra/ declares no {FUNCTION}"
+    return deployed
+
+
+def entry_point(function: dict[str, Any]) -> str:
+    return str(block(function, "build_config")["entry_point"])
+
+
+def main_source() -> str:
+    if not MAIN_PY.exists():
+        pytest.fail(f"{MAIN_PY.relative_to(ROOT)} is missing: Terraform deploys its entry points")
+    return MAIN_PY.read_text()
+
+
+def cloud_event_handlers(source: str) -> dict[str, ast.FunctionDef]:
+    """Top-level functions of main.py decorated with ``functions_framework.cloud_event``."""
+    return {
+        node.name: node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            ast.unparse(d) in {"functions_framework.cloud_event", "cloud_event"} for d in node.decorator_list
+        )
+    }
+
+
+def module_assignments(tree: ast.Module) -> dict[str, ast.expr]:
+    """Values assigned to top-level names (``NAME = ...`` or ``NAME: Final = ...``)."""
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            values[node.target.id] = node.value
+        elif (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        ):
+            values[node.targets[0].id] = node.value
+    return values
+
+
+def accepted_event_types(handler: str) -> frozenset[str]:
+    """``main.ACCEPTED_EVENT_TYPES[handler]``, read from the source without importing main.py."""
+    assigned = module_assignments(ast.parse(main_source()))
+    table = assigned.get("ACCEPTED_EVENT_TYPES")
+    if not isinstance(table, ast.Dict):
+        pytest.fail(
+            "functions/main.py must define ACCEPTED_EVENT_TYPES as a dict literal: "
+            "entry point -> frozenset({...}) of the CloudEvent types it accepts"
+        )
+
+    def string(node: ast.expr) -> str:
+        if isinstance(node, ast.Name):
+            node = assigned[node.id]  # a module-level constant such as PUBSUB_PUBLISHED
+        assert isinstance(node, ast.Constant) and isinstance(node.value, str), ast.unparse(node)
+        return node.value
+
+    for key, value in zip(table.keys, table.values, strict=True):
+        if isinstance(key, ast.Constant) and key.value == handler:
+            assert isinstance(value, ast.Call) and isinstance(value.args[0], ast.Set), ast.unparse(value)
+            return frozenset(string(item) for item in value.args[0].elts)
+    pytest.fail(f"main.ACCEPTED_EVENT_TYPES has no entry for {handler}")
+
+
+def function_env() -> dict[str, str]:
+    """Resolved environment of the functions with every optional setting left at its default (null)."""
+    tf = terraform()
+    return {name: tf.text(value) for name, value in tf.locals["fixed_env"].items()}
+
+
+def env_names() -> set[str]:
+    tf = terraform()
+    return set(tf.locals["fixed_env"]) | set(tf.locals["tunable_env"])
+
+
+def readable_env_names() -> set[str]:
+    fields = set(Settings.model_fields)
+    assert fields >= FIELDS_NOT_FROM_PREFIX, "a field read from another variable was renamed"
+    return {ENV_PREFIX + name.upper() for name in fields - FIELDS_NOT_FROM_PREFIX} | {"GEMINI_API_KEY"}
+
+
+# --- entry points --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["file", "message", "poller"])
+def test_each_function_runs_a_cloud_event_handler_of_main_py(name: str) -> None:
+    """Every deployed entry point is a top-level CloudEvent function of main.py taking one event."""
+    handler_name = entry_point(terraform().resource(FUNCTION, name))
+    handlers = cloud_event_handlers(main_source())
+    assert handler_name in handlers, f"main.py has no @functions_framework.cloud_event def {handler_name}"
+    arguments = handlers[handler_name].args
+    positional = arguments.posonlyargs + arguments.args
+    required_keywords = [
+        a.arg
+        for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+        if default is None
+    ]
+    assert len(positional) == 1 and arguments.vararg is None and not required_keywords, (
+        f"{handler_name} must take exactly one positional parameter (the CloudEvent)"
+    )
+
+
+def test_every_cloud_event_handler_of_main_py_is_deployed() -> None:
+    """main.py has no handler that Terraform forgot, and Terraform deploys each handler once."""
+    deployed = [entry_point(function) for function in functions().values()]
+    assert sorted(deployed) == sorted(set(deployed))
+    assert set(deployed) == set(cloud_event_handlers(main_source()))
+
+
+# --- environment ---------------------------------------------------------------------------------------
+
+
+def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() -> None:
+    """Each function gets local.function_env and GEMINI_API_KEY as a secret, never as a plain variable."""
+    tf = terraform()
+    merged = tf.locals["function_env"]
+    assert set(re.findall(r"local\.(\w+)", merged)) == {"fixed_env", "tunable_env"}
+    assert "GEMINI_API_KEY" not in env_names()
+    for name, function in functions().items():
+        service = block(function, "service_config")
+        assert service["environment_variables"] == "${local.function_env}", name
+        secret = block(service, "secret_environment_variables")
+        assert secret["key"] == "GEMINI_API_KEY", name
+        assert secret["secret"] == "${google_secret_manager_secret.gemini_api_key.secret_id}", name
+        assert secret["version"] == "latest", name
+
+
+def test_terraform_sets_only_variables_the_settings_read() -> None:
+    """Every variable Terraform sets is PROMPTDROP_<field> of a Settings field (or the API key)."""
+    unread = env_names() - readable_env_names()
+    assert not unread, f"Terraform sets variables promptdrop.settings does not read: {sorted(unread)}"
+
+
+def test_optional_settings_map_one_to_one_onto_settings_fields() -> None:
+    """Each attribute of var.settings feeds PROMPTDROP_<ATTRIBUTE>, and each such variable has one."""
+    tf = terraform()
+    attributes = set(re.findall(r"(\w+)\s*=\s*optional\(", tf.variables["settings"]["type"]))
+    tunables = tf.locals["tunable_env"]
+    assert {ENV_PREFIX + attribute.upper() for attribute in attributes} == set(tunables)
+    for variable, expression in tunables.items():
+        assert expression == f"${{var.settings.{variable.removeprefix(ENV_PREFIX).lower()}}}", variable
+
+
+def test_the_environment_passes_the_cloud_readiness_check() -> None:
+    """Terraform's environment (plus the secret and K_SERVICE) satisfies Settings.require_cloud_ready."""
+    env = function_env() | {"GEMINI_API_KEY": "test-key", "K_SERVICE": "promptdrop-poll-jobs"}
+    settings = Settings.from_env(env)
+    settings.require_cloud_ready()
+    assert settings.in_cloud and settings.log_format == "json"
+    assert settings.events_topic == f"projects/{UNKNOWN}/topics/promptdrop-events"
+
+
+def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
+    """The harvest budget ends before the timeout, a lease outlives it, and Pub/Sub waits for it."""
+    tf = terraform()
+    timeout = tf.locals["function_timeout_seconds"]
+    settings = Settings.from_env(function_env())
+    assert settings.harvest_time_budget < timeout < settings.lease_seconds
+    for name, function in functions().items():
+        assert block(function, "service_config")["timeout_seconds"] == "${local.function_timeout_seconds}", (
+            name
+        )
+    for name in ("file", "message"):
+        assert tf.resource("google_pubsub_subscription", name)["ack_deadline_seconds"] > timeout
+
+
+# --- triggers ------------------------------------------------------------------------------------------
+
+
+def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
+    """The scheduler publishes to the tick topic, whose Eventarc trigger the poller accepts, never retried."""
+    tf = terraform()
+    poller = tf.resource(FUNCTION, "poller")
+    trigger = block(poller, "event_trigger")
+    assert trigger["event_type"] in accepted_event_types(entry_point(poller))
+    assert trigger["pubsub_topic"] == "${google_pubsub_topic.tick.id}"
+    assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY"
+    job = tf.resource("google_cloud_scheduler_job", "tick")
+    assert block(job, "pubsub_target")["topic_name"] == "${google_pubsub_topic.tick.id}"
+    assert block(job, "retry_config")["retry_count"] == 0
+
+
+@pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests")])
+def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, topic: str) -> None:
+    """An explicit push subscription (not Eventarc) feeds the function, retried, then dead-lettered."""
+    tf = terraform()
+    function = tf.resource(FUNCTION, name)
+    assert "event_trigger" not in function, f"{name} would get each message twice"
+    subscription = tf.resource("google_pubsub_subscription", name)
+    assert subscription["topic"] == f"${{google_pubsub_topic.{topic}.id}}"
+    push = block(subscription, "push_config")
+    uri = f"${{google_cloudfunctions2_function.{name}.service_config[0].uri}}"
+    assert push["push_endpoint"] == f"{uri}/${{google_pubsub_topic.{topic}.id}}"
+    assert block(push, "oidc_token")["audience"] == uri
+    assert (
+        block(subscription, "dead_letter_policy")["dead_letter_topic"]
+        == "${google_pubsub_topic.dead_letter.id}"
+    )
+    assert block(subscription, "retry_policy")["minimum_backoff"]
+    assert block(subscription, "expiration_policy")["ttl"] == "", "an idle subscription must never expire"
+
+    # What functions-framework makes of a raw push to that endpoint is what the handler must accept.
+    topic_id = tf.text(f"${{google_pubsub_topic.{topic}.id}}")
+    body = {
+        "message": {
+            "data": "e30=",
+            "messageId": "17",
+            "publishTime": "2025-01-01T00:00:00Z",
+            "attributes": {},
+        },
+        "subscription": f"projects/{UNKNOWN}/subscriptions/{tf.text(subscription['name'])}",
+    }
+    with flask.Flask(__name__).test_request_context(f"/{topic_id}", method="POST", json=body):
+        event = event_conversion.background_event_to_cloud_event(flask.request)
+    assert event["type"] == PUBSUB_EVENT
+    assert event["source"] == f"//pubsub.googleapis.com/{topic_id}"
+    assert event.data["message"]["data"] == "e30="
+    assert PUBSUB_EVENT in accepted_event_types(entry_point(function))
+
+
+def test_bucket_notifies_finalized_objects_under_the_inbox_prefix_only() -> None:
+    """The notification feeds the file function's topic, finalize events only, filtered to the inbox."""
+    tf = terraform()
+    notification = tf.resource("google_storage_notification", "inbox")
+    assert notification["bucket"] == "${google_storage_bucket.data.name}"
+    assert notification["topic"] == tf.resource("google_pubsub_subscription", "file")["topic"]
+    assert notification["event_types"] == ["OBJECT_FINALIZE"]
+    assert notification["payload_format"] == "JSON_API_V1"
+    assert tf.text(notification["object_name_prefix"]) == function_env()["PROMPTDROP_INBOX_PREFIX"]
+
+
+# --- bucket layout -------------------------------------------------------------------------------------
+
+
+def test_prefix_defaults_agree_with_the_settings_defaults() -> None:
+    """Terraform's default inbox and output prefixes are the code's, and they do not overlap."""
+    env = function_env()
+    defaults = Settings()
+    assert env["PROMPTDROP_INBOX_PREFIX"] == defaults.inbox_prefix
+    assert env["PROMPTDROP_OUTPUT_PREFIX"] == defaults.output_prefix
+    settings = Settings.from_env(env)  # refuses overlapping prefixes
+    assert (settings.inbox_prefix, settings.output_prefix) == (defaults.inbox_prefix, defaults.output_prefix)
+
+
+def lifecycle_rules(bucket: dict[str, Any], *, optional: bool) -> list[dict[str, Any]]:
+    """The bucket's fixed lifecycle rules, or the ones a dynamic block adds when configured."""
+    if not optional:
+        return list(bucket.get("lifecycle_rule", []))
+    rules = []
+    for dynamic in bucket.get("dynamic", []):
+        rules += [block(dynamic["lifecycle_rule"], "content")] if "lifecycle_rule" in dynamic else []
+    return rules
+
+
+def deletes(rule: dict[str, Any], name: str) -> bool:
+    condition = block(rule, "condition")
+    prefixes = terraform().value(condition.get("matches_prefix", [""]))
+    suffixes = terraform().value(condition.get("matches_suffix", [""]))
+    return any(name.startswith(p) for p in prefixes) and any(name.endswith(s) for s in suffixes)
+
+
+SAMPLE_ARGUMENTS: dict[str, list[Any]] = {
+    "fmt": list(typing.get_args(LineFormat)),
+    "job_id": ["poster-1a2b3c4d-a1-c0", "poster-1a2b3c4d-a12-c3"],
+    "part": [0, 7, 999_999],
+    "key": ["cat", "line-12", "shots/9"],
+    "extension": ["png", "jpg", "webp"],
+}
+
+
+def layout_object_names(layout: RunLayout) -> Iterator[str]:
+    """Every object name RunLayout can produce (properties, and methods called with sample arguments)."""
+    for attribute, member in inspect.getmembers(RunLayout):
+        if attribute.startswith("_") or attribute.endswith(("_prefix", "folder")):
+            continue  # prefixes and folders are not object names
+        if isinstance(member, property):
+            values = [getattr(layout, attribute)]
+        elif inspect.isfunction(member):
+            parameters = list(inspect.signature(member).parameters)[1:]
+            missing = [p for p in parameters if p not in SAMPLE_ARGUMENTS]
+            assert not missing, f"add sample values for RunLayout.{attribute}({', '.join(missing)})"
+            samples = itertools.product(*(SAMPLE_ARGUMENTS[p] for p in parameters))
+            values = [member(layout, *sample) for sample in samples]
+        else:
+            continue
+        yield from (value for value in values if not value.endswith("/"))
+
+
+def test_lifecycle_rule_deletes_every_scratch_object_and_no_output() -> None:
+    """The fixed rule matches every name under a run's _work/ folder and nothing else the code writes."""
+    tf = terraform()
+    bucket = tf.resource("google_storage_bucket", "data")
+    rules = lifecycle_rules(bucket, optional=False)
+    settings = Settings.from_env(function_env())
+    layout = RunLayout.of(settings.output_prefix, "poster-1a2b3c4d")
+    names = sorted(set(layout_object_names(layout)))
+    scratch = [name for name in names if name.startswith(layout.work)]
+    assert scratch and len(scratch) < len(names)
+    wrong = [name for name in names if any(deletes(r, name) for r in rules) != name.startswith(layout.work)]
+    assert not wrong, f"the lifecycle rule deletes outputs or misses scratch: {wrong}"
+    assert not any(deletes(r, settings.inbox_prefix + "poster.jsonl") for r in rules)
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["fixed", "optional"])
+def test_lifecycle_rules_stay_under_the_output_prefix(optional: bool) -> None:
+    """Every lifecycle rule of the data bucket is limited to the output prefix, never the inbox."""
+    bucket = terraform().resource("google_storage_bucket", "data")
+    rules = lifecycle_rules(bucket, optional=optional)
+    assert rules
+    output_prefix = function_env()["PROMPTDROP_OUTPUT_PREFIX"]
+    for rule in rules:
+        assert terraform().value(block(rule, "condition")["matches_prefix"]) == [output_prefix]
+
+
+# --- Firestore -----------------------------------------------------------------------------------------
+
+
+def documented_indexes() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The composite indexes docs/ARCHITECTURE.md gives for the poller's queries."""
+    found = re.findall(r"`(\w+) where [^`]*` \(composite index `([^`]+)`\)", ARCHITECTURE.read_text())
+    assert found, "docs/ARCHITECTURE.md names no composite index"
+    direction = {"ASC": "ASCENDING", "DESC": "DESCENDING"}
+    return {
+        (collection, tuple((f.split()[0], direction[f.split()[1]]) for f in fields.split(", ")))
+        for collection, fields in found
+    }
+
+
+def test_firestore_indexes_cover_the_pollers_queries() -> None:
+    """Terraform creates each composite index the poller's queries need, in the database the code uses."""
+    declared = set()
+    for name, index in terraform().resources.get("google_firestore_index", {}).items():
+        assert index["database"] == "${google_firestore_database.main.name}", name
+        assert index["query_scope"] == "COLLECTION", name
+        declared.add((index["collection"], tuple((f["field_path"], f["order"]) for f in index["fields"])))
+    missing = documented_indexes() - declared
+    assert not missing, f"infra/ lacks composite indexes: {sorted(missing)}"
+    assert function_env()["PROMPTDROP_STORE"].startswith("firestore://")
