@@ -134,11 +134,7 @@ def run(
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
     tally = CostTally()
     valid = invalid = 0
-    options = prompts.ParseOptions(
-        default_model=settings.model,
-        max_line_bytes=settings.max_line_bytes,
-        bucket_name=settings.bucket_name if settings.bucket_is_gcs else None,
-    )
+    options = submit.parse_options(settings)
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):

@@ -7,7 +7,7 @@ without time-zone traps. Both stores persist ``model_dump(mode="json")`` and rea
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,7 @@ class RunSource(_Record):
     message_id: str | None = None
     name: str  # file stem or message `name`: the readable part of the run id
     format: Literal["jsonl", "txt"] = "jsonl"
+    defaults: dict[str, Any] | None = None  # a message's `defaults` (a file carries its own defaults line)
 
 
 class Counts(_Record):

@@ -118,8 +118,13 @@ class Settings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            if name in {"job_deadline", "lease_seconds", "harvest_time_budget", "poll_interval",
-                        "submit_retry_base"}:
+            if name in {
+                "job_deadline",
+                "lease_seconds",
+                "harvest_time_budget",
+                "poll_interval",
+                "submit_retry_base",
+            }:
                 values[name] = parse_duration(raw)
             else:
                 values[name] = raw

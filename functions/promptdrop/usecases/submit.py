@@ -28,6 +28,7 @@ from promptdrop.models import model_spec
 from promptdrop.names import file_claim_key, make_run_id, message_claim_key
 from promptdrop.prompts import LineError, ParseOptions, PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run, RunSource
+from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases.context import Context
 
@@ -105,13 +106,18 @@ def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
     layout = ctx.layout(run_id)
     existing = ctx.store.get_run(run_id)
     if existing is None:
+        # One line per prompt, so line numbers are the 1-based indexes in `prompts`; the message's defaults
+        # travel in the run record instead of a defaults line.
         with ctx.blobs.open_write(layout.input("jsonl"), content_type="application/jsonl") as out:
-            if request.defaults:
-                out.write(orjson.dumps({"defaults": dict(request.defaults)}) + b"\n")
             for item in request.prompts:
                 # A string item is a plain prompt; anything else is a JSONL line as written.
                 out.write(orjson.dumps({"prompt": item} if isinstance(item, str) else item) + b"\n")
-    source = RunSource(kind="message", message_id=request.claim_token, name=request.name or "message")
+    source = RunSource(
+        kind="message",
+        message_id=request.claim_token,
+        name=request.name or "message",
+        defaults=dict(request.defaults) if request.defaults else None,
+    )
     return _claim_and_submit(ctx, claim, source)
 
 
@@ -174,6 +180,7 @@ def submit_run(ctx: Context, run: Run) -> Run:
     layout = ctx.layout(run.run_id)
     try:
         _stage_input(ctx, run)
+        parse_options(ctx.settings, run.source.defaults)
     except PermanentError as exc:
         return settle.fail_unusable(ctx, run, str(exc))
     if ctx.settings.max_cost_usd is not None:
@@ -241,10 +248,14 @@ def _stage_input(ctx: Context, run: Run) -> None:
     ctx.blobs.copy(source.object, run.input_object)
 
 
-def parse_options(ctx: Context) -> ParseOptions:
-    settings = ctx.settings
+def parse_options(settings: Settings, message_defaults: Mapping[str, Any] | None = None) -> ParseOptions:
+    """How input is parsed: the deployment's defaults, and a message's own defaults over them."""
+    defaults = prompts.FileDefaults()
+    if message_defaults:
+        defaults = prompts.parse_defaults(dict(message_defaults))  # InputError: the run is unusable
     return ParseOptions(
         default_model=settings.model,
+        defaults=defaults,
         max_line_bytes=settings.max_line_bytes,
         bucket_name=settings.bucket_name if settings.bucket_is_gcs else None,
     )
@@ -253,8 +264,9 @@ def parse_options(ctx: Context) -> ParseOptions:
 @contextlib.contextmanager
 def parsed_input(ctx: Context, run: Run) -> Iterator[Iterator[prompts.ParsedLine]]:
     """Stream the run's staged input through the pure parser (used by submit, retry and settle alike)."""
+    options = parse_options(ctx.settings, run.source.defaults)
     with ctx.blobs.open_read(run.input_object) as stream:
-        yield prompts.parse_prompt_file(stream, run.source.format, parse_options(ctx))
+        yield prompts.parse_prompt_file(stream, run.source.format, options)
 
 
 def _estimate(ctx: Context, run: Run) -> Any:
