@@ -10,7 +10,10 @@ The server binds 127.0.0.1 on an OS-chosen port; clients ignore proxy variables 
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +27,24 @@ from promptdrop.emulator import EmulatorOptions, EmulatorServer
 
 TEST_API_KEY = "test-key-for-the-emulator"
 TEST_DEFAULTS: dict[str, Any] = {"pending_seconds": 0.0, "running_seconds": 0.0, "image_scale": 0.0625}
+# Loopback only: never through a proxy named in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """What the emulator answered to a hand-made HTTP call."""
+
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass
@@ -44,8 +65,8 @@ class RunningEmulator:
     def http_options(
         self, *, retries: int = 1, timeout_ms: int | None = 30_000, api_version: str = "v1beta"
     ) -> types.HttpOptions:
-        """HttpOptions aimed at this emulator; ``retries`` > 1 retries quickly (50 ms, at most 200 ms)."""
-        retry = types.HttpRetryOptions(attempts=retries, initial_delay=0.05, max_delay=0.2)
+        """HttpOptions aimed at this emulator; ``retries`` > 1 retries fast (50 ms doubling to 200 ms)."""
+        retry = types.HttpRetryOptions(attempts=retries, initial_delay=0.05, max_delay=0.2, jitter=0.05)
         return types.HttpOptions(
             base_url=self.url,
             api_version=api_version,
@@ -53,6 +74,28 @@ class RunningEmulator:
             retry_options=retry,
             client_args={"trust_env": False},
         )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        headers: dict[str, str] | None = None,
+        with_key: bool = True,
+    ) -> RawReply:
+        """Call the emulator by hand (``path`` after the host, e.g. ``/v1beta/batches/x``), as raw JSON."""
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if with_key:
+            all_headers.setdefault("x-goog-api-key", self.api_key)
+        data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        # The URL is our own loopback http address.
+        call = urllib.request.Request(self.url + path, data=data, headers=all_headers, method=method)  # noqa: S310
+        try:
+            with _OPENER.open(call, timeout=30) as response:
+                return RawReply(response.status, _lower(response.headers.items()), response.read())
+        except urllib.error.HTTPError as error:
+            return RawReply(error.code, _lower(error.headers.items()), error.read())
 
     def client(
         self,
@@ -83,8 +126,25 @@ def running_emulator(
         server.stop()
 
 
-def wait_until_done(client: genai.Client, name: str, *, timeout: float = 60.0) -> types.BatchJob:
+def upload_jsonl(client: genai.Client, path: Path, lines: list[dict[str, Any]]) -> str:
+    """Write ``lines`` as JSONL to ``path``, upload it (``mime_type="jsonl"``) and return the file name."""
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    uploaded = client.files.upload(file=path, config=types.UploadFileConfig(mime_type="jsonl"))
+    assert uploaded.name is not None
+    return uploaded.name
+
+
+def create_inline(client: genai.Client, *prompts: str, model: str = "gemini-3-pro-image-preview") -> str:
+    """Create an inline-source batch of one text prompt per request and return the job name."""
+    source = [types.InlinedRequest(contents=prompt) for prompt in prompts]
+    job = client.batches.create(model=model, src=source)
+    assert job.name is not None
+    return job.name
+
+
+def wait_until_done(client: genai.Client, name: str | None, *, timeout: float = 60.0) -> types.BatchJob:
     """Poll ``batches.get`` until the job is done (any terminal state, EXPIRED included)."""
+    assert name is not None
     deadline = time.monotonic() + timeout
     while True:
         job = client.batches.get(name=name)
@@ -95,8 +155,11 @@ def wait_until_done(client: genai.Client, name: str, *, timeout: float = 60.0) -
         time.sleep(0.02)
 
 
-def wait_for_state(client: genai.Client, name: str, state: str, *, timeout: float = 30.0) -> types.BatchJob:
+def wait_for_state(
+    client: genai.Client, name: str | None, state: str, *, timeout: float = 30.0
+) -> types.BatchJob:
     """Poll ``batches.get`` until the job reports ``state`` (a ``JOB_STATE_*`` value)."""
+    assert name is not None
     deadline = time.monotonic() + timeout
     while True:
         job = client.batches.get(name=name)
