@@ -15,8 +15,25 @@ from promptdrop.settings import Settings
 
 
 def default_owner() -> str:
-    """A lease owner id unique to this process."""
+    """A lease owner id unique to this process: ``<host>-<pid>-<random>``."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead_local_process(owner: str) -> bool:
+    """True when ``owner`` names a process of this host that no longer runs (a killed `serve`)."""
+    parts = owner.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass

@@ -23,6 +23,7 @@ from promptdrop.errors import (
 from promptdrop.ports import BatchInfo
 from promptdrop.records import Job, Run
 from promptdrop.states import RUN_ACTIVE, JobPhase, JobState, RunState
+from promptdrop.usecases import context as context_mod
 from promptdrop.usecases import harvest, settle, submit
 from promptdrop.usecases.context import Context
 
@@ -69,7 +70,7 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
 
 
 def _advance_leased(ctx: Context, run_id: str, deadline: float | None) -> str:
-    if not ctx.store.acquire_lease("run", run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
+    if not _acquire(ctx, run_id):
         return "skipped"
     try:
         run = advance_run(ctx, run_id, deadline)
@@ -84,6 +85,22 @@ def _advance_leased(ctx: Context, run_id: str, deadline: float | None) -> str:
         return f"error: {exc}"
     finally:
         ctx.store.release_lease("run", run_id, ctx.owner)
+
+
+def _acquire(ctx: Context, run_id: str) -> bool:
+    if ctx.store.acquire_lease("run", run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
+        return True
+    if ctx.settings.store_is_firestore:
+        return False  # many hosts: only expiry can tell that a holder is gone
+    # On one machine a killed `serve` need not block its runs until the lease expires: a holder
+    # process on this host that no longer exists is gone for sure.
+    run = ctx.store.get_run(run_id)
+    holder = run.lease.owner if run else None
+    if holder is None or not context_mod.owner_is_dead_local_process(holder):
+        return False
+    log.info("lease holder %s is gone; taking over", holder, extra={"run_id": run_id})
+    ctx.store.release_lease("run", run_id, holder)
+    return ctx.store.acquire_lease("run", run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock())
 
 
 def renew_lease(ctx: Context, run_id: str) -> None:
