@@ -3,7 +3,8 @@
 Modes: ``pass_through()``; ``reset()`` (every connection, open or new, is closed with a TCP reset, as a
 crashed or unreachable server looks to a client); ``delay(seconds)`` (latency before each request, or
 once per connection with ``per="connection"``). A "request" is each burst of client bytes that follows
-bytes from the server, which is what one HTTP/1.1 request on a kept-alive connection looks like.
+bytes from the server, which is what one HTTP/1.1 request on a kept-alive connection looks like; gRPC
+multiplexes calls and control frames on one HTTP/2 connection, so delay those ``per="connection"``.
 
     with FaultProxy(("127.0.0.1", 4443)) as proxy:
         client = make_client(proxy.url)
