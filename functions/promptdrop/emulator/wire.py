@@ -145,9 +145,11 @@ def paginate(
     start = 0
     if token:
         try:
-            after = base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+            after = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
         except (binascii.Error, UnicodeError, ValueError) as exc:
             raise ApiError(400, "pageToken is not valid") from exc
+        if not after:
+            raise ApiError(400, "pageToken is not valid")
         start = next((i for i, item in enumerate(items) if sort_key(item) < after), len(items))
     page = list(items[start : start + size])
     if start + size >= len(items) or not page:
