@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -258,6 +259,18 @@ TRANSLATION_CASES: list[tuple[str, Exception, bool, type[BackendError]]] = [
     ("read timeout on create: may exist", READ_TIMEOUT, True, AmbiguousCreateError),
     ("connection error on create: may exist", CONNECT_ERROR, True, AmbiguousCreateError),
     ("unreadable 200 on create: may exist", _validation_error(), True, AmbiguousCreateError),
+    (
+        "non-JSON 200 on create: may exist",
+        json.JSONDecodeError("Expecting value", "<html>", 0),
+        True,
+        AmbiguousCreateError,
+    ),
+    (
+        "non-JSON 200 on list",
+        json.JSONDecodeError("Expecting value", "<html>", 0),
+        False,
+        BackendTransientError,
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -63,7 +64,7 @@ def _transport_error_types() -> tuple[type[Exception], ...]:
 
 _TRANSPORT_ERRORS = _transport_error_types()
 # A 200 whose body the SDK cannot read is a failure too (a gateway's HTML page, a truncated body).
-_UNREADABLE_RESPONSE = (genai_errors.UnknownApiResponseError, pydantic.ValidationError)
+_UNREADABLE_RESPONSE = (genai_errors.UnknownApiResponseError, json.JSONDecodeError, pydantic.ValidationError)
 _SDK_FAILURES: tuple[type[Exception], ...] = (
     genai_errors.APIError,
     *_UNREADABLE_RESPONSE,
@@ -81,7 +82,7 @@ def translate_error(exc: Exception, action: str, *, creating: bool = False, secr
     """
     error_type: type[BackendError]
     if isinstance(exc, genai_errors.APIError):
-        code = int(exc.code)
+        code = int(exc.code or 0)
         server_message = str(exc.message or "")[:MAX_SERVER_MESSAGE_CHARS]
         detail = f"HTTP {code} {exc.status or ''}".rstrip() + (
             f": {server_message}" if server_message else ""
@@ -188,8 +189,12 @@ class GeminiBackend:
                 base_url=base_url,
                 api_version=GEMINI_API_VERSION,
                 timeout=int(timeout_s * 1000),  # milliseconds
+                # Jitter of up to one initial delay (the SDK's fixed default is 1 s whatever the delay).
                 retry_options=types.HttpRetryOptions(
-                    attempts=retry_attempts, initial_delay=initial_delay, max_delay=max_delay
+                    attempts=retry_attempts,
+                    initial_delay=initial_delay,
+                    max_delay=max_delay,
+                    jitter=initial_delay,
                 ),
             ),
         )
