@@ -149,7 +149,7 @@ class FirestoreJobStore:
         if_lease_owner: str | None = None,
     ) -> Run:
         return self._update(
-            self._runs, run_id, Run, changes, "state", if_states, if_lease_owner, f"updating run {run_id}"
+            self._runs, run_id, Run, changes, "state", if_states, if_lease_owner, f"run {run_id}"
         )
 
     def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
@@ -178,7 +178,7 @@ class FirestoreJobStore:
         if_lease_owner: str | None = None,
     ) -> Job:
         return self._update(
-            self._jobs, job_id, Job, changes, "phase", if_phases, if_lease_owner, f"updating job {job_id}"
+            self._jobs, job_id, Job, changes, "phase", if_phases, if_lease_owner, f"job {job_id}"
         )
 
     def list_jobs(self, run_id: str) -> list[Job]:
@@ -248,10 +248,10 @@ class FirestoreJobStore:
         with _firestore_errors(what):
             return [model.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
 
-    def _read(self, reference: Any, transaction: firestore.Transaction, what: str) -> dict[str, Any]:
+    def _read(self, reference: Any, transaction: firestore.Transaction, label: str) -> dict[str, Any]:
         snapshot = reference.get(transaction=transaction, **self._call)
         if not snapshot.exists:
-            raise NotFoundError(f"{what} does not exist")
+            raise NotFoundError(f"{label} does not exist")
         return dict(snapshot.to_dict() or {})
 
     def _transact(self, body: Callable[[firestore.Transaction], Any], what: str) -> Any:
@@ -267,8 +267,9 @@ class FirestoreJobStore:
         state_field: str,
         allowed: Iterable[RunState] | Iterable[JobPhase] | None,
         if_lease_owner: str | None,
-        what: str,
+        label: str,
     ) -> _Record:
+        what = f"updating {label}"
         unknown = set(changes) - set(model.model_fields)
         if unknown:
             raise ValueError(f"{what}: unknown fields {sorted(unknown)}")
@@ -276,7 +277,7 @@ class FirestoreJobStore:
         reference = collection.document(record_id)
 
         def apply(transaction: firestore.Transaction) -> _Record:
-            document = self._read(reference, transaction, what.removeprefix("updating "))
+            document = self._read(reference, transaction, label)
             if allowed_values is not None and document.get(state_field) not in allowed_values:
                 raise PreconditionFailedError(
                     f"{what}: {state_field} is {document.get(state_field)}, not one of {sorted(allowed_values)}"

@@ -266,6 +266,8 @@ class GcsBlobStore:
         # with the same bytes, so the library's default of not retrying unconditional uploads is too careful.
         options: dict[str, Any] = {**self._call, "content_type": content_type or "application/octet-stream"}
         if if_absent:
+            # A retry after a lost response to our own create also answers 412: for markers and claims,
+            # "someone wrote it" is then still true.
             options["if_generation_match"] = 0
         with _storage_errors(self._where(name)):
             try:
