@@ -52,7 +52,8 @@ variable "output_prefix" {
 variable "retention" {
   description = <<-EOT
     Lifecycle of objects in the data bucket, in days.
-    scratch_days: delete a run's scratch objects (<output_prefix><run_id>/_work/...) left behind by a crash.
+    scratch_days: delete a run's scratch objects (<output_prefix><run_id>/_work/...) left behind by a crash;
+      it must exceed the longest a run can last (max_attempts x job_deadline: 3 x 36 h by default).
     outputs_days: delete everything under the output prefix after this many days (null keeps outputs forever).
   EOT
   type = object({
@@ -62,8 +63,8 @@ variable "retention" {
   default = {}
 
   validation {
-    condition     = var.retention.scratch_days >= 3 && (var.retention.outputs_days == null ? true : var.retention.outputs_days >= 1)
-    error_message = "retention.scratch_days must be at least 3 (a harvest may resume for a day and a half), outputs_days at least 1."
+    condition     = var.retention.scratch_days >= 5 && (var.retention.outputs_days == null ? true : var.retention.outputs_days >= 5)
+    error_message = "retention days must be at least 5: a run may last 3 attempts of 36 hours, and outputs must outlive their run."
   }
 }
 
