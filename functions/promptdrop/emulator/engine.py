@@ -308,6 +308,7 @@ class Engine:
         now = self._clock()
         job.state, job.end_time, job.update_time, job.error = state, now, now, error
         self._save(job)
+        logger.info("%s ended %s", job.name, state)
 
     def _schedule(self) -> None:
         """Move jobs along as their deadlines pass; hand RUNNING jobs that are due to the workers."""

@@ -199,7 +199,10 @@ class _Handler(BaseHTTPRequestHandler):
     # Dispatch --------------------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
-        self._body_read = False
+        # A request without a body (most GETs) leaves nothing unread on the connection.
+        self._body_read = (
+            self.headers.get("Content-Length", "0").strip() == "0" and "Transfer-Encoding" not in self.headers
+        )
         url = urlsplit(self.path)
         path = unquote(url.path)
         self._query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -259,6 +262,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(403, "API key not valid. Please pass a valid API key.")
 
     def _content_length(self) -> int:
+        if "Transfer-Encoding" in self.headers:
+            raise ApiError(
+                411, "Send a Content-Length; chunked request bodies are not supported.", "INVALID_ARGUMENT"
+            )
         try:
             return int(self.headers.get("Content-Length") or 0)
         except ValueError as exc:
