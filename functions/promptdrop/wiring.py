@@ -31,13 +31,7 @@ def job_store(settings: Settings) -> JobStore:
     if settings.store_is_firestore:
         from promptdrop.adapters.firestore_store import FirestoreJobStore
 
-        project, database = None, "(default)"
-        if settings.store.startswith("firestore://"):
-            parts = settings.store.removeprefix("firestore://").split("/", 1)
-            project = parts[0] or None
-            if len(parts) > 1 and parts[1]:
-                database = parts[1]
-        return FirestoreJobStore(project=project, database=database)
+        return FirestoreJobStore.from_url(settings.store)
     if settings.store.startswith("sqlite:///"):
         from promptdrop.adapters.sqlite_store import SqliteJobStore
 
