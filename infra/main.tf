@@ -240,11 +240,9 @@ resource "google_artifact_registry_repository" "functions" {
 # Firestore
 
 resource "google_firestore_database" "main" {
-  name        = var.firestore.database
-  location_id = local.firestore_location
-  type        = "FIRESTORE_NATIVE"
-  # Runs and jobs are claimed with transactions; optimistic concurrency avoids lock waits between pollers.
-  concurrency_mode            = "OPTIMISTIC"
+  name                        = var.firestore.database
+  location_id                 = local.firestore_location
+  type                        = "FIRESTORE_NATIVE"
   app_engine_integration_mode = "DISABLED"
   # PITR storage is billed; every output is in the bucket and the records can be rebuilt from summaries.
   point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_DISABLED"
@@ -528,7 +526,9 @@ resource "google_service_account_iam_member" "pubsub_signs_as_invoker" {
 }
 
 # Cloud Build runs as this account instead of the default compute account, which new projects no longer
-# grant build permissions. Roles as documented for a custom build service account of Cloud Run functions.
+# grant build permissions. Roles as documented for a custom build service account of Cloud Run functions;
+# object access is project-wide because the build reads the source from the gcf-v2-sources-* bucket that
+# Cloud Functions creates itself. Images go only to this deployment's repository.
 resource "google_service_account" "build" {
   account_id   = "${var.name_prefix}-build"
   display_name = "promptdrop function builds"

@@ -119,7 +119,7 @@ variable "settings" {
 }
 
 variable "tick_schedule" {
-  description = "Cron schedule (UTC) of the poller's tick. Every 2 minutes costs about 2 Firestore reads per tick while idle."
+  description = "Cron schedule (UTC) of the poller's tick. While idle, each tick is one invocation and one Firestore read."
   type        = string
   default     = "*/2 * * * *"
 }
