@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from promptdrop.emulator.answers import answer, job_marker
-from promptdrop.emulator.files import FILE_LIFETIME_SECONDS, FileStore
 from promptdrop.emulator.images import image_dimensions, render_image
-from promptdrop.emulator.wire import ApiError
 
 
 @pytest.mark.parametrize(
@@ -167,19 +164,3 @@ def test_invalid_requests_are_code_3(raw: object) -> None:
 def test_job_marker(raw: object, expected: str | None) -> None:
     """Job-level markers are found in a request's texts; anything else asks for nothing."""
     assert job_marker(raw) == expected
-
-
-def test_files_expire_after_48_hours(tmp_path: Path) -> None:
-    """A file is gone once its expirationTime passes: not listed, and a 404 by name."""
-    now = [1_000_000.0]
-    store = FileStore(tmp_path, clock=lambda: now[0])
-    store.load()
-    session = store.start_upload(mime_type="jsonl", declared_size=2, display_name=None, name="short-lived")
-    store.write_chunk(session, offset=0, body=io.BytesIO(b"{}"), length=2, finalize=True)
-    assert [record.name for record in store.list()] == ["files/short-lived"]
-    now[0] += FILE_LIFETIME_SECONDS
-    assert store.list() == []
-    with pytest.raises(ApiError) as caught:
-        store.get("short-lived")
-    assert caught.value.http_status == 404
-    assert not store.data_path("short-lived").exists()
