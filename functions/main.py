@@ -2,7 +2,8 @@
 
 Each function parses its event into a typed object, calls one use case, and returns normally on success
 or after recording a permanent failure (bad input never becomes a retry storm). It raises only for
-transient failures, which Eventarc redelivers (RETRY_POLICY_RETRY on the file and request triggers).
+transient failures, which Pub/Sub redelivers with backoff (the file and request paths are fed by push
+subscriptions with a dead-letter topic; see infra/main.tf).
 A run whose submission failed transiently stays RECEIVED and ``poll_jobs`` retries it with backoff.
 """
 
@@ -76,7 +77,7 @@ def on_prompt_file(event: CloudEvent) -> None:
             size = info.size
         receipt = submit.receive_file(ctx, submit.StorageObject(obj.bucket, obj.name, obj.generation, size))
     except TransientError:
-        log.warning("transient failure claiming %s; Eventarc will redeliver", obj.name, exc_info=True)
+        log.warning("transient failure claiming %s; Pub/Sub will redeliver", obj.name, exc_info=True)
         raise
     except PermanentError as exc:
         _permanent(f"cannot take {obj.name}", exc)
@@ -153,7 +154,7 @@ def on_prompt_message(event: CloudEvent) -> None:
             receipt = _receive_uri(ctx, request)
     except TransientError:
         log.warning(
-            "transient failure on message %s; Eventarc will redeliver", message.message_id, exc_info=True
+            "transient failure on message %s; Pub/Sub will redeliver", message.message_id, exc_info=True
         )
         raise
     except PermanentError as exc:

@@ -36,6 +36,15 @@ from promptdrop.states import JobPhase, RunState
 DEFAULT_DATABASE = "(default)"
 RUNS = "runs"
 JOBS = "jobs"
+# The composite indexes this store's queries need (production Firestore refuses the queries without them;
+# infra/main.tf creates them and tests/unit/test_infra_consistency.py checks it does):
+#   runs where state in [...] order by updated_at         (list_runs: the poller's active-work query)
+#   jobs where run_id == X order by attempt, chunk         (list_jobs)
+# `jobs where phase in [...]` needs only the automatic single-field index.
+REQUIRED_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (RUNS, ("state", "updated_at")),
+    (JOBS, ("run_id", "attempt", "chunk")),
+)
 
 _Record = TypeVar("_Record", Run, Job)
 
