@@ -440,7 +440,10 @@ def required_indexes() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
     from promptdrop.adapters.firestore_store import REQUIRED_INDEXES
 
     assert REQUIRED_INDEXES, "the Firestore store declares no composite index"
-    return {(collection, tuple((field, "ASCENDING") for field in fields)) for collection, fields in REQUIRED_INDEXES}
+    return {
+        (collection, tuple((field, "ASCENDING") for field in fields))
+        for collection, fields in REQUIRED_INDEXES
+    }
 
 
 def test_required_indexes_match_the_documented_queries() -> None:
