@@ -1,0 +1,259 @@
+"""The `promptdrop` command line as a user runs it: a subprocess on the embedded defaults and an in-process emulator."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.functional.conftest import jsonl, pipeline_env, read_jsonl
+from tests.support.emulator import RunningEmulator
+
+CLI = [sys.executable, "-m", "promptdrop.cli"]
+TERMINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED"}
+
+
+def cli_env(home: Path, emulator: RunningEmulator, **extra: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: nothing inherited but PATH (no stray GEMINI_API_KEY)."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONUNBUFFERED": "1",  # the run id shows before `run --wait` ends
+        "COLUMNS": "200",  # rich wraps at 80 columns when it cannot ask a terminal
+        **pipeline_env(home, emulator.url),
+        **extra,
+    }
+
+
+def promptdrop(
+    env: dict[str, str], *args: str, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI to its end."""
+    return subprocess.run(
+        [*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def batches(emulator: RunningEmulator) -> list[Any]:
+    """Every batch job the emulator holds (the client stays alive while the pager runs)."""
+    client = emulator.client()
+    return list(client.batches.list(config={"page_size": 50}))
+
+
+def status_json(env: dict[str, str], cwd: Path, *run_id: str) -> Any:
+    done = promptdrop(env, "status", *run_id, "--json", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout)
+
+
+def outputs(home: Path, run_id: str) -> Path:
+    return home / "bucket" / "outputs" / run_id
+
+
+GOOD = {"key": "apple", "prompt": "a red apple"}
+GOOD_2 = {"key": "pear", "prompt": "a green pear", "aspect_ratio": "16:9"}
+BAD_RATIO = {"key": "odd", "prompt": "odd ratio", "aspect_ratio": "5:7"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "extra_env", "state", "exit_code", "images"),
+    [
+        pytest.param([GOOD, GOOD_2], {}, "SUCCEEDED", 0, ["apple.png", "pear.png"], id="succeeded"),
+        pytest.param([GOOD, BAD_RATIO], {}, "PARTIAL", 0, ["apple.png"], id="partial"),
+        pytest.param([BAD_RATIO, {"key": "empty", "prompt": ""}], {}, "FAILED", 1, [], id="all-invalid"),
+        pytest.param(
+            [GOOD, GOOD_2], {"PROMPTDROP_MAX_COST_USD": "0.05"}, "FAILED", 1, [], id="over-budget-cap"
+        ),
+    ],
+)
+def test_run_wait_exit_code_follows_the_final_state(
+    tmp_path: Path,
+    emulator_factory: Any,
+    lines: list[dict[str, str]],
+    extra_env: dict[str, str],
+    state: str,
+    exit_code: int,
+    images: list[str],
+) -> None:
+    """`run FILE --wait` prints the run id, exits 0 for SUCCEEDED/PARTIAL and 1 for FAILED, and leaves the outputs."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = cli_env(home, emulator, **extra_env)
+    prompt_file = tmp_path / "fruit.jsonl"
+    prompt_file.write_bytes(jsonl(*lines))
+
+    done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert done.returncode == exit_code, done.stderr
+    run_id = done.stdout.splitlines()[0].strip()
+    assert re.fullmatch(r"fruit-[0-9a-f]{8}", run_id)
+    assert state in done.stdout
+    folder = outputs(home, run_id)
+    summary = orjson.loads((folder / "summary.json").read_bytes())
+    assert summary["run_id"] == run_id and summary["state"] == state
+    assert len(read_jsonl(folder / "manifest.jsonl")) == len(lines)
+    found = sorted(p.name for p in (folder / "images").iterdir()) if (folder / "images").exists() else []
+    assert found == images
+    if "PROMPTDROP_MAX_COST_USD" in extra_env:
+        assert "budget cap" in summary["reason"]
+        assert batches(emulator) == []
+
+
+def test_run_wait_exits_1_when_the_run_is_cancelled(tmp_path: Path, emulator_factory: Any) -> None:
+    """`promptdrop cancel` from another process ends a waiting `run --wait` as CANCELLED with exit code 1."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    prompt_file = tmp_path / "slow.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
+
+    waiting = subprocess.Popen(
+        [*CLI, "run", str(prompt_file), "--wait"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        run_id = waiting.stdout.readline().strip()
+        cancelled = promptdrop(env, "cancel", run_id, cwd=tmp_path)
+        assert cancelled.returncode == 1, cancelled.stderr
+        assert "cancel requested" in cancelled.stdout
+        rest, errors = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+
+    assert waiting.returncode == 1, errors
+    assert "CANCELLED" in rest
+    summary = orjson.loads((outputs(home, run_id) / "summary.json").read_bytes())
+    assert summary["state"] == "CANCELLED"
+    entries = read_jsonl(outputs(home, run_id) / "manifest.jsonl")
+    assert [e["error"]["code"] for e in entries] == ["cancelled", "cancelled"]
+    (batch,) = batches(emulator)
+    assert batch.state == "JOB_STATE_CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["run", "{tmp}/missing.jsonl"], "does not exist", id="missing-file"),
+        pytest.param(["run", "--bogus", "{tmp}/prompts.jsonl"], "No such option", id="unknown-option"),
+        pytest.param(["run", "{tmp}/prompts.csv"], "not a prompt file", id="csv-file"),
+        pytest.param(["extract", "{tmp}/prompts.jsonl"], "--out", id="extract-without-out"),
+    ],
+)
+def test_usage_errors_exit_2_and_submit_nothing(
+    tmp_path: Path, emulator_factory: Any, args: list[str], message: str
+) -> None:
+    """A missing file, an unknown option or a file that is not a prompt file is a usage error: exit 2."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    (tmp_path / "prompts.jsonl").write_bytes(jsonl(GOOD))
+    (tmp_path / "prompts.csv").write_bytes(b"a,b,c\n")
+
+    done = promptdrop(env, *(arg.format(tmp=tmp_path) for arg in args), cwd=tmp_path)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in " ".join((done.stdout + done.stderr).split())
+    assert not (home / "bucket" / "inbox").exists()
+    assert batches(emulator) == []
+
+
+def test_dry_run_prints_count_and_costs_and_submits_nothing(tmp_path: Path, emulator_factory: Any) -> None:
+    """`run --dry-run` validates and estimates: counts, batch cost, interactive cost; no run, no batch, no inbox file."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    prompt_file = tmp_path / "estimate.jsonl"
+    prompt_file.write_bytes(
+        jsonl(GOOD, GOOD_2, BAD_RATIO, {"key": "big", "prompt": "poster", "image_size": "4K"})
+    )
+
+    done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "3 valid, 1 invalid line(s)" in done.stdout
+    assert "line 3:" in done.stderr and "bad_aspect_ratio" in done.stderr
+    batch = re.search(r"estimated batch cost: \$([0-9.]+)", done.stdout)
+    interactive = re.search(r"interactive API: \$([0-9.]+)", done.stdout)
+    assert batch is not None and interactive is not None
+    # Two 1K images at $0.067, one 4K at $0.12 (batch), plus a little text input.
+    assert float(batch.group(1)) == pytest.approx(2 * 0.067 + 0.12, abs=0.002)
+    assert float(interactive.group(1)) == pytest.approx(2 * float(batch.group(1)), abs=0.0002)
+    assert status_json(env, tmp_path) == []
+    assert batches(emulator) == []
+    assert not (home / "bucket" / "inbox").exists()
+
+
+def test_dry_run_over_the_budget_cap_says_it_would_be_refused(tmp_path: Path, emulator_factory: Any) -> None:
+    """A dry run whose estimate exceeds PROMPTDROP_MAX_COST_USD says so and exits 1, still submitting nothing."""
+    emulator = emulator_factory()
+    env = cli_env(tmp_path / "home", emulator, PROMPTDROP_MAX_COST_USD="0.10")
+    prompt_file = tmp_path / "pricey.txt"
+    prompt_file.write_text("one\ntwo\nthree\n")
+
+    done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+
+    assert done.returncode == 1
+    assert "3 valid, 0 invalid line(s)" in done.stdout
+    assert "would be refused" in done.stdout
+    assert batches(emulator) == []
+
+
+def test_run_then_status_then_serve_see_the_same_jobs(tmp_path: Path, emulator_factory: Any) -> None:
+    """`run` without --wait submits; a later `status` and `serve --once` processes pick up the same run and batch."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    prompt_file = tmp_path / "later.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2, BAD_RATIO))
+
+    submitted = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+    assert "promptdrop status " + run_id in " ".join(submitted.stderr.split())
+
+    before = status_json(env, tmp_path, run_id)
+    assert before["state"] == "SUBMITTED"
+    assert before["finished_at"] is None
+    assert before["counts"] == {"lines": 3, "succeeded": 0, "failed": 0, "invalid": 1}
+    (job_before,) = before["jobs"]
+    assert job_before["name"].startswith("batches/") and job_before["requests"] == 2
+    assert [r["run_id"] for r in status_json(env, tmp_path)] == [run_id]
+
+    for _ in range(10):
+        served = promptdrop(env, "serve", "--once", cwd=tmp_path)
+        assert served.returncode == 0, served.stderr
+        after = status_json(env, tmp_path, run_id)
+        if after["state"] in TERMINAL:
+            break
+    assert after["state"] == "PARTIAL"
+    assert [j["name"] for j in after["jobs"]] == [job_before["name"]]
+    assert after["jobs"][0]["state"] == "JOB_STATE_SUCCEEDED"
+    assert [b.name for b in batches(emulator)] == [job_before["name"]]
+    summary = orjson.loads((outputs(home, run_id) / "summary.json").read_bytes())
+    assert after == summary  # `status --json` is summary.json's shape
+    assert set(summary) >= {
+        "schema_version",
+        "run_id",
+        "state",
+        "source",
+        "created_at",
+        "finished_at",
+        "counts",
+        "jobs",
+        "cost",
+    }
+    assert summary["counts"] == {"lines": 3, "succeeded": 2, "failed": 0, "invalid": 1}
+    assert summary["cost"]["batch"] == pytest.approx(2 * 0.0672, abs=0.002)
+    assert sorted(p.name for p in (outputs(home, run_id) / "images").iterdir()) == ["apple.png", "pear.png"]
