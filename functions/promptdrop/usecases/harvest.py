@@ -274,17 +274,22 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
                 continue
             counts["lines"] += 1
             entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "line": number}
+            reported: str | None = None  # the line's key as given: null only when the line cannot be parsed
             try:
                 parsed = results.parse_result_line(raw)
-                key = check_key(parsed.key or f"line-{number}")
+                reported = parsed.key or f"line-{number}"
+                key = check_key(reported)
                 if key in seen:
-                    raise UnsafeNameError(f"duplicate key {key!r}")
+                    raise UnsafeNameError(f"key {key!r} is used by an earlier line")
                 seen.add(key)
             except PromptdropError as exc:
-                code = "invalid_key" if isinstance(exc, UnsafeNameError) else "bad_json"
+                # Only safe keys enter `seen`, so a reported key found there is a duplicate.
+                code = (
+                    "bad_json" if reported is None else "duplicate_key" if reported in seen else "invalid_key"
+                )
                 counts["invalid"] += 1
                 entry.update(
-                    key=None,
+                    key=reported,
                     status="invalid",
                     image=None,
                     mime_type=None,
