@@ -14,6 +14,9 @@ import unicodedata
 from promptdrop.errors import UnsafeNameError
 
 MAX_KEY_CHARS = 128
+# A key's last segment becomes a file name with an extension and, while it is written, a temporary
+# prefix and suffix: file systems take 255 bytes per name, so a segment gets at most 150 UTF-8 bytes.
+MAX_SEGMENT_BYTES = 150
 _SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 
 
@@ -23,7 +26,12 @@ def check_key(key: str) -> str:
         raise UnsafeNameError("key is empty")
     if len(key) > MAX_KEY_CHARS:
         raise UnsafeNameError(f"key is longer than {MAX_KEY_CHARS} characters")
-    return check_relative_path(key, what="key")
+    check_relative_path(key, what="key")
+    if any(len(segment.encode()) > MAX_SEGMENT_BYTES for segment in key.split("/")):
+        raise UnsafeNameError(
+            f"a '/'-separated part of the key is longer than {MAX_SEGMENT_BYTES} bytes in UTF-8"
+        )
+    return key
 
 
 def check_relative_path(path: str, *, what: str = "path") -> str:

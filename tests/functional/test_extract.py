@@ -141,11 +141,6 @@ def test_extract_with_no_image_exits_1(tmp_path: Path) -> None:
     assert [e["status"] for e in read_jsonl(tmp_path / "out" / "manifest.jsonl")] == ["invalid", "failed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="names.check_key limits characters, not bytes, and does not stop a key's image name colliding with "
-    "another key's folder: the write fails with an OSError and the whole extract stops",
-)
 @pytest.mark.parametrize(
     "hostile",
     [
@@ -154,7 +149,7 @@ def test_extract_with_no_image_exits_1(tmp_path: Path) -> None:
     ],
 )
 def test_extract_survives_a_key_the_file_system_refuses(tmp_path: Path, hostile: str) -> None:
-    """A key that passes the rules but cannot be a file name gives an entry, not a crash of the whole file."""
+    """A key the file system cannot take gives an entry with the reason, not a crash of the whole file."""
     png = encoded(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
     results = tmp_path / "results.jsonl"
     results.write_bytes(b"".join(orjson.dumps(image_line(key, png)) + b"\n" for key in ("a", hostile, "b")))
@@ -164,7 +159,11 @@ def test_extract_survives_a_key_the_file_system_refuses(tmp_path: Path, hostile:
     assert done.returncode == 0, done.stderr
     entries = read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert [e["key"] for e in entries] == ["a", hostile, "b"]
-    assert entries[0]["status"] == entries[2]["status"] == "succeeded"
+    assert entries[2]["status"] == "succeeded"
+    # Either the key is refused up front (too many bytes), or of the two names that clash on disk one is
+    # written and the other reported as write_failed (images are written in parallel, so either may win).
+    codes = sorted((e["error"] or {}).get("code", "") for e in entries[:2])
+    assert codes in (["", "invalid_key"], ["", "write_failed"]), entries
 
 
 # Runs a command and prints its peak RSS (KiB): a fresh parent, so no earlier child of the test counts.

@@ -179,7 +179,9 @@ def test_retryable_failures_are_resubmitted_up_to_max_attempts(pipeline: Pipelin
 def test_expired_job_lines_are_resubmitted_and_reported(pipeline: Pipeline) -> None:
     """EXPIRED is terminal: its lines fail retryably, are resubmitted, and end with the reason."""
     ctx = pipeline.context(max_attempts=2)
-    receipt = pipeline.drop("expire.jsonl", jsonl({"key": "late", "prompt": "slow [[emulator:job=expired]]"}), ctx)
+    receipt = pipeline.drop(
+        "expire.jsonl", jsonl({"key": "late", "prompt": "slow [[emulator:job=expired]]"}), ctx
+    )
     assert receipt.run is not None
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.FAILED
@@ -227,7 +229,8 @@ def test_redelivered_event_creates_one_run_and_one_batch_job(pipeline: Pipeline)
     from promptdrop.usecases import submit
 
     again = submit.receive_file(
-        pipeline.ctx, submit.StorageObject(pipeline.ctx.settings.bucket_name, info.name, info.generation, info.size)
+        pipeline.ctx,
+        submit.StorageObject(pipeline.ctx.settings.bucket_name, info.name, info.generation, info.size),
     )
     assert not again.created and again.run is not None and again.run.run_id == first.run.run_id
     pipeline.finish(first.run.run_id)
@@ -267,11 +270,15 @@ def test_job_created_before_a_crash_is_found_by_display_name(pipeline: Pipeline)
     assert job.batch_name == batches[0].name
 
 
-def test_inline_responses_are_harvested_like_a_results_file(pipeline: Pipeline, emulator_factory: Any) -> None:
+def test_inline_responses_are_harvested_like_a_results_file(
+    pipeline: Pipeline, emulator_factory: Any
+) -> None:
     """Small jobs answered inline (no responses file) still give images and a manifest."""
     emulator = emulator_factory("inline", inline_responses_max=10)
     ctx = pipeline.context(gemini_base_url=emulator.url)
-    receipt = pipeline.drop("inline.jsonl", jsonl({"key": "x", "prompt": "p1"}, {"key": "y", "prompt": "p2"}), ctx)
+    receipt = pipeline.drop(
+        "inline.jsonl", jsonl({"key": "x", "prompt": "p1"}, {"key": "y", "prompt": "p2"}), ctx
+    )
     assert receipt.run is not None
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.SUCCEEDED
@@ -282,7 +289,9 @@ def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, e
     """Cancelling a running run cancels its batch jobs and accounts for every line."""
     emulator = emulator_factory("slow", pending_seconds=30.0)
     ctx = pipeline.context(gemini_base_url=emulator.url)
-    receipt = pipeline.drop("cancel.jsonl", jsonl({"key": "a", "prompt": "x"}, {"key": "b", "prompt": "y"}), ctx)
+    receipt = pipeline.drop(
+        "cancel.jsonl", jsonl({"key": "a", "prompt": "x"}, {"key": "b", "prompt": "y"}), ctx
+    )
     assert receipt.run is not None
     ctx.store.update_run(receipt.run.run_id, {"cancel_requested": True})
     run = pipeline.finish(receipt.run.run_id, ctx)
@@ -309,3 +318,18 @@ def test_two_pollers_at_once_harvest_each_job_once(pipeline: Pipeline) -> None:
     assert run.state is RunState.SUCCEEDED
     keys = [e["key"] for e in pipeline.manifest(run)]
     assert sorted(keys) == sorted(f"k{i}" for i in range(20)) and len(set(keys)) == 20
+
+
+def test_an_image_the_bucket_refuses_fails_its_line_not_the_run(pipeline: Pipeline) -> None:
+    """Keys `a` and `a.png/c` cannot both be files; one line fails with write_failed and the run still ends."""
+    receipt = pipeline.drop(
+        "clash.jsonl",
+        jsonl({"key": "a", "prompt": "x"}, {"key": "a.png/c", "prompt": "y"}, {"key": "b", "prompt": "z"}),
+    )
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id)
+    assert run.state is RunState.PARTIAL
+    entries = {e["key"]: e for e in pipeline.manifest(run)}
+    assert entries["b"]["status"] == "succeeded"
+    codes = sorted((entries[k]["error"] or {}).get("code", "") for k in ("a", "a.png/c"))
+    assert codes == ["", "write_failed"]

@@ -95,8 +95,10 @@ def _fingerprint(path: Path) -> _Fingerprint | None:
 def _write_errors(name: str) -> Iterator[None]:
     try:
         yield
-    except (IsADirectoryError, NotADirectoryError) as exc:
-        raise PermanentError(f"object {name} collides with a folder of the same name") from exc
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        # FileExistsError here comes from creating the parent folders where a file of that name is
+        # (keys `a` and `a.png/c`): create-if-absent handles its own FileExistsError before this.
+        raise PermanentError(f"object {name} collides with an object or folder of the same name") from exc
     except PermissionError as exc:
         raise PermanentError(f"cannot write object {name}: {exc}") from exc
     except OSError as exc:  # disk full, I/O error: may pass

@@ -12,12 +12,13 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import Any, BinaryIO
 
 import orjson
 
 from promptdrop import results
-from promptdrop.errors import BackendError, NotFoundError, PromptdropError, UnsafeNameError
+from promptdrop.errors import BackendError, NotFoundError, PermanentError, PromptdropError, UnsafeNameError
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import Outcome
 from promptdrop.names import check_key
@@ -42,24 +43,37 @@ class ImageWriter:
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
         self._slots = threading.BoundedSemaphore(self.concurrency * 2)
-        self._pending: list[Future[bool]] = []
+        self._pending: list[Future[None]] = []
+        self._refused: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def submit(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
         if self.concurrency == 1:
-            self.blobs.write_bytes(name, data, content_type=content_type, metadata=metadata)
+            self._write(name, data, content_type, metadata)
             return
         self._slots.acquire()
-        future = self._pool.submit(
-            self.blobs.write_bytes, name, data, content_type=content_type, metadata=metadata
-        )
+        future = self._pool.submit(self._write, name, data, content_type, metadata)
         future.add_done_callback(lambda _: self._slots.release())
         self._pending.append(future)
 
-    def flush(self) -> None:
-        """Wait until every submitted image is written; re-raise the first failure."""
+    def _write(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
+        try:
+            self.blobs.write_bytes(name, data, content_type=content_type, metadata=metadata)
+        except PermanentError as exc:
+            # This one image can never be written (e.g. its name clashes with another key's folder):
+            # it becomes that line's failure instead of stopping the whole harvest forever.
+            with self._lock:
+                self._refused[name] = str(exc)
+
+    def flush(self) -> dict[str, str]:
+        """Wait until every submitted image is written. Re-raise the first transient failure; return the
+        images refused for good since the last flush (object name -> reason)."""
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
+        with self._lock:
+            refused, self._refused = self._refused, {}
+        return refused
 
     def close(self) -> None:
         try:
@@ -72,6 +86,12 @@ class ImageWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def unwritten(outcome: Outcome, reason: str) -> Outcome:
+    """The outcome of a line whose image was generated but cannot be stored under its name."""
+    error = LineError("write_failed", f"the image could not be written: {reason}")
+    return replace(outcome, status="failed", image=None, error=error.to_json())
 
 
 def to_outcome(
@@ -138,11 +158,11 @@ class _Checkpointer:
     def __init__(self, ctx: Context, run: Run, job: Job, writer: ImageWriter) -> None:
         self.ctx, self.run, self.job, self.writer = ctx, run, job, writer
         self.layout = ctx.layout(run.run_id)
-        self.buffer: list[bytes] = []
+        self.buffer: list[Outcome] = []
         self.bytes_since = 0
 
     def add(self, outcome: Outcome, consumed: int) -> None:
-        self.buffer.append(orjson.dumps(outcome.to_json()))
+        self.buffer.append(outcome)
         self.bytes_since += consumed
 
     @property
@@ -153,13 +173,17 @@ class _Checkpointer:
         """Images durable first, then the outcome part, then the checkpoint that makes the part count."""
         from promptdrop.usecases.poll import renew_lease
 
-        self.writer.flush()
+        refused = self.writer.flush()
         changes: dict[str, Any] = {"harvest_offset": offset}
         if self.buffer:
             part = self.job.harvest_part
+            lines = [
+                orjson.dumps((unwritten(o, refused[o.image]) if o.image in refused else o).to_json())
+                for o in self.buffer
+            ]
             self.ctx.blobs.write_bytes(
                 self.layout.job_outcomes(self.job.job_id, part),
-                b"\n".join(self.buffer) + b"\n",
+                b"\n".join(lines) + b"\n",
                 content_type="application/jsonl",
             )
             changes["harvest_part"] = part + 1
@@ -268,6 +292,21 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
 
     counts = {"lines": 0, "succeeded": 0, "failed": 0, "invalid": 0}
     seen: set[str] = set()
+    # Entries wait until their images are written, so an image refused for good is reported as such.
+    pending: list[tuple[dict[str, Any], Outcome | None]] = []
+
+    def drain(writer: ImageWriter, manifest: BinaryIO) -> None:
+        refused = writer.flush()
+        for entry, outcome in pending:
+            if outcome is not None:
+                if outcome.image is not None and outcome.image in refused:
+                    outcome = unwritten(outcome, refused[outcome.image])
+                counts[outcome.status] += 1
+                entry.update({k: v for k, v in outcome.to_json().items() if k not in {"attempt", "model"}})
+                entry["attempts"] = 1
+            manifest.write(orjson.dumps(entry) + b"\n")
+        pending.clear()
+
     with ImageWriter(out, concurrency) as writer, out.open_write("manifest.jsonl") as manifest:
         for number, raw in enumerate(iter_lines(stream), start=1):
             if not raw.strip():
@@ -300,15 +339,14 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
                     attempts=0,
                     error=LineError(code, str(exc)).to_json(),
                 )
-                manifest.write(orjson.dumps(entry) + b"\n")
+                pending.append((entry, None))
                 continue
             image_name = None
             if parsed.succeeded and parsed.data is not None and parsed.extension:
                 image_name = f"images/{key}.{parsed.extension}"
                 writer.submit(image_name, parsed.data, parsed.mime_type, {"key": key})
-            outcome = to_outcome(parsed, key, image_name=image_name, attempt=1, model=None)
-            counts[outcome.status] += 1
-            entry.update({k: v for k, v in outcome.to_json().items() if k not in {"attempt", "model"}})
-            entry["attempts"] = 1
-            manifest.write(orjson.dumps(entry) + b"\n")
+            pending.append((entry, to_outcome(parsed, key, image_name=image_name, attempt=1, model=None)))
+            if len(pending) >= CHECKPOINT_LINES:
+                drain(writer, manifest)
+        drain(writer, manifest)
     return counts
