@@ -365,9 +365,13 @@ def extract(
     from promptdrop.adapters.localfs import LocalBlobStore
     from promptdrop.usecases.harvest import extract_results
 
-    store = LocalBlobStore(out_dir)
-    with results_file.open("rb") as stream:
-        counts = extract_results(stream, store)
+    try:
+        store = LocalBlobStore(out_dir)
+        with results_file.open("rb") as stream:
+            counts = extract_results(stream, store)
+    except PromptdropError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     out.print(
         f"{counts['succeeded']} images, {counts['failed']} failed, {counts['invalid']} invalid "
         f"of {counts['lines']} lines -> {out_dir}/images, {out_dir}/manifest.jsonl"
