@@ -41,7 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console()
+out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
 err = Console(stderr=True)
 log = logging.getLogger("promptdrop.cli")
 
