@@ -146,6 +146,11 @@ def _claim_and_submit(ctx: Context, claim: str, source: RunSource) -> Receipt:
         return Receipt(run, True)  # a poller got there first; it will submit
     try:
         run = submit_or_backoff(ctx, run)
+    except PermanentError as exc:
+        # Claimed, so the work is recorded and the poller tries again each tick (e.g. once a refused API
+        # key is replaced); said here, where the run id is known, rather than by the trigger.
+        log.error("submission refused: %s", exc, extra={"run_id": run_id})
+        return Receipt(ctx.store.get_run(run_id) or run, True)
     finally:
         ctx.store.release_lease("run", run_id, ctx.owner)
     return Receipt(run, True)
