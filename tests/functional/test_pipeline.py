@@ -333,3 +333,51 @@ def test_an_image_the_bucket_refuses_fails_its_line_not_the_run(pipeline: Pipeli
     assert entries["b"]["status"] == "succeeded"
     codes = sorted((entries[k]["error"] or {}).get("code", "") for k in ("a", "a.png/c"))
     assert codes == ["", "write_failed"]
+
+
+def test_reference_images_are_inlined_or_uploaded_and_missing_ones_reported(pipeline: Pipeline) -> None:
+    """Small reference images travel inline, large ones through the Files API; a missing one fails its line."""
+    import io
+    import os
+
+    from PIL import Image
+
+    def png(size: int, noise: bool) -> bytes:
+        image = (
+            Image.frombytes("RGB", (size, size), os.urandom(size * size * 3))
+            if noise
+            else Image.new("RGB", (size, size), (200, 10, 10))
+        )
+        out = io.BytesIO()
+        image.save(out, "PNG", compress_level=0)
+        return out.getvalue()
+
+    ctx = pipeline.context(inline_image_max_bytes=64 * 1024)
+    ctx.blobs.write_bytes("refs/small.png", png(16, noise=False), content_type="image/png")
+    ctx.blobs.write_bytes("refs/large.png", png(256, noise=True), content_type="image/png")  # ~196 KB
+    receipt = pipeline.drop(
+        "refs.jsonl",
+        jsonl(
+            {"key": "inline", "prompt": "restyle", "images": ["refs/small.png"]},
+            {"key": "uploaded", "prompt": "restyle", "images": ["refs/large.png"]},
+            {"key": "missing", "prompt": "restyle", "images": ["refs/nope.png"]},
+        ),
+        ctx,
+    )
+    assert receipt.run is not None
+    (job,) = ctx.store.list_jobs(receipt.run.run_id)
+    requests = {line["key"]: line["request"] for line in read_jsonl(pipeline.bucket / job.request_object)}
+    assert set(requests) == {"inline", "uploaded"}
+    inline_parts = requests["inline"]["contents"][0]["parts"]
+    assert inline_parts[-1]["inlineData"]["mimeType"] == "image/png"
+    assert base64.b64decode(inline_parts[-1]["inlineData"]["data"]) == ctx.blobs.read_bytes("refs/small.png")
+    file_part = requests["uploaded"]["contents"][0]["parts"][-1]["fileData"]
+    assert file_part["mimeType"] == "image/png" and "/files/" in file_part["fileUri"]
+
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    entries = {e["key"]: e for e in pipeline.manifest(run)}
+    assert entries["inline"]["status"] == entries["uploaded"]["status"] == "succeeded"
+    assert (
+        entries["missing"]["status"] == "invalid" and entries["missing"]["error"]["code"] == "bad_image_ref"
+    )
+    assert run.state is RunState.PARTIAL
