@@ -42,5 +42,5 @@ def test_run_states_are_stored_exactly_as_designed() -> None:
     assert [s.value for s in RunState] == [
         "RECEIVED", "SUBMITTED", "HARVESTING", "SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED",
     ]  # fmt: skip
-    assert RUN_TERMINAL == {RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.CANCELLED}
-    assert RUN_ACTIVE == {RunState.RECEIVED, RunState.SUBMITTED, RunState.HARVESTING}
+    assert {RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.CANCELLED} == RUN_TERMINAL
+    assert {RunState.RECEIVED, RunState.SUBMITTED, RunState.HARVESTING} == RUN_ACTIVE
