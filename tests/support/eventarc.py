@@ -70,6 +70,7 @@ def pubsub_event(
     message_id: str | None = None,
     publish_time: str | None = None,
     topic_path: str | None = None,
+    subscription: str | None = None,
 ) -> dict[str, Any]:
     """A ``messagePublished`` CloudEvent in the shape of ``template`` carrying this message.
 
@@ -93,6 +94,8 @@ def pubsub_event(
     event["data"]["message"] = message
     if topic_path is not None:
         event["source"] = f"//pubsub.googleapis.com/{topic_path}"
+    if subscription is not None:
+        event["data"]["subscription"] = subscription
     return event
 
 
