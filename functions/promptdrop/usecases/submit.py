@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from promptdrop import prompts
-from promptdrop.cost import CostTally
+from promptdrop.cost import CostTally, Money
 from promptdrop.errors import PermanentError, TransientError
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import Outcome
@@ -274,7 +274,7 @@ def parsed_input(ctx: Context, run: Run) -> Iterator[Iterator[prompts.ParsedLine
         yield prompts.parse_prompt_file(stream, run.source.format, options)
 
 
-def _estimate(ctx: Context, run: Run) -> Any:
+def _estimate(ctx: Context, run: Run) -> Money:
     tally = CostTally()
     with parsed_input(ctx, run) as lines:
         for line in lines:
