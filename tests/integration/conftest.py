@@ -9,11 +9,13 @@ Pub/Sub notification does in the deployment.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
 from tests.support.cloud import CloudHarnessError, LocalCloud, StorageEvents, unique_name
+from tests.support.deployment import Deployment, deployment_for
 
 STORAGE_EVENTS_TOPIC = "storage-events"
 INBOX_PREFIX = "inbox/"
@@ -85,3 +87,21 @@ def topic_path(project: str, publisher: pubsub_v1.PublisherClient) -> str:
     path = f"projects/{project}/topics/{unique_name('topic')}"
     publisher.create_topic(name=path)
     return path
+
+
+@pytest.fixture
+def deployment(
+    cloud: LocalCloud,
+    bucket_name: str,
+    storage_client: storage.Client,
+    firestore_db: firestore.Client,
+    publisher: pubsub_v1.PublisherClient,
+    subscriber: pubsub_v1.SubscriberClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Deployment]:
+    """promptdrop deployed on the emulators for one test: a fresh bucket, Firestore, topics, Gemini emulator."""
+    with deployment_for(
+        cloud, bucket_name, storage_client, firestore_db, publisher, subscriber, tmp_path, monkeypatch
+    ) as deployed:
+        yield deployed

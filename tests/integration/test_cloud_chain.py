@@ -20,32 +20,15 @@ from pathlib import Path
 import orjson
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage
+from google.cloud import pubsub_v1, storage
 
 from promptdrop.states import RunState
 from tests.integration.conftest import STORAGE_EVENTS_TOPIC
 from tests.support.bridge import PubsubBridge
-from tests.support.cloud import LocalCloud, subscribe, unique_name
-from tests.support.deployment import REPO, Deployment, deployment_for
+from tests.support.cloud import subscribe, unique_name
+from tests.support.deployment import REPO, Deployment
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def deployment(
-    cloud: LocalCloud,
-    bucket_name: str,
-    storage_client: storage.Client,
-    firestore_db: firestore.Client,
-    publisher: pubsub_v1.PublisherClient,
-    subscriber: pubsub_v1.SubscriberClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Deployment]:
-    with deployment_for(
-        cloud, bucket_name, storage_client, firestore_db, publisher, subscriber, tmp_path, monkeypatch
-    ) as deployed:
-        yield deployed
 
 
 def _pump_until_a_run_exists(bridge: PubsubBridge, deployment: Deployment, timeout: float = 20.0) -> None:

@@ -8,19 +8,16 @@ reads every line the functions printed and every output, error and record they w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from google.cloud import firestore, pubsub_v1, storage
+from google.cloud import firestore
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.states import RunState
 from tests.support import eventarc
-from tests.support.cloud import LocalCloud
-from tests.support.deployment import API_KEY, Deployment, deployment_for
+from tests.support.deployment import API_KEY, Deployment
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -28,23 +25,6 @@ pytestmark = pytest.mark.integration
 PROMPTS = b"a red kite\na blue boat\n"
 # In a deployment Cloud Run sets K_SERVICE: logs are JSON whatever PROMPTDROP_LOG_FORMAT says.
 CLOUD = {"K_SERVICE": "promptdrop-functions", "PROMPTDROP_LOG_FORMAT": None}
-
-
-@pytest.fixture
-def deployment(
-    cloud: LocalCloud,
-    bucket_name: str,
-    storage_client: storage.Client,
-    firestore_db: firestore.Client,
-    publisher: pubsub_v1.PublisherClient,
-    subscriber: pubsub_v1.SubscriberClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Deployment]:
-    with deployment_for(
-        cloud, bucket_name, storage_client, firestore_db, publisher, subscriber, tmp_path, monkeypatch
-    ) as deployed:
-        yield deployed
 
 
 def _drive_the_error_paths(deployment: Deployment) -> None:

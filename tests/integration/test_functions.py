@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage
+from google.cloud import firestore, storage
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.adapters.gcs import GcsBlobStore
@@ -25,7 +24,7 @@ from promptdrop.states import RunState
 from promptdrop.usecases import harvest
 from tests.support import eventarc
 from tests.support.cloud import LocalCloud
-from tests.support.deployment import Deployment, FunctionApp, deployment_for, race
+from tests.support.deployment import Deployment, FunctionApp, race
 from tests.support.emulator import wait_until_done
 from tests.support.faultproxy import FaultProxy
 
@@ -34,23 +33,6 @@ pytestmark = pytest.mark.integration
 PROMPTS = b"a red kite\na blue boat\na green hill\n"
 ENCODINGS: list[eventarc.Encoding] = ["binary", "structured"]
 FAST = 2.0  # seconds a client behind the fault proxy waits for an answer
-
-
-@pytest.fixture
-def deployment(
-    cloud: LocalCloud,
-    bucket_name: str,
-    storage_client: storage.Client,
-    firestore_db: firestore.Client,
-    publisher: pubsub_v1.PublisherClient,
-    subscriber: pubsub_v1.SubscriberClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Deployment]:
-    with deployment_for(
-        cloud, bucket_name, storage_client, firestore_db, publisher, subscriber, tmp_path, monkeypatch
-    ) as deployed:
-        yield deployed
 
 
 def jsonl(*items: Any) -> bytes:

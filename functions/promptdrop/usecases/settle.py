@@ -126,20 +126,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "reason": refused.message if refused else run.reason,
         }
     )
-    summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
-    ctx.blobs.write_bytes(
-        layout.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json"
-    )
-    ctx.notifier.publish(
-        {
-            "schema_version": manifest.SCHEMA_VERSION,
-            "run_id": run.run_id,
-            "state": state.value,
-            "counts": summary["counts"],
-            "cost": summary["cost"],
-            "summary": layout.summary,
-        }
-    )
+    _announce(ctx, final, jobs)
     final = ctx.store.update_run(
         run.run_id,
         {
@@ -162,6 +149,25 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         extra={"run_id": run.run_id},
     )
     return final
+
+
+def _announce(ctx: Context, final: Run, jobs: list[Job]) -> None:
+    """Write summary.json for a run that is ending, then publish the run event (at least once)."""
+    layout = ctx.layout(final.run_id)
+    summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
+    ctx.blobs.write_bytes(
+        layout.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json"
+    )
+    ctx.notifier.publish(
+        {
+            "schema_version": manifest.SCHEMA_VERSION,
+            "run_id": final.run_id,
+            "state": final.state.value,
+            "counts": summary["counts"],
+            "cost": summary["cost"],
+            "summary": layout.summary,
+        }
+    )
 
 
 def _unanswered(line: PromptRequest, refused: LineError | None, cancelled: bool) -> Outcome:
@@ -191,23 +197,8 @@ def fail_refused(ctx: Context, run: Run, reason: str, error: LineError) -> Run:
 
 def fail_unusable(ctx: Context, run: Run, reason: str, state: RunState = RunState.FAILED) -> Run:
     """A file that cannot be used at all: FAILED with the reason in summary.json, never a crash loop."""
-    layout = ctx.layout(run.run_id)
     finished = ctx.clock()
-    final = run.model_copy(update={"state": state, "finished_at": finished, "reason": reason})
-    summary = manifest.summary(final, [], bucket_url=ctx.blobs.url)
-    ctx.blobs.write_bytes(
-        layout.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2), content_type="application/json"
-    )
-    ctx.notifier.publish(
-        {
-            "schema_version": manifest.SCHEMA_VERSION,
-            "run_id": run.run_id,
-            "state": state.value,
-            "counts": summary["counts"],
-            "cost": summary["cost"],
-            "summary": layout.summary,
-        }
-    )
+    _announce(ctx, run.model_copy(update={"state": state, "finished_at": finished, "reason": reason}), [])
     log.warning("run %s: %s", state.value, reason, extra={"run_id": run.run_id})
     return ctx.store.update_run(
         run.run_id, {"state": state.value, "finished_at": finished, "reason": reason, "notified": True}

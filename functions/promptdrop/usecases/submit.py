@@ -15,7 +15,7 @@ import mimetypes
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
@@ -73,30 +73,24 @@ def receive_file(ctx: Context, obj: StorageObject) -> Receipt:
         return Receipt(None, False, f"{obj.name} is empty (uploaders send a zero-byte object first)")
     if PurePosixPath(obj.name).name.startswith("."):
         return Receipt(None, False, f"{obj.name} is a hidden file")
-    claim = file_claim_key(obj.bucket, obj.name, obj.generation)
+    return _receive_object(ctx, obj, "file")
+
+
+def receive_uri(ctx: Context, obj: StorageObject) -> Receipt:
+    """A message named a prompt file elsewhere in the bucket: claimed by that object's generation."""
+    return _receive_object(ctx, obj, "uri")
+
+
+def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri"]) -> Receipt:
     source = RunSource(
-        kind="file",
+        kind=kind,
         bucket=obj.bucket,
         object=obj.name,
         generation=obj.generation,
         name=PurePosixPath(obj.name).stem,
         format=prompts.detect_format(obj.name) or "jsonl",
     )
-    return _claim_and_submit(ctx, claim, source)
-
-
-def receive_uri(ctx: Context, claim_obj: StorageObject) -> Receipt:
-    """A message named a prompt file elsewhere in the bucket: claimed by that object's generation."""
-    claim = file_claim_key(claim_obj.bucket, claim_obj.name, claim_obj.generation)
-    source = RunSource(
-        kind="uri",
-        bucket=claim_obj.bucket,
-        object=claim_obj.name,
-        generation=claim_obj.generation,
-        name=PurePosixPath(claim_obj.name).stem,
-        format=prompts.detect_format(claim_obj.name) or "jsonl",
-    )
-    return _claim_and_submit(ctx, claim, source)
+    return _claim_and_submit(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source)
 
 
 def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
