@@ -14,7 +14,8 @@ def iter_lines(stream: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
     ``len(line)`` summed gives byte offsets for checkpoints. Streams such as GCS's ``BlobReader`` implement
     ``readline`` byte by byte, so this never relies on it.
     """
-    pending: list[bytes] = []
+    # The pieces of a line that spans blocks are views, so its bytes are copied once, by the join.
+    pending: list[memoryview] = []
     while True:
         data = stream.read(block)
         if not data:
@@ -24,15 +25,14 @@ def iter_lines(stream: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
             end = data.find(b"\n", start)
             if end < 0:
                 if start < len(data):
-                    pending.append(data[start:] if start else data)
+                    pending.append(memoryview(data)[start:])
                 break
-            piece = data[start : end + 1]
             if pending:
-                pending.append(piece)
+                pending.append(memoryview(data)[start : end + 1])
                 yield b"".join(pending)
                 pending.clear()
             else:
-                yield piece
+                yield data[start : end + 1]
             start = end + 1
     if pending:
         yield b"".join(pending)

@@ -7,9 +7,12 @@ error is translated once, in ``_storage_errors``: 429/5xx, timeouts and dropped 
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, BinaryIO, cast
 
@@ -39,7 +42,16 @@ MiB = 1024 * 1024
 # Multiples of 256 KiB, as resumable uploads require; one chunk is what a stream holds in memory.
 DEFAULT_CHUNK_SIZE = 8 * MiB
 DEFAULT_TIMEOUT = 60.0
+# Chunks an object reader fetches ahead of the one being read: every request waits tens of milliseconds
+# for Cloud Storage to answer, and two in flight hide most of that wait from a sequential read.
+READ_AHEAD_CHUNKS = 2
 
+# google-cloud-storage 3.x reads a body in one call when asked; older releases (>= 2.18 is allowed) cannot.
+_SINGLE_SHOT: dict[str, bool] = (
+    {"single_shot_download": True}
+    if "single_shot_download" in inspect.signature(Blob.download_to_file).parameters
+    else {}
+)
 _TRANSIENT_STATUS = frozenset({408, 429})
 _LIBRARY_ERRORS = (
     api_exceptions.GoogleAPIError,
@@ -94,14 +106,28 @@ def _storage_errors(what: str) -> Iterator[None]:
 
 
 class _ObjectReader(io.RawIOBase):
-    """Ranged reads of one generation of an object, so a rewrite during the read cannot mix two versions."""
+    """Ranged reads of one generation of an object, so a rewrite during the read cannot mix two versions.
 
-    def __init__(self, blob: Blob, start: int, size: int, chunk_size: int, call: dict[str, Any]) -> None:
+    ``read_ahead`` chunks are fetched in the background while the caller works through the current one:
+    each request pays the store's round trip, and a harvest reading gigabytes in sequence would otherwise
+    wait for every one of them. Memory is ``(1 + read_ahead) * chunk_size``.
+    """
+
+    def __init__(
+        self, blob: Blob, start: int, size: int, chunk_size: int, call: dict[str, Any], read_ahead: int
+    ) -> None:
         self._blob = blob
+        self._generation = blob.generation
         self._position = start
         self._size = size
         self._chunk_size = chunk_size
         self._call = call
+        self._read_ahead = read_ahead
+        self._chunk = memoryview(b"")  # the fetched bytes from _chunk_start on
+        self._chunk_start = 0
+        self._ahead: deque[tuple[int, Future[bytes]]] = deque()  # consecutive chunks, in order
+        self._next_fetch = start
+        self._pool: ThreadPoolExecutor | None = None
 
     def readable(self) -> bool:
         return True
@@ -126,13 +152,16 @@ class _ObjectReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self._position >= self._size or not len(view):
             return 0
-        end = min(self._position + len(view), self._size) - 1
-        with _storage_errors(f"gs://{self._blob.bucket.name}/{self._blob.name}"):
-            # Checksums cover whole objects only, so ranged reads cannot verify them.
-            data = self._blob.download_as_bytes(start=self._position, end=end, checksum=None, **self._call)
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+        offset = self._position - self._chunk_start
+        if not 0 <= offset < len(self._chunk):
+            self._load()
+            offset = 0
+            if not self._chunk:  # the object ended before its recorded size
+                return 0
+        count = min(len(view), len(self._chunk) - offset)
+        view[:count] = self._chunk[offset : offset + count]
+        self._position += count
+        return count
 
     def readall(self) -> bytes:
         # RawIOBase.readall would fetch 8 KiB per request.
@@ -140,6 +169,71 @@ class _ObjectReader(io.RawIOBase):
         while chunk := self.read(self._chunk_size):
             parts.append(chunk)
         return b"".join(parts)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            # Fetches under way finish in the background; nobody waits for bytes no one will read.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._ahead.clear()
+        self._chunk = memoryview(b"")
+        super().close()
+
+    def _load(self) -> None:
+        """Make the chunk starting at the current position the current one, and keep fetching ahead."""
+        if self._ahead and self._ahead[0][0] != self._position:  # a seek elsewhere
+            for _, future in self._ahead:
+                future.cancel()
+            self._ahead.clear()
+        if not self._ahead:
+            self._next_fetch = self._position
+            self._schedule(1)
+        start, future = self._ahead.popleft()
+        self._chunk = memoryview(b"")  # let the old chunk go before the next arrives
+        self._schedule(self._read_ahead)
+        self._chunk, self._chunk_start = memoryview(future.result()), start
+
+    def _schedule(self, depth: int) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max(1, self._read_ahead), thread_name_prefix="promptdrop-gcs-read"
+            )
+        while len(self._ahead) < depth and self._next_fetch < self._size:
+            start = self._next_fetch
+            self._ahead.append((start, self._pool.submit(self._fetch, start)))
+            self._next_fetch = min(start + self._chunk_size, self._size)
+
+    def _fetch(self, start: int) -> bytes:
+        end = min(start + self._chunk_size, self._size) - 1
+        # A Blob of its own per fetch: downloads rewrite a blob's properties from the response headers.
+        blob = self._blob.bucket.blob(self._blob.name, generation=self._generation)
+        with _storage_errors(f"gs://{blob.bucket.name}/{blob.name}"):
+            # Checksums cover whole objects only, so ranged reads cannot verify them. One read of the body,
+            # not the library's 8 KiB loop: Python-speed chunking of gigabytes starves the caller's thread.
+            body = _Body()
+            blob.download_to_file(body, start=start, end=end, checksum=None, **_SINGLE_SHOT, **self._call)
+            return body.value()
+
+
+class _Body:
+    """Where a download writes: keeps the bytes it is handed (no BytesIO growing and copying 8 MiB)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # The library rewinds only to start over (a transcoded object arrives whole).
+        if offset or whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a download body rewinds only to its start")
+        self._parts.clear()
+        return 0
+
+    def value(self) -> bytes:
+        return self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
 
 
 class _ObjectWriter(BlobWriter):  # type: ignore[misc]
@@ -189,8 +283,10 @@ class GcsBlobStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self._client = client if client is not None else Client()
-        # requests keeps 10 connections per host by default; parallel uploads would discard the rest.
-        pool = HTTPAdapter(pool_connections=upload_concurrency, pool_maxsize=upload_concurrency)
+        # requests keeps 10 connections per host by default; parallel uploads and read-ahead fetches would
+        # discard the rest (and pay a new connection each time).
+        connections = upload_concurrency + READ_AHEAD_CHUNKS + 1
+        pool = HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
         for scheme in ("https://", "http://"):
             self._client._http.mount(scheme, pool)
         self._bucket = self._client.bucket(bucket_name)
@@ -222,8 +318,9 @@ class GcsBlobStore:
         with _storage_errors(self._where(name)):
             # Pins the generation (later ranged reads ask for it) and says where the object ends.
             blob.reload(**self._call)
-        raw = _ObjectReader(blob, start, int(blob.size or 0), self._chunk_size, self._call)
-        with io.BufferedReader(raw, buffer_size=self._chunk_size) as reader:
+        raw = _ObjectReader(blob, start, int(blob.size or 0), self._chunk_size, self._call, READ_AHEAD_CHUNKS)
+        # A small buffer: large reads go straight from the fetched chunk into the caller's bytes.
+        with io.BufferedReader(raw) as reader:
             yield cast(BinaryIO, reader)
 
     def open_read(self, name: str, *, start: int = 0) -> AbstractContextManager[BinaryIO]:

@@ -36,13 +36,17 @@ CHECKPOINT_BYTES = 256 * 1024 * 1024
 
 
 class ImageWriter:
-    """Writes images with bounded concurrency and bounded memory (at most 2 x concurrency images held)."""
+    """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held.
+
+    One image waiting beside those being written keeps every writer busy (the caller decodes the next while
+    they work); a deeper queue would only hold more megabytes when writes stall.
+    """
 
     def __init__(self, blobs: BlobStore, concurrency: int) -> None:
         self.blobs = blobs
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
-        self._slots = threading.BoundedSemaphore(self.concurrency * 2)
+        self._slots = threading.BoundedSemaphore(self.concurrency + 1)
         self._pending: list[Future[None]] = []
         self._refused: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -247,7 +251,7 @@ def _outcome_for_line(
     writer: ImageWriter,
     run: Run,
 ) -> Outcome | None:
-    if not raw.strip():
+    if _blank(raw):
         return None
     try:
         parsed = results.parse_result_line(raw)
@@ -268,6 +272,11 @@ def _outcome_for_line(
             image_name, parsed.data, parsed.mime_type, {"run": run.run_id, "key": key, "model": job.model}
         )
     return to_outcome(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
+
+
+def _blank(raw: bytes) -> bool:
+    """A line of whitespace only; unlike ``strip()`` this copies nothing of a multi-megabyte line."""
+    return not raw or raw.isspace()
 
 
 def _cleanup_job(ctx: Context, job: Job) -> None:
@@ -309,7 +318,7 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
 
     with ImageWriter(out, concurrency) as writer, out.open_write("manifest.jsonl") as manifest:
         for number, raw in enumerate(iter_lines(stream), start=1):
-            if not raw.strip():
+            if _blank(raw):
                 continue
             counts["lines"] += 1
             entry: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "line": number}
