@@ -20,7 +20,9 @@ def _finished_pid() -> int:
 @pytest.mark.parametrize(
     ("owner", "dead"),
     [
-        pytest.param(lambda: f"{socket.gethostname()}-{_finished_pid()}-abcd1234", True, id="exited-local-process"),
+        pytest.param(
+            lambda: f"{socket.gethostname()}-{_finished_pid()}-abcd1234", True, id="exited-local-process"
+        ),
         pytest.param(default_owner, False, id="this-process"),
         pytest.param(lambda: f"{socket.gethostname()}-1-abcd1234", False, id="alive-pid-1"),
         pytest.param(lambda: f"some-other-host-{os.getpid() + 1}-abcd1234", False, id="other-host"),

@@ -24,5 +24,7 @@ def test_requirements_match_core_and_cloud_dependencies() -> None:
 def test_every_dependency_has_an_upper_bound() -> None:
     """Ranges are bounded, so a major release cannot break a deploy silently."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    every = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    every = project["dependencies"] + [
+        r for extra in project["optional-dependencies"].values() for r in extra
+    ]
     assert all("<" in r for r in every), [r for r in every if "<" not in r]
