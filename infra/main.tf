@@ -43,17 +43,26 @@ locals {
     file = {
       name        = "${var.name_prefix}-on-prompt-file"
       entry_point = "on_prompt_file"
+      description = "Starts a run for each prompt file finalized under the inbox prefix."
       sizing      = var.functions.file
+      # Fed by the push subscription google_pubsub_subscription.file, not by an Eventarc trigger.
+      tick_trigger = false
     }
     message = {
       name        = "${var.name_prefix}-on-prompt-message"
       entry_point = "on_prompt_message"
+      description = "Starts a run for each message on the requests topic."
       sizing      = var.functions.message
+      # Fed by the push subscription google_pubsub_subscription.message, not by an Eventarc trigger.
+      tick_trigger = false
     }
     poller = {
       name        = "${var.name_prefix}-poll-jobs"
       entry_point = "poll_jobs"
+      description = "On each scheduler tick: submits, polls and harvests batch jobs."
       sizing      = var.functions.poller
+      # Triggered through Eventarc by the scheduler's messages on the tick topic.
+      tick_trigger = true
     }
   }
 
@@ -376,10 +385,10 @@ resource "google_pubsub_subscription" "file" {
     max_delivery_attempts = var.dead_letter_max_delivery_attempts
   }
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.file.service_config[0].uri}/${google_pubsub_topic.inbox.id}"
+    push_endpoint = "${google_cloudfunctions2_function.function["file"].service_config[0].uri}/${google_pubsub_topic.inbox.id}"
     oidc_token {
       service_account_email = google_service_account.invoker.email
-      audience              = google_cloudfunctions2_function.file.service_config[0].uri
+      audience              = google_cloudfunctions2_function.function["file"].service_config[0].uri
     }
   }
 
@@ -404,10 +413,10 @@ resource "google_pubsub_subscription" "message" {
     max_delivery_attempts = var.dead_letter_max_delivery_attempts
   }
   push_config {
-    push_endpoint = "${google_cloudfunctions2_function.message.service_config[0].uri}/${google_pubsub_topic.requests.id}"
+    push_endpoint = "${google_cloudfunctions2_function.function["message"].service_config[0].uri}/${google_pubsub_topic.requests.id}"
     oidc_token {
       service_account_email = google_service_account.invoker.email
-      audience              = google_cloudfunctions2_function.message.service_config[0].uri
+      audience              = google_cloudfunctions2_function.function["message"].service_config[0].uri
     }
   }
 
@@ -513,7 +522,7 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
 
   project  = var.project_id
   location = var.region
-  name     = local.deployed[each.key].service_config[0].service
+  name     = google_cloudfunctions2_function.function[each.key].service_config[0].service
   role     = "roles/run.invoker"
   member   = google_service_account.invoker.member
 }
@@ -553,22 +562,18 @@ resource "google_artifact_registry_repository_iam_member" "build_pushes_images" 
 # ---------------------------------------------------------------------------------------------------
 # Functions
 
-locals {
-  deployed = {
-    file    = google_cloudfunctions2_function.file
-    message = google_cloudfunctions2_function.message
-    poller  = google_cloudfunctions2_function.poller
-  }
-}
+# One resource for the three functions (local.functions): only the poller has an Eventarc trigger; the
+# file and message functions are fed by the push subscriptions above.
+resource "google_cloudfunctions2_function" "function" {
+  for_each = local.functions
 
-resource "google_cloudfunctions2_function" "file" {
-  name        = local.functions.file.name
+  name        = each.value.name
   location    = var.region
-  description = "Starts a run for each prompt file finalized under the inbox prefix."
+  description = each.value.description
 
   build_config {
     runtime           = var.functions.runtime
-    entry_point       = "on_prompt_file"
+    entry_point       = each.value.entry_point
     service_account   = google_service_account.build.id
     docker_repository = google_artifact_registry_repository.functions.id
     source {
@@ -580,103 +585,15 @@ resource "google_cloudfunctions2_function" "file" {
   }
 
   service_config {
-    available_memory                 = local.functions.file.sizing.memory
-    available_cpu                    = local.functions.file.sizing.cpu
-    max_instance_count               = local.functions.file.sizing.max_instances
+    available_memory                 = each.value.sizing.memory
+    available_cpu                    = each.value.sizing.cpu
+    max_instance_count               = each.value.sizing.max_instances
     min_instance_count               = 0
     max_instance_request_concurrency = 1
     timeout_seconds                  = local.function_timeout_seconds
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
-    service_account_email            = google_service_account.function["file"].email
-    environment_variables            = local.function_env
-    secret_environment_variables {
-      key        = "GEMINI_API_KEY"
-      project_id = var.project_id
-      secret     = google_secret_manager_secret.gemini_api_key.secret_id
-      version    = "latest"
-    }
-  }
-
-  depends_on = [
-    google_project_iam_member.build,
-    google_artifact_registry_repository_iam_member.build_pushes_images,
-    google_secret_manager_secret_iam_member.function_reads_key,
-  ]
-}
-
-resource "google_cloudfunctions2_function" "message" {
-  name        = local.functions.message.name
-  location    = var.region
-  description = "Starts a run for each message on the requests topic."
-
-  build_config {
-    runtime           = var.functions.runtime
-    entry_point       = "on_prompt_message"
-    service_account   = google_service_account.build.id
-    docker_repository = google_artifact_registry_repository.functions.id
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.functions_source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory                 = local.functions.message.sizing.memory
-    available_cpu                    = local.functions.message.sizing.cpu
-    max_instance_count               = local.functions.message.sizing.max_instances
-    min_instance_count               = 0
-    max_instance_request_concurrency = 1
-    timeout_seconds                  = local.function_timeout_seconds
-    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
-    all_traffic_on_latest_revision   = true
-    service_account_email            = google_service_account.function["message"].email
-    environment_variables            = local.function_env
-    secret_environment_variables {
-      key        = "GEMINI_API_KEY"
-      project_id = var.project_id
-      secret     = google_secret_manager_secret.gemini_api_key.secret_id
-      version    = "latest"
-    }
-  }
-
-  depends_on = [
-    google_project_iam_member.build,
-    google_artifact_registry_repository_iam_member.build_pushes_images,
-    google_secret_manager_secret_iam_member.function_reads_key,
-  ]
-}
-
-resource "google_cloudfunctions2_function" "poller" {
-  name        = local.functions.poller.name
-  location    = var.region
-  description = "On each scheduler tick: submits, polls and harvests batch jobs."
-
-  build_config {
-    runtime           = var.functions.runtime
-    entry_point       = "poll_jobs"
-    service_account   = google_service_account.build.id
-    docker_repository = google_artifact_registry_repository.functions.id
-    source {
-      storage_source {
-        bucket = google_storage_bucket.source.name
-        object = google_storage_bucket_object.functions_source.name
-      }
-    }
-  }
-
-  service_config {
-    available_memory                 = local.functions.poller.sizing.memory
-    available_cpu                    = local.functions.poller.sizing.cpu
-    max_instance_count               = local.functions.poller.sizing.max_instances
-    min_instance_count               = 0
-    max_instance_request_concurrency = 1
-    timeout_seconds                  = local.function_timeout_seconds
-    ingress_settings                 = "ALLOW_INTERNAL_ONLY"
-    all_traffic_on_latest_revision   = true
-    service_account_email            = google_service_account.function["poller"].email
+    service_account_email            = google_service_account.function[each.key].email
     environment_variables            = local.function_env
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
@@ -687,20 +604,42 @@ resource "google_cloudfunctions2_function" "poller" {
   }
 
   # The tick needs no dead letter and no retry: a stale tick is worthless, the next one comes anyway.
-  event_trigger {
-    trigger_region        = var.region
-    event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-    pubsub_topic          = google_pubsub_topic.tick.id
-    retry_policy          = "RETRY_POLICY_DO_NOT_RETRY"
-    service_account_email = google_service_account.invoker.email
+  dynamic "event_trigger" {
+    for_each = each.value.tick_trigger ? ["tick"] : []
+    content {
+      trigger_region        = var.region
+      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+      pubsub_topic          = google_pubsub_topic.tick.id
+      retry_policy          = "RETRY_POLICY_DO_NOT_RETRY"
+      service_account_email = google_service_account.invoker.email
+    }
   }
 
+  # depends_on cannot differ between instances: invoker_receives_events is for the poller's trigger and
+  # only orders the file and message functions after one more IAM grant.
   depends_on = [
     google_project_iam_member.build,
     google_artifact_registry_repository_iam_member.build_pushes_images,
     google_secret_manager_secret_iam_member.function_reads_key,
     google_project_iam_member.invoker_receives_events,
   ]
+}
+
+# The functions used to be three separate resources: existing deployments keep them instead of
+# replacing them.
+moved {
+  from = google_cloudfunctions2_function.file
+  to   = google_cloudfunctions2_function.function["file"]
+}
+
+moved {
+  from = google_cloudfunctions2_function.message
+  to   = google_cloudfunctions2_function.function["message"]
+}
+
+moved {
+  from = google_cloudfunctions2_function.poller
+  to   = google_cloudfunctions2_function.function["poller"]
 }
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ output "dead_letter_subscription" {
 output "functions" {
   description = "The three functions by role: name and service URL."
   value = {
-    for role, function in local.deployed : role => {
+    for role, function in google_cloudfunctions2_function.function : role => {
       name = function.name
       uri  = function.service_config[0].uri
     }

@@ -35,6 +35,8 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 
 PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
 FUNCTION = "google_cloudfunctions2_function"
+# The one google_cloudfunctions2_function resource, one instance per entry of local.functions.
+FUNCTION_NAME = "function"
 # Settings fields that Settings.from_env reads from other variables (GEMINI_API_KEY, K_SERVICE).
 FIELDS_NOT_FROM_PREFIX = {"api_key", "in_cloud"}
 # What a reference to something only known after apply (a project number, a bucket name) resolves to.
@@ -42,6 +44,10 @@ UNKNOWN = "unknown"
 _INTERPOLATION = re.compile(r"\$\{([^{}]+)\}")
 _REFERENCE = re.compile(r"^(?:tostring\()?(var|local)\.(\w+)\)?$")
 _TOPIC_ID = re.compile(r"^google_pubsub_topic\.(\w+)\.id$")
+_EACH_VALUE = re.compile(r"^\$\{each\.value\.(\w+)\}$")
+# The only form of dynamic block for_each that expand() evaluates: one block when a boolean attribute of
+# the instance's local.functions entry is true, none otherwise.
+_FLAG_FOR_EACH = re.compile(r'^\$\{each\.value\.(\w+) \? \["\w+"\] : \[\]\}$')
 
 
 @dataclass(frozen=True)
@@ -118,10 +124,53 @@ def terraform() -> Terraform:
     return Terraform(resources, local_values, variables)
 
 
+def expand(body: Any, key: str, value: dict[str, Any]) -> Any:
+    """One instance of a ``for_each`` resource body: ``${each.value.x}`` becomes the entry's value,
+    ``each.key`` the key, and dynamic blocks become the static blocks they generate."""
+    if isinstance(body, list):
+        return [expand(item, key, value) for item in body]
+    if isinstance(body, str):
+        whole = _EACH_VALUE.fullmatch(body)
+        if whole:
+            assert whole.group(1) in value, f"local.functions.{key} has no {whole.group(1)}"
+            return value[whole.group(1)]
+        return body.replace("[each.key]", f'["{key}"]').replace("${each.key}", key)
+    if not isinstance(body, dict):
+        return body
+    result = {name: expand(item, key, value) for name, item in body.items() if name != "dynamic"}
+    for dynamic in body.get("dynamic", []):
+        for name, generator in dynamic.items():
+            flag = _FLAG_FOR_EACH.fullmatch(generator["for_each"])
+            assert flag, f"cannot evaluate the for_each of dynamic {name}: {generator['for_each']}"
+            enabled = value.get(flag.group(1))
+            assert isinstance(enabled, bool), f"local.functions.{key}.{flag.group(1)} must be true or false"
+            if enabled:
+                result[name] = result.get(name, []) + expand(generator["content"], key, value)
+    return result
+
+
+@cache
 def functions() -> dict[str, dict[str, Any]]:
-    deployed = terraform().resources.get(FUNCTION, {})
-    assert deployed, f"infra/ declares no {FUNCTION}"
-    return deployed
+    """The deployed functions by key of local.functions, each as its own resource body."""
+    tf = terraform()
+    declared = tf.resources.get(FUNCTION, {})
+    assert list(declared) == [FUNCTION_NAME], f"infra/ must declare one {FUNCTION}.{FUNCTION_NAME}"
+    body = declared[FUNCTION_NAME]
+    assert body["for_each"] == "${local.functions}"
+    table = tf.locals["functions"]
+    return {key: expand(body, key, value) for key, value in table.items()}
+
+
+def function(name: str) -> dict[str, Any]:
+    try:
+        return functions()[name]
+    except KeyError:
+        pytest.fail(f"local.functions has no {name}: {FUNCTION}.{FUNCTION_NAME} deploys no such function")
+
+
+def function_reference(name: str) -> str:
+    """How other resources refer to one instance of the function resource."""
+    return f'{FUNCTION}.{FUNCTION_NAME}["{name}"]'
 
 
 def entry_point(function: dict[str, Any]) -> str:
@@ -205,7 +254,7 @@ def readable_env_names() -> set[str]:
 @pytest.mark.parametrize("name", ["file", "message", "poller"])
 def test_each_function_runs_a_cloud_event_handler_of_main_py(name: str) -> None:
     """Every deployed entry point is a top-level CloudEvent function of main.py taking one event."""
-    handler_name = entry_point(terraform().resource(FUNCTION, name))
+    handler_name = entry_point(function(name))
     handlers = cloud_event_handlers(main_source())
     assert handler_name in handlers, f"main.py has no @functions_framework.cloud_event def {handler_name}"
     arguments = handlers[handler_name].args
@@ -222,7 +271,7 @@ def test_each_function_runs_a_cloud_event_handler_of_main_py(name: str) -> None:
 
 def test_every_cloud_event_handler_of_main_py_is_deployed() -> None:
     """main.py has no handler that Terraform forgot, and Terraform deploys each handler once."""
-    deployed = [entry_point(function) for function in functions().values()]
+    deployed = [entry_point(body) for body in functions().values()]
     assert sorted(deployed) == sorted(set(deployed))
     assert set(deployed) == set(cloud_event_handlers(main_source()))
 
@@ -236,8 +285,8 @@ def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() 
     merged = tf.locals["function_env"]
     assert set(re.findall(r"local\.(\w+)", merged)) == {"fixed_env", "tunable_env"}
     assert "GEMINI_API_KEY" not in env_names()
-    for name, function in functions().items():
-        service = block(function, "service_config")
+    for name, deployed in functions().items():
+        service = block(deployed, "service_config")
         assert service["environment_variables"] == "${local.function_env}", name
         secret = block(service, "secret_environment_variables")
         assert secret["key"] == "GEMINI_API_KEY", name
@@ -276,8 +325,8 @@ def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
     timeout = tf.locals["function_timeout_seconds"]
     settings = Settings.from_env(function_env())
     assert settings.harvest_time_budget < timeout < settings.lease_seconds
-    for name, function in functions().items():
-        assert block(function, "service_config")["timeout_seconds"] == "${local.function_timeout_seconds}", (
+    for name, deployed in functions().items():
+        assert block(deployed, "service_config")["timeout_seconds"] == "${local.function_timeout_seconds}", (
             name
         )
     for name in ("file", "message"):
@@ -290,7 +339,7 @@ def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
 def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
     """The scheduler publishes to the tick topic, whose Eventarc trigger the poller accepts, never retried."""
     tf = terraform()
-    poller = tf.resource(FUNCTION, "poller")
+    poller = function("poller")
     trigger = block(poller, "event_trigger")
     assert trigger["event_type"] in accepted_event_types(entry_point(poller))
     assert trigger["pubsub_topic"] == "${google_pubsub_topic.tick.id}"
@@ -304,12 +353,12 @@ def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
 def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, topic: str) -> None:
     """An explicit push subscription (not Eventarc) feeds the function, retried, then dead-lettered."""
     tf = terraform()
-    function = tf.resource(FUNCTION, name)
-    assert "event_trigger" not in function, f"{name} would get each message twice"
+    deployed = function(name)
+    assert "event_trigger" not in deployed, f"{name} would get each message twice"
     subscription = tf.resource("google_pubsub_subscription", name)
     assert subscription["topic"] == f"${{google_pubsub_topic.{topic}.id}}"
     push = block(subscription, "push_config")
-    uri = f"${{google_cloudfunctions2_function.{name}.service_config[0].uri}}"
+    uri = f"${{{function_reference(name)}.service_config[0].uri}}"
     assert push["push_endpoint"] == f"{uri}/${{google_pubsub_topic.{topic}.id}}"
     assert block(push, "oidc_token")["audience"] == uri
     assert (
@@ -335,7 +384,7 @@ def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, t
     assert event["type"] == PUBSUB_EVENT
     assert event["source"] == f"//pubsub.googleapis.com/{topic_id}"
     assert event.data["message"]["data"] == "e30="
-    assert PUBSUB_EVENT in accepted_event_types(entry_point(function))
+    assert PUBSUB_EVENT in accepted_event_types(entry_point(deployed))
 
 
 def test_bucket_notifies_finalized_objects_under_the_inbox_prefix_only() -> None:
