@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from promptdrop.models import BATCH_DISCOUNT, model_spec
-from promptdrop.results import Usage
+from promptdrop.outcomes import Usage
 
 _PER_MILLION = 1_000_000
 # Sums are rounded to micro-dollars so float noise (0.30000000000000004) stays out of summary.json.

@@ -7,64 +7,15 @@ Pure: the harvest and settle use cases decide *what* happened; this module only 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from promptdrop.prompts import InvalidLine, LineError, RejectedLine
+from promptdrop.outcomes import Outcome
+from promptdrop.prompts import InvalidLine, RejectedLine
 from promptdrop.records import Counts, Job, Run
 from promptdrop.states import RunState
 
 SCHEMA_VERSION = 1
-
-Status = Literal["succeeded", "failed", "invalid"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The final word on one request key, as the harvest checkpoints it (one JSON line per key)."""
-
-    key: str
-    status: Status
-    attempt: int
-    model: str | None = None
-    image: str | None = None
-    mime_type: str | None = None
-    bytes: int | None = None
-    finish_reason: str | None = None
-    text: str | None = None
-    usage: dict[str, int] | None = None
-    error: dict[str, Any] | None = None
-
-    @property
-    def retryable(self) -> bool:
-        return self.status == "failed" and bool(self.error and self.error.get("retryable"))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "status": self.status,
-            "attempt": self.attempt,
-            "model": self.model,
-            "image": self.image,
-            "mime_type": self.mime_type,
-            "bytes": self.bytes,
-            "finish_reason": self.finish_reason,
-            "text": self.text,
-            "usage": self.usage,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Outcome:
-        return cls(**{name: data.get(name) for name in cls.__slots__})  # type: ignore[arg-type]
-
-    @classmethod
-    def failure(
-        cls, key: str, error: LineError, *, attempt: int, model: str | None, status: Status = "failed"
-    ) -> Outcome:
-        return cls(key=key, status=status, attempt=attempt, model=model, error=error.to_json())
-
 
 def entry_for_outcome(line: int, outcome: Outcome) -> dict[str, Any]:
     """A manifest entry for a line that was submitted (or refused at submission)."""

@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Final, Literal
 
@@ -26,6 +25,8 @@ import orjson
 from promptdrop.errors import InputError, UnsafeNameError
 from promptdrop.models import EXTREME_RATIOS, STANDARD_RATIOS, ModelSpec, model_spec
 from promptdrop.names import check_key, check_relative_path
+from promptdrop.outcomes import LineError
+from promptdrop.streams import content, split_lines
 
 LineFormat = Literal["jsonl", "txt"]
 
@@ -52,18 +53,6 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def detect_format(object_name: str) -> LineFormat | None:
     """``jsonl`` for .jsonl/.ndjson/.json, ``txt`` for .txt, None for anything else (an unusable file)."""
     return _FORMATS.get(PurePosixPath(object_name).suffix.lower())
-
-
-@dataclass(frozen=True, slots=True)
-class LineError:
-    """Why one line failed; ``code`` is ours and stable, ``message`` is for people."""
-
-    code: str
-    message: str
-    retryable: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,72 +133,12 @@ class _Invalid(Exception):
 # Reading lines
 
 
-def _finish_line(line: bytes, max_line_bytes: int) -> tuple[bytes, bool]:
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if len(line) > max_line_bytes:
-        return line[:_KEPT_HEAD], False
-    return line, True
-
-
-def _head(pieces: list[bytes]) -> bytes:
-    """The first bytes of a line held in pieces, without joining all of it."""
-    head = b""
-    for piece in pieces:
-        head += piece[: _KEPT_HEAD - len(head)]
-        if len(head) >= _KEPT_HEAD:
-            break
-    return head
-
-
-def _scan_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes, bool]]:
-    """``(number, bytes, whole)``; for an over-long line ``whole`` is False and bytes is only its head.
-
-    Reads 1 MiB blocks; a line in progress is kept as a list of pieces (no quadratic joins) and dropped as
-    soon as it passes the limit, so memory stays within ``max_line_bytes`` + one block whatever the input.
-    """
-    number = 0
-    pending: list[bytes] = []
-    pending_size = 0
-    skipped_head: bytes | None = None  # set while the rest of an over-long line is being skipped
-    while block := stream.read(_READ_BLOCK):
-        pieces = block.split(b"\n")
-        tail = pieces.pop()
-        if pieces:
-            number += 1
-            if skipped_head is not None:
-                yield number, skipped_head, False
-                skipped_head = None
-            elif pending:
-                pending.append(pieces[0])
-                yield number, *_finish_line(b"".join(pending), max_line_bytes)
-                pending, pending_size = [], 0
-            else:
-                yield number, *_finish_line(pieces[0], max_line_bytes)
-            for line in islice(pieces, 1, None):
-                number += 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if len(line) > max_line_bytes:
-                    yield number, line[:_KEPT_HEAD], False
-                else:
-                    yield number, line, True
-        if tail and skipped_head is None:
-            pending.append(tail)
-            pending_size += len(tail)
-            if pending_size > max_line_bytes + 1:  # +1: a '\r' before the '\n' is not part of the line
-                skipped_head = _head(pending)
-                pending, pending_size = [], 0
-    if skipped_head is not None:
-        yield number + 1, skipped_head, False
-    elif pending:
-        yield number + 1, *_finish_line(b"".join(pending), max_line_bytes)
-
-
 def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """Physical lines numbered from 1, without ``\\n``/``\\r\\n``; None for a line over ``max_line_bytes``."""
-    for number, line, whole in _scan_lines(stream, max_line_bytes):
-        yield number, line if whole else None
+    for number, (line, whole) in enumerate(
+        split_lines(stream, block=_READ_BLOCK, limit=max_line_bytes, head=_KEPT_HEAD), start=1
+    ):
+        yield number, content(line) if whole else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -787,7 +716,9 @@ def parse_prompt_file(stream: BinaryIO, fmt: LineFormat, options: ParseOptions) 
     """Every non-blank line of a prompt file, in order, as a PromptRequest, InvalidLine or RejectedLine."""
     parser = _LineParser(options)
     first = True
-    for number, raw, whole in _scan_lines(stream, options.max_line_bytes):
+    lines = split_lines(stream, block=_READ_BLOCK, limit=options.max_line_bytes, head=_KEPT_HEAD)
+    for number, (line, whole) in enumerate(lines, start=1):
+        raw = content(line) if whole else line
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         if whole and (not raw or raw.isspace()):

@@ -14,42 +14,17 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from promptdrop.errors import PermanentError
-from promptdrop.prompts import LineError
+from promptdrop.outcomes import ImageOutcome, LineError, Usage
+from promptdrop.rpc import CODES_BY_NAME, RETRYABLE_HTTP_CODES, RETRYABLE_RPC_CODES, RPC_NAMES
 
 MIME_EXTENSIONS: Final = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 # Any other type is stored as it came, named ".bin": an unknown type is never guessed into a wrong extension.
 OTHER_EXTENSION: Final = "bin"
-
-# google.rpc codes worth another attempt: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL,
-# UNAVAILABLE.
-RETRYABLE_RPC_CODES: Final = frozenset({4, 8, 10, 13, 14})
-# The same failures when an error carries an HTTP status instead (inline errors may).
-_RETRYABLE_HTTP_CODES: Final = frozenset({408, 429, 500, 502, 503, 504})
-_RPC_NAMES: Final = {
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
-_RPC_CODES: Final = {name: code for code, name in _RPC_NAMES.items()}
 
 # Finish or block reasons that mean a safety/policy refusal: final, never retried.
 SAFETY_REASONS: Final = frozenset(
@@ -70,35 +45,6 @@ _URLSAFE_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
 
 class ResultLineError(PermanentError):
     """A result line that is not a JSON object, or has neither ``response`` nor ``error``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    output_tokens: int  # includes image and thought tokens
-    image_tokens: int
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "output_tokens": self.output_tokens,
-            "image_tokens": self.image_tokens,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ImageOutcome:
-    key: str | None
-    succeeded: bool
-    data: bytes | None  # the image bytes exactly as returned (no re-encoding)
-    mime_type: str | None
-    extension: str | None
-    finish_reason: (
-        str | None
-    )  # the candidate's finishReason, or promptFeedback.blockReason for a blocked prompt
-    text: str | None  # non-thought text parts joined with "\n"
-    usage: Usage | None
-    error: LineError | None  # None when succeeded
 
 
 def extension_for(mime_type: str) -> str:
@@ -187,11 +133,11 @@ def _failure(
 def _status_code(status: Mapping[str, Any]) -> int | None:
     """The google.rpc code of a Status; REST errors also name it in ``status`` next to an HTTP ``code``."""
     name = status.get("status")
-    if isinstance(name, str) and name.upper() in _RPC_CODES:
-        return _RPC_CODES[name.upper()]
+    if isinstance(name, str) and name.upper() in CODES_BY_NAME:
+        return CODES_BY_NAME[name.upper()]
     code = status.get("code")
     if isinstance(code, str):
-        return int(code) if code.isdigit() else _RPC_CODES.get(code.upper())
+        return int(code) if code.isdigit() else CODES_BY_NAME.get(code.upper())
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
@@ -199,12 +145,12 @@ def _error_outcome(key: str | None, status: object) -> ImageOutcome:
     """An ``error`` item (a google.rpc.Status) -> api_error, retryable for transient codes only."""
     code = _status_code(status) if isinstance(status, Mapping) else None
     message = str(status.get("message") or "") if isinstance(status, Mapping) else str(status)
-    if code in _RPC_NAMES:
-        label = f"rpc code {code} ({_RPC_NAMES[code]})"
+    if code in RPC_NAMES:
+        label = f"rpc code {code} ({RPC_NAMES[code]})"
         retryable = code in RETRYABLE_RPC_CODES
     elif code is not None:
         label = f"HTTP status {code}"
-        retryable = code in _RETRYABLE_HTTP_CODES
+        retryable = code in RETRYABLE_HTTP_CODES
     else:
         label = "error without a code"
         retryable = False
@@ -314,8 +260,3 @@ def parse_result_line(raw: bytes) -> ImageOutcome:
     if key is not None and not isinstance(key, str):
         raise ResultLineError("a result line's key is not a string")
     return outcome_from_item(item, key)
-
-
-def job_outcome(key: str, code: str, message: str, *, retryable: bool) -> ImageOutcome:
-    """The outcome of a line whose job ended (expired, failed, cancelled) without a result for it."""
-    return _failure(key, code, message, retryable=retryable)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promptdrop.cost import CostTally, Money, estimate_request, usage_cost
-from promptdrop.results import Usage
+from promptdrop.outcomes import Usage
 
 PRO = "gemini-3-pro-image-preview"
 FLASH_31 = "gemini-3.1-flash-image-preview"

@@ -10,13 +10,13 @@ import pytest
 
 from promptdrop.emulator.options import EmulatorOptions, argument_parser, options_from_args
 from promptdrop.emulator.server import match_route
+from promptdrop.rpc import rpc_status
 from promptdrop.emulator.wire import (
     ApiError,
     camel_case,
     camel_keys,
     decode_base64,
     encode_base64,
-    grpc_status,
     page_size,
     paginate,
     rfc3339,
@@ -100,9 +100,9 @@ def test_rfc3339_is_utc_with_microseconds() -> None:
     [(3, ("INVALID_ARGUMENT", 400)), (8, ("RESOURCE_EXHAUSTED", 429)), (13, ("INTERNAL", 500)),
      (14, ("UNAVAILABLE", 503)), (99, ("UNKNOWN", 500))],
 )  # fmt: skip
-def test_grpc_status(code: int, expected: tuple[str, int]) -> None:
+def test_rpc_status(code: int, expected: tuple[str, int]) -> None:
     """google.rpc codes map to their status names and HTTP statuses."""
-    assert grpc_status(code) == expected
+    assert rpc_status(code) == expected
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from promptdrop.errors import InputError
+from promptdrop.outcomes import LineError
 from promptdrop.prompts import (
     FileDefaults,
     InvalidLine,
-    LineError,
     ParsedLine,
     ParseOptions,
     PromptRequest,

@@ -8,15 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from promptdrop.results import (
-    RETRYABLE_RPC_CODES,
-    ImageOutcome,
-    ResultLineError,
-    Usage,
-    job_outcome,
-    outcome_from_item,
-    parse_result_line,
-)
+from promptdrop.outcomes import Usage
+from promptdrop.results import ResultLineError, outcome_from_item, parse_result_line
+from promptdrop.rpc import RETRYABLE_RPC_CODES
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(255, -1, -1)) * 3
@@ -283,25 +277,3 @@ def test_unusable_result_lines_raise(raw: bytes) -> None:
     """A line that is not a result object raises ResultLineError (a PermanentError)."""
     with pytest.raises(ResultLineError):
         parse_result_line(raw)
-
-
-def test_job_outcome_for_lines_without_a_result() -> None:
-    """Lines of an expired job become failed outcomes with the given code and retryability."""
-    outcome = job_outcome("k", "job_expired", "the batch job expired", retryable=True)
-    assert outcome == ImageOutcome(
-        key="k",
-        succeeded=False,
-        data=None,
-        mime_type=None,
-        extension=None,
-        finish_reason=None,
-        text=None,
-        usage=None,
-        error=outcome.error,
-    )
-    assert outcome.error is not None
-    assert outcome.error.to_json() == {
-        "code": "job_expired",
-        "message": "the batch job expired",
-        "retryable": True,
-    }

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from promptdrop.emulator.images import MIME_TYPES, image_dimensions, render_image
-from promptdrop.emulator.wire import camel_keys, decode_base64, encode_base64, grpc_status
+from promptdrop.emulator.wire import camel_keys, decode_base64, encode_base64
+from promptdrop.rpc import rpc_status
 from promptdrop.models import model_spec
 
 UNKNOWN_MODEL_IMAGE_TOKENS: Final = 1290
@@ -37,7 +38,7 @@ class Answer:
 
 def status_error(code: int, message: str) -> dict[str, object]:
     """A google.rpc.Status-shaped error entry, with the status name beside the code."""
-    return {"code": code, "message": message, "status": grpc_status(code)[0]}
+    return {"code": code, "message": message, "status": rpc_status(code)[0]}
 
 
 def _parts(content: object) -> list[dict[str, object]]:
@@ -182,7 +183,7 @@ def answer(raw_request: object, model: str, *, image_scale: float, response_id: 
         return Answer(error=status_error(3, str(exc)))
     if error := _ERROR_MARKER.search(texts):
         code = int(error.group(1))
-        return Answer(error=status_error(code, f"emulated error {code} ({grpc_status(code)[0]})"))
+        return Answer(error=status_error(code, f"emulated error {code} ({rpc_status(code)[0]})"))
     input_tokens = input_images * settings.input_image_tokens
     prompt_tokens = _tokens(texts) + input_tokens
     envelope: dict[str, object] = {"modelVersion": model.removeprefix("models/"), "responseId": response_id}

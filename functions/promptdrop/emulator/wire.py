@@ -12,45 +12,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
+from promptdrop.rpc import HTTP_STATUS_NAMES
+
 T = TypeVar("T")
 
 # Maps whose keys belong to the caller (request metadata, labels): their keys are never respelled.
 OPAQUE_MAPS: Final = frozenset({"metadata", "labels"})
-
-# google.rpc.Code -> (status name, HTTP status), as Google's JSON APIs map them.
-GRPC_CODES: Final[dict[int, tuple[str, int]]] = {
-    1: ("CANCELLED", 499),
-    2: ("UNKNOWN", 500),
-    3: ("INVALID_ARGUMENT", 400),
-    4: ("DEADLINE_EXCEEDED", 504),
-    5: ("NOT_FOUND", 404),
-    6: ("ALREADY_EXISTS", 409),
-    7: ("PERMISSION_DENIED", 403),
-    8: ("RESOURCE_EXHAUSTED", 429),
-    9: ("FAILED_PRECONDITION", 400),
-    10: ("ABORTED", 409),
-    11: ("OUT_OF_RANGE", 400),
-    12: ("UNIMPLEMENTED", 501),
-    13: ("INTERNAL", 500),
-    14: ("UNAVAILABLE", 503),
-    15: ("DATA_LOSS", 500),
-    16: ("UNAUTHENTICATED", 401),
-}
-
-# HTTP status -> the status name Google puts beside it in error bodies.
-HTTP_STATUS_NAMES: Final[dict[int, str]] = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ALREADY_EXISTS",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 
 _SNAKE_PART = re.compile(r"_([a-z0-9])")
 
@@ -109,11 +76,6 @@ def encode_base64(data: bytes) -> str:
 def rfc3339(timestamp: float) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``, as the API's timestamps read."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def grpc_status(code: int) -> tuple[str, int]:
-    """Status name and HTTP status of a google.rpc code (unknown codes read as ``UNKNOWN``/500)."""
-    return GRPC_CODES.get(code, ("UNKNOWN", 500))
 
 
 def int64(value: int) -> str:
