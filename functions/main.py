@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Final
 
 import functions_framework
@@ -19,8 +18,9 @@ from cloudevents.http import CloudEvent
 
 from promptdrop import events, logs
 from promptdrop.errors import InputError, PermanentError, TransientError
+from promptdrop.events import StorageObject
 from promptdrop.settings import Settings
-from promptdrop.usecases import poll, submit
+from promptdrop.usecases import poll, receive
 from promptdrop.usecases.context import Context
 from promptdrop.wiring import build_context
 
@@ -68,14 +68,7 @@ def on_prompt_file(event: CloudEvent) -> None:
         return
     ctx = context()
     try:
-        size = obj.size
-        if size is None:
-            info = ctx.blobs.stat(obj.name)
-            if info is None or info.generation != obj.generation:
-                log.info("object %s#%s is gone or replaced; nothing to do", obj.name, obj.generation)
-                return
-            size = info.size
-        receipt = submit.receive_file(ctx, submit.StorageObject(obj.bucket, obj.name, obj.generation, size))
+        receipt = receive.receive_file(ctx, obj)
     except TransientError:
         log.warning("transient failure claiming %s; Pub/Sub will redeliver", obj.name, exc_info=True)
         raise
@@ -90,17 +83,7 @@ def on_prompt_file(event: CloudEvent) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """A finalized inbox object; ``size`` is None when the notification carried no payload."""
-
-    bucket: str
-    name: str
-    generation: str
-    size: int | None
-
-
-def _storage_object(event: CloudEvent) -> ObjectRef | None:
+def _storage_object(event: CloudEvent) -> StorageObject | None:
     """The finalized object named by either event shape, or None when the event is not for us."""
     event_type = event["type"]
     if event_type == PUBSUB_PUBLISHED:
@@ -126,7 +109,7 @@ def _storage_object(event: CloudEvent) -> ObjectRef | None:
     if parsed.size == 0:
         log.info("ignored %s: zero-byte object (uploaders create an empty object first)", parsed.name)
         return None
-    return ObjectRef(parsed.bucket, parsed.name, parsed.generation, parsed.size)
+    return parsed
 
 
 @functions_framework.cloud_event
@@ -141,9 +124,9 @@ def on_prompt_message(event: CloudEvent) -> None:
     ctx = context()
     try:
         if request.is_inline:
-            receipt = submit.receive_inline(
+            receipt = receive.receive_inline(
                 ctx,
-                submit.InlineRequest(
+                receive.InlineRequest(
                     claim_token=request.claim_token,
                     name=request.name or "message",
                     prompts=request.prompts,
@@ -168,18 +151,16 @@ def on_prompt_message(event: CloudEvent) -> None:
         log.info("ignored: %s", receipt.ignored)
 
 
-def _receive_uri(ctx: Context, request: events.PromptMessage) -> submit.Receipt:
+def _receive_uri(ctx: Context, request: events.PromptMessage) -> receive.Receipt:
     assert request.bucket is not None and request.object is not None
     if request.bucket != SETTINGS.bucket_name:
         raise InputError(f"{request.uri} is not in this deployment's bucket gs://{SETTINGS.bucket_name}")
     if request.object.startswith(SETTINGS.inbox_prefix):
-        return submit.Receipt(None, False, f"{request.uri} is in the inbox, where it runs by itself")
+        return receive.Receipt(None, False, f"{request.uri} is in the inbox, where it runs by itself")
     info = ctx.blobs.stat(request.object)
     if info is None:
         raise InputError(f"{request.uri} does not exist")
-    return submit.receive_uri(
-        ctx, submit.StorageObject(request.bucket, request.object, info.generation, info.size)
-    )
+    return receive.receive_uri(ctx, StorageObject(request.bucket, request.object, info.generation, info.size))
 
 
 @functions_framework.cloud_event
@@ -193,15 +174,16 @@ def poll_jobs(event: CloudEvent) -> None:
     deadline = time.time() + budget if budget > 0 else None
     try:
         report = poll.tick(ctx, deadline=deadline)
-    except (TransientError, PermanentError) as exc:
-        log.warning("tick failed: %s", exc)
+    except Exception:
+        # Listing the active runs failed (each run's own failures are logged by advance_run).
+        log.exception("tick failed; the next tick tries again")
         return
     log.info(
-        "tick: %d active run(s), %d advanced, %d finished, %d skipped (leased), %d transient error(s)%s",
+        "tick: %d active run(s), %d advanced, %d finished, %d skipped (leased), %d failed%s",
         report.runs_seen,
         len(report.runs_advanced),
         len(report.runs_finished),
         len(report.runs_skipped),
-        len(report.transient_errors),
+        len(report.errors),
         "; out of time, continuing next tick" if report.out_of_time else "",
     )

@@ -17,7 +17,7 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
     synthetic file's exact layout, so it does no parsing at all)
 (d) harvest into fake-gcs-server behind a proxy adding 50 ms per request, upload concurrency 1/4/16,
     next to plain uploads of the same images at the same concurrencies
-(e) submit: ``submit.receive_file`` of a prompt file (claim, validation, request JSONL, upload to the
+(e) submit: ``receive.receive_file`` of a prompt file (claim, validation, request JSONL, upload to the
     bundled emulator, whose jobs stay pending)
 """
 
@@ -279,7 +279,7 @@ def _terminal_job(ctx: Any, results: str, keys: bytes) -> tuple[Any, Any]:
     ctx.blobs.write_bytes(layout.job_keys(JOB_ID), keys, content_type="application/jsonl")
     ctx.store.create_run(run)
     ctx.store.create_job(job)
-    if not ctx.store.acquire_lease("run", RUN_ID, ctx.owner, ctx.settings.lease_seconds, time.time()):
+    if not ctx.store.acquire_lease(RUN_ID, ctx.owner, ctx.settings.lease_seconds, time.time()):
         raise RuntimeError("could not take the run lease")
     return run, job
 
@@ -331,9 +331,10 @@ def worker_uploads(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_submit(args: dict[str, Any]) -> dict[str, Any]:
-    """``submit.receive_file`` of a prompt file already in the inbox: claim, parse, chunk, upload, create."""
+    """``receive.receive_file`` of a prompt file already in the inbox: claim, parse, chunk, upload, create."""
     from promptdrop.settings import Settings
-    from promptdrop.usecases import submit
+    from promptdrop.events import StorageObject
+    from promptdrop.usecases import receive
     from promptdrop.wiring import build_context
 
     ctx = build_context(Settings.from_env())
@@ -342,10 +343,10 @@ def worker_submit(args: dict[str, Any]) -> dict[str, Any]:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.link(args["prompts"], target)
     info = ctx.blobs.stat(name)
-    obj = submit.StorageObject(ctx.settings.bucket_name, name, info.generation, info.size)
+    obj = StorageObject(ctx.settings.bucket_name, name, info.generation, info.size)
     ctx.backend  # noqa: B018 - the SDK client is built before the clock starts, as in a warm function
     start = time.perf_counter()
-    receipt = submit.receive_file(ctx, obj)
+    receipt = receive.receive_file(ctx, obj)
     seconds = time.perf_counter() - start
     run = receipt.run
     if run is None or run.state.value != "SUBMITTED":
@@ -611,7 +612,7 @@ def _record(
 
 
 def bench_submit(work: Path, sizes: list[int], runs: int) -> dict[str, Measure]:
-    """submit.receive_file of prompt files of each size, the emulator's jobs held pending."""
+    """receive.receive_file of prompt files of each size, the emulator's jobs held pending."""
     from tests.support.emulator import running_emulator
 
     found: dict[str, Measure] = {}

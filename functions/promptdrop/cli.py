@@ -26,14 +26,20 @@ from rich.progress import (
 from rich.table import Table
 
 from promptdrop import logs, prompts
+from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.cost import CostTally
+from promptdrop.emulator import main as emulator_main
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
+from promptdrop.events import StorageObject
 from promptdrop.manifest import summary as run_summary
 from promptdrop.records import Run
 from promptdrop.settings import Settings
-from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import poll, submit
+from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
+from promptdrop.usecases import poll, receive
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.harvest import extract_results
+from promptdrop.usecases.inputs import parse_options
+from promptdrop.wiring import blob_store, build_context, job_store
 
 app = typer.Typer(
     name="promptdrop",
@@ -55,11 +61,7 @@ def _settings() -> Settings:
 
 
 def _context(settings: Settings) -> Context:
-    from promptdrop.wiring import build_context
-
-    logs.configure(
-        settings.log_format, logging.INFO if os.environ.get("PROMPTDROP_VERBOSE") else logging.WARNING
-    )
+    logs.configure(settings.log_format, logging.INFO if settings.verbose else logging.WARNING)
     if settings.backend == "emulator":
         err.print(
             "[yellow]No GEMINI_API_KEY: using the bundled Gemini Batch API emulator. "
@@ -109,8 +111,8 @@ def run(
                 target.write(block)
         info = ctx.blobs.stat(name)
         assert info is not None
-        receipt = submit.receive_file(
-            ctx, submit.StorageObject(settings.bucket_name, name, info.generation, info.size)
+        receipt = receive.receive_file(
+            ctx, StorageObject(settings.bucket_name, name, info.generation, info.size)
         )
     except PromptdropError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -134,7 +136,7 @@ def run(
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
     tally = CostTally()
     valid = invalid = 0
-    options = submit.parse_options(settings)
+    options = parse_options(settings)
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
@@ -186,7 +188,7 @@ def _wait(ctx: Context, run_id: str) -> Run:
         while True:
             try:
                 poll.tick(ctx, run_ids=[run_id])
-            except PromptdropError as exc:
+            except Exception as exc:  # the store could not be read: say so and try again
                 log.warning("tick failed: %s", exc)
             current = ctx.store.get_run(run_id)
             if current is None:
@@ -243,7 +245,8 @@ def serve(
                     finished = ctx.store.get_run(run_id)
                     if finished is not None:
                         err.print(f"{run_id}: {finished.state.value}")
-            except PromptdropError as exc:
+            except Exception as exc:  # each run's own failures are logged by the tick; this is the rest
+                log.exception("tick failed")
                 err.print(f"[yellow]tick failed, will retry: {exc}[/yellow]")
             if once:
                 return
@@ -253,7 +256,10 @@ def serve(
 
 
 class InboxWatcher:
-    """Finds complete files in the local inbox: a file is taken once its size held still for one scan."""
+    """Finds complete files in the local inbox: a file is taken once its size held still for one scan.
+
+    What it remembers is pruned to what the inbox holds now, so a long-running `serve` does not grow.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -263,15 +269,21 @@ class InboxWatcher:
     def scan(self) -> list[str]:
         settings = self.ctx.settings
         claimed = []
-        for info in self.ctx.blobs.list(settings.inbox_prefix):
+        present = list(self.ctx.blobs.list(settings.inbox_prefix))
+        self.sizes = {info.name: size for info in present if (size := self.sizes.get(info.name)) is not None}
+        self.done &= {(info.name, info.generation) for info in present}
+        for info in present:
             if (info.name, info.generation) in self.done:
                 continue
             if self.sizes.get(info.name) != info.size:
                 self.sizes[info.name] = info.size  # still changing, or new: look again next scan
                 continue
-            receipt = submit.receive_file(
-                self.ctx, submit.StorageObject(settings.bucket_name, info.name, info.generation, info.size)
-            )
+            obj = StorageObject(settings.bucket_name, info.name, info.generation, info.size)
+            try:
+                receipt = receive.receive_file(self.ctx, obj)
+            except Exception:  # one file's failure (a full disk...) must not stop the others: next scan
+                log.exception("could not take %s; will try again", info.name)
+                continue
             self.done.add((info.name, info.generation))
             if receipt.created and receipt.run is not None:
                 claimed.append(receipt.run.run_id)
@@ -285,8 +297,6 @@ def status(
 ) -> None:
     """Show runs, or one run with its jobs."""
     settings = _settings()
-    from promptdrop.wiring import blob_store, job_store
-
     store = job_store(settings)
     if run_id is None:
         runs = sorted(store.list_runs(None), key=lambda r: r.created_at, reverse=True)[:50]
@@ -344,7 +354,7 @@ def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> 
         out.print(f"{run_id} already ended: {record.state.value}")
         raise typer.Exit(_exit_code(record.state))
     try:
-        ctx.store.update_run(run_id, {"cancel_requested": True})
+        ctx.store.update_run(run_id, {"cancel_requested": True}, if_states=RUN_ACTIVE)
         poll.tick(ctx, run_ids=[run_id])
     except (PreconditionFailedError, PromptdropError) as exc:
         err.print(f"cancel recorded; the poller finishes it ({exc})")
@@ -362,9 +372,6 @@ def extract(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for images/ and manifest.jsonl")],
 ) -> None:
     """Turn an already downloaded batch results file into images plus a manifest (streaming)."""
-    from promptdrop.adapters.localfs import LocalBlobStore
-    from promptdrop.usecases.harvest import extract_results
-
     try:
         store = LocalBlobStore(out_dir)
         with results_file.open("rb") as stream:
@@ -382,8 +389,6 @@ def extract(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def emulator(ctx: typer.Context) -> None:
     """Run the bundled Gemini Batch API emulator (see `promptdrop emulator --help`)."""
-    from promptdrop.emulator import main as emulator_main
-
     raise typer.Exit(emulator_main(list(ctx.args)))
 
 

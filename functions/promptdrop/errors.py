@@ -28,10 +28,6 @@ class InputError(PermanentError):
     """A prompt file or message cannot be used at all."""
 
 
-class BudgetExceededError(PermanentError):
-    """A run's cost estimate is above the configured cap."""
-
-
 class NotFoundError(PermanentError):
     """An object, file, run or batch job does not exist."""
 

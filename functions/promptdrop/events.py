@@ -3,7 +3,7 @@
 - a Pub/Sub push/CloudEvent envelope -> ``PubsubMessage`` (data decoded from base64);
 - a request on the requests topic -> ``PromptMessage`` (inline prompts, or a ``gs://`` object to read);
 - a Cloud Storage notification delivered through Pub/Sub (``JSON_API_V1``) or the direct
-  ``google.cloud.storage.object.v1.finalized`` CloudEvent -> ``StorageObjectEvent``.
+  ``google.cloud.storage.object.v1.finalized`` CloudEvent -> ``StorageObject``.
 
 Everything here is pure. A malformed event raises ``InputError`` with the reason: retrying cannot fix it.
 """
@@ -62,14 +62,15 @@ class PromptMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class StorageObjectEvent:
-    """A Cloud Storage object event: which object, which generation, and what happened to it."""
+class StorageObject:
+    """One generation of an object in the bucket, and what happened to it: from a notification, a
+    CloudEvent, a ``uri`` request or the local inbox scan (the one object type every layer passes on)."""
 
     bucket: str
     name: str
     generation: str
     size: int | None  # None when the notification carries no payload
-    event_type: str  # OBJECT_FINALIZE, OBJECT_DELETE, ...
+    event_type: str = OBJECT_FINALIZE  # OBJECT_FINALIZE, OBJECT_DELETE, ...
 
 
 def parse_pubsub_envelope(envelope: Mapping[str, Any]) -> PubsubMessage:
@@ -172,7 +173,7 @@ def _required_string(source: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
-def parse_storage_notification(attributes: Mapping[str, str], data: bytes) -> StorageObjectEvent:
+def parse_storage_notification(attributes: Mapping[str, str], data: bytes) -> StorageObject:
     """A Cloud Storage Pub/Sub notification (attributes ``bucketId``, ``objectId``, ``objectGeneration``...)."""
     where = "the storage notification"
     payload_format = attributes.get("payloadFormat", "NONE")
@@ -191,13 +192,13 @@ def parse_storage_notification(attributes: Mapping[str, str], data: bytes) -> St
         if not isinstance(resource, dict):
             raise InputError(f"{where} payload is not an object resource")
         size = _size(resource.get("size"))
-    return StorageObjectEvent(bucket, name, generation, size, event_type)
+    return StorageObject(bucket, name, generation, size, event_type)
 
 
-def parse_storage_object(data: Mapping[str, Any], event_type: str = OBJECT_FINALIZE) -> StorageObjectEvent:
+def parse_storage_object(data: Mapping[str, Any], event_type: str = OBJECT_FINALIZE) -> StorageObject:
     """The object resource of a direct ``google.cloud.storage.object.v1.*`` CloudEvent."""
     where = "the storage event"
     bucket = _required_string(data, "bucket", where)
     name = _required_string(data, "name", where)
     generation = _generation(data.get("generation"), where)
-    return StorageObjectEvent(bucket, name, generation, _size(data.get("size")), event_type)
+    return StorageObject(bucket, name, generation, _size(data.get("size")), event_type)

@@ -17,6 +17,7 @@ from promptdrop.states import RunState
 
 SCHEMA_VERSION = 1
 
+
 def entry_for_outcome(line: int, outcome: Outcome) -> dict[str, Any]:
     """A manifest entry for a line that was submitted (or refused at submission)."""
     return {
@@ -78,6 +79,20 @@ def final_state(counts: Counts, *, cancelled: bool) -> RunState:
     return RunState.FAILED
 
 
+def final_reason(state: RunState, counts: Counts, *, refused: str | None = None) -> str | None:
+    """Why a run ended as it did, in its own words: never a reason left over from an earlier step."""
+    if refused is not None:
+        return refused
+    if state is RunState.CANCELLED:
+        return "cancelled on request"
+    if state is RunState.SUCCEEDED:
+        return None
+    if counts.lines == 0:
+        return "the input has no prompt lines"
+    unsuccessful = f"{counts.failed} failed and {counts.invalid} invalid of {counts.lines} lines"
+    return f"no line succeeded: {unsuccessful}" if state is RunState.FAILED else unsuccessful
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -112,6 +127,8 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
             }
             for job in jobs
         ],
+        # Batches that shared a job's display name (a create that landed late): kept one, cancelled these.
+        "duplicates_cancelled": [name for job in jobs for name in job.duplicates],
         "cost": {
             "currency": "USD",
             "batch": run.cost.batch,

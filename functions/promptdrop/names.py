@@ -62,9 +62,19 @@ def claim_digest(claim_key: str) -> str:
     return hashlib.sha256(claim_key.encode()).hexdigest()
 
 
-def make_run_id(name: str, claim_key: str) -> str:
-    """``<slug of the file stem or message name, <= 40 chars>-<8 hex of sha256(claim key)>``."""
-    return f"{slug(name)}-{claim_digest(claim_key)[:8]}"
+# Hex digits of the claim hash in a run id: short and readable first, longer only when that id is taken
+# by another claim (two generations of one file name collide at ~1% over 10,000 uploads with 8).
+RUN_ID_HASH_LENGTHS = (8, 16, 64)
+
+
+def make_run_id(name: str, claim_key: str, hash_chars: int = RUN_ID_HASH_LENGTHS[0]) -> str:
+    """``<slug of the file stem or message name, <= 40 chars>-<hex of sha256(claim key)>``."""
+    return f"{slug(name)}-{claim_digest(claim_key)[:hash_chars]}"
+
+
+def candidate_run_ids(name: str, claim_key: str) -> list[str]:
+    """The ids a claim may take, in order: 8 hex digits of its hash, then 16, then the whole hash."""
+    return [make_run_id(name, claim_key, length) for length in RUN_ID_HASH_LENGTHS]
 
 
 def file_claim_key(bucket: str, name: str, generation: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState, RunState
@@ -65,7 +65,14 @@ class BlobStore(Protocol):
         """Delete; a missing object is fine."""
         ...
 
-    def copy(self, source: str, destination: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under ``prefix``, scratch files of interrupted writes included."""
+        ...
+
+    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
+        """Copy an object. Raises NotFoundError, or PreconditionFailedError when ``if_source_generation``
+        is given and the source is another generation by now."""
+        ...
 
 
 class JobStore(Protocol):
@@ -96,8 +103,8 @@ class JobStore(Protocol):
         """Runs in these states (all if None), oldest ``updated_at`` first: the active-work query."""
         ...
 
-    def create_job(self, job: Job) -> bool:
-        """Atomic create-if-absent."""
+    def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
+        """Atomic create-if-absent; with ``if_lease_owner``, only while that owner holds the run's lease."""
         ...
 
     def get_job(self, job_id: str) -> Job | None: ...
@@ -109,24 +116,33 @@ class JobStore(Protocol):
         *,
         if_phases: Iterable[JobPhase] | None = None,
         if_lease_owner: str | None = None,
-    ) -> Job: ...
+    ) -> Job:
+        """Like ``update_run``; ``if_lease_owner`` is checked against the lease of the job's run."""
+        ...
+
+    def start_job(
+        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+    ) -> Job | None:
+        """QUEUED -> CREATING if the jobs in flight (CREATING or ACTIVE, of every run) leave room under
+        both caps, counted and changed in one transaction; None when they do not.
+
+        Raises PreconditionFailedError if the job is not QUEUED (another worker started it).
+        """
+        ...
 
     def list_jobs(self, run_id: str) -> list[Job]:
         """A run's jobs ordered by (attempt, chunk)."""
         ...
 
-    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
-        """All jobs (of every run) in these phases: how many are in flight, and their tokens."""
+    def acquire_lease(self, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        """Take the run's lease if free, expired, or already ours (then extend it). Atomic.
+
+        The lease alone changes: ``updated_at`` keeps following real progress.
+        """
         ...
 
-    def acquire_lease(
-        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
-    ) -> bool:
-        """Take the lease if free, expired, or already ours (then extend it). Atomic."""
-        ...
-
-    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
-        """Give the lease back if we hold it."""
+    def release_lease(self, run_id: str, owner: str) -> None:
+        """Give the run's lease back if we hold it; a missing run is fine."""
         ...
 
 
@@ -166,8 +182,8 @@ class BatchBackend(Protocol):
         """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
         ...
 
-    def find_batch(self, display_name: str) -> BatchInfo | None:
-        """The most recent batch with this display name, for recovery after an ambiguous create."""
+    def find_batches(self, display_name: str) -> list[BatchInfo]:
+        """Every batch with this display name, oldest first: recovery after an ambiguous create."""
         ...
 
     def get_batch(self, name: str) -> BatchInfo: ...

@@ -26,7 +26,8 @@ from promptdrop.errors import InputError, UnsafeNameError
 from promptdrop.models import EXTREME_RATIOS, STANDARD_RATIOS, ModelSpec, model_spec
 from promptdrop.names import check_key, check_relative_path
 from promptdrop.outcomes import LineError
-from promptdrop.streams import content, split_lines
+from promptdrop.streams import content as line_content
+from promptdrop.streams import split_lines
 
 LineFormat = Literal["jsonl", "txt"]
 
@@ -138,7 +139,7 @@ def read_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, byt
     for number, (line, whole) in enumerate(
         split_lines(stream, block=_READ_BLOCK, limit=max_line_bytes, head=_KEPT_HEAD), start=1
     ):
-        yield number, content(line) if whole else None
+        yield number, line_content(line) if whole else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -718,7 +719,7 @@ def parse_prompt_file(stream: BinaryIO, fmt: LineFormat, options: ParseOptions) 
     first = True
     lines = split_lines(stream, block=_READ_BLOCK, limit=options.max_line_bytes, head=_KEPT_HEAD)
     for number, (line, whole) in enumerate(lines, start=1):
-        raw = content(line) if whole else line
+        raw = line_content(line) if whole else line
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]
         if whole and (not raw or raw.isspace()):

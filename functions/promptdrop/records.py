@@ -73,8 +73,7 @@ class Run(_Record):
     submit_attempts: int = 0
     next_attempt_at: float = 0.0
     cancel_requested: bool = False
-    notified: bool = False  # the terminal event was published
-    lease: Lease = Field(default_factory=Lease)
+    lease: Lease = Field(default_factory=Lease)  # who works on the run (and its jobs) now
 
 
 class Job(_Record):
@@ -102,4 +101,9 @@ class Job(_Record):
     ended_at: float | None = None
     stats: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
-    lease: Lease = Field(default_factory=Lease)
+    # batches.create is not idempotent: when the last create was sent, and how often a job left in
+    # CREATING was looked up or created again (bounded, so a job cannot stay CREATING forever).
+    create_sent_at: float | None = None
+    recoveries: int = 0
+    duplicates: list[str] = Field(default_factory=list)  # batches sharing our display name, cancelled
+    retryable: int = 0  # lines of this job that failed retryably (counted by the harvest)

@@ -66,6 +66,8 @@ class Settings(BaseModel):
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
     log_format: Literal["text", "json"] = "text"
+    verbose: bool = False  # the CLI logs at INFO instead of WARNING
+    api_timeout: float = 120.0  # seconds per Gemini API call; a create unanswered this long may still land
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
     @property
@@ -124,6 +126,7 @@ class Settings(BaseModel):
                 "harvest_time_budget",
                 "poll_interval",
                 "submit_retry_base",
+                "api_timeout",
             }:
                 values[name] = parse_duration(raw)
             else:

@@ -1,10 +1,20 @@
-"""Build the adapters the settings name. The one place that knows which adapter serves which setting."""
+"""Build the adapters the settings name. The one place that knows which adapter serves which setting.
+
+The Google client-library adapters (Cloud Storage, Firestore, Pub/Sub, google-genai) are imported inside
+their builders: together they take 2-3 s to import, which local runs, `status` and `--dry-run` never need.
+These are the only imports inside functions in the package (tests/unit/test_layering.py lists them).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from promptdrop.adapters.events_log import EventsLog
+from promptdrop.adapters.localfs import LocalBlobStore
+from promptdrop.adapters.sqlite_store import SqliteJobStore
+from promptdrop.emulator import EmulatorOptions
+from promptdrop.emulator.launcher import ensure_emulator
 from promptdrop.errors import ConfigurationError
 from promptdrop.logs import register_secret
 from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier
@@ -19,22 +29,18 @@ EMULATOR_KEY = "promptdrop-local-emulator"
 
 def blob_store(settings: Settings) -> BlobStore:
     if settings.bucket_is_gcs:
-        from promptdrop.adapters.gcs import GcsBlobStore
+        from promptdrop.adapters.gcs import GcsBlobStore  # heavy: see the module docstring
 
         return GcsBlobStore(settings.bucket_name, upload_concurrency=settings.upload_concurrency)
-    from promptdrop.adapters.localfs import LocalBlobStore
-
     return LocalBlobStore(Path(settings.bucket))
 
 
 def job_store(settings: Settings) -> JobStore:
     if settings.store_is_firestore:
-        from promptdrop.adapters.firestore_store import FirestoreJobStore
+        from promptdrop.adapters.firestore_store import FirestoreJobStore  # heavy: see the module docstring
 
         return FirestoreJobStore.from_url(settings.store)
     if settings.store.startswith("sqlite:///"):
-        from promptdrop.adapters.sqlite_store import SqliteJobStore
-
         return SqliteJobStore(settings.sqlite_path)
     raise ConfigurationError(
         "PROMPTDROP_STORE must be sqlite:///PATH, firestore or firestore://PROJECT/DATABASE"
@@ -43,25 +49,20 @@ def job_store(settings: Settings) -> JobStore:
 
 def notifier(settings: Settings) -> Notifier:
     if settings.events_topic:
-        from promptdrop.adapters.pubsub import PubsubNotifier
+        from promptdrop.adapters.pubsub import PubsubNotifier  # heavy: see the module docstring
 
         return PubsubNotifier(settings.events_topic)
-    from promptdrop.adapters.events_log import EventsLog
-
     return EventsLog(settings.events_log)
 
 
 def emulator_url(settings: Settings) -> str:
     """The bundled emulator serving this state folder: reused if running, else started in the background."""
-    from promptdrop.emulator import EmulatorOptions
-    from promptdrop.emulator.launcher import ensure_emulator
-
     options = EmulatorOptions(image_scale=settings.emulator_image_scale)
     return ensure_emulator(settings.emulator_dir, options)
 
 
 def backend(settings: Settings) -> BatchBackend:
-    from promptdrop.adapters.gemini import GeminiBackend
+    from promptdrop.adapters.gemini import GeminiBackend  # heavy: see the module docstring
 
     if settings.backend == "gemini":
         if settings.api_key is None:
@@ -70,7 +71,7 @@ def backend(settings: Settings) -> BatchBackend:
         return GeminiBackend.from_settings(settings)
     base_url = settings.gemini_base_url or emulator_url(settings)
     key = settings.api_key.get_secret_value() if settings.api_key else EMULATOR_KEY
-    return GeminiBackend(key, base_url=base_url)
+    return GeminiBackend(key, base_url=base_url, timeout_s=settings.api_timeout)
 
 
 def build_context(settings: Settings) -> Context:

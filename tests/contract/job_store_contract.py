@@ -7,6 +7,7 @@ the Protocol's methods are used here, so SQLite and Firestore must pass the same
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import pytest
@@ -86,16 +87,17 @@ class JobStoreContract:
 
     @staticmethod
     def _create(job_store: JobStore, kind: Kind) -> str:
+        """A record to update under the lease of run "leased-run": that run, or one of its jobs."""
+        assert job_store.create_run(make_run("leased-run"))
         if kind == "run":
-            assert job_store.create_run(make_run("leased-run"))
             return "leased-run"
         job = make_job("leased-run")
         assert job_store.create_job(job)
         return job.job_id
 
     @staticmethod
-    def _lease(job_store: JobStore, kind: Kind, record_id: str) -> Lease:
-        record = job_store.get_run(record_id) if kind == "run" else job_store.get_job(record_id)
+    def _lease(job_store: JobStore, run_id: str) -> Lease:
+        record = job_store.get_run(run_id)
         assert record is not None
         return record.lease
 
@@ -221,69 +223,128 @@ class JobStoreContract:
                 job_store.update_job(job.job_id, changes, if_phases=if_phases)
             assert job_store.get_job(job.job_id) == job
 
-    # Leases and conditional updates on them
+    # Leases and writes fenced by them (a job is worked on under its run's lease)
 
     @pytest.mark.parametrize("kind", ["run", "job"])
     def test_update_if_lease_owner(self, job_store: JobStore, kind: Kind) -> None:
-        """Only the holder of a live lease may update under if_lease_owner."""
+        """Only the holder of the run's live lease may update the run or its jobs under if_lease_owner."""
         record_id = self._create(job_store, kind)
         with pytest.raises(PreconditionFailedError):  # nobody holds it
             self._update(job_store, kind, record_id, "me")
-        assert job_store.acquire_lease(kind, record_id, "me", 300, time.time())
+        assert job_store.acquire_lease("leased-run", "me", 300, time.time())
         with pytest.raises(PreconditionFailedError):
             self._update(job_store, kind, record_id, "someone-else")
-        assert self._update(job_store, kind, record_id, "me").lease.owner == "me"
+        assert self._update(job_store, kind, record_id, "me").updated_at > T0
+        assert self._lease(job_store, "leased-run").owner == "me"
 
     @pytest.mark.parametrize("kind", ["run", "job"])
     def test_update_under_expired_lease_fails(self, job_store: JobStore, kind: Kind) -> None:
         """A lease past its expiry no longer entitles its owner to update."""
         record_id = self._create(job_store, kind)
-        assert job_store.acquire_lease(kind, record_id, "me", 10, time.time() - 100)
+        assert job_store.acquire_lease("leased-run", "me", 10, time.time() - 100)
         with pytest.raises(PreconditionFailedError):
             self._update(job_store, kind, record_id, "me")
 
-    @pytest.mark.parametrize("kind", ["run", "job"])
-    def test_lease_is_exclusive_until_it_expires(self, job_store: JobStore, kind: Kind) -> None:
+    def test_create_job_if_lease_owner(self, job_store: JobStore) -> None:
+        """A job is created under if_lease_owner only while that owner holds its run's live lease."""
+        assert job_store.create_run(make_run("leased-run"))
+        with pytest.raises(PreconditionFailedError):
+            job_store.create_job(make_job("leased-run"), if_lease_owner="me")
+        assert job_store.get_job(make_job("leased-run").job_id) is None
+        assert job_store.acquire_lease("leased-run", "me", 300, time.time())
+        assert job_store.create_job(make_job("leased-run"), if_lease_owner="me")
+        assert not job_store.create_job(make_job("leased-run"), if_lease_owner="me")
+
+    def test_lease_is_exclusive_until_it_expires(self, job_store: JobStore) -> None:
         """A live lease keeps others out; once expired, another owner takes it over."""
-        record_id = self._create(job_store, kind)
-        assert job_store.acquire_lease(kind, record_id, "a", 60, T0) is True
-        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 59) is False
-        assert self._lease(job_store, kind, record_id) == Lease(owner="a", expires=T0 + 60)
-        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 60) is True
-        assert self._lease(job_store, kind, record_id) == Lease(owner="b", expires=T0 + 120)
+        assert job_store.create_run(make_run("leased-run"))
+        assert job_store.acquire_lease("leased-run", "a", 60, T0) is True
+        assert job_store.acquire_lease("leased-run", "b", 60, T0 + 59) is False
+        assert self._lease(job_store, "leased-run") == Lease(owner="a", expires=T0 + 60)
+        assert job_store.acquire_lease("leased-run", "b", 60, T0 + 60) is True
+        assert self._lease(job_store, "leased-run") == Lease(owner="b", expires=T0 + 120)
 
-    @pytest.mark.parametrize("kind", ["run", "job"])
-    def test_own_lease_is_extended(self, job_store: JobStore, kind: Kind) -> None:
+    def test_own_lease_is_extended(self, job_store: JobStore) -> None:
         """Acquiring a lease one already holds extends it."""
-        record_id = self._create(job_store, kind)
-        assert job_store.acquire_lease(kind, record_id, "a", 60, T0)
-        assert job_store.acquire_lease(kind, record_id, "a", 60, T0 + 30)
-        assert self._lease(job_store, kind, record_id) == Lease(owner="a", expires=T0 + 90)
+        assert job_store.create_run(make_run("leased-run"))
+        assert job_store.acquire_lease("leased-run", "a", 60, T0)
+        assert job_store.acquire_lease("leased-run", "a", 60, T0 + 30)
+        assert self._lease(job_store, "leased-run") == Lease(owner="a", expires=T0 + 90)
 
-    @pytest.mark.parametrize("kind", ["run", "job"])
-    def test_release_only_by_owner(self, job_store: JobStore, kind: Kind) -> None:
+    def test_release_only_by_owner(self, job_store: JobStore) -> None:
         """release_lease by someone else does nothing; by the owner it frees the lease for others."""
-        record_id = self._create(job_store, kind)
-        assert job_store.acquire_lease(kind, record_id, "a", 60, T0)
-        job_store.release_lease(kind, record_id, "b")
-        assert self._lease(job_store, kind, record_id).owner == "a"
-        job_store.release_lease(kind, record_id, "a")
-        assert self._lease(job_store, kind, record_id).owner is None
-        assert job_store.acquire_lease(kind, record_id, "b", 60, T0 + 1)
+        assert job_store.create_run(make_run("leased-run"))
+        assert job_store.acquire_lease("leased-run", "a", 60, T0)
+        job_store.release_lease("leased-run", "b")
+        assert self._lease(job_store, "leased-run").owner == "a"
+        job_store.release_lease("leased-run", "a")
+        assert self._lease(job_store, "leased-run").owner is None
+        assert job_store.acquire_lease("leased-run", "b", 60, T0 + 1)
 
-    @pytest.mark.parametrize("kind", ["run", "job"])
-    def test_leases_do_not_touch_updated_at(self, job_store: JobStore, kind: Kind) -> None:
+    def test_leases_do_not_touch_updated_at(self, job_store: JobStore) -> None:
         """Taking and giving back a lease leaves updated_at alone, so the active-work order follows progress."""
-        record_id = self._create(job_store, kind)
-        job_store.acquire_lease(kind, record_id, "a", 60, time.time())
-        job_store.release_lease(kind, record_id, "a")
-        record = job_store.get_run(record_id) if kind == "run" else job_store.get_job(record_id)
+        assert job_store.create_run(make_run("leased-run"))
+        job_store.acquire_lease("leased-run", "a", 60, time.time())
+        job_store.release_lease("leased-run", "a")
+        record = job_store.get_run("leased-run")
         assert record is not None and record.updated_at == T0
 
     def test_releasing_a_missing_record_is_fine(self, job_store: JobStore) -> None:
-        """Giving back a lease on a record that does not exist is a no-op."""
-        job_store.release_lease("run", "ghost", "a")
-        job_store.release_lease("job", "ghost", "a")
+        """Giving back a lease on a run that does not exist is a no-op."""
+        job_store.release_lease("ghost", "a")
+
+    # Starting jobs under the in-flight caps
+
+    def test_start_job_counts_jobs_in_flight_across_runs(self, job_store: JobStore) -> None:
+        """QUEUED -> CREATING while fewer than max_jobs jobs of any run are CREATING or ACTIVE; else None."""
+        for job in (
+            make_job("run-a", chunk=0, phase=JobPhase.ACTIVE),
+            make_job("run-a", chunk=1, phase=JobPhase.DONE),
+            make_job("run-b", chunk=0, phase=JobPhase.CREATING),
+            make_job("run-b", chunk=1),
+            make_job("run-b", chunk=2),
+        ):
+            assert job_store.create_job(job)
+        assert job_store.start_job("run-b-a1-c1", max_jobs=2, max_tokens=10**9) is None
+        assert job_store.get_job("run-b-a1-c1") is not None
+        assert job_store.get_job("run-b-a1-c1").phase is JobPhase.QUEUED  # type: ignore[union-attr]
+        started = job_store.start_job("run-b-a1-c1", max_jobs=3, max_tokens=10**9)
+        assert started is not None and started.phase is JobPhase.CREATING
+        assert job_store.start_job("run-b-a1-c2", max_jobs=3, max_tokens=10**9) is None
+        with pytest.raises(PreconditionFailedError):  # no longer QUEUED
+            job_store.start_job("run-b-a1-c1", max_jobs=10, max_tokens=10**9)
+
+    def test_start_job_keeps_the_token_cap_but_always_starts_a_first_job(self, job_store: JobStore) -> None:
+        """A job whose tokens would pass max_tokens waits, unless nothing is in flight at all."""
+        for chunk in (0, 1):
+            assert job_store.create_job(make_job("run-a", chunk=chunk))  # 2240 tokens each
+        first = job_store.start_job("run-a-a1-c0", max_jobs=10, max_tokens=1000)
+        assert first is not None and first.phase is JobPhase.CREATING
+        assert job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4000) is None
+        assert job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4480) is not None
+
+    def test_start_job_is_fenced_by_the_run_lease(self, job_store: JobStore) -> None:
+        """Under if_lease_owner a job starts only while that owner holds its run's lease."""
+        assert job_store.create_run(make_run("leased-run"))
+        assert job_store.create_job(make_job("leased-run"))
+        job_id = make_job("leased-run").job_id
+        with pytest.raises(PreconditionFailedError):
+            job_store.start_job(job_id, max_jobs=5, max_tokens=10**9, if_lease_owner="me")
+        assert job_store.acquire_lease("leased-run", "me", 300, time.time())
+        assert job_store.start_job(job_id, max_jobs=5, max_tokens=10**9, if_lease_owner="me") is not None
+
+    def test_parallel_starts_never_pass_the_cap(self, job_store: JobStore) -> None:
+        """Eight workers starting eight queued jobs at once under a cap of three: exactly three start."""
+        job_ids = []
+        for chunk in range(8):
+            job = make_job(f"run-{chunk}", chunk=chunk)
+            assert job_store.create_job(job)
+            job_ids.append(job.job_id)
+        with ThreadPoolExecutor(8) as pool:
+            started = list(pool.map(lambda i: job_store.start_job(i, max_jobs=3, max_tokens=10**9), job_ids))
+        assert sum(job is not None for job in started) == 3
+        creating = [job_id for job_id in job_ids if job_store.get_job(job_id).phase is JobPhase.CREATING]  # type: ignore[union-attr]
+        assert len(creating) == 3
 
     # Queries
 
@@ -318,19 +379,3 @@ class JobStoreContract:
         found = [(job.attempt, job.chunk) for job in job_store.list_jobs("run-a")]
         assert found == sorted(order)
         assert job_store.list_jobs("run-none") == []
-
-    def test_list_jobs_in_phases_spans_runs(self, job_store: JobStore) -> None:
-        """list_jobs_in_phases returns the jobs of every run whose phase is one of those asked for."""
-        jobs = [
-            make_job("run-a", chunk=0, phase=JobPhase.ACTIVE),
-            make_job("run-a", chunk=1, phase=JobPhase.DONE),
-            make_job("run-b", chunk=0, phase=JobPhase.CREATING),
-            make_job("run-b", chunk=1, phase=JobPhase.QUEUED),
-        ]
-        for job in jobs:
-            assert job_store.create_job(job)
-        in_flight = job_store.list_jobs_in_phases([JobPhase.CREATING, JobPhase.ACTIVE])
-        assert sorted(job.job_id for job in in_flight) == ["run-a-a1-c0", "run-b-a1-c0"]
-        assert job_store.list_jobs_in_phases([]) == []
-        job_store.update_job("run-b-a1-c1", {"phase": JobPhase.ACTIVE.value})
-        assert len(job_store.list_jobs_in_phases([JobPhase.ACTIVE])) == 2

@@ -12,7 +12,8 @@ import pytest
 
 from promptdrop.records import Run
 from promptdrop.settings import Settings
-from promptdrop.usecases import poll, submit
+from promptdrop.events import StorageObject
+from promptdrop.usecases import poll, receive
 from promptdrop.usecases.context import Context
 from promptdrop.wiring import build_context
 from tests.support.emulator import RunningEmulator, running_emulator
@@ -37,15 +38,15 @@ class Pipeline:
     def context(self, **overrides: Any) -> Context:
         return build_context(self.settings(**overrides)) if overrides else self.ctx
 
-    def drop(self, name: str, data: bytes, ctx: Context | None = None) -> submit.Receipt:
+    def drop(self, name: str, data: bytes, ctx: Context | None = None) -> receive.Receipt:
         """Land a file in the inbox the way `promptdrop run` does, and claim it."""
         ctx = ctx or self.ctx
         object_name = ctx.settings.inbox_prefix + name
         ctx.blobs.write_bytes(object_name, data)
         info = ctx.blobs.stat(object_name)
         assert info is not None
-        obj = submit.StorageObject(ctx.settings.bucket_name, object_name, info.generation, info.size)
-        return submit.receive_file(ctx, obj)
+        obj = StorageObject(ctx.settings.bucket_name, object_name, info.generation, info.size)
+        return receive.receive_file(ctx, obj)
 
     def finish(self, run_id: str, ctx: Context | None = None, *, ticks: int = 200) -> Run:
         """Tick until the run ends."""

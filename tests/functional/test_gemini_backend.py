@@ -226,13 +226,13 @@ def test_create_with_a_500_is_ambiguous_and_sent_once(tmp_path: Path, backends: 
             backend.create_batch(model=MODEL, file_name=file_name, display_name="once")
         assert emu.server.faults_injected == 1
         # This emulator faults before it creates anything, so the lookup rightly finds no job.
-        assert backend.find_batch("once") is None
+        assert backend.find_batches("once") == []
         with pytest.raises(BackendTransientError):
             backend.get_batch("batches/any")
         assert emu.server.faults_injected == 1 + 4  # the get was retried: client retries are on
 
 
-def test_stalled_create_is_ambiguous_and_find_batch_recovers_the_job(tmp_path: Path, backends: Any) -> None:
+def test_stalled_create_is_ambiguous_and_find_batches_recovers_the_job(tmp_path: Path, backends: Any) -> None:
     """A create that outlasts the client timeout raises AmbiguousCreateError; the job it made is found by name."""
     options: dict[str, Any] = {"stall_rate": 1.0, "stall_seconds": 1.0, "fault_routes": ("create",)}
     with running_emulator(tmp_path / "emu", **options) as emu:
@@ -242,9 +242,10 @@ def test_stalled_create_is_ambiguous_and_find_batch_recovers_the_job(tmp_path: P
             backend.create_batch(model=MODEL, file_name=file_name, display_name="run-9-c0-a1")
         assert emu.server.calls_stalled == 1
         deadline = time.monotonic() + 10
-        while (found := backend.find_batch("run-9-c0-a1")) is None:
+        while not (matches := backend.find_batches("run-9-c0-a1")):
             assert time.monotonic() < deadline, "the stalled create never made its job"
             time.sleep(0.05)
+        (found,) = matches
         assert found.name.startswith("batches/")
         assert found.display_name == "run-9-c0-a1"
         assert emu.server.calls_stalled == 1  # still one POST: nothing retried the create
@@ -261,8 +262,8 @@ def test_stalled_get_is_transient_after_the_client_timeout(tmp_path: Path, backe
     assert not isinstance(caught.value, AmbiguousCreateError)
 
 
-def test_find_batch_pages_and_returns_the_newest_match(tmp_path: Path, backends: Any) -> None:
-    """With more than a page of jobs, the newest job of that display name is found; an unknown name is None."""
+def test_find_batches_pages_and_returns_every_match_oldest_first(tmp_path: Path, backends: Any) -> None:
+    """With more than a page of jobs, every job of that display name is found, oldest first; an unknown name none."""
     with running_emulator(tmp_path / "emu", pending_seconds=600, max_active_jobs=200) as emu:
         backend = backends(emu)
         file_name = upload(backend, jsonl(request_line("a", "a star")))
@@ -276,11 +277,13 @@ def test_find_batch_pages_and_returns_the_newest_match(tmp_path: Path, backends:
                 for i in range(100)
             ]
         assert len({filler.result().name for filler in fillers}) == 100
-        found = backend.find_batch("wanted")
-        assert backend.find_batch("missing") is None
+        found = backend.find_batches("wanted")
+        assert backend.find_batches("missing") == []
     assert older.name != newer.name
-    assert found is not None
-    assert (found.name, found.state) == (newer.name, JobState.JOB_STATE_PENDING)
+    assert [(info.name, info.state) for info in found] == [
+        (older.name, JobState.JOB_STATE_PENDING),
+        (newer.name, JobState.JOB_STATE_PENDING),
+    ]
 
 
 def test_cancel_batch(tmp_path: Path, backends: Any) -> None:
@@ -318,7 +321,7 @@ def test_api_key_never_appears_in_errors(tmp_path: Path, backends: Any) -> None:
         refused: list[Callable[[], object]] = [
             lambda: wrong.upload_file(io.BytesIO(b"{}\n"), size=3, display_name="x"),
             lambda: wrong.create_batch(model=MODEL, file_name="files/x", display_name="x"),
-            lambda: wrong.find_batch("x"),
+            lambda: wrong.find_batches("x"),
             lambda: wrong.get_batch("batches/x"),
             lambda: wrong.cancel_batch("batches/x"),
             lambda: wrong.download_file("files/x", io.BytesIO()),
@@ -354,6 +357,6 @@ def test_explicit_key_wins_over_google_api_key(
         settings = Settings.from_env({"GEMINI_API_KEY": SECRET_KEY}, gemini_base_url=emu.url)
         backend = GeminiBackend.from_settings(settings)
         try:
-            assert backend.find_batch("anything") is None
+            assert backend.find_batches("anything") == []
         finally:
             backend.close()

@@ -41,7 +41,7 @@ def _create_run(store: Any, worker: int) -> Any:
 
 
 def _acquire_lease(store: Any, worker: int) -> Any:
-    return store.acquire_lease("run", "race-run", f"poller-{worker}", 300, time.time())
+    return store.acquire_lease("race-run", f"poller-{worker}", 300, time.time())
 
 
 def _stat(store: Any, worker: int) -> Any:

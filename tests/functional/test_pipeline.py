@@ -12,7 +12,8 @@ import pytest
 from promptdrop.errors import AmbiguousCreateError
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import poll
+from promptdrop.events import StorageObject
+from promptdrop.usecases import poll, receive
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,11 +227,9 @@ def test_redelivered_event_creates_one_run_and_one_batch_job(pipeline: Pipeline)
     assert first.run is not None
     info = pipeline.ctx.blobs.stat("inbox/twice.jsonl")
     assert info is not None
-    from promptdrop.usecases import submit
-
-    again = submit.receive_file(
+    again = receive.receive_file(
         pipeline.ctx,
-        submit.StorageObject(pipeline.ctx.settings.bucket_name, info.name, info.generation, info.size),
+        StorageObject(pipeline.ctx.settings.bucket_name, info.name, info.generation, info.size),
     )
     assert not again.created and again.run is not None and again.run.run_id == first.run.run_id
     pipeline.finish(first.run.run_id)
@@ -253,15 +252,19 @@ def test_job_created_before_a_crash_is_found_by_display_name(pipeline: Pipeline)
             self.real.create_batch(model=model, file_name=file_name, display_name=display_name)
             raise AmbiguousCreateError("timed out waiting for the answer")
 
+        def find_batches(self, display_name: str) -> list[BatchInfo]:
+            return []  # until the 'crashed' worker is replaced, the lookup sees nothing yet
+
     ctx = pipeline.ctx
     real = ctx.backend
-    ctx._backend = LostAnswer(real)  # type: ignore[assignment]
+    assert ctx.backend_holder is not None
+    ctx.backend_holder.set(LostAnswer(real))
     receipt = pipeline.drop("crash.jsonl", jsonl({"key": "k", "prompt": "once only"}))
     assert receipt.run is not None
     (job,) = ctx.store.list_jobs(receipt.run.run_id)
     assert job.phase is JobPhase.CREATING and job.batch_name is None
 
-    ctx._backend = real
+    ctx.backend_holder.set(real)
     run = pipeline.finish(receipt.run.run_id)
     assert run.state is RunState.SUCCEEDED
     batches = _batches(pipeline.emulator)

@@ -176,7 +176,7 @@ def test_racing_leases_have_one_winner(firestore_db: firestore.Client, project: 
     """Three pollers taking the lease of one run at once: exactly one holds it afterwards."""
     stores = separate_stores(3, project)
     assert stores[0].create_run(make_run("contended"))
-    taken = race(3, lambda i: stores[i].acquire_lease("run", "contended", f"poller-{i}", 300, 1000.0))
+    taken = race(3, lambda i: stores[i].acquire_lease("contended", f"poller-{i}", 300, 1000.0))
     assert sorted(taken) == [False, False, True]
     stored = stores[0].get_run("contended")
     assert stored is not None and stored.lease.owner == f"poller-{taken.index(True)}"

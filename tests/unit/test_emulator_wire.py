@@ -10,7 +10,6 @@ import pytest
 
 from promptdrop.emulator.options import EmulatorOptions, argument_parser, options_from_args
 from promptdrop.emulator.server import match_route
-from promptdrop.rpc import rpc_status
 from promptdrop.emulator.wire import (
     ApiError,
     camel_case,
@@ -21,6 +20,7 @@ from promptdrop.emulator.wire import (
     paginate,
     rfc3339,
 )
+from promptdrop.rpc import rpc_status
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from promptdrop.errors import InputError
 from promptdrop.events import (
     PromptMessage,
     PubsubMessage,
-    StorageObjectEvent,
+    StorageObject,
     parse_gs_uri,
     parse_pubsub_envelope,
     parse_request_message,
@@ -173,7 +173,7 @@ OBJECT_RESOURCE = {
     "size": "14",
     "contentType": "application/jsonl",
 }
-CATS = StorageObjectEvent("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 14, "OBJECT_FINALIZE")
+CATS = StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 14, "OBJECT_FINALIZE")
 
 
 @pytest.mark.parametrize(
@@ -183,19 +183,19 @@ CATS = StorageObjectEvent("prompts-bucket", "inbox/cats.jsonl", "179548927923782
         (
             {**NOTIFICATION_ATTRIBUTES, "payloadFormat": "NONE"},
             b"",
-            StorageObjectEvent(
+            StorageObject(
                 "prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"
             ),
         ),
         (
             {**NOTIFICATION_ATTRIBUTES, "eventType": "OBJECT_DELETE"},
             orjson.dumps({**OBJECT_RESOURCE, "size": 0}),
-            StorageObjectEvent("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 0, "OBJECT_DELETE"),
+            StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 0, "OBJECT_DELETE"),
         ),
     ],
 )
 def test_parse_storage_notification(
-    attributes: dict[str, str], data: bytes, expected: StorageObjectEvent
+    attributes: dict[str, str], data: bytes, expected: StorageObject
 ) -> None:
     """A Pub/Sub notification gives bucket, name and generation from attributes and size from the payload."""
     assert parse_storage_notification(attributes, data) == expected
@@ -227,13 +227,13 @@ def test_parse_storage_notification_refuses(attributes: dict[str, str], data: by
         ({**OBJECT_RESOURCE, "generation": 1795489279237827, "size": 14}, CATS),  # numbers as numbers
         (
             {k: v for k, v in OBJECT_RESOURCE.items() if k != "size"},
-            StorageObjectEvent(
+            StorageObject(
                 "prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"
             ),
         ),
     ],
 )
-def test_parse_storage_object(data: dict[str, Any], expected: StorageObjectEvent) -> None:
+def test_parse_storage_object(data: dict[str, Any], expected: StorageObject) -> None:
     """The direct finalized CloudEvent's object resource parses to the same event as the notification."""
     assert parse_storage_object(data) == expected
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core import gapic_v1
@@ -22,6 +22,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import BaseModel
 
+from promptdrop import store_rules as rules
 from promptdrop.errors import (
     ConfigurationError,
     NotFoundError,
@@ -111,11 +112,6 @@ def _firestore_errors(what: str) -> Iterator[None]:
         raise
 
 
-def _lease_held(document: Mapping[str, Any], owner: str, now: float) -> bool:
-    lease = document.get("lease") or {}
-    return bool(lease.get("owner") == owner and float(lease.get("expires", 0.0)) > now)
-
-
 class FirestoreJobStore:
     """Runs and jobs in Firestore. ``timeout``/``retry`` apply to each call (``retry=None``: no retries)."""
 
@@ -157,9 +153,27 @@ class FirestoreJobStore:
         if_states: Iterable[RunState] | None = None,
         if_lease_owner: str | None = None,
     ) -> Run:
-        return self._update(
-            self._runs, run_id, Run, changes, "state", if_states, if_lease_owner, f"run {run_id}"
-        )
+        rules.check_fields(Run, changes)
+        reference = self._runs.document(run_id)
+
+        def apply(transaction: firestore.Transaction) -> Run:
+            document = self._read(reference, transaction, f"run {run_id}")
+            run = rules.updated(
+                Run,
+                document,
+                changes,
+                label=f"run {run_id}",
+                status_field="state",
+                allowed=if_states,
+                lease=document.get("lease"),
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            transaction.set(reference, run.model_dump(mode="json"))
+            return run
+
+        result: Run = self._transact(apply, f"updating run {run_id}")
+        return result
 
     def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
         query: Any = self._runs
@@ -172,8 +186,20 @@ class FirestoreJobStore:
 
     # Jobs
 
-    def create_job(self, job: Job) -> bool:
-        return self._create(self._jobs, job.job_id, job, f"creating job {job.job_id}")
+    def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
+        what = f"creating job {job.job_id}"
+        if if_lease_owner is None:
+            return self._create(self._jobs, job.job_id, job, what)
+        reference = self._jobs.document(job.job_id)
+
+        def create(transaction: firestore.Transaction) -> bool:
+            self._check_run_lease(transaction, job.run_id, if_lease_owner, what)
+            if reference.get(transaction=transaction, **self._call).exists:
+                return False
+            transaction.create(reference, job.model_dump(mode="json"))
+            return True
+
+        return bool(self._transact(create, what))
 
     def get_job(self, job_id: str) -> Job | None:
         return self._get(self._jobs, job_id, Job, f"reading job {job_id}")
@@ -186,9 +212,65 @@ class FirestoreJobStore:
         if_phases: Iterable[JobPhase] | None = None,
         if_lease_owner: str | None = None,
     ) -> Job:
-        return self._update(
-            self._jobs, job_id, Job, changes, "phase", if_phases, if_lease_owner, f"job {job_id}"
+        rules.check_fields(Job, changes)
+        reference = self._jobs.document(job_id)
+
+        def apply(transaction: firestore.Transaction) -> Job:
+            document = self._read(reference, transaction, f"job {job_id}")
+            job = rules.updated(
+                Job,
+                document,
+                changes,
+                label=f"job {job_id}",
+                status_field="phase",
+                allowed=if_phases,
+                lease=self._run_lease(transaction, str(document.get("run_id"))) if if_lease_owner else None,
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            transaction.set(reference, job.model_dump(mode="json"))
+            return job
+
+        result: Job = self._transact(apply, f"updating job {job_id}")
+        return result
+
+    def start_job(
+        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+    ) -> Job | None:
+        reference = self._jobs.document(job_id)
+        in_flight_query = self._jobs.where(
+            filter=FieldFilter("phase", "in", [phase.value for phase in rules.IN_FLIGHT])
         )
+
+        def start(transaction: firestore.Transaction) -> Job | None:
+            # The query is read inside the transaction, so a job started meanwhile by another worker
+            # makes this commit fail and run again (Firestore retries it): the count cannot go stale.
+            in_flight = rules.decoded(
+                Job,
+                (
+                    (snapshot.id, snapshot.to_dict() or {})
+                    for snapshot in transaction.get(in_flight_query, **self._call)
+                ),
+            )
+            document = self._read(reference, transaction, f"job {job_id}")
+            job = rules.updated(
+                Job,
+                document,
+                {"phase": JobPhase.CREATING.value},
+                label=f"job {job_id}",
+                status_field="phase",
+                allowed=[JobPhase.QUEUED],
+                lease=self._run_lease(transaction, str(document.get("run_id"))) if if_lease_owner else None,
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            if not rules.may_start(in_flight, job, max_jobs=max_jobs, max_tokens=max_tokens):
+                return None
+            transaction.set(reference, job.model_dump(mode="json"))
+            return job
+
+        result: Job | None = self._transact(start, f"starting job {job_id}")
+        return result
 
     def list_jobs(self, run_id: str) -> list[Job]:
         query = (
@@ -196,49 +278,45 @@ class FirestoreJobStore:
         )
         return self._query(query, Job, f"listing jobs of run {run_id}")
 
-    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
-        wanted = [JobPhase(phase).value for phase in phases]
-        if not wanted:
-            return []
-        query = self._jobs.where(filter=FieldFilter("phase", "in", wanted))
-        return self._query(query, Job, "listing jobs by phase")
-
     # Leases
 
-    def acquire_lease(
-        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
-    ) -> bool:
-        reference = self._collection(kind).document(record_id)
+    def acquire_lease(self, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        reference = self._runs.document(run_id)
 
         def take(transaction: firestore.Transaction) -> bool:
-            document = self._read(reference, transaction, f"{kind} {record_id}")
-            lease = document.get("lease") or {}
-            holder = lease.get("owner")
-            if holder not in (None, owner) and float(lease.get("expires", 0.0)) > now:
+            document = self._read(reference, transaction, f"run {run_id}")
+            lease = rules.taken_lease(document.get("lease"), owner, ttl, now)
+            if lease is None:
                 return False
-            transaction.update(reference, {"lease": {"owner": owner, "expires": now + ttl}})
+            transaction.update(reference, {"lease": lease})
             return True
 
-        return bool(self._transact(take, f"taking the lease of {kind} {record_id}"))
+        return bool(self._transact(take, f"taking the lease of run {run_id}"))
 
-    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
-        reference = self._collection(kind).document(record_id)
+    def release_lease(self, run_id: str, owner: str) -> None:
+        reference = self._runs.document(run_id)
 
         def give_back(transaction: firestore.Transaction) -> None:
             snapshot = reference.get(transaction=transaction, **self._call)
-            if snapshot.exists and ((snapshot.to_dict() or {}).get("lease") or {}).get("owner") == owner:
-                transaction.update(reference, {"lease": {"owner": None, "expires": 0.0}})
+            if not snapshot.exists:
+                return
+            lease = rules.released_lease((snapshot.to_dict() or {}).get("lease"), owner)
+            if lease is not None:
+                transaction.update(reference, {"lease": lease})
 
-        self._transact(give_back, f"releasing the lease of {kind} {record_id}")
+        self._transact(give_back, f"releasing the lease of run {run_id}")
 
     # Shared
 
-    def _collection(self, kind: Literal["run", "job"]) -> Any:
-        if kind == "run":
-            return self._runs
-        if kind == "job":
-            return self._jobs
-        raise ValueError(f"unknown record kind {kind!r}")
+    def _run_lease(self, transaction: firestore.Transaction, run_id: str) -> Any:
+        snapshot = self._runs.document(run_id).get(transaction=transaction, **self._call)
+        return (snapshot.to_dict() or {}).get("lease") if snapshot.exists else None
+
+    def _check_run_lease(
+        self, transaction: firestore.Transaction, run_id: str, owner: str, what: str
+    ) -> None:
+        if not rules.lease_held(self._run_lease(transaction, run_id), owner, time.time()):
+            raise PreconditionFailedError(f"{what}: the lease of run {run_id} is not held by {owner}")
 
     def _create(self, collection: Any, record_id: str, record: BaseModel, what: str) -> bool:
         with _firestore_errors(what):
@@ -255,7 +333,9 @@ class FirestoreJobStore:
 
     def _query(self, query: Any, model: type[_Record], what: str) -> list[_Record]:
         with _firestore_errors(what):
-            return [model.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
+            return rules.decoded(
+                model, ((snapshot.id, snapshot.to_dict() or {}) for snapshot in query.stream(**self._call))
+            )
 
     def _read(self, reference: Any, transaction: firestore.Transaction, label: str) -> dict[str, Any]:
         snapshot = reference.get(transaction=transaction, **self._call)
@@ -266,39 +346,3 @@ class FirestoreJobStore:
     def _transact(self, body: Callable[[firestore.Transaction], Any], what: str) -> Any:
         with _firestore_errors(what):
             return firestore.transactional(body)(self._client.transaction(max_attempts=self._attempts))
-
-    def _update(
-        self,
-        collection: Any,
-        record_id: str,
-        model: type[_Record],
-        changes: Mapping[str, Any],
-        state_field: str,
-        allowed: Iterable[RunState] | Iterable[JobPhase] | None,
-        if_lease_owner: str | None,
-        label: str,
-    ) -> _Record:
-        what = f"updating {label}"
-        unknown = set(changes) - set(model.model_fields)
-        if unknown:
-            raise ValueError(f"{what}: unknown fields {sorted(unknown)}")
-        allowed_values = None if allowed is None else {str(value) for value in allowed}
-        reference = collection.document(record_id)
-
-        def apply(transaction: firestore.Transaction) -> _Record:
-            document = self._read(reference, transaction, label)
-            if allowed_values is not None and document.get(state_field) not in allowed_values:
-                raise PreconditionFailedError(
-                    f"{what}: {state_field} is {document.get(state_field)}, not one of {sorted(allowed_values)}"
-                )
-            if if_lease_owner is not None and not _lease_held(document, if_lease_owner, time.time()):
-                raise PreconditionFailedError(f"{what}: the lease is not held by {if_lease_owner}")
-            merged = {**document, **changes}
-            if "updated_at" not in changes:
-                merged["updated_at"] = time.time()
-            record = model.model_validate(merged)
-            transaction.set(reference, record.model_dump(mode="json"))
-            return record
-
-        result: _Record = self._transact(apply, what)
-        return result

@@ -269,6 +269,18 @@ class _ObjectWriter(BlobWriter):  # type: ignore[misc]
             log.warning("could not cancel the upload of %s: %s", self._what, type(exc).__name__)
 
 
+def widen_connection_pool(client: Client, connections: int) -> None:
+    """Let the client keep ``connections`` connections per host (requests keeps 10 by default, and
+    parallel uploads and read-ahead fetches would discard the rest and pay a new connection each time).
+
+    ``Client._http`` (the authorized ``requests.Session``) is private, with no public way to size its pool:
+    this is the one place that touches it; tests/unit/test_private_surfaces.py fails loudly if it moves.
+    """
+    pool = HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
+    for scheme in ("https://", "http://"):
+        client._http.mount(scheme, pool)
+
+
 class GcsBlobStore:
     """A Cloud Storage bucket. ``timeout`` and ``retry`` apply to every call (``retry=None``: no retries)."""
 
@@ -283,12 +295,7 @@ class GcsBlobStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self._client = client if client is not None else Client()
-        # requests keeps 10 connections per host by default; parallel uploads and read-ahead fetches would
-        # discard the rest (and pay a new connection each time).
-        connections = upload_concurrency + READ_AHEAD_CHUNKS + 1
-        pool = HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
-        for scheme in ("https://", "http://"):
-            self._client._http.mount(scheme, pool)
+        widen_connection_pool(self._client, upload_concurrency + READ_AHEAD_CHUNKS + 1)
         self._bucket = self._client.bucket(bucket_name)
         self._name = bucket_name
         self._chunk_size = chunk_size
@@ -404,13 +411,21 @@ class GcsBlobStore:
             except api_exceptions.NotFound:
                 return
 
-    def copy(self, source: str, destination: str) -> None:
+    def delete_prefix(self, prefix: str) -> None:
+        # An interrupted upload never becomes an object, so the listing holds everything.
+        for info in list(self.list(prefix)):
+            self.delete(info.name)
+
+    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
         source_blob, destination_blob = self._blob(source), self._blob(destination)
+        condition = (
+            {} if if_source_generation is None else {"if_source_generation_match": int(if_source_generation)}
+        )
         with _storage_errors(f"copy of {self._where(source)} to {destination}"):
             # Rewrite rather than copyTo: a large object across storage classes takes several calls.
-            token, _, _ = destination_blob.rewrite(source_blob, **self._call)
+            token, _, _ = destination_blob.rewrite(source_blob, **condition, **self._call)
             while token is not None:
-                token, _, _ = destination_blob.rewrite(source_blob, token=token, **self._call)
+                token, _, _ = destination_blob.rewrite(source_blob, token=token, **condition, **self._call)
 
 
 def _info(blob: Blob) -> BlobInfo:

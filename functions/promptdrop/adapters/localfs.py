@@ -18,6 +18,7 @@ are refused as object names and never listed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -38,7 +39,13 @@ from promptdrop.adapters.sqlite_store import (
     translate_sqlite_errors,
     write_transaction,
 )
-from promptdrop.errors import NotFoundError, PermanentError, TransientError, UnsafeNameError
+from promptdrop.errors import (
+    NotFoundError,
+    PermanentError,
+    PreconditionFailedError,
+    TransientError,
+    UnsafeNameError,
+)
 from promptdrop.names import check_relative_path
 from promptdrop.ports import BlobInfo
 
@@ -213,20 +220,44 @@ class LocalBlobStore:
                 handle.close()
             return self._publish(name, path, temporary, content_type, metadata, if_absent=if_absent)
 
-    def copy(self, source: str, destination: str) -> None:
+    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
         """Copy bytes, content type and metadata; the copy gets a generation of its own.
 
         A real copy rather than a hard link, so that a file edited in place by hand changes one object only.
+        With ``if_source_generation``, the bytes copied are those of that generation or nothing is copied.
         """
-        info = self.stat(source)
-        if info is None:
-            raise NotFoundError(f"no object {source} in {self._root}")
+        source_path = self.path_of(source)
         path = self.path_of(destination)
         with self._temporary(destination, path) as (temporary, handle):
             with self.open_read(source) as reader, _write_errors(destination):
+                # The open handle pins one file; the object's generation is known for the file at the path.
+                opened = os.fstat(reader.fileno())
+                info = self.stat(source)
+                pinned = _Fingerprint(opened.st_size, opened.st_mtime_ns, opened.st_ino)
+                if info is None or _fingerprint(source_path) != pinned:
+                    raise PreconditionFailedError(f"object {source} changed while being copied")
+                if if_source_generation is not None and info.generation != if_source_generation:
+                    raise PreconditionFailedError(
+                        f"object {source} is generation {info.generation}, not {if_source_generation}"
+                    )
                 shutil.copyfileobj(reader, handle, _COPY_BUFFER)
                 handle.close()
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Every object under ``prefix``, then the scratch files of interrupted writes, which ``list`` hides."""
+        for info in list(self.list(prefix)):
+            self.delete(info.name)
+        if not prefix.endswith("/"):
+            return
+        folder = self.path_of(prefix.removesuffix("/"))
+        for directory, _, files in os.walk(folder, topdown=False):
+            for file in files:
+                if file.startswith(_TEMP_PREFIX):
+                    Path(directory, file).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty (a write landed meanwhile), or already gone
+                os.rmdir(directory)
+        self._prune(folder.parent)
 
     def delete(self, name: str) -> None:
         path = self.path_of(name)

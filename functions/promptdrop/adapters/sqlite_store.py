@@ -18,12 +18,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 
+from promptdrop import store_rules as rules
 from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError, TransientError
-from promptdrop.records import Job, Lease, Run
+from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, RunState
 
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's write lock
@@ -184,7 +185,8 @@ class SqliteJobStore:
     # Runs
 
     def create_run(self, run: Run) -> bool:
-        return self._create(_RUNS, run)
+        with self._transaction() as conn:
+            return self._insert(conn, _RUNS, run)
 
     def get_run(self, run_id: str) -> Run | None:
         return self._get(_RUNS, run_id)
@@ -197,7 +199,22 @@ class SqliteJobStore:
         if_states: Iterable[RunState] | None = None,
         if_lease_owner: str | None = None,
     ) -> Run:
-        return self._update(_RUNS, run_id, changes, if_statuses=if_states, if_lease_owner=if_lease_owner)
+        rules.check_fields(Run, changes)
+        with self._transaction() as conn:
+            doc = self._load(conn, _RUNS, run_id)
+            run = rules.updated(
+                Run,
+                doc,
+                changes,
+                label=f"run {run_id}",
+                status_field="state",
+                allowed=if_states,
+                lease=doc.get("lease"),
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            self._save(conn, _RUNS, run)
+        return run
 
     def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
         if states is None:
@@ -207,15 +224,18 @@ class SqliteJobStore:
             if not wanted:
                 return []
             where, params = f"WHERE state IN ({_placeholders(len(wanted))})", wanted
-        sql = f"SELECT doc FROM runs {where} ORDER BY updated_at, run_id LIMIT ?"  # noqa: S608 (placeholders only)
+        sql = f"SELECT run_id, doc FROM runs {where} ORDER BY updated_at, run_id LIMIT ?"  # noqa: S608 (placeholders only)
         with self._reading() as conn:
             rows = conn.execute(sql, [*params, limit]).fetchall()
-        return [Run.model_validate_json(doc) for (doc,) in rows]
+        return rules.decoded(Run, _documents(rows))
 
     # Jobs
 
-    def create_job(self, job: Job) -> bool:
-        return self._create(_JOBS, job)
+    def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
+        with self._transaction() as conn:
+            if if_lease_owner is not None:
+                self._check_run_lease(conn, job.run_id, if_lease_owner, f"creating job {job.job_id}")
+            return self._insert(conn, _JOBS, job)
 
     def get_job(self, job_id: str) -> Job | None:
         return self._get(_JOBS, job_id)
@@ -228,102 +248,99 @@ class SqliteJobStore:
         if_phases: Iterable[JobPhase] | None = None,
         if_lease_owner: str | None = None,
     ) -> Job:
-        return self._update(_JOBS, job_id, changes, if_statuses=if_phases, if_lease_owner=if_lease_owner)
+        rules.check_fields(Job, changes)
+        with self._transaction() as conn:
+            doc = self._load(conn, _JOBS, job_id)
+            job = rules.updated(
+                Job,
+                doc,
+                changes,
+                label=f"job {job_id}",
+                status_field="phase",
+                allowed=if_phases,
+                lease=self._run_lease(conn, str(doc.get("run_id"))) if if_lease_owner else None,
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            self._save(conn, _JOBS, job)
+        return job
+
+    def start_job(
+        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+    ) -> Job | None:
+        # BEGIN IMMEDIATE holds the database's write lock: no other worker starts a job meanwhile.
+        with self._transaction() as conn:
+            doc = self._load(conn, _JOBS, job_id)
+            wanted = [phase.value for phase in rules.IN_FLIGHT]
+            rows = conn.execute(
+                f"SELECT job_id, doc FROM jobs WHERE phase IN ({_placeholders(len(wanted))})",  # noqa: S608
+                wanted,
+            ).fetchall()
+            in_flight = rules.decoded(Job, _documents(rows))
+            job = rules.updated(
+                Job,
+                doc,
+                {"phase": JobPhase.CREATING.value},
+                label=f"job {job_id}",
+                status_field="phase",
+                allowed=[JobPhase.QUEUED],
+                lease=self._run_lease(conn, str(doc.get("run_id"))) if if_lease_owner else None,
+                lease_owner=if_lease_owner,
+                now=time.time(),
+            )
+            if not rules.may_start(in_flight, job, max_jobs=max_jobs, max_tokens=max_tokens):
+                return None
+            self._save(conn, _JOBS, job)
+        return job
 
     def list_jobs(self, run_id: str) -> list[Job]:
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT doc FROM jobs WHERE run_id = ? ORDER BY attempt, chunk, job_id", [run_id]
+                "SELECT job_id, doc FROM jobs WHERE run_id = ? ORDER BY attempt, chunk, job_id", [run_id]
             ).fetchall()
-        return [Job.model_validate_json(doc) for (doc,) in rows]
-
-    def list_jobs_in_phases(self, phases: Iterable[JobPhase]) -> list[Job]:
-        wanted = [JobPhase(phase).value for phase in phases]
-        if not wanted:
-            return []
-        sql = (
-            f"SELECT doc FROM jobs WHERE phase IN ({_placeholders(len(wanted))})"  # noqa: S608 (placeholders)
-            " ORDER BY run_id, attempt, chunk"
-        )
-        with self._reading() as conn:
-            rows = conn.execute(sql, wanted).fetchall()
-        return [Job.model_validate_json(doc) for (doc,) in rows]
+        return rules.decoded(Job, _documents(rows))
 
     # Leases
 
-    def acquire_lease(
-        self, kind: Literal["run", "job"], record_id: str, owner: str, ttl: float, now: float
-    ) -> bool:
-        """Take the lease if free, expired or ours. Raises NotFoundError if the record does not exist.
-
-        The lease alone changes: ``updated_at`` keeps following real progress.
-        """
-        table = _RUNS if kind == "run" else _JOBS
+    def acquire_lease(self, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        """Take the lease if free, expired or ours. Raises NotFoundError if the run does not exist."""
         with self._transaction() as conn:
-            doc = self._load(conn, table, record_id)
-            lease = Lease.model_validate(doc.get("lease") or {})
-            if lease.owner is not None and lease.owner != owner and lease.expires > now:
+            doc = self._load(conn, _RUNS, run_id)
+            lease = rules.taken_lease(doc.get("lease"), owner, ttl, now)
+            if lease is None:
                 return False
-            doc["lease"] = {"owner": owner, "expires": now + ttl}
-            self._save_doc(conn, table, record_id, doc)
+            self._save_lease(conn, run_id, {**doc, "lease": lease})
         return True
 
-    def release_lease(self, kind: Literal["run", "job"], record_id: str, owner: str) -> None:
-        """Clear the lease if ``owner`` holds it; a missing record or someone else's lease is left alone."""
-        table = _RUNS if kind == "run" else _JOBS
+    def release_lease(self, run_id: str, owner: str) -> None:
         with self._transaction() as conn:
-            doc = self._find(conn, table, record_id)
-            if doc is None or Lease.model_validate(doc.get("lease") or {}).owner != owner:
-                return
-            doc["lease"] = Lease().model_dump(mode="json")
-            self._save_doc(conn, table, record_id, doc)
+            doc = self._find(conn, _RUNS, run_id)
+            lease = None if doc is None else rules.released_lease(doc.get("lease"), owner)
+            if doc is not None and lease is not None:
+                self._save_lease(conn, run_id, {**doc, "lease": lease})
 
     # Shared by runs and jobs
 
-    def _create(self, table: _Table[RecordT], record: RecordT) -> bool:
+    def _insert(self, conn: sqlite3.Connection, table: _Table[RecordT], record: RecordT) -> bool:
         columns = {**table.columns(record), "doc": _dump(record)}
         sql = (
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_placeholders(len(columns))})"  # noqa: S608
             f" ON CONFLICT ({table.key}) DO NOTHING"
         )
-        with self._transaction() as conn:
-            inserted = conn.execute(sql, list(columns.values())).rowcount
-        return inserted == 1
+        return bool(conn.execute(sql, list(columns.values())).rowcount == 1)
 
     def _get(self, table: _Table[RecordT], record_id: str) -> RecordT | None:
         with self._reading() as conn:
             doc = self._find(conn, table, record_id)
         return None if doc is None else table.model.model_validate(doc)
 
-    def _update(
-        self,
-        table: _Table[RecordT],
-        record_id: str,
-        changes: Mapping[str, Any],
-        *,
-        if_statuses: Iterable[str] | None,
-        if_lease_owner: str | None,
-    ) -> RecordT:
-        unknown = set(changes) - set(table.model.model_fields)
-        if unknown:
-            raise ValueError(f"not fields of {table.model.__name__}: {sorted(unknown)}")
-        allowed = None if if_statuses is None else {str(status) for status in if_statuses}
-        with self._transaction() as conn:
-            doc = self._load(conn, table, record_id)
-            current = table.model.model_validate(doc)
-            status = str(getattr(current, table.status_field))
-            if allowed is not None and status not in allowed:
-                raise PreconditionFailedError(
-                    f"{table.key} {record_id} is {status}, not one of {sorted(allowed)}"
-                )
-            if if_lease_owner is not None and not _holds(current.lease, if_lease_owner, time.time()):
-                raise PreconditionFailedError(f"{table.key} {record_id}: lease not held by {if_lease_owner}")
-            doc.update(changes)
-            if "updated_at" not in changes:
-                doc["updated_at"] = time.time()
-            updated = table.model.model_validate(doc)
-            self._save(conn, table, updated)
-        return updated
+    def _run_lease(self, conn: sqlite3.Connection, run_id: str) -> Any:
+        doc = self._find(conn, _RUNS, run_id)
+        return None if doc is None else doc.get("lease")
+
+    def _check_run_lease(self, conn: sqlite3.Connection, run_id: str, owner: str, what: str) -> None:
+        if not rules.lease_held(self._run_lease(conn, run_id), owner, time.time()):
+            raise PreconditionFailedError(f"{what}: the lease of run {run_id} is not held by {owner}")
 
     @staticmethod
     def _find(conn: sqlite3.Connection, table: _Table[Any], record_id: str) -> dict[str, Any] | None:
@@ -354,13 +371,11 @@ class SqliteJobStore:
         )
 
     @staticmethod
-    def _save_doc(conn: sqlite3.Connection, table: _Table[Any], record_id: str, doc: dict[str, Any]) -> None:
+    def _save_lease(conn: sqlite3.Connection, run_id: str, doc: dict[str, Any]) -> None:
         # Only the lease changed, and no indexed column holds it.
-        conn.execute(
-            f"UPDATE {table.name} SET doc = ? WHERE {table.key} = ?",  # noqa: S608 (fixed names)
-            [orjson.dumps(doc).decode(), record_id],
-        )
+        conn.execute("UPDATE runs SET doc = ? WHERE run_id = ?", [orjson.dumps(doc).decode(), run_id])
 
 
-def _holds(lease: Lease, owner: str, now: float) -> bool:
-    return lease.owner == owner and lease.expires > now
+def _documents(rows: Iterable[tuple[str, str]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for record_id, doc in rows:
+        yield record_id, orjson.loads(doc)

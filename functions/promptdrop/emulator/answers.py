@@ -15,8 +15,8 @@ from typing import Final
 
 from promptdrop.emulator.images import MIME_TYPES, image_dimensions, render_image
 from promptdrop.emulator.wire import camel_keys, decode_base64, encode_base64
-from promptdrop.rpc import rpc_status
 from promptdrop.models import model_spec
+from promptdrop.rpc import rpc_status
 
 UNKNOWN_MODEL_IMAGE_TOKENS: Final = 1290
 UNKNOWN_MODEL_INPUT_IMAGE_TOKENS: Final = 560

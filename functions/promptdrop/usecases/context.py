@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from promptdrop.layout import RunLayout
 from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier
 from promptdrop.settings import Settings
+
+T = TypeVar("T")
 
 
 def default_owner() -> str:
@@ -36,6 +40,28 @@ def owner_is_dead_local_process(owner: str) -> bool:
     return False
 
 
+class Lazy(Generic[T]):
+    """A value built on first use, once, however many threads ask at the same moment."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._factory()
+                value = self._value
+        return value
+
+    def set(self, value: T) -> None:
+        with self._lock:
+            self._value = value
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -46,13 +72,17 @@ class Context:
     backend_factory: Callable[[], BatchBackend]
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=default_owner)
-    _backend: BatchBackend | None = None
+    # Shared by the copies ``replace`` makes (a context working under a lease), so one backend serves all.
+    backend_holder: Lazy[BatchBackend] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend_holder is None:
+            self.backend_holder = Lazy(lambda: self.backend_factory())
 
     @property
     def backend(self) -> BatchBackend:
-        if self._backend is None:
-            self._backend = self.backend_factory()
-        return self._backend
+        assert self.backend_holder is not None
+        return self.backend_holder.get()
 
     def layout(self, run_id: str) -> RunLayout:
         return RunLayout.of(self.settings.output_prefix, run_id)

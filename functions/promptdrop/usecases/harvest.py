@@ -10,24 +10,31 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, BinaryIO
 
 import orjson
 
 from promptdrop import results
-from promptdrop.errors import BackendError, NotFoundError, PermanentError, PromptdropError, UnsafeNameError
+from promptdrop.errors import (
+    BackendError,
+    BackendPermanentError,
+    PermanentError,
+    PromptdropError,
+    UnsafeNameError,
+)
 from promptdrop.layout import RunLayout
-from promptdrop.manifest import Outcome
+from promptdrop.manifest import SCHEMA_VERSION
 from promptdrop.names import check_key
+from promptdrop.outcomes import LineError, Outcome
 from promptdrop.ports import BlobStore
-from promptdrop.prompts import LineError
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.leases import renew
+from promptdrop.usecases.workfiles import iter_job_keys, iter_job_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -92,57 +99,13 @@ class ImageWriter:
         self.close()
 
 
-def unwritten(outcome: Outcome, reason: str) -> Outcome:
-    """The outcome of a line whose image was generated but cannot be stored under its name."""
-    error = LineError("write_failed", f"the image could not be written: {reason}")
-    return replace(outcome, status="failed", image=None, error=error.to_json())
-
-
-def to_outcome(
-    parsed: results.ImageOutcome, key: str, *, image_name: str | None, attempt: int, model: str | None
-) -> Outcome:
-    return Outcome(
-        key=key,
-        status="succeeded" if parsed.succeeded else "failed",
-        attempt=attempt,
-        model=model,
-        image=image_name if parsed.succeeded else None,
-        mime_type=parsed.mime_type,
-        bytes=len(parsed.data) if parsed.data is not None else None,
-        finish_reason=parsed.finish_reason,
-        text=parsed.text,
-        usage=parsed.usage.to_json() if parsed.usage else None,
-        error=parsed.error.to_json() if parsed.error else None,
-    )
-
-
-def iter_job_keys(ctx: Context, layout: RunLayout, job: Job) -> Iterator[tuple[str, int]]:
-    """(key, input line) of every request in a job, in request order."""
-    with ctx.blobs.open_read(layout.job_keys(job.job_id)) as stream:
-        for raw in iter_lines(stream):
-            if raw.strip():
-                item = orjson.loads(raw)
-                yield item["key"], item["line"]
-
-
-def job_keys(ctx: Context, layout: RunLayout, job: Job) -> list[str]:
-    return [key for key, _ in iter_job_keys(ctx, layout, job)]
-
-
-def iter_job_outcomes(ctx: Context, layout: RunLayout, job: Job) -> Iterator[Outcome]:
-    """Outcomes a job's harvest has checkpointed so far (parts beyond the checkpoint are ignored)."""
-    for part in range(job.harvest_part):
-        try:
-            data = ctx.blobs.read_bytes(layout.job_outcomes(job.job_id, part))
-        except NotFoundError:
-            continue
-        for raw in data.splitlines():
-            if raw:
-                yield Outcome.from_json(orjson.loads(raw))
+RESULTS_LOST = "results unavailable"
 
 
 def _job_end_error(job: Job) -> LineError:
     """Why the lines of a job that gave no result for them failed, and whether trying again may help."""
+    if job.error and job.error.startswith(RESULTS_LOST):
+        return LineError("results_lost", f"the job's results could not be read: {job.error}", True)
     if job.error == "cancelled":
         return LineError("cancelled", "the run was cancelled before this line finished")
     if job.error == "deadline":
@@ -175,24 +138,22 @@ class _Checkpointer:
 
     def commit(self, offset: int, extra: Mapping[str, Any] | None = None) -> None:
         """Images durable first, then the outcome part, then the checkpoint that makes the part count."""
-        from promptdrop.usecases.poll import renew_lease
-
         refused = self.writer.flush()
         changes: dict[str, Any] = {"harvest_offset": offset}
         if self.buffer:
             part = self.job.harvest_part
-            lines = [
-                orjson.dumps((unwritten(o, refused[o.image]) if o.image in refused else o).to_json())
-                for o in self.buffer
-            ]
+            final = [o.unwritten(refused[o.image]) if o.image in refused else o for o in self.buffer]
+            lines = [orjson.dumps(o.to_json()) for o in final]
             self.ctx.blobs.write_bytes(
                 self.layout.job_outcomes(self.job.job_id, part),
                 b"\n".join(lines) + b"\n",
                 content_type="application/jsonl",
             )
             changes["harvest_part"] = part + 1
+            # Counted with the part it belongs to, so a part written twice is counted once.
+            changes["retryable"] = self.job.retryable + sum(o.retryable for o in final)
         changes.update(extra or {})
-        renew_lease(self.ctx, self.run.run_id)
+        renew(self.ctx, self.run.run_id)
         self.job = self.ctx.store.update_job(self.job.job_id, changes)
         self.buffer.clear()
         self.bytes_since = 0
@@ -202,12 +163,20 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
     """Harvest one terminal job. True when done; False when the time budget ran out (resume next tick)."""
     layout = ctx.layout(run.run_id)
     extra = {"run_id": run.run_id, "job": job.batch_name or job.job_id}
-    if job.results_file and not job.results_object:
+    if job.results_file and not job.results_object and job.harvest_offset >= 0:
         # Streamed once from the Files API into the bucket (in a Cloud Function the disk is memory).
-        with ctx.blobs.open_write(layout.job_results(job.job_id), content_type="application/jsonl") as out:
-            ctx.backend.download_file(job.results_file, out)
-        job = ctx.store.update_job(job.job_id, {"results_object": layout.job_results(job.job_id)})
-        log.info("results downloaded", extra=extra)
+        try:
+            with ctx.blobs.open_write(
+                layout.job_results(job.job_id), content_type="application/jsonl"
+            ) as out:
+                ctx.backend.download_file(job.results_file, out)
+        except BackendPermanentError as exc:
+            # Gone for good (deleted, expired): the job's lines fail retryably instead of a retry per tick.
+            log.error("results file %s cannot be read: %s", job.results_file, exc, extra=extra)
+            job = ctx.store.update_job(job.job_id, {"error": f"{RESULTS_LOST}: {exc}", "harvest_offset": -1})
+        else:
+            job = ctx.store.update_job(job.job_id, {"results_object": layout.job_results(job.job_id)})
+            log.info("results downloaded", extra=extra)
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
@@ -271,7 +240,7 @@ def _outcome_for_line(
         writer.submit(
             image_name, parsed.data, parsed.mime_type, {"run": run.run_id, "key": key, "model": job.model}
         )
-    return to_outcome(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
+    return Outcome.of_image(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
 
 
 def _blank(raw: bytes) -> bool:
@@ -297,8 +266,6 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
     Keys from someone else's file obey the same rules as ours: a key that could escape the folder is
     reported in the manifest and nothing is written for it.
     """
-    from promptdrop.manifest import SCHEMA_VERSION
-
     counts = {"lines": 0, "succeeded": 0, "failed": 0, "invalid": 0}
     seen: set[str] = set()
     # Entries wait until their images are written, so an image refused for good is reported as such.
@@ -309,7 +276,7 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
         for entry, outcome in pending:
             if outcome is not None:
                 if outcome.image is not None and outcome.image in refused:
-                    outcome = unwritten(outcome, refused[outcome.image])
+                    outcome = outcome.unwritten(refused[outcome.image])
                 counts[outcome.status] += 1
                 entry.update({k: v for k, v in outcome.to_json().items() if k not in {"attempt", "model"}})
                 entry["attempts"] = 1
@@ -354,7 +321,9 @@ def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dic
             if parsed.succeeded and parsed.data is not None and parsed.extension:
                 image_name = f"images/{key}.{parsed.extension}"
                 writer.submit(image_name, parsed.data, parsed.mime_type, {"key": key})
-            pending.append((entry, to_outcome(parsed, key, image_name=image_name, attempt=1, model=None)))
+            pending.append(
+                (entry, Outcome.of_image(parsed, key, image_name=image_name, attempt=1, model=None))
+            )
             if len(pending) >= CHECKPOINT_LINES:
                 drain(writer, manifest)
         drain(writer, manifest)

@@ -2,8 +2,9 @@
 
 The input is streamed through the same pure parser once more and joined on key with the checkpointed
 outcomes, so the manifest is in input order and nothing needs to be held per line but the outcomes.
-Order of writes: outputs, event, terminal state, scratch clean-up. A crash anywhere before the terminal
-state makes the next tick settle again and write the same outputs (the event is at least once).
+Order of writes: outputs, summary and event, terminal state (guarded: only an active run ends), scratch
+clean-up. A crash anywhere before the terminal state makes the next tick settle again and write the same
+outputs (the event is at least once).
 """
 
 from __future__ import annotations
@@ -15,33 +16,15 @@ import orjson
 
 from promptdrop import manifest
 from promptdrop.cost import CostTally
-from promptdrop.errors import NotFoundError
-from promptdrop.manifest import Outcome
-from promptdrop.prompts import InvalidLine, LineError, PromptRequest, RejectedLine
+from promptdrop.outcomes import LineError, Outcome, Usage
+from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
-from promptdrop.results import Usage
-from promptdrop.states import RunState
-from promptdrop.usecases import harvest
+from promptdrop.states import RUN_ACTIVE, RunState
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.inputs import parsed_input
+from promptdrop.usecases.workfiles import delete_work, load_outcomes
 
 log = logging.getLogger(__name__)
-
-
-def load_outcomes(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Outcome]:
-    """key -> its latest outcome (a later attempt replaces an earlier one); refusals at submission included."""
-    layout = ctx.layout(run.run_id)
-    outcomes: dict[str, Outcome] = {}
-    try:
-        for raw in ctx.blobs.read_bytes(layout.submit_outcomes).splitlines():
-            if raw:
-                outcome = Outcome.from_json(orjson.loads(raw))
-                outcomes[outcome.key] = outcome
-    except NotFoundError:
-        pass
-    for job in sorted(jobs, key=lambda j: (j.attempt, j.chunk)):
-        for outcome in harvest.iter_job_outcomes(ctx, layout, job):
-            outcomes[outcome.key] = outcome
-    return outcomes
 
 
 def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> Run:
@@ -49,8 +32,6 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
 
     ``refused``: the run was refused before submission (budget cap); every valid line fails with it.
     """
-    from promptdrop.usecases.submit import parsed_input
-
     layout = ctx.layout(run.run_id)
     jobs = ctx.store.list_jobs(run.run_id)
     outcomes = load_outcomes(ctx, run, jobs)
@@ -105,9 +86,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         ctx.blobs.delete(layout.rejected)
 
     total = tally.total
-    state = manifest.final_state(counts, cancelled=cancelled)
-    if refused is not None:
-        state = RunState.FAILED
+    state = RunState.FAILED if refused is not None else manifest.final_state(counts, cancelled=cancelled)
     saved = None if total.batch is None or total.interactive is None else total.interactive - total.batch
     cost = Cost(
         batch=total.batch,
@@ -116,29 +95,17 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         estimate=run.cost.estimate,
         estimate_interactive=run.cost.estimate_interactive,
     )
-    finished = ctx.clock()
-    final = run.model_copy(
-        update={
+    final = _end(
+        ctx,
+        run,
+        jobs,
+        {
             "state": state,
             "counts": counts,
             "cost": cost,
-            "finished_at": finished,
-            "reason": refused.message if refused else run.reason,
-        }
-    )
-    _announce(ctx, final, jobs)
-    final = ctx.store.update_run(
-        run.run_id,
-        {
-            "state": state.value,
-            "counts": counts.model_dump(),
-            "cost": cost.model_dump(),
-            "finished_at": finished,
-            "reason": final.reason,
-            "notified": True,
+            "reason": manifest.final_reason(state, counts, refused=refused.message if refused else None),
         },
     )
-    _delete_prefix(ctx, layout.work)
     log.info(
         "run %s: %d succeeded, %d failed, %d invalid of %d lines",
         state.value,
@@ -148,6 +115,21 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         counts.lines,
         extra={"run_id": run.run_id},
     )
+    return final
+
+
+def _end(ctx: Context, run: Run, jobs: list[Job], update: dict[str, Any]) -> Run:
+    """Summary and event, then the terminal state (only from an active state), then the scratch files.
+
+    Backoff fields go: a finished run carries only what its end says.
+    """
+    final = run.model_copy(update={**update, "finished_at": ctx.clock(), "next_attempt_at": 0.0})
+    _announce(ctx, final, jobs)
+    changes = final.model_dump(
+        mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
+    )
+    final = ctx.store.update_run(run.run_id, changes, if_states=RUN_ACTIVE)
+    delete_work(ctx, run.run_id)
     return final
 
 
@@ -189,20 +171,15 @@ def _unanswered(line: PromptRequest, refused: LineError | None, cancelled: bool)
     )
 
 
-def fail_refused(ctx: Context, run: Run, reason: str, error: LineError) -> Run:
+def fail_refused(ctx: Context, run: Run, error: LineError) -> Run:
     """Refused before submission (budget cap): FAILED with the reason, every line accounted for."""
-    run = ctx.store.update_run(run.run_id, {"reason": reason})
     return settle_run(ctx, run, refused=error)
 
 
 def fail_unusable(ctx: Context, run: Run, reason: str, state: RunState = RunState.FAILED) -> Run:
     """A file that cannot be used at all: FAILED with the reason in summary.json, never a crash loop."""
-    finished = ctx.clock()
-    _announce(ctx, run.model_copy(update={"state": state, "finished_at": finished, "reason": reason}), [])
     log.warning("run %s: %s", state.value, reason, extra={"run_id": run.run_id})
-    return ctx.store.update_run(
-        run.run_id, {"state": state.value, "finished_at": finished, "reason": reason, "notified": True}
-    )
+    return _end(ctx, run, [], {"state": state, "reason": reason})
 
 
 def cancel_unsubmitted(ctx: Context, run: Run) -> Run:
@@ -210,8 +187,3 @@ def cancel_unsubmitted(ctx: Context, run: Run) -> Run:
     if ctx.blobs.stat(run.input_object) is None:
         return fail_unusable(ctx, run, "cancelled before submission", RunState.CANCELLED)
     return settle_run(ctx, run)
-
-
-def _delete_prefix(ctx: Context, prefix: str) -> None:
-    for info in list(ctx.blobs.list(prefix)):
-        ctx.blobs.delete(info.name)

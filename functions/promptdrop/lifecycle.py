@@ -1,0 +1,116 @@
+"""What happens next to a run: the lifecycle decided in one place (pure).
+
+``next_step`` looks at a run and its jobs and names the one thing to do now; ``usecases.advance`` does
+it, reads the records again and asks once more, until the answer is to wait. Every trigger (a file, a
+message, the poller, ``serve``, ``run --wait``) goes through that one loop.
+
+    RECEIVED --submit--> SUBMITTED --(a job ends)--> HARVESTING --settle--> SUCCEEDED | PARTIAL | FAILED
+        |  \\--transient failure: backoff, submit again                       CANCELLED (on request)
+        \\--unusable input, budget cap, cancel before submission --> FAILED | CANCELLED
+
+    job: QUEUED --launch--> CREATING --create/adopt--> ACTIVE --ends--> HARVESTING --harvest--> DONE
+                 (in-flight cap)   \\--refused / gave up--------------------^
+
+Actions that may leave nothing changed (looking a create up, polling, launching under a full cap) make
+one pass per call, in this order, never going back: ``done`` names the actions already taken, so the
+loop always ends, and a job launched in this call is not polled before the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, RunState
+
+
+class Action(StrEnum):
+    NOTHING = "nothing"  # the run has ended
+    WAIT = "wait"  # nothing to do until time passes (backoff, jobs running on the API)
+    SUBMIT = "submit"  # stage, validate, estimate, write the chunks: RECEIVED -> SUBMITTED
+    CANCEL_UNSUBMITTED = "cancel_unsubmitted"  # cancelled while RECEIVED: every line cancelled
+    CANCEL_JOBS = "cancel_jobs"  # cancel requested: queued jobs end, running batches are cancelled
+    RECOVER = "recover"  # CREATING jobs: find a create that may have landed, else create (bounded)
+    REFRESH = "refresh"  # ACTIVE jobs: read their state from the API
+    HARVEST = "harvest"  # HARVESTING jobs: write images and outcomes, checkpointed
+    LAUNCH = "launch"  # QUEUED jobs: create batches while the in-flight caps allow
+    RETRY = "retry"  # every job done, retryable lines left and attempts left: a new attempt
+    SETTLE = "settle"  # every job done: manifest, summary, event, terminal state
+
+
+# Actions that need not change any record: one pass per call, in this order.
+ONE_PASS = (Action.RECOVER, Action.REFRESH, Action.LAUNCH)
+
+
+def _passed(action: Action, done: Collection[Action]) -> bool:
+    """The pass is at or beyond ``action`` already."""
+    return action in ONE_PASS and any(later in done for later in ONE_PASS[ONE_PASS.index(action) :])
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    jobs: tuple[str, ...] = ()  # the job ids the action is about, in (attempt, chunk) order
+
+    @property
+    def final(self) -> bool:
+        """Nothing more to do in this call."""
+        return self.action in (Action.NOTHING, Action.WAIT)
+
+
+def needs_cancel(job: Job) -> bool:
+    """A job a cancelled run still has to stop: queued, or created and not yet told to stop."""
+    if job.phase is JobPhase.QUEUED:
+        return True
+    return job.phase is JobPhase.ACTIVE and not job.state.terminal and job.error != "cancelled"
+
+
+def retryable_left(jobs: Sequence[Job], max_attempts: int) -> bool:
+    """The latest attempt left retryable lines and another attempt is allowed."""
+    if not jobs:
+        return False
+    latest = max(job.attempt for job in jobs)
+    return latest < max_attempts and any(job.retryable for job in jobs if job.attempt == latest)
+
+
+def next_step(
+    run: Run,
+    jobs: Sequence[Job],
+    *,
+    now: float,
+    max_attempts: int,
+    done: Collection[Action] = frozenset(),
+) -> Step:
+    """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call."""
+    if run.state.terminal:
+        return Step(Action.NOTHING)
+    if run.state is RunState.RECEIVED:
+        if run.cancel_requested:
+            return Step(Action.CANCEL_UNSUBMITTED)
+        if now < run.next_attempt_at or Action.SUBMIT in done:
+            return Step(Action.WAIT)
+        return Step(Action.SUBMIT)
+
+    def ids(phase: JobPhase) -> tuple[str, ...]:
+        return tuple(job.job_id for job in jobs if job.phase is phase)
+
+    if run.cancel_requested and Action.CANCEL_JOBS not in done:
+        to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
+        if to_cancel:
+            return Step(Action.CANCEL_JOBS, to_cancel)
+    candidates = (
+        (Action.RECOVER, ids(JobPhase.CREATING)),
+        (Action.REFRESH, ids(JobPhase.ACTIVE)),
+        (Action.HARVEST, ids(JobPhase.HARVESTING)),
+        (Action.LAUNCH, () if run.cancel_requested else ids(JobPhase.QUEUED)),
+    )
+    for action, job_ids in candidates:
+        if job_ids and not _passed(action, done):
+            return Step(action, job_ids)
+    if any(job.phase is not JobPhase.DONE for job in jobs):
+        return Step(Action.WAIT)
+    if not run.cancel_requested and retryable_left(jobs, max_attempts):
+        return Step(Action.RETRY)
+    return Step(Action.SETTLE)

@@ -1,0 +1,282 @@
+"""A run's batch jobs on the API: launch under the in-flight caps, recover ambiguous creates, poll, cancel,
+and put retryable lines into a new attempt.
+
+``batches.create`` is not idempotent and may land after the client gave up on it, so a create is sent
+once, its time recorded, and a job left CREATING is looked up by display name (its job id) without ever
+creating again while the first create may still land. Every failure here ends the job one way or another:
+refused for good, or given up after a bounded number of recoveries; its lines then fail with the reason,
+or are retried as a new attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from promptdrop.errors import (
+    AmbiguousCreateError,
+    BackendError,
+    BackendPermanentError,
+    PermanentError,
+    PreconditionFailedError,
+    TransientError,
+)
+from promptdrop.ports import BatchInfo
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, JobState
+from promptdrop.streams import content, iter_lines
+from promptdrop.usecases.chunks import ChunkPlanner
+from promptdrop.usecases.context import Context
+from promptdrop.usecases.workfiles import iter_job_keys, job_keys, load_outcomes
+
+log = logging.getLogger(__name__)
+
+# A create is not sent again until it could no longer land: the client's timeout plus this margin.
+CREATE_MARGIN = 60.0
+# A job still CREATING after this many creates gives up: its lines fail (or go to the next attempt).
+MAX_CREATE_RECOVERIES = 10
+
+
+def launch_queued_jobs(ctx: Context, run: Run, job_ids: tuple[str, ...]) -> None:
+    """Create batch jobs for queued chunks while the in-flight caps (jobs, enqueued tokens) allow.
+
+    The store counts the jobs in flight and starts one in the same transaction, so parallel ticks cannot
+    overshoot the caps.
+    """
+    for job_id in job_ids:
+        try:
+            job = ctx.store.start_job(
+                job_id,
+                max_jobs=ctx.settings.max_jobs_in_flight,
+                max_tokens=ctx.settings.max_enqueued_tokens,
+            )
+        except PreconditionFailedError:
+            continue  # no longer QUEUED: started or cancelled meanwhile
+        if job is None:
+            return  # the caps are reached; the next tick tries again
+        _create(ctx, run, job)
+
+
+def _create(ctx: Context, run: Run, job: Job) -> None:
+    """Upload the request file (once) and send the create (once, its time recorded first)."""
+    extra = {"run_id": run.run_id, "job": job.job_id}
+    try:
+        job = _upload_input(ctx, job)
+    except PermanentError as exc:
+        _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"upload refused: {exc}")
+        return
+    except TransientError as exc:
+        log.warning("upload failed for now (%s); will retry", exc, extra=extra)
+        return
+    file_name = job.file_name
+    assert file_name is not None
+    job = ctx.store.update_job(job.job_id, {"create_sent_at": ctx.clock()})
+    try:
+        info = ctx.backend.create_batch(model=job.model, file_name=file_name, display_name=job.job_id)
+    except AmbiguousCreateError as exc:
+        log.warning("create may or may not have happened (%s); will look it up", exc, extra=extra)
+        return
+    except TransientError as exc:
+        # Refused before the server took it (429 and the like): nothing can land, so no waiting.
+        ctx.store.update_job(job.job_id, {"create_sent_at": None})
+        log.warning("create refused for now (%s); will retry", exc, extra=extra)
+        return
+    except PermanentError as exc:
+        _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"create refused: {exc}")
+        return
+    _adopt(ctx, run, job, info)
+
+
+def _upload_input(ctx: Context, job: Job) -> Job:
+    if job.file_name is not None:
+        return job
+    with ctx.blobs.open_read(job.request_object) as stream:
+        uploaded = ctx.backend.upload_file(stream, size=job.request_bytes, display_name=job.job_id)
+    return ctx.store.update_job(job.job_id, {"file_name": uploaded.name})
+
+
+def _adopt(ctx: Context, run: Run, job: Job, info: BatchInfo, duplicates: list[str] | None = None) -> None:
+    now = ctx.clock()
+    changes: dict[str, object] = {
+        "phase": JobPhase.ACTIVE.value,
+        "batch_name": info.name,
+        "state": info.state.value,
+        "submitted_at": now,
+        "deadline_at": now + ctx.settings.job_deadline,
+    }
+    if duplicates:
+        changes["duplicates"] = [*job.duplicates, *duplicates]
+    ctx.store.update_job(job.job_id, changes, if_phases=[JobPhase.CREATING])
+    log.info(
+        "batch job %s created (%d requests)",
+        info.name,
+        job.request_count,
+        extra={"run_id": run.run_id, "job": info.name},
+    )
+
+
+def recover_creating(ctx: Context, run: Run, job: Job) -> None:
+    """A job left CREATING by a crash or an ambiguous create: adopt what landed, else create again when
+    the first create can no longer land, and give up after ``MAX_CREATE_RECOVERIES``."""
+    extra = {"run_id": run.run_id, "job": job.job_id}
+    if job.create_sent_at is not None:
+        found = ctx.backend.find_batches(job.job_id)
+        if found:
+            _adopt_found(ctx, run, job, found)
+            return
+        if ctx.clock() < job.create_sent_at + ctx.settings.api_timeout + CREATE_MARGIN:
+            log.info("create sent, not found yet; waiting before creating again", extra=extra)
+            return
+    if job.recoveries >= MAX_CREATE_RECOVERIES:
+        reason = f"gave up creating the batch job after {job.recoveries + 1} attempts"
+        _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, reason)
+        return
+    job = ctx.store.update_job(job.job_id, {"recoveries": job.recoveries + 1, "create_sent_at": None})
+    _create(ctx, run, job)
+
+
+def _adopt_found(ctx: Context, run: Run, job: Job, found: list[BatchInfo]) -> None:
+    """Adopt one batch of those with our display name; cancel the others (a create that landed late)."""
+    # The first created that is not already failed: it is the one most likely to have work done.
+    keep = next((info for info in found if info.state is not JobState.JOB_STATE_FAILED), found[0])
+    extra = {"run_id": run.run_id, "job": keep.name}
+    others = [info.name for info in found if info.name != keep.name]
+    for name in others:
+        try:
+            ctx.backend.cancel_batch(name)
+        except BackendError as exc:
+            log.warning("could not cancel duplicate batch %s: %s", name, exc, extra=extra)
+    if others:
+        log.warning(
+            "%d duplicate batch(es) with one display name cancelled: %s", len(others), others, extra=extra
+        )
+    log.info("found batch %s by display name; not creating it again", keep.name, extra=extra)
+    _adopt(ctx, run, job, keep, others)
+
+
+def refresh(ctx: Context, run: Run, job: Job) -> None:
+    """Read an ACTIVE job's state; an ended job goes to the harvest, one past its deadline is cancelled."""
+    assert job.batch_name is not None
+    try:
+        info = ctx.backend.get_batch(job.batch_name)
+    except BackendPermanentError as exc:
+        # The job is gone (deleted by hand, or a key without access): its lines are retried like an expired job's.
+        _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"batch job unreadable: {exc}")
+        return
+    if info.done:
+        _record_job_end(ctx, run, job, info, info.state, info.error)
+        return
+    changes: dict[str, object] = {"state": info.state.value, "stats": dict(info.stats)}
+    if job.deadline_at is not None and ctx.clock() >= job.deadline_at:
+        log.warning(
+            "job past PROMPTDROP_JOB_DEADLINE; cancelling",
+            extra={"run_id": run.run_id, "job": job.batch_name},
+        )
+        ctx.backend.cancel_batch(job.batch_name)
+        changes["error"] = "deadline"
+    ctx.store.update_job(job.job_id, changes)
+
+
+def _record_job_end(
+    ctx: Context, run: Run, job: Job, info: BatchInfo | None, state: JobState, error: str | None
+) -> None:
+    """The API is done with the job (or we are): write inline responses down, then hand it to the harvest."""
+    layout = ctx.layout(run.run_id)
+    changes: dict[str, object] = {
+        "phase": JobPhase.HARVESTING.value,
+        "state": state.value,
+        "ended_at": ctx.clock(),
+        # Our own reasons for stopping a job (deadline, cancel) say more than the API's.
+        "error": job.error if job.error in ("deadline", "cancelled") else error,
+    }
+    if info is not None:
+        changes["stats"] = dict(info.stats)
+        if info.results_file:
+            changes["results_file"] = info.results_file
+        elif info.inlined_responses is not None:
+            # Inline answers become a results file like any other, so one harvest path serves both.
+            keys = job_keys(ctx, layout, job)
+            with ctx.blobs.open_write(
+                layout.job_results(job.job_id), content_type="application/jsonl"
+            ) as out:
+                for index, item in enumerate(info.inlined_responses):
+                    metadata = item.get("metadata") or {}
+                    key = metadata.get("key") or (keys[index] if index < len(keys) else None)
+                    line = {k: v for k, v in item.items() if k != "metadata"}
+                    out.write(orjson.dumps({"key": key, **line}) + b"\n")
+            changes["results_object"] = layout.job_results(job.job_id)
+    ctx.store.update_job(job.job_id, changes)
+    log.info(
+        "batch job ended %s", state.value, extra={"run_id": run.run_id, "job": job.batch_name or job.job_id}
+    )
+
+
+def cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:
+    """Queued jobs end at once; running batches are cancelled on the API and polled until they end."""
+    for job in jobs:
+        if job.phase is JobPhase.QUEUED:
+            ctx.store.update_job(
+                job.job_id,
+                {
+                    "phase": JobPhase.HARVESTING.value,
+                    "state": JobState.JOB_STATE_CANCELLED.value,
+                    "error": "cancelled",
+                },
+                if_phases=[JobPhase.QUEUED],
+            )
+        elif job.phase is JobPhase.ACTIVE and job.batch_name:
+            try:
+                ctx.backend.cancel_batch(job.batch_name)
+            except BackendPermanentError as exc:
+                log.warning("cancel failed: %s", exc, extra={"run_id": run.run_id, "job": job.batch_name})
+            ctx.store.update_job(job.job_id, {"error": "cancelled"})
+
+
+def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
+    """Lines of the latest attempt that failed retryably go into new queued jobs of the next attempt.
+
+    Returns how many lines were put into new jobs.
+    """
+    attempt = max(job.attempt for job in jobs)
+    outcomes = load_outcomes(ctx, run, jobs)
+    retry_keys = {
+        key for key, outcome in outcomes.items() if outcome.retryable and outcome.attempt == attempt
+    }
+    if not retry_keys:
+        return 0
+    planner = ChunkPlanner(ctx, run, attempt=attempt + 1, first_chunk=0)
+    layout = ctx.layout(run.run_id)
+    try:
+        for job in jobs:
+            if job.attempt != attempt:
+                continue
+            lines = dict(iter_job_keys(ctx, layout, job))
+            with ctx.blobs.open_read(job.request_object) as stream:
+                for raw in iter_lines(stream):
+                    request_line = content(raw)
+                    if not request_line:
+                        continue
+                    key = orjson.loads(request_line)["key"]
+                    if key in retry_keys:
+                        planner.add(
+                            job.model,
+                            key,
+                            lines.get(key, 0),
+                            request_line,
+                            job.estimated_tokens // max(job.request_count, 1),
+                        )
+        new_jobs = planner.finish()
+    except BaseException:
+        planner.abort()
+        raise
+    for job in new_jobs:
+        ctx.store.create_job(job)
+    log.info(
+        "resubmitting %d retryable line(s) as attempt %d in %d job(s)",
+        len(retry_keys),
+        attempt + 1,
+        len(new_jobs),
+        extra={"run_id": run.run_id},
+    )
+    return len(retry_keys)

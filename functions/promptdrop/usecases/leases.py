@@ -1,0 +1,117 @@
+"""Run leases: who works on a run now, and a store that writes only while the lease is still ours.
+
+A run (with its jobs) is worked on under its lease, so overlapping ticks, two `serve`s or a redelivered
+event skip each other's work; a lease left by a crashed worker expires and is taken over. Taking the lease
+is not enough: a worker stalled past its expiry must not overwrite what its successor did, so every write
+made under a lease is conditional on still holding it (``FencedStore``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from promptdrop.errors import PreconditionFailedError
+from promptdrop.ports import JobStore
+from promptdrop.records import Job, Run
+from promptdrop.states import JobPhase, RunState
+from promptdrop.usecases.context import Context, owner_is_dead_local_process
+
+log = logging.getLogger(__name__)
+
+
+class FencedStore:
+    """A ``JobStore`` whose writes all carry ``if_lease_owner``: they fail once the run's lease is lost."""
+
+    def __init__(self, store: JobStore, owner: str) -> None:
+        self._store = store
+        self._owner = owner
+
+    def create_run(self, run: Run) -> bool:
+        return self._store.create_run(run)
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._store.get_run(run_id)
+
+    def update_run(
+        self,
+        run_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_states: Iterable[RunState] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Run:
+        return self._store.update_run(
+            run_id, changes, if_states=if_states, if_lease_owner=if_lease_owner or self._owner
+        )
+
+    def list_runs(self, states: Iterable[RunState] | None = None, limit: int = 1000) -> list[Run]:
+        return self._store.list_runs(states, limit)
+
+    def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
+        return self._store.create_job(job, if_lease_owner=if_lease_owner or self._owner)
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._store.get_job(job_id)
+
+    def update_job(
+        self,
+        job_id: str,
+        changes: Mapping[str, Any],
+        *,
+        if_phases: Iterable[JobPhase] | None = None,
+        if_lease_owner: str | None = None,
+    ) -> Job:
+        return self._store.update_job(
+            job_id, changes, if_phases=if_phases, if_lease_owner=if_lease_owner or self._owner
+        )
+
+    def start_job(
+        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+    ) -> Job | None:
+        return self._store.start_job(
+            job_id, max_jobs=max_jobs, max_tokens=max_tokens, if_lease_owner=if_lease_owner or self._owner
+        )
+
+    def list_jobs(self, run_id: str) -> list[Job]:
+        return self._store.list_jobs(run_id)
+
+    def acquire_lease(self, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        return self._store.acquire_lease(run_id, owner, ttl, now)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        self._store.release_lease(run_id, owner)
+
+
+def fenced(ctx: Context) -> Context:
+    """The context to work in while holding a run's lease: same ports, writes fenced by the lease."""
+    return dataclasses.replace(ctx, store=FencedStore(ctx.store, ctx.owner))
+
+
+def acquire(ctx: Context, run_id: str) -> bool:
+    """Take the run's lease (free, expired, ours, or held by a local process that no longer exists)."""
+    if ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
+        return True
+    if ctx.settings.store_is_firestore:
+        return False  # many hosts: only expiry can tell that a holder is gone
+    # On one machine a killed `serve` need not block its runs until the lease expires: a holder
+    # process on this host that no longer exists is gone for sure.
+    run = ctx.store.get_run(run_id)
+    holder = run.lease.owner if run else None
+    if holder is None or not owner_is_dead_local_process(holder):
+        return False
+    log.info("lease holder %s is gone; taking over", holder, extra={"run_id": run_id})
+    ctx.store.release_lease(run_id, holder)
+    return ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock())
+
+
+def renew(ctx: Context, run_id: str) -> None:
+    """Extend our lease during long work; losing it means another worker took over, so stop."""
+    if not ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
+        raise PreconditionFailedError(f"lost the lease on run {run_id}")
+
+
+def release(ctx: Context, run_id: str) -> None:
+    ctx.store.release_lease(run_id, ctx.owner)

@@ -1,0 +1,152 @@
+"""Claim a prompt file or message as a run, then move it on.
+
+Claim first, then side effects: the run record is one atomic create-if-absent keyed by the claim (bucket,
+object, generation / message id), so a redelivered event finds it and does nothing more. The run id is
+short and readable (``<name>-<8 hex of the claim>``); when that id is taken by another claim, a longer
+one is used, so a second upload is never mistaken for the first. After the claim the run goes through
+``advance_run`` like every other trigger's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import orjson
+
+from promptdrop import prompts
+from promptdrop.events import StorageObject
+from promptdrop.names import candidate_run_ids, file_claim_key, message_claim_key
+from promptdrop.records import Run, RunSource
+from promptdrop.states import RunState
+from promptdrop.usecases.advance import advance_run
+from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InlineRequest:
+    """A Pub/Sub request carrying its prompts."""
+
+    claim_token: str  # message id, or the idempotency_key attribute
+    name: str
+    prompts: Sequence[Any]
+    defaults: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a trigger did: ``run`` is None when the object was ignored."""
+
+    run: Run | None
+    created: bool
+    ignored: str | None = None
+
+
+def receive_file(ctx: Context, obj: StorageObject) -> Receipt:
+    """A file landed in the inbox: claim it (once per generation) and move it on."""
+    settings = ctx.settings
+    if not obj.name.startswith(settings.inbox_prefix):
+        return Receipt(None, False, f"{obj.name} is outside the inbox prefix {settings.inbox_prefix}")
+    if PurePosixPath(obj.name).name.startswith("."):
+        return Receipt(None, False, f"{obj.name} is a hidden file")
+    if obj.size is None:  # a notification without payload: ask the bucket
+        info = ctx.blobs.stat(obj.name)
+        if info is None or info.generation != obj.generation:
+            return Receipt(None, False, f"{obj.name}#{obj.generation} is gone or replaced")
+        obj = replace(obj, size=info.size)
+    if obj.size == 0:
+        return Receipt(None, False, f"{obj.name} is empty (uploaders send a zero-byte object first)")
+    return _receive_object(ctx, obj, "file")
+
+
+def receive_uri(ctx: Context, obj: StorageObject) -> Receipt:
+    """A message named a prompt file elsewhere in the bucket: claimed by that object's generation."""
+    return _receive_object(ctx, obj, "uri")
+
+
+def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri"]) -> Receipt:
+    source = RunSource(
+        kind=kind,
+        bucket=obj.bucket,
+        object=obj.name,
+        generation=obj.generation,
+        name=PurePosixPath(obj.name).stem,
+        format=prompts.detect_format(obj.name) or "jsonl",
+    )
+    return _claim_and_advance(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source)
+
+
+def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
+    """A message carrying prompts: staged as the run's input first (the message is the only copy), then claimed."""
+
+    def stage(run_id: str) -> None:
+        # One line per prompt, so line numbers are the 1-based indexes in `prompts`; the message's defaults
+        # travel in the run record instead of a defaults line.
+        with ctx.blobs.open_write(ctx.layout(run_id).input("jsonl"), content_type="application/jsonl") as out:
+            for item in request.prompts:
+                # A string item is a plain prompt; anything else is a JSONL line as written.
+                out.write(orjson.dumps({"prompt": item} if isinstance(item, str) else item) + b"\n")
+
+    source = RunSource(
+        kind="message",
+        message_id=request.claim_token,
+        name=request.name or "message",
+        defaults=dict(request.defaults) if request.defaults else None,
+    )
+    return _claim_and_advance(ctx, message_claim_key("requests", request.claim_token), source, stage)
+
+
+def _claim_and_advance(
+    ctx: Context, claim: str, source: RunSource, stage: Callable[[str], None] | None = None
+) -> Receipt:
+    run, created = _claim(ctx, claim, source, stage)
+    if not created:
+        log.info("already claimed; nothing to do", extra={"run_id": run.run_id})
+        return Receipt(run, False)
+    log.info("claimed %s", source.object or f"message {source.message_id}", extra={"run_id": run.run_id})
+    # Failures are logged by advance_run and left to the poller: the claim is recorded either way.
+    result = advance_run(ctx, run.run_id)
+    return Receipt(result.run or ctx.store.get_run(run.run_id) or run, True)
+
+
+def _claim(
+    ctx: Context, claim: str, source: RunSource, stage: Callable[[str], None] | None
+) -> tuple[Run, bool]:
+    """The run of this claim, and whether this call created it. The claim key is always compared: an id
+    taken by another claim (two generations of one name whose hashes share a prefix) means a longer id."""
+    for run_id in candidate_run_ids(source.name, claim):
+        existing = ctx.store.get_run(run_id)
+        if existing is None:
+            if stage is not None:
+                stage(run_id)
+            run = _new_run(ctx, run_id, claim, source)
+            if ctx.store.create_run(run):
+                return run, True
+            existing = ctx.store.get_run(run_id)
+            if existing is None:  # created and deleted meanwhile: not ours to guess about
+                continue
+        if existing.claim_key == claim:
+            return existing, False
+        log.warning("run id %s belongs to another claim; using a longer id", run_id, extra={"run_id": run_id})
+    raise AssertionError(f"no free run id for claim {claim!r}")  # the last candidate is the whole hash
+
+
+def _new_run(ctx: Context, run_id: str, claim: str, source: RunSource) -> Run:
+    layout = ctx.layout(run_id)
+    now = ctx.clock()
+    return Run(
+        run_id=run_id,
+        claim_key=claim,
+        state=RunState.RECEIVED,
+        source=source,
+        input_object=layout.input(source.format),
+        output_folder=layout.folder,
+        model=ctx.settings.model,
+        created_at=now,
+        updated_at=now,
+    )
