@@ -332,8 +332,8 @@ def worker_uploads(args: dict[str, Any]) -> dict[str, Any]:
 
 def worker_submit(args: dict[str, Any]) -> dict[str, Any]:
     """``receive.receive_file`` of a prompt file already in the inbox: claim, parse, chunk, upload, create."""
-    from promptdrop.settings import Settings
     from promptdrop.events import StorageObject
+    from promptdrop.settings import Settings
     from promptdrop.usecases import receive
     from promptdrop.wiring import build_context
 

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
+from promptdrop.events import StorageObject
 from promptdrop.records import Run
 from promptdrop.settings import Settings
-from promptdrop.events import StorageObject
 from promptdrop.usecases import poll, receive
 from promptdrop.usecases.context import Context
 from promptdrop.wiring import build_context

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from promptdrop.errors import AmbiguousCreateError
+from promptdrop.events import StorageObject
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
-from promptdrop.events import StorageObject
 from promptdrop.usecases import poll, receive
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
 

@@ -183,9 +183,7 @@ CATS = StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 1
         (
             {**NOTIFICATION_ATTRIBUTES, "payloadFormat": "NONE"},
             b"",
-            StorageObject(
-                "prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"
-            ),
+            StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"),
         ),
         (
             {**NOTIFICATION_ATTRIBUTES, "eventType": "OBJECT_DELETE"},
@@ -194,9 +192,7 @@ CATS = StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", 1
         ),
     ],
 )
-def test_parse_storage_notification(
-    attributes: dict[str, str], data: bytes, expected: StorageObject
-) -> None:
+def test_parse_storage_notification(attributes: dict[str, str], data: bytes, expected: StorageObject) -> None:
     """A Pub/Sub notification gives bucket, name and generation from attributes and size from the payload."""
     assert parse_storage_notification(attributes, data) == expected
 
@@ -227,9 +223,7 @@ def test_parse_storage_notification_refuses(attributes: dict[str, str], data: by
         ({**OBJECT_RESOURCE, "generation": 1795489279237827, "size": 14}, CATS),  # numbers as numbers
         (
             {k: v for k, v in OBJECT_RESOURCE.items() if k != "size"},
-            StorageObject(
-                "prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"
-            ),
+            StorageObject("prompts-bucket", "inbox/cats.jsonl", "1795489279237827", None, "OBJECT_FINALIZE"),
         ),
     ],
 )

@@ -27,6 +27,7 @@ from promptdrop.emulator.answers import Answer, answer, job_marker, response_id,
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339
+from promptdrop.streams import iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class Engine:
         record = self.files.get(file_name.removeprefix("files/"))
         count = 0
         with self.files.data_path(record.id).open("rb") as stream:
-            for line in stream:
+            for line in iter_lines(stream):
                 count += bool(line.strip())
         if count == 0:
             raise ApiError(400, f"{file_name} holds no requests.")
@@ -413,7 +414,7 @@ class Engine:
     def _source_lines(self, job: BatchRecord) -> Iterator[_SourceLine]:
         if job.source_file is None:
             with (self._dir / f"{job.id}.requests.jsonl").open("rb") as stream:
-                for raw in stream:
+                for raw in iter_lines(stream):
                     item = orjson.loads(raw)
                     yield _SourceLine(key=None, metadata=item.get("metadata"), request=item["request"])
             return
@@ -423,7 +424,7 @@ class Engine:
         except FileNotFoundError as exc:
             raise _InputMissing(f"Input file {job.source_file} was deleted before the job ran.") from exc
         with stream:
-            for number, raw in enumerate(stream, start=1):
+            for number, raw in enumerate(iter_lines(stream), start=1):
                 if not raw.strip():
                     continue
                 yield self._parse_file_line(number, raw)

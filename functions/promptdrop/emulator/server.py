@@ -30,6 +30,7 @@ from promptdrop.emulator.files import COPY_CHUNK, file_json
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, page_size, paginate
 from promptdrop.errors import ConfigurationError
+from promptdrop.streams import iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,21 @@ def _json(value: object, headers: dict[str, str] | None = None) -> _Reply:
     return _Reply(orjson.dumps(value), headers=headers or {})
 
 
-def _stream_file(stream: IO[bytes]) -> Iterator[bytes]:
-    with stream:
+# Response bodies open their files when they start to run, not before: a reply that is never sent (the
+# client went away, an error before the first byte) holds no file open.
+
+
+def _stream_file(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
         while block := stream.read(COPY_CHUNK):
             yield block
 
 
-def _inline_items(stream: IO[bytes]) -> Iterator[bytes]:
+def _inline_items(path: Path) -> Iterator[bytes]:
     """A JSON array of the inline result items stored one per line."""
-    with stream:
+    with path.open("rb") as stream:
         yield b"["
-        for index, line in enumerate(stream):
+        for index, line in enumerate(iter_lines(stream)):
             yield (b"," if index else b"") + line.rstrip(b"\n")
         yield b"]"
 
@@ -372,12 +377,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _route_download(self, params: dict[str, str]) -> _Reply:
         files = self.server.engine.files
         record = files.get(params["id"])
-        try:
-            stream = files.data_path(record.id).open("rb")
-        except FileNotFoundError as exc:
-            raise ApiError(404, f"File {record.name} does not exist.") from exc
+        path = files.data_path(record.id)
+        if not path.is_file():
+            raise ApiError(404, f"File {record.name} does not exist.")
         mime_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
-        return _Reply(_stream_file(stream), length=record.size, content_type=mime_type)
+        return _Reply(_stream_file(path), length=record.size, content_type=mime_type)
 
     # Batches ---------------------------------------------------------------------------------------
 
@@ -397,18 +401,16 @@ class _Handler(BaseHTTPRequestHandler):
         )
         array_length = 2 + job.inline_bytes + max(0, job.inline_count - 1)
         path = engine.inline_results_path(job)
-        try:
-            streams = [path.open("rb") for _ in pieces[1:]]
-        except FileNotFoundError as exc:
-            raise ApiError(404, f"Batch {job.name} not found.") from exc
+        if not path.is_file():
+            raise ApiError(404, f"Batch {job.name} not found.")
 
         def body() -> Iterator[bytes]:
-            for piece, stream in zip(pieces, [*streams, None], strict=True):
+            for index, piece in enumerate(pieces):
                 yield piece
-                if stream is not None:
-                    yield from _inline_items(stream)
+                if index < len(pieces) - 1:
+                    yield from _inline_items(path)
 
-        length = sum(map(len, pieces)) + len(streams) * array_length
+        length = sum(map(len, pieces)) + (len(pieces) - 1) * array_length
         return _Reply(body(), length=length)
 
     def _route_list(self, params: dict[str, str]) -> _Reply:

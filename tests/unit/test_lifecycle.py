@@ -1,0 +1,169 @@
+"""The run lifecycle as a table: every run state against every job phase, then cancel, backoff, retry, one pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptdrop.lifecycle import Action, Step, next_step
+from promptdrop.records import Job, Run, RunSource
+from promptdrop.states import JobPhase, JobState, RunState
+
+NOW = 1_700_000_000.0
+
+
+def run(state: RunState, **fields: object) -> Run:
+    return Run.model_validate(
+        {
+            "run_id": "r",
+            "claim_key": "file:b/inbox/r.jsonl#1",
+            "state": state,
+            "source": RunSource(kind="file", object="inbox/r.jsonl", generation="1", name="r"),
+            "input_object": "outputs/r/_work/input.jsonl",
+            "output_folder": "outputs/r/",
+            "model": "m",
+            "created_at": NOW,
+            "updated_at": NOW,
+            **fields,
+        }
+    )
+
+
+def job(phase: JobPhase, *, chunk: int = 0, attempt: int = 1, **fields: object) -> Job:
+    return Job.model_validate(
+        {
+            "job_id": f"r-a{attempt}-c{chunk:04d}",
+            "run_id": "r",
+            "attempt": attempt,
+            "chunk": chunk,
+            "phase": phase,
+            "model": "m",
+            "request_object": "x",
+            "request_count": 1,
+            "request_bytes": 1,
+            "estimated_tokens": 1,
+            "created_at": NOW,
+            "updated_at": NOW,
+            **fields,
+        }
+    )
+
+
+def step(current: Run, jobs: list[Job], done: frozenset[Action] = frozenset(), max_attempts: int = 3) -> Step:
+    return next_step(current, jobs, now=NOW, max_attempts=max_attempts, done=done)
+
+
+ACTIVE_STATES = [RunState.SUBMITTED, RunState.HARVESTING]
+# What a submitted (or harvesting) run with one job in each phase does next; None: no jobs at all.
+BY_PHASE: dict[JobPhase | None, Action] = {
+    None: Action.SETTLE,  # nothing was valid: every line is accounted for at once
+    JobPhase.QUEUED: Action.LAUNCH,
+    JobPhase.CREATING: Action.RECOVER,
+    JobPhase.ACTIVE: Action.REFRESH,
+    JobPhase.HARVESTING: Action.HARVEST,
+    JobPhase.DONE: Action.SETTLE,
+}
+TABLE = [
+    *[(RunState.RECEIVED, phase, Action.SUBMIT) for phase in BY_PHASE],  # jobs of a crashed submit: again
+    *[(state, phase, action) for state in ACTIVE_STATES for phase, action in BY_PHASE.items()],
+    *[
+        (state, phase, Action.NOTHING)
+        for state in (RunState.SUCCEEDED, RunState.PARTIAL, RunState.FAILED, RunState.CANCELLED)
+        for phase in BY_PHASE
+    ],
+]
+
+
+def test_the_table_covers_every_run_state_and_job_phase() -> None:
+    """Each run state meets each job phase (and no job) exactly once in the table."""
+    pairs = [(state, phase) for state, phase, _ in TABLE]
+    assert sorted(pairs, key=str) == sorted(
+        ((state, phase) for state in RunState for phase in [None, *JobPhase]), key=str
+    )
+
+
+@pytest.mark.parametrize(("state", "phase", "expected"), TABLE, ids=lambda v: str(getattr(v, "value", v)))
+def test_next_step_by_run_state_and_job_phase(state: RunState, phase: JobPhase | None, expected: Action) -> None:
+    """The one next action for a run in ``state`` with one job in ``phase``."""
+    jobs = [] if phase is None else [job(phase)]
+    result = step(run(state), jobs)
+    assert result.action is expected
+    if expected in (Action.LAUNCH, Action.RECOVER, Action.REFRESH, Action.HARVEST):
+        assert result.jobs == (jobs[0].job_id,)
+
+
+def test_received_run_waits_out_its_backoff() -> None:
+    """A submission that failed transiently is not tried again before next_attempt_at."""
+    assert step(run(RunState.RECEIVED, next_attempt_at=NOW + 1), []).action is Action.WAIT
+    assert step(run(RunState.RECEIVED, next_attempt_at=NOW), []).action is Action.SUBMIT
+    assert step(run(RunState.RECEIVED), [], frozenset({Action.SUBMIT})).action is Action.WAIT
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [
+        (JobPhase.QUEUED, Action.CANCEL_JOBS),
+        (JobPhase.CREATING, Action.RECOVER),  # found or given up first; then cancelled like the others
+        (JobPhase.ACTIVE, Action.CANCEL_JOBS),
+        (JobPhase.HARVESTING, Action.HARVEST),
+        (JobPhase.DONE, Action.SETTLE),
+    ],
+)
+def test_cancel_requested(phase: JobPhase, expected: Action) -> None:
+    """A cancelled run stops its jobs first, never launches, and settles once every job is done."""
+    assert step(run(RunState.SUBMITTED, cancel_requested=True), [job(phase)]).action is expected
+
+
+def test_cancel_before_submission_and_after_the_batch_was_told() -> None:
+    """RECEIVED + cancel ends at once; an ACTIVE job already cancelled is polled, not cancelled again."""
+    assert step(run(RunState.RECEIVED, cancel_requested=True), []).action is Action.CANCEL_UNSUBMITTED
+    told = job(JobPhase.ACTIVE, error="cancelled")
+    assert step(run(RunState.SUBMITTED, cancel_requested=True), [told]).action is Action.REFRESH
+    ended = job(JobPhase.ACTIVE, state=JobState.JOB_STATE_CANCELLED)
+    assert step(run(RunState.SUBMITTED, cancel_requested=True), [ended]).action is Action.REFRESH
+    queued = job(JobPhase.QUEUED)
+    assert step(run(RunState.SUBMITTED, cancel_requested=True), [queued, job(JobPhase.DONE, chunk=1)]) == Step(
+        Action.CANCEL_JOBS, (queued.job_id,)
+    )
+
+
+@pytest.mark.parametrize(
+    ("jobs", "max_attempts", "cancel", "expected"),
+    [
+        ([job(JobPhase.DONE, retryable=2)], 3, False, Action.RETRY),
+        ([job(JobPhase.DONE, retryable=2)], 1, False, Action.SETTLE),  # no attempts left
+        ([job(JobPhase.DONE, retryable=2)], 3, True, Action.SETTLE),  # cancelled: nothing new
+        ([job(JobPhase.DONE, retryable=0)], 3, False, Action.SETTLE),
+        # Only the latest attempt counts: its retryable lines were already resubmitted from attempt 1.
+        ([job(JobPhase.DONE, retryable=5), job(JobPhase.DONE, attempt=2)], 3, False, Action.SETTLE),
+        ([job(JobPhase.DONE), job(JobPhase.DONE, attempt=2, retryable=1)], 3, False, Action.RETRY),
+        ([job(JobPhase.DONE, retryable=1), job(JobPhase.DONE, attempt=3, retryable=1)], 3, False, Action.SETTLE),
+        ([job(JobPhase.DONE, retryable=1), job(JobPhase.ACTIVE, chunk=1)], 3, False, Action.REFRESH),
+    ],
+)
+def test_retry_or_settle_once_every_job_is_done(
+    jobs: list[Job], max_attempts: int, cancel: bool, expected: Action
+) -> None:
+    """Retryable lines of the latest attempt go into a new attempt while attempts are left; else settle."""
+    current = run(RunState.HARVESTING, cancel_requested=cancel)
+    assert step(current, jobs, max_attempts=max_attempts).action is expected
+
+
+def test_one_pass_per_call_never_goes_back() -> None:
+    """Recover, refresh and launch are taken once per call, in that order; then the run waits."""
+    jobs = [job(JobPhase.CREATING), job(JobPhase.ACTIVE, chunk=1), job(JobPhase.QUEUED, chunk=2)]
+    current = run(RunState.SUBMITTED)
+    done: set[Action] = set()
+    seen = []
+    while not (result := step(current, jobs, frozenset(done))).final:
+        seen.append(result.action)
+        done.add(result.action)
+    assert seen == [Action.RECOVER, Action.REFRESH, Action.LAUNCH]
+    assert result.action is Action.WAIT
+    # A job launched in this call is not polled before the next call.
+    assert step(current, [job(JobPhase.ACTIVE)], frozenset({Action.LAUNCH})).action is Action.WAIT
+
+
+def test_harvest_is_not_limited_to_one_pass() -> None:
+    """A job that ended while polling is harvested in the same call, after an earlier harvest."""
+    done = frozenset({Action.REFRESH, Action.HARVEST})
+    assert step(run(RunState.HARVESTING), [job(JobPhase.HARVESTING)], done).action is Action.HARVEST
