@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from promptdrop.errors import NotFoundError, UnsafeNameError
+from promptdrop.errors import NotFoundError, PreconditionFailedError, UnsafeNameError
 from promptdrop.ports import BlobStore
 
 UNSAFE_NAMES = ["", "/etc/passwd", "../outside", "a/../../b", "a//b", "a/./b", "a\\b", "bad\x00name", "a/"]
@@ -220,6 +220,28 @@ class BlobStoreContract:
         with pytest.raises(NotFoundError):
             store.copy("missing.txt", "copy.txt")
         assert store.stat("copy.txt") is None
+
+    def test_copy_if_source_generation(self, store: BlobStore) -> None:
+        """A copy conditional on the source's generation copies that generation, or nothing at all."""
+        store.write_bytes("inbox/p.jsonl", b"first\n")
+        first = store.stat("inbox/p.jsonl")
+        assert first is not None
+        store.write_bytes("inbox/p.jsonl", b"second\n")
+        with pytest.raises(PreconditionFailedError):
+            store.copy("inbox/p.jsonl", "staged/p.jsonl", if_source_generation=first.generation)
+        assert store.stat("staged/p.jsonl") is None
+        second = store.stat("inbox/p.jsonl")
+        assert second is not None
+        store.copy("inbox/p.jsonl", "staged/p.jsonl", if_source_generation=second.generation)
+        assert store.read_bytes("staged/p.jsonl") == b"second\n"
+
+    def test_delete_prefix_removes_everything_under_it(self, store: BlobStore) -> None:
+        """delete_prefix empties a folder, nested objects included, and leaves its neighbours alone."""
+        for name in ("run/_work/a.jsonl", "run/_work/jobs/j/b.jsonl", "run/manifest.jsonl"):
+            store.write_bytes(name, b"x")
+        store.delete_prefix("run/_work/")
+        assert [info.name for info in store.list("run/")] == ["run/manifest.jsonl"]
+        store.delete_prefix("run/_work/")  # nothing left: fine
 
     @pytest.mark.parametrize("name", UNSAFE_NAMES)
     def test_unsafe_names_are_refused(self, store: BlobStore, name: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pytest
 
-from promptdrop.errors import NotFoundError, PreconditionFailedError
+from promptdrop.errors import NotFoundError, PreconditionFailedError, TransientError
 from promptdrop.ports import JobStore
 from promptdrop.records import Counts, Job, Lease, Run, RunSource
 from promptdrop.states import JobPhase, JobState, RunState
@@ -340,8 +340,18 @@ class JobStoreContract:
             job = make_job(f"run-{chunk}", chunk=chunk)
             assert job_store.create_job(job)
             job_ids.append(job.job_id)
+
+        def start(job_id: str) -> Job | None:
+            # Contention may refuse a start for now (TransientError): the next tick asks again.
+            for attempt in range(100):
+                try:
+                    return job_store.start_job(job_id, max_jobs=3, max_tokens=10**9)
+                except TransientError:
+                    time.sleep(0.01 * (attempt % 10))
+            raise AssertionError(f"{job_id} was refused 100 times")
+
         with ThreadPoolExecutor(8) as pool:
-            started = list(pool.map(lambda i: job_store.start_job(i, max_jobs=3, max_tokens=10**9), job_ids))
+            started = list(pool.map(start, job_ids))
         assert sum(job is not None for job in started) == 3
         creating = [job_id for job_id in job_ids if job_store.get_job(job_id).phase is JobPhase.CREATING]  # type: ignore[union-attr]
         assert len(creating) == 3

@@ -202,3 +202,14 @@ def test_foreign_file_is_a_permanent_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database, just text " * 200)
     with pytest.raises(PermanentError):
         SqliteJobStore(path)
+
+
+def test_delete_prefix_removes_the_scratch_that_listing_hides(tmp_path: Path) -> None:
+    """A write killed mid-way leaves a hidden temporary file that list() never shows: delete_prefix removes it."""
+    store = LocalBlobStore(tmp_path / "bucket")
+    store.write_bytes("outputs/r/_work/jobs/j/keys.jsonl", b"k\n")
+    scratch = tmp_path / "bucket" / "outputs/r/_work/jobs/j/.promptdrop-tmp-0123abcd"
+    scratch.write_bytes(b"partial results")
+    assert [info.name for info in store.list("outputs/r/_work/")] == ["outputs/r/_work/jobs/j/keys.jsonl"]
+    store.delete_prefix("outputs/r/_work/")
+    assert not (tmp_path / "bucket" / "outputs").exists()

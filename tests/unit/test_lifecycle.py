@@ -82,7 +82,9 @@ def test_the_table_covers_every_run_state_and_job_phase() -> None:
 
 
 @pytest.mark.parametrize(("state", "phase", "expected"), TABLE, ids=lambda v: str(getattr(v, "value", v)))
-def test_next_step_by_run_state_and_job_phase(state: RunState, phase: JobPhase | None, expected: Action) -> None:
+def test_next_step_by_run_state_and_job_phase(
+    state: RunState, phase: JobPhase | None, expected: Action
+) -> None:
     """The one next action for a run in ``state`` with one job in ``phase``."""
     jobs = [] if phase is None else [job(phase)]
     result = step(run(state), jobs)
@@ -121,9 +123,9 @@ def test_cancel_before_submission_and_after_the_batch_was_told() -> None:
     ended = job(JobPhase.ACTIVE, state=JobState.JOB_STATE_CANCELLED)
     assert step(run(RunState.SUBMITTED, cancel_requested=True), [ended]).action is Action.REFRESH
     queued = job(JobPhase.QUEUED)
-    assert step(run(RunState.SUBMITTED, cancel_requested=True), [queued, job(JobPhase.DONE, chunk=1)]) == Step(
-        Action.CANCEL_JOBS, (queued.job_id,)
-    )
+    assert step(
+        run(RunState.SUBMITTED, cancel_requested=True), [queued, job(JobPhase.DONE, chunk=1)]
+    ) == Step(Action.CANCEL_JOBS, (queued.job_id,))
 
 
 @pytest.mark.parametrize(
@@ -136,7 +138,12 @@ def test_cancel_before_submission_and_after_the_batch_was_told() -> None:
         # Only the latest attempt counts: its retryable lines were already resubmitted from attempt 1.
         ([job(JobPhase.DONE, retryable=5), job(JobPhase.DONE, attempt=2)], 3, False, Action.SETTLE),
         ([job(JobPhase.DONE), job(JobPhase.DONE, attempt=2, retryable=1)], 3, False, Action.RETRY),
-        ([job(JobPhase.DONE, retryable=1), job(JobPhase.DONE, attempt=3, retryable=1)], 3, False, Action.SETTLE),
+        (
+            [job(JobPhase.DONE, retryable=1), job(JobPhase.DONE, attempt=3, retryable=1)],
+            3,
+            False,
+            Action.SETTLE,
+        ),
         ([job(JobPhase.DONE, retryable=1), job(JobPhase.ACTIVE, chunk=1)], 3, False, Action.REFRESH),
     ],
 )

@@ -31,7 +31,11 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     """Write manifest.jsonl, errors.jsonl, rejected.jsonl, summary.json; publish the event; end the run.
 
     ``refused``: the run was refused before submission (budget cap); every valid line fails with it.
+    A run that has ended meanwhile (another worker settled it) is left as it is.
     """
+    current = ctx.store.get_run(run.run_id)
+    if current is not None and current.state.terminal:
+        return current
     layout = ctx.layout(run.run_id)
     jobs = ctx.store.list_jobs(run.run_id)
     outcomes = load_outcomes(ctx, run, jobs)
