@@ -276,7 +276,9 @@ class FirestoreJobStore:
         query = (
             self._jobs.where(filter=FieldFilter("run_id", "==", run_id)).order_by("attempt").order_by("chunk")
         )
-        return self._query(query, Job, f"listing jobs of run {run_id}")
+        # Strict: a run whose job cannot be read must not look finished (its advance fails, alone).
+        with _firestore_errors(f"listing jobs of run {run_id}"):
+            return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
 
     # Leases
 

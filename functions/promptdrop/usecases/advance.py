@@ -105,7 +105,9 @@ def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
                     batch_jobs.refresh(ctx, run, job)
             case Action.HARVEST:
                 if run.state is RunState.SUBMITTED:
-                    run = ctx.store.update_run(run_id, {"state": RunState.HARVESTING.value})
+                    run = ctx.store.update_run(
+                        run_id, {"state": RunState.HARVESTING.value}, if_states=[RunState.SUBMITTED]
+                    )
                 for job in selected:
                     if not harvest_job(ctx, run, job, deadline):
                         return run  # out of time: the next tick continues from the checkpoint
