@@ -7,7 +7,7 @@ update, a lease or the in-flight cap means: that is decided here, once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -82,12 +82,34 @@ def updated(
     return model.model_validate(merged)
 
 
-def may_start(in_flight: Collection[Job], job: Job, *, max_jobs: int, max_tokens: int) -> bool:
-    """Whether one more job fits under the in-flight caps (the first job always fits the token cap)."""
-    if len(in_flight) >= max_jobs:
+def may_start(jobs: int, tokens: int, job: Job, *, max_jobs: int, max_tokens: int) -> bool:
+    """Whether ``job`` fits beside ``jobs`` jobs in flight holding ``tokens`` estimated tokens (the first job
+    always fits the token cap)."""
+    if jobs >= max_jobs:
         return False
-    tokens = sum(other.estimated_tokens for other in in_flight)
-    return not in_flight or tokens + job.estimated_tokens <= max_tokens
+    return jobs == 0 or tokens + job.estimated_tokens <= max_tokens
+
+
+def in_flight_change(before: Mapping[str, Any] | None, after: Job | None) -> tuple[int, int]:
+    """(jobs, tokens) a write adds to the in-flight count: a job entering or leaving CREATING / ACTIVE."""
+    was = before is not None and str(before.get("phase")) in IN_FLIGHT
+    now = after is not None and after.phase in IN_FLIGHT
+    if was == now:
+        return 0, 0
+    if now:
+        assert after is not None
+        return 1, after.estimated_tokens
+    assert before is not None
+    return -1, -int(before.get("estimated_tokens") or 0)
+
+
+def counted(counter: Mapping[str, Any] | None, change: tuple[int, int]) -> dict[str, int]:
+    """The in-flight counter after ``change``, never below zero."""
+    current = counter or {}
+    return {
+        "jobs": max(0, int(current.get("jobs") or 0) + change[0]),
+        "tokens": max(0, int(current.get("tokens") or 0) + change[1]),
+    }
 
 
 def decoded(model: type[RecordT], documents: Iterable[tuple[str, Mapping[str, Any]]]) -> list[RecordT]:

@@ -9,7 +9,15 @@ import pytest
 from promptdrop.errors import PreconditionFailedError
 from promptdrop.records import Job
 from promptdrop.states import JobPhase
-from promptdrop.store_rules import lease_held, may_start, released_lease, taken_lease, updated
+from promptdrop.store_rules import (
+    counted,
+    in_flight_change,
+    lease_held,
+    may_start,
+    released_lease,
+    taken_lease,
+    updated,
+)
 
 T = 1000.0
 
@@ -55,18 +63,44 @@ def job(tokens: int, chunk: int = 0) -> Job:
 
 
 @pytest.mark.parametrize(
-    ("in_flight", "tokens", "max_jobs", "max_tokens", "expected"),
+    ("jobs", "tokens", "job_tokens", "max_jobs", "max_tokens", "expected"),
     [
-        ([], 10**9, 1, 10, True),  # the first job always fits the token cap
-        ([job(5)], 5, 2, 10, True),
-        ([job(5)], 6, 2, 10, False),  # over the token cap
-        ([job(1), job(1, 1)], 1, 2, 10, False),  # over the job cap
-        ([], 1, 0, 10, False),  # no slot at all
+        (0, 0, 10**9, 1, 10, True),  # the first job always fits the token cap
+        (1, 5, 5, 2, 10, True),
+        (1, 5, 6, 2, 10, False),  # over the token cap
+        (2, 2, 1, 2, 10, False),  # over the job cap
+        (0, 0, 1, 0, 10, False),  # no slot at all
     ],
 )
-def test_may_start(in_flight: list[Job], tokens: int, max_jobs: int, max_tokens: int, expected: bool) -> None:
+def test_may_start(
+    jobs: int, tokens: int, job_tokens: int, max_jobs: int, max_tokens: int, expected: bool
+) -> None:
     """One more job starts only under both caps, counted over every job in flight."""
-    assert may_start(in_flight, job(tokens, 9), max_jobs=max_jobs, max_tokens=max_tokens) is expected
+    assert may_start(jobs, tokens, job(job_tokens), max_jobs=max_jobs, max_tokens=max_tokens) is expected
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "change"),
+    [
+        (None, JobPhase.QUEUED, (0, 0)),
+        (None, JobPhase.ACTIVE, (1, 7)),  # created in flight
+        (JobPhase.QUEUED, JobPhase.CREATING, (1, 7)),  # started
+        (JobPhase.CREATING, JobPhase.ACTIVE, (0, 0)),
+        (JobPhase.ACTIVE, JobPhase.HARVESTING, (-1, -7)),  # ended
+        (JobPhase.CREATING, JobPhase.HARVESTING, (-1, -7)),  # refused, or given up
+        (JobPhase.HARVESTING, JobPhase.DONE, (0, 0)),
+    ],
+)
+def test_in_flight_change(before: JobPhase | None, after: JobPhase, change: tuple[int, int]) -> None:
+    """A write moves the in-flight count only when a job enters or leaves CREATING / ACTIVE."""
+    old = None if before is None else job(7).model_copy(update={"phase": before}).model_dump(mode="json")
+    assert in_flight_change(old, job(7).model_copy(update={"phase": after})) == change
+
+
+def test_counter_never_goes_below_zero() -> None:
+    """A counter that missed jobs started before it existed is clamped, not negative."""
+    assert counted({"jobs": 1, "tokens": 5}, (-1, -7)) == {"jobs": 0, "tokens": 0}
+    assert counted(None, (1, 7)) == {"jobs": 1, "tokens": 7}
 
 
 def test_updated_checks_state_then_lease_then_applies() -> None:

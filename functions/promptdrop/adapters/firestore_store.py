@@ -37,11 +37,15 @@ from promptdrop.states import JobPhase, RunState
 DEFAULT_DATABASE = "(default)"
 RUNS = "runs"
 JOBS = "jobs"
+# One document counts the jobs in flight (CREATING or ACTIVE) and their tokens, changed in the transaction
+# that moves a job in or out of flight: the caps are then one read of one document, never a query.
+COUNTERS = "counters"
+IN_FLIGHT_COUNTER = "in_flight"
 # The composite indexes this store's queries need (production Firestore refuses the queries without them;
 # infra/main.tf creates them and tests/unit/test_infra_consistency.py checks it does):
 #   runs where state in [...] order by updated_at         (list_runs: the poller's active-work query)
 #   jobs where run_id == X order by attempt, chunk         (list_jobs)
-# `jobs where phase in [...]` needs only the automatic single-field index.
+# The in-flight caps read one counter document (counters/in_flight), never a query.
 REQUIRED_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (RUNS, ("state", "updated_at")),
     (JOBS, ("run_id", "attempt", "chunk")),
@@ -128,6 +132,7 @@ class FirestoreJobStore:
         self._client = client if client is not None else firestore.Client(project=project, database=database)
         self._runs = self._client.collection(RUNS)
         self._jobs = self._client.collection(JOBS)
+        self._in_flight = self._client.collection(COUNTERS).document(IN_FLIGHT_COUNTER)
         self._attempts = transaction_attempts
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
 
@@ -188,15 +193,20 @@ class FirestoreJobStore:
 
     def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
         what = f"creating job {job.job_id}"
-        if if_lease_owner is None:
+        change = rules.in_flight_change(None, job)
+        if if_lease_owner is None and change == (0, 0):
             return self._create(self._jobs, job.job_id, job, what)
         reference = self._jobs.document(job.job_id)
 
         def create(transaction: firestore.Transaction) -> bool:
-            self._check_run_lease(transaction, job.run_id, if_lease_owner, what)
+            if if_lease_owner is not None:
+                self._check_run_lease(transaction, job.run_id, if_lease_owner, what)
+            counter = self._counter(transaction) if change != (0, 0) else None
             if reference.get(transaction=transaction, **self._call).exists:
                 return False
             transaction.create(reference, job.model_dump(mode="json"))
+            if change != (0, 0):
+                transaction.set(self._in_flight, rules.counted(counter, change))
             return True
 
         return bool(self._transact(create, what))
@@ -228,7 +238,11 @@ class FirestoreJobStore:
                 lease_owner=if_lease_owner,
                 now=time.time(),
             )
+            change = rules.in_flight_change(document, job)
+            counter = self._counter(transaction) if change != (0, 0) else None
             transaction.set(reference, job.model_dump(mode="json"))
+            if change != (0, 0):
+                transaction.set(self._in_flight, rules.counted(counter, change))
             return job
 
         result: Job = self._transact(apply, f"updating job {job_id}")
@@ -238,20 +252,9 @@ class FirestoreJobStore:
         self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
     ) -> Job | None:
         reference = self._jobs.document(job_id)
-        in_flight_query = self._jobs.where(
-            filter=FieldFilter("phase", "in", [phase.value for phase in rules.IN_FLIGHT])
-        )
 
         def start(transaction: firestore.Transaction) -> Job | None:
-            # The query is read inside the transaction, so a job started meanwhile by another worker
-            # makes this commit fail and run again (Firestore retries it): the count cannot go stale.
-            in_flight = rules.decoded(
-                Job,
-                (
-                    (snapshot.id, snapshot.to_dict() or {})
-                    for snapshot in transaction.get(in_flight_query, **self._call)
-                ),
-            )
+            counter = self._counter(transaction)
             document = self._read(reference, transaction, f"job {job_id}")
             job = rules.updated(
                 Job,
@@ -264,9 +267,11 @@ class FirestoreJobStore:
                 lease_owner=if_lease_owner,
                 now=time.time(),
             )
-            if not rules.may_start(in_flight, job, max_jobs=max_jobs, max_tokens=max_tokens):
+            jobs, tokens = int(counter.get("jobs") or 0), int(counter.get("tokens") or 0)
+            if not rules.may_start(jobs, tokens, job, max_jobs=max_jobs, max_tokens=max_tokens):
                 return None
             transaction.set(reference, job.model_dump(mode="json"))
+            transaction.set(self._in_flight, rules.counted(counter, rules.in_flight_change(document, job)))
             return job
 
         result: Job | None = self._transact(start, f"starting job {job_id}")
@@ -309,6 +314,10 @@ class FirestoreJobStore:
         self._transact(give_back, f"releasing the lease of run {run_id}")
 
     # Shared
+
+    def _counter(self, transaction: firestore.Transaction) -> dict[str, Any]:
+        snapshot = self._in_flight.get(transaction=transaction, **self._call)
+        return dict(snapshot.to_dict() or {}) if snapshot.exists else {}
 
     def _run_lease(self, transaction: firestore.Transaction, run_id: str) -> Any:
         snapshot = self._runs.document(run_id).get(transaction=transaction, **self._call)

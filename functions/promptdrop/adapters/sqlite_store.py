@@ -272,11 +272,11 @@ class SqliteJobStore:
         with self._transaction() as conn:
             doc = self._load(conn, _JOBS, job_id)
             wanted = [phase.value for phase in rules.IN_FLIGHT]
-            rows = conn.execute(
-                f"SELECT job_id, doc FROM jobs WHERE phase IN ({_placeholders(len(wanted))})",  # noqa: S608
+            in_flight = conn.execute(
+                f"SELECT count(*), coalesce(sum(json_extract(doc, '$.estimated_tokens')), 0) FROM jobs"  # noqa: S608
+                f" WHERE phase IN ({_placeholders(len(wanted))})",
                 wanted,
-            ).fetchall()
-            in_flight = rules.decoded(Job, _documents(rows))
+            ).fetchone()
             job = rules.updated(
                 Job,
                 doc,
@@ -288,7 +288,8 @@ class SqliteJobStore:
                 lease_owner=if_lease_owner,
                 now=time.time(),
             )
-            if not rules.may_start(in_flight, job, max_jobs=max_jobs, max_tokens=max_tokens):
+            jobs, tokens = in_flight
+            if not rules.may_start(jobs, tokens, job, max_jobs=max_jobs, max_tokens=max_tokens):
                 return None
             self._save(conn, _JOBS, job)
         return job

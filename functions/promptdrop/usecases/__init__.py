@@ -1,1 +1,1 @@
-"""Use cases: claim and submit a run, poll its jobs, harvest results, settle the run."""
+"""Use cases: receive (claim) a run, advance it through its lifecycle (submit, launch, poll, harvest, retry, settle)."""
