@@ -65,6 +65,9 @@ class Settings(BaseModel):
     upload_concurrency: int = 16
     lease_seconds: float = 300.0
     harvest_time_budget: float = 0.0  # seconds per invocation; 0 = no budget (local)
+    # A results file is copied into the bucket in parts of this size, each recorded when whole: the unit
+    # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
+    results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -27,6 +28,7 @@ from promptdrop.prompts import LineError
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
+from promptdrop.usecases import results_copy
 from promptdrop.usecases.context import Context
 
 log = logging.getLogger(__name__)
@@ -202,20 +204,20 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
     """Harvest one terminal job. True when done; False when the time budget ran out (resume next tick)."""
     layout = ctx.layout(run.run_id)
     extra = {"run_id": run.run_id, "job": job.batch_name or job.job_id}
-    if job.results_file and not job.results_object:
-        # Streamed once from the Files API into the bucket (in a Cloud Function the disk is memory).
-        with ctx.blobs.open_write(layout.job_results(job.job_id), content_type="application/jsonl") as out:
-            ctx.backend.download_file(job.results_file, out)
-        job = ctx.store.update_job(job.job_id, {"results_object": layout.job_results(job.job_id)})
-        log.info("results downloaded", extra=extra)
+    if job.results_file and not job.results_object and not job.results_copy_done:
+        # Copied from the Files API into the bucket (in a Cloud Function the disk is memory), in parts
+        # that a time budget or a kill can cut off without losing what was copied.
+        job, copied = results_copy.copy_results(ctx, run, job, deadline)
+        if not copied:
+            return False
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
     with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency) as writer:
         cp = _Checkpointer(ctx, run, job, writer)
-        if job.results_object and job.harvest_offset >= 0:
+        if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
-            with ctx.blobs.open_read(job.results_object, start=offset) as stream:
+            with _open_results(ctx, layout, job, offset) as stream:
                 for raw in iter_lines(stream):
                     offset += len(raw)
                     outcome = _outcome_for_line(raw, job, layout, known, done_keys, writer, run)
@@ -274,6 +276,13 @@ def _outcome_for_line(
     return to_outcome(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
 
 
+def _open_results(ctx: Context, layout: RunLayout, job: Job, start: int) -> AbstractContextManager[BinaryIO]:
+    """The job's results from byte ``start``: one object (inline answers), or the copied parts."""
+    if job.results_object:
+        return ctx.blobs.open_read(job.results_object, start=start)
+    return results_copy.open_copied_results(ctx, layout, job, start)
+
+
 def _blank(raw: bytes) -> bool:
     """A line of whitespace only; unlike ``strip()`` this copies nothing of a multi-megabyte line."""
     return not raw or raw.isspace()
@@ -289,6 +298,8 @@ def _cleanup_job(ctx: Context, job: Job) -> None:
                 log.warning("could not delete %s: %s", name, exc, extra={"run_id": job.run_id})
     if job.results_object:
         ctx.blobs.delete(job.results_object)
+    for name in results_copy.copied_part_names(ctx.layout(job.run_id), job):
+        ctx.blobs.delete(name)
 
 
 def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dict[str, int]:
