@@ -29,7 +29,7 @@ from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
 from promptdrop.usecases import results_copy
-from promptdrop.usecases.context import Context
+from promptdrop.usecases.context import ByteBudget, Context
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,16 @@ CHECKPOINT_BYTES = 256 * 1024 * 1024
 
 
 class ImageWriter:
-    """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held.
+    """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held,
+    and no more bytes than ``budget`` allows (a budget shared by every run of the tick).
 
     One image waiting beside those being written keeps every writer busy (the caller decodes the next while
     they work); a deeper queue would only hold more megabytes when writes stall.
     """
 
-    def __init__(self, blobs: BlobStore, concurrency: int) -> None:
+    def __init__(self, blobs: BlobStore, concurrency: int, budget: ByteBudget | None = None) -> None:
         self.blobs = blobs
+        self.budget = budget or ByteBudget(1 << 62)
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
         self._slots = threading.BoundedSemaphore(self.concurrency + 1)
@@ -54,13 +56,23 @@ class ImageWriter:
         self._lock = threading.Lock()
 
     def submit(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
+        size = len(data)
         if self.concurrency == 1:
-            self._write(name, data, content_type, metadata)
+            self.budget.acquire(size)
+            try:
+                self._write(name, data, content_type, metadata)
+            finally:
+                self.budget.release(size)
             return
         self._slots.acquire()
+        self.budget.acquire(size)
         future = self._pool.submit(self._write, name, data, content_type, metadata)
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._done(size))
         self._pending.append(future)
+
+    def _done(self, size: int) -> None:
+        self.budget.release(size)
+        self._slots.release()
 
     def _write(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
         try:
@@ -213,7 +225,7 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
-    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency) as writer:
+    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget) as writer:
         cp = _Checkpointer(ctx, run, job, writer)
         if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
