@@ -121,10 +121,17 @@ class JobStore(Protocol):
         ...
 
     def start_job(
-        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        max_jobs: int,
+        max_tokens: int,
+        max_input_bytes: int,
+        if_lease_owner: str | None = None,
     ) -> Job | None:
-        """QUEUED -> CREATING if the jobs in flight (CREATING or ACTIVE, of every run) leave room under
-        both caps, counted and changed in one transaction; None when they do not.
+        """QUEUED -> CREATING if the jobs of every run leave room under the caps (jobs and tokens in
+        flight, CREATING or ACTIVE; input bytes the Files API holds, HARVESTING too), counted and changed
+        in one transaction; None when they do not.
 
         Raises PreconditionFailedError if the job is not QUEUED (another worker started it).
         """
@@ -178,8 +185,15 @@ class BatchBackend(Protocol):
         self, source: BinaryIO, *, size: int, display_name: str, mime_type: str = "jsonl"
     ) -> UploadedFile: ...
 
-    def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
+    def create_batch(self, *, model: str, file_name: str, display_name: str, priority: int = 0) -> BatchInfo:
         """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
+        ...
+
+    def model_served(self, model: str) -> bool:
+        """Whether the API serves this model id for batches (``models.get``; 404 -> False).
+
+        Raises TransientError when it cannot tell: a verdict is never made from a failed call.
+        """
         ...
 
     def find_batches(self, display_name: str) -> list[BatchInfo]:
@@ -190,8 +204,8 @@ class BatchBackend(Protocol):
 
     def cancel_batch(self, name: str) -> None: ...
 
-    def download_file(self, file_name: str, destination: BinaryIO) -> None:
-        """Stream a file's bytes into ``destination`` (never whole in memory)."""
+    def download_file(self, file_name: str, destination: BinaryIO, *, start: int = 0) -> None:
+        """Stream a file's bytes from byte ``start`` into ``destination`` (never whole in memory)."""
         ...
 
     def delete_file(self, file_name: str) -> None:

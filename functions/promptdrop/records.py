@@ -73,6 +73,9 @@ class Run(_Record):
     submit_attempts: int = 0
     next_attempt_at: float = 0.0
     cancel_requested: bool = False
+    # What the run did with each model id its lines asked for (models.ModelChoice.to_json()), decided
+    # before its first batch: replacements of retired ids, refusals, shutdown notices.
+    model_choices: list[dict[str, Any]] = Field(default_factory=list)
     lease: Lease = Field(default_factory=Lease)  # who works on the run (and its jobs) now
 
 
@@ -84,6 +87,7 @@ class Job(_Record):
     phase: JobPhase
     state: JobState = JobState.JOB_STATE_UNSPECIFIED
     model: str
+    priority: int = 0  # the batch's priority (higher runs first)
     request_object: str  # the request JSONL in the bucket ({"key","request"} lines, as uploaded)
     request_count: int
     request_bytes: int
@@ -91,7 +95,13 @@ class Job(_Record):
     file_name: str | None = None  # Files API name of the uploaded input
     batch_name: str | None = None  # "batches/..."
     results_file: str | None = None  # "files/batch-..."
-    results_object: str | None = None  # where the results were streamed to in the bucket
+    results_object: str | None = None  # where inline results were written in the bucket (one object)
+    # The results file is copied into the bucket in parts of a fixed size, each recorded when whole, so a
+    # copy cut off by a function's time limit resumes at the next part (a ranged download) on the next tick.
+    results_part_size: int = 0  # bytes per part (all but the last), fixed when the copy starts
+    results_parts: int = 0  # parts written whole
+    results_copied: int = 0  # bytes in those parts
+    results_copy_done: bool = False  # the last part is written: the harvest may read the parts
     harvest_offset: int = 0  # byte offset in results_object up to which outcomes are written
     harvest_part: int = 0  # number of outcome parts written
     created_at: float

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -20,8 +21,34 @@ log = logging.getLogger(__name__)
 
 RecordT = TypeVar("RecordT", Run, Job)
 
-# Jobs that hold one of the API's concurrent-batch slots.
+# Jobs that hold one of the API's concurrent-batch slots, and those whose input is still in the Files API.
 IN_FLIGHT = (JobPhase.CREATING, JobPhase.ACTIVE)
+HOLDING_INPUT = (*IN_FLIGHT, JobPhase.HARVESTING)
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """What the in-flight caps count: jobs in flight, their estimated tokens, and input bytes held."""
+
+    jobs: int = 0
+    tokens: int = 0
+    input_bytes: int = 0
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any] | None) -> InFlight:
+        current = document or {}
+        return cls(*(int(current.get(name) or 0) for name in ("jobs", "tokens", "input_bytes")))
+
+    def to_json(self) -> dict[str, int]:
+        return {"jobs": self.jobs, "tokens": self.tokens, "input_bytes": self.input_bytes}
+
+    def plus(self, change: InFlight) -> InFlight:
+        """After ``change``, never below zero (a counter may have missed jobs started before it existed)."""
+        return InFlight(
+            max(0, self.jobs + change.jobs),
+            max(0, self.tokens + change.tokens),
+            max(0, self.input_bytes + change.input_bytes),
+        )
 
 
 def lease_held(lease: Mapping[str, Any] | None, owner: str, now: float) -> bool:
@@ -82,34 +109,32 @@ def updated(
     return model.model_validate(merged)
 
 
-def may_start(jobs: int, tokens: int, job: Job, *, max_jobs: int, max_tokens: int) -> bool:
-    """Whether ``job`` fits beside ``jobs`` jobs in flight holding ``tokens`` estimated tokens (the first job
-    always fits the token cap)."""
-    if jobs >= max_jobs:
+def may_start(counted: InFlight, job: Job, *, max_jobs: int, max_tokens: int, max_input_bytes: int) -> bool:
+    """Whether ``job`` fits beside what is in flight (a first job always fits the token and byte caps)."""
+    if counted.jobs >= max_jobs:
         return False
-    return jobs == 0 or tokens + job.estimated_tokens <= max_tokens
+    if counted.jobs and counted.tokens + job.estimated_tokens > max_tokens:
+        return False
+    return not counted.input_bytes or counted.input_bytes + job.request_bytes <= max_input_bytes
 
 
-def in_flight_change(before: Mapping[str, Any] | None, after: Job | None) -> tuple[int, int]:
-    """(jobs, tokens) a write adds to the in-flight count: a job entering or leaving CREATING / ACTIVE."""
-    was = before is not None and str(before.get("phase")) in IN_FLIGHT
-    now = after is not None and after.phase in IN_FLIGHT
-    if was == now:
-        return 0, 0
-    if now:
-        assert after is not None
-        return 1, after.estimated_tokens
-    assert before is not None
-    return -1, -int(before.get("estimated_tokens") or 0)
+def _phase(record: Mapping[str, Any] | Job | None) -> str | None:
+    if record is None:
+        return None
+    return record.phase.value if isinstance(record, Job) else str(record.get("phase"))
 
 
-def counted(counter: Mapping[str, Any] | None, change: tuple[int, int]) -> dict[str, int]:
-    """The in-flight counter after ``change``, never below zero."""
-    current = counter or {}
-    return {
-        "jobs": max(0, int(current.get("jobs") or 0) + change[0]),
-        "tokens": max(0, int(current.get("tokens") or 0) + change[1]),
-    }
+def in_flight_change(before: Mapping[str, Any] | None, after: Job | None) -> InFlight:
+    """What a write adds to the count: a job entering or leaving flight, or the Files API holding its input."""
+    was, now = _phase(before), _phase(after)
+    slots = int(now in IN_FLIGHT) - int(was in IN_FLIGHT)
+    holding = int(now in HOLDING_INPUT) - int(was in HOLDING_INPUT)
+    source: Mapping[str, Any] = after.model_dump() if after is not None else (before or {})
+    return InFlight(
+        jobs=slots,
+        tokens=slots * int(source.get("estimated_tokens") or 0),
+        input_bytes=holding * int(source.get("request_bytes") or 0),
+    )
 
 
 def decoded(model: type[RecordT], documents: Iterable[tuple[str, Mapping[str, Any]]]) -> list[RecordT]:

@@ -57,7 +57,7 @@ def notifier(settings: Settings) -> Notifier:
 
 def emulator_url(settings: Settings) -> str:
     """The bundled emulator serving this state folder: reused if running, else started in the background."""
-    options = EmulatorOptions(image_scale=settings.emulator_image_scale)
+    options = EmulatorOptions(image_scale=settings.emulator_image_scale, idle_seconds=settings.emulator_idle)
     return ensure_emulator(settings.emulator_dir, options)
 
 

@@ -34,7 +34,7 @@ def make_run(
         ),
         input_object=f"outputs/{run_id}/input.jsonl",
         output_folder=f"outputs/{run_id}/",
-        model="gemini-3-pro-image-preview",
+        model="gemini-3-pro-image",
         created_at=T0,
         updated_at=updated_at,
         counts=Counts(lines=3, valid=2, invalid=1),
@@ -56,7 +56,7 @@ def make_job(
         attempt=attempt,
         chunk=chunk,
         phase=phase,
-        model="gemini-3-pro-image-preview",
+        model="gemini-3-pro-image",
         request_object=f"outputs/{run_id}/_work/requests-a{attempt}-c{chunk}.jsonl",
         request_count=2,
         request_bytes=512,
@@ -305,23 +305,32 @@ class JobStoreContract:
             make_job("run-b", chunk=2),
         ):
             assert job_store.create_job(job)
-        assert job_store.start_job("run-b-a1-c1", max_jobs=2, max_tokens=10**9) is None
+        assert (
+            job_store.start_job("run-b-a1-c1", max_jobs=2, max_tokens=10**9, max_input_bytes=10**12) is None
+        )
         assert job_store.get_job("run-b-a1-c1") is not None
         assert job_store.get_job("run-b-a1-c1").phase is JobPhase.QUEUED  # type: ignore[union-attr]
-        started = job_store.start_job("run-b-a1-c1", max_jobs=3, max_tokens=10**9)
+        started = job_store.start_job("run-b-a1-c1", max_jobs=3, max_tokens=10**9, max_input_bytes=10**12)
         assert started is not None and started.phase is JobPhase.CREATING
-        assert job_store.start_job("run-b-a1-c2", max_jobs=3, max_tokens=10**9) is None
+        assert (
+            job_store.start_job("run-b-a1-c2", max_jobs=3, max_tokens=10**9, max_input_bytes=10**12) is None
+        )
         with pytest.raises(PreconditionFailedError):  # no longer QUEUED
-            job_store.start_job("run-b-a1-c1", max_jobs=10, max_tokens=10**9)
+            job_store.start_job("run-b-a1-c1", max_jobs=10, max_tokens=10**9, max_input_bytes=10**12)
 
     def test_start_job_keeps_the_token_cap_but_always_starts_a_first_job(self, job_store: JobStore) -> None:
         """A job whose tokens would pass max_tokens waits, unless nothing is in flight at all."""
         for chunk in (0, 1):
             assert job_store.create_job(make_job("run-a", chunk=chunk))  # 2240 tokens each
-        first = job_store.start_job("run-a-a1-c0", max_jobs=10, max_tokens=1000)
+        first = job_store.start_job("run-a-a1-c0", max_jobs=10, max_tokens=1000, max_input_bytes=10**12)
         assert first is not None and first.phase is JobPhase.CREATING
-        assert job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4000) is None
-        assert job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4480) is not None
+        assert (
+            job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4000, max_input_bytes=10**12) is None
+        )
+        assert (
+            job_store.start_job("run-a-a1-c1", max_jobs=10, max_tokens=4480, max_input_bytes=10**12)
+            is not None
+        )
 
     def test_start_job_is_fenced_by_the_run_lease(self, job_store: JobStore) -> None:
         """Under if_lease_owner a job starts only while that owner holds its run's lease."""
@@ -329,9 +338,16 @@ class JobStoreContract:
         assert job_store.create_job(make_job("leased-run"))
         job_id = make_job("leased-run").job_id
         with pytest.raises(PreconditionFailedError):
-            job_store.start_job(job_id, max_jobs=5, max_tokens=10**9, if_lease_owner="me")
+            job_store.start_job(
+                job_id, max_jobs=5, max_tokens=10**9, max_input_bytes=10**12, if_lease_owner="me"
+            )
         assert job_store.acquire_lease("leased-run", "me", 300, time.time())
-        assert job_store.start_job(job_id, max_jobs=5, max_tokens=10**9, if_lease_owner="me") is not None
+        assert (
+            job_store.start_job(
+                job_id, max_jobs=5, max_tokens=10**9, max_input_bytes=10**12, if_lease_owner="me"
+            )
+            is not None
+        )
 
     def test_parallel_starts_never_pass_the_cap(self, job_store: JobStore) -> None:
         """Eight workers starting eight queued jobs at once under a cap of three: exactly three start."""
@@ -345,7 +361,7 @@ class JobStoreContract:
             # Contention may refuse a start for now (TransientError): the next tick asks again.
             for attempt in range(100):
                 try:
-                    return job_store.start_job(job_id, max_jobs=3, max_tokens=10**9)
+                    return job_store.start_job(job_id, max_jobs=3, max_tokens=10**9, max_input_bytes=10**12)
                 except TransientError:
                     time.sleep(0.01 * (attempt % 10))
             raise AssertionError(f"{job_id} was refused 100 times")

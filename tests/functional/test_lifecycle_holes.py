@@ -112,7 +112,7 @@ def test_hole2_results_file_gone_for_good_fails_the_lines_instead_of_retrying_fo
     """A results file the Files API no longer has (permanent error) ends the job; its lines are retried, then fail."""
 
     class Gone(Wrapped):
-        def download_file(self, file_name: str, destination: Any) -> None:
+        def download_file(self, file_name: str, destination: Any, **kwargs: Any) -> None:
             raise BackendPermanentError(f"download {file_name} failed: HTTP 404 (File not found)")
 
     use_backend(pipeline.ctx, Gone(pipeline.ctx.backend))

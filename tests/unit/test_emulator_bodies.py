@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from promptdrop.emulator.server import _inline_items, _stream_file
@@ -17,7 +18,10 @@ def test_bodies_open_their_file_only_while_they_run(tmp_path: Path) -> None:
     data = tmp_path / "results.jsonl"
     data.write_bytes(b'{"a": 1}\n{"b": 2}\n')
     before = open_files()
-    bodies = [_stream_file(data), _inline_items(data)]
+    bodies = [
+        _stream_file(data, 0, data.stat().st_size, 0.0, threading.Event(), lambda n: None),
+        _inline_items(data),
+    ]
     assert open_files() == before  # built, not sent: nothing open
     assert b"".join(bodies[0]) == data.read_bytes()
     assert b"".join(bodies[1]) == b'[{"a": 1},{"b": 2}]'

@@ -10,7 +10,7 @@ from promptdrop.errors import PreconditionFailedError
 from promptdrop.records import Job
 from promptdrop.states import JobPhase
 from promptdrop.store_rules import (
-    counted,
+    InFlight,
     in_flight_change,
     lease_held,
     may_start,
@@ -63,44 +63,46 @@ def job(tokens: int, chunk: int = 0) -> Job:
 
 
 @pytest.mark.parametrize(
-    ("jobs", "tokens", "job_tokens", "max_jobs", "max_tokens", "expected"),
+    ("counted", "tokens", "size", "expected"),
     [
-        (0, 0, 10**9, 1, 10, True),  # the first job always fits the token cap
-        (1, 5, 5, 2, 10, True),
-        (1, 5, 6, 2, 10, False),  # over the token cap
-        (2, 2, 1, 2, 10, False),  # over the job cap
-        (0, 0, 1, 0, 10, False),  # no slot at all
+        (InFlight(0, 0, 0), 10**9, 10**12, True),  # the first job always fits the token and byte caps
+        (InFlight(1, 5, 100), 5, 100, True),
+        (InFlight(1, 5, 100), 6, 100, False),  # over the token cap
+        (InFlight(2, 2, 100), 1, 100, False),  # over the job cap
+        (InFlight(1, 5, 150), 1, 51, False),  # over the input bytes the Files API may hold
+        (InFlight(0, 0, 150), 1, 51, False),  # inputs of jobs being harvested count too
     ],
 )
-def test_may_start(
-    jobs: int, tokens: int, job_tokens: int, max_jobs: int, max_tokens: int, expected: bool
-) -> None:
-    """One more job starts only under both caps, counted over every job in flight."""
-    assert may_start(jobs, tokens, job(job_tokens), max_jobs=max_jobs, max_tokens=max_tokens) is expected
+def test_may_start(counted: InFlight, tokens: int, size: int, expected: bool) -> None:
+    """One more job starts only under every cap, counted over every run's jobs."""
+    candidate = job(tokens).model_copy(update={"request_bytes": size})
+    assert may_start(counted, candidate, max_jobs=2, max_tokens=10, max_input_bytes=200) is expected
 
 
 @pytest.mark.parametrize(
     ("before", "after", "change"),
     [
-        (None, JobPhase.QUEUED, (0, 0)),
-        (None, JobPhase.ACTIVE, (1, 7)),  # created in flight
-        (JobPhase.QUEUED, JobPhase.CREATING, (1, 7)),  # started
-        (JobPhase.CREATING, JobPhase.ACTIVE, (0, 0)),
-        (JobPhase.ACTIVE, JobPhase.HARVESTING, (-1, -7)),  # ended
-        (JobPhase.CREATING, JobPhase.HARVESTING, (-1, -7)),  # refused, or given up
-        (JobPhase.HARVESTING, JobPhase.DONE, (0, 0)),
+        (None, JobPhase.QUEUED, InFlight(0, 0, 0)),
+        (None, JobPhase.ACTIVE, InFlight(1, 7, 3)),  # created in flight
+        (JobPhase.QUEUED, JobPhase.CREATING, InFlight(1, 7, 3)),  # started
+        (JobPhase.CREATING, JobPhase.ACTIVE, InFlight(0, 0, 0)),
+        (JobPhase.ACTIVE, JobPhase.HARVESTING, InFlight(-1, -7, 0)),  # ended: its input is still held
+        (JobPhase.CREATING, JobPhase.HARVESTING, InFlight(-1, -7, 0)),  # refused, or given up
+        (JobPhase.HARVESTING, JobPhase.DONE, InFlight(0, 0, -3)),  # harvested: input deleted
+        (JobPhase.QUEUED, JobPhase.HARVESTING, InFlight(0, 0, 3)),  # cancelled before it started
     ],
 )
-def test_in_flight_change(before: JobPhase | None, after: JobPhase, change: tuple[int, int]) -> None:
-    """A write moves the in-flight count only when a job enters or leaves CREATING / ACTIVE."""
-    old = None if before is None else job(7).model_copy(update={"phase": before}).model_dump(mode="json")
-    assert in_flight_change(old, job(7).model_copy(update={"phase": after})) == change
+def test_in_flight_change(before: JobPhase | None, after: JobPhase, change: InFlight) -> None:
+    """A write moves the count when a job enters or leaves flight, or the Files API stops holding its input."""
+    sized = job(7).model_copy(update={"request_bytes": 3})
+    old = None if before is None else sized.model_copy(update={"phase": before}).model_dump(mode="json")
+    assert in_flight_change(old, sized.model_copy(update={"phase": after})) == change
 
 
 def test_counter_never_goes_below_zero() -> None:
     """A counter that missed jobs started before it existed is clamped, not negative."""
-    assert counted({"jobs": 1, "tokens": 5}, (-1, -7)) == {"jobs": 0, "tokens": 0}
-    assert counted(None, (1, 7)) == {"jobs": 1, "tokens": 7}
+    assert InFlight(1, 5, 0).plus(InFlight(-1, -7, -3)) == InFlight(0, 0, 0)
+    assert InFlight.of(None).plus(InFlight(1, 7, 3)).to_json() == {"jobs": 1, "tokens": 7, "input_bytes": 3}
 
 
 def test_updated_checks_state_then_lease_then_applies() -> None:

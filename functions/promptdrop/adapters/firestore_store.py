@@ -194,19 +194,19 @@ class FirestoreJobStore:
     def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
         what = f"creating job {job.job_id}"
         change = rules.in_flight_change(None, job)
-        if if_lease_owner is None and change == (0, 0):
+        if if_lease_owner is None and change == rules.InFlight():
             return self._create(self._jobs, job.job_id, job, what)
         reference = self._jobs.document(job.job_id)
 
         def create(transaction: firestore.Transaction) -> bool:
             if if_lease_owner is not None:
                 self._check_run_lease(transaction, job.run_id, if_lease_owner, what)
-            counter = self._counter(transaction) if change != (0, 0) else None
+            counter = self._counter(transaction) if change != rules.InFlight() else None
             if reference.get(transaction=transaction, **self._call).exists:
                 return False
             transaction.create(reference, job.model_dump(mode="json"))
-            if change != (0, 0):
-                transaction.set(self._in_flight, rules.counted(counter, change))
+            if counter is not None:
+                transaction.set(self._in_flight, counter.plus(change).to_json())
             return True
 
         return bool(self._transact(create, what))
@@ -239,17 +239,23 @@ class FirestoreJobStore:
                 now=time.time(),
             )
             change = rules.in_flight_change(document, job)
-            counter = self._counter(transaction) if change != (0, 0) else None
+            counter = self._counter(transaction) if change != rules.InFlight() else None
             transaction.set(reference, job.model_dump(mode="json"))
-            if change != (0, 0):
-                transaction.set(self._in_flight, rules.counted(counter, change))
+            if counter is not None:
+                transaction.set(self._in_flight, counter.plus(change).to_json())
             return job
 
         result: Job = self._transact(apply, f"updating job {job_id}")
         return result
 
     def start_job(
-        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        max_jobs: int,
+        max_tokens: int,
+        max_input_bytes: int,
+        if_lease_owner: str | None = None,
     ) -> Job | None:
         reference = self._jobs.document(job_id)
 
@@ -267,11 +273,11 @@ class FirestoreJobStore:
                 lease_owner=if_lease_owner,
                 now=time.time(),
             )
-            jobs, tokens = int(counter.get("jobs") or 0), int(counter.get("tokens") or 0)
-            if not rules.may_start(jobs, tokens, job, max_jobs=max_jobs, max_tokens=max_tokens):
+            caps = {"max_jobs": max_jobs, "max_tokens": max_tokens, "max_input_bytes": max_input_bytes}
+            if not rules.may_start(counter, job, **caps):
                 return None
             transaction.set(reference, job.model_dump(mode="json"))
-            transaction.set(self._in_flight, rules.counted(counter, rules.in_flight_change(document, job)))
+            transaction.set(self._in_flight, counter.plus(rules.in_flight_change(document, job)).to_json())
             return job
 
         result: Job | None = self._transact(start, f"starting job {job_id}")
@@ -315,9 +321,9 @@ class FirestoreJobStore:
 
     # Shared
 
-    def _counter(self, transaction: firestore.Transaction) -> dict[str, Any]:
+    def _counter(self, transaction: firestore.Transaction) -> rules.InFlight:
         snapshot = self._in_flight.get(transaction=transaction, **self._call)
-        return dict(snapshot.to_dict() or {}) if snapshot.exists else {}
+        return rules.InFlight.of(snapshot.to_dict() if snapshot.exists else None)
 
     def _run_lease(self, transaction: firestore.Transaction, run_id: str) -> Any:
         snapshot = self._runs.document(run_id).get(transaction=transaction, **self._call)

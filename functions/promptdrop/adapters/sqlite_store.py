@@ -266,17 +266,17 @@ class SqliteJobStore:
         return job
 
     def start_job(
-        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        max_jobs: int,
+        max_tokens: int,
+        max_input_bytes: int,
+        if_lease_owner: str | None = None,
     ) -> Job | None:
         # BEGIN IMMEDIATE holds the database's write lock: no other worker starts a job meanwhile.
         with self._transaction() as conn:
             doc = self._load(conn, _JOBS, job_id)
-            wanted = [phase.value for phase in rules.IN_FLIGHT]
-            in_flight = conn.execute(
-                f"SELECT count(*), coalesce(sum(json_extract(doc, '$.estimated_tokens')), 0) FROM jobs"  # noqa: S608
-                f" WHERE phase IN ({_placeholders(len(wanted))})",
-                wanted,
-            ).fetchone()
             job = rules.updated(
                 Job,
                 doc,
@@ -288,11 +288,24 @@ class SqliteJobStore:
                 lease_owner=if_lease_owner,
                 now=time.time(),
             )
-            jobs, tokens = in_flight
-            if not rules.may_start(jobs, tokens, job, max_jobs=max_jobs, max_tokens=max_tokens):
+            caps = {"max_jobs": max_jobs, "max_tokens": max_tokens, "max_input_bytes": max_input_bytes}
+            if not rules.may_start(self._in_flight(conn), job, **caps):
                 return None
             self._save(conn, _JOBS, job)
         return job
+
+    @staticmethod
+    def _in_flight(conn: sqlite3.Connection) -> rules.InFlight:
+        holding = [phase.value for phase in rules.HOLDING_INPUT]
+        in_flight = [phase.value for phase in rules.IN_FLIGHT]
+        flying, held = _placeholders(len(in_flight)), _placeholders(len(holding))
+        sql = (  # placeholders only
+            f"SELECT count(*) FILTER (WHERE phase IN ({flying})),"  # noqa: S608
+            f" coalesce(sum(json_extract(doc, '$.estimated_tokens')) FILTER (WHERE phase IN ({flying})), 0),"
+            f" coalesce(sum(json_extract(doc, '$.request_bytes')), 0) FROM jobs WHERE phase IN ({held})"
+        )
+        row = conn.execute(sql, [*in_flight, *in_flight, *holding]).fetchone()
+        return rules.InFlight(*row)
 
     def list_jobs(self, run_id: str) -> list[Job]:
         with self._reading() as conn:

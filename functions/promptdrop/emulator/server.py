@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from promptdrop.emulator.engine import Engine, operation_json
+from promptdrop.emulator.engine import Engine, model_json, model_not_found, operation_json
 from promptdrop.emulator.files import COPY_CHUNK, file_json
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, page_size, paginate
@@ -51,6 +52,8 @@ ROUTES: Final = [
     ("GET", rf"/{_VERSION}/files/{_ID}", "file_get"),
     ("DELETE", rf"/{_VERSION}/files/{_ID}", "file_delete"),
     ("POST", rf"/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent", "create"),
+    ("GET", rf"/{_VERSION}/models", "model_list"),
+    ("GET", rf"/{_VERSION}/models/(?P<model>[^/:]+)", "model_get"),
     ("GET", rf"/{_VERSION}/batches", "list"),
     ("GET", rf"/{_VERSION}/batches/{_ID}", "get"),
     ("POST", rf"/{_VERSION}/batches/{_ID}:cancel", "cancel"),
@@ -58,6 +61,20 @@ ROUTES: Final = [
     ("POST", rf"/{_VERSION}/batches/{_ID}:delete", "delete"),
 ]
 _COMPILED: Final = [(method, re.compile(_PREFIX + pattern), name) for method, pattern, name in ROUTES]
+
+# What the Files API takes as a MIME type: a real ``type/subtype`` (RFC 6838 characters), or the bare
+# ``jsonl`` / ``json`` shorthand the Batch API docs and cookbook upload with. Anything else is refused
+# with 400, as Google refuses it.
+_MIME_TYPE = re.compile(
+    r"(?:application|audio|font|image|model|text|video)/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+    r"(?:\s*;\s*[A-Za-z0-9_.-]+=[A-Za-z0-9_.\"-]+)*"
+)
+_MIME_SHORTHANDS: Final = frozenset({"jsonl", "json"})
+
+
+def is_real_mime_type(value: str) -> bool:
+    return value in _MIME_SHORTHANDS or _MIME_TYPE.fullmatch(value) is not None
+
 
 _FAULT_MESSAGES: Final = {
     429: "Resource has been exhausted (e.g. check quota).",
@@ -110,20 +127,35 @@ class _Reply:
     length: int | None = None
     content_type: str = "application/json; charset=UTF-8"
     headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
 
 
 def _json(value: object, headers: dict[str, str] | None = None) -> _Reply:
     return _Reply(orjson.dumps(value), headers=headers or {})
 
 
-# Response bodies open their files when they start to run, not before: a reply that is never sent (the
-# client went away, an error before the first byte) holds no file open.
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
-def _stream_file(path: Path) -> Iterator[bytes]:
+def _stream_file(
+    path: Path, start: int, length: int, rate: float, stopping: threading.Event, count: Callable[[int], None]
+) -> Iterator[bytes]:
+    """``length`` bytes of ``path`` from ``start``, opened only once the body is sent, at most ``rate`` B/s."""
+    began = time.monotonic()
+    sent = 0
+    # Throttled, the bytes go out in pieces of about 1/20 s, as from a slow link, not in 1 MiB bursts.
+    piece = min(COPY_CHUNK, max(4096, int(rate / 20))) if rate else COPY_CHUNK
     with path.open("rb") as stream:
-        while block := stream.read(COPY_CHUNK):
+        stream.seek(start)
+        while sent < length and (block := stream.read(min(piece, length - sent))):
+            if rate:
+                # Sleep until this block is due; a stopping server stops waiting.
+                due = began + (sent + len(block)) / rate
+                if stopping.wait(max(0.0, due - time.monotonic())):
+                    return
+            sent += len(block)
             yield block
+            count(len(block))  # counted once the handler's write of it returned
 
 
 def _inline_items(path: Path) -> Iterator[bytes]:
@@ -146,8 +178,15 @@ class _HttpServer(ThreadingHTTPServer):
         self.data_dir = data_dir
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
+        self.last_call = time.monotonic()
+        self.bytes_downloaded = 0  # file bytes sent by the download routes (tests measure copies with it)
+        self._counter_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def count_download(self, size: int) -> None:
+        with self._counter_lock:
+            self.bytes_downloaded += size
 
     def track(self, connection: socket.socket, *, open_: bool) -> None:
         with self._connections_lock:
@@ -204,6 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Dispatch --------------------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
+        self.server.last_call = time.monotonic()
         # A request without a body (most GETs) leaves nothing unread on the connection.
         self._body_read = (
             self.headers.get("Content-Length", "0").strip() == "0" and "Transfer-Encoding" not in self.headers
@@ -236,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("emulator failed on %s %s", method, path)
             self._send(_json(ApiError(500, "Internal error in the emulator.").body()), status=500)
             return
-        self._send(reply, status=200)
+        self._send(reply, status=reply.status)
 
     def _send(self, reply: _Reply, *, status: int) -> None:
         if not self._body_read:
@@ -252,11 +292,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if isinstance(body, bytes):
-            self.wfile.write(body)
-        else:
-            for block in body:
-                self.wfile.write(block)
+        try:
+            if isinstance(body, bytes):
+                self.wfile.write(body)
+            else:
+                for block in body:
+                    self.wfile.write(block)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client stopped reading (a copy paused at its time budget, a killed worker): not our error.
+            self.close_connection = True
 
     def _authenticate(self) -> None:
         key = self.headers.get("x-goog-api-key") or self._query.get("key")
@@ -305,6 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
         mime_type = file_info.get("mimeType") or self.headers.get("X-Goog-Upload-Header-Content-Type")
         if not mime_type:
             raise ApiError(400, "The file's MIME type is missing.")
+        if not is_real_mime_type(str(mime_type)):
+            raise ApiError(400, f"Unsupported MIME type: {str(mime_type)[:100]}")
         declared = self.headers.get("X-Goog-Upload-Header-Content-Length") or file_info.get("sizeBytes")
         try:
             declared_size = None if declared is None else int(declared)
@@ -378,16 +424,53 @@ class _Handler(BaseHTTPRequestHandler):
         files = self.server.engine.files
         record = files.get(params["id"])
         path = files.data_path(record.id)
-        if not path.is_file():
+        if not path.exists():
             raise ApiError(404, f"File {record.name} does not exist.")
         mime_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
-        return _Reply(_stream_file(path), length=record.size, content_type=mime_type)
+        start, end = 0, record.size - 1
+        headers: dict[str, str] = {"Accept-Ranges": "bytes"}
+        wanted = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if wanted:
+            start = int(wanted.group(1))
+            end = min(int(wanted.group(2)) if wanted.group(2) else end, record.size - 1)
+            if start >= record.size or start > end:
+                raise ApiError(416, f"Range not satisfiable: the file has {record.size} bytes")
+            headers["Content-Range"] = f"bytes {start}-{end}/{record.size}"
+        server = self.server
+        body = _stream_file(
+            path,
+            start,
+            end + 1 - start,
+            server.engine.options.download_bytes_per_second,
+            server.stopping,
+            server.count_download,
+        )
+        reply = _Reply(body, length=end + 1 - start, content_type=mime_type, headers=headers)
+        reply.status = 206 if wanted else 200
+        return reply
 
     # Batches ---------------------------------------------------------------------------------------
 
     def _route_create(self, params: dict[str, str]) -> _Reply:
-        job = self.server.engine.create_batch(params["model"], self._json_body())
+        job = self.server.engine.create_batch(params["model"], self._json_body(), version=params["ver"])
         return _json(operation_json(job))
+
+    # Models ----------------------------------------------------------------------------------------
+
+    def _route_model_get(self, params: dict[str, str]) -> _Reply:
+        engine = self.server.engine
+        if not engine.serves(params["model"]):
+            raise model_not_found(params["model"], params["ver"], "generateContent")
+        return _json(model_json(params["model"]))
+
+    def _route_model_list(self, params: dict[str, str]) -> _Reply:
+        size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
+        models = sorted(self.server.engine.served_models(), reverse=True)  # paginate wants descending keys
+        page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
+        body: dict[str, object] = {"models": [model_json(m) for m in page]}
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
 
     def _route_get(self, params: dict[str, str]) -> _Reply:
         engine = self.server.engine
@@ -498,6 +581,18 @@ class EmulatorServer:
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last call; 0 while a job is unfinished (it still needs the emulator)."""
+        if self._httpd is None or self._engine is None or self._engine.busy:
+            return 0.0
+        return time.monotonic() - self._httpd.last_call
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """File bytes sent by the download routes since start."""
+        return self._httpd.bytes_downloaded if self._httpd else 0
 
     @property
     def faults_injected(self) -> int:

@@ -112,7 +112,7 @@ def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
                     if not harvest_job(ctx, run, job, deadline):
                         return run  # out of time: the next tick continues from the checkpoint
             case Action.LAUNCH:
-                batch_jobs.launch_queued_jobs(ctx, run, step.jobs)
+                batch_jobs.launch_queued_jobs(ctx, run, selected, deadline)
             case Action.RETRY:
                 if batch_jobs.resubmit_retryable(ctx, run, jobs):
                     done.clear()  # a new attempt: a new pass launches its jobs

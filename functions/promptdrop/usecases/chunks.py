@@ -27,7 +27,7 @@ def job_id(run_id: str, attempt: int, chunk: int) -> str:
 def request_tokens(req: PromptRequest) -> int:
     """Tokens one request puts in the enqueued-token budget: its input plus the image it asks for."""
     spec = model_spec(req.model)
-    output = spec.image_tokens.get(req.image_size, spec.image_tokens[spec.default_size]) if spec else 1290
+    output = spec.tokens_for(req.image_size) if spec else 1290
     return req.estimated_input_tokens + output
 
 
@@ -35,11 +35,11 @@ class _ChunkWriter:
     """Writes one job's request file and key list, opened lazily, closed when full."""
 
     def __init__(
-        self, ctx: Context, layout: RunLayout, run: Run, attempt: int, chunk: int, model: str
+        self, ctx: Context, layout: RunLayout, run: Run, attempt: int, chunk: int, model: str, priority: int
     ) -> None:
         self.ctx, self.layout, self.run = ctx, layout, run
         self.job_id = job_id(run.run_id, attempt, chunk)
-        self.attempt, self.chunk, self.model = attempt, chunk, model
+        self.attempt, self.chunk, self.model, self.priority = attempt, chunk, model, priority
         self.count = self.bytes = self.tokens = 0
         self._stack = contextlib.ExitStack()
         self._requests: BinaryIO = self._stack.enter_context(
@@ -75,6 +75,7 @@ class _ChunkWriter:
             chunk=self.chunk,
             phase=JobPhase.QUEUED,
             model=self.model,
+            priority=self.priority,
             request_object=self.layout.job_requests(self.job_id),
             request_count=self.count,
             request_bytes=self.bytes,
@@ -89,24 +90,28 @@ class _ChunkWriter:
 
 
 class ChunkPlanner:
-    """Splits requests into jobs by model, request count, bytes and the enqueued-token budget."""
+    """Splits requests into jobs by model and priority, request count, bytes and the enqueued-token budget."""
 
     def __init__(self, ctx: Context, run: Run, attempt: int, first_chunk: int = 0) -> None:
         self.ctx, self.run, self.attempt = ctx, run, attempt
         self.layout = ctx.layout(run.run_id)
         self.next_chunk = first_chunk
-        self.open: dict[str, _ChunkWriter] = {}
+        self.open: dict[tuple[str, int], _ChunkWriter] = {}
         self.jobs: list[Job] = []
 
-    def add(self, model: str, key: str, line: int, request_line: bytes, tokens: int) -> None:
-        writer = self.open.get(model)
+    def add(
+        self, model: str, key: str, line: int, request_line: bytes, tokens: int, *, priority: int = 0
+    ) -> None:
+        writer = self.open.get((model, priority))
         if writer is not None and not writer.fits(len(request_line) + 1, tokens):
             self.jobs.append(writer.close())
             writer = None
         if writer is None:
-            writer = _ChunkWriter(self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model)
+            writer = _ChunkWriter(
+                self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model, priority
+            )
             self.next_chunk += 1
-            self.open[model] = writer
+            self.open[(model, priority)] = writer
         writer.add(key, line, request_line, tokens)
 
     def finish(self) -> list[Job]:

@@ -36,20 +36,37 @@ log = logging.getLogger(__name__)
 CREATE_MARGIN = 60.0
 # A job still CREATING after this many creates gives up: its lines fail (or go to the next attempt).
 MAX_CREATE_RECOVERIES = 10
+# A floor for upload speed from a function to the Files API, to tell whether an input fits the time left
+# (a 1.9 GB input needs 95 s at this rate; measured uploads run faster).
+UPLOAD_BYTES_PER_SECOND = 20 * 1024 * 1024
+# A job cancelled at its deadline that still has not ended this much later (a state we do not know, a
+# cancel that did not take) is given up on: no state keeps a run waiting past its jobs' deadlines.
+DEADLINE_GRACE_SECONDS = 900.0
 
 
-def launch_queued_jobs(ctx: Context, run: Run, job_ids: tuple[str, ...]) -> None:
-    """Create batch jobs for queued chunks while the in-flight caps (jobs, enqueued tokens) allow.
+def launch_queued_jobs(ctx: Context, run: Run, jobs: list[Job], deadline: float | None = None) -> None:
+    """Create batch jobs for queued chunks while the caps allow (jobs and enqueued tokens in flight, input
+    bytes held by the Files API) and while the invocation has time left to upload the next input.
 
-    The store counts the jobs in flight and starts one in the same transaction, so parallel ticks cannot
-    overshoot the caps.
+    The store counts what is in flight and starts one job in the same transaction, so parallel ticks
+    cannot overshoot the caps.
     """
-    for job_id in job_ids:
+    settings = ctx.settings
+    for queued in jobs:
+        if deadline is not None and ctx.clock() + queued.request_bytes / UPLOAD_BYTES_PER_SECOND > deadline:
+            # An upload cut off by the function's time limit would be lost: the next tick launches it.
+            log.info(
+                "not enough time left to upload %d bytes; the next tick launches the job",
+                queued.request_bytes,
+                extra={"run_id": run.run_id, "job": queued.job_id},
+            )
+            return
         try:
             job = ctx.store.start_job(
-                job_id,
-                max_jobs=ctx.settings.max_jobs_in_flight,
-                max_tokens=ctx.settings.max_enqueued_tokens,
+                queued.job_id,
+                max_jobs=settings.max_jobs_in_flight,
+                max_tokens=settings.max_enqueued_tokens,
+                max_input_bytes=settings.max_input_bytes_in_flight,
             )
         except PreconditionFailedError:
             continue  # no longer QUEUED: started or cancelled meanwhile
@@ -73,7 +90,9 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
     assert file_name is not None
     job = ctx.store.update_job(job.job_id, {"create_sent_at": ctx.clock()})
     try:
-        info = ctx.backend.create_batch(model=job.model, file_name=file_name, display_name=job.job_id)
+        info = ctx.backend.create_batch(
+            model=job.model, file_name=file_name, display_name=job.job_id, priority=job.priority
+        )
     except AmbiguousCreateError as exc:
         log.warning("create may or may not have happened (%s); will look it up", exc, extra=extra)
         return
@@ -168,6 +187,18 @@ def refresh(ctx: Context, run: Run, job: Job) -> None:
         _record_job_end(ctx, run, job, info, info.state, info.error)
         return
     changes: dict[str, object] = {"state": info.state.value, "stats": dict(info.stats)}
+    if (
+        job.error == "deadline"
+        and job.deadline_at is not None
+        and ctx.clock() >= job.deadline_at + DEADLINE_GRACE_SECONDS
+    ):
+        log.warning(
+            "job still %s long after its deadline cancel; giving up on it",
+            info.state.value,
+            extra={"run_id": run.run_id, "job": job.batch_name},
+        )
+        _record_job_end(ctx, run, job, info, info.state, "deadline")
+        return
     if job.deadline_at is not None and ctx.clock() >= job.deadline_at:
         log.warning(
             "job past PROMPTDROP_JOB_DEADLINE; cancelling",
@@ -265,6 +296,7 @@ def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
                             lines.get(key, 0),
                             request_line,
                             job.estimated_tokens // max(job.request_count, 1),
+                            priority=job.priority,
                         )
         new_jobs = planner.finish()
     except BaseException:

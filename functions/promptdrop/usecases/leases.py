@@ -69,10 +69,20 @@ class FencedStore:
         )
 
     def start_job(
-        self, job_id: str, *, max_jobs: int, max_tokens: int, if_lease_owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        max_jobs: int,
+        max_tokens: int,
+        max_input_bytes: int,
+        if_lease_owner: str | None = None,
     ) -> Job | None:
         return self._store.start_job(
-            job_id, max_jobs=max_jobs, max_tokens=max_tokens, if_lease_owner=if_lease_owner or self._owner
+            job_id,
+            max_jobs=max_jobs,
+            max_tokens=max_tokens,
+            max_input_bytes=max_input_bytes,
+            if_lease_owner=if_lease_owner or self._owner,
         )
 
     def list_jobs(self, run_id: str) -> list[Job]:

@@ -33,7 +33,7 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
     report.runs_seen = len(wanted)
     if not wanted:
         return report
-    workers = max(1, min(4, len(wanted)))
+    workers = max(1, min(ctx.settings.tick_concurrency, len(wanted)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promptdrop-run") as pool:
         results = list(pool.map(lambda run_id: advance_run(ctx, run_id, deadline), wanted))
     for result in results:

@@ -27,6 +27,9 @@ from promptdrop.usecases.context import Context
 
 log = logging.getLogger(__name__)
 
+# How long a trigger may spend moving what it claimed on (launching jobs included); the rest is the poller's.
+SUBMIT_ON_CLAIM_SECONDS = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class InlineRequest:
@@ -78,11 +81,13 @@ def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri
         name=PurePosixPath(obj.name).stem,
         format=prompts.detect_format(obj.name) or "jsonl",
     )
-    return _claim_and_advance(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source)
+    return _claim_and_advance(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source, obj.size)
 
 
 def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
     """A message carrying prompts: staged as the run's input first (the message is the only copy), then claimed."""
+
+    staged_size: list[int] = []
 
     def stage(run_id: str) -> None:
         # One line per prompt, so line numbers are the 1-based indexes in `prompts`; the message's defaults
@@ -90,7 +95,9 @@ def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
         with ctx.blobs.open_write(ctx.layout(run_id).input("jsonl"), content_type="application/jsonl") as out:
             for item in request.prompts:
                 # A string item is a plain prompt; anything else is a JSONL line as written.
-                out.write(orjson.dumps({"prompt": item} if isinstance(item, str) else item) + b"\n")
+                line = orjson.dumps({"prompt": item} if isinstance(item, str) else item) + b"\n"
+                out.write(line)
+                staged_size.append(len(line))
 
     source = RunSource(
         kind="message",
@@ -98,19 +105,33 @@ def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
         name=request.name or "message",
         defaults=dict(request.defaults) if request.defaults else None,
     )
-    return _claim_and_advance(ctx, message_claim_key("requests", request.claim_token), source, stage)
+    claim = message_claim_key("requests", request.claim_token)
+    return _claim_and_advance(ctx, claim, source, lambda: sum(staged_size), stage)
 
 
 def _claim_and_advance(
-    ctx: Context, claim: str, source: RunSource, stage: Callable[[str], None] | None = None
+    ctx: Context,
+    claim: str,
+    source: RunSource,
+    size: int | Callable[[], int] | None,
+    stage: Callable[[str], None] | None = None,
 ) -> Receipt:
     run, created = _claim(ctx, claim, source, stage)
     if not created:
         log.info("already claimed; nothing to do", extra={"run_id": run.run_id})
         return Receipt(run, False)
     log.info("claimed %s", source.object or f"message {source.message_id}", extra={"run_id": run.run_id})
+    size = size() if callable(size) else size
+    if size is not None and size > ctx.settings.submit_on_claim_max_bytes:
+        # Parsing and uploading a big file takes minutes: the trigger answers now, the poller submits.
+        log.info(
+            "%d bytes is over PROMPTDROP_SUBMIT_ON_CLAIM_MAX_BYTES; the poller submits it",
+            size,
+            extra={"run_id": run.run_id},
+        )
+        return Receipt(run, True)
     # Failures are logged by advance_run and left to the poller: the claim is recorded either way.
-    result = advance_run(ctx, run.run_id)
+    result = advance_run(ctx, run.run_id, ctx.clock() + SUBMIT_ON_CLAIM_SECONDS)
     return Receipt(result.run or ctx.store.get_run(run.run_id) or run, True)
 
 

@@ -10,12 +10,14 @@ import base64
 import logging
 import mimetypes
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from promptdrop import prompts
 from promptdrop.cost import CostTally
 from promptdrop.errors import PermanentError, TransientError
+from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
@@ -71,10 +73,20 @@ def submit_run(ctx: Context, run: Run) -> Run:
     plan = _write_chunks(ctx, run)
     for job in plan.jobs:
         ctx.store.create_job(job)
+    for choice in plan.models.values():
+        if choice.notice or choice.code:
+            # Said to people by `run`/`status` and in summary.json; logged for the Cloud deployment.
+            log.info(
+                "model %s: %s",
+                choice.requested,
+                choice.notice or choice.message,
+                extra={"run_id": run.run_id},
+            )
     run = ctx.store.update_run(
         run.run_id,
         {
             "state": RunState.SUBMITTED.value,
+            "model_choices": [choice.to_json() for choice in plan.models.values()],
             "counts": plan.counts.model_dump(),
             "cost": Cost(
                 estimate=plan.cost.total.batch, estimate_interactive=plan.cost.total.interactive
@@ -94,17 +106,39 @@ def submit_run(ctx: Context, run: Run) -> Run:
     return run
 
 
+class ModelChooser:
+    """What a run's lines run on, per model id they ask for: asked of the API once per id (``models.get``)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.choices: dict[str, ModelChoice] = {}
+
+    def __call__(self, requested: str) -> ModelChoice:
+        choice = self.choices.get(requested)
+        if choice is None:
+            choice = choose_model(
+                requested,
+                self.ctx.backend.model_served,
+                policy=self.ctx.settings.retired_models,
+                today=datetime.fromtimestamp(self.ctx.clock(), UTC).date(),
+            )
+            self.choices[requested] = choice
+        return choice
+
+
 @dataclass
 class _Plan:
     counts: Counts = field(default_factory=Counts)
     cost: CostTally = field(default_factory=CostTally)
     jobs: list[Job] = field(default_factory=list)
     refused: list[Outcome] = field(default_factory=list)
+    models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
 def _write_chunks(ctx: Context, run: Run) -> _Plan:
     plan = _Plan()
     planner = ChunkPlanner(ctx, run, attempt=1)
+    choose = ModelChooser(ctx)
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -113,6 +147,11 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     plan.counts.invalid += 1
                     continue
                 try:
+                    # The API decides what is served; a retired id runs on its replacement, or is refused.
+                    choice = choose(line.model)
+                    if choice.model is None:
+                        raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
+                    model = choice.model
                     parts = resolve_images(ctx, line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
@@ -132,9 +171,12 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     )
                     continue
                 plan.counts.valid += 1
-                plan.cost.add_estimate(line.model, line.image_size, line.estimated_input_tokens)
-                planner.add(line.model, line.key, line.line, request_line, request_tokens(line))
+                plan.cost.add_estimate(model, line.image_size, line.estimated_input_tokens)
+                planner.add(
+                    model, line.key, line.line, request_line, request_tokens(line), priority=line.priority
+                )
         plan.jobs = planner.finish()
+        plan.models = choose.choices
     except BaseException:
         planner.abort()
         raise
