@@ -64,6 +64,8 @@ class Settings(BaseModel):
     harvest_time_budget: float = 0.0  # seconds per invocation; 0 = no budget (local)
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
+    gallery_page_size: int = 500  # cards per gallery page
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
     log_format: Literal["text", "json"] = "text"
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO
@@ -28,6 +28,7 @@ from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.gallery import thumbnails_for
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ class ImageWriter:
     they work); a deeper queue would only hold more megabytes when writes stall.
     """
 
-    def __init__(self, blobs: BlobStore, concurrency: int) -> None:
+    def __init__(
+        self, blobs: BlobStore, concurrency: int, after_write: Callable[[str, bytes], None] | None = None
+    ) -> None:
         self.blobs = blobs
+        self.after_write = after_write  # e.g. the gallery's thumbnail, made in the same writer thread
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
         self._slots = threading.BoundedSemaphore(self.concurrency + 1)
@@ -68,6 +72,9 @@ class ImageWriter:
             # it becomes that line's failure instead of stopping the whole harvest forever.
             with self._lock:
                 self._refused[name] = str(exc)
+            return
+        if self.after_write is not None:
+            self.after_write(name, data)
 
     def flush(self) -> dict[str, str]:
         """Wait until every submitted image is written. Re-raise the first transient failure; return the
@@ -211,7 +218,7 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
-    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency) as writer:
+    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency, thumbnails_for(ctx, layout)) as writer:
         cp = _Checkpointer(ctx, run, job, writer)
         if job.results_object and job.harvest_offset >= 0:
             offset = job.harvest_offset

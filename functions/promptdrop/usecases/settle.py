@@ -21,7 +21,7 @@ from promptdrop.prompts import InvalidLine, LineError, PromptRequest, RejectedLi
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.results import Usage
 from promptdrop.states import RunState
-from promptdrop.usecases import harvest
+from promptdrop.usecases import gallery, harvest
 from promptdrop.usecases.context import Context
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "reason": refused.message if refused else run.reason,
         }
     )
+    gallery.publish(ctx, final, jobs, lambda: parsed_input(ctx, run))  # index.html: an output like the rest
     _announce(ctx, final, jobs)
     final = ctx.store.update_run(
         run.run_id,
