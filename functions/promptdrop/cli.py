@@ -382,10 +382,10 @@ def open_gallery(
     location = gallery_location(settings, record.run_id)
     page = RunLayout.of(settings.output_prefix, record.run_id).gallery
     if blob_store(settings).stat(page) is None:
-        out.print(location)
+        out.print(location, highlight=False, markup=False)
         err.print(f"{record.run_id} is {record.state.value}: its page is written when the run ends")
         raise typer.Exit(1)
-    out.print(location)
+    out.print(location, highlight=False, markup=False)  # plain: for copy, paste and scripts
     # Only for a person at a terminal: tests, CI and pipes never get a browser window.
     if not no_browser and sys.stdout.isatty():
         target = location if settings.bucket_is_gcs else Path(location).as_uri()
