@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -28,25 +28,25 @@ log = logging.getLogger(__name__)
 HTML: str = "text/html; charset=utf-8"
 
 
+# Decoding is CPU work: one thread per core, shared by every harvest of the process, decodes one image
+# each. Memory stays bounded however many uploads are in flight, and the decode buffers stay in those few
+# threads' malloc arenas instead of one arena per upload thread (measured: +76 MB peak RSS that way).
+_DECODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="promptdrop-thumb")
+
+
 class Thumbnails:
-    """Called by the harvest's image writer threads after each image is stored.
+    """Called by the harvest's image writer threads after each image is stored."""
 
-    At most ``slots`` decodes run at once (one image each), so memory stays bounded however many
-    uploads are in flight; decoding is CPU work, so more slots than cores would not be faster anyway.
-    """
-
-    def __init__(self, blobs: BlobStore, folder: str, *, slots: int) -> None:
+    def __init__(self, blobs: BlobStore, folder: str) -> None:
         self.blobs = blobs
         self.folder = folder
-        self._slots = threading.BoundedSemaphore(max(1, slots))
 
     def __call__(self, image_name: str, data: bytes) -> None:
         name = gallery.thumb_name(self.folder, image_name)
         if name is None:
             return
         try:
-            with self._slots:
-                small = thumbnails.make_thumbnail(data)
+            small = _DECODERS.submit(thumbnails.make_thumbnail, data).result()
             self.blobs.write_bytes(name, small, content_type=gallery.THUMB_MIME_TYPE)
         except PromptdropError as exc:
             # Never the line's failure: the gallery card falls back to the full image.
@@ -57,8 +57,7 @@ def thumbnails_for(ctx: Context, layout: RunLayout) -> Thumbnails | None:
     """The harvest's thumbnail maker for a run, or None when PROMPTDROP_THUMBNAILS is off."""
     if not ctx.settings.thumbnails:
         return None
-    slots = min(ctx.settings.upload_concurrency, os.cpu_count() or 1)
-    return Thumbnails(ctx.blobs, layout.folder, slots=slots)
+    return Thumbnails(ctx.blobs, layout.folder)
 
 
 def _entries(ctx: Context, layout: RunLayout) -> Iterator[dict[str, Any]]:
