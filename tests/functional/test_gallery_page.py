@@ -17,9 +17,11 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from promptdrop.prompts import ParsedLine
+from promptdrop.settings import Settings
 from promptdrop.states import RunState
 from promptdrop.usecases import gallery
-from tests.functional.conftest import Pipeline, jsonl
+from promptdrop.wiring import build_context
+from tests.functional.conftest import Pipeline, jsonl, pipeline_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +45,16 @@ def chromium_path() -> str:
             "scripts/test does this when it runs as root), or set PROMPTDROP_CHROMIUM to a Chromium binary"
         )
     return found
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, emulator_factory: Any) -> Pipeline:
+    """The usual pipeline, with images at a quarter of their real size (1K: 256 px) so thumbnails shrink."""
+    emulator = emulator_factory(image_scale=0.25)
+    env = pipeline_env(tmp_path / "home", emulator.url)
+    return Pipeline(
+        home=tmp_path / "home", emulator=emulator, env=env, ctx=build_context(Settings.from_env(env))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +141,8 @@ def test_demo_page_shows_every_line_and_loads_every_image(pipeline: Pipeline, br
 
     shot = os.environ.get("PROMPTDROP_GALLERY_SCREENSHOT")
     if shot:  # how docs/gallery.png is made: PROMPTDROP_GALLERY_SCREENSHOT=docs/gallery.png
-        page.set_viewport_size({"width": 1280, "height": 860})
-        page.screenshot(path=shot, type="png")
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.screenshot(path=shot, type="png", full_page=True)
 
 
 def test_hostile_prompts_and_keys_are_shown_as_text_and_run_nothing(
