@@ -383,7 +383,12 @@ def open_gallery(
     page = RunLayout.of(settings.output_prefix, record.run_id).gallery
     if blob_store(settings).stat(page) is None:
         out.print(location, highlight=False, markup=False)
-        err.print(f"{record.run_id} is {record.state.value}: its page is written when the run ends")
+        why = (
+            "it has no page (it ended before promptdrop wrote gallery pages)"
+            if record.state.terminal
+            else "its page is written when the run ends"
+        )
+        err.print(f"{record.run_id} is {record.state.value}: {why}")
         raise typer.Exit(1)
     out.print(location, highlight=False, markup=False)  # plain: for copy, paste and scripts
     # Only for a person at a terminal: tests, CI and pipes never get a browser window.

@@ -6,20 +6,25 @@ pipeline on the emulator. Never skipped: without chromium the test fails and nam
 
 from __future__ import annotations
 
+import html
+import io
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from promptdrop.prompts import ParsedLine
+from promptdrop import gallery as promptdrop_gallery
+from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.settings import Settings
 from promptdrop.states import RunState
 from promptdrop.usecases import gallery
+from promptdrop.usecases.gallery import Thumbnails
+from promptdrop.usecases.harvest import ImageWriter
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, jsonl, pipeline_env
 
@@ -179,18 +184,58 @@ def test_page_series_follows_the_page_size_when_settled_again(pipeline: Pipeline
     assert run is not None
     jobs = pipeline.ctx.store.list_jobs(run.run_id)
 
-    gallery.publish(pipeline.context(gallery_page_size=5), run, jobs, _input_gone)
+    # After a settle the staged input is gone: cards then show what the manifest alone says.
+    gallery.publish(pipeline.context(gallery_page_size=5), run, jobs)
     pages = sorted(p.name for p in folder.glob("*.html"))
     assert pages == ["index.html", "page-2.html", "page-3.html", "page-4.html", "problems.html"]
     assert b'href="page-2.html"' in (folder / "index.html").read_bytes()
     last = (folder / "page-4.html").read_text()
     assert last.count('<article class="card') == len(entries) - 15 and 'href="page-3.html"' in last
 
-    gallery.publish(pipeline.ctx, run, jobs, _input_gone)
+    gallery.publish(pipeline.ctx, run, jobs)
     assert sorted(p.name for p in folder.glob("*.html")) == ["index.html", "problems.html"]
     assert (folder / "index.html").read_text().count('<article class="card') == len(entries)
 
 
-def _input_gone() -> AbstractContextManager[Iterator[ParsedLine]]:
-    """After a settle the staged input is deleted: cards then show what the manifest alone says."""
-    return nullcontext(iter(()))
+def test_unusable_file_gets_a_page_with_its_reason(pipeline: Pipeline) -> None:
+    """A run that never ran a line still ends with a page: its state, its reason, no cards."""
+    ctx = pipeline.context(max_file_bytes=10)
+    receipt = pipeline.drop("huge.jsonl", jsonl(*HOSTILE), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.FAILED and run.reason
+    page = (pipeline.outputs(run) / "index.html").read_text()
+    assert "FAILED" in page and html.escape(run.reason) in page
+    assert '<article class="card' not in page and "No lines to show." in page
+
+
+def test_a_thumbnail_that_cannot_be_made_never_fails_its_line(tmp_path: Path) -> None:
+    """Bytes Pillow cannot read: the image is still written, no thumbnail, and the card shows the full image."""
+    store = LocalBlobStore(tmp_path / "bucket")
+    folder = "outputs/r-1/"
+    with ImageWriter(store, 4, Thumbnails(store, folder)) as writer:
+        writer.submit(folder + "images/broken.png", b"\x89PNG not really", "image/png", {})
+        writer.submit(folder + "images/fine.png", _png(), "image/png", {})
+    assert writer.flush() == {}  # nothing refused
+    assert store.read_bytes(folder + "images/broken.png") == b"\x89PNG not really"
+    thumbs = {info.name for info in store.list(folder + "thumbs/")}
+    assert thumbs == {folder + "thumbs/fine.webp"}
+    entry = {"line": 1, "key": "broken", "status": "succeeded", "image": folder + "images/broken.png"}
+    card = promptdrop_gallery.card(entry, None, folder=folder, thumbs=thumbs)
+    assert card.thumb == card.image == "images/broken.png"
+
+
+def test_thumbnails_off_makes_none(pipeline: Pipeline) -> None:
+    """PROMPTDROP_THUMBNAILS=off: the harvest writes no thumbs/ and the page shows the full images."""
+    ctx = pipeline.context(thumbnails=False)
+    receipt = pipeline.drop("few.jsonl", jsonl({"key": "a", "prompt": "a pear"}), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert not (pipeline.outputs(run) / "thumbs").exists()
+    assert '<img src="images/a.png"' in (pipeline.outputs(run) / "index.html").read_text()
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (600, 300), "teal").save(out, format="PNG")
+    return out.getvalue()

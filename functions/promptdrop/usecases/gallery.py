@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import orjson
@@ -26,6 +26,8 @@ from promptdrop.usecases.context import Context
 log = logging.getLogger(__name__)
 
 HTML: str = "text/html; charset=utf-8"
+# Opens the run's parsed input: prompts, sizes and ratios are not in the manifest.
+InputOpener = Callable[[], AbstractContextManager[Iterator[ParsedLine]]]
 
 
 # Decoding is CPU work: one thread per core, shared by every harvest of the process, decodes one image
@@ -70,11 +72,15 @@ def _entries(ctx: Context, layout: RunLayout) -> Iterator[dict[str, Any]]:
         return
 
 
+def _no_input() -> AbstractContextManager[Iterator[ParsedLine]]:
+    return nullcontext(iter(()))
+
+
 def _cards(
     ctx: Context,
     layout: RunLayout,
     thumbs: set[str],
-    lines: Callable[[], AbstractContextManager[Iterator[ParsedLine]]],
+    lines: InputOpener,
     keep: Callable[[gallery.Card], bool],
 ) -> Iterator[gallery.Card]:
     with lines() as parsed:
@@ -84,17 +90,13 @@ def _cards(
                 yield item
 
 
-def publish(
-    ctx: Context,
-    run: Run,
-    jobs: list[Job],
-    lines: Callable[[], AbstractContextManager[Iterator[ParsedLine]]],
-) -> None:
-    """Write ``index.html`` (and ``page-N.html``, ``problems*.html``) of a run that is settling.
+def publish(ctx: Context, run: Run, jobs: list[Job], lines: InputOpener | None = None) -> None:
+    """Write ``index.html`` (and ``page-N.html``, ``problems*.html``) of a run that is ending.
 
-    ``lines`` opens the run's parsed input (prompts, sizes and ratios are not in the manifest). Written
-    again on a re-settle; pages of an earlier settle that the new one does not use are deleted.
+    ``lines`` opens the run's parsed input (None: the file was unusable, the page shows the reason).
+    Written again on a re-settle; pages of an earlier settle that the new one does not use are deleted.
     """
+    lines = lines or _no_input
     layout = ctx.layout(run.run_id)
     summary = manifest.summary(run, jobs, bucket_url=ctx.blobs.url)
     thumbs = {info.name for info in ctx.blobs.list(layout.folder + "thumbs/")}
