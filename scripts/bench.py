@@ -1,6 +1,6 @@
 """Benchmarks: harvest and submit throughput and peak memory, against the naive approach and the floor.
 
-    scripts/bench                  # everything, about 8 minutes on 2 cores; table on stdout, JSON in .bench/
+    scripts/bench                  # everything, about 10 minutes on 2 cores; table on stdout, JSON in .bench/
     scripts/bench --only gcs       # one section: speed, gcs, submit, flat, thumbs
     scripts/bench --only thumbs    # gallery thumbnails on vs off, 1,000 images (about 2 minutes)
     scripts/bench --quick          # small sizes: a smoke test of the script, not of the targets
