@@ -1,6 +1,7 @@
 """The gallery's I/O: thumbnails beside the images a harvest writes, and the pages a settle writes.
 
-Neither may fail the run: a thumbnail that cannot be made or stored leaves its card on the full image.
+A thumbnail never fails its line: one that cannot be made or stored leaves its card on the full image. A page
+that cannot be written (a transient storage error) raises, and the next tick settles the run again.
 """
 
 from __future__ import annotations
