@@ -20,6 +20,7 @@ from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RUN_ACTIVE, RunState
+from promptdrop.usecases import gallery
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import parsed_input
 from promptdrop.usecases.workfiles import delete_work, load_outcomes
@@ -109,6 +110,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "cost": cost,
             "reason": manifest.final_reason(state, counts, refused=refused.message if refused else None),
         },
+        lambda: parsed_input(ctx, run),
     )
     log.info(
         "run %s: %d succeeded, %d failed, %d invalid of %d lines",
@@ -122,13 +124,19 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     return final
 
 
-def _end(ctx: Context, run: Run, jobs: list[Job], update: dict[str, Any]) -> Run:
-    """Summary and event, then the terminal state (only from an active state), then the scratch files.
+def _end(
+    ctx: Context,
+    run: Run,
+    jobs: list[Job],
+    update: dict[str, Any],
+    lines: gallery.InputOpener | None = None,
+) -> Run:
+    """Gallery, summary and event, then the terminal state (only from an active state), then the scratch files.
 
     Backoff fields go: a finished run carries only what its end says.
     """
     final = run.model_copy(update={**update, "finished_at": ctx.clock(), "next_attempt_at": 0.0})
-    _announce(ctx, final, jobs)
+    _announce(ctx, final, jobs, lines)
     changes = final.model_dump(
         mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
     )
@@ -137,8 +145,10 @@ def _end(ctx: Context, run: Run, jobs: list[Job], update: dict[str, Any]) -> Run
     return final
 
 
-def _announce(ctx: Context, final: Run, jobs: list[Job]) -> None:
-    """Write summary.json for a run that is ending, then publish the run event (at least once)."""
+def _announce(ctx: Context, final: Run, jobs: list[Job], lines: gallery.InputOpener | None = None) -> None:
+    """Write the gallery page and summary.json for a run that is ending, then publish the run event (at least
+    once). ``lines`` opens the parsed input, for the page's prompts (none for an unusable file)."""
+    gallery.publish(ctx, final, jobs, lines)
     layout = ctx.layout(final.run_id)
     summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
     ctx.blobs.write_bytes(
