@@ -11,7 +11,7 @@ import pytest
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobState, RunState
 from promptdrop.usecases import poll
-from promptdrop.usecases.poll import DEADLINE_GRACE_SECONDS
+from promptdrop.usecases.jobs import DEADLINE_GRACE_SECONDS
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
 
 
