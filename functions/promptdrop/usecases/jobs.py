@@ -139,14 +139,18 @@ def recover_creating(ctx: Context, run: Run, job: Job) -> None:
     """A job left CREATING by a crash or an ambiguous create: adopt what landed, else create again when
     the first create can no longer land, and give up after ``MAX_CREATE_RECOVERIES``."""
     extra = {"run_id": run.run_id, "job": job.job_id}
-    if job.create_sent_at is not None:
+    # Sent, or uploaded and then interrupted before we could record sending (a record from before
+    # create_sent_at existed, too): look it up. A job whose upload never finished was never created.
+    maybe_sent = job.create_sent_at is not None or (job.file_name is not None and job.recoveries == 0)
+    if maybe_sent:
         found = ctx.backend.find_batches(job.job_id)
         if found:
             _adopt_found(ctx, run, job, found)
             return
-        if ctx.clock() < job.create_sent_at + ctx.settings.api_timeout + CREATE_MARGIN:
-            log.info("create sent, not found yet; waiting before creating again", extra=extra)
-            return
+    sent_at = job.create_sent_at
+    if sent_at is not None and ctx.clock() < sent_at + ctx.settings.api_timeout + CREATE_MARGIN:
+        log.info("create sent, not found yet; waiting before creating again", extra=extra)
+        return
     if job.recoveries >= MAX_CREATE_RECOVERIES:
         reason = f"gave up creating the batch job after {job.recoveries + 1} attempts"
         _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, reason)
