@@ -70,8 +70,8 @@ class BlobStore(Protocol):
         ...
 
     def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
-        """Copy an object. Raises NotFoundError, or PreconditionFailedError when ``if_source_generation``
-        is given and the source is another generation by now."""
+        """Copy an object. Raises NotFoundError; with ``if_source_generation``, copies that generation or
+        nothing (NotFoundError when it is gone, PreconditionFailedError when another one is live)."""
         ...
 
 

@@ -139,7 +139,7 @@ def test_a_poller_killed_mid_copy_loses_nothing(deployment: Deployment) -> None:
     killed_at = deployment.store.get_job(job.job_id)
     assert killed_at is not None and not killed_at.results_copy_done
     # Another instance takes over once the dead one's lease expires (cleared here to save the wait).
-    deployment.store.release_lease("run", run.run_id, deployment.store.get_run(run.run_id).lease.owner or "")  # type: ignore[union-attr]
+    deployment.store.release_lease(run.run_id, deployment.store.get_run(run.run_id).lease.owner or "")  # type: ignore[union-attr]
     poller = deployment.app("poll_jobs", **{**_poller_env(emulator), "PROMPTDROP_HARVEST_TIME_BUDGET": "0"})
     deployment.finish(poller, run.run_id)
     _assert_complete(deployment, run.run_id)

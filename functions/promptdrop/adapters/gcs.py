@@ -417,10 +417,14 @@ class GcsBlobStore:
             self.delete(info.name)
 
     def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
-        source_blob, destination_blob = self._blob(source), self._blob(destination)
-        condition = (
-            {} if if_source_generation is None else {"if_source_generation_match": int(if_source_generation)}
+        # With a generation, the rewrite reads exactly that generation of the source (sourceGeneration), and
+        # the precondition refuses it if the live object is another one by now: that generation or nothing.
+        generation = None if if_source_generation is None else int(if_source_generation)
+        source_blob = self._bucket.blob(
+            check_relative_path(source, what="object name"), generation=generation
         )
+        destination_blob = self._blob(destination)
+        condition = {} if generation is None else {"if_source_generation_match": generation}
         with _storage_errors(f"copy of {self._where(source)} to {destination}"):
             # Rewrite rather than copyTo: a large object across storage classes takes several calls.
             token, _, _ = destination_blob.rewrite(source_blob, **condition, **self._call)
