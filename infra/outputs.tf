@@ -58,3 +58,8 @@ output "gemini_api_key_version" {
   description = "The version of the API key secret the functions read (scripts/deploy --rotate-key adds and pins a new one)."
   value       = var.gemini_api_key_version
 }
+
+output "region" {
+  description = "Region of the functions (scripts/deploy --rotate-key checks their revisions there)."
+  value       = var.region
+}
