@@ -572,8 +572,8 @@ resource "google_storage_bucket_iam_member" "build_reads_source" {
   member = google_service_account.build.member
 }
 
-# Cloud Functions creates its staging bucket on the first deploy in a region, after this grant must exist,
-# so the grant is on the project with an IAM condition naming that bucket (and its objects) alone.
+# Cloud Functions creates its staging bucket during the first deploy in a region, too late for a
+# bucket-level grant: this one is on the project, with an IAM condition naming that bucket and its objects.
 resource "google_project_iam_member" "build_reads_staged_source" {
   project = var.project_id
   role    = "roles/storage.objectViewer"
