@@ -221,7 +221,12 @@ data "archive_file" "functions_source" {
   type        = "zip"
   source_dir  = "${path.module}/../functions"
   output_path = "${path.module}/.terraform/functions-source.zip"
-  excludes    = ["**/__pycache__/**", "**/*.pyc", "*.egg-info/**", "**/.pytest_cache/**", "**/.mypy_cache/**"]
+  # The CLI and the bundled emulator are local tools: the functions never import them
+  # (tests/unit/test_deployed_archive.py checks the import graph of main.py against this list).
+  excludes = [
+    "**/__pycache__/**", "**/*.pyc", "*.egg-info/**", "**/.pytest_cache/**", "**/.mypy_cache/**",
+    "promptdrop/emulator/**", "promptdrop/cli.py",
+  ]
 }
 
 resource "google_storage_bucket_object" "functions_source" {
