@@ -259,6 +259,9 @@ class LocalBlobStore:
                 os.rmdir(directory)
         self._prune(folder.parent)
 
+    def mark_ended(self, prefix: str, when: float) -> None:
+        """Nothing to stamp: a folder has no lifecycle rule (settle deletes scratch right after)."""
+
     def delete(self, name: str) -> None:
         path = self.path_of(name)
         with self._transaction() as conn:

@@ -137,6 +137,8 @@ def _end(
     """
     final = run.model_copy(update={**update, "finished_at": ctx.clock(), "next_attempt_at": 0.0})
     _announce(ctx, final, jobs, lines)
+    # Before the end is recorded: scratch that a crash leaves behind now expires from the run's end.
+    ctx.blobs.mark_ended(ctx.layout(run.run_id).work, final.finished_at or ctx.clock())
     changes = final.model_dump(
         mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
     )
