@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from promptdrop.errors import AmbiguousCreateError
+from promptdrop.models import model_spec
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases import poll
-from tests.functional.conftest import Pipeline, jsonl, read_jsonl
+from tests.functional.conftest import Pipeline, billed, jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -67,10 +68,24 @@ def test_example_file_runs_to_partial_with_every_line_accounted_for(pipeline: Pi
     assert summary["state"] == "PARTIAL"
     assert summary["counts"] == {"lines": 13, "succeeded": 11, "failed": 1, "invalid": 1}
     assert summary["jobs"][0]["state"] == "JOB_STATE_SUCCEEDED"
-    # 10 images at 1K/2K ($0.067) and one at 4K ($0.12) in batch, plus a little text input.
-    assert summary["cost"]["batch"] == pytest.approx(10 * 0.0672 + 0.12, abs=0.002)
-    assert summary["cost"]["interactive"] == pytest.approx(2 * summary["cost"]["batch"])
-    assert summary["cost"]["saved"] == pytest.approx(summary["cost"]["batch"])
+    # The emulator bills each image the table's tokens for its size, and every line some prompt tokens.
+    lines = read_jsonl(REPO / "examples" / "catalogue.jsonl")
+    defaults = lines[0]["defaults"]
+    for entry in succeeded:
+        spec = model_spec(entry.get("model") or summary["model"])
+        assert spec is not None
+        size = next(
+            line.get("image_size", defaults["image_size"])
+            for line in lines
+            if line.get("key") == entry["key"]
+        )
+        assert entry["usage"]["image_tokens"] == spec.image_tokens[size], entry["key"]
+        assert entry["usage"]["prompt_tokens"] > 0
+    # The cost is what that usage costs at the table's rates, to the micro-dollar summary.json keeps.
+    batch, interactive = billed(entries, summary["model"])
+    assert summary["cost"]["batch"] == pytest.approx(batch, abs=1e-6)
+    assert summary["cost"]["interactive"] == pytest.approx(interactive, abs=1e-6)
+    assert summary["cost"]["saved"] == pytest.approx(interactive - batch, abs=2e-6)
     assert summary["cost"]["estimate"] is not None
 
     events = read_jsonl(pipeline.home / "events.jsonl")
