@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,8 @@ from promptdrop.errors import AmbiguousCreateError
 from promptdrop.models import model_spec
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import poll
+from promptdrop.usecases import harvest, poll
+from promptdrop.usecases.context import Context
 from tests.functional.conftest import Pipeline, billed, jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -316,23 +320,69 @@ def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, e
     assert batch.state == "JOB_STATE_CANCELLED"
 
 
-def test_two_pollers_at_once_harvest_each_job_once(pipeline: Pipeline) -> None:
-    """Overlapping ticks skip leased work: both run, the images and outcomes are written once."""
-    receipt = pipeline.drop("overlap.jsonl", jsonl(*({"key": f"k{i}", "prompt": f"p{i}"} for i in range(20))))
-    assert receipt.run is not None
-    other = pipeline.context(upload_concurrency=4)
-    from concurrent.futures import ThreadPoolExecutor
+def _record_writes(ctx: Context, written: list[str]) -> None:
+    """Note the name of every object ``ctx`` writes with write_bytes (images and outcome parts go that way)."""
+    write_bytes = ctx.blobs.write_bytes
 
-    for _ in range(100):
+    def recording(name: str, data: bytes, **options: Any) -> None:
+        written.append(name)
+        write_bytes(name, data, **options)
+
+    ctx.blobs.write_bytes = recording  # type: ignore[method-assign]
+
+
+def _image_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Image path -> (inode, mtime in ns): a rewrite (temporary file renamed over it) changes both."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("images/*")}
+
+
+def test_two_pollers_at_once_harvest_each_job_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping ticks skip leased work: the results file is downloaded once, each image and each outcome
+    part is written once, and images written by one tick are never rewritten by a later one."""
+    monkeypatch.setattr(harvest, "CHECKPOINT_LINES", 5)  # 20 results -> 4 outcome parts
+    keys = [f"k{i:02d}" for i in range(20)]
+    receipt = pipeline.drop("overlap.jsonl", jsonl(*({"key": key, "prompt": f"p {key}"} for key in keys)))
+    assert receipt.run is not None
+    run_id = receipt.run.run_id
+    pollers = [pipeline.ctx, pipeline.context(upload_concurrency=4)]
+    written: list[str] = []
+    for ctx in pollers:
+        _record_writes(ctx, written)
+    start = threading.Barrier(2)
+
+    def tick(ctx: Context) -> None:
+        start.wait()
+        # A deadline already past: a harvest writes one checkpoint per tick, so it spans several ticks.
+        poll.tick(ctx, deadline=ctx.clock())
+
+    snapshots: list[dict[str, tuple[int, int]]] = []
+    for _ in range(200):
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda c: poll.tick(c), [pipeline.ctx, other]))
-        run = pipeline.ctx.store.get_run(receipt.run.run_id)
+            list(pool.map(tick, pollers))
+        snapshots.append(_image_files(pipeline.bucket))
+        run = pipeline.ctx.store.get_run(run_id)
         assert run is not None
         if run.state.terminal:
             break
     assert run.state is RunState.SUCCEEDED
-    keys = [e["key"] for e in pipeline.manifest(run)]
-    assert sorted(keys) == sorted(f"k{i}" for i in range(20)) and len(set(keys)) == 20
+    entries = pipeline.manifest(run)
+    assert [e["key"] for e in entries] == keys
+
+    (job,) = pipeline.ctx.store.list_jobs(run_id)
+    assert job.results_file is not None
+    assert pipeline.emulator.server.downloads == {job.results_file: 1}
+    layout = pipeline.ctx.layout(run_id)
+    images = [name for name in written if name.startswith(layout.folder + "images/")]
+    assert sorted(images) == sorted(e["image"] for e in entries)  # 20 names, each written once
+    parts = [name for name in written if name.startswith(layout.job_outcomes_prefix(job.job_id))]
+    assert parts == [layout.job_outcomes(job.job_id, part) for part in range(4)]
+    assert job.harvest_part == 4
+    # Several ticks wrote images (one checkpoint each); none touched an image an earlier tick had written.
+    assert len({len(snapshot) for snapshot in snapshots if snapshot}) > 1
+    for earlier, later in itertools.pairwise(snapshots):
+        assert {name: later[name] for name in earlier} == earlier
 
 
 def test_an_image_the_bucket_refuses_fails_its_line_not_the_run(pipeline: Pipeline) -> None:

@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,6 +144,13 @@ class _HttpServer(ThreadingHTTPServer):
         self.faults = FaultInjector(engine.options, self.stopping)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        # Results served per file name ("files/<id>"): tests count how often a harvest fetched each one.
+        self.downloads: Counter[str] = Counter()
+        self._downloads_lock = threading.Lock()
+
+    def count_download(self, name: str) -> None:
+        with self._downloads_lock:
+            self.downloads[name] += 1
 
     def track(self, connection: socket.socket, *, open_: bool) -> None:
         with self._connections_lock:
@@ -376,6 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
             stream = files.data_path(record.id).open("rb")
         except FileNotFoundError as exc:
             raise ApiError(404, f"File {record.name} does not exist.") from exc
+        self.server.count_download(record.name)
         mime_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
         return _Reply(_stream_file(stream), length=record.size, content_type=mime_type)
 
@@ -504,6 +513,11 @@ class EmulatorServer:
     @property
     def calls_stalled(self) -> int:
         return self._httpd.faults.stalls if self._httpd else 0
+
+    @property
+    def downloads(self) -> dict[str, int]:
+        """How many times each file (``files/<id>``) was downloaded since start()."""
+        return dict(self._httpd.downloads) if self._httpd else {}
 
     def stop(self) -> None:
         """Stop serving; unfinished jobs stay on disk and resume when an emulator serves the folder again."""
