@@ -302,6 +302,11 @@ def test_inline_responses_are_harvested_like_a_results_file(
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.SUCCEEDED
     assert sorted(p.name for p in (pipeline.outputs(run) / "images").iterdir()) == ["x.png", "y.png"]
+    # The answers came inline: the job had no results file, and nothing was downloaded.
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.results_file is None
+    assert emulator.server.downloads == {}
+    assert [e["key"] for e in pipeline.manifest(run) if e["status"] == "succeeded"] == ["x", "y"]
 
 
 def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, emulator_factory: Any) -> None:
