@@ -221,31 +221,53 @@ def test_request_message_runs_to_images_manifest_and_summary(
     assert_outputs(deployment, run.run_id, ["kite", "boat"])
 
 
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    """Whether a log line of this test contains ``text``."""
+    return any(text in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.parametrize(
-    "make_event",
+    ("make_event", "reason"),
     [
         pytest.param(
-            lambda bucket: eventarc.pubsub_event("eventarc-request-inline", b"{not json"), id="not json"
-        ),
-        pytest.param(lambda bucket: eventarc.request({"name": "empty", "prompts": []}), id="no prompts"),
-        pytest.param(
-            lambda bucket: eventarc.request({"uri": "gs://another-bucket/a.jsonl"}), id="other bucket"
+            lambda bucket: eventarc.pubsub_event("eventarc-request-inline", b"{not json"),
+            "the request message is not valid JSON",
+            id="not json",
         ),
         pytest.param(
-            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/requests/gone.jsonl"}), id="missing"
+            lambda bucket: eventarc.request({"name": "empty", "prompts": []}),
+            "an inline request needs a non-empty list 'prompts'",
+            id="no prompts",
         ),
         pytest.param(
-            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/../etc/passwd"}), id="traversal"
+            lambda bucket: eventarc.request({"uri": "gs://another-bucket/a.jsonl"}),
+            "gs://another-bucket/a.jsonl is not in this deployment's bucket",
+            id="other bucket",
+        ),
+        pytest.param(
+            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/requests/gone.jsonl"}),
+            "/requests/gone.jsonl does not exist",
+            id="missing",
+        ),
+        pytest.param(
+            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/../etc/passwd"}),
+            "uri object name",
+            id="traversal",
         ),
     ],
 )
 def test_unusable_request_is_answered_200_and_starts_nothing(
-    deployment: Deployment, make_event: Callable[[str], dict[str, Any]]
+    deployment: Deployment,
+    caplog: pytest.LogCaptureFixture,
+    make_event: Callable[[str], dict[str, Any]],
+    reason: str,
 ) -> None:
-    """A request that can never work is taken (no redelivery storm) and starts no run and no batch."""
+    """A request that can never work is taken (no redelivery storm), starts no run and no batch, and the
+    log says why."""
     assert deployment.app("on_prompt_message").post(make_event(deployment.bucket)) == 200
     assert deployment.runs() == []
     assert deployment.batches() == []
+    assert logged(caplog, reason), [record.getMessage() for record in caplog.records]
 
 
 # At least once: redeliveries and races
@@ -390,31 +412,49 @@ def test_all_garbage_prompt_file_fails_with_every_line_reported(deployment: Depl
 
 
 @pytest.mark.parametrize(
-    ("name", "data", "options"),
+    ("name", "data", "options", "reason"),
     [
-        ("requests/outside.txt", PROMPTS, {}),
-        ("outputs/some-run/images/a.txt", PROMPTS, {}),
-        ("inbox/empty.txt", b"", {}),
-        ("inbox/empty-no-payload.txt", b"", {"payload": False}),
-        ("inbox/.upload-in-progress.txt", PROMPTS, {}),
-        ("inbox/deleted.txt", PROMPTS, {"event_type": "OBJECT_DELETE"}),
-        ("inbox/metadata.txt", PROMPTS, {"event_type": "OBJECT_METADATA_UPDATE"}),
+        ("requests/outside.txt", PROMPTS, {}, "outside the inbox prefix"),
+        ("outputs/some-run/images/a.txt", PROMPTS, {}, "outside the inbox prefix"),
+        ("inbox/empty.txt", b"", {}, "zero-byte object"),
+        ("inbox/empty-no-payload.txt", b"", {"payload": False}, "zero-byte object"),
+        ("inbox/.upload-in-progress.txt", PROMPTS, {}, "is a hidden file"),
+        ("inbox/deleted.txt", PROMPTS, {"event_type": "OBJECT_DELETE"}, "ignored OBJECT_DELETE of"),
+        (
+            "inbox/metadata.txt",
+            PROMPTS,
+            {"event_type": "OBJECT_METADATA_UPDATE"},
+            "ignored OBJECT_METADATA_UPDATE of",
+        ),
     ],
 )
 def test_objects_that_are_not_new_inbox_files_are_ignored(
-    deployment: Deployment, name: str, data: bytes, options: dict[str, Any]
+    deployment: Deployment,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    data: bytes,
+    options: dict[str, Any],
+    reason: str,
 ) -> None:
-    """Objects outside the inbox, zero-byte and hidden objects, and non-finalize events: 200, no run."""
+    """Objects outside the inbox, zero-byte and hidden objects, and non-finalize events: 200, no run, and
+    the log names the object and why it was left alone (not some other way of starting nothing)."""
     assert deployment.app("on_prompt_file").post(deployment.notification(name, data, **options)) == 200
     assert deployment.runs() == []
     assert deployment.batches() == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(name in message and reason in message for message in messages), messages
 
 
-def test_objects_of_another_bucket_are_ignored(deployment: Deployment) -> None:
-    """A notification for another bucket (a mis-wired trigger) is answered 200 and starts nothing."""
+def test_objects_of_another_bucket_are_ignored(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notification for another bucket (a mis-wired trigger) is answered 200, starts nothing, and says so."""
     event = eventarc.storage_notification("another-bucket", "inbox/kites.txt", "1718900000123456", 42)
     assert deployment.app("on_prompt_file").post(event) == 200
     assert deployment.runs() == []
+    assert logged(
+        caplog, f"ignored an object of bucket another-bucket (this deployment serves {deployment.bucket})"
+    )
 
 
 @pytest.mark.parametrize(
