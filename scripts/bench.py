@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # tests.support: the emulator, fake-gcs-server and the latency proxy
 
 MiB = 1024 * 1024
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 RUN_ID = "bench-00000000"
 JOB_ID = f"{RUN_ID}-a1-c0000"
 BUCKET = "promptdrop-bench"

@@ -10,7 +10,7 @@ from google.genai import errors, types
 
 from tests.support.emulator import create_inline, running_emulator, wait_until_done
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 
 
 @pytest.mark.parametrize("codes", [(429,), (503,), (429, 500, 503)])

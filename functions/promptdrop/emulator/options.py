@@ -26,6 +26,8 @@ FAULT_ROUTES: Final = (
     "list",
     "cancel",
     "delete",
+    "model_get",
+    "model_list",
 )
 # Downloads are raw bytes, not JSON API calls, so they are faulted only when asked for by name.
 DEFAULT_FAULT_ROUTES: Final = tuple(route for route in FAULT_ROUTES if route != "download")
@@ -48,9 +50,15 @@ class EmulatorOptions:
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
     fault_seed: int | None = None
+    # Stop after this many seconds without a call while no job is unfinished (0: never). The CLI's
+    # background emulator sets it, so it does not live for ever.
+    idle_seconds: float = 0.0
+    # Model ids served beyond the table's (those not past their shutdown date), e.g. to stand for a model
+    # the real API still serves after its announced shutdown, or one our table lacks.
+    serve_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("pending_seconds", "running_seconds", "stall_seconds"):
+        for name in ("pending_seconds", "running_seconds", "stall_seconds", "idle_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("fault_rate", "stall_rate"):
@@ -127,6 +135,18 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stall-rate", type=float, default=0.0, help="fraction of calls that stall")
     parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stalled call sleeps")
     parser.add_argument("--fault-seed", type=int, default=None, help="seed faults and stalls (repeatable)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without a call while no job is unfinished (default 0: never)",
+    )
+    parser.add_argument(
+        "--serve-models",
+        type=_name_list,
+        default=(),
+        help="model ids to serve besides the table's current ones (e.g. a retired id still served)",
+    )
     return parser
 
 
@@ -146,4 +166,6 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         stall_rate=args.stall_rate,
         stall_seconds=args.stall_seconds,
         fault_seed=args.fault_seed,
+        idle_seconds=args.idle_seconds,
+        serve_models=tuple(args.serve_models),
     )
