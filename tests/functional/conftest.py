@@ -86,7 +86,7 @@ def billed(entries: list[dict[str, Any]], model: str) -> tuple[float, float]:
         if not usage:
             continue
         spec = model_spec(entry.get("model") or model)
-        assert spec is not None, f"{entry.get('model') or model} is not in the model table"
+        assert spec is not None and spec.rates is not None, f"{entry.get('model') or model} has no prices"
         rates = spec.rates
         text_output = usage["output_tokens"] - usage["image_tokens"]
         interactive += (

@@ -193,7 +193,7 @@ def test_dry_run_prints_count_and_costs_and_submits_nothing(tmp_path: Path, emul
     # Each valid line: its size's image tokens at the image output rate, plus its prompt (chars / 4 tokens)
     # at the text input rate, both from the model table; the Batch API bills half. Printed to 4 decimals.
     spec = model_spec(Settings.from_env(env).model)
-    assert spec is not None
+    assert spec is not None and spec.rates is not None
     expected = sum(
         (
             spec.image_tokens[line.get("image_size", spec.default_size)] * spec.rates.image_output
