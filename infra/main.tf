@@ -80,6 +80,8 @@ locals {
   }
   tunable_env = {
     PROMPTDROP_MODEL                = var.settings.model
+    PROMPTDROP_RETIRED_MODELS       = var.settings.retired_models
+    PROMPTDROP_PRIORITY             = var.settings.priority
     PROMPTDROP_MAX_COST_USD         = var.settings.max_cost_usd
     PROMPTDROP_MAX_ATTEMPTS         = var.settings.max_attempts
     PROMPTDROP_JOB_DEADLINE         = var.settings.job_deadline

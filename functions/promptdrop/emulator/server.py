@@ -425,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_model_list(self, params: dict[str, str]) -> _Reply:
         size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
-        models = self.server.engine.served_models()
+        models = sorted(self.server.engine.served_models(), reverse=True)  # paginate wants descending keys
         page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
         body: dict[str, object] = {"models": [model_json(m) for m in page]}
         if token:

@@ -204,7 +204,13 @@ def submit_run(ctx: Context, run: Run) -> Run:
         ctx.store.create_job(job)
     for choice in plan.models.values():
         if choice.notice or choice.code:
-            log.warning(choice.notice or choice.message or "", extra={"run_id": run.run_id})
+            # Said to people by `run`/`status` and in summary.json; logged for the Cloud deployment.
+            log.info(
+                "model %s: %s",
+                choice.requested,
+                choice.notice or choice.message,
+                extra={"run_id": run.run_id},
+            )
     run = ctx.store.update_run(
         run.run_id,
         {
