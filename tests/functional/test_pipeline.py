@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from promptdrop.errors import AmbiguousCreateError
-from promptdrop.models import model_spec
+from promptdrop.models import BATCH_DISCOUNT, model_spec
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases import harvest, poll
@@ -230,6 +231,29 @@ def test_budget_cap_refuses_the_run_before_anything_is_submitted(pipeline: Pipel
         ("line-3", "budget_exceeded"),
     ]
     assert _batches(pipeline.emulator) == []
+
+
+@pytest.mark.parametrize(("margin", "refused"), [(-0.0001, True), (0.0001, False)], ids=["below", "above"])
+def test_budget_cap_is_held_against_the_batch_estimate(
+    pipeline: Pipeline, margin: float, refused: bool
+) -> None:
+    """The cap is compared with the batch estimate (not the interactive one): a cap a hair under it refuses
+    the run, a hair over it lets it run. The estimate is worked out here from the model table."""
+    prompts = ["one", "two", "three"]
+    spec = model_spec(pipeline.ctx.settings.model)
+    assert spec is not None and spec.rates is not None
+    estimate = BATCH_DISCOUNT * sum(
+        spec.tokens_for(spec.default_size) * spec.rates.image_output / 1_000_000
+        + math.ceil(len(prompt) / 4) * spec.rates.text_input / 1_000_000
+        for prompt in prompts
+    )
+    ctx = pipeline.context(max_cost_usd=round(estimate + margin, 6))
+    receipt = pipeline.drop("capped.txt", "\n".join(prompts).encode() + b"\n", ctx)
+    assert receipt.run is not None
+    run = ctx.store.get_run(receipt.run.run_id)
+    assert run is not None
+    assert (run.state is RunState.FAILED) is refused, run.reason
+    assert (ctx.store.list_jobs(run.run_id) == []) is refused
 
 
 def test_unusable_file_gives_a_failed_run_with_the_reason(pipeline: Pipeline) -> None:
