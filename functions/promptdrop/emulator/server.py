@@ -163,12 +163,16 @@ class _HttpServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         # Results served per file name ("files/<id>"): tests count how often a harvest fetched each one.
-        self.downloads: Counter[str] = Counter()
+        self._downloads: Counter[str] = Counter()
         self._downloads_lock = threading.Lock()
 
     def count_download(self, name: str) -> None:
         with self._downloads_lock:
-            self.downloads[name] += 1
+            self._downloads[name] += 1
+
+    def download_counts(self) -> dict[str, int]:
+        with self._downloads_lock:
+            return dict(self._downloads)
 
     def track(self, connection: socket.socket, *, open_: bool) -> None:
         with self._connections_lock:
@@ -562,7 +566,7 @@ class EmulatorServer:
     @property
     def downloads(self) -> dict[str, int]:
         """How many times each file (``files/<id>``) was downloaded since start()."""
-        return dict(self._httpd.downloads) if self._httpd else {}
+        return self._httpd.download_counts() if self._httpd else {}
 
     def stop(self) -> None:
         """Stop serving; unfinished jobs stay on disk and resume when an emulator serves the folder again."""
