@@ -60,6 +60,10 @@ class RunLayout:
     def job_results(self, job_id: str) -> str:
         return self.job_folder(job_id) + "results.jsonl"
 
+    def job_results_part(self, job_id: str, part: int) -> str:
+        """One piece of a copied results file; the pieces read in order are the file."""
+        return f"{self.job_folder(job_id)}results-{part:06d}.jsonl"
+
     def job_outcomes(self, job_id: str, part: int) -> str:
         return f"{self.job_folder(job_id)}outcomes-{part:06d}.jsonl"
 
