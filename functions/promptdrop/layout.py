@@ -35,6 +35,11 @@ class RunLayout:
         """Depends only on (run, key): a harvest run twice writes the same object once."""
         return f"{self.folder}images/{check_key(key)}.{extension}"
 
+    @property
+    def gallery(self) -> str:
+        """The gallery's first page; thumbnails live under ``thumbs/``."""
+        return self.folder + "index.html"
+
     # Scratch space, deleted when the run ends (and by the bucket's lifecycle rule in the cloud).
     @property
     def work(self) -> str:

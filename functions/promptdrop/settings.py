@@ -80,6 +80,8 @@ class Settings(BaseModel):
     results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
+    gallery_page_size: int = 500  # cards per gallery page
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
     emulator_idle: float = 900.0  # seconds; the background emulator the CLI starts stops after this idle time
     log_format: Literal["text", "json"] = "text"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -30,6 +30,7 @@ from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
 from promptdrop.usecases import results_copy
 from promptdrop.usecases.context import ByteBudget, Context
+from promptdrop.usecases.gallery import thumbnails_for
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,16 @@ class ImageWriter:
     they work); a deeper queue would only hold more megabytes when writes stall.
     """
 
-    def __init__(self, blobs: BlobStore, concurrency: int, budget: ByteBudget | None = None) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        concurrency: int,
+        budget: ByteBudget | None = None,
+        after_write: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.blobs = blobs
         self.budget = budget or ByteBudget(1 << 62)
+        self.after_write = after_write  # e.g. the gallery's thumbnail, made in the same writer thread
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
         self._slots = threading.BoundedSemaphore(self.concurrency + 1)
@@ -82,6 +90,9 @@ class ImageWriter:
             # it becomes that line's failure instead of stopping the whole harvest forever.
             with self._lock:
                 self._refused[name] = str(exc)
+            return
+        if self.after_write is not None:
+            self.after_write(name, data)
 
     def flush(self) -> dict[str, str]:
         """Wait until every submitted image is written. Re-raise the first transient failure; return the
@@ -225,7 +236,9 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
-    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget) as writer:
+    with ImageWriter(
+        ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget, after_write=thumbnails_for(ctx, layout)
+    ) as writer:
         cp = _Checkpointer(ctx, run, job, writer)
         if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
