@@ -38,7 +38,6 @@ POLLER_MEMORY_MB = 2048  # infra/main.tf: the poller's memory
 MARGIN = 0.75
 # size class -> (image side in pixels, images per run)
 SIZES = {"1K": (720, 60), "2K": (1440, 30), "4K": (2880, 16)}
-STALLED = 1.0  # seconds per Cloud Storage request in the stalled case
 
 
 def noise_png(side: int, seed: int) -> bytes:
@@ -161,11 +160,8 @@ def main() -> int:
             project="bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": server.url}
         )
         bucket = client.create_bucket(bench.BUCKET)
-        # The last case stalls Cloud Storage (1 s per request): writes fall behind and images queue, which
-        # is when the budget matters.
-        cases = [(size, bench.LATENCY) for size in sizes] + ([] if args.quick else [("4K", STALLED)])
-        for size, latency in cases:
-            server.proxy.delay(latency)
+        for size in sizes:
+            server.proxy.delay(bench.LATENCY)
             images = SIZES[size][1] // (3 if args.quick else 1)
             results, keys, image_bytes = write_results(work / "data", size, images)
             master = f"bench/results-{size}.jsonl"
@@ -190,7 +186,7 @@ def main() -> int:
                 figures = run_case(env, {"master": master, "keys": str(keys)})
                 rows.append(
                     {
-                        "size": size + (" stalled" if latency == STALLED else ""),
+                        "size": size,
                         "image_mb": round(image_bytes / MiB, 1),
                         "images": RUNS_PER_TICK * images,
                         "case": label,
