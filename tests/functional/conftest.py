@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from promptdrop.events import StorageObject
+from promptdrop.models import BATCH_DISCOUNT, model_spec
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.usecases import poll, receive
@@ -70,6 +71,31 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def billed(entries: list[dict[str, Any]], model: str) -> tuple[float, float]:
+    """(batch, interactive) USD of the usage the manifest reports, at the model table's rates.
+
+    ``model`` is the run's model, for entries that do not name their own.
+    Worked out here from the table and the reported tokens, independently of ``promptdrop.cost``: prompt
+    tokens at the text input rate, image tokens at the image output rate, other output at the text output
+    rate; the Batch API bills half.
+    """
+    interactive = 0.0
+    for entry in entries:
+        usage = entry.get("usage")
+        if not usage:
+            continue
+        spec = model_spec(entry.get("model") or model)
+        assert spec is not None and spec.rates is not None, f"{entry.get('model') or model} has no prices"
+        rates = spec.rates
+        text_output = usage["output_tokens"] - usage["image_tokens"]
+        interactive += (
+            usage["prompt_tokens"] * rates.text_input
+            + usage["image_tokens"] * rates.image_output
+            + text_output * rates.text_output
+        ) / 1_000_000
+    return interactive * BATCH_DISCOUNT, interactive
 
 
 def jsonl(*items: Any) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -12,7 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.functional.conftest import jsonl, pipeline_env, read_jsonl
+from promptdrop.models import BATCH_DISCOUNT, model_spec
+from promptdrop.settings import Settings
+from tests.functional.conftest import billed, jsonl, pipeline_env, read_jsonl
 from tests.support.emulator import RunningEmulator
 
 CLI = [sys.executable, "-m", "promptdrop.cli"]
@@ -175,9 +178,9 @@ def test_dry_run_prints_count_and_costs_and_submits_nothing(tmp_path: Path, emul
     home = tmp_path / "home"
     env = cli_env(home, emulator)
     prompt_file = tmp_path / "estimate.jsonl"
-    prompt_file.write_bytes(
-        jsonl(GOOD, GOOD_2, BAD_RATIO, {"key": "big", "prompt": "poster", "image_size": "4K"})
-    )
+    # A long prompt makes the input's share of the estimate visible at the four decimals printed.
+    big = {"key": "big", "prompt": "a poster of " + "kites " * 700, "image_size": "4K"}
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2, BAD_RATIO, big))
 
     done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
 
@@ -187,26 +190,50 @@ def test_dry_run_prints_count_and_costs_and_submits_nothing(tmp_path: Path, emul
     batch = re.search(r"estimated batch cost: \$([0-9.]+)", done.stdout)
     interactive = re.search(r"interactive API: \$([0-9.]+)", done.stdout)
     assert batch is not None and interactive is not None
-    # Two 1K images at $0.067, one 4K at $0.12 (batch), plus a little text input.
-    assert float(batch.group(1)) == pytest.approx(2 * 0.067 + 0.12, abs=0.002)
-    assert float(interactive.group(1)) == pytest.approx(2 * float(batch.group(1)), abs=0.0002)
+    # Each valid line: its size's image tokens at the image output rate, plus its prompt (chars / 4 tokens)
+    # at the text input rate, both from the model table; the Batch API bills half. Printed to 4 decimals.
+    spec = model_spec(Settings.from_env(env).model)
+    assert spec is not None and spec.rates is not None
+    expected = sum(
+        (
+            spec.image_tokens[line.get("image_size", spec.default_size)] * spec.rates.image_output
+            + math.ceil(len(line["prompt"]) / 4) * spec.rates.text_input
+        )
+        / 1_000_000
+        for line in (GOOD, GOOD_2, big)
+    )
+    assert float(interactive.group(1)) == pytest.approx(expected, abs=0.00006)
+    assert float(batch.group(1)) == pytest.approx(expected * BATCH_DISCOUNT, abs=0.00006)
     assert status_json(env, tmp_path) == []
     assert batches(emulator) == []
     assert not (home / "bucket" / "inbox").exists()
 
 
-def test_dry_run_over_the_budget_cap_says_it_would_be_refused(tmp_path: Path, emulator_factory: Any) -> None:
-    """A dry run whose estimate exceeds PROMPTDROP_MAX_COST_USD says so and exits 1, still submitting nothing."""
+@pytest.mark.parametrize(("margin", "refused"), [(-0.0001, True), (0.0001, False)], ids=["below", "above"])
+def test_dry_run_over_the_budget_cap_says_it_would_be_refused(
+    tmp_path: Path, emulator_factory: Any, margin: float, refused: bool
+) -> None:
+    """A dry run whose batch estimate exceeds PROMPTDROP_MAX_COST_USD says so and exits 1; a cap a hair over
+    that estimate (still under the interactive price) is fine; nothing is submitted either way."""
     emulator = emulator_factory()
-    env = cli_env(tmp_path / "home", emulator, PROMPTDROP_MAX_COST_USD="0.10")
+    prompts = ["one", "two", "three"]
+    spec = model_spec(Settings.from_env(cli_env(tmp_path / "home", emulator)).model)
+    assert spec is not None and spec.rates is not None
+    estimate = BATCH_DISCOUNT * sum(
+        spec.tokens_for(spec.default_size) * spec.rates.image_output / 1_000_000
+        + math.ceil(len(prompt) / 4) * spec.rates.text_input / 1_000_000
+        for prompt in prompts
+    )
+    cap = str(round(estimate + margin, 6))
+    env = cli_env(tmp_path / "home", emulator, PROMPTDROP_MAX_COST_USD=cap)
     prompt_file = tmp_path / "pricey.txt"
-    prompt_file.write_text("one\ntwo\nthree\n")
+    prompt_file.write_text("\n".join(prompts) + "\n")
 
     done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
 
-    assert done.returncode == 1
+    assert done.returncode == (1 if refused else 0), done.stdout + done.stderr
     assert "3 valid, 0 invalid line(s)" in done.stdout
-    assert "would be refused" in done.stdout
+    assert ("would be refused" in done.stdout) is refused
     assert batches(emulator) == []
 
 
@@ -255,7 +282,12 @@ def test_run_then_status_then_serve_see_the_same_jobs(tmp_path: Path, emulator_f
         "cost",
     }
     assert summary["counts"] == {"lines": 3, "succeeded": 2, "failed": 0, "invalid": 1}
-    assert summary["cost"]["batch"] == pytest.approx(2 * 0.0672, abs=0.002)
+    batch_cost, interactive_cost = billed(
+        read_jsonl(outputs(home, run_id) / "manifest.jsonl"), summary["model"]
+    )
+    assert (summary["cost"]["batch"], summary["cost"]["interactive"]) == pytest.approx(
+        (batch_cost, interactive_cost), abs=1e-6
+    )
     assert sorted(p.name for p in (outputs(home, run_id) / "images").iterdir()) == ["apple.png", "pear.png"]
 
 

@@ -10,6 +10,7 @@ import html
 import io
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,12 @@ def _open(browser: Browser, path: Path, *, bypass_csp: bool = False) -> Watched:
     context = browser.new_context(viewport={"width": 1280, "height": 4000}, bypass_csp=bypass_csp)
     watched = Watched(context.new_page())
     watched.page.goto(path.as_uri(), wait_until="load")
-    watched.page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15_000)
+    # Polled from here: wait_for_function polls with a script of its own inside the page, which the page's
+    # Content-Security-Policy (no scripts) refuses whenever the first check is not already true.
+    deadline = time.monotonic() + 30
+    while not watched.page.evaluate("Array.from(document.images).every(i => i.complete)"):
+        assert time.monotonic() < deadline, "images still loading after 30 s"
+        watched.page.wait_for_timeout(100)
     return watched
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from promptdrop.emulator.launcher import SERVER_RECORD
 from promptdrop.models import DEFAULT_MODEL, MODELS
-from tests.functional.conftest import jsonl, pipeline_env, read_jsonl
+from tests.functional.conftest import billed, jsonl, pipeline_env, read_jsonl
 from tests.functional.test_cli import batches, cli_env, outputs, promptdrop, status_json
 
 PRO, PRO_PREVIEW = "gemini-3-pro-image", "gemini-3-pro-image-preview"
@@ -85,8 +85,11 @@ def test_retired_ids_run_on_their_replacement_and_unknown_ids_are_invalid(
         assert stderr.count(notice) >= 1, stderr
         status = promptdrop(result["env"], "status", summary["run_id"], cwd=tmp_path)
         assert status.stderr.count(notice) == 1, status.stderr
-    # Cost is that of the ids the lines ran on (both are priced in the table).
-    assert summary["cost"]["batch"] is not None
+    # Cost is that of the ids the lines ran on (both are priced in the table), each at its own rates.
+    batch, interactive = billed(list(manifest.values()), summary["model"])
+    assert (summary["cost"]["batch"], summary["cost"]["interactive"]) == pytest.approx(
+        (batch, interactive), abs=1e-6
+    )
 
 
 def test_refuse_policy_makes_retired_lines_invalid(tmp_path: Path, emulator_factory: Any) -> None:

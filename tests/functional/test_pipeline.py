@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +15,12 @@ import pytest
 
 from promptdrop.errors import AmbiguousCreateError
 from promptdrop.events import StorageObject
+from promptdrop.models import BATCH_DISCOUNT, model_spec
 from promptdrop.ports import BatchInfo
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import poll, receive
-from tests.functional.conftest import Pipeline, jsonl, read_jsonl
+from promptdrop.usecases import harvest, poll, receive
+from promptdrop.usecases.context import Context
+from tests.functional.conftest import Pipeline, billed, jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -72,10 +78,24 @@ def test_example_file_runs_to_partial_with_every_line_accounted_for(pipeline: Pi
     assert summary["state"] == "PARTIAL"
     assert summary["counts"] == {"lines": 13, "succeeded": 11, "failed": 1, "invalid": 1}
     assert summary["jobs"][0]["state"] == "JOB_STATE_SUCCEEDED"
-    # 10 images at 1K/2K ($0.067) and one at 4K ($0.12) in batch, plus a little text input.
-    assert summary["cost"]["batch"] == pytest.approx(10 * 0.0672 + 0.12, abs=0.002)
-    assert summary["cost"]["interactive"] == pytest.approx(2 * summary["cost"]["batch"])
-    assert summary["cost"]["saved"] == pytest.approx(summary["cost"]["batch"])
+    # The emulator bills each image the table's tokens for its size, and every line some prompt tokens.
+    lines = read_jsonl(REPO / "examples" / "catalogue.jsonl")
+    defaults = lines[0]["defaults"]
+    for entry in succeeded:
+        spec = model_spec(entry.get("model") or summary["model"])
+        assert spec is not None
+        size = next(
+            line.get("image_size", defaults["image_size"])
+            for line in lines
+            if line.get("key") == entry["key"]
+        )
+        assert entry["usage"]["image_tokens"] == spec.image_tokens[size], entry["key"]
+        assert entry["usage"]["prompt_tokens"] > 0
+    # The cost is what that usage costs at the table's rates, to the micro-dollar summary.json keeps.
+    batch, interactive = billed(entries, summary["model"])
+    assert summary["cost"]["batch"] == pytest.approx(batch, abs=1e-6)
+    assert summary["cost"]["interactive"] == pytest.approx(interactive, abs=1e-6)
+    assert summary["cost"]["saved"] == pytest.approx(interactive - batch, abs=2e-6)
     assert summary["cost"]["estimate"] is not None
 
     events = read_jsonl(pipeline.home / "events.jsonl")
@@ -214,6 +234,29 @@ def test_budget_cap_refuses_the_run_before_anything_is_submitted(pipeline: Pipel
     assert _batches(pipeline.emulator) == []
 
 
+@pytest.mark.parametrize(("margin", "refused"), [(-0.0001, True), (0.0001, False)], ids=["below", "above"])
+def test_budget_cap_is_held_against_the_batch_estimate(
+    pipeline: Pipeline, margin: float, refused: bool
+) -> None:
+    """The cap is compared with the batch estimate (not the interactive one): a cap a hair under it refuses
+    the run, a hair over it lets it run. The estimate is worked out here from the model table."""
+    prompts = ["one", "two", "three"]
+    spec = model_spec(pipeline.ctx.settings.model)
+    assert spec is not None and spec.rates is not None
+    estimate = BATCH_DISCOUNT * sum(
+        spec.tokens_for(spec.default_size) * spec.rates.image_output / 1_000_000
+        + math.ceil(len(prompt) / 4) * spec.rates.text_input / 1_000_000
+        for prompt in prompts
+    )
+    ctx = pipeline.context(max_cost_usd=round(estimate + margin, 6))
+    receipt = pipeline.drop("capped.txt", "\n".join(prompts).encode() + b"\n", ctx)
+    assert receipt.run is not None
+    run = ctx.store.get_run(receipt.run.run_id)
+    assert run is not None
+    assert (run.state is RunState.FAILED) is refused, run.reason
+    assert (ctx.store.list_jobs(run.run_id) == []) is refused
+
+
 def test_unusable_file_gives_a_failed_run_with_the_reason(pipeline: Pipeline) -> None:
     """A file that is not JSONL/text ends FAILED with the reason in summary.json, never a crash."""
     receipt = pipeline.drop("photo.csv", b"a,b,c\n")
@@ -294,6 +337,11 @@ def test_inline_responses_are_harvested_like_a_results_file(
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.SUCCEEDED
     assert sorted(p.name for p in (pipeline.outputs(run) / "images").iterdir()) == ["x.png", "y.png"]
+    # The answers came inline: the job had no results file, and nothing was downloaded.
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.results_file is None
+    assert emulator.server.bytes_downloaded == 0
+    assert [e["key"] for e in pipeline.manifest(run) if e["status"] == "succeeded"] == ["x", "y"]
 
 
 def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, emulator_factory: Any) -> None:
@@ -312,23 +360,69 @@ def test_cancel_reports_every_unfinished_line_as_cancelled(pipeline: Pipeline, e
     assert batch.state == "JOB_STATE_CANCELLED"
 
 
-def test_two_pollers_at_once_harvest_each_job_once(pipeline: Pipeline) -> None:
-    """Overlapping ticks skip leased work: both run, the images and outcomes are written once."""
-    receipt = pipeline.drop("overlap.jsonl", jsonl(*({"key": f"k{i}", "prompt": f"p{i}"} for i in range(20))))
-    assert receipt.run is not None
-    other = pipeline.context(upload_concurrency=4)
-    from concurrent.futures import ThreadPoolExecutor
+def _record_writes(ctx: Context, written: list[str]) -> None:
+    """Note the name of every object ``ctx`` writes with write_bytes (images and outcome parts go that way)."""
+    write_bytes = ctx.blobs.write_bytes
 
-    for _ in range(100):
+    def recording(name: str, data: bytes, **options: Any) -> None:
+        written.append(name)
+        write_bytes(name, data, **options)
+
+    ctx.blobs.write_bytes = recording  # type: ignore[method-assign]
+
+
+def _image_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Image path -> (inode, mtime in ns): a rewrite (temporary file renamed over it) changes both."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("images/*")}
+
+
+def test_two_pollers_at_once_harvest_each_job_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping ticks skip leased work: the results file is downloaded once, each image and each outcome
+    part is written once, and images written by one tick are never rewritten by a later one."""
+    monkeypatch.setattr(harvest, "CHECKPOINT_LINES", 5)  # 20 results -> 4 outcome parts
+    keys = [f"k{i:02d}" for i in range(20)]
+    receipt = pipeline.drop("overlap.jsonl", jsonl(*({"key": key, "prompt": f"p {key}"} for key in keys)))
+    assert receipt.run is not None
+    run_id = receipt.run.run_id
+    pollers = [pipeline.ctx, pipeline.context(upload_concurrency=4)]
+    written: list[str] = []
+    for ctx in pollers:
+        _record_writes(ctx, written)
+    start = threading.Barrier(2)
+
+    def tick(ctx: Context) -> None:
+        start.wait()
+        # A deadline already past: a harvest writes one checkpoint per tick, so it spans several ticks.
+        poll.tick(ctx, deadline=ctx.clock())
+
+    snapshots: list[dict[str, tuple[int, int]]] = []
+    for _ in range(200):
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda c: poll.tick(c), [pipeline.ctx, other]))
-        run = pipeline.ctx.store.get_run(receipt.run.run_id)
+            list(pool.map(tick, pollers))
+        snapshots.append(_image_files(pipeline.bucket))
+        run = pipeline.ctx.store.get_run(run_id)
         assert run is not None
         if run.state.terminal:
             break
     assert run.state is RunState.SUCCEEDED
-    keys = [e["key"] for e in pipeline.manifest(run)]
-    assert sorted(keys) == sorted(f"k{i}" for i in range(20)) and len(set(keys)) == 20
+    entries = pipeline.manifest(run)
+    assert [e["key"] for e in entries] == keys
+
+    (job,) = pipeline.ctx.store.list_jobs(run_id)
+    assert job.results_file is not None and job.results_copy_done and job.results_copied > 0
+    assert pipeline.emulator.server.bytes_downloaded == job.results_copied  # each byte fetched once
+    layout = pipeline.ctx.layout(run_id)
+    images = [name for name in written if name.startswith(layout.folder + "images/")]
+    assert sorted(images) == sorted(e["image"] for e in entries)  # 20 names, each written once
+    parts = [name for name in written if name.startswith(layout.job_outcomes_prefix(job.job_id))]
+    assert parts == [layout.job_outcomes(job.job_id, part) for part in range(4)]
+    assert job.harvest_part == 4
+    # Several ticks wrote images (one checkpoint each); none touched an image an earlier tick had written.
+    assert len({len(snapshot) for snapshot in snapshots if snapshot}) > 1
+    for earlier, later in itertools.pairwise(snapshots):
+        assert {name: later[name] for name in earlier} == earlier
 
 
 def test_an_image_the_bucket_refuses_fails_its_line_not_the_run(pipeline: Pipeline) -> None:

@@ -7,6 +7,7 @@ and the Gemini emulator. Faults are injected with a ``FaultProxy`` in front of a
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 from collections.abc import Callable
@@ -56,25 +57,107 @@ def assert_outputs(deployment: Deployment, run_id: str, keys: list[str]) -> None
 # The captured shapes
 
 
+CAPTURED_BUCKET = "promptdrop-demo-data"
+CAPTURED_OBJECT = "inbox/catalogue.jsonl"
+CAPTURED_GENERATION = "1718900000123456"
+CATALOGUE = jsonl(*({"key": f"item-{n}", "prompt": f"catalogue item {n}"} for n in range(3)))
+
+
+def retarget(value: Any, replacements: dict[str, str]) -> Any:
+    """A captured sample with every mention of its bucket (etc.) replaced, inside base64 message data too,
+    and nothing else changed: same fields, same nesting, same spellings."""
+    if isinstance(value, dict):
+        out = {key: retarget(item, replacements) for key, item in value.items()}
+        message = out.get("message")
+        if isinstance(message, dict) and message.get("data"):
+            data = base64.b64decode(message["data"]).decode()
+            message["data"] = base64.b64encode(retarget(data, replacements).encode()).decode()
+        return out
+    if isinstance(value, list):
+        return [retarget(item, replacements) for item in value]
+    if isinstance(value, str):
+        for old, new in replacements.items():
+            value = value.replace(old, new)
+    return value
+
+
 @pytest.mark.parametrize(
-    ("sample", "target", "runs"),
+    ("sample", "target"),
     [
-        # The samples name another deployment's bucket: taken (200) and ignored, never retried.
-        ("eventarc-storage-notification", "on_prompt_file", 0),
-        ("storage-object-finalized", "on_prompt_file", 0),
-        ("eventarc-request-uri", "on_prompt_message", 0),
-        # Inline prompts need no bucket of their own: the sample starts a run here too.
-        ("eventarc-request-inline", "on_prompt_message", 1),
-        ("eventarc-scheduler-tick", "poll_jobs", 0),
+        ("eventarc-storage-notification", "on_prompt_file"),
+        ("storage-object-finalized", "on_prompt_file"),
+        ("eventarc-request-uri", "on_prompt_message"),
+        ("eventarc-request-inline", "on_prompt_message"),
     ],
 )
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_captured_samples_are_taken_by_their_functions(
-    deployment: Deployment, sample: str, target: str, runs: int, encoding: eventarc.Encoding
+def test_captured_samples_aimed_at_this_deployment_start_their_run(
+    deployment: Deployment, sample: str, target: str, encoding: eventarc.Encoding
 ) -> None:
-    """Each captured event, posted as captured in either encoding, is answered 200 by its function."""
-    assert deployment.app(target).post(eventarc.load(sample), encoding) == 200
-    assert len(deployment.runs()) == runs
+    """Each captured shape, in either encoding, pointed at the test bucket (shape untouched) starts a run
+    on the object or prompts it names: proof that the function parsed it."""
+    # The captured uri request names requests/catalogue.jsonl; the file events name inbox/catalogue.jsonl.
+    uploaded = "requests/catalogue.jsonl" if sample == "eventarc-request-uri" else CAPTURED_OBJECT
+    generation, size = deployment.upload(uploaded, CATALOGUE)
+    replacements = {
+        CAPTURED_BUCKET: deployment.bucket,
+        CAPTURED_GENERATION: generation,
+        '"size": "1782"': f'"size": "{size}"',  # inside the notification's base64 payload
+    }
+    event = retarget(eventarc.load(sample), replacements)
+    if sample == "storage-object-finalized":
+        event["data"]["size"] = str(size)
+    assert deployment.app(target).post(event, encoding) == 200
+    run = deployment.only_run()
+    if sample == "eventarc-request-inline":
+        assert run.source.kind == "message"
+        assert (run.counts.lines, run.counts.invalid) == (2, 0)  # the sample's two prompts
+    else:
+        assert (run.source.object, run.source.generation) == (uploaded, generation)
+        assert (run.counts.lines, run.counts.invalid) == (3, 0)
+    assert len(deployment.batches()) == 1
+
+
+@pytest.mark.parametrize(
+    ("sample", "target", "reason"),
+    [
+        (
+            "eventarc-storage-notification",
+            "on_prompt_file",
+            f"ignored an object of bucket {CAPTURED_BUCKET} (this deployment serves {{bucket}})",
+        ),
+        (
+            "storage-object-finalized",
+            "on_prompt_file",
+            f"ignored an object of bucket {CAPTURED_BUCKET} (this deployment serves {{bucket}})",
+        ),
+        (
+            "eventarc-request-uri",
+            "on_prompt_message",
+            f"gs://{CAPTURED_BUCKET}/requests/catalogue.jsonl is not in this deployment's bucket gs://{{bucket}}",
+        ),
+    ],
+)
+def test_captured_samples_of_another_bucket_are_ignored_for_that_reason(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture, sample: str, target: str, reason: str
+) -> None:
+    """As captured, the samples name another deployment's bucket: 200, no run, and the log says why."""
+    assert deployment.app(target).post(eventarc.load(sample)) == 200
+    assert deployment.runs() == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(reason.format(bucket=deployment.bucket) in message for message in messages), messages
+
+
+def test_captured_scheduler_tick_advances_the_runs(deployment: Deployment) -> None:
+    """The captured tick, posted as captured, drives a run whose batch is done to its end."""
+    assert deployment.app("on_prompt_file").post(deployment.notification("inbox/tick.txt", PROMPTS)) == 200
+    run = deployment.only_run()
+    (job,) = deployment.jobs(run.run_id)
+    wait_until_done(deployment.emulator.client(), job.batch_name)
+    poller = deployment.app("poll_jobs")
+    for encoding in ENCODINGS:
+        assert poller.post(eventarc.load("eventarc-scheduler-tick"), encoding) == 200
+    assert_outputs(deployment, run.run_id, ["line-1", "line-2", "line-3"])
 
 
 def test_push_subscription_bodies_become_the_same_events(deployment: Deployment) -> None:
@@ -138,31 +221,53 @@ def test_request_message_runs_to_images_manifest_and_summary(
     assert_outputs(deployment, run.run_id, ["kite", "boat"])
 
 
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    """Whether a log line of this test contains ``text``."""
+    return any(text in record.getMessage() for record in caplog.records)
+
+
 @pytest.mark.parametrize(
-    "make_event",
+    ("make_event", "reason"),
     [
         pytest.param(
-            lambda bucket: eventarc.pubsub_event("eventarc-request-inline", b"{not json"), id="not json"
-        ),
-        pytest.param(lambda bucket: eventarc.request({"name": "empty", "prompts": []}), id="no prompts"),
-        pytest.param(
-            lambda bucket: eventarc.request({"uri": "gs://another-bucket/a.jsonl"}), id="other bucket"
+            lambda bucket: eventarc.pubsub_event("eventarc-request-inline", b"{not json"),
+            "the request message is not valid JSON",
+            id="not json",
         ),
         pytest.param(
-            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/requests/gone.jsonl"}), id="missing"
+            lambda bucket: eventarc.request({"name": "empty", "prompts": []}),
+            "an inline request needs a non-empty list 'prompts'",
+            id="no prompts",
         ),
         pytest.param(
-            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/../etc/passwd"}), id="traversal"
+            lambda bucket: eventarc.request({"uri": "gs://another-bucket/a.jsonl"}),
+            "gs://another-bucket/a.jsonl is not in this deployment's bucket",
+            id="other bucket",
+        ),
+        pytest.param(
+            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/requests/gone.jsonl"}),
+            "/requests/gone.jsonl does not exist",
+            id="missing",
+        ),
+        pytest.param(
+            lambda bucket: eventarc.request({"uri": f"gs://{bucket}/../etc/passwd"}),
+            "uri object name",
+            id="traversal",
         ),
     ],
 )
 def test_unusable_request_is_answered_200_and_starts_nothing(
-    deployment: Deployment, make_event: Callable[[str], dict[str, Any]]
+    deployment: Deployment,
+    caplog: pytest.LogCaptureFixture,
+    make_event: Callable[[str], dict[str, Any]],
+    reason: str,
 ) -> None:
-    """A request that can never work is taken (no redelivery storm) and starts no run and no batch."""
+    """A request that can never work is taken (no redelivery storm), starts no run and no batch, and the
+    log says why."""
     assert deployment.app("on_prompt_message").post(make_event(deployment.bucket)) == 200
     assert deployment.runs() == []
     assert deployment.batches() == []
+    assert logged(caplog, reason), [record.getMessage() for record in caplog.records]
 
 
 # At least once: redeliveries and races
@@ -226,7 +331,11 @@ def test_two_pollers_at_once_harvest_each_job_once(
     run = deployment.finish(pollers[1], run.run_id)
 
     assert [r.getMessage() for r in caplog.records].count("harvested") == 1
-    assert sum(r.getMessage().startswith("results copied") for r in caplog.records) == 1
+    (job,) = deployment.jobs(run.run_id)
+    assert job.results_file is not None
+    assert job.results_copy_done and job.results_copied > 0
+    # The emulator sent the results file once, byte for byte (a log line can be reworded; this cannot).
+    assert deployment.emulator.server.bytes_downloaded == job.results_copied
     assert len(written) == 3 and deployment.images(run) == written
     assert len(deployment.events(2, timeout=3)) == 1
 
@@ -304,31 +413,49 @@ def test_all_garbage_prompt_file_fails_with_every_line_reported(deployment: Depl
 
 
 @pytest.mark.parametrize(
-    ("name", "data", "options"),
+    ("name", "data", "options", "reason"),
     [
-        ("requests/outside.txt", PROMPTS, {}),
-        ("outputs/some-run/images/a.txt", PROMPTS, {}),
-        ("inbox/empty.txt", b"", {}),
-        ("inbox/empty-no-payload.txt", b"", {"payload": False}),
-        ("inbox/.upload-in-progress.txt", PROMPTS, {}),
-        ("inbox/deleted.txt", PROMPTS, {"event_type": "OBJECT_DELETE"}),
-        ("inbox/metadata.txt", PROMPTS, {"event_type": "OBJECT_METADATA_UPDATE"}),
+        ("requests/outside.txt", PROMPTS, {}, "outside the inbox prefix"),
+        ("outputs/some-run/images/a.txt", PROMPTS, {}, "outside the inbox prefix"),
+        ("inbox/empty.txt", b"", {}, "zero-byte object"),
+        ("inbox/empty-no-payload.txt", b"", {"payload": False}, "zero-byte object"),
+        ("inbox/.upload-in-progress.txt", PROMPTS, {}, "is a hidden file"),
+        ("inbox/deleted.txt", PROMPTS, {"event_type": "OBJECT_DELETE"}, "ignored OBJECT_DELETE of"),
+        (
+            "inbox/metadata.txt",
+            PROMPTS,
+            {"event_type": "OBJECT_METADATA_UPDATE"},
+            "ignored OBJECT_METADATA_UPDATE of",
+        ),
     ],
 )
 def test_objects_that_are_not_new_inbox_files_are_ignored(
-    deployment: Deployment, name: str, data: bytes, options: dict[str, Any]
+    deployment: Deployment,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    data: bytes,
+    options: dict[str, Any],
+    reason: str,
 ) -> None:
-    """Objects outside the inbox, zero-byte and hidden objects, and non-finalize events: 200, no run."""
+    """Objects outside the inbox, zero-byte and hidden objects, and non-finalize events: 200, no run, and
+    the log names the object and why it was left alone (not some other way of starting nothing)."""
     assert deployment.app("on_prompt_file").post(deployment.notification(name, data, **options)) == 200
     assert deployment.runs() == []
     assert deployment.batches() == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(name in message and reason in message for message in messages), messages
 
 
-def test_objects_of_another_bucket_are_ignored(deployment: Deployment) -> None:
-    """A notification for another bucket (a mis-wired trigger) is answered 200 and starts nothing."""
+def test_objects_of_another_bucket_are_ignored(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notification for another bucket (a mis-wired trigger) is answered 200, starts nothing, and says so."""
     event = eventarc.storage_notification("another-bucket", "inbox/kites.txt", "1718900000123456", 42)
     assert deployment.app("on_prompt_file").post(event) == 200
     assert deployment.runs() == []
+    assert logged(
+        caplog, f"ignored an object of bucket another-bucket (this deployment serves {deployment.bucket})"
+    )
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,14 @@ RUNTIME_VARIABLES = {"MALLOC_ARENA_MAX"}
 # What a reference to something only known after apply (a project number, a bucket name) resolves to.
 UNKNOWN = "unknown"
 _INTERPOLATION = re.compile(r"\$\{([^{}]+)\}")
-_REFERENCE = re.compile(r"^(?:tostring\()?(var|local)\.(\w+)\)?$")
-_TOPIC_ID = re.compile(r"^google_pubsub_topic\.(\w+)\.id$")
+# type.name["key"].attribute.path of a resource reference.
+_RESOURCE_ATTRIBUTE = re.compile(r'(google_\w+)\.(\w+)(?:\["(\w+)"\])?((?:\.\w+|\[\d+\])+)')
+# What `.id` of a resource is (template over project, and the body attribute that names it).
+_IDENTITIES = {
+    "google_pubsub_topic": ("projects/{}/topics/{}", "name"),
+    "google_secret_manager_secret": ("projects/{}/secrets/{}", "secret_id"),
+    "google_firestore_database": ("projects/{}/databases/{}", "name"),
+}
 _EACH_VALUE = re.compile(r"^\$\{each\.value\.(\w+)\}$")
 # The only form of dynamic block for_each that expand() evaluates: one block when a boolean attribute of
 # the instance's local.functions entry is true, none otherwise.
@@ -78,25 +84,108 @@ class Terraform:
         return self.text(expression)
 
     def text(self, expression: str) -> str:
-        """Resolve ``${var.x}``, ``${local.x}``, ``${tostring(...)}`` and topic ids; anything else is UNKNOWN."""
+        """Resolve every ``${...}`` in a string (see ``reference``); what cannot be known becomes UNKNOWN."""
+        while True:  # innermost first: a resolved value may itself be interpolated
+            resolved = _INTERPOLATION.sub(lambda match: self.reference(match.group(1)), expression)
+            if resolved == expression:
+                return resolved
+            expression = resolved
 
-        def one(match: re.Match[str]) -> str:
-            inner = match.group(1).strip()
-            reference = _REFERENCE.match(inner)
-            if reference:
-                return self.text(str(self._lookup(*reference.groups())))
-            topic = _TOPIC_ID.match(inner)
-            if topic:
-                name = self.text(self.resource("google_pubsub_topic", topic.group(1))["name"])
-                return f"projects/{UNKNOWN}/topics/{name}"
+    def reference(self, inner: str) -> str:
+        """What one interpolated expression stands for: ``var.x`` (its default), ``var.x.attribute`` (the
+        object default or the type's ``optional(..., default)``), ``local.x``, ``tostring(...)``, and the
+        attributes of resources this file declares (``.id`` of topics, secrets and databases as the API
+        spells it, a function's ``service_config[0].uri`` as its name; others from the resource body)."""
+        inner = inner.strip()
+        call = re.fullmatch(r"tostring\((.+)\)", inner)
+        if call:
+            return self.reference(call.group(1))
+        coalesce = re.fullmatch(r"coalesce\((.+)\)", inner)
+        if coalesce:
+            for argument in _split_arguments(coalesce.group(1)):
+                if argument.startswith('"') and argument.endswith('"'):
+                    return argument[1:-1]
+                variable = re.fullmatch(r"(var|local)\.(\w+)", argument)
+                if variable and self._lookup(*variable.groups()) is None:
+                    continue  # null: coalesce takes the next argument
+                return self.reference(argument)
             return UNKNOWN
+        variable = re.fullmatch(r"(var|local)\.(\w+)(?:\.(\w+))?", inner)
+        if variable:
+            kind, name, attribute = variable.groups()
+            value = self._lookup(kind, name)
+            if attribute is not None:
+                value = self._attribute(name, attribute, value)
+            return self.text(str(value)) if value is not None else UNKNOWN
+        resource = _RESOURCE_ATTRIBUTE.fullmatch(inner)
+        if resource:
+            return self._resource_attribute(*resource.groups())
+        return UNKNOWN
 
-        return _INTERPOLATION.sub(one, expression)
+    def targets(self, expression: Any) -> set[tuple[str, str]]:
+        """The resources (type, name) an expression refers to."""
+        return set(re.findall(r"\b(google_\w+)\.(\w+)\b", str(expression)))
+
+    def map_keys(self, expression: Any) -> set[str]:
+        """The keys a map can have: a map literal, a ``local.x`` map, ``merge(...)`` of maps, or a for
+        expression over a map (``{for k, v in MAP : k => ... if ...}``: a subset of MAP's keys)."""
+        if isinstance(expression, dict):
+            return set(expression)
+        text = str(expression).strip()
+        whole = re.fullmatch(r"\$\{(.*)\}", text, re.DOTALL)
+        inner = whole.group(1).strip() if whole else text
+        local = re.fullmatch(r"local\.(\w+)", inner)
+        if local:
+            return self.map_keys(self.locals[local.group(1)])
+        merge = re.fullmatch(r"merge\((.*)\)", inner, re.DOTALL)
+        if merge:
+            return set().union(*(self.map_keys(argument) for argument in _split_arguments(merge.group(1))))
+        loop = re.fullmatch(r"\{\s*for\s+\w+\s*,\s*\w+\s+in\s+(\S+)\s*:.*\}", inner, re.DOTALL)
+        if loop:
+            return self.map_keys(loop.group(1))
+        pytest.fail(f"cannot tell the keys of the map {text}")
+
+    def _attribute(self, variable: str, attribute: str, value: Any) -> Any:
+        if isinstance(value, dict) and attribute in value:
+            return value[attribute]
+        declared = re.search(
+            rf'\b{attribute}\s*=\s*optional\(\w+,\s*"([^"]*)"\)', self.variables[variable]["type"]
+        )
+        return declared.group(1) if declared else None
+
+    def _resource_attribute(self, kind: str, name: str, key: str | None, path: str) -> str:
+        if kind == FUNCTION and key is not None and path in (".service_config[0].uri", ".url"):
+            return f"https://{self.text(function(key)['name'])}.{UNKNOWN}"
+        body = self.resources.get(kind, {}).get(name)
+        if body is None or key is not None:
+            return UNKNOWN
+        identity = _IDENTITIES.get(kind)
+        if identity is not None and path == ".id":
+            template, field_name = identity
+            return template.format(UNKNOWN, self.text(str(body[field_name])))
+        attribute = path.removeprefix(".")
+        if attribute in body and isinstance(body[attribute], str):
+            return self.text(body[attribute])
+        return UNKNOWN
 
     def _lookup(self, kind: str, name: str) -> Any:
         if kind == "local":
             return self.locals[name]
         return self.variables[name].get("default", f"${{{UNKNOWN}}}")
+
+
+def _split_arguments(arguments: str) -> list[str]:
+    """Top-level comma-separated arguments of a call (commas inside brackets stay)."""
+    parts, depth, current = [], 0, ""
+    for char in arguments:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()] if current.strip() else parts
 
 
 def block(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -170,11 +259,6 @@ def function(name: str) -> dict[str, Any]:
         pytest.fail(f"local.functions has no {name}: {FUNCTION}.{FUNCTION_NAME} deploys no such function")
 
 
-def function_reference(name: str) -> str:
-    """How other resources refer to one instance of the function resource."""
-    return f'{FUNCTION}.{FUNCTION_NAME}["{name}"]'
-
-
 def entry_point(function: dict[str, Any]) -> str:
     return str(block(function, "build_config")["entry_point"])
 
@@ -233,6 +317,19 @@ def accepted_event_types(handler: str) -> frozenset[str]:
     pytest.fail(f"main.ACCEPTED_EVENT_TYPES has no entry for {handler}")
 
 
+def topic_id(expression: str) -> str:
+    """The topic an expression names, as its full id (a topic may be given by name or by id)."""
+    resolved = terraform().text(expression)
+    return resolved if resolved.startswith("projects/") else f"projects/{UNKNOWN}/topics/{resolved}"
+
+
+def seconds(duration: str) -> float:
+    """A protobuf Duration string ("10s", "0.5s") in seconds."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)s", duration)
+    assert found, f"not a duration: {duration!r}"
+    return float(found.group(1))
+
+
 def function_env() -> dict[str, str]:
     """Resolved environment of the functions with every optional setting left at its default (null)."""
     tf = terraform()
@@ -282,18 +379,26 @@ def test_every_cloud_event_handler_of_main_py_is_deployed() -> None:
 
 
 def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() -> None:
-    """Each function gets local.function_env and GEMINI_API_KEY as a secret, never as a plain variable."""
+    """Each function gets every fixed and tunable variable, and GEMINI_API_KEY as the latest version of the
+    secret Terraform creates (which its service account may read), never as a plain variable."""
     tf = terraform()
-    merged = tf.locals["function_env"]
-    assert set(re.findall(r"local\.(\w+)", merged)) == {"fixed_env", "tunable_env"}
     assert "GEMINI_API_KEY" not in env_names()
+    key_secret = tf.resource("google_secret_manager_secret", "gemini_api_key")
+    secret_id = tf.text(key_secret["secret_id"])
     for name, deployed in functions().items():
         service = block(deployed, "service_config")
-        assert service["environment_variables"] == "${local.function_env}", name
+        assert tf.map_keys(service["environment_variables"]) == env_names(), name
         secret = block(service, "secret_environment_variables")
         assert secret["key"] == "GEMINI_API_KEY", name
-        assert secret["secret"] == "${google_secret_manager_secret.gemini_api_key.secret_id}", name
-        assert secret["version"] == "${var.gemini_api_key_version}", name
+        # The field takes the secret's short id (a full resource path names another project's secret).
+        assert tf.text(secret["secret"]) == secret_id, name
+        assert tf.text(secret["project_id"]) == tf.text("${var.project_id}"), name
+        # A pinned version that scripts/deploy passes (`latest` would be read once per instance and kept).
+        assert re.findall(r"\bvar\.(\w+)", str(secret["version"])) == ["gemini_api_key_version"], name
+    grant = tf.resource("google_secret_manager_secret_iam_member", "function_reads_key")
+    assert tf.text(grant["secret_id"]) in {secret_id, f"projects/{UNKNOWN}/secrets/{secret_id}"}
+    assert grant["role"] == "roles/secretmanager.secretAccessor"
+    assert grant["for_each"] == "${local.functions}" and "each.key" in grant["member"]
 
 
 def test_terraform_sets_only_variables_the_settings_read() -> None:
@@ -309,7 +414,8 @@ def test_optional_settings_map_one_to_one_onto_settings_fields() -> None:
     tunables = tf.locals["tunable_env"]
     assert {ENV_PREFIX + attribute.upper() for attribute in attributes} == set(tunables)
     for variable, expression in tunables.items():
-        assert expression == f"${{var.settings.{variable.removeprefix(ENV_PREFIX).lower()}}}", variable
+        fed_by = re.findall(r"\bvar\.settings\.(\w+)\b", str(expression))
+        assert fed_by == [variable.removeprefix(ENV_PREFIX).lower()], variable
 
 
 def test_the_environment_passes_the_cloud_readiness_check() -> None:
@@ -328,9 +434,7 @@ def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
     settings = Settings.from_env(function_env())
     assert settings.harvest_time_budget < timeout < settings.lease_seconds
     for name, deployed in functions().items():
-        assert block(deployed, "service_config")["timeout_seconds"] == "${local.function_timeout_seconds}", (
-            name
-        )
+        assert tf.value(block(deployed, "service_config")["timeout_seconds"]) == timeout, name
     for name in ("file", "message"):
         assert tf.resource("google_pubsub_subscription", name)["ack_deadline_seconds"] > timeout
 
@@ -344,11 +448,16 @@ def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
     poller = function("poller")
     trigger = block(poller, "event_trigger")
     assert trigger["event_type"] in accepted_event_types(entry_point(poller))
-    assert trigger["pubsub_topic"] == "${google_pubsub_topic.tick.id}"
-    assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY"
     job = tf.resource("google_cloud_scheduler_job", "tick")
-    assert block(job, "pubsub_target")["topic_name"] == "${google_pubsub_topic.tick.id}"
-    assert block(job, "retry_config")["retry_count"] == 0
+    tick_topic = topic_id(block(job, "pubsub_target")["topic_name"])
+    assert topic_id(trigger["pubsub_topic"]) == tick_topic
+    # Only the tick: no file, request or run event reaches the poller through its trigger.
+    others = {
+        topic_id(tf.resource("google_pubsub_subscription", name)["topic"]) for name in ("file", "message")
+    }
+    assert tick_topic not in others | {function_env()["PROMPTDROP_EVENTS_TOPIC"]}
+    assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY"
+    assert tf.value(block(job, "retry_config")["retry_count"]) == 0
 
 
 @pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests")])
@@ -358,20 +467,23 @@ def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, t
     deployed = function(name)
     assert "event_trigger" not in deployed, f"{name} would get each message twice"
     subscription = tf.resource("google_pubsub_subscription", name)
-    assert subscription["topic"] == f"${{google_pubsub_topic.{topic}.id}}"
+    topic_path = topic_id(f"${{google_pubsub_topic.{topic}.id}}")
+    assert topic_id(subscription["topic"]) == topic_path
     push = block(subscription, "push_config")
-    uri = f"${{{function_reference(name)}.service_config[0].uri}}"
-    assert push["push_endpoint"] == f"{uri}/${{google_pubsub_topic.{topic}.id}}"
-    assert block(push, "oidc_token")["audience"] == uri
-    assert (
-        block(subscription, "dead_letter_policy")["dead_letter_topic"]
-        == "${google_pubsub_topic.dead_letter.id}"
-    )
-    assert block(subscription, "retry_policy")["minimum_backoff"]
+    uri = f"https://{tf.text(deployed['name'])}.{UNKNOWN}"  # the function's own URL
+    assert tf.text(push["push_endpoint"]) == f"{uri}/{topic_path}"
+    assert tf.text(block(push, "oidc_token")["audience"]) == uri
+    dead_letter = topic_id(block(subscription, "dead_letter_policy")["dead_letter_topic"])
+    assert dead_letter == topic_id("${google_pubsub_topic.dead_letter.id}") != topic_path
+    # Something keeps what reaches the dead-letter topic (a topic without a subscription drops it).
+    kept = {topic_id(body["topic"]) for body in tf.resources["google_pubsub_subscription"].values()}
+    assert dead_letter in kept
+    retry = block(subscription, "retry_policy")
+    assert 0 < seconds(retry["minimum_backoff"]) <= seconds(retry["maximum_backoff"])
     assert block(subscription, "expiration_policy")["ttl"] == "", "an idle subscription must never expire"
 
     # What functions-framework makes of a raw push to that endpoint is what the handler must accept.
-    topic_id = tf.text(f"${{google_pubsub_topic.{topic}.id}}")
+    topic_id_ = topic_path
     body = {
         "message": {
             "data": "e30=",
@@ -381,10 +493,10 @@ def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, t
         },
         "subscription": f"projects/{UNKNOWN}/subscriptions/{tf.text(subscription['name'])}",
     }
-    with flask.Flask(__name__).test_request_context(f"/{topic_id}", method="POST", json=body):
+    with flask.Flask(__name__).test_request_context(f"/{topic_id_}", method="POST", json=body):
         event = event_conversion.background_event_to_cloud_event(flask.request)
     assert event["type"] == PUBSUB_EVENT
-    assert event["source"] == f"//pubsub.googleapis.com/{topic_id}"
+    assert event["source"] == f"//pubsub.googleapis.com/{topic_id_}"
     assert event.data["message"]["data"] == "e30="
     assert PUBSUB_EVENT in accepted_event_types(entry_point(deployed))
 
@@ -393,8 +505,12 @@ def test_bucket_notifies_finalized_objects_under_the_inbox_prefix_only() -> None
     """The notification feeds the file function's topic, finalize events only, filtered to the inbox."""
     tf = terraform()
     notification = tf.resource("google_storage_notification", "inbox")
-    assert notification["bucket"] == "${google_storage_bucket.data.name}"
-    assert notification["topic"] == tf.resource("google_pubsub_subscription", "file")["topic"]
+    # The bucket the functions read and write (the data bucket, not the source-code bucket).
+    assert f"gs://{tf.text(notification['bucket'])}" == function_env()["PROMPTDROP_BUCKET"]
+    assert tf.targets(notification["bucket"]) == {("google_storage_bucket", "data")}
+    assert topic_id(notification["topic"]) == topic_id(
+        tf.resource("google_pubsub_subscription", "file")["topic"]
+    )
     assert notification["event_types"] == ["OBJECT_FINALIZE"]
     assert notification["payload_format"] == "JSON_API_V1"
     assert tf.text(notification["object_name_prefix"]) == function_env()["PROMPTDROP_INBOX_PREFIX"]
@@ -510,11 +626,16 @@ def test_required_indexes_match_the_documented_queries() -> None:
 
 def test_firestore_indexes_cover_the_pollers_queries() -> None:
     """Terraform creates each composite index the poller's queries need, in the database the code uses."""
+    tf = terraform()
+    store = tf.locals["fixed_env"]["PROMPTDROP_STORE"]
+    assert tf.targets(store) == {("google_firestore_database", "main")}
+    database = tf.text("${google_firestore_database.main.name}")
+    assert function_env()["PROMPTDROP_STORE"] == f"firestore://{tf.text('${var.project_id}')}/{database}"
     declared = set()
-    for name, index in terraform().resources.get("google_firestore_index", {}).items():
-        assert index["database"] == "${google_firestore_database.main.name}", name
+    for name, index in tf.resources.get("google_firestore_index", {}).items():
+        assert tf.targets(index["database"]) == {("google_firestore_database", "main")}, name
+        assert tf.text(index["database"]) == database, name
         assert index["query_scope"] == "COLLECTION", name
         declared.add((index["collection"], tuple((f["field_path"], f["order"]) for f in index["fields"])))
     missing = required_indexes() - declared
     assert not missing, f"infra/ lacks composite indexes: {sorted(missing)}"
-    assert function_env()["PROMPTDROP_STORE"].startswith("firestore://")

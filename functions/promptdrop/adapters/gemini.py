@@ -377,6 +377,9 @@ class GeminiBackend:
                     destination.write(block)
         except urllib.error.HTTPError as exc:
             code = exc.code
+            if code == 416:
+                # The range starts at the end of the file: a copy stopped right after its last whole part.
+                return
             error_type: type[BackendError] = (
                 BackendNotFoundError
                 if code == 404
