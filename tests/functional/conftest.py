@@ -12,10 +12,10 @@ import pytest
 
 from promptdrop.records import Run
 from promptdrop.settings import Settings
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
 from promptdrop.usecases import poll, submit
 from promptdrop.usecases.context import Context
 from promptdrop.wiring import build_context
-from tests.support.emulator import RunningEmulator, running_emulator
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from promptdrop.testing.emulator import RunningEmulator
 from tests.functional.conftest import jsonl, pipeline_env, read_jsonl
-from tests.support.emulator import RunningEmulator
 
 CLI = [sys.executable, "-m", "promptdrop.cli"]
 TERMINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED"}

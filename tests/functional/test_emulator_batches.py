@@ -13,7 +13,7 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
-from tests.support.emulator import (
+from promptdrop.testing.emulator import (
     RunningEmulator,
     create_inline,
     running_emulator,

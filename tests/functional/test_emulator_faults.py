@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from google.genai import errors, types
 
-from tests.support.emulator import create_inline, running_emulator, wait_until_done
+from promptdrop.testing.emulator import create_inline, running_emulator, wait_until_done
 
 MODEL = "gemini-3-pro-image-preview"
 
