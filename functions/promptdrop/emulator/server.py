@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -171,6 +172,13 @@ class _HttpServer(ThreadingHTTPServer):
         self.faults = FaultInjector(engine.options, self.stopping)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that died (a killed worker, a timeout) is not the emulator's failure: no traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def track(self, connection: socket.socket, *, open_: bool) -> None:
         with self._connections_lock:
