@@ -31,6 +31,7 @@ from promptdrop.testing.chaos.common import (
     Plan,
     SeedResult,
     batch_display_names,
+    extra_file,
     fault_figures,
     line_figures,
     start_emulator,
@@ -38,7 +39,7 @@ from promptdrop.testing.chaos.common import (
 )
 from promptdrop.testing.chaos.local import run_view
 from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_create_ports, wait_listening
-from promptdrop.testing.chaos.prompts import MODEL, seed_files, seed_messages
+from promptdrop.testing.chaos.prompts import MODEL, PromptFile, seed_files, seed_messages
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
     EVENTS_TOPIC,
@@ -111,6 +112,7 @@ class CloudChaos:
         self.resets = 0
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}
+        self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
         self.big_runs: dict[str, int] = {}  # run id -> lines, for the files of more than a checkpoint
 
     def run(self) -> SeedResult:
@@ -354,13 +356,12 @@ class CloudChaos:
             if last_drop and not restart_at and now - start > 3.0:
                 runs = self.runs()
                 expected = sum(self.drops.values()) + sum(self.published.values())
-                all_ended = len(runs) == expected and all(r.state.terminal for r in runs)
-                enough = (
-                    self.kills["random"] >= plan.random_kills
-                    and self.kills["create"]
-                    and self.kills["harvest"]
-                )
-                if all_ended or enough or now - start > plan.chaos_seconds:
+                if len(runs) == expected and all(r.state.terminal for r in runs):
+                    extra = extra_file(self.rng, self.kills, self.extras, short=plan.short)
+                    if extra is None:
+                        return
+                    self.drop(extra.name, extra.data)
+                elif now - start > plan.chaos_seconds:
                     return
             time.sleep(0.05)
 
@@ -390,7 +391,7 @@ class CloudChaos:
                 if name in objects
                 else None
             )
-        expected = {INBOX_PREFIX + f.name: f.expected_lines for f in self.files}
+        expected = {INBOX_PREFIX + f.name: f.expected_lines for f in [*self.files, *self.extras]}
         expected.update({m.name: m.expected_lines for m in self.messages})
         logs = {target: self.logs / f"{target}.log" for target in TARGETS}
         logs["gemini-emulator"] = self.logs / "gemini-emulator.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ import orjson
 
 from promptdrop.testing.chaos.checks import Miss, count_tracebacks
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
+from promptdrop.testing.chaos.prompts import PromptFile, big_file, big_lines, mixed_file
 from promptdrop.testing.cloud import free_port
 
 REPO = Path(__file__).resolve().parents[4]
@@ -22,6 +24,8 @@ FAULT_RATE = 0.08
 STALL_RATE = 0.02
 # An extra share of creates stall, so that some kills land while a create is still to land.
 CREATE_STALL_RATE = 0.3
+# Files dropped at most when the planned ones ended before the kills aimed at harvests and creates hit.
+MAX_EXTRA_FILES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,24 @@ class SeedResult:
     seed: int
     figures: dict[str, object] = field(default_factory=dict)
     misses: list[Miss] = field(default_factory=list)
+
+
+def extra_file(
+    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool
+) -> PromptFile | None:
+    """Every run ended before a kill hit a harvest or a stalled create: one more file for it (appended to
+    ``extras``), or None when both were hit or the extras are used up."""
+    if len(extras) >= MAX_EXTRA_FILES:
+        return None
+    number = len(extras) + 1
+    if not kills["harvest"]:
+        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short))
+    elif not kills["create"]:
+        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6)
+    else:
+        return None
+    extras.append(extra)
+    return extra
 
 
 def promptdrop_command() -> list[str]:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from promptdrop.testing.chaos.common import (
     SeedResult,
     base_env,
     batch_display_names,
+    extra_file,
     fault_figures,
     line_figures,
     promptdrop_command,
@@ -35,7 +37,7 @@ from promptdrop.testing.chaos.common import (
     tracebacks,
 )
 from promptdrop.testing.chaos.procs import Child, has_open_file_under, owns_client_port, stalled_create_ports
-from promptdrop.testing.chaos.prompts import MODEL, PromptFile, seed_files
+from promptdrop.testing.chaos.prompts import MODEL, PromptFile, big_lines, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
 INBOX, OUTPUTS = "inbox/", "outputs/"
@@ -63,6 +65,10 @@ class LocalChaos:
         self.kills: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.files = seed_files(seed, short=plan.short)
+        self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
+        self.lock = threading.Lock()  # kills and restarts of the victim
+        self.restart_at: float | None = None
+        self.last_kill = 0.0
 
     # Set-up
 
@@ -102,12 +108,11 @@ class LocalChaos:
 
     def mid_harvest(self, victim: Child) -> bool:
         """The victim holds a big run's files open while that run has more images than a checkpoint."""
-        big = [f for f in self.files if f.name.startswith("big")]
+        total = big_lines(short=self.plan.short)
         for folder in (self.bucket / OUTPUTS).glob("big*"):
             images = folder / "images"
             with contextlib.suppress(OSError):
                 count = sum(1 for entry in os.scandir(images) if not entry.name.startswith("."))
-                total = max(len(f.expected_lines) for f in big)
                 if CHECKPOINT_LINES < count < total and has_open_file_under(victim.pids(), folder):
                     return True
         return False
@@ -151,6 +156,29 @@ class LocalChaos:
         }
         return result
 
+    def kill_victim(self, victim: Child, reason: str) -> None:
+        """SIGKILL the victim (the caller holds ``self.lock``); it is restarted a little later."""
+        now = time.monotonic()
+        victim.kill()
+        self.kills[reason] += 1
+        self.last_kill = now
+        self.restart_at = now + self.rng.uniform(0.3, 1.5)
+
+    def may_kill(self, victim: Child) -> bool:
+        return (
+            victim.alive
+            and self.restart_at is None
+            and sum(self.kills.values()) < self.plan.max_kills
+            and time.monotonic() - self.last_kill > 1.0
+        )
+
+    def watch_harvests(self, victim: Child, stop: threading.Event) -> None:
+        """A harvest past a checkpoint lasts a fraction of a second here: look every 10 ms."""
+        while not stop.wait(0.01):
+            with self.lock:
+                if self.may_kill(victim) and self.mid_harvest(victim):
+                    self.kill_victim(victim, "harvest")
+
     def chaos(self, steady: Child, victim: Child, store: Any, url: str) -> None:
         plan, rng = self.plan, self.rng
         start = time.monotonic()
@@ -160,53 +188,54 @@ class LocalChaos:
         delays = [0.0 if i < 3 else rng.uniform(0.5, 8.0) for i in range(len(files))]
         schedule = sorted(zip(delays, files, strict=True), key=lambda item: item[0])
         next_kill = start + rng.uniform(*plan.kill_gap)
-        restart_at: float | None = None
-        last_kill = start
-        while True:
-            now = time.monotonic()
-            while schedule and now - start >= schedule[0][0]:
-                self.drop(schedule.pop(0)[1])
-            runs = self.runs(store)
-            if (
-                not schedule
-                and again is not None
-                and any(r.source.object == INBOX + again.name for r in runs)
-            ):
-                self.drop(again)
-                again = None
-            for child in (steady, victim):
-                if child is victim and restart_at is not None:
-                    continue
-                if child.check_exit():
-                    child.start()
-            if restart_at is not None and now >= restart_at:
-                victim.start()
-                restart_at = None
-            kills = sum(self.kills.values())
-            reason = None
-            if victim.alive and restart_at is None and kills < plan.max_kills and now - last_kill > 1.0:
-                if self.mid_harvest(victim):
-                    reason = "harvest"
-                elif any(owns_client_port(victim.pids(), port) for port in stalled_create_ports(url)):
-                    reason = "create"
-                elif now >= next_kill and self.kills["random"] < plan.random_kills:
-                    reason = "random"
-            if reason is not None:
-                victim.kill()
-                self.kills[reason] += 1
-                last_kill = now
-                next_kill = now + rng.uniform(*plan.kill_gap)
-                restart_at = now + rng.uniform(0.3, 1.5)
-            dropped = not schedule and again is None
-            all_ended = (
-                dropped and len(runs) == sum(self.drops.values()) and all(r.state.terminal for r in runs)
-            )
-            enough = (
-                self.kills["random"] >= plan.random_kills and self.kills["create"] and self.kills["harvest"]
-            )
-            if dropped and restart_at is None and (all_ended or enough or now - start > plan.chaos_seconds):
-                return
-            time.sleep(0.05)
+        self.last_kill = start
+        stop = threading.Event()
+        watcher = threading.Thread(target=self.watch_harvests, args=(victim, stop), daemon=True)
+        watcher.start()
+        try:
+            while True:
+                now = time.monotonic()
+                while schedule and now - start >= schedule[0][0]:
+                    self.drop(schedule.pop(0)[1])
+                runs = self.runs(store)
+                # The re-upload waits until the first upload was read (its run left RECEIVED): replacing a
+                # file before that fails its run, rightly, and that is not what this seed is about.
+                if not schedule and again is not None and self.staged(runs, again.name):
+                    self.drop(again)
+                    again = None
+                with self.lock:
+                    for child in (steady, victim):
+                        if (child is steady or self.restart_at is None) and child.check_exit():
+                            child.start()
+                    if self.restart_at is not None and now >= self.restart_at:
+                        victim.start()
+                        self.restart_at = None
+                    if self.may_kill(victim):
+                        if any(owns_client_port(victim.pids(), port) for port in stalled_create_ports(url)):
+                            self.kill_victim(victim, "create")
+                        elif now >= next_kill and self.kills["random"] < plan.random_kills:
+                            self.kill_victim(victim, "random")
+                            next_kill = now + rng.uniform(*plan.kill_gap)
+                    restarting = self.restart_at is not None
+                dropped = not schedule and again is None
+                ended = (
+                    dropped and len(runs) == sum(self.drops.values()) and all(r.state.terminal for r in runs)
+                )
+                if ended and not restarting:
+                    extra = extra_file(self.rng, self.kills, self.extras, short=self.plan.short)
+                    if extra is None:
+                        return
+                    self.drop(extra)
+                if dropped and not restarting and now - start > plan.chaos_seconds:
+                    return
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            watcher.join()
+
+    @staticmethod
+    def staged(runs: list[Run], name: str) -> bool:
+        return any(r.source.object == INBOX + name and r.state.value != "RECEIVED" for r in runs)
 
     def settle(self, steady: Child, victim: Child, store: Any) -> float:
         """Nothing killed any more: the time until every run ended (bounded by the plan)."""
@@ -240,7 +269,7 @@ class LocalChaos:
         return Snapshot(
             drops=dict(self.drops),
             messages={},
-            expected_lines={INBOX + f.name: f.expected_lines for f in self.files},
+            expected_lines={INBOX + f.name: f.expected_lines for f in [*self.files, *self.extras]},
             runs=runs,
             manifests=manifests,
             objects=objects,

@@ -107,6 +107,10 @@ def expiring_file(rng: random.Random, name: str) -> PromptFile:
     return _file(name, lines)
 
 
+def big_lines(*, short: bool) -> int:
+    return BIG_LINES_SHORT if short else BIG_LINES_FULL
+
+
 def seed_files(seed: int, *, short: bool) -> list[PromptFile]:
     """The files of one seed; a name listed twice is dropped twice (a re-upload: a new generation)."""
     rng = random.Random(seed)  # noqa: S311 - test data, not secrets
@@ -115,7 +119,7 @@ def seed_files(seed: int, *, short: bool) -> list[PromptFile]:
         mixed_file(rng, "mixed-b.jsonl", 6 if short else 16),
         text_file(rng, "notes.txt", 5 if short else 12),
         expiring_file(rng, "expiring.jsonl"),
-        big_file(rng, "big.jsonl", BIG_LINES_SHORT if short else BIG_LINES_FULL),
+        big_file(rng, "big.jsonl", big_lines(short=short)),
     ]
     if not short:
         files += [mixed_file(rng, f"mixed-{c}.jsonl", 10) for c in "cde"]
