@@ -113,7 +113,8 @@ class CloudChaos:
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}
         self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
-        self.big_runs: dict[str, int] = {}  # run id -> lines, for the files of more than a checkpoint
+        self.big_runs: dict[str, int] = {}
+        self.image_counts: dict[str, int] = {}  # big run id -> images seen at the last look  # run id -> lines, for the files of more than a checkpoint
 
     def run(self) -> SeedResult:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,10 @@ class CloudChaos:
         for run_id, total in self.big_runs.items():
             prefix = f"{OUTPUTS}{run_id}/images/"
             count = sum(1 for _ in self.storage.list_blobs(BUCKET, prefix=prefix, page_size=1000))
-            if CHECKPOINT_LINES < count < total:
+            # Growing since the last look: a harvest is under way (not one a kill already stopped).
+            growing = count > self.image_counts.get(run_id, count)
+            self.image_counts[run_id] = count
+            if growing and CHECKPOINT_LINES < count < total:
                 return True
         return False
 
