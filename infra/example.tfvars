@@ -28,7 +28,7 @@ region     = "us-central1"
 
 # PROMPTDROP_* settings for the functions (null keeps the code's default; see the README's table).
 # settings = {
-#   model        = "gemini-3-pro-image-preview"
+#   model        = "gemini-3-pro-image"
 #   max_cost_usd = 25
 #   max_attempts = 3
 #   job_deadline = "36h"

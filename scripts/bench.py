@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 MiB = 1024 * 1024
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 RUN_ID = "bench-00000000"
 JOB_ID = f"{RUN_ID}-a1-c0000"
 BUCKET = "promptdrop-bench"

@@ -26,7 +26,7 @@ from pathlib import Path
 from google import genai
 from google.genai import types
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 REQUESTS = [
     ("square", "1:1", "a lighthouse at dawn"),
     ("landscape", "16:9", "a wide valley with a river"),

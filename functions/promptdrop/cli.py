@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,11 +30,13 @@ from promptdrop import logs, prompts
 from promptdrop.cost import CostTally
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
 from promptdrop.manifest import summary as run_summary
+from promptdrop.models import predict_choice
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases import poll, submit
 from promptdrop.usecases.context import Context
+from promptdrop.wiring import emulator_url
 
 app = typer.Typer(
     name="promptdrop",
@@ -80,6 +83,15 @@ def _money(value: float | None) -> str:
     return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
 
 
+def _print_model_notices(run_record: Run) -> None:
+    """One line per model id the run replaced, refused or warned about (decided before its first batch)."""
+    for choice in run_record.model_choices:
+        if choice.get("code"):
+            err.print(f"[red]model {choice['requested']}:[/red] {choice.get('message')} ({choice['code']})")
+        elif choice.get("notice"):
+            err.print(f"[yellow]model notice:[/yellow] {choice['notice']}")
+
+
 @app.command()
 def run(
     file: Annotated[
@@ -120,6 +132,7 @@ def run(
         raise typer.Exit(1)
     run_record = receipt.run
     out.print(run_record.run_id)
+    _print_model_notices(run_record)
     if not wait:
         err.print(
             f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
@@ -135,11 +148,23 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
     tally = CostTally()
     valid = invalid = 0
     options = submit.parse_options(settings)
+    today = datetime.now(UTC).date()
+    noticed: set[str] = set()
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
+                # Predicted from the model table; the run itself asks the API (models.get).
+                choice = predict_choice(line.model, policy=settings.retired_models, today=today)
+                if line.model not in noticed:
+                    noticed.add(line.model)
+                    if choice.notice or choice.code:
+                        err.print(f"[yellow]model notice:[/yellow] {choice.notice or choice.message}")
+                if choice.model is None:
+                    invalid += 1
+                    err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
+                    continue
                 valid += 1
-                tally.add_estimate(line.model, line.image_size, line.estimated_input_tokens)
+                tally.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
@@ -209,6 +234,7 @@ def _print_result(ctx: Context, run_record: Run) -> None:
     )
     if run_record.reason:
         out.print(f"reason: {run_record.reason}")
+    _print_model_notices(run_record)
     cost = run_record.cost
     out.print(
         f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
@@ -233,9 +259,14 @@ def serve(
     pause = settings.poll_interval if interval is None else interval
     watcher = InboxWatcher(ctx)
     err.print(f"serving {ctx.blobs.url} (inbox {settings.inbox_prefix}, every {pause:g}s); Ctrl-C stops")
+    keep_emulator = settings.backend == "emulator" and not settings.gemini_base_url
     try:
         while True:
             try:
+                if keep_emulator:
+                    # A call each tick keeps the background emulator from stopping on its idle timer
+                    # while `serve` may still need it (the backend keeps the URL it was built with).
+                    emulator_url(settings)
                 for run_id in watcher.scan():
                     err.print(f"claimed {run_id}")
                 report = poll.tick(ctx)
@@ -321,6 +352,7 @@ def status(
             f"[bold]{record.run_id}[/bold] {record.state.value}"
             + (f" ({record.reason})" if record.reason else "")
         )
+        _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
         out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")

@@ -1,7 +1,7 @@
 """What a run costs: from token usage after the fact, and estimated before submission (pure).
 
 Rates come from the one table in ``models.py``; the Batch API bills half of each. A model missing from the
-table costs ``None``: a total that includes one is ``None`` too, never a partial guess.
+table (or listed without confirmed prices) costs ``None``: a total that includes one is ``None`` too, never a partial guess.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Money:
 def usage_cost(model: str, usage: Usage, *, batch: bool) -> float | None:
     """USD for one response's tokens: input at the text rate, image output and other output at theirs."""
     spec = model_spec(model)
-    if spec is None:
+    if spec is None or spec.rates is None:
         return None
     rates = spec.rates
     other_output = max(usage.output_tokens - usage.image_tokens, 0)
@@ -48,11 +48,10 @@ def usage_cost(model: str, usage: Usage, *, batch: bool) -> float | None:
 def estimate_request(model: str, image_size: str, input_tokens: int) -> Money:
     """One image of ``image_size`` plus ``input_tokens`` of input, before submission."""
     spec = model_spec(model)
-    if spec is None:
+    image = spec.image_cost(image_size, batch=False) if spec else None
+    if spec is None or spec.rates is None or image is None:
         return Money(batch=None, interactive=None)
-    interactive = (
-        spec.image_cost(image_size, batch=False) + input_tokens * spec.rates.text_input / _PER_MILLION
-    )
+    interactive = image + input_tokens * spec.rates.text_input / _PER_MILLION
     return Money(batch=interactive * BATCH_DISCOUNT, interactive=interactive)
 
 

@@ -66,9 +66,13 @@ class Outcome:
         return cls(key=key, status=status, attempt=attempt, model=model, error=error.to_json())
 
 
-def entry_for_outcome(line: int, outcome: Outcome) -> dict[str, Any]:
-    """A manifest entry for a line that was submitted (or refused at submission)."""
-    return {
+def entry_for_outcome(line: int, outcome: Outcome, *, requested_model: str | None = None) -> dict[str, Any]:
+    """A manifest entry for a line that was submitted (or refused at submission).
+
+    ``requested_model`` is the id the line asked for; it is written only when the line ran on another one
+    (a retired id replaced).
+    """
+    entry = {
         "schema_version": SCHEMA_VERSION,
         "line": line,
         "key": outcome.key,
@@ -81,7 +85,11 @@ def entry_for_outcome(line: int, outcome: Outcome) -> dict[str, Any]:
         "usage": outcome.usage,
         "attempts": outcome.attempt,
         "error": outcome.error,
+        "model": outcome.model,
     }
+    if requested_model is not None and outcome.model is not None and requested_model != outcome.model:
+        entry["requested_model"] = requested_model
+    return entry
 
 
 def entry_for_invalid(line: InvalidLine | RejectedLine) -> dict[str, Any]:
@@ -99,7 +107,14 @@ def entry_for_invalid(line: InvalidLine | RejectedLine) -> dict[str, Any]:
         "usage": None,
         "attempts": 0,
         "error": line.error.to_json(),
+        # The model it would have run on, when the line got that far.
+        "model": _form_model(line.input_form) if isinstance(line, InvalidLine) else None,
     }
+
+
+def _form_model(form: dict[str, Any] | None) -> str | None:
+    model = form.get("model") if form else None
+    return model.removeprefix("models/") if isinstance(model, str) else None
 
 
 def error_line(input_form: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +157,15 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
         "reason": run.reason,
         "source": {**run.source.model_dump(mode="json"), "bucket_url": bucket_url},
         "model": run.model,
+        # Retired ids whose lines ran on their replacement (and those refused, with the reason).
+        "model_replacements": [
+            {"requested": c["requested"], "model": c["model"], "shutdown": c.get("shutdown")}
+            for c in run.model_choices
+            if c.get("model") and c["model"] != c["requested"]
+        ],
+        "model_notices": [
+            c.get("notice") or c.get("message") for c in run.model_choices if c.get("notice") or c.get("code")
+        ],
         "created_at": iso(run.created_at),
         "finished_at": iso(run.finished_at),
         "counts": {

@@ -162,8 +162,15 @@ class BatchBackend(Protocol):
         self, source: BinaryIO, *, size: int, display_name: str, mime_type: str = "jsonl"
     ) -> UploadedFile: ...
 
-    def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
+    def create_batch(self, *, model: str, file_name: str, display_name: str, priority: int = 0) -> BatchInfo:
         """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
+        ...
+
+    def model_served(self, model: str) -> bool:
+        """Whether the API serves this model id for batches (``models.get``; 404 -> False).
+
+        Raises TransientError when it cannot tell: a verdict is never made from a failed call.
+        """
         ...
 
     def find_batch(self, display_name: str) -> BatchInfo | None:

@@ -75,6 +75,7 @@ class FileDefaults:
     aspect_ratio: str | None = None
     modalities: tuple[str, ...] | None = None
     system: str | None = None
+    priority: int | None = None  # batch priority: higher runs first
 
     def over(self, base: FileDefaults) -> FileDefaults:
         """These defaults, with ``base`` filling the fields left unset."""
@@ -84,6 +85,7 @@ class FileDefaults:
             aspect_ratio=self.aspect_ratio if self.aspect_ratio is not None else base.aspect_ratio,
             modalities=self.modalities if self.modalities is not None else base.modalities,
             system=self.system if self.system is not None else base.system,
+            priority=self.priority if self.priority is not None else base.priority,
         )
 
 
@@ -93,6 +95,7 @@ class ParseOptions:
     defaults: FileDefaults = field(default_factory=FileDefaults)  # deployment-wide; a file's override them
     max_line_bytes: int = 20 * 1024 * 1024
     bucket_name: str | None = None  # own bucket: "gs://<bucket_name>/path" image refs are accepted
+    default_priority: int = 0  # batch priority for lines and files that set none
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +104,14 @@ class PromptRequest:
 
     line: int  # 1-based physical line (message: 1-based index in prompts)
     key: str
-    model: str  # bare id, e.g. "gemini-3-pro-image-preview"
+    model: str  # bare id as the line asks for it, e.g. "gemini-3-pro-image" (a run may replace a retired one)
     request: dict[str, Any]  # GenerateContentRequest, camelCase; reference images NOT yet included
     image_refs: tuple[str, ...]  # bucket object names (relative, checked) to add as image parts, in order
     image_size: str  # size class used for cost
     aspect_ratio: str | None
     estimated_input_tokens: int  # text tokens (ceil(chars/4)) + the model's tokens per reference image
     input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
+    priority: int = 0  # batch priority (a job holds lines of one model and one priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +244,21 @@ def _check_model(value: object) -> str | None:
     bare = model.removeprefix("models/")
     if not _MODEL_ID.fullmatch(bare):
         raise _Invalid(
-            "bad_model_field", f"model {_show(model)} is not a model id such as 'gemini-3-pro-image-preview'"
+            "bad_model_field", f"model {_show(model)} is not a model id such as 'gemini-3-pro-image'"
         )
     return bare
+
+
+# The API's priority is an int64.
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _check_priority(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _INT64:
+        raise _Invalid("bad_priority", f"priority must be an integer (higher runs first), not {_show(value)}")
+    return value
 
 
 def _check_size_form(value: object) -> str | None:
@@ -324,6 +340,7 @@ _DEFAULT_FIELDS: Final = {
     "response_modalities": "modalities",
     "responseModalities": "modalities",
     "system": "system",
+    "priority": "priority",
 }
 
 
@@ -352,6 +369,7 @@ def _defaults_from(value: object) -> FileDefaults:
             aspect_ratio=_check_ratio_form(fields.get("aspect_ratio")),
             modalities=_check_modalities(fields.get("modalities")),
             system=system if system and system.strip() else None,
+            priority=_check_priority(fields.get("priority")),
         )
     except _Invalid as exc:
         raise _Invalid("bad_defaults", f"defaults: {exc.error.message}") from None
@@ -489,7 +507,7 @@ def _camel_case(value: Any, message: str) -> Any:
 
 
 _SIMPLE_FIELDS: Final = {**_DEFAULT_FIELDS, "prompt": "prompt", "key": "key", "images": "images"}
-_NATIVE_FIELDS: Final = frozenset({"key", "request", "model"})
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority"})
 
 
 class _LineParser:
@@ -544,6 +562,8 @@ class _LineParser:
         model = defaults.model or self._options.default_model
         if native:
             form.setdefault("model", model)
+            if defaults.priority is not None:
+                form.setdefault("priority", defaults.priority)
             return form
         present = {_SIMPLE_FIELDS.get(name) for name in fields}
         for name, value in (
@@ -552,6 +572,7 @@ class _LineParser:
             ("image_size", defaults.image_size),
             ("modalities", list(defaults.modalities) if defaults.modalities is not None else None),
             ("system", defaults.system),
+            ("priority", defaults.priority),
         ):
             if name not in present and value is not None:
                 form[name] = value
@@ -573,6 +594,12 @@ class _LineParser:
     def _model(self, value: object) -> tuple[str, ModelSpec | None]:
         model = _check_model(value) or self._defaults.model or self._options.default_model
         return model, model_spec(model)
+
+    def _priority(self, value: object) -> int:
+        priority = _check_priority(value)
+        if priority is None:
+            priority = self._defaults.priority
+        return self._options.default_priority if priority is None else priority
 
     def _image_ref(self, ref: object) -> str:
         if not isinstance(ref, str):
@@ -640,6 +667,7 @@ class _LineParser:
             aspect_ratio=ratio,
             estimated_input_tokens=tokens,
             input_form=form,
+            priority=self._priority(fields.get("priority")),
         )
 
     def _native(self, line: int, key: str, fields: dict[str, Any], form: dict[str, Any]) -> PromptRequest:
@@ -648,7 +676,8 @@ class _LineParser:
             if extra[0] in _SIMPLE_FIELDS:
                 raise _Invalid(
                     "bad_request",
-                    f"field {extra[0]!r} is not allowed next to a native request (only key and model are)",
+                    f"field {extra[0]!r} is not allowed next to a native request "
+                    "(only key, model and priority are)",
                 )
             raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
         raw_request = fields["request"]
@@ -695,6 +724,7 @@ class _LineParser:
             aspect_ratio=ratio,
             estimated_input_tokens=tokens,
             input_form=form,
+            priority=self._priority(fields.get("priority")),
         )
 
     def _fill_native(self, request: dict[str, Any]) -> None:

@@ -73,6 +73,9 @@ class Run(_Record):
     submit_attempts: int = 0
     next_attempt_at: float = 0.0
     cancel_requested: bool = False
+    # What the run did with each model id its lines asked for (models.ModelChoice.to_json()), decided
+    # before its first batch: replacements of retired ids, refusals, shutdown notices.
+    model_choices: list[dict[str, Any]] = Field(default_factory=list)
     notified: bool = False  # the terminal event was published
     lease: Lease = Field(default_factory=Lease)
 
@@ -85,6 +88,7 @@ class Job(_Record):
     phase: JobPhase
     state: JobState = JobState.JOB_STATE_UNSPECIFIED
     model: str
+    priority: int = 0  # the batch's priority (higher runs first)
     request_object: str  # the request JSONL in the bucket ({"key","request"} lines, as uploaded)
     request_count: int
     request_bytes: int

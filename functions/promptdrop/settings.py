@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from promptdrop.errors import ConfigurationError
-from promptdrop.models import DEFAULT_MODEL
+from promptdrop.models import DEFAULT_MODEL, RetiredPolicy
 
 ENV_PREFIX = "PROMPTDROP_"
 
@@ -46,6 +46,9 @@ class Settings(BaseModel):
     api_key: SecretStr | None = None  # GEMINI_API_KEY
     gemini_base_url: str | None = None
     model: str = DEFAULT_MODEL
+    # A retired model id (the API no longer serves it) runs on its replacement, or its lines are refused.
+    retired_models: RetiredPolicy = "upgrade"
+    priority: int = 0  # batch priority (higher runs first) for lines and files that set none
     inbox_prefix: str = "inbox/"
     output_prefix: str = "outputs/"
     events_topic: str | None = None
@@ -65,6 +68,7 @@ class Settings(BaseModel):
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
+    emulator_idle: float = 900.0  # seconds; the background emulator the CLI starts stops after this idle time
     log_format: Literal["text", "json"] = "text"
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
@@ -124,6 +128,7 @@ class Settings(BaseModel):
                 "harvest_time_budget",
                 "poll_interval",
                 "submit_retry_base",
+                "emulator_idle",
             }:
                 values[name] = parse_duration(raw)
             else:

@@ -26,15 +26,25 @@ RUN_ACTIVE = frozenset(RunState) - RUN_TERMINAL
 
 
 class JobState(StrEnum):
-    """A batch job's state as the SDK's ``types.JobState`` values (never ``str(enum)``)."""
+    """A batch job's state as the SDK's ``types.JobState`` values (never ``str(enum)``).
+
+    The Gemini API yields PENDING, RUNNING and the four ends; QUEUED, PAUSED, UPDATING, CANCELLING and
+    PARTIALLY_SUCCEEDED come from Vertex and newer SDKs. A value we do not know parses as UNSPECIFIED: a
+    non-terminal state like the others, so the job deadline still ends a job stuck in it.
+    """
 
     JOB_STATE_UNSPECIFIED = "JOB_STATE_UNSPECIFIED"
+    JOB_STATE_QUEUED = "JOB_STATE_QUEUED"
     JOB_STATE_PENDING = "JOB_STATE_PENDING"
     JOB_STATE_RUNNING = "JOB_STATE_RUNNING"
     JOB_STATE_SUCCEEDED = "JOB_STATE_SUCCEEDED"
     JOB_STATE_FAILED = "JOB_STATE_FAILED"
+    JOB_STATE_CANCELLING = "JOB_STATE_CANCELLING"
     JOB_STATE_CANCELLED = "JOB_STATE_CANCELLED"
+    JOB_STATE_PAUSED = "JOB_STATE_PAUSED"
     JOB_STATE_EXPIRED = "JOB_STATE_EXPIRED"
+    JOB_STATE_UPDATING = "JOB_STATE_UPDATING"
+    JOB_STATE_PARTIALLY_SUCCEEDED = "JOB_STATE_PARTIALLY_SUCCEEDED"
 
     @property
     def terminal(self) -> bool:
@@ -53,13 +63,15 @@ class JobState(StrEnum):
             return cls.JOB_STATE_UNSPECIFIED
 
 
-# EXPIRED is terminal: the SDK README's polling loop forgets it and spins forever.
+# EXPIRED is terminal: the SDK README's polling loop forgets it and spins forever. PARTIALLY_SUCCEEDED is
+# an end too (the SDK's `done` forgets that one): its results are harvested, unanswered lines retried.
 JOB_TERMINAL = frozenset(
     {
         JobState.JOB_STATE_SUCCEEDED,
         JobState.JOB_STATE_FAILED,
         JobState.JOB_STATE_CANCELLED,
         JobState.JOB_STATE_EXPIRED,
+        JobState.JOB_STATE_PARTIALLY_SUCCEEDED,
     }
 )
 

@@ -56,7 +56,7 @@ def emulator_url(settings: Settings) -> str:
     from promptdrop.emulator import EmulatorOptions
     from promptdrop.emulator.launcher import ensure_emulator
 
-    options = EmulatorOptions(image_scale=settings.emulator_image_scale)
+    options = EmulatorOptions(image_scale=settings.emulator_image_scale, idle_seconds=settings.emulator_idle)
     return ensure_emulator(settings.emulator_dir, options)
 
 

@@ -13,6 +13,8 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image
 
+from promptdrop.emulator.answers import UNKNOWN_MODEL_IMAGE_TOKENS
+from promptdrop.models import MODELS
 from promptdrop.testing.emulator import (
     RunningEmulator,
     create_inline,
@@ -22,7 +24,7 @@ from promptdrop.testing.emulator import (
     wait_until_done,
 )
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 
 
 def request(
@@ -148,27 +150,30 @@ def test_per_request_outcomes_follow_prompt_markers(tmp_path: Path) -> None:
 
 
 def test_unsupported_size_for_model_is_an_invalid_argument_line(tmp_path: Path) -> None:
-    """gemini-2.5-flash-image makes 1K only, so a 2K request fails alone with code 3."""
+    """gemini-3.1-flash-lite-image makes 1K only, so a 2K request fails alone with code 3."""
     lines = [
         {"key": "1k", "request": request("fine")},
         {"key": "2k", "request": request("too big", size="2K")},
     ]
     with running_emulator(tmp_path / "emu") as emu:
-        _, results = run_file_job(emu, tmp_path, lines, model="gemini-2.5-flash-image")
+        _, results = run_file_job(emu, tmp_path, lines, model="gemini-3.1-flash-lite-image")
     assert "response" in results["1k"]
     usage = results["1k"]["response"]["usageMetadata"]
-    assert usage["candidatesTokensDetails"] == [{"modality": "IMAGE", "tokenCount": 1290}]
+    expected_tokens = MODELS["gemini-3.1-flash-lite-image"].tokens_for("1K")
+    assert usage["candidatesTokensDetails"] == [{"modality": "IMAGE", "tokenCount": expected_tokens}]
     assert results["2k"]["error"]["code"] == 3
 
 
-def test_unknown_model_bills_1290_image_tokens(tmp_path: Path) -> None:
-    """A model missing from the table still answers, with the 1290-token default."""
-    with running_emulator(tmp_path / "emu") as emu:
+def test_served_model_missing_from_the_table_bills_the_default_image_tokens(tmp_path: Path) -> None:
+    """A model the table lacks but the API serves (--serve-models) still answers, with the default tokens."""
+    with running_emulator(tmp_path / "emu", serve_models=("some-new-model",)) as emu:
         _, results = run_file_job(
             emu, tmp_path, [{"key": "k", "request": request("x")}], model="some-new-model"
         )
     usage = results["k"]["response"]["usageMetadata"]
-    assert usage["candidatesTokensDetails"] == [{"modality": "IMAGE", "tokenCount": 1290}]
+    assert usage["candidatesTokensDetails"] == [
+        {"modality": "IMAGE", "tokenCount": UNKNOWN_MODEL_IMAGE_TOKENS}
+    ]
 
 
 def test_snake_case_lines_and_url_safe_base64_are_accepted(tmp_path: Path) -> None:

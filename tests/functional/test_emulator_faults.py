@@ -11,7 +11,7 @@ from google.genai import errors, types
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.testing.emulator import create_inline, running_emulator, wait_until_done
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 
 
 @pytest.mark.parametrize("codes", [(429,), (503,), (429, 500, 503)])

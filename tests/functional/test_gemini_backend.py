@@ -27,7 +27,7 @@ from promptdrop.settings import Settings
 from promptdrop.states import JobState
 from promptdrop.testing.emulator import RunningEmulator, running_emulator
 
-MODEL = "gemini-3-pro-image-preview"
+MODEL = "gemini-3-pro-image"
 SECRET_KEY = "AIzaSy-functional-secret-key-0123456789"
 
 

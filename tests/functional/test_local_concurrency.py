@@ -30,7 +30,7 @@ def _run(run_id: str, claim_key: str) -> Run:
         source=RunSource(kind="message", message_id=claim_key, name="race"),
         input_object=f"outputs/{run_id}/input.jsonl",
         output_folder=f"outputs/{run_id}/",
-        model="gemini-3-pro-image-preview",
+        model="gemini-3-pro-image",
         created_at=T0,
         updated_at=T0,
     )

@@ -40,7 +40,11 @@ def _bucket_files(root: Path) -> set[str]:
 
 def test_example_file_runs_to_partial_with_every_line_accounted_for(pipeline: Pipeline) -> None:
     """The shipped example gives images for the good lines, one safety failure and one invalid line."""
-    receipt = pipeline.drop("catalogue.jsonl", (REPO / "examples" / "catalogue.jsonl").read_bytes())
+    # What scripts/demo runs: the example plus the emulator's marker lines (kept in their own file).
+    catalogue = (REPO / "examples" / "catalogue.jsonl").read_bytes()
+    receipt = pipeline.drop(
+        "catalogue.jsonl", catalogue + (REPO / "examples" / "emulator-extras.jsonl").read_bytes()
+    )
     assert receipt.created and receipt.run is not None
     run = pipeline.finish(receipt.run.run_id)
 
@@ -249,8 +253,12 @@ def test_job_created_before_a_crash_is_found_by_display_name(pipeline: Pipeline)
         def __getattr__(self, name: str) -> Any:
             return getattr(self.real, name)
 
-        def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
-            self.real.create_batch(model=model, file_name=file_name, display_name=display_name)
+        def create_batch(
+            self, *, model: str, file_name: str, display_name: str, priority: int = 0
+        ) -> BatchInfo:
+            self.real.create_batch(
+                model=model, file_name=file_name, display_name=display_name, priority=priority
+            )
             raise AmbiguousCreateError("timed out waiting for the answer")
 
     ctx = pipeline.ctx

@@ -84,7 +84,7 @@ def test_if_absent_race_has_one_winner(bucket_name: str, storage_client: storage
 
 def test_image_metadata_round_trip(gcs: GcsBlobStore) -> None:
     """Custom metadata and content type as the harvest writes them survive stat, list and copy."""
-    metadata = {"run": "cats-0123abcd", "key": "chat/é-1", "model": "gemini-3-pro-image-preview"}
+    metadata = {"run": "cats-0123abcd", "key": "chat/é-1", "model": "gemini-3-pro-image"}
     with gcs.open_write("outputs/r/images/k.png", content_type="image/png", metadata=metadata) as out:
         out.write(b"\x89PNG" + bytes(600 * KiB))
     gcs.copy("outputs/r/images/k.png", "outputs/r/images/k-copy.png")

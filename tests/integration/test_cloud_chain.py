@@ -56,7 +56,9 @@ def test_upload_runs_through_notification_bridge_functions_and_ticks_to_outputs(
         name="inbox",
     )
     blob = deployment.storage.bucket(deployment.bucket).blob("inbox/catalogue.jsonl")
-    blob.upload_from_filename(str(REPO / "examples" / "catalogue.jsonl"), content_type="application/jsonl")
+    example = (REPO / "examples" / "catalogue.jsonl").read_bytes()
+    extras = (REPO / "examples" / "emulator-extras.jsonl").read_bytes()  # the emulator's marker lines
+    blob.upload_from_string(example + extras, content_type="application/jsonl")
 
     _pump_until_a_run_exists(bridge, deployment)
     assert bridge.statuses == [200]

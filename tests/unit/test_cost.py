@@ -7,8 +7,8 @@ import pytest
 from promptdrop.cost import CostTally, Money, estimate_request, usage_cost
 from promptdrop.results import Usage
 
-PRO = "gemini-3-pro-image-preview"
-FLASH_31 = "gemini-3.1-flash-image-preview"
+PRO = "gemini-3-pro-image"
+FLASH_31 = "gemini-3.1-flash-image"
 FLASH_25 = "gemini-2.5-flash-image"
 
 

@@ -52,7 +52,7 @@ def request(text: str, **generation: Any) -> dict[str, Any]:
     return {"contents": [{"parts": [{"text": text}]}], "generationConfig": generation}
 
 
-def run(raw: object, model: str = "gemini-3-pro-image-preview") -> dict[str, Any]:
+def run(raw: object, model: str = "gemini-3-pro-image") -> dict[str, Any]:
     result = answer(raw, model, image_scale=0.0625, response_id="r1")
     return {"response": result.response} if result.error is None else {"error": result.error}
 
@@ -79,9 +79,9 @@ def test_parts_follow_response_modalities(modalities: list[str] | None, kinds: l
 @pytest.mark.parametrize(
     ("model", "size", "image_tokens"),
     [
-        ("gemini-3-pro-image-preview", "1K", 1120),
-        ("models/gemini-3-pro-image-preview", "4K", 2000),
-        ("gemini-3.1-flash-image-preview", "512", 747),
+        ("gemini-3-pro-image", "1K", 1120),
+        ("models/gemini-3-pro-image", "4K", 2000),
+        ("gemini-3.1-flash-image", "512", 747),
         ("gemini-2.5-flash-image", None, 1290),
         ("not-in-the-table", "2K", 1290),
     ],

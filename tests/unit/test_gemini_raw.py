@@ -57,7 +57,7 @@ OPERATION_CASES: list[tuple[str, dict[str, Any], BatchInfo]] = [
             "metadata": {
                 "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
                 "name": "batches/abc",
-                "model": "models/gemini-3-pro-image-preview",
+                "model": "models/gemini-3-pro-image",
                 "displayName": "run-1-c0-a1",
                 "inputConfig": {"fileName": "files/in1"},
                 "batchStats": {"requestCount": "5", "pendingRequestCount": "5"},
@@ -68,7 +68,7 @@ OPERATION_CASES: list[tuple[str, dict[str, Any], BatchInfo]] = [
             name="batches/abc",
             display_name="run-1-c0-a1",
             state=JobState.JOB_STATE_PENDING,
-            model="models/gemini-3-pro-image-preview",
+            model="models/gemini-3-pro-image",
             stats={"requestCount": 5, "pendingRequestCount": 5},
         ),
     ),
@@ -177,7 +177,7 @@ OPERATION_CASES: list[tuple[str, dict[str, Any], BatchInfo]] = [
         {
             "metadata": {
                 "name": "batches/m",
-                "state": "BATCH_STATE_PAUSED",
+                "state": "BATCH_STATE_HIBERNATING",
                 "batchStats": {"requestCount": "n/a"},
             }
         },

@@ -26,8 +26,8 @@ from promptdrop.prompts import (
     request_line,
 )
 
-PRO = "gemini-3-pro-image-preview"
-FLASH_31 = "gemini-3.1-flash-image-preview"
+PRO = "gemini-3-pro-image"
+FLASH_31 = "gemini-3.1-flash-image"
 FLASH_25 = "gemini-2.5-flash-image"
 OPTIONS = ParseOptions(default_model=PRO, bucket_name="own-bucket")
 

@@ -18,7 +18,12 @@ from promptdrop.states import JOB_TERMINAL, RUN_ACTIVE, RUN_TERMINAL, JobState, 
         ("JOB_STATE_FAILED", JobState.JOB_STATE_FAILED),
         (types.JobState.JOB_STATE_CANCELLED, JobState.JOB_STATE_CANCELLED),
         (types.JobState.JOB_STATE_EXPIRED, JobState.JOB_STATE_EXPIRED),
-        ("JOB_STATE_PARTIALLY_SUCCEEDED", JobState.JOB_STATE_UNSPECIFIED),  # Vertex-only: never guessed
+        ("JOB_STATE_PARTIALLY_SUCCEEDED", JobState.JOB_STATE_PARTIALLY_SUCCEEDED),
+        (types.JobState.JOB_STATE_PAUSED, JobState.JOB_STATE_PAUSED),
+        ("JOB_STATE_UPDATING", JobState.JOB_STATE_UPDATING),
+        ("JOB_STATE_QUEUED", JobState.JOB_STATE_QUEUED),
+        ("JOB_STATE_CANCELLING", JobState.JOB_STATE_CANCELLING),
+        ("BATCH_STATE_HIBERNATING", JobState.JOB_STATE_UNSPECIFIED),  # a wire value nobody knows yet
         (None, JobState.JOB_STATE_UNSPECIFIED),
         ("nonsense", JobState.JOB_STATE_UNSPECIFIED),
     ],

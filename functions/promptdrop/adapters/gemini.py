@@ -12,6 +12,8 @@ import io
 import json
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -39,6 +41,9 @@ from promptdrop.states import JobState
 GEMINI_API_VERSION = "v1beta"
 LIST_PAGE_SIZE = 100
 MAX_SERVER_MESSAGE_CHARS = 500
+# How long a models.get verdict is reused by this process: a run checks each model before its first batch,
+# and a warm function instance submits many runs.
+MODEL_CACHE_SECONDS = 600.0
 
 _BATCH_NAME = re.compile(r"batches/[^/?#\s]+")
 # The Files API answers 403 "You do not have permission to access the File ... or it may not exist" for a
@@ -180,6 +185,8 @@ class GeminiBackend:
             raise ConfigurationError("the Gemini backend needs an API key (GEMINI_API_KEY)")
         self._secret = api_key  # kept only to cut it out of error messages
         self._owns_client = client is None
+        self._served: dict[str, tuple[bool, float]] = {}  # model -> (served, expires at, monotonic)
+        self._served_lock = threading.Lock()
         # The key is passed explicitly: left to itself the SDK prefers GOOGLE_API_KEY over GEMINI_API_KEY,
         # and vertexai=False keeps GOOGLE_GENAI_USE_VERTEXAI from switching the API underneath us.
         self._client = client or genai.Client(
@@ -247,15 +254,42 @@ class GeminiBackend:
             raise BackendTransientError(f"upload {display_name} failed: the server returned no file name")
         return UploadedFile(name=uploaded.name, uri=uploaded.uri or "")
 
-    def create_batch(self, *, model: str, file_name: str, display_name: str) -> BatchInfo:
-        """One POST with the SDK's retries off: a retried create would make (and bill) a second job."""
-        config = types.CreateBatchJobConfig(
-            display_name=display_name,
-            http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)),
+    def create_batch(self, *, model: str, file_name: str, display_name: str, priority: int = 0) -> BatchInfo:
+        """One POST with the SDK's retries off: a retried create would make (and bill) a second job.
+
+        ``priority`` has no SDK field; it rides in the body through ``extra_body`` (the batch resource's
+        int64 ``priority``, sent as a string like every int64 on the wire).
+        """
+        http_options = types.HttpOptions(
+            retry_options=types.HttpRetryOptions(attempts=1),
+            extra_body={"batch": {"priority": str(priority)}} if priority else None,
         )
+        config = types.CreateBatchJobConfig(display_name=display_name, http_options=http_options)
         with self._translated_errors(f"create batch {display_name}", creating=True):
             job = self._client.batches.create(model=model, src=file_name, config=config)
         return _batch_info_from_job(job)
+
+    def model_served(self, model: str) -> bool:
+        """``models.get``: False for 404 (or a model that cannot batch), cached for MODEL_CACHE_SECONDS."""
+        bare = model.removeprefix("models/")
+        now = time.monotonic()
+        with self._served_lock:
+            cached = self._served.get(bare)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        with self._translated_errors(f"get model {bare}"):
+            try:
+                info = self._client.models.get(model=f"models/{bare}")
+            except genai_errors.ClientError as exc:
+                if exc.code != 404:
+                    raise
+                served = False
+            else:
+                actions = info.supported_actions
+                served = not actions or "batchGenerateContent" in actions
+        with self._served_lock:
+            self._served[bare] = (served, now + MODEL_CACHE_SECONDS)
+        return served
 
     def find_batch(self, display_name: str) -> BatchInfo | None:
         """The newest batch named ``display_name``, paging through every batch of the project."""

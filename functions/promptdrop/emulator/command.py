@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"promptdrop emulator serving on {server.url} (data: {server.data_dir})", flush=True)
         # A timed wait lets the signal handlers run promptly in the main thread.
         while not stop.wait(0.5):
-            pass
+            if options.idle_seconds and server.idle_for >= options.idle_seconds:
+                print(f"promptdrop emulator: idle for {options.idle_seconds:.0f} s; stopping", flush=True)
+                break
     finally:
         remove_server_record(server.data_dir)
         server.stop()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +28,7 @@ from promptdrop.emulator.answers import Answer, answer, job_marker, response_id,
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339
+from promptdrop.models import MODELS, bare_model_id, model_spec, served_by_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class BatchRecord:
     inline_count: int | None = None
     inline_bytes: int = 0
     error: dict[str, object] | None = None
+    priority: int = 0
 
     @property
     def name(self) -> str:
@@ -104,6 +107,8 @@ def operation_json(
         metadata["endTime"] = rfc3339(job.end_time)
     metadata["batchStats"] = _batch_stats(job)
     metadata["state"] = job.state
+    if job.priority:
+        metadata["priority"] = int64(job.priority)
     operation: dict[str, object] = {"name": job.name, "metadata": metadata}
     if job.state in ACTIVE_STATES:
         return operation
@@ -154,6 +159,31 @@ class _InputMissing(Exception):
     """The input file of a job was deleted before the job ran."""
 
 
+def model_not_found(model: str, version: str, method: str) -> ApiError:
+    """The API's answer for a model id it does not serve (a retired preview id, a typo)."""
+    return ApiError(
+        404,
+        f"models/{bare_model_id(model)} is not found for API version {version}, or is not supported for "
+        f"{method}. Call ListModels to see the list of available models and their supported methods.",
+    )
+
+
+def model_json(model: str) -> dict[str, object]:
+    """The ``Model`` resource of ``models.get`` / ``models.list`` for a served id."""
+    bare = bare_model_id(model)
+    spec = model_spec(bare)
+    return {
+        "name": f"models/{bare}",
+        "baseModelId": bare,
+        "version": "001",
+        "displayName": bare,
+        "description": f"{bare} as served by the promptdrop emulator",
+        "inputTokenLimit": spec.max_input_tokens if spec else 65_536,
+        "outputTokenLimit": 32_768,
+        "supportedGenerationMethods": ["generateContent", "countTokens", "batchGenerateContent"],
+    }
+
+
 class Engine:
     """Batch jobs and files of one data folder; thread-safe."""
 
@@ -199,8 +229,29 @@ class Engine:
 
     # API -------------------------------------------------------------------------------------------
 
-    def create_batch(self, model: str, body: object) -> BatchRecord:
+    def today(self) -> date:
+        return datetime.fromtimestamp(self._clock(), UTC).date()
+
+    def serves(self, model: str) -> bool:
+        """Served: listed in the table and not past its shutdown date, or named by ``serve_models``."""
+        bare = bare_model_id(model)
+        return bare in self.options.serve_models or served_by_schedule(bare, self.today())
+
+    def served_models(self) -> list[str]:
+        today = self.today()
+        listed = [name for name in MODELS if served_by_schedule(name, today)]
+        return listed + [name for name in self.options.serve_models if name not in listed]
+
+    @property
+    def busy(self) -> bool:
+        """Some job is still PENDING or RUNNING."""
+        with self._lock:
+            return any(job.state in ACTIVE_STATES for job in self._jobs.values())
+
+    def create_batch(self, model: str, body: object, *, version: str = "v1beta") -> BatchRecord:
         """Create a job from a ``batchGenerateContent`` body (any key spelling)."""
+        if not self.serves(model):
+            raise model_not_found(model, version, "batchGenerateContent")
         normalized = camel_keys(body)
         batch = normalized.get("batch") if isinstance(normalized, dict) else None
         if not isinstance(batch, dict):
@@ -209,6 +260,10 @@ class Engine:
         if not isinstance(input_config, dict) or ("fileName" in input_config) == ("requests" in input_config):
             raise ApiError(400, "batch.inputConfig must have exactly one of fileName or requests")
         display_name = batch.get("displayName")
+        try:
+            priority = int(batch.get("priority") or 0)  # int64: a JSON string on the wire
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "batch.priority must be an integer") from exc
         job_id = random_id(36)
         now = self._clock()
         if "fileName" in input_config:
@@ -226,6 +281,7 @@ class Engine:
             request_count=request_count,
             display_name=str(display_name) if display_name else None,
             source_file=source_file,
+            priority=priority,
         )
         with self._lock:
             active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
@@ -316,7 +372,8 @@ class Engine:
             while not self._stopping.is_set():
                 now = self._clock()
                 wake = now + 1.0
-                for job in list(self._jobs.values()):
+                # Higher priority first, then oldest first (the API's documented order).
+                for job in sorted(self._jobs.values(), key=lambda j: (-j.priority, j.create_time)):
                     if job.state == PENDING:
                         due = job.create_time + self.options.pending_seconds
                         if now < due:

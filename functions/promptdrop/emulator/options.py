@@ -26,6 +26,8 @@ FAULT_ROUTES: Final = (
     "list",
     "cancel",
     "delete",
+    "model_get",
+    "model_list",
 )
 # Downloads are raw bytes, not JSON API calls, so they are faulted only when asked for by name.
 DEFAULT_FAULT_ROUTES: Final = tuple(route for route in FAULT_ROUTES if route != "download")
@@ -49,9 +51,15 @@ class EmulatorOptions:
     stall_seconds: float = 30.0
     create_stall_rate: float = 0.0  # extra stall rate for batch creates, the one call that is not idempotent
     fault_seed: int | None = None
+    # Stop after this many seconds without a call while no job is unfinished (0: never). The CLI's
+    # background emulator sets it, so it does not live for ever.
+    idle_seconds: float = 0.0
+    # Model ids served beyond the table's (those not past their shutdown date), e.g. to stand for a model
+    # the real API still serves after its announced shutdown, or one our table lacks.
+    serve_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("pending_seconds", "running_seconds", "stall_seconds"):
+        for name in ("pending_seconds", "running_seconds", "stall_seconds", "idle_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("fault_rate", "stall_rate", "create_stall_rate"):
@@ -88,10 +96,12 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
-def _route_list(text: str) -> tuple[str, ...]:
-    if text.strip() == "all":
-        return FAULT_ROUTES
+def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _route_list(text: str) -> tuple[str, ...]:
+    return FAULT_ROUTES if text.strip() == "all" else _name_list(text)
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -136,6 +146,18 @@ def argument_parser() -> argparse.ArgumentParser:
         help="extra fraction of batch creates that stall (they still create their job afterwards)",
     )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed faults and stalls (repeatable)")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without a call while no job is unfinished (default 0: never)",
+    )
+    parser.add_argument(
+        "--serve-models",
+        type=_name_list,
+        default=(),
+        help="model ids to serve besides the table's current ones (e.g. a retired id still served)",
+    )
     return parser
 
 
@@ -156,4 +178,6 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         stall_seconds=args.stall_seconds,
         create_stall_rate=args.create_stall_rate,
         fault_seed=args.fault_seed,
+        idle_seconds=args.idle_seconds,
+        serve_models=tuple(args.serve_models),
     )

@@ -17,6 +17,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from promptdrop.emulator.engine import Engine, operation_json
+from promptdrop.emulator.engine import Engine, model_json, model_not_found, operation_json
 from promptdrop.emulator.files import COPY_CHUNK, file_json
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, page_size, paginate
@@ -52,6 +53,8 @@ ROUTES: Final = [
     ("GET", rf"/{_VERSION}/files/{_ID}", "file_get"),
     ("DELETE", rf"/{_VERSION}/files/{_ID}", "file_delete"),
     ("POST", rf"/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent", "create"),
+    ("GET", rf"/{_VERSION}/models", "model_list"),
+    ("GET", rf"/{_VERSION}/models/(?P<model>[^/:]+)", "model_get"),
     ("GET", rf"/{_VERSION}/batches", "list"),
     ("GET", rf"/{_VERSION}/batches/{_ID}", "get"),
     ("POST", rf"/{_VERSION}/batches/{_ID}:cancel", "cancel"),
@@ -59,6 +62,20 @@ ROUTES: Final = [
     ("POST", rf"/{_VERSION}/batches/{_ID}:delete", "delete"),
 ]
 _COMPILED: Final = [(method, re.compile(_PREFIX + pattern), name) for method, pattern, name in ROUTES]
+
+# What the Files API takes as a MIME type: a real ``type/subtype`` (RFC 6838 characters), or the bare
+# ``jsonl`` / ``json`` shorthand the Batch API docs and cookbook upload with. Anything else is refused
+# with 400, as Google refuses it.
+_MIME_TYPE = re.compile(
+    r"(?:application|audio|font|image|model|text|video)/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+    r"(?:\s*;\s*[A-Za-z0-9_.-]+=[A-Za-z0-9_.\"-]+)*"
+)
+_MIME_SHORTHANDS: Final = frozenset({"jsonl", "json"})
+
+
+def is_real_mime_type(value: str) -> bool:
+    return value in _MIME_SHORTHANDS or _MIME_TYPE.fullmatch(value) is not None
+
 
 _FAULT_MESSAGES: Final = {
     429: "Resource has been exhausted (e.g. check quota).",
@@ -170,6 +187,7 @@ class _HttpServer(ThreadingHTTPServer):
         self.data_dir = data_dir
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
+        self.last_call = time.monotonic()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
 
@@ -235,6 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Dispatch --------------------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
+        self.server.last_call = time.monotonic()
         # A request without a body (most GETs) leaves nothing unread on the connection.
         self._body_read = (
             self.headers.get("Content-Length", "0").strip() == "0" and "Transfer-Encoding" not in self.headers
@@ -338,6 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
         mime_type = file_info.get("mimeType") or self.headers.get("X-Goog-Upload-Header-Content-Type")
         if not mime_type:
             raise ApiError(400, "The file's MIME type is missing.")
+        if not is_real_mime_type(str(mime_type)):
+            raise ApiError(400, f"Unsupported MIME type: {str(mime_type)[:100]}")
         declared = self.headers.get("X-Goog-Upload-Header-Content-Length") or file_info.get("sizeBytes")
         try:
             declared_size = None if declared is None else int(declared)
@@ -420,8 +441,25 @@ class _Handler(BaseHTTPRequestHandler):
     # Batches ---------------------------------------------------------------------------------------
 
     def _route_create(self, params: dict[str, str]) -> _Reply:
-        job = self.server.engine.create_batch(params["model"], self._json_body())
+        job = self.server.engine.create_batch(params["model"], self._json_body(), version=params["ver"])
         return _json(operation_json(job))
+
+    # Models ----------------------------------------------------------------------------------------
+
+    def _route_model_get(self, params: dict[str, str]) -> _Reply:
+        engine = self.server.engine
+        if not engine.serves(params["model"]):
+            raise model_not_found(params["model"], params["ver"], "generateContent")
+        return _json(model_json(params["model"]))
+
+    def _route_model_list(self, params: dict[str, str]) -> _Reply:
+        size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
+        models = self.server.engine.served_models()
+        page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
+        body: dict[str, object] = {"models": [model_json(m) for m in page]}
+        if token:
+            body["nextPageToken"] = token
+        return _json(body)
 
     def _route_get(self, params: dict[str, str]) -> _Reply:
         engine = self.server.engine
@@ -534,6 +572,13 @@ class EmulatorServer:
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last call; 0 while a job is unfinished (it still needs the emulator)."""
+        if self._httpd is None or self._engine is None or self._engine.busy:
+            return 0.0
+        return time.monotonic() - self._httpd.last_call
 
     @property
     def faults_injected(self) -> int:

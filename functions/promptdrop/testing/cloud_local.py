@@ -42,6 +42,8 @@ from promptdrop.testing.cloud import (
 REPO = Path(__file__).resolve().parents[3]
 FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 EXAMPLE = REPO / "examples" / "catalogue.jsonl"
+# The emulator's steering markers are kept out of the example (a real key must not pay for them).
+EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
 TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs")
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
@@ -265,8 +267,8 @@ def smoke(stack: Stack, timeout: float) -> int:
     from google.cloud import storage
 
     bucket = storage.Client(project=stack.endpoints.project).bucket(stack.bucket)
-    bucket.blob(INBOX_PREFIX + EXAMPLE.name).upload_from_filename(
-        str(EXAMPLE), content_type="application/jsonl"
+    bucket.blob(INBOX_PREFIX + EXAMPLE.name).upload_from_string(
+        EXAMPLE.read_bytes() + EMULATOR_EXTRAS.read_bytes(), content_type="application/jsonl"
     )
     print(f"uploaded gs://{stack.bucket}/{INBOX_PREFIX}{EXAMPLE.name}; waiting for its summary", flush=True)
     deadline = time.monotonic() + timeout

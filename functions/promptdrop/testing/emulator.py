@@ -134,7 +134,7 @@ def upload_jsonl(client: genai.Client, path: Path, lines: list[dict[str, Any]]) 
     return uploaded.name
 
 
-def create_inline(client: genai.Client, *prompts: str, model: str = "gemini-3-pro-image-preview") -> str:
+def create_inline(client: genai.Client, *prompts: str, model: str = "gemini-3-pro-image") -> str:
     """Create an inline-source batch of one text prompt per request and return the job name."""
     source = [types.InlinedRequest(contents=prompt) for prompt in prompts]
     job = client.batches.create(model=model, src=source)

@@ -30,6 +30,9 @@ from promptdrop.usecases.context import Context
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = (JobPhase.CREATING, JobPhase.ACTIVE)
+# A job cancelled at its deadline that still has not ended this much later (a state we do not know, a
+# cancel that did not take) is given up on: no state keeps a run waiting past its jobs' deadlines.
+DEADLINE_GRACE_SECONDS = 900.0
 
 
 @dataclass
@@ -186,7 +189,9 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
     job = _upload_input(ctx, job)
     assert job.file_name is not None
     try:
-        info = ctx.backend.create_batch(model=job.model, file_name=job.file_name, display_name=job.job_id)
+        info = ctx.backend.create_batch(
+            model=job.model, file_name=job.file_name, display_name=job.job_id, priority=job.priority
+        )
     except AmbiguousCreateError as exc:
         log.warning(
             "create may or may not have happened (%s); will look it up",
@@ -251,6 +256,18 @@ def _refresh(ctx: Context, run: Run, job: Job) -> None:
         _record_job_end(ctx, run, job, info, info.state, info.error)
         return
     changes: dict[str, object] = {"state": info.state.value, "stats": dict(info.stats)}
+    if (
+        job.error == "deadline"
+        and job.deadline_at is not None
+        and ctx.clock() >= job.deadline_at + DEADLINE_GRACE_SECONDS
+    ):
+        log.warning(
+            "job still %s long after its deadline cancel; giving up on it",
+            info.state.value,
+            extra={"run_id": run.run_id, "job": job.batch_name},
+        )
+        _record_job_end(ctx, run, job, info, info.state, "deadline")
+        return
     if job.deadline_at is not None and ctx.clock() >= job.deadline_at:
         log.warning(
             "job past PROMPTDROP_JOB_DEADLINE; cancelling",
@@ -348,6 +365,7 @@ def _resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> bool:
                             lines.get(key, 0),
                             request_line,
                             job.estimated_tokens // max(job.request_count, 1),
+                            priority=job.priority,
                         )
         new_jobs = planner.finish()
     except BaseException:

@@ -82,7 +82,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                     errors_written += 1
             else:
                 outcome = outcomes.get(line.key) or _unanswered(line, refused, cancelled)
-                entry = manifest.entry_for_outcome(line.line, outcome)
+                entry = manifest.entry_for_outcome(line.line, outcome, requested_model=line.model)
                 if outcome.usage and outcome.model:
                     tally.add_usage(outcome.model, Usage(**outcome.usage))
                 if outcome.status == "succeeded":

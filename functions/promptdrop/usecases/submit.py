@@ -14,6 +14,7 @@ import logging
 import mimetypes
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO, Literal
 
@@ -24,7 +25,7 @@ from promptdrop.cost import CostTally, Money
 from promptdrop.errors import PermanentError, TransientError
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import Outcome
-from promptdrop.models import model_spec
+from promptdrop.models import ModelChoice, choose_model, model_spec
 from promptdrop.names import file_claim_key, make_run_id, message_claim_key
 from promptdrop.prompts import LineError, ParseOptions, PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run, RunSource
@@ -201,10 +202,14 @@ def submit_run(ctx: Context, run: Run) -> Run:
     plan = _write_chunks(ctx, run, layout)
     for job in plan.jobs:
         ctx.store.create_job(job)
+    for choice in plan.models.values():
+        if choice.notice or choice.code:
+            log.warning(choice.notice or choice.message or "", extra={"run_id": run.run_id})
     run = ctx.store.update_run(
         run.run_id,
         {
             "state": RunState.SUBMITTED.value,
+            "model_choices": [choice.to_json() for choice in plan.models.values()],
             "counts": plan.counts.model_dump(),
             "cost": Cost(
                 estimate=plan.cost.total.batch, estimate_interactive=plan.cost.total.interactive
@@ -257,6 +262,7 @@ def parse_options(settings: Settings, message_defaults: Mapping[str, Any] | None
         defaults=defaults,
         max_line_bytes=settings.max_line_bytes,
         bucket_name=settings.bucket_name if settings.bucket_is_gcs else None,
+        default_priority=settings.priority,
     )
 
 
@@ -280,8 +286,28 @@ def _estimate(ctx: Context, run: Run) -> Money:
 def request_tokens(req: PromptRequest) -> int:
     """Tokens one request puts in the enqueued-token budget: its input plus the image it asks for."""
     spec = model_spec(req.model)
-    output = spec.image_tokens.get(req.image_size, spec.image_tokens[spec.default_size]) if spec else 1290
+    output = spec.tokens_for(req.image_size) if spec else 1290
     return req.estimated_input_tokens + output
+
+
+class ModelChooser:
+    """What a run's lines run on, per model id they ask for: asked of the API once per id (``models.get``)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.choices: dict[str, ModelChoice] = {}
+
+    def __call__(self, requested: str) -> ModelChoice:
+        choice = self.choices.get(requested)
+        if choice is None:
+            choice = choose_model(
+                requested,
+                self.ctx.backend.model_served,
+                policy=self.ctx.settings.retired_models,
+                today=datetime.fromtimestamp(self.ctx.clock(), UTC).date(),
+            )
+            self.choices[requested] = choice
+        return choice
 
 
 @dataclass
@@ -290,17 +316,18 @@ class _Plan:
     cost: CostTally = field(default_factory=CostTally)
     jobs: list[Job] = field(default_factory=list)
     refused: list[Outcome] = field(default_factory=list)
+    models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
 class _ChunkWriter:
     """Writes one job's request file and key list, opened lazily, closed when full."""
 
     def __init__(
-        self, ctx: Context, layout: RunLayout, run: Run, attempt: int, chunk: int, model: str
+        self, ctx: Context, layout: RunLayout, run: Run, attempt: int, chunk: int, model: str, priority: int
     ) -> None:
         self.ctx, self.layout, self.run = ctx, layout, run
         self.job_id = f"{run.run_id}-a{attempt}-c{chunk:04d}"
-        self.attempt, self.chunk, self.model = attempt, chunk, model
+        self.attempt, self.chunk, self.model, self.priority = attempt, chunk, model, priority
         self.count = self.bytes = self.tokens = 0
         self._stack = contextlib.ExitStack()
         self._requests: BinaryIO = self._stack.enter_context(
@@ -336,6 +363,7 @@ class _ChunkWriter:
             chunk=self.chunk,
             phase=JobPhase.QUEUED,
             model=self.model,
+            priority=self.priority,
             request_object=self.layout.job_requests(self.job_id),
             request_count=self.count,
             request_bytes=self.bytes,
@@ -350,24 +378,28 @@ class _ChunkWriter:
 
 
 class ChunkPlanner:
-    """Splits requests into jobs by model, request count, bytes and the enqueued-token budget."""
+    """Splits requests into jobs by model and priority, request count, bytes and the enqueued-token budget."""
 
     def __init__(self, ctx: Context, run: Run, attempt: int, first_chunk: int = 0) -> None:
         self.ctx, self.run, self.attempt = ctx, run, attempt
         self.layout = ctx.layout(run.run_id)
         self.next_chunk = first_chunk
-        self.open: dict[str, _ChunkWriter] = {}
+        self.open: dict[tuple[str, int], _ChunkWriter] = {}
         self.jobs: list[Job] = []
 
-    def add(self, model: str, key: str, line: int, request_line: bytes, tokens: int) -> None:
-        writer = self.open.get(model)
+    def add(
+        self, model: str, key: str, line: int, request_line: bytes, tokens: int, *, priority: int = 0
+    ) -> None:
+        writer = self.open.get((model, priority))
         if writer is not None and not writer.fits(len(request_line) + 1, tokens):
             self.jobs.append(writer.close())
             writer = None
         if writer is None:
-            writer = _ChunkWriter(self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model)
+            writer = _ChunkWriter(
+                self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model, priority
+            )
             self.next_chunk += 1
-            self.open[model] = writer
+            self.open[(model, priority)] = writer
         writer.add(key, line, request_line, tokens)
 
     def finish(self) -> list[Job]:
@@ -385,6 +417,7 @@ class ChunkPlanner:
 def _write_chunks(ctx: Context, run: Run, layout: RunLayout) -> _Plan:
     plan = _Plan()
     planner = ChunkPlanner(ctx, run, attempt=1)
+    choose = ModelChooser(ctx)
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -393,6 +426,11 @@ def _write_chunks(ctx: Context, run: Run, layout: RunLayout) -> _Plan:
                     plan.counts.invalid += 1
                     continue
                 try:
+                    # The API decides what is served; a retired id runs on its replacement, or is refused.
+                    choice = choose(line.model)
+                    if choice.model is None:
+                        raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
+                    model = choice.model
                     parts = resolve_images(ctx, line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
@@ -412,9 +450,12 @@ def _write_chunks(ctx: Context, run: Run, layout: RunLayout) -> _Plan:
                     )
                     continue
                 plan.counts.valid += 1
-                plan.cost.add_estimate(line.model, line.image_size, line.estimated_input_tokens)
-                planner.add(line.model, line.key, line.line, request_line, request_tokens(line))
+                plan.cost.add_estimate(model, line.image_size, line.estimated_input_tokens)
+                planner.add(
+                    model, line.key, line.line, request_line, request_tokens(line), priority=line.priority
+                )
         plan.jobs = planner.finish()
+        plan.models = choose.choices
     except BaseException:
         planner.abort()
         raise

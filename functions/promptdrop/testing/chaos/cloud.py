@@ -114,7 +114,9 @@ class CloudChaos:
         self.functions: dict[str, Child] = {}
         self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
         self.big_runs: dict[str, int] = {}
-        self.image_counts: dict[str, int] = {}  # big run id -> images seen at the last look  # run id -> lines, for the files of more than a checkpoint
+        self.image_counts: dict[
+            str, int
+        ] = {}  # big run id -> images seen at the last look  # run id -> lines, for the files of more than a checkpoint
 
     def run(self) -> SeedResult:
         self.logs.mkdir(parents=True, exist_ok=True)
