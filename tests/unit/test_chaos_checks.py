@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from promptdrop.testing.chaos.checks import CHECKS, RunView, Snapshot, count_tracebacks, judge
+from promptdrop.testing.chaos.checks import (
+    CHECKS,
+    RunView,
+    Snapshot,
+    count_tracebacks,
+    first_exception,
+    judge,
+)
 from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, mixed_file, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
@@ -117,3 +124,17 @@ def test_each_seed_has_a_job_past_a_harvest_checkpoint_and_a_re_upload() -> None
     assert max(len(f.expected_lines) for f in files) > CHECKPOINT_LINES
     assert files[-1] == files[0]
     assert seed_files(1, short=True) == files and seed_files(2, short=True) != files
+
+
+def test_the_first_exception_of_a_log_is_named_in_the_miss() -> None:
+    text_log = "ok\nTraceback (most recent call last):\n  File 'a.py'\n    x()\nValueError: boom\nlater\n"
+    json_log = json.dumps(
+        {"severity": "ERROR", "exception": "Traceback (most recent call last):\n  x\nOSError: gone"}
+    )
+    assert first_exception(text_log) == "ValueError: boom"
+    assert first_exception("plain\n" + json_log + "\n") == "OSError: gone"
+    assert first_exception("no trouble here\n") is None
+    snapshot = clean()
+    snapshot.tracebacks = {"serve-victim": 1}
+    snapshot.traceback_examples = {"serve-victim": "ValueError: boom"}
+    assert [miss.detail for miss in judge(snapshot)] == ["1 in serve-victim, first: ValueError: boom"]

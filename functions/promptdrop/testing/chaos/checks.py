@@ -5,6 +5,7 @@ Pure: ``judge(snapshot)`` returns the misses, each naming the check it failed an
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -57,6 +58,9 @@ class Snapshot:
     output_prefix: str
     batch_display_names: list[str | None]  # one per batch job the emulator holds
     tracebacks: Mapping[str, int]  # log name -> tracebacks in it
+    traceback_examples: Mapping[str, str] = field(
+        default_factory=dict
+    )  # log name -> its first exception line
     kills: Mapping[str, int] = field(default_factory=dict)  # why -> how many ("create", "harvest", ...)
     required_kills: tuple[str, ...] = ()  # kill reasons that must have happened at least once
 
@@ -161,7 +165,13 @@ def _check_batches(snap: Snapshot) -> list[Miss]:
 
 def _check_logs(snap: Snapshot) -> list[Miss]:
     return [
-        Miss("no tracebacks", f"{count} in {log}") for log, count in sorted(snap.tracebacks.items()) if count
+        Miss(
+            "no tracebacks",
+            f"{count} in {log}"
+            + (f", first: {example}" if (example := snap.traceback_examples.get(log)) else ""),
+        )
+        for log, count in sorted(snap.tracebacks.items())
+        if count
     ]
 
 
@@ -187,3 +197,25 @@ def judge(snap: Snapshot) -> list[Miss]:
 
 def count_tracebacks(text: str) -> int:
     return len(re.findall(re.escape(TRACEBACK), text))
+
+
+def first_exception(text: str) -> str | None:
+    """The exception line ending the first traceback of a log (text, or JSON lines with an ``exception``)."""
+    for line in text.splitlines():
+        if TRACEBACK not in line:
+            continue
+        block = line
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {}
+            block = str(record.get("exception") or record.get("stack_trace") or line)
+            lines = [part for part in block.splitlines() if part.strip()]
+            return lines[-1][:300] if lines else None
+        break
+    else:
+        return None
+    # A text log: the first line after the traceback's start that is not indented.
+    after = text[text.index(TRACEBACK) + len(TRACEBACK) :].splitlines()[1:]
+    return next((part[:300] for part in after if part and not part[0].isspace()), None)

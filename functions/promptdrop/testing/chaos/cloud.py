@@ -401,6 +401,7 @@ class CloudChaos:
         expected.update({m.name: m.expected_lines for m in self.messages})
         logs = {target: self.logs / f"{target}.log" for target in TARGETS}
         logs["gemini-emulator"] = self.logs / "gemini-emulator.log"
+        counts, examples = tracebacks(logs)
         return Snapshot(
             drops=dict(self.drops),
             messages=dict(self.published),
@@ -410,7 +411,8 @@ class CloudChaos:
             objects=objects,
             output_prefix=OUTPUTS,
             batch_display_names=batch_display_names(self.work / "gemini-emulator"),
-            tracebacks=tracebacks(logs),
+            tracebacks=counts,
+            traceback_examples=examples,
             kills=dict(self.kills),
             required_kills=("create", "harvest"),
         )

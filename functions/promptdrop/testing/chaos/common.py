@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from promptdrop.testing.chaos.checks import Miss, count_tracebacks
+from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
 from promptdrop.testing.chaos.prompts import PromptFile, big_file, big_lines, mixed_file
 from promptdrop.testing.cloud import free_port
@@ -140,11 +140,17 @@ def batch_display_names(emulator_dir: Path) -> list[str | None]:
     return names
 
 
-def tracebacks(logs: dict[str, Path]) -> dict[str, int]:
-    return {
-        name: count_tracebacks(path.read_text(errors="replace")) if path.exists() else 0
-        for name, path in logs.items()
-    }
+def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
+    """Tracebacks per log, and the exception line of each log's first one."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for name, path in logs.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        counts[name] = count_tracebacks(text)
+        example = first_exception(text)
+        if example:
+            examples[name] = example
+    return counts, examples
 
 
 def fault_figures(url: str) -> dict[str, object]:

@@ -251,6 +251,9 @@ class LocalChaos:
         return time.monotonic() - start
 
     def snapshot(self, store: Any) -> Snapshot:
+        counts, examples = tracebacks(
+            {name: self.logs / f"{name}.log" for name in ("serve-steady", "serve-victim", "gemini-emulator")}
+        )
         runs = [run_view(run) for run in self.runs(store)]
         manifests: dict[str, list[dict[str, Any]] | None] = {}
         for run in runs:
@@ -275,12 +278,8 @@ class LocalChaos:
             objects=objects,
             output_prefix=OUTPUTS,
             batch_display_names=batch_display_names(self.work / "gemini-emulator"),
-            tracebacks=tracebacks(
-                {
-                    name: self.logs / f"{name}.log"
-                    for name in ("serve-steady", "serve-victim", "gemini-emulator")
-                }
-            ),
+            tracebacks=counts,
+            traceback_examples=examples,
             kills=dict(self.kills),
             required_kills=("create", "harvest"),
         )
