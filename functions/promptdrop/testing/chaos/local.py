@@ -137,6 +137,7 @@ class LocalChaos:
             result.figures.update(fault_figures(url))
         finally:
             for child in (steady, victim):
+                child.wait_ready("serving ")
                 child.stop(signal.SIGINT)
             emulator.stop(signal.SIGTERM)
         snapshot = self.snapshot(store)

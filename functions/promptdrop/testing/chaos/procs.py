@@ -28,8 +28,20 @@ class Child:
         self.process: subprocess.Popen[bytes] | None = None
         self.kills = 0
         self.unexpected_exits = 0
+        self.log_offset = 0  # where this start's output begins in the log
+
+    def wait_ready(self, marker: str, timeout: float = 20.0) -> None:
+        """Until this start printed ``marker``: a SIGINT while Python still imports prints a traceback."""
+        deadline = time.monotonic() + timeout
+        while self.alive and time.monotonic() < deadline:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                if marker.encode() in log.read():
+                    return
+            time.sleep(0.05)
 
     def start(self) -> Child:
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv,
