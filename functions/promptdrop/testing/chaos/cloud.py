@@ -348,7 +348,8 @@ class CloudChaos:
                     if target not in restart_at and any(owns_client_port(child.pids(), p) for p in ports):
                         victim, reason = target, "create"
                         break
-                if victim is None and "poll_jobs" not in restart_at and self.mid_harvest():
+                harvests_left = self.kills["harvest"] < plan.harvest_kills
+                if victim is None and harvests_left and "poll_jobs" not in restart_at and self.mid_harvest():
                     victim, reason = "poll_jobs", "harvest"
                 if victim is None and now >= next_kill and self.kills["random"] < plan.random_kills:
                     alive = [t for t in self.functions if t not in restart_at]

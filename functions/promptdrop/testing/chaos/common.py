@@ -36,6 +36,7 @@ class Plan:
     stall_seconds: float
     lease_seconds: float
     random_kills: int  # kills at random moments (beside those aimed at creates and harvests)
+    harvest_kills: int  # kills aimed at harvests, at most (they leave room for the others)
     max_kills: int  # all kills together
     kill_gap: tuple[float, float]  # seconds between random kills
     chaos_seconds: float  # the longest the kill phase lasts
@@ -44,8 +45,8 @@ class Plan:
     @classmethod
     def for_mode(cls, *, short: bool) -> Plan:
         if short:
-            return cls(True, 4.0, 3.0, 3, 8, (2.0, 5.0), 45.0, 60.0)
-        return cls(False, 6.0, 4.0, 6, 16, (3.0, 8.0), 150.0, 180.0)
+            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 60.0)
+        return cls(False, 6.0, 4.0, 6, 4, 16, (3.0, 8.0), 150.0, 180.0)
 
 
 @dataclass

@@ -177,7 +177,8 @@ class LocalChaos:
         """A harvest past a checkpoint lasts a fraction of a second here: look every 10 ms."""
         while not stop.wait(0.01):
             with self.lock:
-                if self.may_kill(victim) and self.mid_harvest(victim):
+                aimed = self.kills["harvest"] < self.plan.harvest_kills
+                if aimed and self.may_kill(victim) and self.mid_harvest(victim):
                     self.kill_victim(victim, "harvest")
 
     def chaos(self, steady: Child, victim: Child, store: Any, url: str) -> None:
