@@ -105,9 +105,15 @@ def test_a_message_gives_one_run() -> None:
     assert [miss.detail for miss in judge(snapshot)] == ["message message-0: dropped 2, runs 1"]
 
 
-def test_tracebacks_are_counted() -> None:
+def test_tracebacks_are_counted_a_chain_as_one() -> None:
     text = "ok\nTraceback (most recent call last):\n  x\nTraceback (most recent call last):\n"
     assert count_tracebacks(text) == 2
+    chained = (
+        "Traceback (most recent call last):\n  x\nOSError: a\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n  y\nValueError: b\n"
+    )
+    assert count_tracebacks(chained + chained) == 2
 
 
 def test_prompt_files_expect_every_non_blank_line_but_the_defaults() -> None:

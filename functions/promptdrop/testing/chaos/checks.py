@@ -195,8 +195,15 @@ def judge(snap: Snapshot) -> list[Miss]:
     return sorted(misses, key=lambda miss: CHECKS.index(miss.check))
 
 
+_CHAINED = (
+    "The above exception was the direct cause of the following exception",
+    "During handling of the above exception, another exception occurred",
+)
+
+
 def count_tracebacks(text: str) -> int:
-    return len(re.findall(re.escape(TRACEBACK), text))
+    """Tracebacks logged; a chain of exceptions (``raise ... from``) prints several but is one."""
+    return len(re.findall(re.escape(TRACEBACK), text)) - sum(text.count(marker) for marker in _CHAINED)
 
 
 def first_exception(text: str) -> str | None:
