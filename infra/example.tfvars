@@ -28,7 +28,9 @@ region     = "us-central1"
 
 # PROMPTDROP_* settings for the functions (null keeps the code's default; see the README's table).
 # settings = {
-#   model        = "gemini-3-pro-image"
+#   model        = "gemini-3-pro-image"   # a retired *-preview id runs on its replacement
+#   retired_models = "upgrade"            # or "refuse": lines on a retired id become invalid
+#   priority     = 0
 #   max_cost_usd = 25
 #   max_attempts = 3
 #   job_deadline = "36h"

@@ -80,6 +80,8 @@ locals {
   }
   tunable_env = {
     PROMPTDROP_MODEL                = var.settings.model
+    PROMPTDROP_RETIRED_MODELS       = var.settings.retired_models
+    PROMPTDROP_PRIORITY             = var.settings.priority
     PROMPTDROP_MAX_COST_USD         = var.settings.max_cost_usd
     PROMPTDROP_MAX_ATTEMPTS         = var.settings.max_attempts
     PROMPTDROP_JOB_DEADLINE         = var.settings.job_deadline
@@ -208,7 +210,12 @@ data "archive_file" "functions_source" {
   type        = "zip"
   source_dir  = "${path.module}/../functions"
   output_path = "${path.module}/.terraform/functions-source.zip"
-  excludes    = ["**/__pycache__/**", "**/*.pyc", "*.egg-info/**", "**/.pytest_cache/**", "**/.mypy_cache/**"]
+  # The CLI and the bundled emulator are local tools: the functions never import them
+  # (tests/unit/test_deployed_archive.py checks the import graph of main.py against this list).
+  excludes = [
+    "**/__pycache__/**", "**/*.pyc", "*.egg-info/**", "**/.pytest_cache/**", "**/.mypy_cache/**",
+    "promptdrop/emulator/**", "promptdrop/cli.py",
+  ]
 }
 
 resource "google_storage_bucket_object" "functions_source" {

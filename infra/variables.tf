@@ -104,6 +104,8 @@ variable "settings" {
   description = "Optional promptdrop settings passed to every function as PROMPTDROP_* variables; null keeps the code's default."
   type = object({
     model                = optional(string)
+    retired_models       = optional(string) # "upgrade" (default) or "refuse"
+    priority             = optional(number)
     max_cost_usd         = optional(number)
     max_attempts         = optional(number)
     job_deadline         = optional(string) # e.g. "36h"

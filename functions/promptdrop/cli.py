@@ -1,4 +1,4 @@
-"""The `promptdrop` command line: run, serve, status, cancel, extract, emulator.
+"""The `promptdrop` command line: run, serve, status, open, cancel, extract, emulator.
 
 Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CANCELLED (and errors),
 2 for a usage or configuration error.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+import webbrowser
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import orjson
 import typer
@@ -29,6 +32,7 @@ from rich.table import Table
 from promptdrop import logs, prompts
 from promptdrop.cost import CostTally
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
+from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
 from promptdrop.models import predict_choice
 from promptdrop.records import Run
@@ -36,7 +40,6 @@ from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases import poll, submit
 from promptdrop.usecases.context import Context
-from promptdrop.wiring import emulator_url
 
 app = typer.Typer(
     name="promptdrop",
@@ -57,6 +60,15 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _launch_emulator(settings: Settings) -> str:
+    """The bundled emulator serving this state folder: reused if running, else started in the background."""
+    from promptdrop.emulator import EmulatorOptions
+    from promptdrop.emulator.launcher import ensure_emulator
+
+    options = EmulatorOptions(image_scale=settings.emulator_image_scale, idle_seconds=settings.emulator_idle)
+    return ensure_emulator(settings.emulator_dir, options)
+
+
 def _context(settings: Settings) -> Context:
     from promptdrop.wiring import build_context
 
@@ -69,7 +81,7 @@ def _context(settings: Settings) -> Context:
             "Images are placeholders drawn locally; nothing is billed.[/yellow]"
         )
     try:
-        return build_context(settings)
+        return build_context(settings, _launch_emulator)
     except ConfigurationError as exc:
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -244,6 +256,7 @@ def _print_result(ctx: Context, run_record: Run) -> None:
     out.print(f"images:   {base}{layout.folder}images/")
     out.print(f"manifest: {base}{layout.manifest}")
     out.print(f"summary:  {base}{layout.summary}")
+    out.print(f"gallery:  {gallery_location(ctx.settings, run_record.run_id)}  (promptdrop open)")
 
 
 @app.command()
@@ -266,7 +279,7 @@ def serve(
                 if keep_emulator:
                     # A call each tick keeps the background emulator from stopping on its idle timer
                     # while `serve` may still need it (the backend keeps the URL it was built with).
-                    emulator_url(settings)
+                    _launch_emulator(settings)
                 for run_id in watcher.scan():
                     err.print(f"claimed {run_id}")
                 report = poll.tick(ctx)
@@ -356,11 +369,69 @@ def status(
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
         out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        if record.state.terminal:
+            out.print(
+                f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"
+            )
+        else:
+            out.print("gallery: written when the run ends (promptdrop open)")
         for job in jobs:
             out.print(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def gallery_location(settings: Settings, run_id: str) -> str:
+    """Where a run's gallery page opens: the local file, or the Cloud Storage authenticated browser URL."""
+    name = RunLayout.of(settings.output_prefix, run_id).gallery
+    if settings.bucket_is_gcs:
+        return f"https://storage.cloud.google.com/{settings.bucket_name}/{quote(name)}"
+    return str((Path(settings.bucket) / name).resolve())
+
+
+@app.command("open")
+def open_gallery(
+    run_id: Annotated[str | None, typer.Argument(help="A run id; the latest run when omitted")] = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print where the page is")] = False,
+) -> None:
+    """Print where a run's gallery page is and open it in a browser when one is available."""
+    settings = _settings()
+    from promptdrop.wiring import blob_store, job_store
+
+    store = job_store(settings)
+    if run_id is None:
+        runs = store.list_runs(None)
+        if not runs:
+            err.print("no runs yet: start one with `promptdrop run FILE`")
+            raise typer.Exit(1)
+        record: Run | None = max(runs, key=lambda r: r.created_at)
+    else:
+        record = store.get_run(run_id)
+    if record is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    location = gallery_location(settings, record.run_id)
+    page = RunLayout.of(settings.output_prefix, record.run_id).gallery
+    if blob_store(settings).stat(page) is None:
+        out.print(location, highlight=False, markup=False)
+        why = (
+            "it has no page (it ended before promptdrop wrote gallery pages)"
+            if record.state.terminal
+            else "its page is written when the run ends"
+        )
+        err.print(f"{record.run_id} is {record.state.value}: {why}")
+        raise typer.Exit(1)
+    out.print(location, highlight=False, markup=False)  # plain: for copy, paste and scripts
+    # Only for a person at a terminal: tests, CI and pipes never get a browser window.
+    if not no_browser and sys.stdout.isatty():
+        target = location if settings.bucket_is_gcs else Path(location).as_uri()
+        try:
+            opened = webbrowser.open(target)
+        except webbrowser.Error:
+            opened = False
+        if not opened:
+            err.print("no browser available here: open the path above yourself")
 
 
 @app.command()

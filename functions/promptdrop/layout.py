@@ -35,6 +35,11 @@ class RunLayout:
         """Depends only on (run, key): a harvest run twice writes the same object once."""
         return f"{self.folder}images/{check_key(key)}.{extension}"
 
+    @property
+    def gallery(self) -> str:
+        """The gallery's first page; thumbnails live under ``thumbs/``."""
+        return self.folder + "index.html"
+
     # Scratch space, deleted when the run ends (and by the bucket's lifecycle rule in the cloud).
     @property
     def work(self) -> str:
@@ -59,6 +64,10 @@ class RunLayout:
 
     def job_results(self, job_id: str) -> str:
         return self.job_folder(job_id) + "results.jsonl"
+
+    def job_results_part(self, job_id: str, part: int) -> str:
+        """One piece of a copied results file; the pieces read in order are the file."""
+        return f"{self.job_folder(job_id)}results-{part:06d}.jsonl"
 
     def job_outcomes(self, job_id: str, part: int) -> str:
         return f"{self.job_folder(job_id)}outcomes-{part:06d}.jsonl"

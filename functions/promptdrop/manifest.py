@@ -182,6 +182,7 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
                 "attempt": job.attempt,
                 "requests": job.request_count,
                 "model": job.model,
+                "priority": job.priority,
             }
             for job in jobs
         ],

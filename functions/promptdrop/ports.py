@@ -181,8 +181,8 @@ class BatchBackend(Protocol):
 
     def cancel_batch(self, name: str) -> None: ...
 
-    def download_file(self, file_name: str, destination: BinaryIO) -> None:
-        """Stream a file's bytes into ``destination`` (never whole in memory)."""
+    def download_file(self, file_name: str, destination: BinaryIO, *, start: int = 0) -> None:
+        """Stream a file's bytes from byte ``start`` into ``destination`` (never whole in memory)."""
         ...
 
     def delete_file(self, file_name: str) -> None:

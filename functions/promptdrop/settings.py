@@ -63,10 +63,25 @@ class Settings(BaseModel):
     max_jobs_in_flight: int = 50  # the API allows 100 concurrent batch jobs per project
     inline_image_max_bytes: int = 4 * MiB  # larger reference images go through the Files API
     upload_concurrency: int = 16
+    # Bytes of decoded images one process holds queued or being written, across all the runs of a tick,
+    # and how many runs a tick advances at once: together they bound the poller's memory (PERFORMANCE.md).
+    harvest_memory_budget: int = 256 * MiB
+    tick_concurrency: int = 4
+    # The Files API keeps 20 GB per project: inputs of jobs not yet harvested stay below this, leaving room
+    # for the results files waiting to be harvested.
+    max_input_bytes_in_flight: int = 10 * GiB
+    # A trigger (file, message) submits what it claimed only up to this size; larger files are claimed and
+    # left to the poller, so the trigger answers within seconds (no 429/504 that would dead-letter it).
+    submit_on_claim_max_bytes: int = 16 * MiB
     lease_seconds: float = 300.0
     harvest_time_budget: float = 0.0  # seconds per invocation; 0 = no budget (local)
+    # A results file is copied into the bucket in parts of this size, each recorded when whole: the unit
+    # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
+    results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
+    gallery_page_size: int = 500  # cards per gallery page
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
     emulator_idle: float = 900.0  # seconds; the background emulator the CLI starts stops after this idle time
     log_format: Literal["text", "json"] = "text"

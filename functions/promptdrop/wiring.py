@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from promptdrop.errors import ConfigurationError
@@ -51,16 +52,12 @@ def notifier(settings: Settings) -> Notifier:
     return EventsLog(settings.events_log)
 
 
-def emulator_url(settings: Settings) -> str:
-    """The bundled emulator serving this state folder: reused if running, else started in the background."""
-    from promptdrop.emulator import EmulatorOptions
-    from promptdrop.emulator.launcher import ensure_emulator
-
-    options = EmulatorOptions(image_scale=settings.emulator_image_scale, idle_seconds=settings.emulator_idle)
-    return ensure_emulator(settings.emulator_dir, options)
+# Starts (or finds) the bundled emulator and returns its URL. The CLI passes one in; the deployed functions
+# never do, so the emulator package stays out of their import graph (and out of the function archive).
+EmulatorLauncher = Callable[[Settings], str]
 
 
-def backend(settings: Settings) -> BatchBackend:
+def backend(settings: Settings, emulator_launcher: EmulatorLauncher | None = None) -> BatchBackend:
     from promptdrop.adapters.gemini import GeminiBackend
 
     if settings.backend == "gemini":
@@ -68,12 +65,16 @@ def backend(settings: Settings) -> BatchBackend:
             raise ConfigurationError("PROMPTDROP_BACKEND=gemini needs GEMINI_API_KEY")
         register_secret(settings.api_key.get_secret_value())
         return GeminiBackend.from_settings(settings)
-    base_url = settings.gemini_base_url or emulator_url(settings)
+    base_url = settings.gemini_base_url
+    if base_url is None:
+        if emulator_launcher is None:
+            raise ConfigurationError("PROMPTDROP_BACKEND=emulator needs PROMPTDROP_GEMINI_BASE_URL here")
+        base_url = emulator_launcher(settings)
     key = settings.api_key.get_secret_value() if settings.api_key else EMULATOR_KEY
     return GeminiBackend(key, base_url=base_url)
 
 
-def build_context(settings: Settings) -> Context:
+def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None = None) -> Context:
     if settings.in_cloud:
         settings.require_cloud_ready()
     if settings.api_key is not None:
@@ -83,5 +84,5 @@ def build_context(settings: Settings) -> Context:
         blobs=blob_store(settings),
         store=job_store(settings),
         notifier=notifier(settings),
-        backend_factory=lambda: backend(settings),
+        backend_factory=lambda: backend(settings, emulator_launcher),
     )

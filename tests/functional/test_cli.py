@@ -257,3 +257,97 @@ def test_run_then_status_then_serve_see_the_same_jobs(tmp_path: Path, emulator_f
     assert summary["counts"] == {"lines": 3, "succeeded": 2, "failed": 0, "invalid": 1}
     assert summary["cost"]["batch"] == pytest.approx(2 * 0.0672, abs=0.002)
     assert sorted(p.name for p in (outputs(home, run_id) / "images").iterdir()) == ["apple.png", "pear.png"]
+
+
+def _on_a_terminal(env: dict[str, str], *args: str, cwd: Path) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal, as a person at a shell would."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [*CLI, *args], env=env, cwd=cwd, stdout=follower, stderr=subprocess.PIPE, timeout=60, check=False
+        )
+        os.close(follower)
+        follower = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return done.returncode, (b"".join(chunks) + done.stderr).decode()
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+
+
+def test_open_prints_the_gallery_page_and_status_mentions_it(tmp_path: Path, emulator_factory: Any) -> None:
+    """`open` (latest run by default) prints the page's path; a browser is tried only on a terminal."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    prompt_file = tmp_path / "fruit.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, BAD_RATIO))
+    done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.splitlines()[0].strip()
+    page = outputs(home, run_id).resolve() / "index.html"
+    assert f"gallery:  {page}" in done.stdout
+
+    latest = promptdrop(env, "open", cwd=tmp_path)
+    named = promptdrop(env, "open", run_id, "--no-browser", cwd=tmp_path)
+    assert latest.returncode == named.returncode == 0, latest.stderr + named.stderr
+    assert latest.stdout.strip() == named.stdout.strip() == str(page)
+    assert "browser" not in latest.stderr  # stdout is a pipe here: no browser is even tried
+    shown = promptdrop(env, "status", run_id, cwd=tmp_path)
+    assert f"gallery: {page}" in " ".join(shown.stdout.split())
+
+    # On a terminal: a browser that works, one that fails, and --no-browser (which never calls one).
+    opened = tmp_path / "opened.txt"
+    works = {**env, "BROWSER": f"sh -c 'echo %s > {opened}'"}
+    code, text = _on_a_terminal(works, "open", run_id, cwd=tmp_path)
+    assert code == 0 and str(page) in text, text
+    assert opened.read_text().strip() == page.as_uri()
+    code, text = _on_a_terminal({**env, "BROWSER": "false"}, "open", run_id, cwd=tmp_path)
+    assert code == 0 and "no browser available" in text, text
+    opened.unlink()
+    code, text = _on_a_terminal(works, "open", run_id, "--no-browser", cwd=tmp_path)
+    assert code == 0 and not opened.exists(), text
+
+    unknown = promptdrop(env, "open", "nope-00000000", cwd=tmp_path)
+    assert unknown.returncode == 1 and "no run nope-00000000" in unknown.stderr
+
+
+def test_open_of_a_run_still_going_says_when_its_page_comes(tmp_path: Path, emulator_factory: Any) -> None:
+    """A run that has not ended has no page yet: `open` says so and exits 1; `status` says when it comes."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    home = tmp_path / "home"
+    env = cli_env(home, emulator)
+    prompt_file = tmp_path / "slow.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD))
+    submitted = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+
+    pending = promptdrop(env, "open", cwd=tmp_path)
+    assert pending.returncode == 1
+    assert pending.stdout.strip().endswith(f"outputs/{run_id}/index.html")
+    assert "written when the run ends" in pending.stderr
+    assert "written when the run ends" in promptdrop(env, "status", run_id, cwd=tmp_path).stdout
+
+
+def test_gallery_location_of_a_cloud_bucket_is_the_authenticated_browser_url() -> None:
+    """For gs:// the page opens through Cloud Storage's authenticated browser URL."""
+    from promptdrop.cli import gallery_location
+    from promptdrop.settings import Settings
+
+    settings = Settings.from_env({"PROMPTDROP_BUCKET": "gs://my-bucket"})
+    assert (
+        gallery_location(settings, "cat-1234abcd")
+        == "https://storage.cloud.google.com/my-bucket/outputs/cat-1234abcd/index.html"
+    )

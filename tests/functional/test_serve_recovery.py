@@ -89,7 +89,7 @@ def test_serve_killed_mid_harvest_finishes_on_restart_with_no_missing_or_duplica
         first.wait()
     written_before = {p.name: p.stat() for p in images_of(images)}
     assert CHECKPOINT_LINES < len(written_before) < LINES, "the harvest was not killed mid-way"
-    assert list(folder.glob("_work/jobs/*/results.jsonl")), "no results file at the kill"
+    assert list(folder.glob("_work/jobs/*/results-*.jsonl")), "no copied results at the kill"
     (job,) = store(env).list_jobs(run_id)
     assert job.harvest_part >= 1 and job.harvest_offset > 0
     checkpointed = [

@@ -75,6 +75,15 @@ def test_upload_runs_through_notification_bridge_functions_and_ticks_to_outputs(
     images = deployment.images(run)
     assert sorted(images) == sorted(entry["image"] for entry in manifest if entry["status"] == "succeeded")
     assert all(deployment.read(name).startswith(b"\x89PNG") for name in images)
+    # The gallery: a page served as HTML and a WebP thumbnail per image, made by the deployed functions.
+    bucket = deployment.storage.bucket(deployment.bucket)
+    page = bucket.get_blob(run.output_folder + "index.html")
+    assert page is not None and page.content_type == "text/html; charset=utf-8"
+    assert page.download_as_bytes().count(b'<article class="card') == 13
+    thumbs = deployment.storage.list_blobs(deployment.bucket, prefix=run.output_folder + "thumbs/")
+    assert sorted((t.name, t.content_type) for t in thumbs) == sorted(
+        (name.replace("/images/", "/thumbs/").removesuffix(".png") + ".webp", "image/webp") for name in images
+    )
     (event,) = deployment.events(1)
     assert event == {
         "schema_version": 1,

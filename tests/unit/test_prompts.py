@@ -906,3 +906,41 @@ def test_request_line_appends_reference_images_to_the_first_content() -> None:
 def test_line_error_to_json() -> None:
     """LineError serialises to the manifest's error object."""
     assert LineError("bad_json", "m").to_json() == {"code": "bad_json", "message": "m", "retryable": False}
+
+
+@pytest.mark.parametrize(
+    ("lines", "options", "expected"),
+    [
+        ([{"prompt": "a"}], OPTIONS, 0),
+        ([{"prompt": "a"}], ParseOptions(default_model=PRO, default_priority=3), 3),
+        (
+            [{"defaults": {"priority": 5}}, {"prompt": "a"}],
+            ParseOptions(default_model=PRO, default_priority=3),
+            5,
+        ),
+        ([{"defaults": {"priority": 5}}, {"prompt": "a", "priority": -2}], OPTIONS, -2),
+        ([{"key": "n", "request": {"contents": [{"parts": [{"text": "x"}]}]}, "priority": 7}], OPTIONS, 7),
+    ],
+)
+def test_priority_from_line_then_file_defaults_then_setting(
+    lines: list[dict[str, Any]], options: ParseOptions, expected: int
+) -> None:
+    *_, last = parse(jsonl(*lines), options)
+    assert isinstance(last, PromptRequest), last
+    assert last.priority == expected
+
+
+@pytest.mark.parametrize("value", ["5", 1.5, True, 2**63, None])
+def test_priority_must_be_an_int64(value: object) -> None:
+    line: dict[str, Any] = {"prompt": "a", "priority": value}
+    parsed = parse_one(line)
+    if value is None:
+        assert isinstance(parsed, PromptRequest)
+        return
+    assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_priority"
+
+
+def test_file_default_priority_is_written_into_the_input_form() -> None:
+    """errors.jsonl dropped back in keeps the priority the file's defaults gave the line."""
+    *_, line = parse(jsonl({"defaults": {"priority": 4}}, {"key": "k", "prompt": "a"}))
+    assert isinstance(line, PromptRequest) and line.input_form["priority"] == 4

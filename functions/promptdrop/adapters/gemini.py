@@ -14,10 +14,12 @@ import os
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import orjson
 import pydantic
@@ -39,6 +41,8 @@ from promptdrop.states import JobState
 
 # SDK 3.x defaults to v1; the Batch API docs and every example use v1beta.
 GEMINI_API_VERSION = "v1beta"
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+DOWNLOAD_CHUNK = 1024 * 1024
 LIST_PAGE_SIZE = 100
 MAX_SERVER_MESSAGE_CHARS = 500
 # How long a models.get verdict is reused by this process: a run checks each model before its first batch,
@@ -185,6 +189,8 @@ class GeminiBackend:
             raise ConfigurationError("the Gemini backend needs an API key (GEMINI_API_KEY)")
         self._secret = api_key  # kept only to cut it out of error messages
         self._owns_client = client is None
+        self._base_url = (base_url or GEMINI_BASE_URL).rstrip("/")
+        self._timeout_s = timeout_s
         self._served: dict[str, tuple[bool, float]] = {}  # model -> (served, expires at, monotonic)
         self._served_lock = threading.Lock()
         # The key is passed explicitly: left to itself the SDK prefers GOOGLE_API_KEY over GEMINI_API_KEY,
@@ -335,15 +341,53 @@ class GeminiBackend:
         with self._translated_errors(f"cancel {name}"):
             self._client.batches.cancel(name=name)
 
-    def download_file(self, file_name: str, destination: BinaryIO) -> None:
-        """Stream the file into ``destination`` in 1 MiB chunks.
+    def download_file(self, file_name: str, destination: BinaryIO, *, start: int = 0) -> None:
+        """Stream the file from byte ``start`` into ``destination``, as the bytes arrive (at most 1 MiB a write).
 
-        The SDK does not retry downloads, and neither do we: bytes already written to an arbitrary stream
-        cannot be taken back, so the caller starts again with a fresh destination.
+        The Files API's documented media download (``GET /download/v1beta/files/ID:download?alt=media``) with
+        a ``Range`` header, on the standard library's HTTP client: the SDK's ``files.download`` can neither
+        ask for a range (it accepts only a 200) nor hand over less than a whole 1 MiB chunk, and a copy that
+        a time budget may stop between parts needs both. A server that ignores the range answers 200 with
+        the whole file, whose first ``start`` bytes are skipped. Downloads are not retried here: bytes
+        already written cannot be taken back, so the caller resumes from what it recorded as written.
         """
-        with self._translated_errors(f"download {file_name}"):
-            # Typed io.IOBase in the SDK, which only ever calls destination.write(chunk).
-            self._client.files.download(file=file_name, destination=cast(io.IOBase, destination))
+        file_id = file_name.removeprefix("files/")
+        url = f"{self._base_url}/download/{GEMINI_API_VERSION}/files/{file_id}:download?alt=media"
+        request = urllib.request.Request(  # noqa: S310 - the configured API endpoint, http(s) only
+            url, headers={"x-goog-api-key": self._secret, "Range": f"bytes={start}-"}
+        )
+        if not url.startswith(("https://", "http://")):
+            raise ConfigurationError("the Gemini base URL must be http(s)")
+        action = f"download {file_name} from byte {start}"
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:  # noqa: S310
+                skip = start if response.status == 200 else 0
+                if response.status == 206 and not str(response.headers.get("Content-Range", "")).startswith(
+                    f"bytes {start}-"
+                ):
+                    raise BackendTransientError(f"{action} failed: the server sent another range")
+                while block := response.read1(DOWNLOAD_CHUNK):
+                    if skip:
+                        dropped = min(skip, len(block))
+                        skip -= dropped
+                        block = block[dropped:]
+                        if not block:
+                            continue
+                    destination.write(block)
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+            error_type: type[BackendError] = (
+                BackendNotFoundError
+                if code == 404
+                else BackendTransientError
+                if code in (408, 429) or code >= 500
+                else BackendPermanentError
+            )
+            raise error_type(f"{action} failed: HTTP {code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            message = f"{action} failed: {type(exc).__name__}: {reason}".replace(self._secret, "[redacted]")
+            raise BackendTransientError(message) from None
 
     def delete_file(self, file_name: str) -> None:
         """Delete a file; one that is already gone (404, or the Files API's 403) is fine."""

@@ -57,9 +57,18 @@ class EmulatorOptions:
     # Model ids served beyond the table's (those not past their shutdown date), e.g. to stand for a model
     # the real API still serves after its announced shutdown, or one our table lacks.
     serve_models: tuple[str, ...] = ()
+    # Throttle file downloads to this many bytes per second (0: as fast as the disk), so a test can make a
+    # results copy outlast a function's time budget.
+    download_bytes_per_second: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("pending_seconds", "running_seconds", "stall_seconds", "idle_seconds"):
+        for name in (
+            "pending_seconds",
+            "running_seconds",
+            "stall_seconds",
+            "idle_seconds",
+            "download_bytes_per_second",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("fault_rate", "stall_rate", "create_stall_rate"):
@@ -153,6 +162,12 @@ def argument_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds without a call while no job is unfinished (default 0: never)",
     )
     parser.add_argument(
+        "--download-bytes-per-second",
+        type=float,
+        default=0.0,
+        help="throttle file downloads (default 0: unthrottled)",
+    )
+    parser.add_argument(
         "--serve-models",
         type=_name_list,
         default=(),
@@ -180,4 +195,5 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         fault_seed=args.fault_seed,
         idle_seconds=args.idle_seconds,
         serve_models=tuple(args.serve_models),
+        download_bytes_per_second=args.download_bytes_per_second,
     )

@@ -155,16 +155,35 @@ class _Reply:
     length: int | None = None
     content_type: str = "application/json; charset=UTF-8"
     headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
 
 
 def _json(value: object, headers: dict[str, str] | None = None) -> _Reply:
     return _Reply(orjson.dumps(value), headers=headers or {})
 
 
-def _stream_file(stream: IO[bytes]) -> Iterator[bytes]:
-    with stream:
-        while block := stream.read(COPY_CHUNK):
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+def _stream_file(
+    path: Path, start: int, length: int, rate: float, stopping: threading.Event, count: Callable[[int], None]
+) -> Iterator[bytes]:
+    """``length`` bytes of ``path`` from ``start``, opened only once the body is sent, at most ``rate`` B/s."""
+    began = time.monotonic()
+    sent = 0
+    # Throttled, the bytes go out in pieces of about 1/20 s, as from a slow link, not in 1 MiB bursts.
+    piece = min(COPY_CHUNK, max(4096, int(rate / 20))) if rate else COPY_CHUNK
+    with path.open("rb") as stream:
+        stream.seek(start)
+        while sent < length and (block := stream.read(min(piece, length - sent))):
+            if rate:
+                # Sleep until this block is due; a stopping server stops waiting.
+                due = began + (sent + len(block)) / rate
+                if stopping.wait(max(0.0, due - time.monotonic())):
+                    return
+            sent += len(block)
             yield block
+            count(len(block))  # counted once the handler's write of it returned
 
 
 def _inline_items(stream: IO[bytes]) -> Iterator[bytes]:
@@ -188,6 +207,8 @@ class _HttpServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
         self.last_call = time.monotonic()
+        self.bytes_downloaded = 0  # file bytes sent by the download routes (tests measure copies with it)
+        self._counter_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
 
@@ -197,6 +218,10 @@ class _HttpServer(ThreadingHTTPServer):
             logger.debug("client %s went away: %s", client_address, sys.exc_info()[1])
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+    def count_download(self, size: int) -> None:
+        with self._counter_lock:
+            self.bytes_downloaded += size
 
     def track(self, connection: socket.socket, *, open_: bool) -> None:
         with self._connections_lock:
@@ -288,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("emulator failed on %s %s", method, path)
             self._send(_json(ApiError(500, "Internal error in the emulator.").body()), status=500)
             return
-        self._send(reply, status=200)
+        self._send(reply, status=reply.status)
 
     def _send(self, reply: _Reply, *, status: int) -> None:
         if not self._body_read:
@@ -304,11 +329,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if isinstance(body, bytes):
-            self.wfile.write(body)
-        else:
-            for block in body:
-                self.wfile.write(block)
+        try:
+            if isinstance(body, bytes):
+                self.wfile.write(body)
+            else:
+                for block in body:
+                    self.wfile.write(block)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client stopped reading (a copy paused at its time budget, a killed worker): not our error.
+            self.close_connection = True
 
     def _authenticate(self) -> None:
         key = self.headers.get("x-goog-api-key") or self._query.get("key")
@@ -431,12 +460,31 @@ class _Handler(BaseHTTPRequestHandler):
     def _route_download(self, params: dict[str, str]) -> _Reply:
         files = self.server.engine.files
         record = files.get(params["id"])
-        try:
-            stream = files.data_path(record.id).open("rb")
-        except FileNotFoundError as exc:
-            raise ApiError(404, f"File {record.name} does not exist.") from exc
+        path = files.data_path(record.id)
+        if not path.exists():
+            raise ApiError(404, f"File {record.name} does not exist.")
         mime_type = record.mime_type if "/" in record.mime_type else "application/octet-stream"
-        return _Reply(_stream_file(stream), length=record.size, content_type=mime_type)
+        start, end = 0, record.size - 1
+        headers: dict[str, str] = {"Accept-Ranges": "bytes"}
+        wanted = _RANGE.fullmatch(self.headers.get("Range", "").strip())
+        if wanted:
+            start = int(wanted.group(1))
+            end = min(int(wanted.group(2)) if wanted.group(2) else end, record.size - 1)
+            if start >= record.size or start > end:
+                raise ApiError(416, f"Range not satisfiable: the file has {record.size} bytes")
+            headers["Content-Range"] = f"bytes {start}-{end}/{record.size}"
+        server = self.server
+        body = _stream_file(
+            path,
+            start,
+            end + 1 - start,
+            server.engine.options.download_bytes_per_second,
+            server.stopping,
+            server.count_download,
+        )
+        reply = _Reply(body, length=end + 1 - start, content_type=mime_type, headers=headers)
+        reply.status = 206 if wanted else 200
+        return reply
 
     # Batches ---------------------------------------------------------------------------------------
 
@@ -454,7 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_model_list(self, params: dict[str, str]) -> _Reply:
         size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
-        models = self.server.engine.served_models()
+        models = sorted(self.server.engine.served_models(), reverse=True)  # paginate wants descending keys
         page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
         body: dict[str, object] = {"models": [model_json(m) for m in page]}
         if token:
@@ -579,6 +627,11 @@ class EmulatorServer:
         if self._httpd is None or self._engine is None or self._engine.busy:
             return 0.0
         return time.monotonic() - self._httpd.last_call
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """File bytes sent by the download routes since start."""
+        return self._httpd.bytes_downloaded if self._httpd else 0
 
     @property
     def faults_injected(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,33 @@ def owner_is_dead_local_process(owner: str) -> bool:
     return False
 
 
+class ByteBudget:
+    """Bytes of images a process may hold queued or in flight, shared by every run a tick advances.
+
+    ``acquire`` waits while the budget is spent; one image larger than the whole budget still goes, alone,
+    so nothing can wait for ever. Each run's own thread holds at most one more decoded image and its
+    result line beside this (see docs/PERFORMANCE.md for the measured totals).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self.used and self.used + size > self.limit:
+                self._cond.wait()
+            self.used += size
+            self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.used -= size
+            self._cond.notify_all()
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -47,6 +75,10 @@ class Context:
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=default_owner)
     _backend: BatchBackend | None = None
+    image_budget: ByteBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.image_budget = ByteBudget(self.settings.harvest_memory_budget)
 
     @property
     def backend(self) -> BatchBackend:

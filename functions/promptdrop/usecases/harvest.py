@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -27,7 +28,9 @@ from promptdrop.prompts import LineError
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
-from promptdrop.usecases.context import Context
+from promptdrop.usecases import results_copy
+from promptdrop.usecases.context import ByteBudget, Context
+from promptdrop.usecases.gallery import thumbnails_for
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +39,23 @@ CHECKPOINT_BYTES = 256 * 1024 * 1024
 
 
 class ImageWriter:
-    """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held.
+    """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held,
+    and no more bytes than ``budget`` allows (a budget shared by every run of the tick).
 
     One image waiting beside those being written keeps every writer busy (the caller decodes the next while
     they work); a deeper queue would only hold more megabytes when writes stall.
     """
 
-    def __init__(self, blobs: BlobStore, concurrency: int) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        concurrency: int,
+        budget: ByteBudget | None = None,
+        after_write: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.blobs = blobs
+        self.budget = budget or ByteBudget(1 << 62)
+        self.after_write = after_write  # e.g. the gallery's thumbnail, made in the same writer thread
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
         self._slots = threading.BoundedSemaphore(self.concurrency + 1)
@@ -52,13 +64,23 @@ class ImageWriter:
         self._lock = threading.Lock()
 
     def submit(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
+        size = len(data)
         if self.concurrency == 1:
-            self._write(name, data, content_type, metadata)
+            self.budget.acquire(size)
+            try:
+                self._write(name, data, content_type, metadata)
+            finally:
+                self.budget.release(size)
             return
         self._slots.acquire()
+        self.budget.acquire(size)
         future = self._pool.submit(self._write, name, data, content_type, metadata)
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._done(size))
         self._pending.append(future)
+
+    def _done(self, size: int) -> None:
+        self.budget.release(size)
+        self._slots.release()
 
     def _write(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
         try:
@@ -68,6 +90,9 @@ class ImageWriter:
             # it becomes that line's failure instead of stopping the whole harvest forever.
             with self._lock:
                 self._refused[name] = str(exc)
+            return
+        if self.after_write is not None:
+            self.after_write(name, data)
 
     def flush(self) -> dict[str, str]:
         """Wait until every submitted image is written. Re-raise the first transient failure; return the
@@ -202,20 +227,22 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
     """Harvest one terminal job. True when done; False when the time budget ran out (resume next tick)."""
     layout = ctx.layout(run.run_id)
     extra = {"run_id": run.run_id, "job": job.batch_name or job.job_id}
-    if job.results_file and not job.results_object:
-        # Streamed once from the Files API into the bucket (in a Cloud Function the disk is memory).
-        with ctx.blobs.open_write(layout.job_results(job.job_id), content_type="application/jsonl") as out:
-            ctx.backend.download_file(job.results_file, out)
-        job = ctx.store.update_job(job.job_id, {"results_object": layout.job_results(job.job_id)})
-        log.info("results downloaded", extra=extra)
+    if job.results_file and not job.results_object and not job.results_copy_done:
+        # Copied from the Files API into the bucket (in a Cloud Function the disk is memory), in parts
+        # that a time budget or a kill can cut off without losing what was copied.
+        job, copied = results_copy.copy_results(ctx, run, job, deadline)
+        if not copied:
+            return False
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
-    with ImageWriter(ctx.blobs, ctx.settings.upload_concurrency) as writer:
+    with ImageWriter(
+        ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget, after_write=thumbnails_for(ctx, layout)
+    ) as writer:
         cp = _Checkpointer(ctx, run, job, writer)
-        if job.results_object and job.harvest_offset >= 0:
+        if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
-            with ctx.blobs.open_read(job.results_object, start=offset) as stream:
+            with _open_results(ctx, layout, job, offset) as stream:
                 for raw in iter_lines(stream):
                     offset += len(raw)
                     outcome = _outcome_for_line(raw, job, layout, known, done_keys, writer, run)
@@ -274,6 +301,13 @@ def _outcome_for_line(
     return to_outcome(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
 
 
+def _open_results(ctx: Context, layout: RunLayout, job: Job, start: int) -> AbstractContextManager[BinaryIO]:
+    """The job's results from byte ``start``: one object (inline answers), or the copied parts."""
+    if job.results_object:
+        return ctx.blobs.open_read(job.results_object, start=start)
+    return results_copy.open_copied_results(ctx, layout, job, start)
+
+
 def _blank(raw: bytes) -> bool:
     """A line of whitespace only; unlike ``strip()`` this copies nothing of a multi-megabyte line."""
     return not raw or raw.isspace()
@@ -289,6 +323,8 @@ def _cleanup_job(ctx: Context, job: Job) -> None:
                 log.warning("could not delete %s: %s", name, exc, extra={"run_id": job.run_id})
     if job.results_object:
         ctx.blobs.delete(job.results_object)
+    for name in results_copy.copied_part_names(ctx.layout(job.run_id), job):
+        ctx.blobs.delete(name)
 
 
 def extract_results(stream: Any, out: BlobStore, *, concurrency: int = 8) -> dict[str, int]:

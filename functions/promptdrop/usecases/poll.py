@@ -30,6 +30,11 @@ from promptdrop.usecases.context import Context
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = (JobPhase.CREATING, JobPhase.ACTIVE)
+# Jobs whose input file is still in the Files API (deleted once the job is harvested).
+HOLDING_INPUT = (*IN_FLIGHT, JobPhase.HARVESTING)
+# A floor for upload speed from a function to the Files API, to tell whether an input fits the time left
+# (a 1.9 GB input needs 95 s at this rate; measured uploads run faster).
+UPLOAD_BYTES_PER_SECOND = 20 * 1024 * 1024
 # A job cancelled at its deadline that still has not ended this much later (a state we do not know, a
 # cancel that did not take) is given up on: no state keeps a run waiting past its jobs' deadlines.
 DEADLINE_GRACE_SECONDS = 900.0
@@ -55,7 +60,7 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
     report.runs_seen = len(runs)
     if not runs:
         return report
-    workers = max(1, min(4, len(runs)))
+    workers = max(1, min(ctx.settings.tick_concurrency, len(runs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promptdrop-run") as pool:
         results = list(pool.map(lambda run: _advance_leased(ctx, run.run_id, deadline), runs))
     for run_id, outcome in zip((r.run_id for r in runs), results, strict=True):
@@ -122,7 +127,7 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Run
             return settle.cancel_unsubmitted(ctx, run)
         if ctx.clock() < run.next_attempt_at:
             return run
-        return submit.submit_or_backoff(ctx, run)
+        return submit.submit_or_backoff(ctx, run, deadline)
 
     jobs = ctx.store.list_jobs(run_id)
     if run.cancel_requested:
@@ -134,7 +139,7 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Run
         elif job.phase is JobPhase.ACTIVE:
             _refresh(ctx, run, job)
     if not run.cancel_requested:
-        launch_queued_jobs(ctx, run)
+        launch_queued_jobs(ctx, run, deadline)
 
     for job in ctx.store.list_jobs(run_id):
         if job.phase is JobPhase.HARVESTING:
@@ -146,23 +151,37 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Run
     jobs = ctx.store.list_jobs(run_id)
     if any(job.phase is not JobPhase.DONE for job in jobs):
         return run
-    if not run.cancel_requested and _resubmit_retryable(ctx, run, jobs):
+    if not run.cancel_requested and _resubmit_retryable(ctx, run, jobs, deadline):
         return ctx.store.get_run(run_id)
     return settle.settle_run(ctx, run)
 
 
-def launch_queued_jobs(ctx: Context, run: Run) -> None:
-    """Create batch jobs for queued chunks while the in-flight caps (jobs, enqueued tokens) allow."""
+def launch_queued_jobs(ctx: Context, run: Run, deadline: float | None = None) -> None:
+    """Create batch jobs for queued chunks while the caps allow (jobs and enqueued tokens in flight, input
+    bytes held by the Files API) and while the invocation has time left to upload the next input."""
     queued = [job for job in ctx.store.list_jobs(run.run_id) if job.phase is JobPhase.QUEUED]
     if not queued:
         return
-    in_flight = ctx.store.list_jobs_in_phases(IN_FLIGHT)
+    holding = ctx.store.list_jobs_in_phases(HOLDING_INPUT)
+    in_flight = [job for job in holding if job.phase in IN_FLIGHT]
     count = len(in_flight)
     tokens = sum(job.estimated_tokens for job in in_flight)
+    input_bytes = sum(job.request_bytes for job in holding)
+    settings = ctx.settings
     for job in queued:
-        if count >= ctx.settings.max_jobs_in_flight:
+        if count >= settings.max_jobs_in_flight:
             break
-        if count and tokens + job.estimated_tokens > ctx.settings.max_enqueued_tokens:
+        if count and tokens + job.estimated_tokens > settings.max_enqueued_tokens:
+            break
+        if input_bytes and input_bytes + job.request_bytes > settings.max_input_bytes_in_flight:
+            break
+        if deadline is not None and ctx.clock() + job.request_bytes / UPLOAD_BYTES_PER_SECOND > deadline:
+            # An upload cut off by the function's time limit would be lost: the next tick launches it.
+            log.info(
+                "not enough time left to upload %d bytes; the next tick launches the job",
+                job.request_bytes,
+                extra={"run_id": run.run_id, "job": job.job_id},
+            )
             break
         try:
             job = ctx.store.update_job(
@@ -173,6 +192,7 @@ def launch_queued_jobs(ctx: Context, run: Run) -> None:
         _create(ctx, run, job)
         count += 1
         tokens += job.estimated_tokens
+        input_bytes += job.request_bytes
 
 
 def _upload_input(ctx: Context, job: Job) -> Job:
@@ -336,7 +356,7 @@ def _cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:
             ctx.store.update_job(job.job_id, {"error": "cancelled"})
 
 
-def _resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> bool:
+def _resubmit_retryable(ctx: Context, run: Run, jobs: list[Job], deadline: float | None) -> bool:
     """Lines that failed retryably (and have attempts left) go into new jobs of the next attempt."""
     attempt = max(job.attempt for job in jobs)
     if attempt >= ctx.settings.max_attempts:
@@ -380,5 +400,5 @@ def _resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> bool:
         len(new_jobs),
         extra={"run_id": run.run_id},
     )
-    launch_queued_jobs(ctx, run)
+    launch_queued_jobs(ctx, run, deadline)
     return True

@@ -21,7 +21,7 @@ from promptdrop.prompts import InvalidLine, LineError, PromptRequest, RejectedLi
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.results import Usage
 from promptdrop.states import RunState
-from promptdrop.usecases import harvest
+from promptdrop.usecases import gallery, harvest
 from promptdrop.usecases.context import Context
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "reason": refused.message if refused else run.reason,
         }
     )
-    _announce(ctx, final, jobs)
+    _announce(ctx, final, jobs, lambda: parsed_input(ctx, run))
     final = ctx.store.update_run(
         run.run_id,
         {
@@ -151,8 +151,10 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     return final
 
 
-def _announce(ctx: Context, final: Run, jobs: list[Job]) -> None:
-    """Write summary.json for a run that is ending, then publish the run event (at least once)."""
+def _announce(ctx: Context, final: Run, jobs: list[Job], lines: gallery.InputOpener | None = None) -> None:
+    """Write the gallery page and summary.json for a run that is ending, then publish the run event (at least
+    once). ``lines`` opens the parsed input, for the page's prompts (none for an unusable file)."""
+    gallery.publish(ctx, final, jobs, lines)
     layout = ctx.layout(final.run_id)
     summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
     ctx.blobs.write_bytes(

@@ -65,6 +65,10 @@ class Receipt:
     ignored: str | None = None
 
 
+# How long a trigger may spend submitting what it claimed (launching jobs included); the rest is the poller's.
+SUBMIT_ON_CLAIM_SECONDS = 60.0
+
+
 def receive_file(ctx: Context, obj: StorageObject) -> Receipt:
     """A file landed in the inbox: claim it (once per generation) and submit it."""
     settings = ctx.settings
@@ -91,7 +95,7 @@ def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri
         name=PurePosixPath(obj.name).stem,
         format=prompts.detect_format(obj.name) or "jsonl",
     )
-    return _claim_and_submit(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source)
+    return _claim_and_submit(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source, obj.size)
 
 
 def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
@@ -113,10 +117,11 @@ def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
         name=request.name or "message",
         defaults=dict(request.defaults) if request.defaults else None,
     )
-    return _claim_and_submit(ctx, claim, source)
+    staged = ctx.blobs.stat(layout.input("jsonl"))
+    return _claim_and_submit(ctx, claim, source, staged.size if staged else None)
 
 
-def _claim_and_submit(ctx: Context, claim: str, source: RunSource) -> Receipt:
+def _claim_and_submit(ctx: Context, claim: str, source: RunSource, size: int | None) -> Receipt:
     settings = ctx.settings
     run_id = make_run_id(source.name, claim)
     layout = ctx.layout(run_id)
@@ -137,10 +142,18 @@ def _claim_and_submit(ctx: Context, claim: str, source: RunSource) -> Receipt:
         log.info("already claimed; nothing to do", extra={"run_id": run_id})
         return Receipt(existing, False)
     log.info("claimed %s", source.object or f"message {source.message_id}", extra={"run_id": run_id})
+    if size is not None and size > settings.submit_on_claim_max_bytes:
+        # Parsing and uploading a big file takes minutes: the trigger answers now, the poller submits.
+        log.info(
+            "%d bytes is over PROMPTDROP_SUBMIT_ON_CLAIM_MAX_BYTES; the poller submits it",
+            size,
+            extra={"run_id": run_id},
+        )
+        return Receipt(run, True)
     if not ctx.store.acquire_lease("run", run_id, ctx.owner, settings.lease_seconds, ctx.clock()):
         return Receipt(run, True)  # a poller got there first; it will submit
     try:
-        run = submit_or_backoff(ctx, run)
+        run = submit_or_backoff(ctx, run, ctx.clock() + SUBMIT_ON_CLAIM_SECONDS)
     except PermanentError as exc:
         # Claimed, so the work is recorded and the poller tries again each tick (e.g. once a refused API
         # key is replaced); said here, where the run id is known, rather than by the trigger.
@@ -151,10 +164,10 @@ def _claim_and_submit(ctx: Context, claim: str, source: RunSource) -> Receipt:
     return Receipt(run, True)
 
 
-def submit_or_backoff(ctx: Context, run: Run) -> Run:
+def submit_or_backoff(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     """Submit a RECEIVED run; on a transient failure record a backoff for the poller, never raise it."""
     try:
-        return submit_run(ctx, run)
+        return submit_run(ctx, run, deadline)
     except TransientError as exc:
         attempts = run.submit_attempts + 1
         delay = min(ctx.settings.submit_retry_base * 2 ** (attempts - 1), 3600.0)
@@ -171,7 +184,7 @@ def submit_or_backoff(ctx: Context, run: Run) -> Run:
         )
 
 
-def submit_run(ctx: Context, run: Run) -> Run:
+def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     """RECEIVED -> SUBMITTED (jobs recorded and launched as capacity allows) or a terminal state."""
     from promptdrop.usecases import poll, settle  # the cycle is only at call time
 
@@ -204,7 +217,13 @@ def submit_run(ctx: Context, run: Run) -> Run:
         ctx.store.create_job(job)
     for choice in plan.models.values():
         if choice.notice or choice.code:
-            log.warning(choice.notice or choice.message or "", extra={"run_id": run.run_id})
+            # Said to people by `run`/`status` and in summary.json; logged for the Cloud deployment.
+            log.info(
+                "model %s: %s",
+                choice.requested,
+                choice.notice or choice.message,
+                extra={"run_id": run.run_id},
+            )
     run = ctx.store.update_run(
         run.run_id,
         {
@@ -227,7 +246,7 @@ def submit_run(ctx: Context, run: Run) -> Run:
     )
     if not plan.jobs:
         return settle.settle_run(ctx, run)
-    poll.launch_queued_jobs(ctx, run)
+    poll.launch_queued_jobs(ctx, run, deadline)
     return ctx.store.get_run(run.run_id) or run
 
 

@@ -1,0 +1,86 @@
+"""Work bounded to fit a function: big files left to the poller, inputs launched only with time to upload
+them, input bytes in the Files API capped, image bytes held by a tick bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from promptdrop.states import JobPhase, RunState
+from promptdrop.usecases import harvest, poll, submit
+from tests.functional.conftest import Pipeline, jsonl
+
+
+def _lines(count: int, size: int = 0) -> bytes:
+    pad = "x" * size
+    return jsonl(*({"key": f"k{n:03d}", "prompt": f"boat {n} {pad}"} for n in range(count)))
+
+
+def test_a_file_over_the_claim_limit_is_claimed_and_left_to_the_poller(pipeline: Pipeline) -> None:
+    """The trigger answers at once for a big file; the next tick submits it."""
+    ctx = pipeline.context(submit_on_claim_max_bytes=1024)
+    receipt = pipeline.drop("big.jsonl", _lines(40, 100), ctx)
+    assert receipt.created and receipt.run is not None
+    assert receipt.run.state is RunState.RECEIVED
+    assert ctx.store.list_jobs(receipt.run.run_id) == []
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.SUCCEEDED and run.counts.succeeded == 40
+
+
+def test_jobs_are_launched_only_while_their_upload_fits_the_time_left(pipeline: Pipeline) -> None:
+    """With no time left in the invocation nothing is uploaded or created; a later tick launches the jobs."""
+    ctx = pipeline.context(max_requests_per_job=5, submit_on_claim_max_bytes=1)
+    receipt = pipeline.drop("boats.jsonl", _lines(12), ctx)
+    assert receipt.run is not None
+    run_id = receipt.run.run_id
+    run = submit.submit_run(ctx, receipt.run, deadline=ctx.clock())  # claimed; the budget is already spent
+    assert run.state is RunState.SUBMITTED
+    jobs = ctx.store.list_jobs(run_id)
+    assert [j.phase for j in jobs] == [JobPhase.QUEUED] * 3
+    assert all(j.file_name is None for j in jobs)  # not even uploaded
+    assert list(pipeline.emulator.client().batches.list(config={"page_size": 10})) == []
+    assert pipeline.finish(run_id, ctx).state is RunState.SUCCEEDED
+
+
+def test_input_bytes_held_by_the_files_api_are_capped(pipeline: Pipeline) -> None:
+    """Jobs wait QUEUED while the inputs of jobs not yet harvested would pass the cap; all finish in the end."""
+    probe = pipeline.context(max_requests_per_job=4)
+    receipt = pipeline.drop("probe.jsonl", _lines(4), probe)
+    assert receipt.run is not None
+    (job,) = probe.store.list_jobs(receipt.run.run_id)
+    pipeline.finish(receipt.run.run_id, probe)
+    # Room for one job's input at a time: a 12-line file in 3 jobs launches them one after another.
+    ctx = pipeline.context(max_requests_per_job=4, max_input_bytes_in_flight=job.request_bytes + 10)
+    receipt = pipeline.drop("boats.jsonl", _lines(12), ctx)
+    assert receipt.run is not None
+    jobs = ctx.store.list_jobs(receipt.run.run_id)
+    assert len(jobs) == 3
+    assert [j.phase for j in jobs].count(JobPhase.QUEUED) == 2
+    seen_holding: list[int] = []
+    for _ in range(200):
+        poll.tick(ctx, run_ids=[receipt.run.run_id])
+        holding = ctx.store.list_jobs_in_phases(poll.HOLDING_INPUT)
+        seen_holding.append(sum(j.request_bytes for j in holding))
+        run = ctx.store.get_run(receipt.run.run_id)
+        if run is not None and run.state.terminal:
+            break
+    assert run is not None and run.state is RunState.SUCCEEDED
+    assert max(seen_holding) <= job.request_bytes + 10
+
+
+def test_image_bytes_of_a_harvest_stay_within_the_shared_budget(pipeline: Pipeline, monkeypatch: Any) -> None:
+    """The tick's byte budget bounds the images queued and being written (one image at a time here)."""
+    ctx = pipeline.context(harvest_memory_budget=1)
+    receipt = pipeline.drop("boats.jsonl", _lines(6), ctx)
+    assert receipt.run is not None
+    sizes: list[int] = []
+    original = harvest.ImageWriter._write
+
+    def spy(self: Any, name: str, data: bytes, *args: Any) -> None:
+        sizes.append(self.budget.used)
+        assert self.budget.used == len(data)  # alone in the budget: nothing else held
+        original(self, name, data, *args)
+
+    monkeypatch.setattr(harvest.ImageWriter, "_write", spy)
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.SUCCEEDED and len(sizes) == 6
+    assert ctx.image_budget.used == 0
