@@ -10,7 +10,7 @@ region     = "us-central1"
 # output_prefix = "outputs/"
 
 # retention = {
-#   scratch_days = 7    # crash leftovers under <output_prefix><run_id>/_work/
+#   scratch_days = 7    # crash leftovers under <output_prefix><run_id>/_work/, days after the run ended
 #   outputs_days = null # e.g. 90 to delete outputs after three months
 # }
 
@@ -37,4 +37,4 @@ region     = "us-central1"
 # }
 
 # tick_schedule                     = "*/2 * * * *"
-# dead_letter_max_delivery_attempts = 20
+# dead_letter_max_delivery_attempts = 100

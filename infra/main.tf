@@ -5,6 +5,8 @@ locals {
   bucket_name        = coalesce(var.bucket_name, "${var.project_id}-${var.name_prefix}")
   firestore_location = coalesce(var.firestore.location, var.region)
   pubsub_agent       = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # Where Cloud Functions (2nd gen) stages each function's source for its build.
+  function_staging_bucket = "gcf-v2-sources-${data.google_project.this.number}-${var.region}"
 
   # A run's scratch objects are <output_prefix><run_id>/_work/... (promptdrop/layout.py). A lifecycle
   # condition anchors only at the two ends of a name (matches_prefix, matches_suffix; no wildcard in the
@@ -66,7 +68,8 @@ locals {
     }
   }
 
-  # Every variable here is read by promptdrop.settings.Settings (tests/unit/test_infra_consistency.py checks).
+  # Every PROMPTDROP_* variable here is read by promptdrop.settings.Settings (tests/unit/test_infra_consistency.py
+  # checks); the others are for the runtime, on its documented allow-list.
   fixed_env = {
     PROMPTDROP_BUCKET              = "gs://${google_storage_bucket.data.name}"
     PROMPTDROP_STORE               = "firestore://${var.project_id}/${google_firestore_database.main.name}"
@@ -77,6 +80,10 @@ locals {
     PROMPTDROP_HARVEST_TIME_BUDGET = tostring(local.harvest_time_budget_seconds)
     PROMPTDROP_LEASE_SECONDS       = tostring(local.lease_seconds)
     PROMPTDROP_LOG_FORMAT          = "json"
+    # glibc gives each allocating thread its own heap, which keeps freed megabytes; the poller runs runs
+    # and uploads in threads. Two arenas took a 16-upload harvest from 277 to 210 MB peak RSS at the same
+    # speed (scripts/bench, docs/PERFORMANCE.md). Set for every function: none needs more arenas.
+    MALLOC_ARENA_MAX = "2"
   }
   tunable_env = {
     PROMPTDROP_MODEL                = var.settings.model
@@ -146,15 +153,19 @@ resource "google_storage_bucket" "data" {
   public_access_prevention    = "enforced"
   force_destroy               = var.allow_data_deletion
 
-  # Scratch left behind by a crashed harvest (the code deletes it when a run ends).
+  # Scratch that outlived its run. A run's scratch lives as long as the run, which has no bound (jobs are
+  # launched one after another under the enqueued-token cap, each up to 48 h), so the rule counts from the
+  # run's end, never from an object's creation: settle stamps customTime on every object under the run's
+  # _work/ before it records the end, then deletes them. What a crash in between leaves behind goes
+  # scratch_days later; an object without customTime (a live run's) never matches.
   lifecycle_rule {
     action {
       type = "Delete"
     }
     condition {
-      age            = var.retention.scratch_days
-      matches_prefix = [var.output_prefix]
-      matches_suffix = local.scratch_suffixes
+      days_since_custom_time = var.retention.scratch_days
+      matches_prefix         = [var.output_prefix]
+      matches_suffix         = local.scratch_suffixes
     }
   }
 
@@ -542,9 +553,10 @@ resource "google_service_account_iam_member" "pubsub_signs_as_invoker" {
 }
 
 # Cloud Build runs as this account instead of the default compute account, which new projects no longer
-# grant build permissions. Roles as documented for a custom build service account of Cloud Run functions;
-# object access is project-wide because the build reads the source from the gcf-v2-sources-* bucket that
-# Cloud Functions creates itself. Images go only to this deployment's repository.
+# grant build permissions. The build runs third-party code (pip install), so it reads objects of two
+# buckets only, never the data bucket: this deployment's source bucket, and the gcf-v2-sources-* bucket
+# Cloud Functions copies each function's source into and fetches it from. Images go only to this
+# deployment's repository.
 resource "google_service_account" "build" {
   account_id   = "${var.name_prefix}-build"
   display_name = "promptdrop function builds"
@@ -552,11 +564,29 @@ resource "google_service_account" "build" {
 }
 
 resource "google_project_iam_member" "build" {
-  for_each = toset(["roles/logging.logWriter", "roles/storage.objectAdmin"])
+  for_each = toset(["roles/logging.logWriter"])
 
   project = var.project_id
   role    = each.value
   member  = google_service_account.build.member
+}
+
+resource "google_storage_bucket_iam_member" "build_reads_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
+# Cloud Functions creates its staging bucket during the first deploy in a region, too late for a
+# bucket-level grant: this one is on the project, with an IAM condition naming that bucket and its objects.
+resource "google_project_iam_member" "build_reads_staged_source" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+  condition {
+    title      = "${var.name_prefix}-function-sources-only"
+    expression = "resource.name == \"projects/_/buckets/${local.function_staging_bucket}\" || resource.name.startsWith(\"projects/_/buckets/${local.function_staging_bucket}/objects/\")"
+  }
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_pushes_images" {
@@ -606,7 +636,16 @@ resource "google_cloudfunctions2_function" "function" {
       key        = "GEMINI_API_KEY"
       project_id = var.project_id
       secret     = google_secret_manager_secret.gemini_api_key.secret_id
-      version    = "latest"
+      # Pinned: "latest" is read once at instance start, and the tick keeps the poller warm for ever, so
+      # it would keep a rotated key. A new version makes a new revision, whose instances read it.
+      version = var.gemini_api_key_version
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.gemini_api_key_version != null
+      error_message = "gemini_api_key_version is not set: scripts/deploy passes the version of the API key it pins."
     }
   }
 
@@ -626,6 +665,8 @@ resource "google_cloudfunctions2_function" "function" {
   # only orders the file and message functions after one more IAM grant.
   depends_on = [
     google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.build_reads_staged_source,
     google_artifact_registry_repository_iam_member.build_pushes_images,
     google_secret_manager_secret_iam_member.function_reads_key,
     google_project_iam_member.invoker_receives_events,

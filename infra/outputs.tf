@@ -53,3 +53,13 @@ output "cli_environment" {
   description = "Environment for the promptdrop CLI to work against this deployment (status, cancel)."
   value       = { for name in ["PROMPTDROP_BUCKET", "PROMPTDROP_STORE", "PROMPTDROP_INBOX_PREFIX", "PROMPTDROP_OUTPUT_PREFIX"] : name => local.function_env[name] }
 }
+
+output "gemini_api_key_version" {
+  description = "The version of the API key secret the functions read (scripts/deploy --rotate-key adds and pins a new one)."
+  value       = var.gemini_api_key_version
+}
+
+output "region" {
+  description = "Region of the functions (scripts/deploy --rotate-key checks their revisions there)."
+  value       = var.region
+}

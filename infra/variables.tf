@@ -52,8 +52,9 @@ variable "output_prefix" {
 variable "retention" {
   description = <<-EOT
     Lifecycle of objects in the data bucket, in days.
-    scratch_days: delete a run's scratch objects (<output_prefix><run_id>/_work/...) left behind by a crash;
-      it must exceed the longest a run can last (max_attempts x job_deadline: 3 x 36 h by default).
+    scratch_days: days after its run ended that a scratch object (<output_prefix><run_id>/_work/...) left
+      behind by a crash is deleted; counted from the customTime the run's end stamps, so a live run's
+      scratch is never deleted, however long the run lasts.
     outputs_days: delete everything under the output prefix after this many days (null keeps outputs forever).
   EOT
   type = object({
@@ -63,8 +64,8 @@ variable "retention" {
   default = {}
 
   validation {
-    condition     = var.retention.scratch_days >= 5 && (var.retention.outputs_days == null ? true : var.retention.outputs_days >= 5)
-    error_message = "retention days must be at least 5: a run may last 3 attempts of 36 hours, and outputs must outlive their run."
+    condition     = var.retention.scratch_days >= 1 && (var.retention.outputs_days == null ? true : var.retention.outputs_days >= 5)
+    error_message = "scratch_days must be at least 1, outputs_days at least 5: outputs must outlive their run (3 attempts of 36 hours by default)."
   }
 }
 
@@ -127,9 +128,9 @@ variable "tick_schedule" {
 }
 
 variable "dead_letter_max_delivery_attempts" {
-  description = "Deliveries of a file or request message before it goes to the dead-letter topic (5-100)."
+  description = "Deliveries of a file or request message before it goes to the dead-letter topic (5-100). A push answered 429 (instances at their cap) or 504 counts as one, so the default is the most Pub/Sub allows: about 16 hours of retries with the 10 s to 10 min backoff."
   type        = number
-  default     = 20
+  default     = 100
 
   validation {
     condition     = var.dead_letter_max_delivery_attempts >= 5 && var.dead_letter_max_delivery_attempts <= 100
@@ -141,4 +142,15 @@ variable "allow_data_deletion" {
   description = "Let `terraform destroy` delete the data bucket's objects and the Firestore database (scripts/deploy --destroy --delete-data sets it)."
   type        = bool
   default     = false
+}
+
+variable "gemini_api_key_version" {
+  description = "The version of the API key secret the functions read, pinned (scripts/deploy passes the newest enabled one). A new version makes new function revisions; `latest` would be read once per instance and kept."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.gemini_api_key_version == null || can(regex("^[1-9][0-9]*$", var.gemini_api_key_version))
+    error_message = "gemini_api_key_version must be a version number such as \"3\", not an alias like \"latest\"."
+  }
 }

@@ -160,8 +160,8 @@ def main() -> int:
             project="bench", credentials=AnonymousCredentials(), client_options={"api_endpoint": server.url}
         )
         bucket = client.create_bucket(bench.BUCKET)
-        server.proxy.delay(bench.LATENCY)
         for size in sizes:
+            server.proxy.delay(bench.LATENCY)
             images = SIZES[size][1] // (3 if args.quick else 1)
             results, keys, image_bytes = write_results(work / "data", size, images)
             master = f"bench/results-{size}.jsonl"
@@ -196,6 +196,7 @@ def main() -> int:
                     }
                 )
                 bench._empty(bucket, keep=master)
+            server.proxy.delay(0)
             bucket.blob(master).delete()
             results.unlink()
     finally:

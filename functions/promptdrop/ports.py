@@ -67,6 +67,12 @@ class BlobStore(Protocol):
 
     def copy(self, source: str, destination: str) -> None: ...
 
+    def mark_ended(self, prefix: str, when: float) -> None:
+        """Stamp the objects under ``prefix`` with the time their run ended (Cloud Storage's ``customTime``),
+        so the bucket's lifecycle rule expires scratch a crash left behind by the run's end, never by age.
+        A folder has no lifecycle rule: nothing to do there."""
+        ...
+
 
 class JobStore(Protocol):
     """Runs and jobs with atomic claims, leases and conditional updates (SQLite or Firestore)."""

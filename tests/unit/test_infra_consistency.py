@@ -39,6 +39,8 @@ FUNCTION = "google_cloudfunctions2_function"
 FUNCTION_NAME = "function"
 # Settings fields that Settings.from_env reads from other variables (GEMINI_API_KEY, K_SERVICE).
 FIELDS_NOT_FROM_PREFIX = {"api_key", "in_cloud"}
+# Variables for the runtime rather than for promptdrop (docs/DEPLOY.md, "What gets deployed").
+RUNTIME_VARIABLES = {"MALLOC_ARENA_MAX"}
 # What a reference to something only known after apply (a project number, a bucket name) resolves to.
 UNKNOWN = "unknown"
 _INTERPOLATION = re.compile(r"\$\{([^{}]+)\}")
@@ -291,12 +293,12 @@ def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() 
         secret = block(service, "secret_environment_variables")
         assert secret["key"] == "GEMINI_API_KEY", name
         assert secret["secret"] == "${google_secret_manager_secret.gemini_api_key.secret_id}", name
-        assert secret["version"] == "latest", name
+        assert secret["version"] == "${var.gemini_api_key_version}", name
 
 
 def test_terraform_sets_only_variables_the_settings_read() -> None:
-    """Every variable Terraform sets is PROMPTDROP_<field> of a Settings field (or the API key)."""
-    unread = env_names() - readable_env_names()
+    """Every variable Terraform sets is PROMPTDROP_<field> of a Settings field (or the API key, or for the runtime)."""
+    unread = env_names() - readable_env_names() - RUNTIME_VARIABLES
     assert not unread, f"Terraform sets variables promptdrop.settings does not read: {sorted(unread)}"
 
 

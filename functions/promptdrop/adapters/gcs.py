@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
 
 import requests
@@ -395,6 +396,19 @@ class GcsBlobStore:
         with _storage_errors(self._where(prefix + "*")):
             for blob in self._client.list_blobs(self._bucket, prefix=prefix or None, **self._call):
                 yield _info(blob)
+
+    def mark_ended(self, prefix: str, when: float) -> None:
+        """``customTime`` = ``when`` on each object under ``prefix`` (infra's scratch lifecycle rule counts from
+        it). Cloud Storage only lets customTime move forward: a second settle's later stamp is accepted, an
+        earlier one refused (400), which changes nothing that matters, so it is ignored like a gone object."""
+        stamp = datetime.fromtimestamp(when, UTC)
+        with _storage_errors(self._where(prefix + "*")):
+            for blob in self._client.list_blobs(self._bucket, prefix=prefix, **self._call):
+                blob.custom_time = stamp
+                try:
+                    blob.patch(**self._call)
+                except (api_exceptions.NotFound, api_exceptions.BadRequest):
+                    continue
 
     def delete(self, name: str) -> None:
         blob = self._blob(name)

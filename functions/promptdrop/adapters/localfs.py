@@ -228,6 +228,9 @@ class LocalBlobStore:
                 handle.close()
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
 
+    def mark_ended(self, prefix: str, when: float) -> None:
+        """Nothing to stamp: a folder has no lifecycle rule (settle deletes scratch right after)."""
+
     def delete(self, name: str) -> None:
         path = self.path_of(name)
         with self._transaction() as conn:

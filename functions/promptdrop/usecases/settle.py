@@ -127,6 +127,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         }
     )
     _announce(ctx, final, jobs, lambda: parsed_input(ctx, run))
+    # Before the end is recorded: scratch that a crash leaves behind now expires from the run's end.
+    ctx.blobs.mark_ended(layout.work, finished)
     final = ctx.store.update_run(
         run.run_id,
         {
