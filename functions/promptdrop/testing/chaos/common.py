@@ -156,10 +156,11 @@ def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
 
 def fault_figures(url: str) -> dict[str, object]:
     stats = emulator_stats(url)
+    by_route = stats.get("stalls_by_route")
     return {
         "api faults": stats.get("faults", "?"),
         "api stalls": stats.get("stalls", "?"),
-        "stalled creates": dict(stats.get("stalls_by_route") or {}).get("create", 0),  # type: ignore[call-overload]
+        "stalled creates": by_route.get("create", 0) if isinstance(by_route, dict) else "?",
     }
 
 
