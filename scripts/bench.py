@@ -47,8 +47,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.support: the emulator, fake-gcs-server and the latency proxy
 
 MiB = 1024 * 1024
 MODEL = "gemini-3-pro-image"
@@ -528,8 +526,8 @@ class FakeGcs:
     """
 
     def __init__(self, folder: Path) -> None:
-        from tests.support.cloud import find_fake_gcs_server, free_port
-        from tests.support.faultproxy import FaultProxy
+        from promptdrop.testing.cloud import find_fake_gcs_server, free_port
+        from promptdrop.testing.faultproxy import FaultProxy
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -545,7 +543,7 @@ class FakeGcs:
         self.proxy.start()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        from tests.support.cloud import http_get
+        from promptdrop.testing.cloud import http_get
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -645,7 +643,7 @@ def _record(
 
 def bench_submit(work: Path, sizes: list[int], runs: int) -> dict[str, Measure]:
     """receive.receive_file of prompt files of each size, the emulator's jobs held pending."""
-    from tests.support.emulator import running_emulator
+    from promptdrop.testing.emulator import running_emulator
 
     found: dict[str, Measure] = {}
     with (

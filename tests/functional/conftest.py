@@ -14,10 +14,10 @@ from promptdrop.events import StorageObject
 from promptdrop.models import BATCH_DISCOUNT, model_spec
 from promptdrop.records import Run
 from promptdrop.settings import Settings
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
 from promptdrop.usecases import poll, receive
 from promptdrop.usecases.context import Context
 from promptdrop.wiring import build_context
-from tests.support.emulator import RunningEmulator, running_emulator
 
 
 @dataclass

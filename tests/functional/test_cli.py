@@ -15,8 +15,8 @@ import pytest
 
 from promptdrop.models import BATCH_DISCOUNT, model_spec
 from promptdrop.settings import Settings
+from promptdrop.testing.emulator import RunningEmulator
 from tests.functional.conftest import billed, jsonl, pipeline_env, read_jsonl
-from tests.support.emulator import RunningEmulator
 
 CLI = [sys.executable, "-m", "promptdrop.cli"]
 TERMINAL = {"SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED"}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from promptdrop.emulator.answers import UNKNOWN_MODEL_IMAGE_TOKENS
 from promptdrop.models import MODELS
-from tests.support.emulator import (
+from promptdrop.testing.emulator import (
     RunningEmulator,
     create_inline,
     running_emulator,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from google.genai import errors, types
 
-from tests.support.emulator import create_inline, running_emulator, wait_until_done
+from promptdrop.emulator import EmulatorOptions
+from promptdrop.testing.emulator import create_inline, running_emulator, wait_until_done
 
 MODEL = "gemini-3-pro-image"
 
@@ -114,3 +115,26 @@ def test_unknown_path_is_a_google_shaped_404(tmp_path: Path) -> None:
         assert reply.json()["error"]["status"] == "NOT_FOUND"
         health = emu.request("GET", "/health", with_key=False)
         assert health.json() == {"status": "ok", "data_dir": str(emu.data_dir)}
+
+
+def test_stats_count_faults_and_name_the_client_of_a_stalled_create(tmp_path: Path) -> None:
+    """``GET /stats`` counts by route and lists calls stalled right now with their client's address."""
+    with running_emulator(
+        tmp_path / "emu", create_stall_rate=1.0, stall_seconds=1.0, fault_routes=("create",)
+    ) as emu:
+        client = emu.client(timeout_ms=200)
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's timeout error type is httpx's
+            create_inline(client, "a cat")
+        stalling = emu.request("GET", "/stats", with_key=False).json()
+        assert stalling["stalls_by_route"] == {"create": 1}
+        (call,) = stalling["stalling"]
+        assert call["route"] == "create" and call["peer"].startswith("127.0.0.1:")
+        time.sleep(1.2)
+        stats = emu.request("GET", "/stats", with_key=False).json()
+        assert stats["stalling"] == [] and stats["stalls"] == 1 and stats["faults"] == 0
+        assert len(list(emu.client().batches.list())) == 1  # the stalled create landed
+
+
+def test_create_stall_rate_needs_room_beside_the_other_rates() -> None:
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        EmulatorOptions(fault_rate=0.5, stall_rate=0.3, create_stall_rate=0.3)

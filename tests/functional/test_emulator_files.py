@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from google.genai import errors, types
 
-from tests.support.emulator import running_emulator
+from promptdrop.testing.emulator import running_emulator
 
 NINE_MIB = 9 * 1024 * 1024
 

@@ -12,7 +12,7 @@ from google.genai import errors, types
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.emulator.server import is_real_mime_type
 from promptdrop.models import MODELS
-from tests.support.emulator import running_emulator, upload_jsonl
+from promptdrop.testing.emulator import running_emulator, upload_jsonl
 
 GA = "gemini-3-pro-image"
 RETIRED = "gemini-3-pro-image-preview"

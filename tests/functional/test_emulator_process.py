@@ -17,7 +17,7 @@ import pytest
 
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator.launcher import SERVER_RECORD, ensure_emulator
-from tests.support.emulator import running_emulator
+from promptdrop.testing.emulator import running_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK_ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}

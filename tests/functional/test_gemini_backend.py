@@ -25,7 +25,7 @@ from promptdrop.errors import (
 from promptdrop.ports import BatchInfo
 from promptdrop.settings import Settings
 from promptdrop.states import JobState
-from tests.support.emulator import RunningEmulator, running_emulator
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
 
 MODEL = "gemini-3-pro-image"
 SECRET_KEY = "AIzaSy-functional-secret-key-0123456789"

@@ -8,7 +8,7 @@ from pathlib import Path
 from google.genai import types
 
 from promptdrop.adapters.gemini import GeminiBackend
-from tests.support.emulator import running_emulator
+from promptdrop.testing.emulator import running_emulator
 
 
 def test_a_download_resumes_at_any_byte_and_at_the_end_of_the_file(tmp_path: Path) -> None:

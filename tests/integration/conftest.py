@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
-from tests.support.cloud import CloudHarnessError, LocalCloud, StorageEvents, unique_name
+from promptdrop.testing.cloud import CloudHarnessError, LocalCloud, StorageEvents, unique_name
 from tests.support.deployment import Deployment, deployment_for
 
 STORAGE_EVENTS_TOPIC = "storage-events"

@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from promptdrop.states import RunState
-from tests.support import eventarc
+from promptdrop.testing import eventarc
+from promptdrop.testing.emulator import RunningEmulator, wait_until_done
 from tests.support.deployment import FUNCTIONS_SOURCE, Deployment
-from tests.support.emulator import RunningEmulator, wait_until_done
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from promptdrop.adapters.pubsub import PubsubNotifier
 from promptdrop.errors import ConfigurationError, NotFoundError, PreconditionFailedError
 from promptdrop.events import parse_storage_notification
 from promptdrop.states import RunState
+from promptdrop.testing.cloud import pull, subscribe
 from tests.contract.blob_store_contract import BlobStoreContract, Boom
 from tests.contract.job_store_contract import JobStoreContract, make_run
 from tests.integration.conftest import INBOX_PREFIX, STORAGE_EVENTS_TOPIC
-from tests.support.cloud import pull, subscribe
 
 pytestmark = pytest.mark.integration
 

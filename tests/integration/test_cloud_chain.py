@@ -23,9 +23,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
 
 from promptdrop.states import RunState
+from promptdrop.testing.bridge import PubsubBridge
+from promptdrop.testing.cloud import subscribe, unique_name
 from tests.integration.conftest import STORAGE_EVENTS_TOPIC
-from tests.support.bridge import PubsubBridge
-from tests.support.cloud import subscribe, unique_name
 from tests.support.deployment import REPO, Deployment
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from google.cloud import pubsub_v1
 from scripts import replay_dead_letters
 from scripts.replay_dead_letters import replay
 
-from tests.support.cloud import pull, unique_name
+from promptdrop.testing.cloud import pull, unique_name
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,9 @@ from promptdrop.errors import (
     PromptdropError,
     TransientError,
 )
+from promptdrop.testing.cloud import LocalCloud
+from promptdrop.testing.faultproxy import FaultProxy
 from tests.contract.job_store_contract import make_run
-from tests.support.cloud import LocalCloud
-from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from google.cloud import firestore
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.states import RunState
-from tests.support import eventarc
+from promptdrop.testing import eventarc
+from promptdrop.testing.faultproxy import FaultProxy
 from tests.support.deployment import API_KEY, Deployment
-from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 

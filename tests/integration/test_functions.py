@@ -22,12 +22,12 @@ from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.adapters.gcs import GcsBlobStore
 from promptdrop.errors import ConfigurationError
 from promptdrop.states import RunState
+from promptdrop.testing import eventarc
+from promptdrop.testing.cloud import LocalCloud
+from promptdrop.testing.emulator import wait_until_done
+from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases import harvest
-from tests.support import eventarc
-from tests.support.cloud import LocalCloud
 from tests.support.deployment import Deployment, FunctionApp, race
-from tests.support.emulator import wait_until_done
-from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 

@@ -31,10 +31,10 @@ from google.cloud import firestore, pubsub_v1, storage
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.records import Job, Run
+from promptdrop.testing import eventarc
+from promptdrop.testing.cloud import LocalCloud, pull, subscribe, unique_name
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
 from promptdrop.usecases.context import Context
-from tests.support import eventarc
-from tests.support.cloud import LocalCloud, pull, subscribe, unique_name
-from tests.support.emulator import RunningEmulator, running_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS_SOURCE = REPO / "functions" / "main.py"

@@ -49,6 +49,7 @@ class EmulatorOptions:
     fault_routes: tuple[str, ...] = DEFAULT_FAULT_ROUTES
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
+    create_stall_rate: float = 0.0  # extra stall rate for batch creates, the one call that is not idempotent
     fault_seed: int | None = None
     # Stop after this many seconds without a call while no job is unfinished (0: never). The CLI's
     # background emulator sets it, so it does not live for ever.
@@ -70,11 +71,11 @@ class EmulatorOptions:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("fault_rate", "stall_rate"):
+        for name in ("fault_rate", "stall_rate", "create_stall_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        if self.fault_rate + self.stall_rate > 1.0:
-            raise ValueError("fault_rate + stall_rate must not exceed 1")
+        if self.fault_rate + self.stall_rate + self.create_stall_rate > 1.0:
+            raise ValueError("fault_rate + stall_rate + create_stall_rate must not exceed 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.image_scale <= 0:
@@ -108,6 +109,10 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _route_list(text: str) -> tuple[str, ...]:
+    return FAULT_ROUTES if text.strip() == "all" else _name_list(text)
+
+
 def argument_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m promptdrop.emulator`` (and of ``promptdrop emulator``)."""
     parser = argparse.ArgumentParser(
@@ -137,12 +142,18 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fault-routes",
-        type=_name_list,
+        type=_route_list,
         default=DEFAULT_FAULT_ROUTES,
-        help=f"calls that faults and stalls may hit: {','.join(FAULT_ROUTES)} (default: all but download)",
+        help=f"calls that faults and stalls may hit: {','.join(FAULT_ROUTES)}, or all (default: all but download)",
     )
     parser.add_argument("--stall-rate", type=float, default=0.0, help="fraction of calls that stall")
     parser.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stalled call sleeps")
+    parser.add_argument(
+        "--create-stall-rate",
+        type=float,
+        default=0.0,
+        help="extra fraction of batch creates that stall (they still create their job afterwards)",
+    )
     parser.add_argument("--fault-seed", type=int, default=None, help="seed faults and stalls (repeatable)")
     parser.add_argument(
         "--idle-seconds",
@@ -180,6 +191,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         fault_routes=tuple(args.fault_routes),
         stall_rate=args.stall_rate,
         stall_seconds=args.stall_seconds,
+        create_stall_rate=args.create_stall_rate,
         fault_seed=args.fault_seed,
         idle_seconds=args.idle_seconds,
         serve_models=tuple(args.serve_models),

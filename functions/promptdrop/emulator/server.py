@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ _PREFIX = r"(?P<prefix>(?:/[^/]+)*?)"
 # (method, path pattern after an optional base path, route name). Names match options.FAULT_ROUTES.
 ROUTES: Final = [
     ("GET", r"/health", "health"),
+    ("GET", r"/stats", "stats"),
     ("POST", rf"/upload/{_VERSION}/files", "upload"),
     ("GET", rf"/download/{_VERSION}/files/{_ID}:download", "download"),
     ("GET", rf"/{_VERSION}/files/{_ID}:download", "download"),
@@ -93,7 +95,7 @@ def match_route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
 
 
 class FaultInjector:
-    """Answers a seeded fraction of calls with an error, or makes them sleep first."""
+    """Answers a seeded fraction of calls with an error, or makes them sleep first; counts both by route."""
 
     def __init__(self, options: EmulatorOptions, stopping: threading.Event) -> None:
         self._options = options
@@ -102,23 +104,50 @@ class FaultInjector:
         self._stopping = stopping
         self.faults = 0
         self.stalls = 0
+        self.faults_by_route: dict[str, int] = {}
+        self.stalls_by_route: dict[str, int] = {}
+        # Calls sleeping right now: token -> (route, client address), so a chaos harness can tell whose
+        # create is stalled (and kill that client while the create is still to land).
+        self._stalling: dict[int, tuple[str, str]] = {}
+        self._next_token = 0
 
-    def apply(self, route: str) -> None:
+    def apply(self, route: str, peer: str = "") -> None:
         options = self._options
-        if route not in options.fault_routes or not (options.fault_rate or options.stall_rate):
+        stall_rate = options.stall_rate + (options.create_stall_rate if route == "create" else 0.0)
+        if route not in options.fault_routes or not (options.fault_rate or stall_rate):
             return
         with self._lock:
             draw = self._random.random()
             code = self._random.choice(options.fault_codes)
             if draw < options.fault_rate:
                 self.faults += 1
-            elif draw < options.fault_rate + options.stall_rate:
+                self.faults_by_route[route] = self.faults_by_route.get(route, 0) + 1
+            elif draw < options.fault_rate + stall_rate:
                 self.stalls += 1
+                self.stalls_by_route[route] = self.stalls_by_route.get(route, 0) + 1
+                self._next_token += 1
+                token = self._next_token
+                self._stalling[token] = (route, peer)
         if draw < options.fault_rate:
             message = _FAULT_MESSAGES.get(code, "Emulated fault.")
             raise ApiError(code, f"{message} (fault injected by the emulator)")
-        if draw < options.fault_rate + options.stall_rate:
-            self._stopping.wait(options.stall_seconds)
+        if draw < options.fault_rate + stall_rate:
+            try:
+                self._stopping.wait(options.stall_seconds)
+            finally:
+                with self._lock:
+                    del self._stalling[token]
+
+    def stats(self) -> dict[str, object]:
+        """Faults and stalls so far by route, and the calls stalled right now (``GET /stats``)."""
+        with self._lock:
+            return {
+                "faults": self.faults,
+                "stalls": self.stalls,
+                "faults_by_route": dict(self.faults_by_route),
+                "stalls_by_route": dict(self.stalls_by_route),
+                "stalling": [{"route": route, "peer": peer} for route, peer in self._stalling.values()],
+            }
 
 
 @dataclass(slots=True)
@@ -183,6 +212,13 @@ class _HttpServer(ThreadingHTTPServer):
         self._counter_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that died (a killed worker, a timeout) is not the emulator's failure: no traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def count_download(self, size: int) -> None:
         with self._counter_lock:
@@ -259,11 +295,13 @@ class _Handler(BaseHTTPRequestHandler):
             name, params = found
             if name == "health":
                 reply = _json({"status": "ok", "data_dir": str(self.server.data_dir)})
+            elif name == "stats":
+                reply = _json(self.server.faults.stats())
             elif is_chunk:
                 reply = self._upload_chunk(params)
             else:
                 self._authenticate()
-                self.server.faults.apply(name)
+                self.server.faults.apply(name, "{}:{}".format(*self.client_address[:2]))
                 reply = getattr(self, f"_route_{name}")(params)
         except ApiError as exc:
             reply = _json(exc.body())

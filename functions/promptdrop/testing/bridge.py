@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tests.support import eventarc
+from promptdrop.testing import eventarc
 
 log = logging.getLogger(__name__)
 

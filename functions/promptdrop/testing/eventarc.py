@@ -1,6 +1,6 @@
 """CloudEvents shaped like the ones Eventarc delivers to the functions, and their two HTTP encodings.
 
-The captured samples in ``tests/events/`` are the templates: each builder here takes one and points it at
+The captured samples in ``events/`` next to this module (``tests/events`` links to them) are the templates: each builder here takes one and points it at
 a test's own bucket, object or message, leaving the rest of the shape as captured. ``binary`` and
 ``structured`` give the headers and body of either CloudEvents HTTP encoding; ``post`` sends one to a
 function listening on loopback (for ``scripts/cloud-local``).
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-EVENTS_DIR = Path(__file__).resolve().parents[1] / "events"
+EVENTS_DIR = Path(__file__).resolve().parent / "events"
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 
@@ -29,14 +29,14 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def load(name: str) -> dict[str, Any]:
-    """A captured sample from ``tests/events/<name>.json``, as a fresh dict."""
+    """A captured sample from ``events/<name>.json``, as a fresh dict."""
     data: dict[str, Any] = json.loads((EVENTS_DIR / f"{name}.json").read_text())
     return data
 
 
 def new_message_id() -> str:
     """A Pub/Sub-style numeric message id."""
-    return str(random.randrange(10**16, 10**17))
+    return str(random.randrange(10**16, 10**17))  # noqa: S311 (an id, not a secret)
 
 
 def _now() -> str:

@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
-from tests.support import eventarc
-from tests.support.bridge import PubsubBridge, Ticker
-from tests.support.cloud import (
+from promptdrop.testing import eventarc
+from promptdrop.testing.bridge import PubsubBridge, Ticker
+from promptdrop.testing.cloud import (
     CloudEndpoints,
     CloudHarnessError,
     LocalCloud,
@@ -38,7 +38,8 @@ from tests.support.cloud import (
     free_port,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+# A source checkout: functions/main.py is what Cloud Functions deploys; it is not part of the package.
+REPO = Path(__file__).resolve().parents[3]
 FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 EXAMPLE = REPO / "examples" / "catalogue.jsonl"
 # The emulator's steering markers are kept out of the example (a real key must not pay for them).

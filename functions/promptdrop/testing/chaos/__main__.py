@@ -1,0 +1,5 @@
+import sys
+
+from promptdrop.testing.chaos.cli import main
+
+sys.exit(main())

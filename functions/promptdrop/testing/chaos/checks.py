@@ -1,0 +1,228 @@
+"""What a chaos seed must leave behind, judged from a snapshot of the bucket, the store, the emulator and logs.
+
+Pure: ``judge(snapshot)`` returns the misses, each naming the check it failed and the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = frozenset({"SUCCEEDED", "PARTIAL", "FAILED", "CANCELLED"})
+TRACEBACK = "Traceback (most recent call last)"
+SCRATCH_PREFIX = ".promptdrop-tmp-"
+
+CHECKS = (
+    "one run per drop",
+    "every run terminal",
+    "one manifest entry per line",
+    "images == succeeded entries",
+    "one batch per display name",
+    "no scratch left",
+    "no tracebacks",
+    "kills hit the risky moments",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """One run as the store has it."""
+
+    run_id: str
+    state: str
+    source_object: str | None  # inbox object name (files)
+    generation: str | None
+    message_name: str | None = None  # inline messages: the message's `name`
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    check: str
+    detail: str
+
+
+@dataclass
+class Snapshot:
+    """Everything the checks look at, gathered once the seed settled."""
+
+    drops: Mapping[str, int]  # inbox object name -> times dropped
+    messages: Mapping[str, int]  # message name -> times published (each publish is a new message)
+    expected_lines: Mapping[str, tuple[int, ...]]  # inbox object name or message name -> lines
+    runs: list[RunView]
+    manifests: Mapping[str, list[dict[str, Any]] | None]  # run id -> entries (None: no manifest)
+    objects: Mapping[str, int]  # every object under the output prefix (hidden names too) -> size
+    output_prefix: str
+    batch_display_names: list[str | None]  # one per batch job the emulator holds
+    tracebacks: Mapping[str, int]  # log name -> tracebacks in it
+    traceback_examples: Mapping[str, str] = field(
+        default_factory=dict
+    )  # log name -> its first exception line
+    kills: Mapping[str, int] = field(default_factory=dict)  # why -> how many ("create", "harvest", ...)
+    required_kills: tuple[str, ...] = ()  # kill reasons that must have happened at least once
+
+
+def is_scratch(name: str) -> bool:
+    """A temporary file of the local folder store (hidden; a killed writer leaves it behind)."""
+    return name.rpartition("/")[2].startswith(SCRATCH_PREFIX)
+
+
+def _runs_by_source(runs: Iterable[RunView]) -> tuple[Counter[str], Counter[str]]:
+    files: Counter[str] = Counter(r.source_object for r in runs if r.source_object)
+    messages: Counter[str] = Counter(r.message_name for r in runs if r.message_name and not r.source_object)
+    return files, messages
+
+
+def _check_runs(snap: Snapshot) -> list[Miss]:
+    misses = []
+    files, messages = _runs_by_source(snap.runs)
+    for kind, wanted, got in (("object", snap.drops, files), ("message", snap.messages, messages)):
+        for name in sorted(set(wanted) | set(got)):
+            if wanted.get(name, 0) != got.get(name, 0):
+                misses.append(
+                    Miss(
+                        "one run per drop", f"{kind} {name}: dropped {wanted.get(name, 0)}, runs {got[name]}"
+                    )
+                )
+    claims = Counter((r.source_object, r.generation) for r in snap.runs if r.source_object)
+    for (name, generation), count in claims.items():
+        if count > 1:
+            misses.append(Miss("one run per drop", f"{name}#{generation} has {count} runs"))
+    return misses
+
+
+def _source_key(run: RunView) -> str | None:
+    return run.source_object or run.message_name
+
+
+def _check_manifest(snap: Snapshot, run: RunView, entries: list[dict[str, Any]]) -> list[Miss]:
+    misses = []
+    key = _source_key(run)
+    expected = Counter(snap.expected_lines.get(key or "", ()))
+    got = Counter(int(entry.get("line", -1)) for entry in entries)
+    missing = sorted((expected - got).elements())
+    extra = sorted((got - expected).elements())
+    if missing or extra:
+        misses.append(
+            Miss(
+                "one manifest entry per line",
+                f"{run.run_id}: {len(entries)} entries for {sum(expected.values())} lines; "
+                f"missing lines {missing[:10]}, extra or repeated {extra[:10]}",
+            )
+        )
+    folder = f"{snap.output_prefix}{run.run_id}/"
+    images = {name for name in snap.objects if name.startswith(folder + "images/") and not is_scratch(name)}
+    succeeded = [e.get("image") for e in entries if e.get("status") == "succeeded"]
+    referenced = {str(name) for name in succeeded if name}
+    if len(images) != len(succeeded) or images != referenced:
+        misses.append(
+            Miss(
+                "images == succeeded entries",
+                f"{run.run_id}: {len(images)} image files, {len(succeeded)} succeeded entries; "
+                f"orphans {sorted(images - referenced)[:5]}, missing {sorted(referenced - images)[:5]}",
+            )
+        )
+    return misses
+
+
+def _check_outputs(snap: Snapshot) -> list[Miss]:
+    misses = []
+    for run in snap.runs:
+        if run.state not in TERMINAL:
+            misses.append(Miss("every run terminal", f"{run.run_id} is still {run.state}"))
+            continue
+        entries = snap.manifests.get(run.run_id)
+        if entries is None:
+            misses.append(Miss("one manifest entry per line", f"{run.run_id} ({run.state}) has no manifest"))
+        else:
+            misses += _check_manifest(snap, run, entries)
+        folder = f"{snap.output_prefix}{run.run_id}/"
+        scratch = sorted(
+            name
+            for name in snap.objects
+            if name.startswith(folder) and (name.startswith(folder + "_work/") or is_scratch(name))
+        )
+        if scratch:
+            sizes = sum(snap.objects[name] for name in scratch)
+            shown = ", ".join(name.removeprefix(folder) for name in scratch[:3])
+            misses.append(
+                Miss("no scratch left", f"{run.run_id}: {len(scratch)} files ({sizes} bytes) left: {shown}")
+            )
+    return misses
+
+
+def _check_batches(snap: Snapshot) -> list[Miss]:
+    counts = Counter(name for name in snap.batch_display_names)
+    return [
+        Miss("one batch per display name", f"{count} batch jobs named {name!r} (paid {count} times)")
+        for name, count in sorted(counts.items(), key=lambda item: str(item[0]))
+        if count > 1
+    ]
+
+
+def _check_logs(snap: Snapshot) -> list[Miss]:
+    return [
+        Miss(
+            "no tracebacks",
+            f"{count} in {log}"
+            + (f", first: {example}" if (example := snap.traceback_examples.get(log)) else ""),
+        )
+        for log, count in sorted(snap.tracebacks.items())
+        if count
+    ]
+
+
+def _check_kills(snap: Snapshot) -> list[Miss]:
+    return [
+        Miss("kills hit the risky moments", f"no kill during a {reason}")
+        for reason in snap.required_kills
+        if not snap.kills.get(reason)
+    ]
+
+
+def judge(snap: Snapshot) -> list[Miss]:
+    """Every miss of the seed, in the order of ``CHECKS``."""
+    misses = (
+        _check_runs(snap)
+        + _check_outputs(snap)
+        + _check_batches(snap)
+        + _check_logs(snap)
+        + _check_kills(snap)
+    )
+    return sorted(misses, key=lambda miss: CHECKS.index(miss.check))
+
+
+_CHAINED = (
+    "The above exception was the direct cause of the following exception",
+    "During handling of the above exception, another exception occurred",
+)
+
+
+def count_tracebacks(text: str) -> int:
+    """Tracebacks logged; a chain of exceptions (``raise ... from``) prints several but is one."""
+    return len(re.findall(re.escape(TRACEBACK), text)) - sum(text.count(marker) for marker in _CHAINED)
+
+
+def first_exception(text: str) -> str | None:
+    """The exception line ending the first traceback of a log (text, or JSON lines with an ``exception``)."""
+    for line in text.splitlines():
+        if TRACEBACK not in line:
+            continue
+        block = line
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {}
+            block = str(record.get("exception") or record.get("stack_trace") or line)
+            lines = [part for part in block.splitlines() if part.strip()]
+            return lines[-1][:300] if lines else None
+        break
+    else:
+        return None
+    # A text log: the first line after the traceback's start that is not indented.
+    after = text[text.index(TRACEBACK) + len(TRACEBACK) :].splitlines()[1:]
+    return next((part[:300] for part in after if part and not part[0].isspace()), None)

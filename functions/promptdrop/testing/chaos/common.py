@@ -1,0 +1,176 @@
+"""What both chaos paths share: the faulty Gemini emulator, the kill budget, the figures of a seed."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
+from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
+from promptdrop.testing.chaos.prompts import PromptFile, big_file, big_lines, mixed_file
+from promptdrop.testing.cloud import free_port
+
+REPO = Path(__file__).resolve().parents[4]
+API_KEY = "promptdrop-chaos-key"
+# ~10% of calls on every route the emulator may fault: errors, and stalls longer than a lease.
+FAULT_RATE = 0.08
+STALL_RATE = 0.02
+# An extra share of creates stall, so that some kills land while a create is still to land.
+CREATE_STALL_RATE = 0.3
+# Files dropped at most when the planned ones ended before the kills aimed at harvests and creates hit.
+MAX_EXTRA_FILES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How hard one seed pushes."""
+
+    short: bool
+    stall_seconds: float
+    lease_seconds: float
+    random_kills: int  # kills at random moments (beside those aimed at creates and harvests)
+    harvest_kills: int  # kills aimed at harvests, at most (they leave room for the others)
+    max_kills: int  # all kills together
+    kill_gap: tuple[float, float]  # seconds between random kills
+    chaos_seconds: float  # the longest the kill phase lasts
+    settle_seconds: float  # then, the longest every run may take to end with nothing killed
+
+    @classmethod
+    def for_mode(cls, *, short: bool) -> Plan:
+        if short:
+            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 60.0)
+        return cls(False, 6.0, 4.0, 6, 4, 16, (3.0, 8.0), 150.0, 180.0)
+
+
+@dataclass
+class SeedResult:
+    path: str
+    seed: int
+    figures: dict[str, object] = field(default_factory=dict)
+    misses: list[Miss] = field(default_factory=list)
+
+
+def extra_file(
+    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool
+) -> PromptFile | None:
+    """Every run ended before a kill hit a harvest or a stalled create: one more file for it (appended to
+    ``extras``), or None when both were hit or the extras are used up."""
+    if len(extras) >= MAX_EXTRA_FILES:
+        return None
+    number = len(extras) + 1
+    if not kills["harvest"]:
+        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short))
+    elif not kills["create"]:
+        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6)
+    else:
+        return None
+    extras.append(extra)
+    return extra
+
+
+def promptdrop_command() -> list[str]:
+    """The ``promptdrop`` console script of this interpreter's environment."""
+    script = Path(sys.executable).parent / "promptdrop"
+    return (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from promptdrop.cli import main; main()"]
+    )
+
+
+def base_env() -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PROMPTDROP_", "GEMINI_", "GOOGLE_API_KEY", "K_SERVICE"))
+    }
+    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
+    return env
+
+
+def start_emulator(work: Path, seed: int, plan: Plan) -> tuple[Child, str]:
+    """The Gemini emulator as its own process, faulting and stalling every route (create included)."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "promptdrop.emulator",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(work / "gemini-emulator"),
+        "--pending-seconds",
+        "0.3",
+        "--running-seconds",
+        "0.7",
+        "--image-scale",
+        "0.0625",
+        "--fault-rate",
+        str(FAULT_RATE),
+        "--stall-rate",
+        str(STALL_RATE),
+        "--create-stall-rate",
+        str(CREATE_STALL_RATE),
+        "--stall-seconds",
+        str(plan.stall_seconds),
+        "--fault-routes",
+        "all",
+        "--fault-seed",
+        str(seed),
+    ]
+    child = Child("gemini-emulator", argv, base_env(), work / "logs" / "gemini-emulator.log", REPO).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", time.monotonic() + 30, child)
+    return child, url
+
+
+def batch_display_names(emulator_dir: Path) -> list[str | None]:
+    """The display name of every batch job the emulator's data folder holds."""
+    names: list[str | None] = []
+    for path in sorted((emulator_dir / "batches").glob("*.json")):
+        if not path.name.startswith("."):
+            record = orjson.loads(path.read_bytes())
+            names.append(record.get("display_name"))
+    return names
+
+
+def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
+    """Tracebacks per log, and the exception line of each log's first one."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for name, path in logs.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        counts[name] = count_tracebacks(text)
+        example = first_exception(text)
+        if example:
+            examples[name] = example
+    return counts, examples
+
+
+def fault_figures(url: str) -> dict[str, object]:
+    stats = emulator_stats(url)
+    by_route = stats.get("stalls_by_route")
+    return {
+        "api faults": stats.get("faults", "?"),
+        "api stalls": stats.get("stalls", "?"),
+        "stalled creates": by_route.get("create", 0) if isinstance(by_route, dict) else "?",
+    }
+
+
+def line_figures(manifests: dict[str, list[dict[str, object]] | None]) -> dict[str, object]:
+    statuses: Counter[str] = Counter()
+    for entries in manifests.values():
+        statuses.update(str(entry.get("status")) for entry in entries or [])
+    return {
+        "lines": sum(statuses.values()),
+        "succeeded": statuses["succeeded"],
+        "failed": statuses["failed"],
+        "invalid": statuses["invalid"],
+    }

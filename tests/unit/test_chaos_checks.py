@@ -1,0 +1,146 @@
+"""The chaos suite's judge: each check passes on a clean seed and names the miss it is there to find."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from promptdrop.testing.chaos.checks import (
+    CHECKS,
+    RunView,
+    Snapshot,
+    count_tracebacks,
+    first_exception,
+    judge,
+)
+from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, mixed_file, seed_files
+from promptdrop.usecases.harvest import CHECKPOINT_LINES
+
+RUN = "cats-1a2b3c4d"
+
+
+def _entry(line: int, status: str = "succeeded") -> dict[str, Any]:
+    image = f"outputs/{RUN}/images/k{line}.png" if status == "succeeded" else None
+    return {"line": line, "status": status, "image": image}
+
+
+def clean() -> Snapshot:
+    entries = [_entry(2), _entry(3, "failed"), _entry(5)]
+    return Snapshot(
+        drops={"inbox/cats.jsonl": 1},
+        messages={},
+        expected_lines={"inbox/cats.jsonl": (2, 3, 5)},
+        runs=[RunView(RUN, "PARTIAL", "inbox/cats.jsonl", "7")],
+        manifests={RUN: entries},
+        objects={
+            f"outputs/{RUN}/images/k2.png": 10,
+            f"outputs/{RUN}/images/k5.png": 10,
+            f"outputs/{RUN}/manifest.jsonl": 99,
+            f"outputs/{RUN}/summary.json": 99,
+        },
+        output_prefix="outputs/",
+        batch_display_names=[f"{RUN}-a1-c0000", f"{RUN}-a2-c0000"],
+        tracebacks={"serve-steady": 0},
+        kills={"create": 1, "harvest": 2},
+        required_kills=("create", "harvest"),
+    )
+
+
+def _second_run(snapshot: Snapshot) -> None:
+    """A second run of the same generation, complete in itself (all its lines failed)."""
+    snapshot.runs.append(RunView("cats-2", "FAILED", "inbox/cats.jsonl", "7"))
+    snapshot.manifests["cats-2"] = [_entry(line, "failed") for line in (2, 3, 5)]
+
+
+def test_a_clean_seed_has_no_miss() -> None:
+    assert judge(clean()) == []
+
+
+def _missed(snapshot: Snapshot) -> set[str]:
+    return {miss.check for miss in judge(snapshot)}
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (lambda s: s.drops.update({"inbox/cats.jsonl": 2}), "one run per drop"),
+        (lambda s: _second_run(s), "one run per drop"),
+        (
+            lambda s: s.runs.__setitem__(0, RunView(RUN, "SUBMITTED", "inbox/cats.jsonl", "7")),
+            "every run terminal",
+        ),
+        (lambda s: s.manifests[RUN].append(_entry(3, "failed")), "one manifest entry per line"),
+        (lambda s: s.manifests[RUN].pop(1), "one manifest entry per line"),
+        (lambda s: s.manifests.update({RUN: None}), "one manifest entry per line"),
+        (lambda s: s.objects.update({f"outputs/{RUN}/images/k9.png": 1}), "images == succeeded entries"),
+        (lambda s: s.objects.pop(f"outputs/{RUN}/images/k5.png"), "images == succeeded entries"),
+        (lambda s: s.batch_display_names.append(f"{RUN}-a1-c0000"), "one batch per display name"),
+        (lambda s: s.objects.update({f"outputs/{RUN}/_work/results-1.jsonl": 5}), "no scratch left"),
+        (lambda s: s.objects.update({f"outputs/{RUN}/_work/.promptdrop-tmp-ab": 0}), "no scratch left"),
+        (lambda s: s.objects.update({f"outputs/{RUN}/images/.promptdrop-tmp-cd": 0}), "no scratch left"),
+        (lambda s: s.tracebacks.update({"poll_jobs": 1}), "no tracebacks"),
+        (lambda s: s.kills.pop("harvest"), "kills hit the risky moments"),
+    ],
+)
+def test_each_check_names_its_miss(change: Any, check: str) -> None:
+    snapshot = clean()
+    snapshot.drops, snapshot.manifests = dict(snapshot.drops), dict(snapshot.manifests)
+    snapshot.objects, snapshot.tracebacks = dict(snapshot.objects), dict(snapshot.tracebacks)
+    snapshot.kills, snapshot.runs = dict(snapshot.kills), list(snapshot.runs)
+    snapshot.manifests = {run: list(entries or []) for run, entries in snapshot.manifests.items()}
+    change(snapshot)
+    assert _missed(snapshot) == {check}
+    assert check in CHECKS
+
+
+def test_a_message_gives_one_run() -> None:
+    snapshot = clean()
+    snapshot.messages = {"message-0": 2}
+    snapshot.expected_lines = {**snapshot.expected_lines, "message-0": (1,)}
+    snapshot.runs = [*snapshot.runs, RunView("message-0-1", "FAILED", None, None, "message-0")]
+    snapshot.manifests = {**snapshot.manifests, "message-0-1": [_entry(1, "failed")]}
+    assert [miss.detail for miss in judge(snapshot)] == ["message message-0: dropped 2, runs 1"]
+
+
+def test_tracebacks_are_counted_a_chain_as_one() -> None:
+    text = "ok\nTraceback (most recent call last):\n  x\nTraceback (most recent call last):\n"
+    assert count_tracebacks(text) == 2
+    chained = (
+        "Traceback (most recent call last):\n  x\nOSError: a\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n  y\nValueError: b\n"
+    )
+    assert count_tracebacks(chained + chained) == 2
+
+
+def test_prompt_files_expect_every_non_blank_line_but_the_defaults() -> None:
+    prompt_file = mixed_file(random.Random(3), "m.jsonl", 5)
+    lines = prompt_file.data.decode().split("\n")[:-1]
+    assert json.loads(lines[0]) == {"defaults": {"model": "gemini-3-pro-image", "aspect_ratio": "1:1"}}
+    assert prompt_file.expected_lines == tuple(n for n, line in enumerate(lines, 1) if line.strip() and n > 1)
+    assert any(not line.strip() for line in lines)  # a blank line is there, and expected nowhere
+
+
+def test_each_seed_has_a_job_past_a_harvest_checkpoint_and_a_re_upload() -> None:
+    files = seed_files(1, short=True)
+    assert BIG_LINES_SHORT > CHECKPOINT_LINES
+    assert max(len(f.expected_lines) for f in files) > CHECKPOINT_LINES
+    assert files[-1] == files[0]
+    assert seed_files(1, short=True) == files and seed_files(2, short=True) != files
+
+
+def test_the_first_exception_of_a_log_is_named_in_the_miss() -> None:
+    text_log = "ok\nTraceback (most recent call last):\n  File 'a.py'\n    x()\nValueError: boom\nlater\n"
+    json_log = json.dumps(
+        {"severity": "ERROR", "exception": "Traceback (most recent call last):\n  x\nOSError: gone"}
+    )
+    assert first_exception(text_log) == "ValueError: boom"
+    assert first_exception("plain\n" + json_log + "\n") == "OSError: gone"
+    assert first_exception("no trouble here\n") is None
+    snapshot = clean()
+    snapshot.tracebacks = {"serve-victim": 1}
+    snapshot.traceback_examples = {"serve-victim": "ValueError: boom"}
+    assert [miss.detail for miss in judge(snapshot)] == ["1 in serve-victim, first: ValueError: boom"]
