@@ -74,6 +74,11 @@ class BlobStore(Protocol):
         nothing (NotFoundError when it is gone, PreconditionFailedError when another one is live)."""
         ...
 
+    def sweep_interrupted(self, prefix: str) -> None:
+        """Remove what writes interrupted by a kill left under ``prefix`` (a folder's hidden temporaries);
+        objects stay. Settle calls it on a run's folder once no worker may write there any more."""
+        ...
+
     def mark_ended(self, prefix: str, when: float) -> None:
         """Stamp the objects under ``prefix`` with the time their run ended (Cloud Storage's ``customTime``),
         so the bucket's lifecycle rule expires scratch a crash left behind by the run's end, never by age.

@@ -213,3 +213,21 @@ def test_delete_prefix_removes_the_scratch_that_listing_hides(tmp_path: Path) ->
     assert [info.name for info in store.list("outputs/r/_work/")] == ["outputs/r/_work/jobs/j/keys.jsonl"]
     store.delete_prefix("outputs/r/_work/")
     assert not (tmp_path / "bucket" / "outputs").exists()
+
+
+def test_sweep_interrupted_removes_temporaries_beside_outputs_and_keeps_the_outputs(tmp_path: Path) -> None:
+    """Images and pages whose writes a kill cut off leave hidden temporaries; the sweep takes only those."""
+    store = LocalBlobStore(tmp_path / "bucket")
+    store.write_bytes("outputs/r/images/a.png", b"png")
+    store.write_bytes("outputs/r/summary.json", b"{}")
+    for leftover in ("outputs/r/images/.promptdrop-tmp-01", "outputs/r/.promptdrop-tmp-02"):
+        (tmp_path / "bucket" / leftover).write_bytes(b"partial")
+    store.sweep_interrupted("outputs/r/")
+    left = sorted(
+        str(p.relative_to(tmp_path / "bucket")) for p in (tmp_path / "bucket").rglob("*") if p.is_file()
+    )
+    assert [name for name in left if not name.startswith(".")] == [
+        "outputs/r/images/a.png",
+        "outputs/r/summary.json",
+    ]
+    assert store.read_bytes("outputs/r/images/a.png") == b"png"

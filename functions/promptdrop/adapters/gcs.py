@@ -404,6 +404,9 @@ class GcsBlobStore:
             for blob in self._client.list_blobs(self._bucket, prefix=prefix or None, **self._call):
                 yield _info(blob)
 
+    def sweep_interrupted(self, prefix: str) -> None:
+        """Nothing to sweep: an interrupted upload never becomes an object (its session expires by itself)."""
+
     def mark_ended(self, prefix: str, when: float) -> None:
         """``customTime`` = ``when`` on each object under ``prefix`` (infra's scratch lifecycle rule counts from
         it). Cloud Storage only lets customTime move forward: a second settle's later stamp is accepted, an

@@ -251,13 +251,22 @@ class LocalBlobStore:
         if not prefix.endswith("/"):
             return
         folder = self.path_of(prefix.removesuffix("/"))
-        for directory, _, files in os.walk(folder, topdown=False):
-            for file in files:
-                if file.startswith(_TEMP_PREFIX):
-                    Path(directory, file).unlink(missing_ok=True)
+        self._remove_temporaries(folder)
+        for directory, _, _ in os.walk(folder, topdown=False):
             with contextlib.suppress(OSError):  # not empty (a write landed meanwhile), or already gone
                 os.rmdir(directory)
         self._prune(folder.parent)
+
+    def sweep_interrupted(self, prefix: str) -> None:
+        """The hidden temporary files of writes a kill interrupted under ``prefix``; objects stay."""
+        self._remove_temporaries(self.path_of(prefix.removesuffix("/")))
+
+    @staticmethod
+    def _remove_temporaries(folder: Path) -> None:
+        for directory, _, files in os.walk(folder):
+            for file in files:
+                if file.startswith(_TEMP_PREFIX):
+                    Path(directory, file).unlink(missing_ok=True)
 
     def mark_ended(self, prefix: str, when: float) -> None:
         """Nothing to stamp: a folder has no lifecycle rule (settle deletes scratch right after)."""

@@ -144,6 +144,9 @@ def _end(
     )
     final = ctx.store.update_run(run.run_id, changes, if_states=RUN_ACTIVE)
     delete_work(ctx, run.run_id)
+    # Writes of images, thumbnails or pages that a kill cut off left temporaries beside the outputs; the run
+    # has ended (fenced), so nothing may still be writing them.
+    ctx.blobs.sweep_interrupted(ctx.layout(run.run_id).folder)
     return final
 
 
