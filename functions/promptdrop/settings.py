@@ -87,6 +87,9 @@ class Settings(BaseModel):
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False  # the CLI logs at INFO instead of WARNING
     api_timeout: float = 120.0  # seconds per Gemini API call; a create unanswered this long may still land
+    # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
+    # be landing at the server); meanwhile it is looked up by display name.
+    create_margin: float = 60.0
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
     @property
@@ -147,6 +150,7 @@ class Settings(BaseModel):
                 "submit_retry_base",
                 "emulator_idle",
                 "api_timeout",
+                "create_margin",
             }:
                 values[name] = parse_duration(raw)
             else:

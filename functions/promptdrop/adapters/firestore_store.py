@@ -91,6 +91,10 @@ def translate_firestore_error(exc: BaseException, what: str) -> PromptdropError:
     if isinstance(exc, ValueError) and isinstance(exc.__cause__, api_exceptions.Aborted):
         # The transaction ran out of attempts against concurrent writers.
         return TransientError(f"Firestore contention on {what}: transaction attempts exhausted")
+    if isinstance(exc, api_exceptions.InvalidArgument) and "transaction" in str(exc.message).lower():
+        # "Transaction is invalid or closed": a commit retried after its connection was reset finds the
+        # transaction gone. The work was not done; a new transaction can do it.
+        return TransientError(f"Firestore did not complete {what}: the transaction was closed under it")
     if isinstance(exc, api_exceptions.FailedPrecondition):
         # Typically a missing composite index; the message names the index to create.
         return PermanentError(f"Firestore refused {what}: {exc.message}")

@@ -32,8 +32,6 @@ from promptdrop.usecases.workfiles import iter_job_keys, job_keys, load_outcomes
 
 log = logging.getLogger(__name__)
 
-# A create is not sent again until it could no longer land: the client's timeout plus this margin.
-CREATE_MARGIN = 60.0
 # A job still CREATING after this many creates gives up: its lines fail (or go to the next attempt).
 MAX_CREATE_RECOVERIES = 10
 # A floor for upload speed from a function to the Files API, to tell whether an input fits the time left
@@ -148,7 +146,8 @@ def recover_creating(ctx: Context, run: Run, job: Job) -> None:
             _adopt_found(ctx, run, job, found)
             return
     sent_at = job.create_sent_at
-    if sent_at is not None and ctx.clock() < sent_at + ctx.settings.api_timeout + CREATE_MARGIN:
+    # Not sent again until it could no longer land: the client's timeout plus a margin for the server.
+    if sent_at is not None and ctx.clock() < sent_at + ctx.settings.api_timeout + ctx.settings.create_margin:
         log.info("create sent, not found yet; waiting before creating again", extra=extra)
         return
     if job.recoveries >= MAX_CREATE_RECOVERIES:
