@@ -287,7 +287,9 @@ class LocalChaos:
             tracebacks=counts,
             traceback_examples=examples,
             kills=dict(self.kills),
-            required_kills=("create", "harvest"),
+            # The short variant (in scripts/test) reports where its kills landed; only full runs, big enough to
+            # give the harness its aim every time, require a kill in a create and one in a harvest.
+            required_kills=() if self.plan.short else ("create", "harvest"),
         )
 
 
