@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from promptdrop.testing.chaos.checks import CHECKS
+from promptdrop.testing.chaos.cloud import run_cloud
 from promptdrop.testing.chaos.common import REPO, Plan, SeedResult
 from promptdrop.testing.chaos.local import run_local
 
@@ -61,9 +62,6 @@ def run_seed(path: str, seed: int, plan: Plan, work: Path) -> SeedResult:
     try:
         if path == "local":
             return run_local(seed, plan, folder)
-        # The Cloud libraries load only for this path.
-        from promptdrop.testing.chaos.cloud import run_cloud
-
         return run_cloud(seed, plan, folder)
     finally:
         logging.getLogger().removeHandler(handler)
