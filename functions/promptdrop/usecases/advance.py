@@ -52,6 +52,15 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
         return _failed(run_id, exc)
     try:
         run = _drive(leases.fenced(ctx), run_id, deadline)
+    except NotFoundError as exc:
+        # Its scratch gone under us: another worker, which took over after our lease lapsed, ended the run.
+        ended = _ended_meanwhile(ctx, run_id)
+        if ended is None:
+            return _failed(run_id, exc)
+        log.warning(
+            "stopped: %s; the run ended meanwhile (another worker took over)", exc, extra={"run_id": run_id}
+        )
+        return Advance(run_id, "finished", ended)
     except Exception as exc:
         return _failed(run_id, exc)
     finally:
@@ -62,6 +71,14 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
     if run is None:
         return Advance(run_id, "missing")
     return Advance(run_id, "finished" if run.state.terminal else "advanced", run)
+
+
+def _ended_meanwhile(ctx: Context, run_id: str) -> Run | None:
+    try:
+        run = ctx.store.get_run(run_id)
+    except Exception:
+        return None
+    return run if run is not None and run.state.terminal else None
 
 
 def _failed(run_id: str, exc: Exception) -> Advance:

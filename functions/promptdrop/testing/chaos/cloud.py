@@ -211,10 +211,10 @@ class CloudChaos:
             "PROMPTDROP_MODEL": MODEL,
             "PROMPTDROP_LEASE_SECONDS": str(self.plan.lease_seconds),
             "PROMPTDROP_SUBMIT_RETRY_BASE": "0.5",
-            # A stalled create lands stall_seconds after it arrived: wait that long (not 3 minutes) before
-            # creating again a create whose answer a kill or a fault lost.
+            # A stalled create lands stall_seconds after it arrived; 30 s more covers a loaded machine's
+            # delays. The defaults (2 + 1 minutes) would outlast the seed's settle window.
             "PROMPTDROP_API_TIMEOUT": str(self.plan.stall_seconds + 2),
-            "PROMPTDROP_CREATE_MARGIN": str(self.plan.stall_seconds + 2),
+            "PROMPTDROP_CREATE_MARGIN": "30",
             "PROMPTDROP_MAX_ATTEMPTS": "3",
             "PYTHONUNBUFFERED": "1",
         }
