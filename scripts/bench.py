@@ -243,16 +243,17 @@ def _harvest_context() -> Any:
     return ctx
 
 
-def _terminal_job(ctx: Any, results: str, keys: bytes) -> tuple[Any, Any]:
+def _terminal_job(ctx: Any, results: str, keys: bytes, run_id: str = RUN_ID) -> tuple[Any, Any]:
     """Run and job records for a finished batch whose results file is already in the bucket."""
     from promptdrop.records import Job, Run, RunSource
     from promptdrop.states import JobPhase, JobState, RunState
 
-    layout = ctx.layout(RUN_ID)
+    job_id = f"{run_id}-a1-c0000"
+    layout = ctx.layout(run_id)
     now = time.time()
     run = Run(
-        run_id=RUN_ID,
-        claim_key="bench",
+        run_id=run_id,
+        claim_key=run_id,
         state=RunState.SUBMITTED,
         source=RunSource(kind="file", name="bench", object="inbox/bench.jsonl"),
         input_object=layout.input("jsonl"),
@@ -262,14 +263,14 @@ def _terminal_job(ctx: Any, results: str, keys: bytes) -> tuple[Any, Any]:
         updated_at=now,
     )
     job = Job(
-        job_id=JOB_ID,
-        run_id=RUN_ID,
+        job_id=job_id,
+        run_id=run_id,
         attempt=1,
         chunk=0,
         phase=JobPhase.HARVESTING,
         state=JobState.JOB_STATE_SUCCEEDED,
         model=MODEL,
-        request_object=layout.job_requests(JOB_ID),
+        request_object=layout.job_requests(job_id),
         request_count=keys.count(b"\n"),
         request_bytes=0,
         estimated_tokens=0,
@@ -278,10 +279,10 @@ def _terminal_job(ctx: Any, results: str, keys: bytes) -> tuple[Any, Any]:
         created_at=now,
         updated_at=now,
     )
-    ctx.blobs.write_bytes(layout.job_keys(JOB_ID), keys, content_type="application/jsonl")
+    ctx.blobs.write_bytes(layout.job_keys(job_id), keys, content_type="application/jsonl")
     ctx.store.create_run(run)
     ctx.store.create_job(job)
-    if not ctx.store.acquire_lease(RUN_ID, ctx.owner, ctx.settings.lease_seconds, time.time()):
+    if not ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, time.time()):
         raise RuntimeError("could not take the run lease")
     return run, job
 

@@ -67,9 +67,8 @@ def write_results(folder: Path, size: str, images: int) -> tuple[Path, Path, int
 
 def worker(args: dict[str, Any]) -> dict[str, Any]:
     """One tick's worth of harvests: RUNS_PER_TICK finished jobs harvested at once, one context."""
-    from promptdrop.records import Job, Run, RunSource
+    from promptdrop.records import Job, Run
     from promptdrop.settings import Settings
-    from promptdrop.states import JobPhase, JobState, RunState
     from promptdrop.usecases import harvest
     from promptdrop.wiring import build_context
 
@@ -77,46 +76,11 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     ctx.backend_factory = bench._harvest_context().backend_factory  # no Files API objects to delete
     keys = Path(args["keys"]).read_bytes()
     work: list[tuple[Run, Job]] = []
-    now = time.time()
     for index in range(RUNS_PER_TICK):
         run_id = f"mem-{index:08d}"
-        layout = ctx.layout(run_id)
-        job_id = f"{run_id}-a1-c0000"
-        results = layout.job_results(job_id)
+        results = ctx.layout(run_id).job_results(f"{run_id}-a1-c0000")
         ctx.blobs.copy(args["master"], results)
-        ctx.blobs.write_bytes(layout.job_keys(job_id), keys)
-        run = Run(
-            run_id=run_id,
-            claim_key=run_id,
-            state=RunState.HARVESTING,
-            source=RunSource(kind="file", name="mem", object="inbox/mem.jsonl"),
-            input_object=layout.input("jsonl"),
-            output_folder=layout.folder,
-            model=bench.MODEL,
-            created_at=now,
-            updated_at=now,
-        )
-        job = Job(
-            job_id=job_id,
-            run_id=run_id,
-            attempt=1,
-            chunk=0,
-            phase=JobPhase.HARVESTING,
-            state=JobState.JOB_STATE_SUCCEEDED,
-            model=bench.MODEL,
-            request_object=layout.job_requests(job_id),
-            request_count=keys.count(b"\n"),
-            request_bytes=0,
-            estimated_tokens=0,
-            batch_name="batches/mem",
-            results_object=results,
-            created_at=now,
-            updated_at=now,
-        )
-        ctx.store.create_run(run)
-        ctx.store.create_job(job)
-        assert ctx.store.acquire_lease(run_id, ctx.owner, 600, time.time())
-        work.append((run, job))
+        work.append(bench._terminal_job(ctx, results, keys, run_id))
     start = time.perf_counter()
     with ThreadPoolExecutor(RUNS_PER_TICK) as pool:
         done = list(pool.map(lambda pair: harvest.harvest_job(ctx, pair[0], pair[1], None), work))
