@@ -29,7 +29,7 @@ from promptdrop.ports import BatchInfo
 from promptdrop.records import Run, RunSource
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import leases, poll, receive, settle
+from promptdrop.usecases import advance, leases, poll, receive, settle
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.jobs import MAX_CREATE_RECOVERIES
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
@@ -248,6 +248,95 @@ def test_hole4_a_worker_that_lost_its_lease_cannot_write(pipeline: Pipeline) -> 
     current = ctx.store.get_run(run_id)
     assert current is not None and current.submit_attempts == 1
     assert ctx.store.list_jobs(run_id)[0].error is None
+
+
+def test_hole4_two_calls_in_one_process_do_not_work_one_run_together(pipeline: Pipeline) -> None:
+    """Overlapping invocations in one function instance share a process, not a lease: the second is skipped.
+
+    With a lease owner per process, the second call "renewed" the first one's lease, found the job CREATING
+    without a recorded create and created it again: the batch was paid twice.
+    """
+
+    class SlowUpload(Wrapped):
+        def __init__(self, real: Any) -> None:
+            super().__init__(real)
+            self.entered = threading.Event()
+            self.go_on = threading.Event()
+
+        def upload_file(self, stream: Any, **kwargs: Any) -> Any:
+            if not self.entered.is_set():  # the first upload waits; any other goes straight through
+                self.entered.set()
+                assert self.go_on.wait(30)
+            return self.real.upload_file(stream, **kwargs)
+
+    backend = SlowUpload(pipeline.ctx.backend)
+    use_backend(pipeline.ctx, backend)
+    receipts: list[receive.Receipt] = []
+    first = threading.Thread(target=lambda: receipts.append(pipeline.drop("overlap.jsonl", TWO)))
+    first.start()
+    assert backend.entered.wait(30)  # the claim's own advance is uploading the job's input
+    (run,) = pipeline.ctx.store.list_runs()
+    second = advance.advance_run(pipeline.ctx, run.run_id)
+    backend.go_on.set()
+    first.join(30)
+    use_backend(pipeline.ctx, backend.real)
+    (job,) = pipeline.ctx.store.list_jobs(run.run_id)
+    assert pipeline.finish(run.run_id).state is RunState.SUCCEEDED
+    assert len(batches_named(pipeline, job.job_id)) == 1
+    assert second.outcome == "skipped"
+
+
+def test_hole4_a_worker_whose_scratch_a_successor_deleted_stops_quietly(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stalled worker reading scratch that the worker which took its run over has deleted stops with a
+    warning, not a traceback; the same error with the lease still ours is still reported as a failure."""
+    ctx = pipeline.ctx
+    receipt = pipeline.drop("stale.jsonl", TWO)
+    assert receipt.run is not None
+    run_id = receipt.run.run_id
+
+    class TakenOverMidRead:
+        """The run's blobs, where the next read of scratch finds it deleted (by a successor, if ``successor``)."""
+
+        def __init__(self, real: Any, successor: str | None) -> None:
+            self.real = real
+            self.successor = successor
+            self.fired = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def open_read(self, name: str, **kwargs: Any) -> Any:
+            if "/_work/" in name and not self.fired:
+                self.fired = True
+                if self.successor:
+                    later = time.time() + 10 * ctx.settings.lease_seconds  # our lease has expired by then
+                    assert ctx.store.acquire_lease(run_id, self.successor, ctx.settings.lease_seconds, later)
+                self.real.delete(name)
+            return self.real.open_read(name, **kwargs)
+
+    def advance_until_fired(successor: str | None) -> advance.Advance:
+        blobs = TakenOverMidRead(ctx.blobs, successor)
+        stale = dataclasses.replace(ctx, blobs=blobs)
+        for _ in range(200):
+            result = advance.advance_run(stale, run_id)
+            if blobs.fired:
+                return result
+            time.sleep(0.05)
+        raise AssertionError("no scratch was read")
+
+    caplog.set_level(logging.WARNING)
+    result = advance_until_fired(successor="the-worker-that-took-over")
+    assert result.outcome == "skipped"
+    assert [r.levelno for r in caplog.records if r.name == "promptdrop.usecases.advance"] == [logging.WARNING]
+    assert "another worker took over" in caplog.records[-1].getMessage()
+
+    caplog.clear()
+    ctx.store.release_lease(run_id, "the-worker-that-took-over")
+    result = advance_until_fired(successor=None)  # deleted by hand: nobody took over, so it is a failure
+    assert result.outcome == "failed"
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
 
 
 # 5. Per-run isolation

@@ -43,6 +43,7 @@ class Advance:
 
 def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Advance:
     """Move one run as far as it goes now. Never raises an ordinary exception."""
+    ctx = leases.own_turn(ctx)
     try:
         if not leases.acquire(ctx, run_id):
             return Advance(run_id, "skipped")
@@ -53,14 +54,13 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
     try:
         run = _drive(leases.fenced(ctx), run_id, deadline)
     except NotFoundError as exc:
-        # Its scratch gone under us: another worker, which took over after our lease lapsed, ended the run.
-        ended = _ended_meanwhile(ctx, run_id)
-        if ended is None:
+        # Its scratch gone under us: another worker, which took over after our lease lapsed, deleted it
+        # (ending the run, or finishing the step we were in).
+        taken_over = _taken_over(ctx, run_id)
+        if taken_over is None:
             return _failed(run_id, exc)
-        log.warning(
-            "stopped: %s; the run ended meanwhile (another worker took over)", exc, extra={"run_id": run_id}
-        )
-        return Advance(run_id, "finished", ended)
+        log.warning("stopped: %s; another worker took over the run", exc, extra={"run_id": run_id})
+        return Advance(run_id, "finished" if taken_over.state.terminal else "skipped", taken_over)
     except Exception as exc:
         return _failed(run_id, exc)
     finally:
@@ -73,12 +73,15 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
     return Advance(run_id, "finished" if run.state.terminal else "advanced", run)
 
 
-def _ended_meanwhile(ctx: Context, run_id: str) -> Run | None:
+def _taken_over(ctx: Context, run_id: str) -> Run | None:
+    """The run as it is now, if it ended or another worker holds it; None when it is still ours."""
     try:
         run = ctx.store.get_run(run_id)
     except Exception:
         return None
-    return run if run is not None and run.state.terminal else None
+    if run is None:
+        return None
+    return run if run.state.terminal or leases.taken_over(ctx, run) else None
 
 
 def _failed(run_id: str, exc: Exception) -> Advance:

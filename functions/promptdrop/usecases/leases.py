@@ -17,7 +17,7 @@ from promptdrop.errors import PreconditionFailedError
 from promptdrop.ports import JobStore
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases.context import Context, owner_is_dead_local_process
+from promptdrop.usecases.context import Context, default_owner, owner_is_dead_local_process
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,23 @@ class FencedStore:
 
     def release_lease(self, run_id: str, owner: str) -> None:
         self._store.release_lease(run_id, owner)
+
+
+def own_turn(ctx: Context) -> Context:
+    """The context for one call that works under a lease, with an owner id of its own.
+
+    The owner is per call, not per process: two invocations running at once in one function instance
+    (overlapping ticks, a redelivered event) must not both "hold" a run's lease and work it together.
+    """
+    return dataclasses.replace(ctx, owner=default_owner())
+
+
+def taken_over(ctx: Context, run: Run) -> bool:
+    """Whether another worker took the lease of ``run`` (as just read) from us, holding it or done with it.
+
+    Only we give our lease back, so an owner other than us, or none, means someone else had it since.
+    """
+    return run.lease.owner != ctx.owner
 
 
 def fenced(ctx: Context) -> Context:
