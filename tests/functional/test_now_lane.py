@@ -3,7 +3,6 @@ batch lines of the same file wait for their batch; one manifest, one summary, co
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
-from promptdrop.usecases import poll
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, billed, jsonl, pipeline_env
 
