@@ -387,7 +387,10 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
-        out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        out.print(
+            f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
+            + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
+        )
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"

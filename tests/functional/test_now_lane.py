@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
 from promptdrop.wiring import build_context
@@ -157,3 +158,28 @@ def test_a_kill_mid_lane_neither_loses_nor_resends_an_answered_line(
     entries = pipeline.manifest(final)
     assert sorted(entry["key"] for entry in entries) == [f"n{i}" for i in range(5)]
     assert _images(pipeline, run.run_id) == {f"n{i}" for i in range(5)}
+
+
+def test_a_now_line_failing_retryably_is_retried_in_the_now_lane(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """A 500 on every try: each attempt goes to the now lane again (never to a batch), then the line fails."""
+    emulator = emulator_factory("failing")
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url)
+    ctx = build_context(Settings.from_env(env))
+    # The SDK's own retries, shortened: one try per attempt keeps the test fast.
+    ctx.backend_holder.set(GeminiBackend("k", base_url=emulator.url, retry_attempts=1))  # type: ignore[union-attr]
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=ctx)
+    receipt = pipeline.drop(
+        "retry.jsonl", jsonl({"key": "n", "prompt": "x [[emulator:error=13]]", "lane": "now"})
+    )
+    assert receipt.run is not None
+    final = pipeline.finish(receipt.run.run_id)
+    assert final.state is RunState.FAILED
+    jobs = ctx.store.list_jobs(final.run_id)
+    assert [(job.attempt, job.lane) for job in jobs] == [(1, "now"), (2, "now"), (3, "now")]
+    assert list(emulator.client().batches.list()) == []
+    (entry,) = pipeline.manifest(final)
+    assert (entry["lane"], entry["attempts"], entry["error"]["retryable"]) == ("now", 3, True)
+    assert emulator.server.generated == 3  # one call per attempt, each answered 500
