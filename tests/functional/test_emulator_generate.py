@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from google.genai import errors, types
 
+from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.emulator.answers import answer
 from promptdrop.emulator.wire import decode_base64
 from promptdrop.testing.emulator import running_emulator
@@ -66,3 +67,30 @@ def test_a_delay_and_faults_apply_to_it(tmp_path: Path) -> None:
             client.models.generate_content(model=GA, contents="x", config=IMAGE)
         assert caught.value.code == 503
         assert emu.server.faults_injected >= 1 and emu.server.generated == 0
+
+
+def test_the_backend_sends_a_batch_lines_request_as_it_is(tmp_path: Path) -> None:
+    """GeminiBackend.generate_content takes the REST request a batch line carries (camelCase, base64 image
+    data, a system instruction) and the emulator gets the same request: its reference image is counted."""
+    with running_emulator(tmp_path / "emu") as emu:
+        backend = GeminiBackend("k", base_url=emu.url)
+        png = answer(
+            {"contents": [{"parts": [{"text": "ref"}]}]}, GA, image_scale=0.05, response_id="r"
+        ).response["candidates"][0]["content"]["parts"][-1]["inlineData"]  # type: ignore[index]
+        request = {
+            "contents": [{"role": "user", "parts": [{"text": "a kite like this"}, {"inlineData": png}]}],
+            "systemInstruction": {"parts": [{"text": "watercolour"}]},
+            "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "16:9"}},
+        }
+        item = backend.generate_content(model=GA, request=request)
+        usage = item["response"]["usageMetadata"]
+        assert {"modality": "IMAGE", "tokenCount": 560} in usage["promptTokensDetails"]
+        assert item["response"]["candidates"][0]["finishReason"] == "STOP"
+
+        refused = backend.generate_content(model=GA, request={"contents": [{"parts": [{"nonsense": 1}]}]})
+        assert refused["error"]["code"] == 3 and "cannot send this request" in refused["error"]["message"]
+        failed = backend.generate_content(
+            model=GA, request={"contents": [{"parts": [{"text": "[[emulator:error=3]]"}]}]}
+        )
+        assert failed["error"]["status"] == "INVALID_ARGUMENT" and failed["error"]["code"] == 400
+        backend.close()

@@ -358,8 +358,16 @@ class GeminiBackend:
         at all (a dropped connection after the retries) raises BackendTransientError.
         """
         bare = model.removeprefix("models/")
-        contents, config = generate_arguments(request)
         action = f"generate with {bare}"
+        try:
+            contents, config = generate_arguments(request)
+        except (pydantic.ValidationError, ValueError) as exc:
+            # A request the SDK's types refuse would be refused by the API too: this line fails, alone.
+            problem = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
+            message = (
+                f"{action} failed: the SDK cannot send this request ({problem[:MAX_SERVER_MESSAGE_CHARS]})"
+            )
+            return {"error": {"code": 3, "status": "INVALID_ARGUMENT", "message": message}}
         try:
             response = self._now_client.models.generate_content(model=bare, contents=contents, config=config)
         except genai_errors.APIError as exc:
