@@ -73,7 +73,7 @@ def submit_run(ctx: Context, run: Run) -> Run:
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     try:
         plan = _write_chunks(ctx, run)
-    except _Refused as refused:  # too many now lines: the whole run, before any line is sent
+    except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
         return fail_refused(ctx, run, refused.error)
     for job in plan.jobs:
         ctx.store.create_job(job)
@@ -160,6 +160,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
     plan = _Plan()
     planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
+    now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -167,6 +168,11 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                 if not isinstance(line, PromptRequest):
                     plan.counts.invalid += 1
                     continue
+                if line.lane == "now":
+                    # Counted before anything is done for the line (no reference image is uploaded).
+                    now_asked += 1
+                    if now_asked > ctx.settings.max_now_lines:
+                        raise _RunRefused(_now_cap_error(ctx, line))
                 try:
                     # The API decides what is served; a retired id runs on its replacement, or is refused.
                     choice = choose(line.model)
@@ -192,10 +198,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     )
                     continue
                 plan.counts.valid += 1
-                if line.lane == "now":
-                    plan.counts.now += 1
-                    if plan.counts.now > ctx.settings.max_now_lines:
-                        raise _Refused(_now_cap_error(ctx, line))
+                plan.counts.now += line.lane == "now"
                 plan.cost.add_estimate(line.lane, model, line.image_size, line.estimated_input_tokens)
                 planner.add(
                     model,
@@ -216,9 +219,15 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
 
 
 class _Refused(Exception):
+    """One line refused at submission."""
+
     def __init__(self, error: LineError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class _RunRefused(_Refused):
+    """The whole run refused at submission (more now lines than the cap)."""
 
 
 def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:
