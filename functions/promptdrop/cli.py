@@ -262,6 +262,11 @@ def _print_result(ctx: Context, run_record: Run) -> None:
     out.print(
         f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
         f"saved {_money(cost.saved)})"
+        + (
+            f"; now lane {_money(cost.now)} ({run_record.counts.now} line(s), interactive price)"
+            if run_record.counts.now
+            else ""
+        )
     )
     base = ctx.blobs.url.rstrip("/") + "/"
     out.print(f"images:   {base}{layout.folder}images/")
