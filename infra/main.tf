@@ -66,6 +66,14 @@ locals {
       # Triggered through Eventarc by the scheduler's messages on the tick topic.
       tick_trigger = true
     }
+    # The now lane (issue 16): fed by the push subscription google_pubsub_subscription.now (see "Now lane").
+    now = {
+      name         = "${var.name_prefix}-on-now-chunk"
+      entry_point  = "on_now_chunk"
+      description  = "Sends the now-lane lines of a run's chunk with generate_content, each answer checkpointed."
+      sizing       = var.functions.now
+      tick_trigger = false
+    }
   }
 
   # Every PROMPTDROP_* variable here is read by promptdrop.settings.Settings (tests/unit/test_infra_consistency.py
@@ -77,6 +85,7 @@ locals {
     PROMPTDROP_INBOX_PREFIX        = var.inbox_prefix
     PROMPTDROP_OUTPUT_PREFIX       = var.output_prefix
     PROMPTDROP_EVENTS_TOPIC        = google_pubsub_topic.events.id
+    PROMPTDROP_NOW_TOPIC           = google_pubsub_topic.now.id
     PROMPTDROP_HARVEST_TIME_BUDGET = tostring(local.harvest_time_budget_seconds)
     PROMPTDROP_LEASE_SECONDS       = tostring(local.lease_seconds)
     PROMPTDROP_LOG_FORMAT          = "json"
@@ -99,6 +108,10 @@ locals {
     PROMPTDROP_MAX_REQUESTS_PER_JOB = var.settings.max_requests_per_job
     PROMPTDROP_UPLOAD_CONCURRENCY   = var.settings.upload_concurrency
     PROMPTDROP_GEMINI_BASE_URL      = var.settings.gemini_base_url
+    PROMPTDROP_MAX_NOW_LINES        = var.settings.max_now_lines
+    PROMPTDROP_NOW_CONCURRENCY      = var.settings.now_concurrency
+    PROMPTDROP_NOW_CHUNK_LINES      = var.settings.now_chunk_lines
+    PROMPTDROP_NOW_BASE_URL         = var.settings.now_base_url
   }
   function_env = merge(local.fixed_env, { for name, value in local.tunable_env : name => tostring(value) if value != null })
 
@@ -453,11 +466,63 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_dead_letters" 
   for_each = {
     file    = google_pubsub_subscription.file.id
     message = google_pubsub_subscription.message.id
+    now     = google_pubsub_subscription.now.id
   }
 
   subscription = each.value
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_agent
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Now lane (issue 16): a run's now-lane lines are handed over as one message per chunk on this topic
+# (promptdrop/usecases/now_lane.py) and pushed to on_now_chunk, which sends them with generate_content
+# within its time budget. A chunk still open when the invocation ends (its run leased elsewhere, time up)
+# is answered 500 and redelivered with backoff; its answered lines are checkpointed, so a redelivery goes
+# on where the last one stopped. After the dead-letter limit the poller hands the chunk over again.
+
+resource "google_pubsub_topic" "now" {
+  # checkov:skip=CKV_GCP_83: Messages hold a run id and a chunk id only; Google-managed encryption applies.
+  name       = "${var.name_prefix}-now"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_subscription" "now" {
+  name  = "${var.name_prefix}-now-to-chunk"
+  topic = google_pubsub_topic.now.id
+
+  # Longer than the function timeout, so a chunk is not redelivered while it is still being sent.
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.dead_letter_max_delivery_attempts
+  }
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.function["now"].service_config[0].uri}/${google_pubsub_topic.now.id}"
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloudfunctions2_function.function["now"].service_config[0].uri
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.invoker, google_service_account_iam_member.pubsub_signs_as_invoker]
+}
+
+# Every function may advance a run to its now lane, so every one may hand chunks over.
+resource "google_pubsub_topic_iam_member" "function_publishes_now_chunks" {
+  for_each = local.functions
+
+  topic  = google_pubsub_topic.now.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.function[each.key].member
 }
 
 # ---------------------------------------------------------------------------------------------------

@@ -97,6 +97,12 @@ variable "functions" {
       cpu           = optional(string, "1")
       max_instances = optional(number, 3)
     }), {})
+    # The now lane (issue 16): a few images at a time, each held while it is written.
+    now = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 5)
+    }), {})
   })
   default = {}
 }
@@ -117,6 +123,11 @@ variable "settings" {
     max_requests_per_job = optional(number)
     upload_concurrency   = optional(number)
     gemini_base_url      = optional(string)
+    # The now lane (issue 16).
+    max_now_lines   = optional(number)
+    now_concurrency = optional(number)
+    now_chunk_lines = optional(number)
+    now_base_url    = optional(string) # default: gemini_base_url
   })
   default = {}
 }

@@ -31,7 +31,7 @@ from rich.table import Table
 
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
-from promptdrop.cost import CostTally
+from promptdrop.cost import LaneTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
@@ -158,8 +158,8 @@ def run(
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
-    tally = CostTally()
-    valid = invalid = 0
+    tally = LaneTally()
+    valid = invalid = now_lines = 0
     options = parse_options(settings)
     today = datetime.now(UTC).date()
     noticed: set[str] = set()
@@ -177,20 +177,30 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
                     err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
                     continue
                 valid += 1
-                tally.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
+                now_lines += line.lane == "now"
+                tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
-    total = tally.total
-    out.print(f"{valid} valid, {invalid} invalid line(s)")
-    out.print(f"estimated batch cost: {_money(total.batch)}")
-    out.print(f"same work on the interactive API: {_money(total.interactive)} (saves {_money(total.saved)})")
-    if settings.max_cost_usd is not None and total.batch is not None and total.batch > settings.max_cost_usd:
+    lanes = tally.total
+    batch = lanes.batch
+    out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
+    out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
+    out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
+    out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
+    out.print(f"estimated total: {_money(lanes.total)}")
+    refused = 0
+    if now_lines > settings.max_now_lines:
         out.print(
-            f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${settings.max_cost_usd}: it would be refused[/red]"
+            f"[red]{now_lines} now lines, over PROMPTDROP_MAX_NOW_LINES={settings.max_now_lines}: "
+            "it would be refused[/red]"
         )
-        return 1
-    return 0 if valid else 1
+        refused = 1
+    cap = settings.max_cost_usd
+    if cap is not None and lanes.total is not None and lanes.total > cap:
+        out.print(f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${cap}: it would be refused[/red]")
+        refused = 1
+    return refused or (0 if valid else 1)
 
 
 def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
@@ -252,6 +262,11 @@ def _print_result(ctx: Context, run_record: Run) -> None:
     out.print(
         f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
         f"saved {_money(cost.saved)})"
+        + (
+            f"; now lane {_money(cost.now)} ({run_record.counts.now} line(s), interactive price)"
+            if run_record.counts.now
+            else ""
+        )
     )
     base = ctx.blobs.url.rstrip("/") + "/"
     out.print(f"images:   {base}{layout.folder}images/")
@@ -377,7 +392,10 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
-        out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        out.print(
+            f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
+            + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
+        )
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"

@@ -30,6 +30,10 @@ from promptdrop.streams import content as line_content
 from promptdrop.streams import split_lines
 
 LineFormat = Literal["jsonl", "txt"]
+# Where a line runs: "batch" (the Batch API, half price, minutes to hours) or "now" (the standard API,
+# one synchronous call, full price, seconds).
+Lane = Literal["batch", "now"]
+LANES: Final[tuple[Lane, ...]] = ("batch", "now")
 
 _FORMATS: Final[dict[str, LineFormat]] = {
     ".jsonl": "jsonl",
@@ -66,6 +70,7 @@ class FileDefaults:
     modalities: tuple[str, ...] | None = None
     system: str | None = None
     priority: int | None = None  # batch priority: higher runs first
+    lane: Lane | None = None  # "batch" or "now"
 
     def over(self, base: FileDefaults) -> FileDefaults:
         """These defaults, with ``base`` filling the fields left unset."""
@@ -76,6 +81,7 @@ class FileDefaults:
             modalities=self.modalities if self.modalities is not None else base.modalities,
             system=self.system if self.system is not None else base.system,
             priority=self.priority if self.priority is not None else base.priority,
+            lane=self.lane if self.lane is not None else base.lane,
         )
 
 
@@ -102,6 +108,7 @@ class PromptRequest:
     estimated_input_tokens: int  # text tokens (ceil(chars/4)) + the model's tokens per reference image
     input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
     priority: int = 0  # batch priority (a job holds lines of one model and one priority)
+    lane: Lane = "batch"  # "now": sent at once with generate_content instead of in a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +198,15 @@ def _check_priority(value: object) -> int | None:
     return value
 
 
+def _check_lane(value: object) -> Lane | None:
+    if value is None:
+        return None
+    for lane in LANES:
+        if value == lane:
+            return lane
+    raise _Invalid("bad_lane", f'lane must be "batch" or "now", not {_show(value)}')
+
+
 def _check_size_form(value: object) -> str | None:
     size = _opt_str(value, "image_size", "bad_image_size")
     if size is None or size in KNOWN_SIZES:
@@ -271,6 +287,7 @@ _DEFAULT_FIELDS: Final = {
     "responseModalities": "modalities",
     "system": "system",
     "priority": "priority",
+    "lane": "lane",
 }
 
 
@@ -300,6 +317,7 @@ def _defaults_from(value: object) -> FileDefaults:
             modalities=_check_modalities(fields.get("modalities")),
             system=system if system and system.strip() else None,
             priority=_check_priority(fields.get("priority")),
+            lane=_check_lane(fields.get("lane")),
         )
     except _Invalid as exc:
         raise _Invalid("bad_defaults", f"defaults: {exc.error.message}") from None
@@ -437,7 +455,7 @@ def _camel_case(value: Any, message: str) -> Any:
 
 
 _SIMPLE_FIELDS: Final = {**_DEFAULT_FIELDS, "prompt": "prompt", "key": "key", "images": "images"}
-_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority"})
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "lane"})
 
 
 class _LineParser:
@@ -494,6 +512,8 @@ class _LineParser:
             form.setdefault("model", model)
             if defaults.priority is not None:
                 form.setdefault("priority", defaults.priority)
+            if defaults.lane is not None:
+                form.setdefault("lane", defaults.lane)
             return form
         present = {_SIMPLE_FIELDS.get(name) for name in fields}
         for name, value in (
@@ -503,6 +523,7 @@ class _LineParser:
             ("modalities", list(defaults.modalities) if defaults.modalities is not None else None),
             ("system", defaults.system),
             ("priority", defaults.priority),
+            ("lane", defaults.lane),
         ):
             if name not in present and value is not None:
                 form[name] = value
@@ -530,6 +551,9 @@ class _LineParser:
         if priority is None:
             priority = self._defaults.priority
         return self._options.default_priority if priority is None else priority
+
+    def _lane(self, value: object) -> Lane:
+        return _check_lane(value) or self._defaults.lane or "batch"
 
     def _image_ref(self, ref: object) -> str:
         if not isinstance(ref, str):
@@ -598,6 +622,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            lane=self._lane(fields.get("lane")),
         )
 
     def _native(self, line: int, key: str, fields: dict[str, Any], form: dict[str, Any]) -> PromptRequest:
@@ -607,7 +632,7 @@ class _LineParser:
                 raise _Invalid(
                     "bad_request",
                     f"field {extra[0]!r} is not allowed next to a native request "
-                    "(only key, model and priority are)",
+                    "(only key, model, priority and lane are)",
                 )
             raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
         raw_request = fields["request"]
@@ -655,6 +680,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            lane=self._lane(fields.get("lane")),
         )
 
     def _fill_native(self, request: dict[str, Any]) -> None:

@@ -90,6 +90,14 @@ class Settings(BaseModel):
     # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
     # be landing at the server); meanwhile it is looked up by display name.
     create_margin: float = 60.0
+    # The now lane (lines with "lane": "now", sent at once with generate_content at the standard price).
+    max_now_lines: int = 50  # a run asking for more now lines is refused before any call
+    now_concurrency: int = 4  # generate_content calls in flight per process
+    now_chunk_lines: int = 20  # now lines per chunk (one Pub/Sub message each in the cloud)
+    # Pub/Sub topic the now chunks are published to (the cloud: worked by on_now_chunk); unset, whoever
+    # advances the run sends them itself (the CLI, serve).
+    now_topic: str | None = None
+    now_base_url: str | None = None  # the now lane's endpoint; default PROMPTDROP_GEMINI_BASE_URL
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
     @property

@@ -350,7 +350,7 @@ def readable_env_names() -> set[str]:
 # --- entry points --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["file", "message", "poller"])
+@pytest.mark.parametrize("name", ["file", "message", "poller", "now"])
 def test_each_function_runs_a_cloud_event_handler_of_main_py(name: str) -> None:
     """Every deployed entry point is a top-level CloudEvent function of main.py taking one event."""
     handler_name = entry_point(function(name))
@@ -435,7 +435,7 @@ def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
     assert settings.harvest_time_budget < timeout < settings.lease_seconds
     for name, deployed in functions().items():
         assert tf.value(block(deployed, "service_config")["timeout_seconds"]) == timeout, name
-    for name in ("file", "message"):
+    for name in ("file", "message", "now"):
         assert tf.resource("google_pubsub_subscription", name)["ack_deadline_seconds"] > timeout
 
 
@@ -453,14 +453,15 @@ def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
     assert topic_id(trigger["pubsub_topic"]) == tick_topic
     # Only the tick: no file, request or run event reaches the poller through its trigger.
     others = {
-        topic_id(tf.resource("google_pubsub_subscription", name)["topic"]) for name in ("file", "message")
+        topic_id(tf.resource("google_pubsub_subscription", name)["topic"])
+        for name in ("file", "message", "now")
     }
     assert tick_topic not in others | {function_env()["PROMPTDROP_EVENTS_TOPIC"]}
     assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY"
     assert tf.value(block(job, "retry_config")["retry_count"]) == 0
 
 
-@pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests")])
+@pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests"), ("now", "now")])
 def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, topic: str) -> None:
     """An explicit push subscription (not Eventarc) feeds the function, retried, then dead-lettered."""
     tf = terraform()
@@ -499,6 +500,20 @@ def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, t
     assert event["source"] == f"//pubsub.googleapis.com/{topic_id_}"
     assert event.data["message"]["data"] == "e30="
     assert PUBSUB_EVENT in accepted_event_types(entry_point(deployed))
+
+
+def test_now_chunks_are_published_to_the_topic_the_now_function_is_pushed_from() -> None:
+    """PROMPTDROP_NOW_TOPIC (where chunks are handed over) is the topic of on_now_chunk's push subscription,
+    every function may publish there, and the dead-letter service agent may move its dead letters."""
+    tf = terraform()
+    now_topic = function_env()["PROMPTDROP_NOW_TOPIC"]
+    assert topic_id(tf.resource("google_pubsub_subscription", "now")["topic"]) == now_topic
+    assert Settings.from_env(function_env()).now_topic == now_topic
+    grant = tf.resource("google_pubsub_topic_iam_member", "function_publishes_now_chunks")
+    assert topic_id(grant["topic"]) == now_topic and grant["role"] == "roles/pubsub.publisher"
+    assert grant["for_each"] == "${local.functions}" and "each.key" in grant["member"]
+    forwards = tf.resource("google_pubsub_subscription_iam_member", "pubsub_forwards_dead_letters")
+    assert "google_pubsub_subscription.now.id" in str(forwards["for_each"])
 
 
 def test_bucket_notifies_finalized_objects_under_the_inbox_prefix_only() -> None:

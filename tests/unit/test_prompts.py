@@ -944,3 +944,31 @@ def test_file_default_priority_is_written_into_the_input_form() -> None:
     """errors.jsonl dropped back in keeps the priority the file's defaults gave the line."""
     *_, line = parse(jsonl({"defaults": {"priority": 4}}, {"key": "k", "prompt": "a"}))
     assert isinstance(line, PromptRequest) and line.input_form["priority"] == 4
+
+
+# Lanes
+
+
+def _lanes(data: bytes) -> list[object]:
+    options = ParseOptions(default_model="gemini-3-pro-image")
+    return [
+        line.lane if isinstance(line, PromptRequest) else line.error.code
+        for line in parse_prompt_file(io.BytesIO(data), "jsonl", options)
+    ]
+
+
+def test_a_line_runs_in_the_batch_lane_unless_it_or_the_defaults_say_now() -> None:
+    lines = [
+        {"prompt": "a"},
+        {"prompt": "b", "lane": "now"},
+        {"request": {"contents": [{"parts": [{"text": "c"}]}]}, "lane": "now"},
+        {"prompt": "d", "lane": "urgent"},
+    ]
+    assert _lanes(b"".join(orjson.dumps(line) + b"\n" for line in lines)) == [
+        "batch",
+        "now",
+        "now",
+        "bad_lane",
+    ]
+    with_defaults = [{"defaults": {"lane": "now"}}, {"prompt": "a"}, {"prompt": "b", "lane": "batch"}]
+    assert _lanes(b"".join(orjson.dumps(line) + b"\n" for line in with_defaults)) == ["now", "batch"]
