@@ -741,6 +741,8 @@ def test_webhook_receiver_gets_the_environment_and_both_secrets_pinned() -> None
     assert tf.map_keys(service["environment_variables"]) == env_names()
     assert "PROMPTDROP_WEBHOOK_SECRET" not in env_names(), "the signing secret must never be a plain variable"
     secrets = {secret["key"]: secret for secret in service["secret_environment_variables"]}
+    # First, as in every function: scripts/deploy --rotate-key checks secretEnvironmentVariables[0].
+    assert service["secret_environment_variables"][0]["key"] == "GEMINI_API_KEY"
     assert set(secrets) == {"GEMINI_API_KEY", "PROMPTDROP_WEBHOOK_SECRET"}
     assert set(secrets) <= readable_env_names()
     expected = {
