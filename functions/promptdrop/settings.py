@@ -79,6 +79,12 @@ class Settings(BaseModel):
     # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
     results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
+    # Gemini's batch webhooks: with them on, the receiver verifies each delivery against webhook_secret
+    # (whsec_..., from Secret Manager) and jobs are polled only every webhook_poll_seconds, the net for
+    # lost deliveries. infra/ sets all three; the receiver and the back-off are issue 13's runtime half.
+    webhooks: bool = False
+    webhook_secret: SecretStr | None = None
+    webhook_poll_seconds: float = 900.0
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
     gallery_page_size: int = 500  # cards per gallery page
@@ -155,6 +161,7 @@ class Settings(BaseModel):
                 "lease_seconds",
                 "harvest_time_budget",
                 "poll_interval",
+                "webhook_poll_seconds",
                 "submit_retry_base",
                 "emulator_idle",
                 "api_timeout",
