@@ -75,6 +75,19 @@ def retryable_left(jobs: Sequence[Job], max_attempts: int) -> bool:
     return latest < max_attempts and any(job.retryable for job in jobs if job.attempt == latest)
 
 
+def refresh_due(run: Run, job: Job, *, now: float, poll_every: float, wake: Collection[str]) -> bool:
+    """An ACTIVE job is asked about now: every call when polling alone (``poll_every`` 0); with webhooks on,
+    when a delivery named it (``wake``), when ``poll_every`` passed since the last look (the net for a lost
+    delivery), and always once past its deadline or while a cancel is taking effect (no event says so)."""
+    if poll_every <= 0 or job.job_id in wake or job.checked_at is None:
+        return True
+    if run.cancel_requested or job.error in ("deadline", "cancelled"):
+        return True
+    if job.deadline_at is not None and now >= job.deadline_at:
+        return True
+    return now >= job.checked_at + poll_every
+
+
 def next_step(
     run: Run,
     jobs: Sequence[Job],
@@ -82,8 +95,13 @@ def next_step(
     now: float,
     max_attempts: int,
     done: Collection[Action] = frozenset(),
+    poll_every: float = 0.0,
+    wake: Collection[str] = frozenset(),
 ) -> Step:
-    """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call."""
+    """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call.
+
+    ``poll_every``: seconds between polls of a running job (0: every call; webhooks on: the net's interval);
+    ``wake``: job ids a webhook delivery just named, polled now whatever the interval."""
     if run.state.terminal:
         return Step(Action.NOTHING)
     if run.state is RunState.RECEIVED:
@@ -100,9 +118,14 @@ def next_step(
         to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
         if to_cancel:
             return Step(Action.CANCEL_JOBS, to_cancel)
+    due = tuple(
+        job.job_id
+        for job in jobs
+        if job.phase is JobPhase.ACTIVE and refresh_due(run, job, now=now, poll_every=poll_every, wake=wake)
+    )
     candidates = (
         (Action.RECOVER, ids(JobPhase.CREATING)),
-        (Action.REFRESH, ids(JobPhase.ACTIVE)),
+        (Action.REFRESH, due),
         (Action.HARVEST, ids(JobPhase.HARVESTING)),
         (Action.LAUNCH, () if run.cancel_requested else ids(JobPhase.QUEUED)),
     )

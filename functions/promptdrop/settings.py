@@ -90,7 +90,22 @@ class Settings(BaseModel):
     # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
     # be landing at the server); meanwhile it is looked up by display name.
     create_margin: float = 60.0
+    # Gemini's batch webhooks (README "Webhooks"): "on" finishes a run when the push arrives and polls each
+    # running job only every webhook_poll_seconds, the net for a lost delivery; "off" polls every tick.
+    webhooks: Literal["on", "off"] = "off"
+    webhook_secret: SecretStr | None = None  # the "whsec_..." signing secret the API returned on create
+    webhook_poll_seconds: float = 1800.0  # with webhooks on: a running job is still polled this often
+    webhook_max_bytes: int = 64 * 1024  # a delivery body over this is refused (400) unread
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
+
+    @property
+    def webhooks_on(self) -> bool:
+        return self.webhooks == "on"
+
+    @property
+    def job_poll_interval(self) -> float:
+        """Seconds between two polls of one running job: every tick (0) unless webhooks are on."""
+        return self.webhook_poll_seconds if self.webhooks_on else 0.0
 
     @property
     def bucket_is_gcs(self) -> bool:
@@ -151,6 +166,7 @@ class Settings(BaseModel):
                 "emulator_idle",
                 "api_timeout",
                 "create_margin",
+                "webhook_poll_seconds",
             }:
                 values[name] = parse_duration(raw)
             else:

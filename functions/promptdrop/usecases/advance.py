@@ -8,11 +8,13 @@ logged with the run's id and reported, never raised: one bad run cannot stop a t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from promptdrop.errors import NotFoundError, PreconditionFailedError, TransientError
 from promptdrop.lifecycle import Action, next_step
+from promptdrop.ports import BatchInfo
 from promptdrop.records import Run
 from promptdrop.states import RunState
 from promptdrop.usecases import jobs as batch_jobs
@@ -41,8 +43,13 @@ class Advance:
     error: str | None = None
 
 
-def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Advance:
-    """Move one run as far as it goes now. Never raises an ordinary exception."""
+def advance_run(
+    ctx: Context, run_id: str, deadline: float | None = None, news: Mapping[str, BatchInfo] | None = None
+) -> Advance:
+    """Move one run as far as it goes now. Never raises an ordinary exception.
+
+    ``news``: batches a webhook receiver has just read, by job id; those jobs are refreshed now, with that
+    state (no second ``batches.get``), whatever the poll interval."""
     ctx = leases.own_turn(ctx)
     try:
         if not leases.acquire(ctx, run_id):
@@ -52,7 +59,7 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
     except Exception as exc:
         return _failed(run_id, exc)
     try:
-        run = _drive(leases.fenced(ctx), run_id, deadline)
+        run = _drive(leases.fenced(ctx), run_id, deadline, dict(news or {}))
     except NotFoundError as exc:
         # Its scratch gone under us: another worker, which took over after our lease lapsed, deleted it
         # (ending the run, or finishing the step we were in).
@@ -96,14 +103,22 @@ def _failed(run_id: str, exc: Exception) -> Advance:
     return Advance(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
+def _drive(ctx: Context, run_id: str, deadline: float | None, news: dict[str, BatchInfo]) -> Run | None:
     done: set[Action] = set()
     run = ctx.store.get_run(run_id)
     for _ in range(MAX_STEPS):
         if run is None:
             return None
         jobs = [] if run.state is RunState.RECEIVED else ctx.store.list_jobs(run_id)
-        step = next_step(run, jobs, now=ctx.clock(), max_attempts=ctx.settings.max_attempts, done=done)
+        step = next_step(
+            run,
+            jobs,
+            now=ctx.clock(),
+            max_attempts=ctx.settings.max_attempts,
+            done=done,
+            poll_every=ctx.settings.job_poll_interval,
+            wake=news.keys(),
+        )
         if step.final:
             return run
         leases.renew(ctx, run_id)
@@ -122,7 +137,7 @@ def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
                     batch_jobs.recover_creating(ctx, run, job)
             case Action.REFRESH:
                 for job in selected:
-                    batch_jobs.refresh(ctx, run, job)
+                    batch_jobs.refresh(ctx, run, job, news.pop(job.job_id, None))
             case Action.HARVEST:
                 if run.state is RunState.SUBMITTED:
                     run = ctx.store.update_run(
