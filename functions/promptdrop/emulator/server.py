@@ -690,6 +690,11 @@ class EmulatorServer:
         return self._httpd.stats() if self._httpd else {}
 
     @property
+    def webhooks_busy(self) -> bool:
+        """Webhook deliveries are queued or being sent."""
+        return self._hooks.busy if self._hooks else False
+
+    @property
     def faults_injected(self) -> int:
         return self._httpd.faults.faults if self._httpd else 0
 
