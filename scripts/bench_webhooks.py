@@ -1,7 +1,8 @@
 """Webhooks vs polling: seconds from a batch job's end to its run's summary.json, and batches.get calls per job.
 
 Local path (SQLite store, a local folder as the bucket) against the bundled emulator in-process. Each mode
-submits N prompt files at once; every batch stays PENDING+RUNNING for ``--job-seconds``.
+submits N prompt files spread evenly over one poller interval (so the jobs end at every phase of the tick
+cycle); every batch stays PENDING+RUNNING for ``--job-seconds``.
 
 - webhooks: the emulator POSTs a signed batch event to a WebhookListener whose handler is the same
   ``usecases.webhook.deliver`` the Cloud function calls; a poller ticks at ``--tick`` seconds as the
@@ -66,8 +67,21 @@ def one_mode(root: Path, mode: str, files: int, job_seconds: float, tick: float)
 
         handlers.append(handle)
         hook_listener.start()
+        stop = threading.Event()
+
+        def poller() -> None:
+            while not stop.wait(tick):
+                poll.tick(ctx)
+
+        thread = threading.Thread(target=poller, daemon=True)
+        thread.start()
+        started = time.monotonic()
         run_ids = []
+        gets_before = emulator.server.stats()["calls_by_route"].get("get", 0)  # type: ignore[union-attr]
         for n in range(files):
+            # Submissions spread evenly over one tick, so the jobs end at every phase of the poller's cycle
+            # (as real jobs do) instead of all just before or just after one tick.
+            time.sleep(max(0.0, started + (n + 0.5) * tick / files - time.monotonic()))
             name = f"{settings.inbox_prefix}bench-{n}.txt"
             ctx.blobs.write_bytes(name, b"a red kite\na blue boat\n")
             info = ctx.blobs.stat(name)
@@ -77,15 +91,6 @@ def one_mode(root: Path, mode: str, files: int, job_seconds: float, tick: float)
             )
             assert receipt.run is not None
             run_ids.append(receipt.run.run_id)
-        gets_after_submit = emulator.server.stats()["calls_by_route"].get("get", 0)  # type: ignore[union-attr]
-        stop = threading.Event()
-
-        def poller() -> None:
-            while not stop.wait(tick):
-                poll.tick(ctx)
-
-        thread = threading.Thread(target=poller, daemon=True)
-        thread.start()
         deadline = time.monotonic() + job_seconds + 10 * tick + 60
         while time.monotonic() < deadline:
             runs = [ctx.store.get_run(run_id) for run_id in run_ids]
@@ -95,7 +100,7 @@ def one_mode(root: Path, mode: str, files: int, job_seconds: float, tick: float)
         stop.set()
         thread.join()
         hook_listener.close()
-        gets = emulator.server.stats()["calls_by_route"].get("get", 0) - gets_after_submit  # type: ignore[operator]
+        gets = emulator.server.stats()["calls_by_route"].get("get", 0) - gets_before  # type: ignore[operator]
         engine: Engine = emulator.server._engine  # type: ignore[assignment]
         delays = []
         jobs = 0
