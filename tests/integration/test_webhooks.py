@@ -196,7 +196,7 @@ def test_a_batch_that_is_not_ours_is_answered_2xx_and_ignored(deployment: Deploy
 
 
 def test_webhooks_off_the_function_refuses_and_touches_nothing(deployment: Deployment) -> None:
-    _, emulator = hooked(deployment, webhook_drop_rate=1.0)
+    hooked(deployment, webhook_drop_rate=1.0)
     off = deployment.app("on_batch_webhook", PROMPTDROP_WEBHOOKS="off")
     run = drop(deployment, "inbox/off.txt")
     (job,) = deployment.jobs(run.run_id)
@@ -262,7 +262,7 @@ def test_the_secret_never_appears_in_logs_records_or_outputs(
 ) -> None:
     """In cloud mode, through a pushed run and every refusal path, not one line or object carries the secret."""
     deployment.env.update(CLOUD)  # type: ignore[arg-type]
-    hook, emulator = hooked(deployment)
+    hook, _ = hooked(deployment)
     run = wait_terminal(deployment, drop(deployment, "inbox/secret.txt").run_id)
     assert run.state is RunState.SUCCEEDED
     (job,) = deployment.jobs(run.run_id)
