@@ -3,7 +3,8 @@
 Starts the Firestore and Pub/Sub emulators and fake-gcs-server (publishing the inbox's object events to a
 Pub/Sub topic, as the bucket's notification does), the bundled Gemini emulator, the three functions under
 functions-framework (one process each, in cloud mode), a bridge that delivers the notifications and the
-requests to them as Eventarc-shaped CloudEvents, and a scheduler tick. Prints what a user needs to upload,
+requests to them as Eventarc-shaped CloudEvents, and a scheduler tick. Webhooks are on: the emulator POSTs
+each batch's end to ``on_batch_webhook`` (signed with a secret made for this start), and the tick is the net. Prints what a user needs to upload,
 then runs until Ctrl-C or SIGTERM, and stops everything it started. ``--smoke`` uploads
 ``examples/catalogue.jsonl`` itself, waits for the run's summary, prints it and exits.
 """
@@ -21,12 +22,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from promptdrop.emulator.hooks import new_secret
+from promptdrop.emulator.options import WEBHOOK_SECRET_ENV
 from promptdrop.testing import eventarc
 from promptdrop.testing.bridge import PubsubBridge, Ticker
 from promptdrop.testing.cloud import (
@@ -44,7 +47,8 @@ FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 EXAMPLE = REPO / "examples" / "catalogue.jsonl"
 # The emulator's steering markers are kept out of the example (a real key must not pay for them).
 EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
-TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs")
+TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_batch_webhook")
+HTTP_TARGETS = frozenset({"on_batch_webhook"})
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
 INBOX_PREFIX = "inbox/"
@@ -116,6 +120,7 @@ class Stack:
     bucket: str
     function_urls: dict[str, str]
     gemini_url: str
+    webhook_secret: str = field(default="", repr=False)
 
     def topic(self, name: str) -> str:
         return f"projects/{self.endpoints.project}/topics/{name}"
@@ -140,6 +145,8 @@ class Stack:
             "PROMPTDROP_INBOX_PREFIX": INBOX_PREFIX,
             "PROMPTDROP_HARVEST_TIME_BUDGET": "60",
             "PROMPTDROP_SUBMIT_RETRY_BASE": "2",
+            "PROMPTDROP_WEBHOOKS": "on",
+            "PROMPTDROP_WEBHOOK_SECRET": self.webhook_secret,
             "WORKERS": "1",
             "THREADS": "8",
         }
@@ -162,6 +169,8 @@ def local_cloud(
         os.environ.update(endpoints.env())  # this process's own clients (bridge, smoke upload)
         deadline = time.monotonic() + startup_timeout
         gemini_port = free_port()
+        ports = {target: free_port() for target in TARGETS}
+        webhook_secret = new_secret()
         processes.start(
             "gemini-emulator",
             [
@@ -178,15 +187,17 @@ def local_cloud(
                 "1",
                 "--image-scale",
                 "0.25",
+                "--webhook-url",
+                f"http://127.0.0.1:{ports['on_batch_webhook']}/",
             ],
-            {**os.environ},
+            {**os.environ, WEBHOOK_SECRET_ENV: webhook_secret},
         )
-        ports = {target: free_port() for target in TARGETS}
         stack = Stack(
             endpoints=endpoints,
             bucket=bucket,
             function_urls={target: f"http://127.0.0.1:{port}/" for target, port in ports.items()},
             gemini_url=f"http://127.0.0.1:{gemini_port}",
+            webhook_secret=webhook_secret,
         )
         storage.Client(project=project).create_bucket(bucket)
         for topic in (REQUESTS_TOPIC, EVENTS_TOPIC):
@@ -203,7 +214,7 @@ def local_cloud(
                     "--target",
                     target,
                     "--signature-type",
-                    "cloudevent",
+                    "http" if target in HTTP_TARGETS else "cloudevent",
                     "--host",
                     "127.0.0.1",
                     "--port",
