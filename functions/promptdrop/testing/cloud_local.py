@@ -47,7 +47,8 @@ FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 EXAMPLE = REPO / "examples" / "catalogue.jsonl"
 # The emulator's steering markers are kept out of the example (a real key must not pay for them).
 EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
-TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_batch_webhook")
+CLOUDEVENT_TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs")
+TARGETS = (*CLOUDEVENT_TARGETS, "on_batch_webhook")
 HTTP_TARGETS = frozenset({"on_batch_webhook"})
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
@@ -145,7 +146,8 @@ class Stack:
             "PROMPTDROP_INBOX_PREFIX": INBOX_PREFIX,
             "PROMPTDROP_HARVEST_TIME_BUDGET": "60",
             "PROMPTDROP_SUBMIT_RETRY_BASE": "2",
-            "PROMPTDROP_WEBHOOKS": "on",
+            # Webhooks on only where an emulator delivers them (the chaos suite's stack stays polling-only).
+            "PROMPTDROP_WEBHOOKS": "on" if self.webhook_secret else "off",
             "PROMPTDROP_WEBHOOK_SECRET": self.webhook_secret,
             "WORKERS": "1",
             "THREADS": "8",
