@@ -16,6 +16,7 @@ from typing import Any, Final
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+from werkzeug.exceptions import ServiceUnavailable
 
 from promptdrop import events, logs
 from promptdrop.errors import ConfigurationError, InputError, PermanentError, TransientError
@@ -196,7 +197,10 @@ def on_now_chunk(event: CloudEvent) -> None:
     budget = SETTINGS.harvest_time_budget
     deadline = time.time() + budget if budget > 0 else None
     if not receive.receive_now_chunk(ctx, chunk, deadline):
-        raise TransientError(f"now chunk {chunk.job_id} is still open; Pub/Sub will redeliver")
+        # An expected wait, not an error: answered 503 without a traceback (Flask logs one for any other
+        # exception), which Pub/Sub counts as a failed delivery and redelivers with backoff.
+        log.info("now chunk %s is still open; Pub/Sub will redeliver", chunk.job_id)
+        raise ServiceUnavailable(f"now chunk {chunk.job_id} is still open")
 
 
 @functions_framework.cloud_event

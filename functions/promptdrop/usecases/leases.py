@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from promptdrop.errors import PreconditionFailedError
+from promptdrop.errors import NotFoundError, PreconditionFailedError
 from promptdrop.ports import JobStore
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, RunState
@@ -119,6 +119,17 @@ def fenced(ctx: Context) -> Context:
 
 def acquire(ctx: Context, run_id: str) -> bool:
     """Take the run's lease (free, expired, ours, or held by a local process that no longer exists)."""
+    # A plain read first: a lease another worker holds is refused without a transaction, so the workers
+    # that keep asking (overlapping ticks, webhook retries, redelivered chunks) do not contend on the
+    # run's document (Firestore sustains about one write a second per document).
+    current = ctx.store.get_run(run_id)
+    if current is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    held_by_other = current.lease.owner not in (None, ctx.owner) and current.lease.expires > ctx.clock()
+    if held_by_other and (
+        ctx.settings.store_is_firestore or not owner_is_dead_local_process(current.lease.owner or "")
+    ):
+        return False
     if ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
         return True
     if ctx.settings.store_is_firestore:
