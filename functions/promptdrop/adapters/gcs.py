@@ -252,14 +252,30 @@ class _ObjectWriter(BlobWriter):  # type: ignore[misc]
         self._what = what
 
     def write(self, data: Any) -> int:
-        with _storage_errors(self._what):
+        with self._upload_errors():
             return int(super().write(data))
 
     def close(self) -> None:
         if self._abandoned:
             return
-        with _storage_errors(self._what):
+        with self._upload_errors():
             super().close()
+
+    @contextmanager
+    def _upload_errors(self) -> Iterator[None]:
+        """A 404 while the bucket exists is the upload session lost (a chunk retried after a reset whose
+        answer was lost, or an expired session), not a missing object: the whole write is tried again."""
+        try:
+            with _storage_errors(self._what):
+                yield
+        except NotFoundError:
+            with _storage_errors(f"the bucket of {self._what}"):
+                bucket_exists = self._blob.bucket.exists()
+            if not bucket_exists:
+                raise
+            raise TransientError(
+                f"the upload session of {self._what} was lost (404); written again"
+            ) from None
 
     def abandon(self) -> None:
         """Cancel the upload session; nothing becomes visible."""

@@ -40,6 +40,7 @@ class PubsubBridge:
         *,
         template: str = "eventarc-request-inline",
         name: str = "bridge",
+        redelivery_seconds: int = REDELIVERY_DELAY_SECONDS,
     ) -> None:
         self.subscriber = subscriber
         self.subscription = subscription
@@ -47,6 +48,7 @@ class PubsubBridge:
         self.deliver = deliver
         self.template = template
         self.name = name
+        self.redelivery_seconds = redelivery_seconds
         self.statuses: list[int] = []  # what the function answered, in delivery order
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,7 +79,7 @@ class PubsubBridge:
                 self.subscriber.modify_ack_deadline(
                     subscription=self.subscription,
                     ack_ids=[item.ack_id],
-                    ack_deadline_seconds=REDELIVERY_DELAY_SECONDS,
+                    ack_deadline_seconds=self.redelivery_seconds,
                 )
         return len(response.received_messages)
 

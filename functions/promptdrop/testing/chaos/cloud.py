@@ -22,6 +22,7 @@ import orjson
 from google.cloud import firestore, pubsub_v1, storage
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
+from promptdrop.emulator.hooks import new_secret
 from promptdrop.records import Run
 from promptdrop.testing import eventarc
 from promptdrop.testing.bridge import PubsubBridge, Ticker
@@ -43,25 +44,27 @@ from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_crea
 from promptdrop.testing.chaos.prompts import MODEL, PromptFile, seed_files, seed_messages
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
-    CLOUDEVENT_TARGETS,
     CREATED_TOPICS,
     FUNCTIONS_SOURCE,
+    HTTP_TARGETS,
     INBOX_PREFIX,
     INBOX_TOPIC,
     PUSHED,
     REQUESTS_TOPIC,
+    TARGETS,
     Stack,
 )
 from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
-# The chaos suite drives the polling path (webhooks off): the three CloudEvent functions.
-TARGETS = CLOUDEVENT_TARGETS
 PROJECT = "chaos-project"
 BUCKET = "promptdrop-chaos"
 OUTPUTS = "outputs/"
 DUPLICATE_RATE = 0.5  # deliveries sent twice, at the same time
 STORAGE_LATENCY = 0.03  # seconds before each Storage request
+# A failed push is redelivered after this, as the deployment's push subscriptions do (minimum_backoff in
+# infra/main.tf), not at once: a tighter loop would be a load production never sees.
+DEPLOYED_MINIMUM_BACKOFF = 10
 
 
 class Deliveries:
@@ -140,12 +143,19 @@ class CloudChaos:
             storage_proxy = FaultProxy.for_address(endpoints.storage_url).start()
             proxies = [firestore_proxy, storage_proxy]
             self.calm(proxies)
-            emulator, url = start_emulator(self.work, self.seed, self.plan)
+            ports = {target: free_port() for target in TARGETS}
+            webhook_secret = new_secret()
+            emulator, url = start_emulator(
+                self.work,
+                self.seed,
+                self.plan,
+                webhook_url=f"http://127.0.0.1:{ports['on_batch_webhook']}/",
+                webhook_secret=webhook_secret,
+            )
             self.storage = storage.Client(project=PROJECT)
             self.storage.create_bucket(BUCKET)
             for topic in CREATED_TOPICS:
                 create_topic(endpoints.pubsub_host, PROJECT, topic)
-            ports = {target: free_port() for target in TARGETS}
             # The functions reach Firestore and Storage through the proxies only.
             stack = Stack(
                 endpoints=dataclasses.replace(
@@ -154,6 +164,7 @@ class CloudChaos:
                 bucket=BUCKET,
                 function_urls={target: f"http://127.0.0.1:{port}/" for target, port in ports.items()},
                 gemini_url=url,
+                webhook_secret=webhook_secret,
             )
             for target, port in ports.items():
                 self.functions[target] = self.function(stack, target, port).start()
@@ -220,6 +231,9 @@ class CloudChaos:
             "PROMPTDROP_API_TIMEOUT": str(self.plan.stall_seconds + 2),
             "PROMPTDROP_CREATE_MARGIN": str(self.plan.create_margin),
             "PROMPTDROP_MAX_ATTEMPTS": "3",
+            # Webhooks finish most runs; the poller, the net for the dropped deliveries, looks at a running
+            # job every few seconds instead of every 15 minutes, so the seed settles in its window.
+            "PROMPTDROP_WEBHOOK_POLL_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
         }
         argv = [
@@ -231,7 +245,7 @@ class CloudChaos:
             "--target",
             target,
             "--signature-type",
-            "cloudevent",
+            "http" if target in HTTP_TARGETS else "cloudevent",
             "--host",
             "127.0.0.1",
             "--port",
@@ -248,7 +262,15 @@ class CloudChaos:
             subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
             deliver = self.deliveries.duplicating(stack.function_urls[target])
             threads.append(
-                PubsubBridge(subscriber, subscription, topic, deliver, template=template, name=name)
+                PubsubBridge(
+                    subscriber,
+                    subscription,
+                    topic,
+                    deliver,
+                    template=template,
+                    name=name,
+                    redelivery_seconds=DEPLOYED_MINIMUM_BACKOFF,
+                )
             )
         # Two schedulers a little out of step: their ticks overlap now and then.
         tick = self.deliveries.ticking(stack.function_urls["poll_jobs"])
@@ -266,8 +288,19 @@ class CloudChaos:
             return []
         return runs
 
-    def mid_harvest(self) -> bool:
-        """A big run has more images than a harvest checkpoint, and not all of them yet."""
+    def lease_holder(self, run_id: str) -> str | None:
+        """The function whose process holds the run's lease (owner ``<host>-<pid>-<random>``): the one
+        harvesting it, the poller or the webhook receiver."""
+        run = self.store.get_run(run_id)
+        owner = run.lease.owner if run is not None else None
+        parts = owner.rsplit("-", 2) if owner else []
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        pid = int(parts[1])
+        return next((target for target, child in self.functions.items() if pid in child.pids()), None)
+
+    def mid_harvest(self) -> str | None:
+        """A big run with more images than a harvest checkpoint, and not all of them yet: its id."""
         big = {
             f"{INBOX_PREFIX}{f.name}": len(f.expected_lines) for f in self.files if f.name.startswith("big")
         }
@@ -282,8 +315,8 @@ class CloudChaos:
             growing = count > self.image_counts.get(run_id, count)
             self.image_counts[run_id] = count
             if growing and CHECKPOINT_LINES < count < total:
-                return True
-        return False
+                return run_id
+        return None
 
     # The seed
 
@@ -354,8 +387,10 @@ class CloudChaos:
                         victim, reason = target, "create"
                         break
                 harvests_left = self.kills["harvest"] < plan.harvest_kills
-                if victim is None and harvests_left and "poll_jobs" not in restart_at and self.mid_harvest():
-                    victim, reason = "poll_jobs", "harvest"
+                harvesting = self.mid_harvest() if victim is None and harvests_left else None
+                holder = self.lease_holder(harvesting) if harvesting else None
+                if holder is not None and holder not in restart_at:
+                    victim, reason = holder, "harvest"
                 if victim is None and now >= next_kill and self.kills["random"] < plan.random_kills:
                     alive = [t for t in self.functions if t not in restart_at]
                     victim, reason = rng.choice(alive), "random"

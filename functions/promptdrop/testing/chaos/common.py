@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 
+from promptdrop.emulator.options import WEBHOOK_SECRET_ENV
 from promptdrop.ports import JobStore
 from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
@@ -25,6 +26,9 @@ FAULT_RATE = 0.08
 STALL_RATE = 0.02
 # An extra share of creates stall, so that some kills land while a create is still to land.
 CREATE_STALL_RATE = 0.3
+# Webhook deliveries (Cloud path) the emulator never sends, and those it sends twice.
+WEBHOOK_DROP_RATE = 0.2
+WEBHOOK_DUPLICATE_RATE = 0.3
 # Files dropped at most when the planned ones ended before the kills aimed at harvests and creates hit.
 MAX_EXTRA_FILES = 3
 
@@ -100,8 +104,14 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def start_emulator(work: Path, seed: int, plan: Plan) -> tuple[Child, str]:
-    """The Gemini emulator as its own process, faulting and stalling every route (create included)."""
+def start_emulator(
+    work: Path, seed: int, plan: Plan, *, webhook_url: str | None = None, webhook_secret: str = ""
+) -> tuple[Child, str]:
+    """The Gemini emulator as its own process, faulting and stalling every route (create included).
+
+    With ``webhook_url`` it also delivers each batch's end there, signed with ``webhook_secret``, dropping
+    and duplicating some deliveries (the poller is the net for the dropped ones).
+    """
     port = free_port()
     argv = [
         sys.executable,
@@ -130,7 +140,18 @@ def start_emulator(work: Path, seed: int, plan: Plan) -> tuple[Child, str]:
         "--fault-seed",
         str(seed),
     ]
-    child = Child("gemini-emulator", argv, base_env(), work / "logs" / "gemini-emulator.log", REPO).start()
+    env = base_env()
+    if webhook_url:
+        argv += [
+            "--webhook-url",
+            webhook_url,
+            "--webhook-drop-rate",
+            str(WEBHOOK_DROP_RATE),
+            "--webhook-duplicate-rate",
+            str(WEBHOOK_DUPLICATE_RATE),
+        ]
+        env[WEBHOOK_SECRET_ENV] = webhook_secret  # never on the command line
+    child = Child("gemini-emulator", argv, env, work / "logs" / "gemini-emulator.log", REPO).start()
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", time.monotonic() + 30, child)
     return child, url

@@ -64,8 +64,9 @@ def _file(name: str, lines: list[str]) -> PromptFile:
 
 
 def mixed_file(rng: random.Random, name: str, size: int) -> PromptFile:
-    """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line."""
-    kinds = ["ok"] * size + ["retryable", "final", "final", "invalid", "invalid", "blank"]
+    """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line;
+    two of them in the now lane (sent at once with generate_content), one of those final."""
+    kinds = ["ok"] * size + ["retryable", "final", "final", "invalid", "invalid", "blank", "now", "now-final"]
     rng.shuffle(kinds)
     lines = [json.dumps({"defaults": {"model": MODEL, "aspect_ratio": "1:1"}})]
     invalid = [
@@ -81,8 +82,11 @@ def mixed_file(rng: random.Random, name: str, size: int) -> PromptFile:
         elif kind == "invalid":
             lines.append(invalid[index % len(invalid)])
         else:
-            marker = {"ok": "", "retryable": rng.choice(_RETRYABLE), "final": rng.choice(_FINAL)}[kind]
+            final = rng.choice(_FINAL)
+            marker = {"ok": "", "now": "", "retryable": rng.choice(_RETRYABLE)}.get(kind, final)
             line: dict[str, Any] = {"prompt": _prompt(rng, marker)}
+            if kind.startswith("now"):
+                line["lane"] = "now"
             if rng.random() < 0.7:  # the rest get the default key line-<n>
                 line["key"] = f"k{index}"
             lines.append(json.dumps(line))
