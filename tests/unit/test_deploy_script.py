@@ -15,7 +15,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ import pytest
 from google import genai
 from google.genai.webhooks import Webhook
 
-from promptdrop.testing.emulator import RunningEmulator, running_emulator
+from promptdrop.adapters.webhook_listener import WebhookListener
+from promptdrop.testing.emulator import RunningEmulator, create_inline, running_emulator
+from promptdrop.webhooks import SignatureError, Verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "scripts" / "deploy"
@@ -224,6 +228,12 @@ class Stubs:
 
     def close(self) -> None:
         self._emulator.__exit__(None, None, None)
+
+    def receiver_at(self, url: str) -> None:
+        """The receiver the next apply deploys answers at ``url``."""
+        planned = json.loads((self.state / "planned.json").read_text())
+        planned["webhook_url"] = url
+        (self.state / "planned.json").write_text(json.dumps(planned))
 
     def use_key(self, key: str) -> None:
         """Restart the emulator on its folder (its webhooks persist there) accepting only ``key``."""
@@ -590,3 +600,70 @@ def test_a_lost_registration_is_made_again_with_a_new_secret(stubs: Stubs) -> No
     assert [(v["number"], v["state"]) for v in result.signing] == [("1", "DISABLED"), ("2", "ENABLED")]
     assert [result.signing[1]["data"]] == stubs.secrets_of(webhook)
     assert signing_pins(result) == ["1", "2"]
+
+
+# --- end to end: the secret the deploy stored is the one deliveries are signed with -----------------------
+
+
+class Deliveries:
+    """A receiver's inbox: every delivery's body and headers, answered 200."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, dict[str, str]]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        with self.lock:
+            self.got.append((body, dict(headers)))
+        return 200, "ok"
+
+    def after_a_batch_ends(self, stubs: Stubs) -> tuple[bytes, dict[str, str]]:
+        """Run a batch on the emulator to its end and return the delivery it causes."""
+        seen = len(self.got)
+        client = stubs.sdk()  # kept open until the batch is created
+        create_inline(client, "a red kite")
+        client.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.got) > seen:
+                    return self.got[seen]
+            time.sleep(0.02)
+        raise AssertionError("no delivery within 20 s")
+
+
+def verifies(secret: str, delivery: tuple[bytes, dict[str, str]]) -> bool:
+    """The receiver's own check (promptdrop.webhooks.Verifier, as on_batch_webhook runs it)."""
+    body, headers = delivery
+    try:
+        Verifier(secret).verify(body, headers, max_bytes=65536)
+    except SignatureError:
+        return False
+    return True
+
+
+def test_deliveries_are_signed_with_the_secret_the_deploy_stored_and_then_rotated(stubs: Stubs) -> None:
+    """scripts/deploy registers the receiver's URL with the emulator and hands Gemini's secret to Secret
+    Manager on gcloud's standard input; a batch that ends is then delivered signed with exactly the version
+    the receiver is pinned to (not the placeholder it started on). After --rotate-webhook-secret the new
+    pinned version verifies, and the disabled old one still does for the 24-hour overlap."""
+    inbox = Deliveries()
+    with WebhookListener(inbox.handle, max_bytes=65536) as listener:
+        stubs.receiver_at(listener.url)
+        result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
+        assert result.returncode == 0, result.output
+        placeholder, stored = result.signing
+        assert signing_pins(result)[-1] == stored["number"] == "2"
+        first = inbox.after_a_batch_ends(stubs)
+        assert json.loads(first[0])["type"] == "batch.succeeded"
+        assert verifies(stored["data"], first)
+        assert not verifies(placeholder["data"], first)
+
+        rotated = stubs.run("--rotate-webhook-secret", "--yes")
+        assert rotated.returncode == 0, rotated.output
+        old, new = rotated.signing[1], rotated.signing[2]
+        assert (old["state"], new["state"]) == ("DISABLED", "ENABLED")
+        assert signing_pins(rotated)[-1] == new["number"] == "3"  # the call log spans both runs
+        second = inbox.after_a_batch_ends(stubs)
+        assert verifies(new["data"], second) and verifies(old["data"], second)
+        assert not verifies(new["data"], first)  # the new secret is really new
