@@ -15,7 +15,7 @@ The last line on standard output says what changed, for scripts/deploy: ``create
 secret version to pin), ``unchanged``, or ``removed N``. Messages go to standard error.
 
 The Gemini API key comes from its own secret (the version the functions read), through gcloud's output.
-PROMPTDROP_GEMINI_BASE_URL points the SDK elsewhere (the tests' webhook API; the emulator later).
+PROMPTDROP_GEMINI_BASE_URL points the SDK elsewhere (the tests point it at the bundled emulator).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import pytest
 from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.emulator.options import EmulatorOptions, argument_parser, options_from_args
 from promptdrop.testing.emulator import RunningEmulator, create_inline, wait_until_done
-from promptdrop.webhooks import Verifier
+from promptdrop.webhooks import SignatureError, Verifier
 from tests.functional.conftest import jsonl
 from tests.functional.test_cli import CLI, cli_env, outputs, promptdrop
 
@@ -79,6 +79,65 @@ def test_the_sdk_creates_lists_and_deletes_webhooks_on_the_emulator(emulator_fac
     assert client.webhooks.get(id=created.id).new_signing_secret is None
     client.webhooks.delete(id=created.id)
     assert not client.webhooks.list().webhooks
+
+
+def test_the_sdk_pages_through_webhooks_newest_first(emulator_factory: Any) -> None:
+    """list(page_size=, page_token=) as the SDK sends them: every webhook once, newest first."""
+    client = emulator_factory().client()
+    made = [
+        client.webhooks.create(subscribed_events=["batch.succeeded"], uri=f"https://x.example/{n}").id
+        for n in range(5)
+    ]
+    seen: list[str | None] = []
+    pages = 0
+    token: str | None = None
+    while True:
+        page = client.webhooks.list(page_size=2, page_token=token)
+        pages += 1
+        seen += [hook.id for hook in page.webhooks or []]
+        token = page.next_page_token
+        if not token:
+            break
+    assert (seen, pages) == (made[::-1], 3)
+    assert len(client.webhooks.list().webhooks or []) == 5  # 50 by default
+
+
+@pytest.mark.parametrize(
+    ("behavior", "old_still_signs"),
+    [
+        ("revoke_previous_secrets_after_h24", True),
+        (None, True),
+        ("revoke_previous_secrets_immediately", False),
+    ],
+    ids=["after-24h", "unspecified", "immediately"],
+)
+def test_a_rotated_secret_signs_deliveries_beside_the_old_one_for_24_hours(
+    emulator_factory: Any, behavior: str | None, old_still_signs: bool
+) -> None:
+    """rotate_signing_secret returns the new secret once; deliveries then carry one signature per live
+    secret, so a receiver holding either verifies (until the old one is revoked)."""
+    with receiver() as (inbox, listener):
+        emulator = emulator_factory()
+        client = emulator.client()
+        created = client.webhooks.create(subscribed_events=["batch.succeeded"], uri=listener.url)
+        assert created.id and created.new_signing_secret
+        old = created.new_signing_secret
+        rotated = client.webhooks.rotate_signing_secret(id=created.id, revocation_behavior=behavior)  # type: ignore[arg-type]
+        assert rotated.secret and rotated.secret.startswith("whsec_") and rotated.secret != old
+        listed = client.webhooks.get(id=created.id)
+        assert listed.new_signing_secret is None and listed.signing_secrets is not None
+        assert [bool(s.expire_time) for s in listed.signing_secrets] == [False, True][: 1 + old_still_signs]
+        sdk_batch(emulator)
+        ((headers, body),) = inbox.wait_for(1)
+        assert len(headers["webhook-signature"].split(" ")) == 1 + old_still_signs
+        Verifier(rotated.secret).verify(body, headers, max_bytes=65536)
+        if old_still_signs:
+            Verifier(old).verify(body, headers, max_bytes=65536)
+        else:
+            with pytest.raises(SignatureError):
+                Verifier(old).verify(body, headers, max_bytes=65536)
+        with pytest.raises(Exception, match="404"):
+            client.webhooks.rotate_signing_secret(id="unknown")
 
 
 @pytest.mark.parametrize(

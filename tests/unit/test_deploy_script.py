@@ -4,8 +4,9 @@ and how it registers the webhook and keeps its signing secret.
 A real run needs a Google Cloud project, so ``terraform`` and ``gcloud`` are replaced on PATH by small
 recorders: they keep secrets' versions and the Terraform outputs in a state directory, log every command
 line, and answer the way the real tools do for the few commands the script uses. The webhook registration
-runs the real google-genai SDK against tests/support/webhook_api.py (PROMPTDROP_GEMINI_BASE_URL). What is
-tested is the script's own logic: the order of its commands and what reaches a command line.
+runs the real google-genai SDK against the bundled Gemini emulator (PROMPTDROP_GEMINI_BASE_URL), which accepts
+only the key of the version the deployment pins. What is tested is the script's own logic: the order of its
+commands and what reaches a command line.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google import genai
+from google.genai.webhooks import Webhook
 
-from tests.support.webhook_api import WebhookApi, running_webhook_api
+from promptdrop.adapters.webhook_listener import WebhookListener
+from promptdrop.testing.emulator import RunningEmulator, create_inline, running_emulator
+from promptdrop.webhooks import SignatureError, Verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "scripts" / "deploy"
@@ -32,6 +39,7 @@ FUNCTIONS = {"file": "promptdrop-on-prompt-file", "poller": "promptdrop-poll-job
 SIGNING = "promptdrop-webhook-signing-secret"
 WEBHOOK = "promptdrop-on-batch-webhook"
 WEBHOOK_URL = f"https://{WEBHOOK}-abc-uc.a.run.app"
+BATCH_EVENTS = ["batch.succeeded", "batch.failed", "batch.expired"]
 
 _COMMON = """
 import json, os, re, sys
@@ -155,6 +163,7 @@ class Result:
     output: str
     calls: list[dict[str, Any]]
     secrets: dict[str, list[dict[str, str]]]
+    api_calls: dict[str, int]  # the emulator's calls during the run, by route (e.g. "webhook_create")
 
     @property
     def versions(self) -> list[dict[str, str]]:
@@ -178,10 +187,16 @@ class Result:
 
 
 class Stubs:
-    """The state directory and PATH of the recorders, and a way to run scripts/deploy against them."""
+    """The state directory and PATH of the recorders, the Gemini emulator, and a way to run scripts/deploy
+    against them."""
 
-    def __init__(self, root: Path, api: WebhookApi) -> None:
-        self.api = api
+    def __init__(self, root: Path) -> None:
+        self.emulator_dir = root / "emulator"
+        self.key = (
+            NEW_KEY  # the key the first deploy stores; deployed() moves to the key of the pinned version
+        )
+        self._emulator = running_emulator(self.emulator_dir, api_key=self.key, require_key=True)
+        self.emulator: RunningEmulator = self._emulator.__enter__()
         self.state = root / "state"
         self.state.mkdir()
         bin_dir = root / "bin"
@@ -211,6 +226,38 @@ class Stubs:
         }
         (self.state / "planned.json").write_text(json.dumps(planned))
 
+    def close(self) -> None:
+        self._emulator.__exit__(None, None, None)
+
+    def receiver_at(self, url: str) -> None:
+        """The receiver the next apply deploys answers at ``url``."""
+        planned = json.loads((self.state / "planned.json").read_text())
+        planned["webhook_url"] = url
+        (self.state / "planned.json").write_text(json.dumps(planned))
+
+    def use_key(self, key: str) -> None:
+        """Restart the emulator on its folder (its webhooks persist there) accepting only ``key``."""
+        self.close()
+        self.key = key
+        self._emulator = running_emulator(self.emulator_dir, api_key=key, require_key=True)
+        self.emulator = self._emulator.__enter__()
+
+    def sdk(self) -> genai.Client:
+        return self.emulator.client(api_key=self.key)
+
+    def webhooks(self) -> list[Webhook]:
+        """The project's webhooks as the API lists them."""
+        client = self.sdk()
+        try:
+            return client.webhooks.list(page_size=1000).webhooks or []
+        finally:
+            client.close()
+
+    def secrets_of(self, webhook: Webhook) -> list[str]:
+        """The secrets the emulator signs the webhook's deliveries with, newest first."""
+        assert webhook.id is not None
+        return self.emulator.server.webhook_secrets(webhook.id)
+
     def deployed(self, *, versions: int, bucket: str | None = BUCKET, webhooks: bool = False) -> None:
         """A deployment as Terraform's state and Secret Manager would show it; with ``webhooks``, the
         receiver registered at Gemini with its signing secret stored as version 1."""
@@ -224,13 +271,17 @@ class Stubs:
                 {"number": str(n), "state": "ENABLED", "data": f"key-{n}"} for n in range(1, versions + 1)
             ]
         }
-        self.api.api_key = f"key-{versions}"
+        self.use_key(f"key-{versions}")
         if webhooks:
-            webhook_id = self.api.add(WEBHOOK_URL, ["batch.succeeded", "batch.failed", "batch.expired"])
-            secret = self.api.issued[-1]
-            existing[SIGNING] = [{"number": "1", "state": "ENABLED", "data": secret}]
+            client = self.sdk()
+            created = client.webhooks.create(
+                subscribed_events=BATCH_EVENTS, uri=WEBHOOK_URL, name="promptdrop"
+            )  # type: ignore[arg-type]
+            client.close()
+            assert created.id and created.new_signing_secret
+            existing[SIGNING] = [{"number": "1", "state": "ENABLED", "data": created.new_signing_secret}]
             outputs["webhook_secret_version"] = "1"
-            self.registered = webhook_id
+            self.registered = created.id
         else:
             del outputs["functions"]["webhook"]
             outputs["webhook_url"] = outputs["webhook_secret"] = ""
@@ -262,10 +313,11 @@ class Stubs:
             "STUB_SECRET": SECRET,
             "STUB_SIGNING": SIGNING,
             "GOOGLE_APPLICATION_CREDENTIALS": "/dev/null",
-            "PROMPTDROP_GEMINI_BASE_URL": self.api.url,
+            "PROMPTDROP_GEMINI_BASE_URL": self.emulator.url,
             "PROMPTDROP_SKIP_BOOTSTRAP": "1",  # the test environment is the project's .venv already
             **(env or {}),
         }
+        before = self._api_calls()
         completed = subprocess.run(
             ["bash", str(DEPLOY), "--var-file", str(self.var_file), *args],
             input=stdin,
@@ -279,14 +331,22 @@ class Stubs:
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         versions_file = self.state / "versions.json"
         secrets = json.loads(versions_file.read_text()) if versions_file.exists() else {}
-        return Result(completed.returncode, completed.stdout + completed.stderr, calls, secrets)
+        after = self._api_calls()
+        api_calls = {
+            route: n - before.get(route, 0) for route, n in after.items() if n != before.get(route, 0)
+        }
+        return Result(completed.returncode, completed.stdout + completed.stderr, calls, secrets, api_calls)
+
+    def _api_calls(self) -> dict[str, int]:
+        counted: dict[str, int] = self.emulator.server.stats()["calls_by_route"]  # type: ignore[assignment]
+        return dict(counted)
 
 
 @pytest.fixture
 def stubs(tmp_path: Path) -> Iterator[Stubs]:
-    # The key the first deploy stores; deployed() switches the API to the key of the version it pins.
-    with running_webhook_api(NEW_KEY) as api:
-        yield Stubs(tmp_path, api)
+    made = Stubs(tmp_path)
+    yield made
+    made.close()
 
 
 def pinned_versions(result: Result) -> list[str]:
@@ -397,8 +457,6 @@ def test_destroy_keeps_the_key_secret_unless_data_is_deleted(stubs: Stubs) -> No
 
 # --- webhooks ---------------------------------------------------------------------------------------------
 
-BATCH_EVENTS = ["batch.succeeded", "batch.failed", "batch.expired"]
-
 
 def signing_pins(result: Result) -> list[str]:
     """The webhook_secret_version of each terraform apply that deploys the receiver (untargeted, or
@@ -430,9 +488,10 @@ def test_first_deploy_registers_the_webhook_and_pins_the_secret_gemini_returned(
     placeholder is disabled."""
     result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
     assert result.returncode == 0, result.output
-    (webhook,) = stubs.api.webhooks.values()
-    assert webhook["uri"] == WEBHOOK_URL and sorted(webhook["subscribed_events"]) == sorted(BATCH_EVENTS)
-    (issued,) = stubs.api.issued
+    (webhook,) = stubs.webhooks()
+    assert webhook.uri == WEBHOOK_URL and sorted(webhook.subscribed_events) == sorted(BATCH_EVENTS)
+    assert result.api_calls.get("webhook_create") == 1
+    (issued,) = stubs.secrets_of(webhook)  # what the emulator signs deliveries with
     placeholder, stored = result.signing
     assert placeholder["data"].startswith("whsec_") and placeholder["data"] != issued
     assert placeholder["state"] == "DISABLED"
@@ -458,8 +517,8 @@ def test_redeploy_finds_the_webhook_and_changes_neither_it_nor_its_secret(stubs:
     stubs.deployed(versions=1, webhooks=True)
     result = stubs.run("--yes")
     assert result.returncode == 0, result.output
-    assert list(stubs.api.webhooks) == [stubs.registered]
-    assert stubs.api.count("POST") == 0 and stubs.api.count("DELETE") == 0
+    assert [webhook.id for webhook in stubs.webhooks()] == [stubs.registered]
+    assert set(result.api_calls) == {"webhook_list"}  # no create, rotate or delete
     assert [(v["number"], v["state"]) for v in result.signing] == [("1", "ENABLED")]
     assert signing_pins(result) == ["1"]
     assert not [argv for argv in result.commands("gcloud") if "add" in argv or "disable" in argv]
@@ -469,9 +528,14 @@ def test_rotate_webhook_secret_stores_the_new_secret_pins_it_then_disables_the_o
     stubs.deployed(versions=1, webhooks=True)
     result = stubs.run("--rotate-webhook-secret", "--yes")
     assert result.returncode == 0, result.output
-    assert list(stubs.api.webhooks) == [stubs.registered]  # the same webhook, a new secret
-    assert stubs.api.webhooks[stubs.registered]["last_revocation"] == "revoke_previous_secrets_after_h24"
-    new = stubs.api.issued[-1]
+    (webhook,) = stubs.webhooks()
+    assert webhook.id == stubs.registered  # the same webhook, a new secret
+    assert result.api_calls.get("webhook_rotate") == 1 and "webhook_create" not in result.api_calls
+    # The old secret still signs for 24 hours (revoke_previous_secrets_after_h24), the new one first.
+    new, old = stubs.secrets_of(webhook)
+    assert old == result.signing[0]["data"]
+    assert webhook.signing_secrets is not None
+    assert [secret.expire_time is None for secret in webhook.signing_secrets] == [True, False]
     assert [(v["number"], v["state"]) for v in result.signing] == [("1", "DISABLED"), ("2", "ENABLED")]
     assert result.signing[1]["data"] == new
     assert signing_pins(result) == ["2"]
@@ -487,15 +551,15 @@ def test_rotate_webhook_secret_without_webhooks_changes_nothing(stubs: Stubs) ->
     stubs.webhooks_off()
     result = stubs.run("--rotate-webhook-secret", "--yes")
     assert result.returncode != 0 and "webhooks are off" in result.output
-    assert not stubs.api.calls and not [argv for argv in result.commands("terraform") if argv[1] == "apply"]
+    assert not result.api_calls and not [argv for argv in result.commands("terraform") if argv[1] == "apply"]
 
 
 def test_destroy_removes_the_webhook_before_the_receiver(stubs: Stubs) -> None:
     stubs.deployed(versions=1, webhooks=True)
     result = stubs.run("--destroy", "--yes")
     assert result.returncode == 0, result.output
-    assert not stubs.api.webhooks
-    assert stubs.api.count("DELETE") == 1
+    assert not stubs.webhooks()
+    assert result.api_calls.get("webhook_delete") == 1
     (destroy,) = [argv for argv in result.commands("terraform") if argv[1] == "destroy"]
     assert "-target=google_cloudfunctions2_function.webhook[0]" in destroy
     assert "-target=google_secret_manager_secret.webhook_signing[0]" in destroy
@@ -506,7 +570,7 @@ def test_webhooks_off_deploys_polling_only(stubs: Stubs) -> None:
     stubs.webhooks_off()
     result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
     assert result.returncode == 0, result.output
-    assert not stubs.api.calls
+    assert not result.api_calls
     assert not result.signing
     assert all(pin == "" for pin in signing_pins(result))
     assert pinned_versions(result) == ["1"]
@@ -519,18 +583,87 @@ def test_turning_webhooks_off_removes_the_registration(stubs: Stubs) -> None:
     stubs.webhooks_off()
     result = stubs.run("--yes")
     assert result.returncode == 0, result.output
-    assert not stubs.api.webhooks and stubs.api.count("POST") == 0
+    assert not stubs.webhooks() and "webhook_create" not in result.api_calls
     assert f"removed the webhook registration of {WEBHOOK_URL}" in result.output
 
 
 def test_a_lost_registration_is_made_again_with_a_new_secret(stubs: Stubs) -> None:
     """Someone deleted the webhook at Gemini: the next deploy registers it again and moves to its secret."""
     stubs.deployed(versions=1, webhooks=True)
-    stubs.api.webhooks.clear()
+    client = stubs.sdk()
+    client.webhooks.delete(id=stubs.registered)
+    client.close()
     result = stubs.run("--yes")
     assert result.returncode == 0, result.output
-    (webhook,) = stubs.api.webhooks.values()
-    assert webhook["uri"] == WEBHOOK_URL
+    (webhook,) = stubs.webhooks()
+    assert webhook.uri == WEBHOOK_URL and webhook.id != stubs.registered
     assert [(v["number"], v["state"]) for v in result.signing] == [("1", "DISABLED"), ("2", "ENABLED")]
-    assert result.signing[1]["data"] == stubs.api.issued[-1]
+    assert [result.signing[1]["data"]] == stubs.secrets_of(webhook)
     assert signing_pins(result) == ["1", "2"]
+
+
+# --- end to end: the secret the deploy stored is the one deliveries are signed with -----------------------
+
+
+class Deliveries:
+    """A receiver's inbox: every delivery's body and headers, answered 200."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, dict[str, str]]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        with self.lock:
+            self.got.append((body, dict(headers)))
+        return 200, "ok"
+
+    def after_a_batch_ends(self, stubs: Stubs) -> tuple[bytes, dict[str, str]]:
+        """Run a batch on the emulator to its end and return the delivery it causes."""
+        seen = len(self.got)
+        client = stubs.sdk()  # kept open until the batch is created
+        create_inline(client, "a red kite")
+        client.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.got) > seen:
+                    return self.got[seen]
+            time.sleep(0.02)
+        raise AssertionError("no delivery within 20 s")
+
+
+def verifies(secret: str, delivery: tuple[bytes, dict[str, str]]) -> bool:
+    """The receiver's own check (promptdrop.webhooks.Verifier, as on_batch_webhook runs it)."""
+    body, headers = delivery
+    try:
+        Verifier(secret).verify(body, headers, max_bytes=65536)
+    except SignatureError:
+        return False
+    return True
+
+
+def test_deliveries_are_signed_with_the_secret_the_deploy_stored_and_then_rotated(stubs: Stubs) -> None:
+    """scripts/deploy registers the receiver's URL with the emulator and hands Gemini's secret to Secret
+    Manager on gcloud's standard input; a batch that ends is then delivered signed with exactly the version
+    the receiver is pinned to (not the placeholder it started on). After --rotate-webhook-secret the new
+    pinned version verifies, and the disabled old one still does for the 24-hour overlap."""
+    inbox = Deliveries()
+    with WebhookListener(inbox.handle, max_bytes=65536) as listener:
+        stubs.receiver_at(listener.url)
+        result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
+        assert result.returncode == 0, result.output
+        placeholder, stored = result.signing
+        assert signing_pins(result)[-1] == stored["number"] == "2"
+        first = inbox.after_a_batch_ends(stubs)
+        assert json.loads(first[0])["type"] == "batch.succeeded"
+        assert verifies(stored["data"], first)
+        assert not verifies(placeholder["data"], first)
+
+        rotated = stubs.run("--rotate-webhook-secret", "--yes")
+        assert rotated.returncode == 0, rotated.output
+        old, new = rotated.signing[1], rotated.signing[2]
+        assert (old["state"], new["state"]) == ("DISABLED", "ENABLED")
+        assert signing_pins(rotated)[-1] == new["number"] == "3"  # the call log spans both runs
+        second = inbox.after_a_batch_ends(stubs)
+        assert verifies(new["data"], second) and verifies(old["data"], second)
+        assert not verifies(new["data"], first)  # the new secret is really new

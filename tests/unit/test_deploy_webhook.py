@@ -1,20 +1,26 @@
 """scripts/deploy_webhook.py: one webhook for the receiver's URL, its secret stored once, through the real SDK.
 
-The google-genai SDK's ``client.webhooks`` talks HTTP to tests/support/webhook_api.py (the wire shape the SDK
-sends and parses). Secret Manager is the module's own seam (``SecretStore``); the gcloud path is tested
-end to end in test_deploy_script.py.
+The google-genai SDK's ``client.webhooks`` talks HTTP to the bundled Gemini emulator (its static-webhook API,
+docs/EMULATOR.md), which accepts only the test's key. What the emulator registered is read back through the
+same SDK; the secrets a webhook signs with (the API never shows them again) from the in-process emulator.
+Secret Manager is the module's own seam (``SecretStore``); the gcloud path is tested end to end in
+test_deploy_script.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from google import genai
+from google.genai.webhooks import Webhook
+from scripts import deploy_webhook
 from scripts.deploy_webhook import BATCH_EVENTS, RegistrationError, register, remove, sdk_client
 
 from promptdrop.settings import Settings
-from tests.support.webhook_api import WebhookApi, running_webhook_api
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
 
 KEY = "AIza-webhook-test-key-1c9e"
 URI = "https://promptdrop-on-batch-webhook-abc-uc.a.run.app"
@@ -38,62 +44,101 @@ class Versions:
 
 
 @pytest.fixture
-def api() -> Iterator[WebhookApi]:
-    with running_webhook_api(KEY, max_page_size=2) as served:
+def emulator(tmp_path: Path) -> Iterator[RunningEmulator]:
+    with running_emulator(tmp_path / "emulator", api_key=KEY, require_key=True) as served:
         yield served
 
 
 @pytest.fixture
-def sdk(api: WebhookApi) -> Iterator[genai.Client]:
-    """The real google-genai client, pointed at the webhooks API above."""
-    client = sdk_client(KEY, Settings(gemini_base_url=api.url))
+def sdk(emulator: RunningEmulator) -> Iterator[genai.Client]:
+    """The real google-genai client, built the way the script builds it, pointed at the emulator."""
+    client = sdk_client(KEY, Settings(gemini_base_url=emulator.url))
     yield client
     client.close()
 
 
+def registered(sdk: genai.Client) -> list[Webhook]:
+    """Every webhook of the project, as the API lists them (page by page)."""
+    found: list[Webhook] = []
+    token: str | None = None
+    while True:
+        page = sdk.webhooks.list(page_size=1000, page_token=token)
+        found += page.webhooks or []
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def calls(emulator: RunningEmulator, route: str) -> int:
+    counted: dict[str, int] = emulator.server.stats()["calls_by_route"]  # type: ignore[assignment]
+    return counted.get(route, 0)
+
+
 def test_first_registration_creates_one_webhook_and_stores_its_secret(
-    api: WebhookApi, sdk: genai.Client
+    emulator: RunningEmulator, sdk: genai.Client
 ) -> None:
     store = Versions()
     outcome = register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
     assert outcome == "created"
-    (webhook,) = api.webhooks.values()
-    assert webhook["uri"] == URI and sorted(webhook["subscribed_events"]) == sorted(BATCH_EVENTS)
-    # The secret the API returned once is what was stored, and it is a Standard Webhooks secret.
-    assert store.added[SIGNING] == api.issued == [api.issued[0]]
-    assert api.issued[0].startswith("whsec_")
+    (webhook,) = registered(sdk)
+    assert webhook.uri == URI and sorted(webhook.subscribed_events) == sorted(BATCH_EVENTS)
+    assert webhook.id is not None and webhook.new_signing_secret is None  # listed: no secret
+    # The secret the API returned once is what was stored: the one the emulator signs deliveries with.
+    (signing,) = emulator.server.webhook_secrets(webhook.id)
+    assert store.added[SIGNING] == [signing]
+    assert signing.startswith("whsec_")
 
 
-def test_a_rerun_changes_nothing(api: WebhookApi, sdk: genai.Client) -> None:
+def test_a_rerun_changes_nothing(emulator: RunningEmulator, sdk: genai.Client) -> None:
     """Listed first: the webhook exists, so no second create and no new secret version."""
     store = Versions()
     register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
     again = register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
     assert again == "unchanged"
-    assert len(api.webhooks) == 1 and api.count("POST", "/webhooks") == 1
+    assert len(registered(sdk)) == 1 and calls(emulator, "webhook_create") == 1
     assert len(store.added[SIGNING]) == 1
 
 
-def test_rotate_asks_for_a_new_secret_with_24_hours_of_overlap(api: WebhookApi, sdk: genai.Client) -> None:
+def test_rotate_asks_for_a_new_secret_with_24_hours_of_overlap(
+    emulator: RunningEmulator, sdk: genai.Client
+) -> None:
     store = Versions()
     register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
+    before = datetime.now(UTC)
     outcome = register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop", rotate=True)
     assert outcome == "rotated"
-    (webhook,) = api.webhooks.values()
-    assert webhook["last_revocation"] == "revoke_previous_secrets_after_h24"
-    assert store.added[SIGNING] == api.issued and len(api.issued) == 2 and api.issued[0] != api.issued[1]
+    (webhook,) = registered(sdk)
+    assert webhook.id is not None
+    # Both secrets sign for now, the new one first; the old one expires in 24 hours (not at once).
+    new, old = emulator.server.webhook_secrets(webhook.id)
+    assert store.added[SIGNING] == [old, new] and old != new
+    assert webhook.signing_secrets is not None
+    (current, previous) = webhook.signing_secrets
+    assert current.expire_time is None and previous.expire_time is not None
+    assert timedelta(hours=23, minutes=59) < previous.expire_time - before <= timedelta(hours=24, minutes=1)
+    assert calls(emulator, "webhook_rotate") == 1 and calls(emulator, "webhook_create") == 1
 
 
-def test_others_webhooks_stay_and_ours_is_found_on_a_later_page(api: WebhookApi, sdk: genai.Client) -> None:
-    """Other URLs are never touched; with pages of two, ours (the fifth) is still found, so no duplicate."""
-    for n in range(4):
-        api.add(f"https://someone-else-{n}.example/hook", ["batch.succeeded"])
+def test_others_webhooks_stay_and_ours_is_found_on_a_later_page(
+    emulator: RunningEmulator, sdk: genai.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other URLs are never touched; with pages of two (the script asks for 100: four webhooks stand in for a
+    hundred) and the four newer webhooks of others listed first, ours is on the third page and still found,
+    so no duplicate."""
+    monkeypatch.setattr(deploy_webhook, "PAGE_SIZE", 2)
     store = Versions()
     register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
+    for n in range(4):
+        sdk.webhooks.create(
+            subscribed_events=["batch.succeeded"], uri=f"https://someone-else-{n}.example/hook"
+        )
+    lists = calls(emulator, "webhook_list")
     assert register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop") == "unchanged"
-    assert len(api.webhooks) == 5
+    assert calls(emulator, "webhook_list") - lists == 3  # three pages of two
+    assert len(registered(sdk)) == 5
     assert remove(sdk.webhooks, uri=URI) == 1
-    assert len(api.webhooks) == 4 and all(w["uri"] != URI for w in api.webhooks.values())
+    left = registered(sdk)
+    assert len(left) == 4 and all(w.uri != URI for w in left)
 
 
 @pytest.mark.parametrize(
@@ -102,32 +147,36 @@ def test_others_webhooks_stay_and_ours_is_found_on_a_later_page(api: WebhookApi,
     ids=["duplicates", "other-events"],
 )
 def test_duplicates_or_other_events_are_replaced_by_one_webhook_we_hold_the_secret_of(
-    api: WebhookApi, sdk: genai.Client, existing: list[list[str]]
+    emulator: RunningEmulator, sdk: genai.Client, existing: list[list[str]]
 ) -> None:
     for events in existing:
-        api.add(URI, events, name="promptdrop")
+        sdk.webhooks.create(subscribed_events=events, uri=URI, name="promptdrop")  # type: ignore[arg-type]
     store = Versions()
     assert register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop") == "created"
-    (webhook,) = api.webhooks.values()
-    assert sorted(webhook["subscribed_events"]) == sorted(BATCH_EVENTS)
-    assert store.added[SIGNING] == [api.issued[-1]]
+    (webhook,) = registered(sdk)
+    assert webhook.id is not None
+    assert sorted(webhook.subscribed_events) == sorted(BATCH_EVENTS)
+    assert store.added[SIGNING] == emulator.server.webhook_secrets(webhook.id)
 
 
-def test_a_secret_that_cannot_be_stored_takes_its_webhook_with_it(api: WebhookApi, sdk: genai.Client) -> None:
+def test_a_secret_that_cannot_be_stored_takes_its_webhook_with_it(
+    emulator: RunningEmulator, sdk: genai.Client
+) -> None:
     """No webhook is left whose deliveries nobody could verify: a re-run creates it afresh."""
     store = Versions()
     store.fail = True
     with pytest.raises(RegistrationError, match="deleted again") as raised:
         register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop")
-    assert not api.webhooks
-    assert api.issued[0] not in str(raised.value)
+    assert not registered(sdk)
+    assert calls(emulator, "webhook_create") == 1 and calls(emulator, "webhook_delete") == 1
+    assert "whsec_" not in str(raised.value)
     store.fail = False
     assert register(sdk.webhooks, store, uri=URI, signing_secret=SIGNING, name="promptdrop") == "created"
 
 
-def test_a_wrong_key_is_refused_and_nothing_is_created(api: WebhookApi, sdk: genai.Client) -> None:
-    wrong = sdk_client("AIza-wrong", Settings(gemini_base_url=api.url))
+def test_a_wrong_key_is_refused_and_nothing_is_created(emulator: RunningEmulator, sdk: genai.Client) -> None:
+    wrong = sdk_client("AIza-wrong", Settings(gemini_base_url=emulator.url))
     with pytest.raises(Exception, match="403"):
         register(wrong.webhooks, Versions(), uri=URI, signing_secret=SIGNING, name="promptdrop")
     wrong.close()
-    assert not api.webhooks
+    assert not registered(sdk)

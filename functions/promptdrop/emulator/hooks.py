@@ -3,7 +3,9 @@
 When a job ends SUCCEEDED, FAILED or EXPIRED (no event for CANCELLED, as on the real API) every target gets
 one Standard-Webhooks-signed POST: the ``--webhook-url`` targets (signed with ``--webhook-secret``) and every
 webhook created with ``client.webhooks.create`` that subscribed to the event (signed with the secret its
-create returned, once). Delivery is at least once: a non-2xx answer or a timeout is retried with doubling
+create returned, once). ``rotate_signing_secret`` gives a webhook a new secret (returned once); with
+``revoke_previous_secrets_after_h24`` (also when no behaviour is given) the old ones keep signing for 24 hours,
+so a delivery carries one ``v1,`` signature per live secret. Delivery is at least once: a non-2xx answer or a timeout is retried with doubling
 backoff, the same ``webhook-id`` each time, a fresh timestamp and signature per attempt. Fault controls drop,
 duplicate or delay deliveries (seeded with ``--fault-seed``).
 
@@ -30,7 +32,7 @@ import orjson
 
 from promptdrop.emulator.files import random_id, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
-from promptdrop.emulator.wire import ApiError, rfc3339
+from promptdrop.emulator.wire import ApiError, paginate, rfc3339
 from promptdrop.webhooks import BATCH_EVENTS, Verifier, event_body
 
 logger = logging.getLogger(__name__)
@@ -54,37 +56,76 @@ KNOWN_EVENTS: Final = frozenset(
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# RotateSigningSecretRequest.revocation_behavior (google.genai.webhooks.RevocationBehavior) -> how long the
+# previous secrets keep signing. Unspecified is taken as the 24-hour overlap: no delivery is left unverifiable.
+REVOCATION_SECONDS: Final[dict[str | None, float]] = {
+    None: 24 * 3600.0,
+    "revoke_previous_secrets_after_h24": 24 * 3600.0,
+    "revoke_previous_secrets_immediately": 0.0,
+}
+
+
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 @dataclass(slots=True)
+class SigningKey:
+    """One signing secret of a webhook; ``expire_time`` set once a rotation revoked it (after 24 hours)."""
+
+    secret: str
+    expire_time: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"truncated_secret": self.secret[:10] + "..."}
+        if self.expire_time is not None:
+            body["expire_time"] = rfc3339(self.expire_time)
+        return body
+
+
+@dataclass(slots=True)
 class Registered:
-    """A static webhook created through the API."""
+    """A static webhook created through the API; ``keys`` newest first."""
 
     id: str
     uri: str
     subscribed_events: list[str]
-    secret: str
+    keys: list[SigningKey]
     create_time: float
+    update_time: float
     name: str | None = None
     state: str = "enabled"
 
-    def to_json(self, *, with_secret: bool = False) -> dict[str, Any]:
+    @classmethod
+    def from_saved(cls, item: dict[str, Any]) -> Registered:
+        if "secret" in item:  # a folder written before rotation existed: one secret
+            item = {**item, "keys": [{"secret": item.pop("secret")}], "update_time": item["create_time"]}
+        keys = [SigningKey(**key) for key in item.pop("keys")]
+        return cls(keys=keys, **item)
+
+    def live_secrets(self, now: float) -> list[str]:
+        """The secrets a delivery sent at ``now`` is signed with."""
+        return [key.secret for key in self.keys if key.expire_time is None or key.expire_time > now]
+
+    def to_json(self, *, now: float) -> dict[str, Any]:
+        live = [key for key in self.keys if key.expire_time is None or key.expire_time > now]
         body: dict[str, Any] = {
             "id": self.id,
             "uri": self.uri,
             "subscribed_events": list(self.subscribed_events),
             "state": self.state,
             "create_time": rfc3339(self.create_time),
-            "update_time": rfc3339(self.create_time),
-            "signing_secrets": [{"truncated_secret": self.secret[:10] + "..."}],
+            "update_time": rfc3339(self.update_time),
+            "signing_secrets": [key.to_json() for key in live],
         }
         if self.name:
             body["name"] = self.name
-        if with_secret:
-            body["new_signing_secret"] = self.secret  # returned once, on create
         return body
+
+
+def _sort_key(hook: Registered) -> str:
+    """Newest first, ties by id: a stable order for page tokens."""
+    return f"{hook.create_time:017.6f}/{hook.id}"
 
 
 @dataclass(order=True)
@@ -92,7 +133,9 @@ class _Attempt:
     due: float
     seq: int
     uri: str = field(compare=False)
-    secret: str = field(compare=False)
+    # A --webhook-url target is signed with --webhook-secret; a registered webhook with its secrets live at
+    # the time of each attempt (a rotation between two attempts shows).
+    target: str | None = field(compare=False)  # the registered webhook's id, None for a --webhook-url
     delivery_id: str = field(compare=False)
     body: bytes = field(compare=False)
     attempt: int = field(compare=False, default=1)
@@ -134,7 +177,7 @@ class Hooks:
     def start(self) -> None:
         if self._path.is_file():
             for item in orjson.loads(self._path.read_bytes()):
-                hook = Registered(**item)
+                hook = Registered.from_saved(item)
                 self.registered[hook.id] = hook
         self._thread = threading.Thread(target=self._work, name="emulator-webhooks", daemon=True)
         self._thread.start()
@@ -154,7 +197,8 @@ class Hooks:
 
     # The webhooks API
 
-    def create(self, body: Any) -> Registered:
+    def create(self, body: Any) -> dict[str, Any]:
+        """Register a webhook; its JSON with ``new_signing_secret``, which no later answer shows."""
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a Webhook object")
         uri = body.get("uri")
@@ -164,25 +208,52 @@ class Hooks:
         if not isinstance(events, list) or not events or not set(events) <= KNOWN_EVENTS:
             raise ApiError(400, f"subscribed_events must be a non-empty list of {sorted(KNOWN_EVENTS)}")
         name = body.get("name")
+        now = self._clock()
+        secret = new_secret()
         hook = Registered(
             id=random_id(16),
             uri=uri,
             subscribed_events=[str(e) for e in events],
-            secret=new_secret(),
-            create_time=self._clock(),
+            keys=[SigningKey(secret)],
+            create_time=now,
+            update_time=now,
             name=str(name) if name else None,
         )
         with self._lock:
             self.registered[hook.id] = hook
             self._save()
-        return hook
+        return {**hook.to_json(now=now), "new_signing_secret": secret}  # the secret, this once
 
-    def get(self, hook_id: str) -> Registered:
+    def rotate(self, hook_id: str, body: Any) -> str:
+        """A new signing secret for the webhook (returned this once); the previous ones expire as asked."""
+        behavior = body.get("revocation_behavior") if isinstance(body, dict) else None
+        if behavior not in REVOCATION_SECONDS:
+            raise ApiError(
+                400, f"revocation_behavior must be one of {sorted(filter(None, REVOCATION_SECONDS))}"
+            )
+        secret = new_secret()
         with self._lock:
             hook = self.registered.get(hook_id)
-        if hook is None:
-            raise ApiError(404, f"Webhook {hook_id} not found.")
-        return hook
+            if hook is None:
+                raise ApiError(404, f"Webhook {hook_id} not found.")
+            now = self._clock()
+            expire = now + REVOCATION_SECONDS[behavior]
+            previous = [
+                SigningKey(key.secret, min(expire, key.expire_time or expire))
+                for key in hook.keys
+                if expire > now and (key.expire_time is None or key.expire_time > now)
+            ]
+            hook.keys = [SigningKey(secret), *previous]
+            hook.update_time = now
+            self._save()
+        return secret
+
+    def get(self, hook_id: str) -> dict[str, Any]:
+        with self._lock:
+            hook = self.registered.get(hook_id)
+            if hook is None:
+                raise ApiError(404, f"Webhook {hook_id} not found.")
+            return hook.to_json(now=self._clock())
 
     def delete(self, hook_id: str) -> None:
         with self._lock:
@@ -190,9 +261,19 @@ class Hooks:
                 raise ApiError(404, f"Webhook {hook_id} not found.")
             self._save()
 
-    def list(self) -> list[Registered]:
+    def page(self, size: int, token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the webhooks, newest first, and the token of the next page (None on the last)."""
         with self._lock:
-            return sorted(self.registered.values(), key=lambda hook: hook.create_time)
+            now = self._clock()
+            hooks = sorted(self.registered.values(), key=_sort_key, reverse=True)
+            page, next_token = paginate(hooks, _sort_key, size, token)
+            return [hook.to_json(now=now) for hook in page], next_token
+
+    def secrets_of(self, hook_id: str) -> list[str]:
+        """Every signing secret the webhook has been given that still signs, newest first (for tests: what
+        deliveries are signed with; the API itself never shows them again)."""
+        with self._lock:
+            return self.registered[hook_id].live_secrets(self._clock())
 
     def _save(self) -> None:
         write_json_atomically(self._path, [asdict(hook) for hook in self.registered.values()])
@@ -205,16 +286,14 @@ class Hooks:
         if event_type is None:
             return
         body = orjson.dumps(event_body(event_type, batch_name, timestamp=rfc3339(end_time), **data))
-        targets: list[tuple[str, str]] = []
+        targets: list[tuple[str, str | None]] = []
         if self._options.webhook_secret:
-            targets += [(uri, self._options.webhook_secret) for uri in self._options.webhook_urls]
+            targets += [(uri, None) for uri in self._options.webhook_urls]
         with self._lock:
-            targets += [
-                (h.uri, h.secret) for h in self.registered.values() if event_type in h.subscribed_events
-            ]
+            targets += [(h.uri, h.id) for h in self.registered.values() if event_type in h.subscribed_events]
             self.counts["events"] += 1
             now = self._clock()
-            for uri, secret in targets:
+            for uri, target in targets:
                 draw = self._random.random()
                 options = self._options
                 if draw < options.webhook_drop_rate:
@@ -226,15 +305,15 @@ class Hooks:
                 self.counts["duplicated"] += copies - 1
                 for copy in range(copies):
                     self._push(
-                        now + options.webhook_delay_seconds + copy * 0.05, uri, secret, delivery_id, body
+                        now + options.webhook_delay_seconds + copy * 0.05, uri, target, delivery_id, body
                     )
             self._lock.notify_all()
 
     def _push(
-        self, due: float, uri: str, secret: str, delivery_id: str, body: bytes, attempt: int = 1
+        self, due: float, uri: str, target: str | None, delivery_id: str, body: bytes, attempt: int = 1
     ) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, _Attempt(due, self._seq, uri, secret, delivery_id, body, attempt))
+        heapq.heappush(self._queue, _Attempt(due, self._seq, uri, target, delivery_id, body, attempt))
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -267,12 +346,26 @@ class Hooks:
             return
         delay = options.webhook_retry_seconds * 2 ** (item.attempt - 1)
         self._push(
-            self._clock() + delay, item.uri, item.secret, item.delivery_id, item.body, item.attempt + 1
+            self._clock() + delay, item.uri, item.target, item.delivery_id, item.body, item.attempt + 1
         )
+
+    def _signing_secrets(self, item: _Attempt, now: float) -> list[str]:
+        if item.target is None:
+            return [self._options.webhook_secret] if self._options.webhook_secret else []
+        with self._lock:
+            hook = self.registered.get(item.target)
+            return hook.live_secrets(now) if hook is not None else []
 
     def _send(self, item: _Attempt) -> bool:
         timestamp = int(self._clock())
-        signature = Verifier(item.secret).sign(item.delivery_id, timestamp, item.body)
+        secrets_now = self._signing_secrets(item, timestamp)
+        if not secrets_now:  # the webhook was deleted since the event: nobody to deliver to any more
+            logger.info("webhook %s to %s not sent: its webhook was deleted", item.delivery_id, item.uri)
+            return True
+        # Standard Webhooks: one space-separated ``v1,`` entry per secret (several while one is rotated).
+        signature = " ".join(
+            Verifier(secret).sign(item.delivery_id, timestamp, item.body) for secret in secrets_now
+        )
         headers = {
             "Content-Type": "application/json",
             "webhook-id": item.delivery_id,

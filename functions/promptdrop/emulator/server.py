@@ -67,6 +67,7 @@ ROUTES: Final = [
     ("GET", rf"/{_VERSION}/webhooks", "webhook_list"),
     ("GET", rf"/{_VERSION}/webhooks/{_ID}", "webhook_get"),
     ("DELETE", rf"/{_VERSION}/webhooks/{_ID}", "webhook_delete"),
+    ("POST", rf"/{_VERSION}/webhooks/{_ID}:rotateSigningSecret", "webhook_rotate"),
 ]
 _COMPILED: Final = [(method, re.compile(_PREFIX + pattern), name) for method, pattern, name in ROUTES]
 
@@ -581,15 +582,22 @@ class _Handler(BaseHTTPRequestHandler):
     # Webhooks ----------------------------------------------------------------------------------------
 
     def _route_webhook_create(self, params: dict[str, str]) -> _Reply:
-        hook = self.server.hooks.create(self._json_body())
-        return _json(hook.to_json(with_secret=True))
+        return _json(self.server.hooks.create(self._json_body()))
 
     def _route_webhook_list(self, params: dict[str, str]) -> _Reply:
-        hooks = self.server.hooks.list()
-        return _json({"webhooks": [hook.to_json() for hook in hooks]} if hooks else {})
+        # The webhooks API (the SDK's NextGen client) speaks snake_case, query parameters too.
+        size = page_size(self._query.get("page_size"), default=50, maximum=1000)
+        hooks, token = self.server.hooks.page(size, self._query.get("page_token"))
+        body: dict[str, object] = {"webhooks": hooks} if hooks else {}
+        if token:
+            body["next_page_token"] = token
+        return _json(body)
 
     def _route_webhook_get(self, params: dict[str, str]) -> _Reply:
-        return _json(self.server.hooks.get(params["id"]).to_json())
+        return _json(self.server.hooks.get(params["id"]))
+
+    def _route_webhook_rotate(self, params: dict[str, str]) -> _Reply:
+        return _json({"secret": self.server.hooks.rotate(params["id"], self._json_body())})
 
     def _route_webhook_delete(self, params: dict[str, str]) -> _Reply:
         self._json_body()
@@ -694,6 +702,13 @@ class EmulatorServer:
     def stats(self) -> dict[str, object]:
         """What ``GET /stats`` answers: faults, calls by route, webhook deliveries."""
         return self._httpd.stats() if self._httpd else {}
+
+    def webhook_secrets(self, webhook_id: str) -> list[str]:
+        """The secrets a registered webhook's deliveries are signed with now, newest first. For tests: the
+        API returns each only once (``webhooks.create``, ``rotate_signing_secret``)."""
+        if self._hooks is None:
+            raise RuntimeError("the emulator is not running")
+        return self._hooks.secrets_of(webhook_id)
 
     @property
     def webhooks_busy(self) -> bool:
