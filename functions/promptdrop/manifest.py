@@ -41,6 +41,8 @@ def entry_for_outcome(line: int, outcome: Outcome, *, requested_model: str | Non
     }
     if requested_model is not None and outcome.model is not None and requested_model != outcome.model:
         entry["requested_model"] = requested_model
+    if outcome.cached_from is not None:
+        entry["cached_from"] = {"run_id": outcome.cached_from["run_id"], "key": outcome.cached_from["key"]}
     return entry
 
 
@@ -160,6 +162,9 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
             "interactive": run.cost.interactive,
             "saved": run.cost.saved,
             "estimate": run.cost.estimate,
+            # The pay-once cache: lines served from images paid for by earlier runs, and their batch price.
+            "cached": run.cost.cached,
+            "saved_by_cache": run.cost.saved_by_cache,
         },
         "outputs": {
             "folder": run.output_folder,

@@ -66,6 +66,7 @@ class FileDefaults:
     modalities: tuple[str, ...] | None = None
     system: str | None = None
     priority: int | None = None  # batch priority: higher runs first
+    fresh: bool | None = None  # submit even when the pay-once cache holds the image
 
     def over(self, base: FileDefaults) -> FileDefaults:
         """These defaults, with ``base`` filling the fields left unset."""
@@ -76,6 +77,7 @@ class FileDefaults:
             modalities=self.modalities if self.modalities is not None else base.modalities,
             system=self.system if self.system is not None else base.system,
             priority=self.priority if self.priority is not None else base.priority,
+            fresh=self.fresh if self.fresh is not None else base.fresh,
         )
 
 
@@ -102,6 +104,7 @@ class PromptRequest:
     estimated_input_tokens: int  # text tokens (ceil(chars/4)) + the model's tokens per reference image
     input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
     priority: int = 0  # batch priority (a job holds lines of one model and one priority)
+    fresh: bool = False  # submit even when the pay-once cache holds this request's image
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,24 @@ def _check_priority(value: object) -> int | None:
     return value
 
 
+def _check_fresh(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _Invalid("bad_fresh", f"fresh must be true or false, not {_show(value)}")
+
+
+def _check_seed(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _INT32:
+        raise _Invalid("bad_seed", f"seed must be a 32-bit integer, not {_show(value)}")
+    return value
+
+
+# The API's generationConfig.seed is an int32.
+_INT32: Final = range(-(2**31), 2**31)
+
+
 def _check_size_form(value: object) -> str | None:
     size = _opt_str(value, "image_size", "bad_image_size")
     if size is None or size in KNOWN_SIZES:
@@ -271,6 +292,7 @@ _DEFAULT_FIELDS: Final = {
     "responseModalities": "modalities",
     "system": "system",
     "priority": "priority",
+    "fresh": "fresh",
 }
 
 
@@ -300,6 +322,7 @@ def _defaults_from(value: object) -> FileDefaults:
             modalities=_check_modalities(fields.get("modalities")),
             system=system if system and system.strip() else None,
             priority=_check_priority(fields.get("priority")),
+            fresh=_check_fresh(fields.get("fresh")),
         )
     except _Invalid as exc:
         raise _Invalid("bad_defaults", f"defaults: {exc.error.message}") from None
@@ -436,8 +459,14 @@ def _camel_case(value: Any, message: str) -> Any:
 # Lines
 
 
-_SIMPLE_FIELDS: Final = {**_DEFAULT_FIELDS, "prompt": "prompt", "key": "key", "images": "images"}
-_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority"})
+_SIMPLE_FIELDS: Final = {
+    **_DEFAULT_FIELDS,
+    "prompt": "prompt",
+    "key": "key",
+    "images": "images",
+    "seed": "seed",
+}
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "fresh"})
 
 
 class _LineParser:
@@ -494,6 +523,8 @@ class _LineParser:
             form.setdefault("model", model)
             if defaults.priority is not None:
                 form.setdefault("priority", defaults.priority)
+            if defaults.fresh is not None:
+                form.setdefault("fresh", defaults.fresh)
             return form
         present = {_SIMPLE_FIELDS.get(name) for name in fields}
         for name, value in (
@@ -503,6 +534,7 @@ class _LineParser:
             ("modalities", list(defaults.modalities) if defaults.modalities is not None else None),
             ("system", defaults.system),
             ("priority", defaults.priority),
+            ("fresh", defaults.fresh),
         ):
             if name not in present and value is not None:
                 form[name] = value
@@ -530,6 +562,10 @@ class _LineParser:
         if priority is None:
             priority = self._defaults.priority
         return self._options.default_priority if priority is None else priority
+
+    def _fresh(self, value: object) -> bool:
+        fresh = _check_fresh(value)
+        return bool(self._defaults.fresh) if fresh is None else fresh
 
     def _image_ref(self, ref: object) -> str:
         if not isinstance(ref, str):
@@ -581,6 +617,9 @@ class _LineParser:
             image_config["imageSize"] = size
         if image_config:
             generation["imageConfig"] = image_config
+        seed = _check_seed(fields.get("seed"))
+        if seed is not None:
+            generation["seed"] = seed
         request: dict[str, Any] = {
             "contents": [{"role": "user", "parts": [{"text": prompt}]}],
             "generationConfig": generation,
@@ -598,6 +637,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            fresh=self._fresh(fields.get("fresh")),
         )
 
     def _native(self, line: int, key: str, fields: dict[str, Any], form: dict[str, Any]) -> PromptRequest:
@@ -607,7 +647,7 @@ class _LineParser:
                 raise _Invalid(
                     "bad_request",
                     f"field {extra[0]!r} is not allowed next to a native request "
-                    "(only key, model and priority are)",
+                    "(only key, model, priority and fresh are)",
                 )
             raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
         raw_request = fields["request"]
@@ -655,6 +695,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            fresh=self._fresh(fields.get("fresh")),
         )
 
     def _fill_native(self, request: dict[str, Any]) -> None:

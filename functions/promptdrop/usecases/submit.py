@@ -22,6 +22,7 @@ from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
+from promptdrop.usecases.cache import CacheSplit
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -89,7 +90,10 @@ def submit_run(ctx: Context, run: Run) -> Run:
             "model_choices": [choice.to_json() for choice in plan.models.values()],
             "counts": plan.counts.model_dump(),
             "cost": Cost(
-                estimate=plan.cost.total.batch, estimate_interactive=plan.cost.total.interactive
+                estimate=plan.cost.total.batch,
+                estimate_interactive=plan.cost.total.interactive,
+                cached=len(plan.cache.served),
+                saved_by_cache=plan.cache.saved.total.batch,
             ).model_dump(),
             "reason": None,
             "next_attempt_at": 0.0,
@@ -128,6 +132,7 @@ class ModelChooser:
 
 @dataclass
 class _Plan:
+    cache: CacheSplit  # lines served from images paid for before
     counts: Counts = field(default_factory=Counts)
     cost: CostTally = field(default_factory=CostTally)
     jobs: list[Job] = field(default_factory=list)
@@ -136,7 +141,7 @@ class _Plan:
 
 
 def _write_chunks(ctx: Context, run: Run) -> _Plan:
-    plan = _Plan()
+    plan = _Plan(cache=CacheSplit(ctx, run))
     planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
     try:
@@ -152,6 +157,9 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     if choice.model is None:
                         raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
                     model = choice.model
+                    if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
+                        plan.counts.valid += 1
+                        continue
                     parts = resolve_images(ctx, line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
@@ -177,6 +185,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                 )
         plan.jobs = planner.finish()
         plan.models = choose.choices
+        plan.cache.finish()
     except BaseException:
         planner.abort()
         raise

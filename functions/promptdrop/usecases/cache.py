@@ -1,0 +1,266 @@
+"""Pay once per image: lines whose request was paid for before are served from that image, not submitted.
+
+Submission asks ``CacheSplit.serve`` of every valid line (after its model is chosen): a line whose request
+fingerprint (``promptdrop.fingerprint``) names a usable ``PaidImage`` gets that image copied inside the
+bucket to its own image name (a server-side rewrite in Cloud Storage) and an outcome ``succeeded`` with
+``cached_from``; every other line is submitted, its fingerprint kept in the run's scratch. Settle calls
+``fill`` once the run's images are all written: each line that succeeded records its image under its
+fingerprint (create-if-absent, so of two runs with the same new line the first to settle wins).
+
+Crash safety: the decision is made once per run. The images are copied first, then the served outcomes
+are written whole (``cached-outcomes.jsonl``) before any job is recorded; a submission cut off before that
+file exists decides again from scratch (copies are idempotent), one that finds it reuses it, so the chunks
+stay the same and every line still ends in exactly one manifest entry (settle joins on key).
+
+An entry is used only if its image is still the very object that was recorded (same generation and size:
+never one half-written, rewritten or deleted since) and younger than ``PROMPTDROP_CACHE_DAYS``; an unusable
+entry is replaced by the next run that pays for the same request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mimetypes
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import orjson
+
+from promptdrop import gallery
+from promptdrop.cost import CostTally
+from promptdrop.errors import NotFoundError, PreconditionFailedError, PromptdropError
+from promptdrop.fingerprint import ImageDigest, request_fingerprint
+from promptdrop.outcomes import Outcome, Usage
+from promptdrop.ports import PaidImage
+from promptdrop.prompts import PromptRequest
+from promptdrop.records import Run
+from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+_DAY = 86_400.0
+_HASH_BLOCK = 1 << 20
+
+
+def enabled(ctx: Context, run: Run) -> bool:
+    """Whether this run's lines may be served from the cache (``PROMPTDROP_CACHE``, ``run --fresh``)."""
+    return ctx.settings.cache and not run.fresh
+
+
+class ImageDigests:
+    """Reference images by content, each object hashed once per generation (a run may reuse one often)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._known: dict[tuple[str, str], ImageDigest] = {}
+
+    def of(self, name: str) -> ImageDigest | None:
+        """None when the object does not exist (submission then refuses the line)."""
+        info = self.ctx.blobs.stat(name)
+        if info is None:
+            return None
+        known = self._known.get((name, info.generation))
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
+        try:
+            with self.ctx.blobs.open_read(name) as stream:
+                while block := stream.read(_HASH_BLOCK):
+                    digest.update(block)
+        except NotFoundError:
+            return None
+        # The MIME type as submission sends it (the object's content type, else guessed from the name).
+        mime = info.content_type or mimetypes.guess_type(name)[0] or ""
+        self._known[(name, info.generation)] = ImageDigest(digest.hexdigest(), mime)
+        return self._known[(name, info.generation)]
+
+    def fingerprint(self, line: PromptRequest, model: str) -> str | None:
+        """The line's request fingerprint on ``model``; None when a reference image is missing."""
+        images = [self.of(ref) for ref in line.image_refs]
+        if any(image is None for image in images):
+            return None
+        return request_fingerprint(model, line.request, [image for image in images if image is not None])
+
+
+def usable(ctx: Context, entry: PaidImage) -> bool:
+    """The entry's image is the object recorded (same generation and size) and within the retention."""
+    if ctx.clock() - entry.created_at > ctx.settings.cache_days * _DAY:
+        return False
+    info = ctx.blobs.stat(entry.image)
+    return info is not None and info.generation == entry.generation and info.size == entry.size
+
+
+def lookup(ctx: Context, fingerprint: str) -> PaidImage | None:
+    """The usable paid image for ``fingerprint``, if there is one."""
+    entry = ctx.paid_images.get(fingerprint)
+    return entry if entry is not None and usable(ctx, entry) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Submitted:
+    key: str
+    fingerprint: str
+    fresh: bool
+
+
+class CacheSplit:
+    """Splits one run's valid lines into those served from the cache and those to submit."""
+
+    def __init__(self, ctx: Context, run: Run) -> None:
+        self.ctx, self.run = ctx, run
+        self.layout = ctx.layout(run.run_id)
+        self.digests = ImageDigests(ctx)
+        self.served: list[Outcome] = []
+        self.saved = CostTally()
+        self._submitted: list[_Submitted] = []
+        self._decided = _read_outcomes(ctx, self.layout.cached_outcomes)  # an earlier try's decision
+
+    def serve(self, line: PromptRequest, model: str) -> bool:
+        """True when the line is served from the cache (its image copied): it is not to be submitted."""
+        if self._decided is not None and line.key in self._decided:
+            return self._served(self._decided[line.key])
+        fingerprint = self.digests.fingerprint(line, model)
+        if fingerprint is None:
+            return False  # a missing reference image: submission refuses the line
+        fresh = line.fresh or self.run.fresh
+        if self._decided is None and enabled(self.ctx, self.run) and not line.fresh:
+            outcome = self._copy(line, fingerprint)
+            if outcome is not None:
+                return self._served(outcome)
+        self._submitted.append(_Submitted(line.key, fingerprint, fresh))
+        return False
+
+    def _served(self, outcome: Outcome) -> bool:
+        self.served.append(outcome)
+        if outcome.usage is not None and outcome.model is not None:
+            self.saved.add_usage(outcome.model, Usage(**outcome.usage))
+        return True
+
+    def _copy(self, line: PromptRequest, fingerprint: str) -> Outcome | None:
+        entry = lookup(self.ctx, fingerprint)
+        if entry is None:
+            return None
+        extension = PurePosixPath(entry.image).suffix.removeprefix(".")
+        destination = self.layout.image(line.key, extension)
+        try:
+            # That generation or nothing: an image rewritten or deleted since the check is never served.
+            self.ctx.blobs.copy(entry.image, destination, if_source_generation=entry.generation)
+        except (NotFoundError, PreconditionFailedError) as exc:
+            log.info("cached image %s went away (%s); submitting", entry.image, exc, extra=self._log)
+            return None
+        self._copy_thumbnail(entry.image, destination)
+        return Outcome(
+            key=line.key,
+            status="succeeded",
+            attempt=0,
+            model=entry.model,
+            image=destination,
+            mime_type=entry.mime_type,
+            bytes=entry.size,
+            usage=dict(entry.usage) if entry.usage is not None else None,
+            cached_from={"run_id": entry.run_id, "key": entry.key},
+        )
+
+    def _copy_thumbnail(self, source_image: str, image: str) -> None:
+        """The gallery's thumbnail too, when the paying run made one (else the card shows the image)."""
+        if not self.ctx.settings.thumbnails:
+            return
+        source = gallery.thumb_name(_run_folder(source_image), source_image)
+        target = gallery.thumb_name(self.layout.folder, image)
+        if source is None or target is None:
+            return
+        with contextlib.suppress(NotFoundError, PreconditionFailedError):
+            self.ctx.blobs.copy(source, target)
+
+    @property
+    def _log(self) -> dict[str, str]:
+        return {"run_id": self.run.run_id}
+
+    def finish(self) -> None:
+        """Record the decision (before any job is recorded) and the fingerprints of the submitted lines."""
+        if self._decided is None:
+            served = b"".join(orjson.dumps(o.to_json()) + b"\n" for o in self.served)
+            self.ctx.blobs.write_bytes(self.layout.cached_outcomes, served, content_type="application/jsonl")
+        submitted = b"".join(
+            orjson.dumps({"key": s.key, "fingerprint": s.fingerprint, "fresh": s.fresh}) + b"\n"
+            for s in self._submitted
+        )
+        self.ctx.blobs.write_bytes(self.layout.fingerprints, submitted, content_type="application/jsonl")
+        if self.served:
+            log.info("%d line(s) served from the pay-once cache", len(self.served), extra=self._log)
+
+
+def _run_folder(image: str) -> str:
+    """``outputs/<run>/images/<key>.png`` -> ``outputs/<run>/``."""
+    return str(PurePosixPath(image).parent.parent) + "/"
+
+
+def _read_outcomes(ctx: Context, name: str) -> dict[str, Outcome] | None:
+    try:
+        data = ctx.blobs.read_bytes(name)
+    except NotFoundError:
+        return None
+    outcomes = (Outcome.from_json(orjson.loads(raw)) for raw in data.splitlines() if raw.strip())
+    return {outcome.key: outcome for outcome in outcomes}
+
+
+def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
+    """Record the images this run paid for under their fingerprints; returns how many entries it wrote.
+
+    Called by settle, after every image of the run is written whole. Best effort: the cache saves money
+    but a run never fails for it (a failure is logged; the next run simply pays).
+    """
+    if not ctx.settings.cache:
+        return 0
+    layout = ctx.layout(run.run_id)
+    try:
+        data = ctx.blobs.read_bytes(layout.fingerprints)
+    except NotFoundError:
+        return 0
+    submitted = {item["key"]: item for item in map(orjson.loads, data.splitlines()) if item}
+    paid = [
+        o
+        for o in outcomes.values()
+        if o.status == "succeeded" and o.image and o.cached_from is None and o.key in submitted
+    ]
+    if not paid:
+        return 0
+    written = 0
+    try:
+        images = {info.name: info for info in ctx.blobs.list(layout.folder + "images/")}
+        for outcome in paid:
+            info = images.get(outcome.image or "")
+            if info is None or outcome.model is None:
+                continue
+            item = submitted[outcome.key]
+            entry = PaidImage(
+                fingerprint=item["fingerprint"],
+                image=info.name,
+                generation=info.generation,
+                size=info.size,
+                mime_type=outcome.mime_type,
+                model=outcome.model,
+                usage=outcome.usage,
+                run_id=run.run_id,
+                key=outcome.key,
+                created_at=info.updated or ctx.clock(),
+            )
+            written += _record(ctx, entry, newest=bool(item.get("fresh")))
+    except PromptdropError as exc:
+        log.warning("the pay-once cache was not filled: %s", exc, extra={"run_id": run.run_id})
+    return written
+
+
+def _record(ctx: Context, entry: PaidImage, *, newest: bool) -> int:
+    """Create the entry; replace one that is unusable, or any other when this image is a fresh take."""
+    if ctx.paid_images.put(entry):
+        return 1
+    current = ctx.paid_images.get(entry.fingerprint)
+    if current == entry:
+        return 0  # recorded by an earlier settle of this run
+    if current is None or newest or not usable(ctx, current):
+        return int(ctx.paid_images.put(entry, replacing=current))
+    return 0
