@@ -43,7 +43,7 @@ from promptdrop.models import predict_choice
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
-from promptdrop.usecases import poll, receive
+from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import extract_results
 from promptdrop.usecases.inputs import parse_options
@@ -114,6 +114,9 @@ def run(
         bool, typer.Option("--wait", help="Drive the run to its end with a progress bar")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate; submit nothing")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Submit every line, even those the pay-once cache holds")
+    ] = False,
 ) -> None:
     """Put FILE into the inbox and submit it; print the run id."""
     settings = _settings()
@@ -124,7 +127,7 @@ def run(
         )
         raise typer.Exit(2)
     if dry_run:
-        raise typer.Exit(_dry_run(settings, file, fmt))
+        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh))
     ctx = _context(settings)
     name = settings.inbox_prefix + file.name
     try:
@@ -135,7 +138,7 @@ def run(
         info = ctx.blobs.stat(name)
         assert info is not None
         receipt = receive.receive_file(
-            ctx, StorageObject(settings.bucket_name, name, info.generation, info.size)
+            ctx, StorageObject(settings.bucket_name, name, info.generation, info.size), fresh=fresh
         )
     except PromptdropError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -157,9 +160,16 @@ def run(
     raise typer.Exit(_exit_code(final.state))
 
 
-def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
+def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
     tally = CostTally()
-    valid = invalid = 0
+    saved = CostTally()
+    valid = invalid = cached = 0
+    try:
+        ctx = build_context(settings)  # the bucket and the cache; no backend is built
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        return 2
+    digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
     today = datetime.now(UTC).date()
     noticed: set[str] = set()
@@ -177,12 +187,19 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
                     err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
                     continue
                 valid += 1
+                if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
+                    cached += 1
+                    saved.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
+                    continue
                 tally.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
     total = tally.total
     out.print(f"{valid} valid, {invalid} invalid line(s)")
+    out.print(
+        f"{cached} line(s) served from the pay-once cache (not submitted; saves {_money(saved.total.batch)})"
+    )
     out.print(f"estimated batch cost: {_money(total.batch)}")
     out.print(f"same work on the interactive API: {_money(total.interactive)} (saves {_money(total.saved)})")
     if settings.max_cost_usd is not None and total.batch is not None and total.batch > settings.max_cost_usd:
@@ -378,6 +395,11 @@ def status(
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
         out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        if record.state is not RunState.RECEIVED:
+            out.print(
+                f"cache: {record.cost.cached} line(s) served from the pay-once cache "
+                f"(saved {_money(record.cost.saved_by_cache)})"
+            )
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"

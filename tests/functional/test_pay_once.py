@@ -22,7 +22,9 @@ def requests_sent(emulator: Any) -> int:
     total = 0
     token = ""
     while True:
-        reply = emulator.request("GET", f"/v1beta/batches?pageSize=100{'&pageToken=' + token if token else ''}")
+        reply = emulator.request(
+            "GET", f"/v1beta/batches?pageSize=100{'&pageToken=' + token if token else ''}"
+        )
         assert reply.status == 200
         body = reply.json()
         for operation in body.get("operations", []):
@@ -109,7 +111,9 @@ def test_a_fresh_line_and_a_fresh_file_default_submit_anyway(pipeline: Pipeline)
 def test_a_new_seed_is_a_new_request(pipeline: Pipeline) -> None:
     """A changed ``seed`` changes the fingerprint: that line is paid for again."""
     run_file(pipeline, "s.jsonl", [{"key": "a", "prompt": "cat", "seed": 1}, {"key": "b", "prompt": "dog"}])
-    second = run_file(pipeline, "s.jsonl", [{"key": "a", "prompt": "cat", "seed": 2}, {"key": "b", "prompt": "dog"}])
+    second = run_file(
+        pipeline, "s.jsonl", [{"key": "a", "prompt": "cat", "seed": 2}, {"key": "b", "prompt": "dog"}]
+    )
     assert requests_sent(pipeline.emulator) == 3
     assert summary(pipeline, second)["cost"]["cached"] == 1
 

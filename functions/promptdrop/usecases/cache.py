@@ -99,6 +99,14 @@ def lookup(ctx: Context, fingerprint: str) -> PaidImage | None:
     return entry if entry is not None and usable(ctx, entry) else None
 
 
+def would_serve(ctx: Context, digests: ImageDigests, line: PromptRequest, model: str, *, fresh: bool) -> bool:
+    """Whether the cache holds a usable image for this line now (`run --dry-run`); nothing is copied."""
+    if not ctx.settings.cache or fresh or line.fresh:
+        return False
+    fingerprint = digests.fingerprint(line, model)
+    return fingerprint is not None and lookup(ctx, fingerprint) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class _Submitted:
     key: str
