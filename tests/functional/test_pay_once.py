@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from promptdrop import prompts
 from promptdrop.cli import app
 from promptdrop.models import model_spec
 from promptdrop.states import RunState
+from promptdrop.usecases.cache import ImageDigests
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
 
 MODEL = "gemini-3-pro-image"
@@ -182,3 +186,88 @@ def test_run_fresh_submits_every_line_and_dry_run_shows_the_cache(
     assert "cache: 0 line(s)" in status.output
     manifest = read_jsonl(pipeline.bucket / "outputs" / run_id / "manifest.jsonl")
     assert not any("cached_from" in e for e in manifest)
+
+
+def test_two_runs_with_the_same_new_line_both_submit_and_the_first_to_settle_fills(
+    pipeline: Pipeline,
+) -> None:
+    """No waiting on each other: both pay; the cache then names the run that settled first."""
+    lines = catalogue(2)
+    one = pipeline.drop("one.jsonl", jsonl(*lines)).run
+    two = pipeline.drop("two.jsonl", jsonl(*lines)).run
+    assert one is not None and two is not None
+    assert requests_sent(pipeline.emulator) == 4  # both submitted at their claim, before either settled
+    pipeline.finish(two.run_id)
+    pipeline.finish(one.run_id)
+    entry = pipeline.ctx.paid_images.get(_fingerprint_of(pipeline, two.run_id, "item-00"))
+    assert entry is not None and entry.run_id == two.run_id
+    third = run_file(pipeline, "three.jsonl", lines)
+    assert requests_sent(pipeline.emulator) == 4
+    assert {e["cached_from"]["run_id"] for e in pipeline.manifest(third)} == {two.run_id}
+
+
+def _fingerprint_of(pipeline: Pipeline, run_id: str, key: str) -> str:
+    """The fingerprint the run recorded for ``key`` (read before it settles: scratch goes at the end)."""
+    run = pipeline.ctx.store.get_run(run_id)
+    assert run is not None
+    lines = [{"key": f"item-{n:02d}", "prompt": f"product shot {n}"} for n in range(2)]
+    (line,) = [
+        parsed
+        for parsed in prompts.parse_prompt_file(
+            io.BytesIO(jsonl(*lines)), "jsonl", prompts.ParseOptions(default_model=MODEL)
+        )
+        if isinstance(parsed, prompts.PromptRequest) and parsed.key == key
+    ]
+    fingerprint = ImageDigests(pipeline.ctx).fingerprint(line, MODEL)
+    assert fingerprint is not None
+    return fingerprint
+
+
+class _KilledOnce(Exception):
+    """A process killed mid-step: the step's writes so far stay, the rest never happen."""
+
+
+class _KillAt:
+    """A blob store that 'dies' once, on the first write of the object named ``victim``."""
+
+    def __init__(self, inner: Any, victim: str) -> None:
+        self.inner, self.victim, self.fired = inner, victim, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write_bytes(self, name: str, data: bytes, **options: Any) -> bool:
+        if name.endswith(self.victim) and not self.fired:
+            self.fired = True
+            raise _KilledOnce(name)
+        return bool(self.inner.write_bytes(name, data, **options))
+
+
+@pytest.mark.parametrize("victim", ["cached-outcomes.jsonl", "fingerprints.jsonl"])
+def test_a_kill_between_copying_cached_images_and_recording_them_loses_and_duplicates_nothing(
+    pipeline: Pipeline, victim: str
+) -> None:
+    """Killed after the copies (before or after the decision is written): the next step finishes the run
+    with exactly one manifest entry per line, the cached ones served and only the new one paid for."""
+    run_file(pipeline, "k.jsonl", catalogue(4))
+    killing = _KillAt(pipeline.ctx.blobs, victim)
+    ctx = dataclasses.replace(pipeline.ctx, blobs=killing)
+    receipt = pipeline.drop("k.jsonl", jsonl(*catalogue(4, extra=1)), ctx)
+    assert killing.fired and receipt.run is not None
+    assert receipt.run.state is RunState.RECEIVED  # the submission died; the poller takes it up
+    run = pipeline.finish(receipt.run.run_id)
+    entries = pipeline.manifest(run)
+    assert sorted(e["key"] for e in entries) == ["item-00", "item-01", "item-02", "item-03", "new-0"]
+    assert sum("cached_from" in e for e in entries) == 4
+    assert requests_sent(pipeline.emulator) == 4 + 1
+    assert summary(pipeline, run)["cost"]["cached"] == 4
+
+
+def test_a_cached_image_rewritten_since_is_not_served(pipeline: Pipeline) -> None:
+    """The entry names one generation and size of its image: other bytes under that name are not it."""
+    first = run_file(pipeline, "r.jsonl", catalogue(2))
+    (pipeline.bucket / first.output_folder / "images" / "item-00.png").write_bytes(b"half an ima")
+    second = run_file(pipeline, "r.jsonl", catalogue(2))
+    assert requests_sent(pipeline.emulator) == 3
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert "cached_from" not in entries["item-00"] and "cached_from" in entries["item-01"]
