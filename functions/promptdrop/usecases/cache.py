@@ -31,7 +31,7 @@ import orjson
 
 from promptdrop import gallery
 from promptdrop.cost import CostTally
-from promptdrop.errors import NotFoundError, PreconditionFailedError, PromptdropError
+from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError
 from promptdrop.fingerprint import ImageDigest, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
 from promptdrop.ports import PaidImage
@@ -218,8 +218,9 @@ def _read_outcomes(ctx: Context, name: str) -> dict[str, Outcome] | None:
 def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
     """Record the images this run paid for under their fingerprints; returns how many entries it wrote.
 
-    Called by settle, after every image of the run is written whole. Best effort: the cache saves money
-    but a run never fails for it (a failure is logged; the next run simply pays).
+    Called by settle, after every image of the run is written whole, before the run ends: a transient
+    failure is raised, so the next tick settles again and fills what is missing (entries written are left
+    as they are); a permanent one is logged and the run ends anyway (the next run simply pays).
     """
     if not ctx.settings.cache:
         return 0
@@ -257,7 +258,7 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
                 created_at=info.updated or ctx.clock(),
             )
             written += _record(ctx, entry, newest=bool(item.get("fresh")))
-    except PromptdropError as exc:
+    except PermanentError as exc:
         log.warning("the pay-once cache was not filled: %s", exc, extra={"run_id": run.run_id})
     return written
 

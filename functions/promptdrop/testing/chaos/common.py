@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
+from PIL import Image
 
 from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
-from promptdrop.testing.chaos.prompts import PromptFile, big_file, big_lines, mixed_file
+from promptdrop.testing.chaos.prompts import (
+    CACHE_REDROP,
+    PromptFile,
+    big_file,
+    big_lines,
+    cache_redrop,
+    mixed_file,
+)
 from promptdrop.testing.cloud import free_port
 
 REPO = Path(__file__).resolve().parents[4]
@@ -24,8 +35,9 @@ FAULT_RATE = 0.08
 STALL_RATE = 0.02
 # An extra share of creates stall, so that some kills land while a create is still to land.
 CREATE_STALL_RATE = 0.3
-# Files dropped at most when the planned ones ended before the kills aimed at harvests and creates hit.
-MAX_EXTRA_FILES = 3
+# Files dropped at most once the planned ones ended: the pay-once cache's re-drop, then files for the kills
+# aimed at harvests and creates that did not hit yet.
+MAX_EXTRA_FILES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +69,23 @@ class SeedResult:
     misses: list[Miss] = field(default_factory=list)
 
 
+def due_cache_redrop(extras: list[PromptFile], first: PromptFile) -> PromptFile | None:
+    """The pay-once cache's re-drop of ``first`` (appended to ``extras``) if it was not dropped yet."""
+    if any(extra.name == CACHE_REDROP for extra in extras):
+        return None
+    extras.append(cache_redrop(first))
+    return extras[-1]
+
+
 def extra_file(
-    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool
+    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool, first: PromptFile
 ) -> PromptFile | None:
-    """Every run ended before a kill hit a harvest or a stalled create: one more file for it (appended to
-    ``extras``), or None when both were hit or the extras are used up."""
+    """Every run ended: first the pay-once cache's re-drop of ``first`` (its requests were all paid for by
+    now), then, while no kill hit a harvest or a stalled create, one more file for it (appended to
+    ``extras``); None when both were hit or the extras are used up."""
+    redrop = due_cache_redrop(extras, first)
+    if redrop is not None:
+        return redrop
     if len(extras) >= MAX_EXTRA_FILES:
         return None
     number = len(extras) + 1
@@ -173,4 +197,29 @@ def line_figures(manifests: dict[str, list[dict[str, object]] | None]) -> dict[s
         "succeeded": statuses["succeeded"],
         "failed": statuses["failed"],
         "invalid": statuses["invalid"],
+        "cached": sum("cached_from" in entry for entries in manifests.values() for entry in entries or []),
+    }
+
+
+def decodes(data: bytes | None) -> bool:
+    """The bytes are a whole image (Pillow decodes every pixel); None (no such object) is not."""
+    if data is None:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def cached_images(
+    manifests: Mapping[str, list[dict[str, Any]] | None], read: Callable[[str], bytes | None]
+) -> dict[str, bool]:
+    """Image name -> whether it decodes, for every line served from the pay-once cache."""
+    return {
+        str(entry.get("image")): decodes(read(str(entry.get("image"))))
+        for entries in manifests.values()
+        for entry in entries or []
+        if "cached_from" in entry
     }

@@ -107,6 +107,15 @@ def expiring_file(rng: random.Random, name: str) -> PromptFile:
     return _file(name, lines)
 
 
+# Dropped once every run ended: the first file again under another name, so its lines that succeeded are
+# served from the pay-once cache (the same requests) and the others are submitted again.
+CACHE_REDROP = "cache-redrop.jsonl"
+
+
+def cache_redrop(first: PromptFile) -> PromptFile:
+    return PromptFile(CACHE_REDROP, first.data, first.expected_lines)
+
+
 def big_lines(*, short: bool) -> int:
     return BIG_LINES_SHORT if short else BIG_LINES_FULL
 
