@@ -83,6 +83,8 @@ def test_redrop_with_three_edits_and_two_additions_sends_five_requests(pipeline:
         assert (pipeline.bucket / entry["image"]).read_bytes() == (
             pipeline.bucket / first_entries[key]["image"]
         ).read_bytes()
+        # The gallery's thumbnail came along, so the page shows the small image.
+        assert (pipeline.outputs(second) / "thumbs" / f"{key}.webp").is_file()
     cost = summary(pipeline, second)["cost"]
     assert cost["cached"] == 45
     # What the 45 would have cost in batch, from the model table: 1120 image tokens at the batch rate

@@ -23,7 +23,9 @@ import contextlib
 import hashlib
 import logging
 import mimetypes
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -125,21 +127,46 @@ class CacheSplit:
         self.saved = CostTally()
         self._submitted: list[_Submitted] = []
         self._decided = _read_outcomes(ctx, self.layout.cached_outcomes)  # an earlier try's decision
+        self._reused = self._decided is not None
+
+    def prepare(self, lines: Iterable[tuple[PromptRequest, str]]) -> None:
+        """Decide which lines are served: look each up and copy the images of those served, many at a time
+        (a few storage calls each, so thousands of cached lines take seconds, not minutes). Called once
+        before the lines are chunked; an earlier try's decision is reused as it is."""
+        if self._decided is not None:
+            return
+        self._decided = {}
+        if not enabled(self.ctx, self.run):
+            return
+        workers = max(1, self.ctx.settings.upload_concurrency)
+        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
+            window: deque[Future[Outcome | None]] = deque()  # bounded: the input is streamed
+            for line, model in lines:
+                if not line.fresh:
+                    window.append(pool.submit(self._serve_from_cache, line, model))
+                while window and (len(window) >= 4 * workers or window[0].done()):
+                    self._keep(window.popleft().result())
+            while window:
+                self._keep(window.popleft().result())
+
+    def _keep(self, outcome: Outcome | None) -> None:
+        if outcome is not None and self._decided is not None:
+            self._decided[outcome.key] = outcome
 
     def serve(self, line: PromptRequest, model: str) -> bool:
-        """True when the line is served from the cache (its image copied): it is not to be submitted."""
-        if self._decided is not None and line.key in self._decided:
+        """True when the line is served from the cache (decided by ``prepare``): it is not to be submitted."""
+        if self._decided and line.key in self._decided:
             return self._served(self._decided[line.key])
+        if not self.ctx.settings.cache:
+            return False  # nothing will be recorded: no fingerprint needed
         fingerprint = self.digests.fingerprint(line, model)
-        if fingerprint is None:
-            return False  # a missing reference image: submission refuses the line
-        fresh = line.fresh or self.run.fresh
-        if self._decided is None and enabled(self.ctx, self.run) and not line.fresh:
-            outcome = self._copy(line, fingerprint)
-            if outcome is not None:
-                return self._served(outcome)
-        self._submitted.append(_Submitted(line.key, fingerprint, fresh))
+        if fingerprint is not None:  # None: a missing reference image, which submission refuses
+            self._submitted.append(_Submitted(line.key, fingerprint, line.fresh or self.run.fresh))
         return False
+
+    def _serve_from_cache(self, line: PromptRequest, model: str) -> Outcome | None:
+        fingerprint = self.digests.fingerprint(line, model)
+        return None if fingerprint is None else self._copy(line, fingerprint)
 
     def _served(self, outcome: Outcome) -> bool:
         self.served.append(outcome)
@@ -189,7 +216,7 @@ class CacheSplit:
 
     def finish(self) -> None:
         """Record the decision (before any job is recorded) and the fingerprints of the submitted lines."""
-        if self._decided is None:
+        if not self._reused:
             served = b"".join(orjson.dumps(o.to_json()) + b"\n" for o in self.served)
             self.ctx.blobs.write_bytes(self.layout.cached_outcomes, served, content_type="application/jsonl")
         submitted = b"".join(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -144,6 +145,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
     plan = _Plan(cache=CacheSplit(ctx, run))
     planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
+    plan.cache.prepare(_cacheable(ctx, run, choose))
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -191,6 +193,14 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
         raise
     write_refused(ctx, ctx.layout(run.run_id), plan.refused)
     return plan
+
+
+def _cacheable(ctx: Context, run: Run, choose: ModelChooser) -> Iterator[tuple[PromptRequest, str]]:
+    """The valid lines with the model each runs on: what the pay-once cache is asked about first."""
+    with parsed_input(ctx, run) as lines:
+        for line in lines:
+            if isinstance(line, PromptRequest) and (model := choose(line.model).model) is not None:
+                yield line, model
 
 
 class _Refused(Exception):
