@@ -130,9 +130,10 @@ class CacheSplit:
         self._reused = self._decided is not None
 
     def prepare(self, lines: Iterable[tuple[PromptRequest, str]]) -> None:
-        """Decide which lines are served: look each up and copy the images of those served, many at a time
-        (a few storage calls each, so thousands of cached lines take seconds, not minutes). Called once
-        before the lines are chunked; an earlier try's decision is reused as it is."""
+        """Decide which lines are served: look each up and copy the images of those served,
+        ``PROMPTDROP_UPLOAD_CONCURRENCY`` lines at a time (each takes a few storage and store calls, which a
+        long cached file would otherwise wait for one by one). Called once before the lines are chunked; an
+        earlier try's decision is reused as it is."""
         if self._decided is not None:
             return
         self._decided = {}
