@@ -36,14 +36,17 @@ from promptdrop.cost import CostTally
 from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError
 from promptdrop.fingerprint import ImageDigest, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
-from promptdrop.ports import PaidImage
+from promptdrop.ports import BlobInfo, PaidImage
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.leases import renew
 
 log = logging.getLogger(__name__)
 
 _DAY = 86_400.0
+# Lines (or entries) per worker between two renewals of the run's lease.
+_FILL_ROUND = 16
 _HASH_BLOCK = 1 << 20
 
 
@@ -142,7 +145,9 @@ class CacheSplit:
         workers = max(1, self.ctx.settings.upload_concurrency)
         with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
             window: deque[Future[Outcome | None]] = deque()  # bounded: the input is streamed
-            for line, model in lines:
+            for number, (line, model) in enumerate(lines, start=1):
+                if number % (_FILL_ROUND * workers) == 0:
+                    renew(self.ctx, self.run.run_id)  # a long file: keep the run ours while it is decided
                 if not line.fresh:
                     window.append(pool.submit(self._serve_from_cache, line, model))
                 while window and (len(window) >= 4 * workers or window[0].done()):
@@ -246,49 +251,62 @@ def _read_outcomes(ctx: Context, name: str) -> dict[str, Outcome] | None:
 def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
     """Record the images this run paid for under their fingerprints; returns how many entries it wrote.
 
-    Called by settle, after every image of the run is written whole, before the run ends: a transient
-    failure is raised, so the next tick settles again and fills what is missing (entries written are left
-    as they are); a permanent one is logged and the run ends anyway (the next run simply pays).
+    Called by settle, after every image of the run is written whole, before the run ends. The entries are
+    written ``PROMPTDROP_UPLOAD_CONCURRENCY`` at a time, the run's lease renewed between rounds; then the
+    fingerprints file goes, so a settle that runs again does not record them again. A transient failure is
+    raised (the next tick settles again and fills what is missing); a permanent one is logged and the run
+    ends anyway (the next run simply pays).
     """
-    if not ctx.settings.cache:
-        return 0
     layout = ctx.layout(run.run_id)
     try:
         data = ctx.blobs.read_bytes(layout.fingerprints)
     except NotFoundError:
-        return 0
+        return 0  # nothing submitted, the cache off, or recorded by an earlier settle
     submitted = {item["key"]: item for item in map(orjson.loads, data.splitlines()) if item}
     paid = [
         o
         for o in outcomes.values()
         if o.status == "succeeded" and o.image and o.cached_from is None and o.key in submitted
     ]
-    if not paid:
-        return 0
     written = 0
     try:
-        images = {info.name: info for info in ctx.blobs.list(layout.folder + "images/")}
-        for outcome in paid:
-            info = images.get(outcome.image or "")
-            if info is None or outcome.model is None:
-                continue
-            item = submitted[outcome.key]
-            entry = PaidImage(
-                fingerprint=item["fingerprint"],
-                image=info.name,
-                generation=info.generation,
-                size=info.size,
-                mime_type=outcome.mime_type,
-                model=outcome.model,
-                usage=outcome.usage,
-                run_id=run.run_id,
-                key=outcome.key,
-                created_at=info.updated or ctx.clock(),
-            )
-            written += _record(ctx, entry, newest=bool(item.get("fresh")))
+        images = {info.name: info for info in ctx.blobs.list(layout.folder + "images/")} if paid else {}
+        entries = [
+            (_entry(ctx, run, outcome, images[outcome.image], submitted[outcome.key]["fingerprint"]), outcome)
+            for outcome in paid
+            if outcome.image in images and outcome.model is not None
+        ]
+        workers = max(1, ctx.settings.upload_concurrency)
+        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
+            for start in range(0, len(entries), _FILL_ROUND * workers):
+                renew(ctx, run.run_id)
+                round_ = entries[start : start + _FILL_ROUND * workers]
+                written += sum(
+                    pool.map(
+                        lambda item: _record(ctx, item[0], newest=bool(submitted[item[1].key].get("fresh"))),
+                        round_,
+                    )
+                )
     except PermanentError as exc:
         log.warning("the pay-once cache was not filled: %s", exc, extra={"run_id": run.run_id})
+    ctx.blobs.delete(layout.fingerprints)
     return written
+
+
+def _entry(ctx: Context, run: Run, outcome: Outcome, info: BlobInfo, fingerprint: str) -> PaidImage:
+    assert outcome.model is not None
+    return PaidImage(
+        fingerprint=fingerprint,
+        image=info.name,
+        generation=info.generation,
+        size=info.size,
+        mime_type=outcome.mime_type,
+        model=outcome.model,
+        usage=outcome.usage,
+        run_id=run.run_id,
+        key=outcome.key,
+        created_at=info.updated or ctx.clock(),
+    )
 
 
 def _record(ctx: Context, entry: PaidImage, *, newest: bool) -> int:
