@@ -400,6 +400,8 @@ def status(
                 f"cache: {record.cost.cached} line(s) served from the pay-once cache "
                 f"(saved {_money(record.cost.saved_by_cache)})"
             )
+        elif (would := _cache_would_serve(settings, record)) is not None:
+            out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"
@@ -411,6 +413,27 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def _cache_would_serve(settings: Settings, record: Run) -> int | None:
+    """Lines of a run not yet submitted that the cache holds now (models predicted from the table, as
+    `--dry-run` does); None when its prompts cannot be read."""
+    ctx = build_context(settings)  # the bucket and the cache; no backend is built
+    name = record.input_object if ctx.blobs.stat(record.input_object) else record.source.object
+    if name is None or ctx.blobs.stat(name) is None:
+        return None
+    digests = cache.ImageDigests(ctx)
+    today = datetime.now(UTC).date()
+    count = 0
+    with ctx.blobs.open_read(name) as stream:
+        options = parse_options(settings, record.source.defaults)
+        for line in prompts.parse_prompt_file(stream, record.source.format, options):
+            if isinstance(line, prompts.PromptRequest):
+                model = predict_choice(line.model, policy=settings.retired_models, today=today).model
+                count += model is not None and cache.would_serve(
+                    ctx, digests, line, model, fresh=record.fresh
+                )
+    return count
 
 
 def gallery_location(settings: Settings, run_id: str) -> str:

@@ -273,3 +273,18 @@ def test_a_cached_image_rewritten_since_is_not_served(pipeline: Pipeline) -> Non
     assert requests_sent(pipeline.emulator) == 3
     entries = {e["key"]: e for e in pipeline.manifest(second)}
     assert "cached_from" not in entries["item-00"] and "cached_from" in entries["item-01"]
+
+
+def test_status_of_a_run_not_yet_submitted_says_what_the_cache_would_serve(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed run the poller has not submitted yet: `status` counts its lines the cache holds now."""
+    run_file(pipeline, "p.jsonl", catalogue(3))
+    waiting = pipeline.context(submit_on_claim_max_bytes="1")  # claimed, left to the poller
+    receipt = pipeline.drop("p.jsonl", jsonl(*catalogue(3, edited=frozenset({0}))), waiting)
+    assert receipt.run is not None and receipt.run.state is RunState.RECEIVED
+    for name, value in pipeline.env.items():
+        monkeypatch.setenv(name, value)
+    status = CliRunner().invoke(app, ["status", receipt.run.run_id])
+    assert status.exit_code == 0, status.output
+    assert "cache: 2 line(s) would be served from the pay-once cache if submitted now" in status.output
