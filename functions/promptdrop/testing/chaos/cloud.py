@@ -38,6 +38,7 @@ from promptdrop.testing.chaos.common import (
     line_figures,
     start_emulator,
     tracebacks,
+    write_stuck_runs,
 )
 from promptdrop.testing.chaos.local import run_view
 from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_create_ports, wait_listening
@@ -216,7 +217,7 @@ class CloudChaos:
             # A stalled create lands stall_seconds after it arrived; 30 s more covers a loaded machine's
             # delays. The defaults (2 + 1 minutes) would outlast the seed's settle window.
             "PROMPTDROP_API_TIMEOUT": str(self.plan.stall_seconds + 2),
-            "PROMPTDROP_CREATE_MARGIN": "30",
+            "PROMPTDROP_CREATE_MARGIN": str(self.plan.create_margin),
             "PROMPTDROP_MAX_ATTEMPTS": "3",
             "PYTHONUNBUFFERED": "1",
         }
@@ -393,6 +394,8 @@ class CloudChaos:
                 self.drop(redrop.name, redrop.data)
                 expected += 1
             time.sleep(0.3)
+        else:
+            write_stuck_runs(self.store, self.logs / "stuck-runs.json")
         return time.monotonic() - start
 
     def snapshot(self) -> Snapshot:

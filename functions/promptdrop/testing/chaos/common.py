@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from PIL import Image
 
+from promptdrop.ports import JobStore
 from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
 from promptdrop.testing.chaos.prompts import (
@@ -53,12 +54,16 @@ class Plan:
     kill_gap: tuple[float, float]  # seconds between random kills
     chaos_seconds: float  # the longest the kill phase lasts
     settle_seconds: float  # then, the longest every run may take to end with nothing killed
+    # How long after a create's timeout it may still land (PROMPTDROP_CREATE_MARGIN). The emulator lands a
+    # stalled create stall_seconds after it came, before the client's timeout (stall + 2 s), so a few
+    # seconds are safe; a longer margin only slows runs whose create was ambiguous.
+    create_margin: float
 
     @classmethod
     def for_mode(cls, *, short: bool) -> Plan:
         if short:
-            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 60.0)
-        return cls(False, 6.0, 4.0, 6, 4, 16, (3.0, 8.0), 150.0, 180.0)
+            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 90.0, 10.0)
+        return cls(False, 6.0, 4.0, 6, 4, 16, (3.0, 8.0), 150.0, 180.0, 30.0)
 
 
 @dataclass
@@ -223,3 +228,21 @@ def cached_images(
         for entry in entries or []
         if "cached_from" in entry
     }
+
+
+def write_stuck_runs(store: JobStore, path: Path) -> int:
+    """Every run not ended, with its jobs, as JSON at ``path`` (what to read when "every run terminal" misses).
+
+    Returns how many runs were written; nothing is written when every run ended.
+    """
+    stuck = [
+        {
+            "run": run.model_dump(mode="json"),
+            "jobs": [job.model_dump(mode="json") for job in store.list_jobs(run.run_id)],
+        }
+        for run in store.list_runs(limit=10_000)
+        if not run.state.terminal
+    ]
+    if stuck:
+        path.write_bytes(orjson.dumps({"written_at": time.time(), "runs": stuck}, option=orjson.OPT_INDENT_2))
+    return len(stuck)

@@ -37,6 +37,7 @@ from promptdrop.testing.chaos.common import (
     promptdrop_command,
     start_emulator,
     tracebacks,
+    write_stuck_runs,
 )
 from promptdrop.testing.chaos.procs import Child, has_open_file_under, owns_client_port, stalled_create_ports
 from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, big_lines, seed_files
@@ -89,7 +90,7 @@ class LocalChaos:
             # A stalled create lands stall_seconds after it arrived; 30 s more covers a loaded machine's
             # delays. The defaults (2 + 1 minutes) would outlast the seed's settle window.
             "PROMPTDROP_API_TIMEOUT": str(self.plan.stall_seconds + 2),
-            "PROMPTDROP_CREATE_MARGIN": "30",
+            "PROMPTDROP_CREATE_MARGIN": str(self.plan.create_margin),
             "PROMPTDROP_MAX_ATTEMPTS": "3",
         }
 
@@ -261,6 +262,8 @@ class LocalChaos:
                     break
                 self.drop(redrop)
             time.sleep(0.2)
+        else:
+            write_stuck_runs(store, self.logs / "stuck-runs.json")
         return time.monotonic() - start
 
     def snapshot(self, store: Any) -> Snapshot:
