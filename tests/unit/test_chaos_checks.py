@@ -19,7 +19,7 @@ from promptdrop.testing.chaos.checks import (
     judge,
 )
 from promptdrop.testing.chaos.common import decodes
-from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, mixed_file, seed_files
+from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, big_file, mixed_file, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
 RUN = "cats-1a2b3c4d"
@@ -166,3 +166,13 @@ def test_decodes_tells_whole_images_from_cut_ones() -> None:
     assert decodes(whole)
     assert not decodes(whole[: len(whole) // 2])
     assert not decodes(None)
+
+
+def test_fresh_extra_files_say_so_in_their_defaults_and_expect_the_same_lines() -> None:
+    """The extra files aimed at kills are fresh (a defaults line), which gets no manifest entry."""
+    plain = big_file(random.Random(1), "big-extra-1.jsonl", 5)
+    fresh = big_file(random.Random(1), "big-extra-1.jsonl", 5, fresh=True)
+    assert fresh.data.startswith(b'{"defaults": {"fresh": true}}\n')
+    assert fresh.expected_lines == tuple(n + 1 for n in plain.expected_lines)
+    mixed = mixed_file(random.Random(1), "m.jsonl", 3, fresh=True)
+    assert json.loads(mixed.data.splitlines()[0])["defaults"]["fresh"] is True

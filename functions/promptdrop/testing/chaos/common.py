@@ -94,10 +94,12 @@ def extra_file(
     if len(extras) >= MAX_EXTRA_FILES:
         return None
     number = len(extras) + 1
+    # Fresh: their prompts may repeat earlier ones (the same seeded sequence), and the kills they are for need
+    # a harvest and creates to aim at, not lines served from the pay-once cache.
     if not kills["harvest"]:
-        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short))
+        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short), fresh=True)
     elif not kills["create"]:
-        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6)
+        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6, fresh=True)
     else:
         return None
     extras.append(extra)

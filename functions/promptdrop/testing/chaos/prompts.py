@@ -63,11 +63,17 @@ def _file(name: str, lines: list[str]) -> PromptFile:
     return PromptFile(name, ("\n".join(lines) + "\n").encode(), expected)
 
 
-def mixed_file(rng: random.Random, name: str, size: int) -> PromptFile:
-    """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line."""
+def mixed_file(rng: random.Random, name: str, size: int, *, fresh: bool = False) -> PromptFile:
+    """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line.
+
+    ``fresh``: every line is submitted even if the pay-once cache holds its image (the defaults say so).
+    """
     kinds = ["ok"] * size + ["retryable", "final", "final", "invalid", "invalid", "blank"]
     rng.shuffle(kinds)
-    lines = [json.dumps({"defaults": {"model": MODEL, "aspect_ratio": "1:1"}})]
+    defaults: dict[str, Any] = {"model": MODEL, "aspect_ratio": "1:1"}
+    if fresh:
+        defaults["fresh"] = True
+    lines = [json.dumps({"defaults": defaults})]
     invalid = [
         "{not json",
         json.dumps({"prompt": "a cat", "colour": "red"}),  # an unknown field
@@ -95,9 +101,13 @@ def text_file(rng: random.Random, name: str, size: int) -> PromptFile:
     return _file(name, lines)
 
 
-def big_file(rng: random.Random, name: str, size: int) -> PromptFile:
-    """One job of more than CHECKPOINT_LINES plain lines: its harvest checkpoints on the way."""
-    return _file(name, [json.dumps({"key": f"b{n}", "prompt": _prompt(rng)}) for n in range(size)])
+def big_file(rng: random.Random, name: str, size: int, *, fresh: bool = False) -> PromptFile:
+    """One job of more than CHECKPOINT_LINES plain lines: its harvest checkpoints on the way.
+
+    ``fresh``: every line is submitted even if the pay-once cache holds its image (a defaults line says so).
+    """
+    lines = [json.dumps({"key": f"b{n}", "prompt": _prompt(rng)}) for n in range(size)]
+    return _file(name, [json.dumps({"defaults": {"fresh": True}}), *lines] if fresh else lines)
 
 
 def expiring_file(rng: random.Random, name: str) -> PromptFile:
