@@ -32,6 +32,7 @@ ACCEPTED_EVENT_TYPES: Final[dict[str, frozenset[str]]] = {
     "on_prompt_file": frozenset({PUBSUB_PUBLISHED, STORAGE_FINALIZED}),
     "on_prompt_message": frozenset({PUBSUB_PUBLISHED}),
     "poll_jobs": frozenset({PUBSUB_PUBLISHED}),
+    "on_now_chunk": frozenset({PUBSUB_PUBLISHED}),
 }
 
 SETTINGS: Final = Settings.from_env()
@@ -161,6 +162,27 @@ def _receive_uri(ctx: Context, request: events.PromptMessage) -> receive.Receipt
     if info is None:
         raise InputError(f"{request.uri} does not exist")
     return receive.receive_uri(ctx, StorageObject(request.bucket, request.object, info.generation, info.size))
+
+
+@functions_framework.cloud_event
+def on_now_chunk(event: CloudEvent) -> None:
+    """A now-lane chunk on the now topic: send its lines with generate_content, each answer checkpointed.
+
+    Raises (so Pub/Sub redelivers with backoff, then dead-letters) while the chunk is still open: its run
+    was leased by another worker, or the time budget ran out. The poller hands over again a chunk that
+    made no progress for a while, so a dead-lettered message does not strand its lines.
+    """
+    try:
+        message = events.parse_pubsub_envelope(event.data or {})
+        chunk = events.parse_now_chunk(message.data)
+    except InputError as exc:
+        _permanent("unusable now-lane message", exc)
+        return
+    ctx = context()
+    budget = SETTINGS.harvest_time_budget
+    deadline = time.time() + budget if budget > 0 else None
+    if not receive.receive_now_chunk(ctx, chunk, deadline):
+        raise TransientError(f"now chunk {chunk.job_id} is still open; Pub/Sub will redeliver")
 
 
 @functions_framework.cloud_event

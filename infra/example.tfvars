@@ -24,7 +24,13 @@ region     = "us-central1"
 #   file    = { memory = "1Gi", cpu = "1", max_instances = 10 }
 #   message = { memory = "1Gi", cpu = "1", max_instances = 5 }
 #   poller  = { memory = "2Gi", cpu = "1", max_instances = 3 }
+#   webhook = { memory = "2Gi", cpu = "1", max_instances = 5 }
 # }
+
+# Gemini's batch webhooks finish runs as soon as their batch ends (docs/DEPLOY.md, "Webhooks"); false
+# keeps polling only. With them on, each job is still polled every webhook_poll_seconds.
+# webhooks             = true
+# webhook_poll_seconds = 900
 
 # PROMPTDROP_* settings for the functions (null keeps the code's default; see the README's table).
 # settings = {

@@ -68,7 +68,24 @@ locals {
       # Triggered through Eventarc by the scheduler's messages on the tick topic.
       tick_trigger = true
     }
+    # The now lane (issue 16): fed by the push subscription google_pubsub_subscription.now (see "Now lane").
+    now = {
+      name         = "${var.name_prefix}-on-now-chunk"
+      entry_point  = "on_now_chunk"
+      description  = "Sends the now-lane lines of a run's chunk with generate_content, each answer checkpointed."
+      sizing       = var.functions.now
+      tick_trigger = false
+    }
   }
+
+  # The webhook receiver (var.webhooks): an HTTP function, not in local.functions because it differs from
+  # the CloudEvent functions in trigger, ingress and secrets. It shares their identity grants.
+  webhook_function_name = "${var.name_prefix}-on-batch-webhook"
+  # One service account per function; each gets the same object, Firestore, events and API key grants.
+  function_identities = merge(
+    { for role, function in local.functions : role => function.entry_point },
+    var.webhooks ? { webhook = "on_batch_webhook" } : {},
+  )
 
   # Every PROMPTDROP_* variable here is read by promptdrop.settings.Settings (tests/unit/test_infra_consistency.py
   # checks); the others are for the runtime, on its documented allow-list.
@@ -79,6 +96,7 @@ locals {
     PROMPTDROP_INBOX_PREFIX        = var.inbox_prefix
     PROMPTDROP_OUTPUT_PREFIX       = var.output_prefix
     PROMPTDROP_EVENTS_TOPIC        = google_pubsub_topic.events.id
+    PROMPTDROP_NOW_TOPIC           = google_pubsub_topic.now.id
     PROMPTDROP_HARVEST_TIME_BUDGET = tostring(local.harvest_time_budget_seconds)
     PROMPTDROP_LEASE_SECONDS       = tostring(local.lease_seconds)
     PROMPTDROP_LOG_FORMAT          = "json"
@@ -101,8 +119,18 @@ locals {
     PROMPTDROP_MAX_REQUESTS_PER_JOB = var.settings.max_requests_per_job
     PROMPTDROP_UPLOAD_CONCURRENCY   = var.settings.upload_concurrency
     PROMPTDROP_GEMINI_BASE_URL      = var.settings.gemini_base_url
+    PROMPTDROP_MAX_NOW_LINES        = var.settings.max_now_lines
+    PROMPTDROP_NOW_CONCURRENCY      = var.settings.now_concurrency
+    PROMPTDROP_NOW_CHUNK_LINES      = var.settings.now_chunk_lines
+    PROMPTDROP_NOW_BASE_URL         = var.settings.now_base_url
   }
-  function_env = merge(local.fixed_env, { for name, value in local.tunable_env : name => tostring(value) if value != null })
+  # Every function learns whether webhooks are on: with them, the poller polls each job only every
+  # webhook_poll_seconds (the net for lost deliveries) instead of on every tick.
+  webhook_env = {
+    PROMPTDROP_WEBHOOKS             = var.webhooks ? "on" : "off"
+    PROMPTDROP_WEBHOOK_POLL_SECONDS = tostring(var.webhook_poll_seconds)
+  }
+  function_env = merge(local.fixed_env, local.webhook_env, { for name, value in local.tunable_env : name => tostring(value) if value != null })
 
   apis = toset([
     "artifactregistry.googleapis.com",
@@ -455,11 +483,64 @@ resource "google_pubsub_subscription_iam_member" "pubsub_forwards_dead_letters" 
   for_each = {
     file    = google_pubsub_subscription.file.id
     message = google_pubsub_subscription.message.id
+    now     = google_pubsub_subscription.now.id
   }
 
   subscription = each.value
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_agent
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Now lane (issue 16): a run's now-lane lines are handed over as one message per chunk on this topic
+# (promptdrop/usecases/now_lane.py) and pushed to on_now_chunk, which sends them with generate_content
+# within its time budget. A chunk still open when the invocation ends (its run leased elsewhere, time up)
+# is answered 500 and redelivered with backoff; its answered lines are checkpointed, so a redelivery goes
+# on where the last one stopped. After the dead-letter limit the poller hands the chunk over again.
+
+resource "google_pubsub_topic" "now" {
+  # checkov:skip=CKV_GCP_83: Messages hold a run id and a chunk id only; Google-managed encryption applies.
+  name       = "${var.name_prefix}-now"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_subscription" "now" {
+  name  = "${var.name_prefix}-now-to-chunk"
+  topic = google_pubsub_topic.now.id
+
+  # Longer than the function timeout, so a chunk is not redelivered while it is still being sent.
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+  expiration_policy {
+    ttl = ""
+  }
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.dead_letter_max_delivery_attempts
+  }
+  push_config {
+    push_endpoint = "${google_cloudfunctions2_function.function["now"].service_config[0].uri}/${google_pubsub_topic.now.id}"
+    oidc_token {
+      service_account_email = google_service_account.invoker.email
+      audience              = google_cloudfunctions2_function.function["now"].service_config[0].uri
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.invoker, google_service_account_iam_member.pubsub_signs_as_invoker]
+}
+
+# Every function may advance a run to its now lane (the webhook receiver too), so every one may hand
+# chunks over.
+resource "google_pubsub_topic_iam_member" "function_publishes_now_chunks" {
+  for_each = local.function_identities
+
+  topic  = google_pubsub_topic.now.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.function[each.key].member
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -474,20 +555,32 @@ resource "google_secret_manager_secret" "gemini_api_key" {
   depends_on = [google_project_service.apis]
 }
 
+# The webhook's signing secret (whsec_...). Gemini returns it once, when scripts/deploy registers the
+# webhook; the script pipes it into a new version with gcloud. No version here: never in Terraform state.
+resource "google_secret_manager_secret" "webhook_signing" {
+  count = var.webhooks ? 1 : 0
+
+  secret_id = "${var.name_prefix}-webhook-signing-secret"
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.apis]
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Identities: one service account per function, one that invokes them, one that builds them.
 
 resource "google_service_account" "function" {
-  for_each = local.functions
+  for_each = local.function_identities
 
   account_id   = "${var.name_prefix}-${each.key}"
-  display_name = "promptdrop ${each.value.entry_point}"
+  display_name = "promptdrop ${each.value}"
   depends_on   = [google_project_service.apis]
 }
 
 # Objects of this bucket only (read the inbox, write outputs, delete scratch); no bucket administration.
 resource "google_storage_bucket_iam_member" "function_objects" {
-  for_each = local.functions
+  for_each = local.function_identities
 
   bucket = google_storage_bucket.data.name
   role   = "roles/storage.objectUser"
@@ -496,7 +589,7 @@ resource "google_storage_bucket_iam_member" "function_objects" {
 
 # Firestore user, limited to this database by an IAM condition on its resource name.
 resource "google_project_iam_member" "function_firestore" {
-  for_each = local.functions
+  for_each = local.function_identities
 
   project = var.project_id
   role    = "roles/datastore.user"
@@ -507,9 +600,10 @@ resource "google_project_iam_member" "function_firestore" {
   }
 }
 
-# Every function may end a run (a file or message refused at submission ends it at once), so all publish events.
+# Every function may end a run (a file or message refused at submission ends it at once, a webhook
+# delivery finishes one), so all publish events.
 resource "google_pubsub_topic_iam_member" "function_publishes_events" {
-  for_each = local.functions
+  for_each = local.function_identities
 
   topic  = google_pubsub_topic.events.id
   role   = "roles/pubsub.publisher"
@@ -517,11 +611,20 @@ resource "google_pubsub_topic_iam_member" "function_publishes_events" {
 }
 
 resource "google_secret_manager_secret_iam_member" "function_reads_key" {
-  for_each = local.functions
+  for_each = local.function_identities
 
   secret_id = google_secret_manager_secret.gemini_api_key.id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.function[each.key].member
+}
+
+# Only the webhook receiver reads the signing secret.
+resource "google_secret_manager_secret_iam_member" "webhook_reads_signing_secret" {
+  count = var.webhooks ? 1 : 0
+
+  secret_id = google_secret_manager_secret.webhook_signing[0].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function["webhook"].member
 }
 
 # The identity Pub/Sub push and the Eventarc tick trigger call the functions with.
@@ -713,4 +816,89 @@ resource "google_cloud_scheduler_job" "tick" {
   }
 
   depends_on = [google_project_service.apis]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Webhooks: Gemini pushes batch.succeeded / batch.failed / batch.expired here (docs/DEPLOY.md, "Webhooks").
+# scripts/deploy registers this function's URL with client.webhooks.create after the apply.
+
+resource "google_cloudfunctions2_function" "webhook" {
+  # checkov:skip=CKV_GCP_124: Gemini delivers webhooks from outside Google Cloud with no identity token, so the function must accept calls from the internet; every delivery is authenticated by its Standard Webhooks signature (HMAC with the signing secret), and an unsigned, forged or stale one is refused before anything is read or written.
+  count = var.webhooks ? 1 : 0
+
+  name        = local.webhook_function_name
+  location    = var.region
+  description = "Receives Gemini's signed batch webhooks and finishes the run whose batch ended."
+
+  build_config {
+    runtime           = var.functions.runtime
+    entry_point       = "on_batch_webhook"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.functions.webhook.memory
+    available_cpu                    = var.functions.webhook.cpu
+    max_instance_count               = var.functions.webhook.max_instances
+    min_instance_count               = 0
+    max_instance_request_concurrency = 1
+    timeout_seconds                  = local.function_timeout_seconds
+    # Public: see the checkov skip above. Google calls it from outside; the signature is the authentication.
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.function["webhook"].email
+    environment_variables          = local.function_env
+    secret_environment_variables {
+      key        = "GEMINI_API_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      version    = var.gemini_api_key_version
+    }
+    # Pinned for the same reason as the key: a rotated secret becomes a new version and a new revision.
+    secret_environment_variables {
+      key        = "PROMPTDROP_WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_signing[0].secret_id
+      version    = var.webhook_secret_version
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.gemini_api_key_version != null
+      error_message = "gemini_api_key_version is not set: scripts/deploy passes the version of the API key it pins."
+    }
+    precondition {
+      condition     = var.webhook_secret_version != null
+      error_message = "webhook_secret_version is not set: scripts/deploy passes the version of the signing secret it pins."
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.build_reads_staged_source,
+    google_artifact_registry_repository_iam_member.build_pushes_images,
+    google_secret_manager_secret_iam_member.function_reads_key,
+    google_secret_manager_secret_iam_member.webhook_reads_signing_secret,
+  ]
+}
+
+# Anyone may invoke it: Gemini's deliveries carry no Google identity to grant run.invoker to (see the
+# function's checkov skip); what a caller without the signing secret cannot do is sign a delivery.
+resource "google_cloud_run_v2_service_iam_member" "webhook_public" {
+  count = var.webhooks ? 1 : 0
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.webhook[0].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "allUsers"
 }

@@ -30,13 +30,36 @@ output "dead_letter_subscription" {
 }
 
 output "functions" {
-  description = "The three functions by role: name and service URL."
-  value = {
-    for role, function in google_cloudfunctions2_function.function : role => {
-      name = function.name
-      uri  = function.service_config[0].uri
-    }
-  }
+  description = "The functions by role (file, message, poller, and webhook when webhooks are on): name and service URL."
+  value = merge(
+    {
+      for role, function in google_cloudfunctions2_function.function : role => {
+        name = function.name
+        uri  = function.service_config[0].uri
+      }
+    },
+    {
+      for function in google_cloudfunctions2_function.webhook : "webhook" => {
+        name = function.name
+        uri  = function.service_config[0].uri
+      }
+    },
+  )
+}
+
+output "webhook_url" {
+  description = "The URL scripts/deploy registers with client.webhooks.create; empty when webhooks are off."
+  value       = var.webhooks ? google_cloudfunctions2_function.webhook[0].service_config[0].uri : ""
+}
+
+output "webhook_secret" {
+  description = "Secret Manager secret id that holds the webhook signing secret (scripts/deploy adds its versions); empty when webhooks are off."
+  value       = var.webhooks ? google_secret_manager_secret.webhook_signing[0].secret_id : ""
+}
+
+output "webhook_secret_version" {
+  description = "The version of the signing secret the receiver reads (scripts/deploy --rotate-webhook-secret adds and pins a new one)."
+  value       = var.webhook_secret_version
 }
 
 output "gemini_api_key_secret" {

@@ -79,7 +79,7 @@ variable "firestore" {
 }
 
 variable "functions" {
-  description = "Sizing of the three functions (see the comment on local.function_sizing in main.tf for why these defaults)."
+  description = "Sizing of the functions (see the comment on local.function_sizing in main.tf for why these defaults)."
   type = object({
     runtime = optional(string, "python312")
     file = optional(object({
@@ -96,6 +96,18 @@ variable "functions" {
       memory        = optional(string, "2Gi")
       cpu           = optional(string, "1")
       max_instances = optional(number, 3)
+    }), {})
+    # The now lane (issue 16): a few images at a time, each held while it is written.
+    now = optional(object({
+      memory        = optional(string, "1Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 5)
+    }), {})
+    # The webhook receiver may harvest a finished job within its time budget: the poller's memory.
+    webhook = optional(object({
+      memory        = optional(string, "2Gi")
+      cpu           = optional(string, "1")
+      max_instances = optional(number, 5)
     }), {})
   })
   default = {}
@@ -117,6 +129,11 @@ variable "settings" {
     max_requests_per_job = optional(number)
     upload_concurrency   = optional(number)
     gemini_base_url      = optional(string)
+    # The now lane (issue 16).
+    max_now_lines   = optional(number)
+    now_concurrency = optional(number)
+    now_chunk_lines = optional(number)
+    now_base_url    = optional(string) # default: gemini_base_url
   })
   default = {}
 }
@@ -152,5 +169,33 @@ variable "gemini_api_key_version" {
   validation {
     condition     = var.gemini_api_key_version == null || can(regex("^[1-9][0-9]*$", var.gemini_api_key_version))
     error_message = "gemini_api_key_version must be a version number such as \"3\", not an alias like \"latest\"."
+  }
+}
+
+variable "webhooks" {
+  description = "Finish runs when Gemini says their batch ended: an HTTP function receives the signed batch webhooks (scripts/deploy registers it and stores its signing secret) and the poller polls each job only every webhook_poll_seconds, as the net for lost deliveries. false: polling only on every tick, no HTTP function, no registration."
+  type        = bool
+  default     = true
+}
+
+variable "webhook_poll_seconds" {
+  description = "With webhooks on, seconds between two polls of one job (PROMPTDROP_WEBHOOK_POLL_SECONDS): the most a lost delivery delays a run."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.webhook_poll_seconds >= 60
+    error_message = "webhook_poll_seconds must be at least 60 (the tick is every 2 minutes by default)."
+  }
+}
+
+variable "webhook_secret_version" {
+  description = "The version of the webhook signing secret the receiver reads, pinned like gemini_api_key_version (scripts/deploy passes the newest enabled one)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.webhook_secret_version == null || can(regex("^[1-9][0-9]*$", var.webhook_secret_version))
+    error_message = "webhook_secret_version must be a version number such as \"3\", not an alias like \"latest\"."
   }
 }

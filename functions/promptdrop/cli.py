@@ -31,7 +31,7 @@ from rich.table import Table
 
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
-from promptdrop.cost import CostTally
+from promptdrop.cost import CostTally, LaneTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
@@ -161,9 +161,9 @@ def run(
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
-    tally = CostTally()
+    tally = LaneTally()
     saved = CostTally()
-    valid = invalid = cached = 0
+    valid = invalid = now_lines = cached = 0
     try:
         ctx = build_context(settings)  # the bucket and the cache; no backend is built
     except ConfigurationError as exc:
@@ -187,27 +187,37 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
                     continue
                 valid += 1
+                now_lines += line.lane == "now"
+                tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
                 if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
                     cached += 1
                     saved.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
-                    continue
-                tally.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
-    total = tally.total
-    out.print(f"{valid} valid, {invalid} invalid line(s)")
+    lanes = tally.total
+    batch = lanes.batch
+    out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
+    out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
+    out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
+    out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
+    out.print(f"estimated total: {_money(lanes.total)}")
+    # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
     out.print(
-        f"{cached} line(s) served from the pay-once cache (not submitted; saves {_money(saved.total.batch)})"
+        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
     )
-    out.print(f"estimated batch cost: {_money(total.batch)}")
-    out.print(f"same work on the interactive API: {_money(total.interactive)} (saves {_money(total.saved)})")
-    if settings.max_cost_usd is not None and total.batch is not None and total.batch > settings.max_cost_usd:
+    refused = 0
+    if now_lines > settings.max_now_lines:
         out.print(
-            f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${settings.max_cost_usd}: it would be refused[/red]"
+            f"[red]{now_lines} now lines, over PROMPTDROP_MAX_NOW_LINES={settings.max_now_lines}: "
+            "it would be refused[/red]"
         )
-        return 1
-    return 0 if valid else 1
+        refused = 1
+    cap = settings.max_cost_usd
+    if cap is not None and lanes.total is not None and lanes.total > cap:
+        out.print(f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${cap}: it would be refused[/red]")
+        refused = 1
+    return refused or (0 if valid else 1)
 
 
 def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
@@ -269,6 +279,11 @@ def _print_result(ctx: Context, run_record: Run) -> None:
     out.print(
         f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
         f"saved {_money(cost.saved)})"
+        + (
+            f"; now lane {_money(cost.now)} ({run_record.counts.now} line(s), interactive price)"
+            if run_record.counts.now
+            else ""
+        )
     )
     base = ctx.blobs.url.rstrip("/") + "/"
     out.print(f"images:   {base}{layout.folder}images/")
@@ -394,7 +409,10 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
-        out.print(f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}")
+        out.print(
+            f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
+            + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
+        )
         if record.state is not RunState.RECEIVED:
             out.print(
                 f"cache: {record.cost.cached} line(s) served from the pay-once cache "

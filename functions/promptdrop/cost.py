@@ -86,3 +86,40 @@ class CostTally:
         if self._unknown:
             return Money(batch=None, interactive=None)
         return Money(batch=round(self._batch, _DIGITS), interactive=round(self._interactive, _DIGITS))
+
+
+@dataclass(frozen=True, slots=True)
+class LaneMoney:
+    """A run's cost by lane: ``batch`` for the batch lane's lines (with what they would have cost on the
+    standard API), ``now`` for the now lane's lines at the standard (interactive) price."""
+
+    batch: Money
+    now: float | None
+
+    @property
+    def total(self) -> float | None:
+        """What the run costs (or is estimated to cost): what the budget cap is held against."""
+        if self.batch.batch is None or self.now is None:
+            return None
+        return round(self.batch.batch + self.now, _DIGITS)
+
+
+class LaneTally:
+    """Adds costs up per lane: the saving of the Batch API is counted for batch lines only."""
+
+    def __init__(self) -> None:
+        self._batch = CostTally()
+        self._now = CostTally()
+
+    def _lane(self, lane: str) -> CostTally:
+        return self._now if lane == "now" else self._batch
+
+    def add_usage(self, lane: str, model: str, usage: Usage) -> None:
+        self._lane(lane).add_usage(model, usage)
+
+    def add_estimate(self, lane: str, model: str, image_size: str, input_tokens: int) -> None:
+        self._lane(lane).add_estimate(model, image_size, input_tokens)
+
+    @property
+    def total(self) -> LaneMoney:
+        return LaneMoney(batch=self._batch.total, now=self._now.total.interactive)

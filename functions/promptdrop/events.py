@@ -102,6 +102,28 @@ def parse_pubsub_envelope(envelope: Mapping[str, Any]) -> PubsubMessage:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NowChunk:
+    """A message on the now topic: one now-lane chunk of a run to send (``usecases.now_lane``)."""
+
+    run_id: str
+    job_id: str
+
+
+def parse_now_chunk(data: bytes) -> NowChunk:
+    """``{"run_id", "job_id"}``, as ``now_lane.dispatch_now_jobs`` publishes it."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputError("a now-lane message is not JSON") from exc
+    if not isinstance(body, dict):
+        raise InputError("a now-lane message is not a JSON object")
+    run_id, job_id = body.get("run_id"), body.get("job_id")
+    if not isinstance(run_id, str) or not run_id or not isinstance(job_id, str) or not job_id:
+        raise InputError("a now-lane message needs run_id and job_id strings")
+    return NowChunk(run_id, job_id)
+
+
 def parse_gs_uri(uri: str) -> tuple[str, str]:
     """(bucket, object name) of ``gs://BUCKET/OBJECT``."""
     if not uri.startswith("gs://"):

@@ -11,6 +11,9 @@ message, the poller, ``serve``, ``run --wait``) goes through that one loop.
     job: QUEUED --launch--> CREATING --create/adopt--> ACTIVE --ends--> HARVESTING --harvest--> DONE
                  (in-flight cap)   \\--refused / gave up--------------------^
 
+    now-lane job: QUEUED --work_now (or dispatch_now, then work_now elsewhere)--> ACTIVE --every line
+                  answered--> DONE                (cancelled: HARVESTING --harvest--> DONE)
+
 Actions that may leave nothing changed (looking a create up, polling, launching under a full cap) make
 one pass per call, in this order, never going back: ``done`` names the actions already taken, so the
 loop always ends, and a job launched in this call is not polled before the next.
@@ -36,6 +39,8 @@ class Action(StrEnum):
     REFRESH = "refresh"  # ACTIVE jobs: read their state from the API
     HARVEST = "harvest"  # HARVESTING jobs: write images and outcomes, checkpointed
     LAUNCH = "launch"  # QUEUED jobs: create batches while the in-flight caps allow
+    WORK_NOW = "work_now"  # now-lane jobs: send their unanswered lines with generate_content, checkpointed
+    DISPATCH_NOW = "dispatch_now"  # now-lane jobs to hand over: one message per chunk to the now topic
     RETRY = "retry"  # every job done, retryable lines left and attempts left: a new attempt
     SETTLE = "settle"  # every job done: manifest, summary, event, terminal state
 
@@ -61,9 +66,12 @@ class Step:
 
 
 def needs_cancel(job: Job) -> bool:
-    """A job a cancelled run still has to stop: queued, or created and not yet told to stop."""
+    """A job a cancelled run still has to stop: queued, being sent (now lane), or created and not yet told
+    to stop."""
     if job.phase is JobPhase.QUEUED:
         return True
+    if job.lane == "now":
+        return job.phase is JobPhase.ACTIVE
     return job.phase is JobPhase.ACTIVE and not job.state.terminal and job.error != "cancelled"
 
 
@@ -75,6 +83,25 @@ def retryable_left(jobs: Sequence[Job], max_attempts: int) -> bool:
     return latest < max_attempts and any(job.retryable for job in jobs if job.attempt == latest)
 
 
+def _now_lane_step(
+    jobs: Sequence[Job], now: float, done: Collection[Action], work_now: bool, redispatch_after: float
+) -> Step | None:
+    """Send the now lane's open chunks (once per call), or hand over those not handed over recently."""
+    open_jobs = [job for job in jobs if job.lane == "now" and job.phase in (JobPhase.QUEUED, JobPhase.ACTIVE)]
+    if work_now:
+        if open_jobs and Action.WORK_NOW not in done:
+            return Step(Action.WORK_NOW, tuple(job.job_id for job in open_jobs))
+        return None
+    due = tuple(
+        job.job_id
+        for job in open_jobs
+        if job.dispatched_at is None or now - max(job.dispatched_at, job.updated_at) >= redispatch_after
+    )
+    if due and Action.DISPATCH_NOW not in done:
+        return Step(Action.DISPATCH_NOW, due)
+    return None
+
+
 def next_step(
     run: Run,
     jobs: Sequence[Job],
@@ -82,8 +109,15 @@ def next_step(
     now: float,
     max_attempts: int,
     done: Collection[Action] = frozenset(),
+    work_now: bool = True,
+    redispatch_after: float = 900.0,
 ) -> Step:
-    """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call."""
+    """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call.
+
+    ``work_now``: this caller sends now-lane lines itself; otherwise it hands their chunks over (dispatch),
+    and hands over again a chunk that made no progress for ``redispatch_after`` seconds (its message lost
+    or dead-lettered, its worker killed).
+    """
     if run.state.terminal:
         return Step(Action.NOTHING)
     if run.state is RunState.RECEIVED:
@@ -94,21 +128,26 @@ def next_step(
         return Step(Action.SUBMIT)
 
     def ids(phase: JobPhase) -> tuple[str, ...]:
-        return tuple(job.job_id for job in jobs if job.phase is phase)
+        return tuple(job.job_id for job in jobs if job.phase is phase and job.lane == "batch")
 
     if run.cancel_requested and Action.CANCEL_JOBS not in done:
         to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
         if to_cancel:
             return Step(Action.CANCEL_JOBS, to_cancel)
+    harvesting = tuple(job.job_id for job in jobs if job.phase is JobPhase.HARVESTING)  # both lanes
     candidates = (
         (Action.RECOVER, ids(JobPhase.CREATING)),
         (Action.REFRESH, ids(JobPhase.ACTIVE)),
-        (Action.HARVEST, ids(JobPhase.HARVESTING)),
+        (Action.HARVEST, harvesting),
         (Action.LAUNCH, () if run.cancel_requested else ids(JobPhase.QUEUED)),
     )
     for action, job_ids in candidates:
         if job_ids and not _passed(action, done):
             return Step(action, job_ids)
+    # After the launch, so the batches run on the API while the now lines are sent.
+    now_step = _now_lane_step(jobs, now, done, work_now, redispatch_after)
+    if now_step is not None and not run.cancel_requested:
+        return now_step
     if any(job.phase is not JobPhase.DONE for job in jobs):
         return Step(Action.WAIT)
     if not run.cancel_requested and retryable_left(jobs, max_attempts):

@@ -11,18 +11,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from promptdrop.outcomes import Outcome
-from promptdrop.prompts import InvalidLine, RejectedLine
+from promptdrop.prompts import LANES, InvalidLine, RejectedLine
 from promptdrop.records import Counts, Job, Run
 from promptdrop.states import RunState
 
 SCHEMA_VERSION = 1
 
 
-def entry_for_outcome(line: int, outcome: Outcome, *, requested_model: str | None = None) -> dict[str, Any]:
+def entry_for_outcome(
+    line: int, outcome: Outcome, *, requested_model: str | None = None, lane: str = "batch"
+) -> dict[str, Any]:
     """A manifest entry for a line that was submitted (or refused at submission).
 
     ``requested_model`` is the id the line asked for; it is written only when the line ran on another one
-    (a retired id replaced).
+    (a retired id replaced). ``lane``: "batch" or "now" (sent with generate_content).
     """
     entry = {
         "schema_version": SCHEMA_VERSION,
@@ -38,6 +40,7 @@ def entry_for_outcome(line: int, outcome: Outcome, *, requested_model: str | Non
         "attempts": outcome.attempt,
         "error": outcome.error,
         "model": outcome.model,
+        "lane": lane,
     }
     if requested_model is not None and outcome.model is not None and requested_model != outcome.model:
         entry["requested_model"] = requested_model
@@ -63,7 +66,14 @@ def entry_for_invalid(line: InvalidLine | RejectedLine) -> dict[str, Any]:
         "error": line.error.to_json(),
         # The model it would have run on, when the line got that far.
         "model": _form_model(line.input_form) if isinstance(line, InvalidLine) else None,
+        "lane": _form_lane(line.input_form) if isinstance(line, InvalidLine) else "batch",
     }
+
+
+def _form_lane(form: dict[str, Any] | None) -> str:
+    """The lane an invalid line asked for, when it named a known one; the default otherwise."""
+    lane = form.get("lane") if form else None
+    return lane if lane in LANES else "batch"
 
 
 def _form_model(form: dict[str, Any] | None) -> str | None:
@@ -108,6 +118,12 @@ def final_reason(state: RunState, counts: Counts, *, refused: str | None = None)
         return "the input has no prompt lines"
     unsuccessful = f"{counts.failed} failed and {counts.invalid} invalid of {counts.lines} lines"
     return f"no line succeeded: {unsuccessful}" if state is RunState.FAILED else unsuccessful
+
+
+def _sum(*amounts: float | None) -> float | None:
+    if any(amount is None for amount in amounts):
+        return None
+    return round(sum(amount for amount in amounts if amount is not None), 6)
 
 
 def iso(ts: float | None) -> str | None:
@@ -156,16 +172,22 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
         ],
         # Batches that shared a job's display name (a create that landed late): kept one, cancelled these.
         "duplicates_cancelled": [name for job in jobs for name in job.duplicates],
+        # By lane: batch, interactive and saved are the batch lane's (the saving counts batch lines only);
+        # now is the now lane's lines at the interactive price; total is both.
         "cost": {
             "currency": "USD",
             "batch": run.cost.batch,
             "interactive": run.cost.interactive,
             "saved": run.cost.saved,
+            "now": run.cost.now,
+            "total": _sum(run.cost.batch, run.cost.now),
             "estimate": run.cost.estimate,
             # The pay-once cache: lines served from images paid for by earlier runs, and their batch price.
             "cached": run.cost.cached,
             "saved_by_cache": run.cost.saved_by_cache,
+            "estimate_now": run.cost.estimate_now,
         },
+        "lanes": {"now": {"lines": run.counts.now}},
         "outputs": {
             "folder": run.output_folder,
             "manifest": run.output_folder + "manifest.jsonl",

@@ -207,6 +207,16 @@ class BatchBackend(Protocol):
         """
         ...
 
+    def generate_content(self, *, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One ``models.generate_content`` call (the now lane), with the SDK's retries for 429/5xx.
+
+        ``request`` is a GenerateContentRequest as a batch line carries it (camelCase). Returns what a
+        results-file line holds for it: ``{"response": GenerateContentResponse}``, or ``{"error": Status}``
+        when the API refused it or still failed after the retries. Raises BackendTransientError only when
+        no answer came at all (the call may have been billed: the caller records that line as retryable).
+        """
+        ...
+
     def find_batches(self, display_name: str) -> list[BatchInfo]:
         """Every batch with this display name, oldest first: recovery after an ambiguous create."""
         ...

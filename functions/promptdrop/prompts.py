@@ -30,6 +30,10 @@ from promptdrop.streams import content as line_content
 from promptdrop.streams import split_lines
 
 LineFormat = Literal["jsonl", "txt"]
+# Where a line runs: "batch" (the Batch API, half price, minutes to hours) or "now" (the standard API,
+# one synchronous call, full price, seconds).
+Lane = Literal["batch", "now"]
+LANES: Final[tuple[Lane, ...]] = ("batch", "now")
 
 _FORMATS: Final[dict[str, LineFormat]] = {
     ".jsonl": "jsonl",
@@ -67,6 +71,7 @@ class FileDefaults:
     system: str | None = None
     priority: int | None = None  # batch priority: higher runs first
     fresh: bool | None = None  # submit even when the pay-once cache holds the image
+    lane: Lane | None = None  # "batch" or "now"
 
     def over(self, base: FileDefaults) -> FileDefaults:
         """These defaults, with ``base`` filling the fields left unset."""
@@ -78,6 +83,7 @@ class FileDefaults:
             system=self.system if self.system is not None else base.system,
             priority=self.priority if self.priority is not None else base.priority,
             fresh=self.fresh if self.fresh is not None else base.fresh,
+            lane=self.lane if self.lane is not None else base.lane,
         )
 
 
@@ -105,6 +111,7 @@ class PromptRequest:
     input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
     priority: int = 0  # batch priority (a job holds lines of one model and one priority)
     fresh: bool = False  # submit even when the pay-once cache holds this request's image
+    lane: Lane = "batch"  # "now": sent at once with generate_content instead of in a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,15 @@ def _check_seed(value: object) -> int | None:
 _INT32: Final = range(-(2**31), 2**31)
 
 
+def _check_lane(value: object) -> Lane | None:
+    if value is None:
+        return None
+    for lane in LANES:
+        if value == lane:
+            return lane
+    raise _Invalid("bad_lane", f'lane must be "batch" or "now", not {_show(value)}')
+
+
 def _check_size_form(value: object) -> str | None:
     size = _opt_str(value, "image_size", "bad_image_size")
     if size is None or size in KNOWN_SIZES:
@@ -293,6 +309,7 @@ _DEFAULT_FIELDS: Final = {
     "system": "system",
     "priority": "priority",
     "fresh": "fresh",
+    "lane": "lane",
 }
 
 
@@ -323,6 +340,7 @@ def _defaults_from(value: object) -> FileDefaults:
             system=system if system and system.strip() else None,
             priority=_check_priority(fields.get("priority")),
             fresh=_check_fresh(fields.get("fresh")),
+            lane=_check_lane(fields.get("lane")),
         )
     except _Invalid as exc:
         raise _Invalid("bad_defaults", f"defaults: {exc.error.message}") from None
@@ -466,7 +484,7 @@ _SIMPLE_FIELDS: Final = {
     "images": "images",
     "seed": "seed",
 }
-_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "fresh"})
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "lane", "fresh"})
 
 
 class _LineParser:
@@ -525,6 +543,8 @@ class _LineParser:
                 form.setdefault("priority", defaults.priority)
             if defaults.fresh is not None:
                 form.setdefault("fresh", defaults.fresh)
+            if defaults.lane is not None:
+                form.setdefault("lane", defaults.lane)
             return form
         present = {_SIMPLE_FIELDS.get(name) for name in fields}
         for name, value in (
@@ -535,6 +555,7 @@ class _LineParser:
             ("system", defaults.system),
             ("priority", defaults.priority),
             ("fresh", defaults.fresh),
+            ("lane", defaults.lane),
         ):
             if name not in present and value is not None:
                 form[name] = value
@@ -566,6 +587,9 @@ class _LineParser:
     def _fresh(self, value: object) -> bool:
         fresh = _check_fresh(value)
         return bool(self._defaults.fresh) if fresh is None else fresh
+
+    def _lane(self, value: object) -> Lane:
+        return _check_lane(value) or self._defaults.lane or "batch"
 
     def _image_ref(self, ref: object) -> str:
         if not isinstance(ref, str):
@@ -638,6 +662,7 @@ class _LineParser:
             input_form=form,
             priority=self._priority(fields.get("priority")),
             fresh=self._fresh(fields.get("fresh")),
+            lane=self._lane(fields.get("lane")),
         )
 
     def _native(self, line: int, key: str, fields: dict[str, Any], form: dict[str, Any]) -> PromptRequest:
@@ -647,7 +672,7 @@ class _LineParser:
                 raise _Invalid(
                     "bad_request",
                     f"field {extra[0]!r} is not allowed next to a native request "
-                    "(only key, model, priority and fresh are)",
+                    "(only key, model, priority, lane and fresh are)",
                 )
             raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
         raw_request = fields["request"]
@@ -696,6 +721,7 @@ class _LineParser:
             input_form=form,
             priority=self._priority(fields.get("priority")),
             fresh=self._fresh(fields.get("fresh")),
+            lane=self._lane(fields.get("lane")),
         )
 
     def _fill_native(self, request: dict[str, Any]) -> None:

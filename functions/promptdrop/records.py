@@ -32,17 +32,24 @@ class RunSource(_Record):
 
 
 class Counts(_Record):
-    """Line counts; ``lines`` = non-blank input lines = manifest entries."""
+    """Line counts; ``lines`` = non-blank input lines = manifest entries; ``now``: valid lines of the now lane."""
 
     lines: int = 0
     valid: int = 0
     invalid: int = 0
     succeeded: int = 0
     failed: int = 0
+    now: int = 0
 
 
 class Cost(_Record):
-    """USD; ``None`` where a model's price is unknown."""
+    """USD; ``None`` where a model's price is unknown.
+
+    ``batch``, ``interactive`` and ``saved`` are about the batch lane only (what its lines cost, what they
+    would have cost on the standard API, the difference); ``now`` is what the urgent lane's lines cost at
+    the standard (interactive) price. ``estimate`` is the whole run's estimate: batch lines at the batch
+    price plus now lines at the interactive price (what the budget cap compares).
+    """
 
     batch: float | None = None
     interactive: float | None = None
@@ -51,6 +58,8 @@ class Cost(_Record):
     estimate_interactive: float | None = None
     cached: int = 0  # lines served from the pay-once cache (no request, no cost)
     saved_by_cache: float | None = None  # what those lines would have cost in batch
+    now: float | None = 0.0
+    estimate_now: float | None = 0.0
 
 
 class Lease(_Record):
@@ -83,11 +92,18 @@ class Run(_Record):
 
 
 class Job(_Record):
+    """A chunk of a run's lines. ``lane="batch"``: one batch job on the API. ``lane="now"``: lines sent one by
+    one with generate_content (usecases/now_lane.py): QUEUED, then ACTIVE while they are sent (each answer
+    checkpointed as an outcome part, like a harvest's), DONE when every line has its outcome."""
+
     job_id: str  # also the batch's display_name: "<run_id>-a<attempt>-c<chunk>"
     run_id: str
     attempt: int  # 1 for the first submission; retries of failed lines get 2, 3, ...
     chunk: int
     phase: JobPhase
+    lane: Literal["batch", "now"] = "batch"
+    # Now lane in the cloud: when the chunk's message was last published to the now topic.
+    dispatched_at: float | None = None
     state: JobState = JobState.JOB_STATE_UNSPECIFIED
     model: str
     priority: int = 0  # the batch's priority (higher runs first)

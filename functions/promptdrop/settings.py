@@ -79,6 +79,12 @@ class Settings(BaseModel):
     # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
     results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
+    # Gemini's batch webhooks: with them on, the receiver verifies each delivery against webhook_secret
+    # (whsec_..., from Secret Manager) and jobs are polled only every webhook_poll_seconds, the net for
+    # lost deliveries. infra/ sets all three; the receiver and the back-off are issue 13's runtime half.
+    webhooks: bool = False
+    webhook_secret: SecretStr | None = None
+    webhook_poll_seconds: float = 900.0
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     # The pay-once cache: a line whose request was paid for before is served from that image (README "Pay
     # once per image"); "off" submits every line. Images older than cache_days are not reused.
@@ -94,6 +100,14 @@ class Settings(BaseModel):
     # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
     # be landing at the server); meanwhile it is looked up by display name.
     create_margin: float = 60.0
+    # The now lane (lines with "lane": "now", sent at once with generate_content at the standard price).
+    max_now_lines: int = 50  # a run asking for more now lines is refused before any call
+    now_concurrency: int = 4  # generate_content calls in flight per process
+    now_chunk_lines: int = 20  # now lines per chunk (one Pub/Sub message each in the cloud)
+    # Pub/Sub topic the now chunks are published to (the cloud: worked by on_now_chunk); unset, whoever
+    # advances the run sends them itself (the CLI, serve).
+    now_topic: str | None = None
+    now_base_url: str | None = None  # the now lane's endpoint; default PROMPTDROP_GEMINI_BASE_URL
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
     @property
@@ -151,6 +165,7 @@ class Settings(BaseModel):
                 "lease_seconds",
                 "harvest_time_budget",
                 "poll_interval",
+                "webhook_poll_seconds",
                 "submit_retry_base",
                 "emulator_idle",
                 "api_timeout",

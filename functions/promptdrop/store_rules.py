@@ -119,9 +119,12 @@ def may_start(counted: InFlight, job: Job, *, max_jobs: int, max_tokens: int, ma
 
 
 def _phase(record: Mapping[str, Any] | Job | None) -> str | None:
+    """The phase the caps count: none for a now-lane job, which holds no batch slot and no Files API input."""
     if record is None:
         return None
-    return record.phase.value if isinstance(record, Job) else str(record.get("phase"))
+    if isinstance(record, Job):
+        return None if record.lane == "now" else record.phase.value
+    return None if record.get("lane") == "now" else str(record.get("phase"))
 
 
 def in_flight_change(before: Mapping[str, Any] | None, after: Job | None) -> InFlight:

@@ -72,6 +72,15 @@ def notifier(settings: Settings) -> Notifier:
     return EventsLog(settings.events_log)
 
 
+def now_dispatch(settings: Settings) -> Notifier | None:
+    """Where the now lane's chunks are handed over (the cloud's now topic); None: sent by whoever advances."""
+    if settings.now_topic:
+        from promptdrop.adapters.pubsub import PubsubNotifier  # heavy: see the module docstring
+
+        return PubsubNotifier(settings.now_topic)
+    return None
+
+
 def backend(settings: Settings, emulator_launcher: EmulatorLauncher | None = None) -> BatchBackend:
     from promptdrop.adapters.gemini import GeminiBackend  # heavy: see the module docstring
 
@@ -86,7 +95,9 @@ def backend(settings: Settings, emulator_launcher: EmulatorLauncher | None = Non
             raise ConfigurationError("PROMPTDROP_BACKEND=emulator needs PROMPTDROP_GEMINI_BASE_URL here")
         base_url = emulator_launcher(settings)
     key = settings.api_key.get_secret_value() if settings.api_key else EMULATOR_KEY
-    return GeminiBackend(key, base_url=base_url, timeout_s=settings.api_timeout)
+    return GeminiBackend(
+        key, base_url=base_url, timeout_s=settings.api_timeout, now_base_url=settings.now_base_url
+    )
 
 
 def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None = None) -> Context:
@@ -100,5 +111,6 @@ def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None
         store=job_store(settings),
         notifier=notifier(settings),
         paid_images=paid_images(settings),
+        now_dispatch=now_dispatch(settings),
         backend_factory=lambda: backend(settings, emulator_launcher),
     )

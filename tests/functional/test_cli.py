@@ -237,6 +237,51 @@ def test_dry_run_over_the_budget_cap_says_it_would_be_refused(
     assert batches(emulator) == []
 
 
+def test_dry_run_splits_the_cost_by_lane_and_says_when_the_now_cap_refuses(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """Batch lines at the batch price with their saving, now lines at the interactive price, and the total;
+    more now lines than PROMPTDROP_MAX_NOW_LINES would be refused."""
+    emulator = emulator_factory()
+    spec = model_spec(Settings.from_env(cli_env(tmp_path / "home", emulator)).model)
+    assert spec is not None and spec.rates is not None
+
+    def interactive(prompt: str) -> float:
+        image = spec.tokens_for(spec.default_size) * spec.rates.image_output  # type: ignore[union-attr]
+        return (image + math.ceil(len(prompt) / 4) * spec.rates.text_input) / 1_000_000  # type: ignore[union-attr]
+
+    prompt_file = tmp_path / "mixed.jsonl"
+    prompt_file.write_bytes(
+        jsonl(GOOD, {**GOOD_2, "lane": "now"}, {"key": "plum", "prompt": "a plum", "lane": "now"})
+    )
+    env = cli_env(tmp_path / "home", emulator)
+    done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 valid, 0 invalid line(s); 1 batch, 2 now" in done.stdout
+    figures = {
+        name: float(value)
+        for name, value in re.findall(
+            r"(estimated batch cost|estimated now cost|estimated total): \$([0-9.]+)", done.stdout
+        )
+    }
+    batch = interactive(GOOD["prompt"]) * BATCH_DISCOUNT
+    now = interactive("a green pear") + interactive("a plum")
+    assert figures["estimated batch cost"] == pytest.approx(batch, abs=0.00006)
+    assert figures["estimated now cost"] == pytest.approx(now, abs=0.00006)
+    assert figures["estimated total"] == pytest.approx(batch + now, abs=0.00006)
+
+    capped = promptdrop(
+        cli_env(tmp_path / "home", emulator, PROMPTDROP_MAX_NOW_LINES="1"),
+        "run",
+        str(prompt_file),
+        "--dry-run",
+        cwd=tmp_path,
+    )
+    assert capped.returncode == 1
+    assert "2 now lines, over PROMPTDROP_MAX_NOW_LINES=1: it would be refused" in capped.stdout
+    assert batches(emulator) == []
+
+
 def test_run_then_status_then_serve_see_the_same_jobs(tmp_path: Path, emulator_factory: Any) -> None:
     """`run` without --wait submits; a later `status` and `serve --once` processes pick up the same run and batch."""
     emulator = emulator_factory()

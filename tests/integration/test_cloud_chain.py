@@ -164,10 +164,12 @@ def test_cloud_local_smoke_upload_gives_images_manifest_and_summary(tmp_path: Pa
     start = printed.index("/summary.json:\n") + len("/summary.json:\n")
     summary = orjson.loads(printed[start : printed.index("\nimages: ")])
     assert summary["state"] == "PARTIAL"
-    assert summary["counts"] == {"lines": 13, "succeeded": 11, "failed": 1, "invalid": 1}
-    assert f"images: 11 under gs://promptdrop-local/outputs/{summary['run_id']}/images/" in printed
+    # The example, the emulator's marker lines and one now-lane line (through the now topic, on_now_chunk).
+    assert summary["counts"] == {"lines": 14, "succeeded": 12, "failed": 1, "invalid": 1}
+    assert summary["lanes"] == {"now": {"lines": 1}} and summary["cost"]["now"] > 0
+    assert f"images: 12 under gs://promptdrop-local/outputs/{summary['run_id']}/images/" in printed
     assert (
-        f"manifest: 13 lines in gs://promptdrop-local/outputs/{summary['run_id']}/manifest.jsonl" in printed
+        f"manifest: 14 lines in gs://promptdrop-local/outputs/{summary['run_id']}/manifest.jsonl" in printed
     )
     assert _survivors(marker) == []
 

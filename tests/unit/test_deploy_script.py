@@ -1,9 +1,11 @@
-"""scripts/deploy's decisions: which key version it pins, how it rotates the key, what it refuses to delete.
+"""scripts/deploy's decisions: which key version it pins, how it rotates the key, what it refuses to delete,
+and how it registers the webhook and keeps its signing secret.
 
 A real run needs a Google Cloud project, so ``terraform`` and ``gcloud`` are replaced on PATH by small
-recorders: they keep a secret's versions and the Terraform outputs in a state directory, log every command
-line, and answer the way the real tools do for the few commands the script uses. What is tested is the
-script's own logic: the order of its commands and what reaches a command line.
+recorders: they keep secrets' versions and the Terraform outputs in a state directory, log every command
+line, and answer the way the real tools do for the few commands the script uses. The webhook registration
+runs the real google-genai SDK against tests/support/webhook_api.py (PROMPTDROP_GEMINI_BASE_URL). What is
+tested is the script's own logic: the order of its commands and what reaches a command line.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.webhook_api import WebhookApi, running_webhook_api
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "scripts" / "deploy"
@@ -24,9 +29,12 @@ SECRET = "promptdrop-gemini-api-key"
 BUCKET = "proj-promptdrop"
 NEW_KEY = "AIza-new-key-5e1f9c3b7d"
 FUNCTIONS = {"file": "promptdrop-on-prompt-file", "poller": "promptdrop-poll-jobs"}
+SIGNING = "promptdrop-webhook-signing-secret"
+WEBHOOK = "promptdrop-on-batch-webhook"
+WEBHOOK_URL = f"https://{WEBHOOK}-abc-uc.a.run.app"
 
 _COMMON = """
-import json, os, sys
+import json, os, re, sys
 from pathlib import Path
 STATE = Path(os.environ["STUB_STATE"])
 
@@ -77,12 +85,25 @@ if command in ("apply", "destroy", "plan"):
         if answer != "yes":
             print("Apply cancelled.", file=sys.stderr)
             sys.exit(1)
+    var_file = Path(option(rest, "-var-file")).read_text()
+    webhooks = not re.search(r"^\\s*webhooks\\s*=\\s*false", var_file, re.MULTILINE)
     outputs.setdefault("gemini_api_key_secret", os.environ["STUB_SECRET"])
-    if command == "apply" and not any(a.startswith("-target=") for a in rest):
-        outputs = {**load("planned.json", {}), **outputs}
-        for index, arg in enumerate(rest):
-            if arg == "-var" and rest[index + 1].startswith("gemini_api_key_version="):
-                outputs["gemini_api_key_version"] = rest[index + 1].split("=", 1)[1]
+    if command == "apply":
+        targets = [a for a in rest if a.startswith("-target=")]
+        # Any apply creates (or, switched off, destroys) the signing secret; an untargeted one the rest.
+        outputs["webhook_secret"] = os.environ["STUB_SIGNING"] if webhooks else ""
+        if not targets:
+            planned = load("planned.json", {})
+            if not webhooks:
+                del planned["functions"]["webhook"]
+            outputs = {**planned, **outputs}
+            outputs["functions"] = planned["functions"]
+            outputs["webhook_url"] = planned["webhook_url"] if webhooks else ""
+        if not targets or "-target=google_cloudfunctions2_function.webhook" in targets:
+            for index, arg in enumerate(rest):
+                if arg == "-var" and rest[index + 1].startswith(("gemini_api_key_version=", "webhook_secret_version=")):
+                    name, value = rest[index + 1].split("=", 1)
+                    outputs[name] = value
     save("outputs.json", outputs)
     sys.exit(0)
 sys.exit(f"terraform stub: unexpected {argv}")
@@ -94,25 +115,31 @@ GCLOUD = (
     + """
 argv = sys.argv[1:]
 log("gcloud", argv)
-versions = load("versions.json", [])
+secrets = load("versions.json", {})
 if argv[:1] == ["auth"]:
     print("token")
 elif argv[:2] == ["config", "get-value"]:
     print("proj")
 elif argv[:3] == ["secrets", "versions", "list"]:
     assert "--filter=state:ENABLED" in argv and "--sort-by=~createTime" in argv, argv
-    for version in reversed(versions):
+    for version in reversed(secrets.get(argv[3], [])):
         if version["state"] == "ENABLED":
             print(version["number"])
 elif argv[:3] == ["secrets", "versions", "add"]:
     assert "--data-file=-" in argv, argv
+    versions = secrets.setdefault(argv[3], [])
     versions.append({"number": str(len(versions) + 1), "state": "ENABLED", "data": sys.stdin.read()})
-    save("versions.json", versions)
+    save("versions.json", secrets)
 elif argv[:3] == ["secrets", "versions", "disable"]:
-    for version in versions:
+    for version in secrets[option(argv, "--secret")]:
         if version["number"] == argv[3]:
             version["state"] = "DISABLED"
-    save("versions.json", versions)
+    save("versions.json", secrets)
+elif argv[:3] == ["secrets", "versions", "access"]:
+    (version,) = [v for v in secrets[option(argv, "--secret")] if v["number"] == argv[3]]
+    if version["state"] != "ENABLED":
+        sys.exit(f"ERROR: version {argv[3]} is {version['state']}")
+    print(version["data"])
 elif argv[:2] == ["functions", "describe"]:
     served = os.environ.get("STUB_SERVED") or load("outputs.json", {}).get("gemini_api_key_version")
     print(f"ACTIVE\\t{served}")
@@ -127,7 +154,17 @@ class Result:
     returncode: int
     output: str
     calls: list[dict[str, Any]]
-    versions: list[dict[str, str]]
+    secrets: dict[str, list[dict[str, str]]]
+
+    @property
+    def versions(self) -> list[dict[str, str]]:
+        """The API key secret's versions."""
+        return self.secrets.get(SECRET, [])
+
+    @property
+    def signing(self) -> list[dict[str, str]]:
+        """The webhook signing secret's versions."""
+        return self.secrets.get(SIGNING, [])
 
     def commands(self, tool: str) -> list[list[str]]:
         return [call["argv"] for call in self.calls if call["tool"] == tool]
@@ -143,7 +180,8 @@ class Result:
 class Stubs:
     """The state directory and PATH of the recorders, and a way to run scripts/deploy against them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, api: WebhookApi) -> None:
+        self.api = api
         self.state = root / "state"
         self.state.mkdir()
         bin_dir = root / "bin"
@@ -161,24 +199,42 @@ class Stubs:
             "gemini_api_key_secret": SECRET,
             "bucket": BUCKET,
             "region": "us-central1",
-            "functions": {role: {"name": name, "uri": f"https://{name}"} for role, name in FUNCTIONS.items()},
+            "functions": {
+                role: {"name": name, "uri": f"https://{name}"}
+                for role, name in {**FUNCTIONS, "webhook": WEBHOOK}.items()
+            },
+            "webhook_url": WEBHOOK_URL,
+            "webhook_secret": SIGNING,
             "inbox_url": f"gs://{BUCKET}/inbox/",
             "outputs_url": f"gs://{BUCKET}/outputs/",
             "topics": {"events": "projects/proj/topics/promptdrop-events"},
         }
         (self.state / "planned.json").write_text(json.dumps(planned))
 
-    def deployed(self, *, versions: int, bucket: str | None = BUCKET) -> None:
-        """A deployment as Terraform's state and Secret Manager would show it."""
+    def deployed(self, *, versions: int, bucket: str | None = BUCKET, webhooks: bool = False) -> None:
+        """A deployment as Terraform's state and Secret Manager would show it; with ``webhooks``, the
+        receiver registered at Gemini with its signing secret stored as version 1."""
         outputs: dict[str, Any] = json.loads((self.state / "planned.json").read_text())
         if bucket is None:
             del outputs["bucket"]
         if versions:
             outputs["gemini_api_key_version"] = str(versions)
+        existing = {
+            SECRET: [
+                {"number": str(n), "state": "ENABLED", "data": f"key-{n}"} for n in range(1, versions + 1)
+            ]
+        }
+        self.api.api_key = f"key-{versions}"
+        if webhooks:
+            webhook_id = self.api.add(WEBHOOK_URL, ["batch.succeeded", "batch.failed", "batch.expired"])
+            secret = self.api.issued[-1]
+            existing[SIGNING] = [{"number": "1", "state": "ENABLED", "data": secret}]
+            outputs["webhook_secret_version"] = "1"
+            self.registered = webhook_id
+        else:
+            del outputs["functions"]["webhook"]
+            outputs["webhook_url"] = outputs["webhook_secret"] = ""
         (self.state / "outputs.json").write_text(json.dumps(outputs))
-        existing = [
-            {"number": str(n), "state": "ENABLED", "data": f"key-{n}"} for n in range(1, versions + 1)
-        ]
         (self.state / "versions.json").write_text(json.dumps(existing))
         addresses = [
             "google_storage_bucket.data",
@@ -187,7 +243,16 @@ class Stubs:
             "google_pubsub_topic.inbox",
             'google_cloudfunctions2_function.function["poller"]',
         ]
+        if webhooks:
+            addresses += [
+                "google_cloudfunctions2_function.webhook[0]",
+                "google_secret_manager_secret.webhook_signing[0]",
+            ]
         (self.state / "state.json").write_text(json.dumps(addresses))
+
+    def webhooks_off(self) -> None:
+        """The var file turns webhooks off."""
+        self.var_file.write_text(self.var_file.read_text() + "webhooks   = false\n")
 
     def run(self, *args: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
         environment = {
@@ -195,7 +260,10 @@ class Stubs:
             "HOME": str(self.state),
             "STUB_STATE": str(self.state),
             "STUB_SECRET": SECRET,
+            "STUB_SIGNING": SIGNING,
             "GOOGLE_APPLICATION_CREDENTIALS": "/dev/null",
+            "PROMPTDROP_GEMINI_BASE_URL": self.api.url,
+            "PROMPTDROP_SKIP_BOOTSTRAP": "1",  # the test environment is the project's .venv already
             **(env or {}),
         }
         completed = subprocess.run(
@@ -210,13 +278,15 @@ class Stubs:
         log = self.state / "calls.jsonl"
         calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         versions_file = self.state / "versions.json"
-        versions = json.loads(versions_file.read_text()) if versions_file.exists() else []
-        return Result(completed.returncode, completed.stdout + completed.stderr, calls, versions)
+        secrets = json.loads(versions_file.read_text()) if versions_file.exists() else {}
+        return Result(completed.returncode, completed.stdout + completed.stderr, calls, secrets)
 
 
 @pytest.fixture
-def stubs(tmp_path: Path) -> Stubs:
-    return Stubs(tmp_path)
+def stubs(tmp_path: Path) -> Iterator[Stubs]:
+    # The key the first deploy stores; deployed() switches the API to the key of the version it pins.
+    with running_webhook_api(NEW_KEY) as api:
+        yield Stubs(tmp_path, api)
 
 
 def pinned_versions(result: Result) -> list[str]:
@@ -323,3 +393,144 @@ def test_destroy_keeps_the_key_secret_unless_data_is_deleted(stubs: Stubs) -> No
     targets = {arg.removeprefix("-target=") for arg in destroy if arg.startswith("-target=")}
     assert targets == {"google_pubsub_topic.inbox", 'google_cloudfunctions2_function.function["poller"]'}
     assert "kept" in result.output.lower() and SECRET in result.output
+
+
+# --- webhooks ---------------------------------------------------------------------------------------------
+
+BATCH_EVENTS = ["batch.succeeded", "batch.failed", "batch.expired"]
+
+
+def signing_pins(result: Result) -> list[str]:
+    """The webhook_secret_version of each terraform apply that deploys the receiver (untargeted, or
+    targeted at it), in order."""
+    pins = []
+    for argv in result.commands("terraform"):
+        targets = [arg for arg in argv if arg.startswith("-target=")]
+        if argv[1] == "apply" and (
+            not targets or targets == ["-target=google_cloudfunctions2_function.webhook"]
+        ):
+            found = [arg.split("=", 1)[1] for arg in argv if arg.startswith("webhook_secret_version=")]
+            pins.append(found[-1] if found else "")
+    return pins
+
+
+def assert_secret_kept_secret(stubs: Stubs, result: Result, secret: str) -> None:
+    """Not on any command line, not in the script's output, not in Terraform's files or outputs (the stand-in
+    for its state), not in infra/: only in Secret Manager's version (which the stubs keep in versions.json)."""
+    assert_key_never_on_a_command_line(result, secret)
+    assert secret not in result.output
+    for path in [*stubs.state.iterdir(), stubs.var_file, *(ROOT / "infra").rglob("*")]:
+        if path.is_file() and path.name != "versions.json":
+            assert secret not in path.read_text(errors="replace"), path
+
+
+def test_first_deploy_registers_the_webhook_and_pins_the_secret_gemini_returned(stubs: Stubs) -> None:
+    """The receiver starts on a placeholder version; after the apply its URL is registered for the batch
+    events, Gemini's secret becomes version 2 (through gcloud's stdin), the receiver moves to it and the
+    placeholder is disabled."""
+    result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
+    assert result.returncode == 0, result.output
+    (webhook,) = stubs.api.webhooks.values()
+    assert webhook["uri"] == WEBHOOK_URL and sorted(webhook["subscribed_events"]) == sorted(BATCH_EVENTS)
+    (issued,) = stubs.api.issued
+    placeholder, stored = result.signing
+    assert placeholder["data"].startswith("whsec_") and placeholder["data"] != issued
+    assert placeholder["state"] == "DISABLED"
+    assert (stored["number"], stored["state"], stored["data"]) == ("2", "ENABLED", issued)
+    assert signing_pins(result) == ["1", "2"]
+    # Registered only once the receiver is deployed (its URL comes from the apply), moved to it after.
+    phase2 = result.index("terraform", "apply", "webhook_secret_version=1")
+    phase3 = result.index("terraform", "apply", "webhook_secret_version=2")
+    added = [
+        position
+        for position, call in enumerate(result.calls)
+        if call["tool"] == "gcloud" and call["argv"][:4] == ["secrets", "versions", "add", SIGNING]
+    ]
+    assert len(added) == 2
+    assert added[0] < phase2 < added[1] < phase3 < result.index("gcloud", "disable", "1", "--secret")
+    assert_secret_kept_secret(stubs, result, issued)
+    assert_secret_kept_secret(stubs, result, placeholder["data"])
+    assert "calls" in result.output and WEBHOOK_URL in result.output
+
+
+def test_redeploy_finds_the_webhook_and_changes_neither_it_nor_its_secret(stubs: Stubs) -> None:
+    """Listed first: no second webhook, no new secret version, the receiver keeps reading version 1."""
+    stubs.deployed(versions=1, webhooks=True)
+    result = stubs.run("--yes")
+    assert result.returncode == 0, result.output
+    assert list(stubs.api.webhooks) == [stubs.registered]
+    assert stubs.api.count("POST") == 0 and stubs.api.count("DELETE") == 0
+    assert [(v["number"], v["state"]) for v in result.signing] == [("1", "ENABLED")]
+    assert signing_pins(result) == ["1"]
+    assert not [argv for argv in result.commands("gcloud") if "add" in argv or "disable" in argv]
+
+
+def test_rotate_webhook_secret_stores_the_new_secret_pins_it_then_disables_the_old(stubs: Stubs) -> None:
+    stubs.deployed(versions=1, webhooks=True)
+    result = stubs.run("--rotate-webhook-secret", "--yes")
+    assert result.returncode == 0, result.output
+    assert list(stubs.api.webhooks) == [stubs.registered]  # the same webhook, a new secret
+    assert stubs.api.webhooks[stubs.registered]["last_revocation"] == "revoke_previous_secrets_after_h24"
+    new = stubs.api.issued[-1]
+    assert [(v["number"], v["state"]) for v in result.signing] == [("1", "DISABLED"), ("2", "ENABLED")]
+    assert result.signing[1]["data"] == new
+    assert signing_pins(result) == ["2"]
+    assert result.index("terraform", "apply", "webhook_secret_version=2") < result.index(
+        "gcloud", "disable", "1", "--secret"
+    )
+    assert [v["state"] for v in result.versions] == ["ENABLED"]  # the API key is not touched
+    assert_secret_kept_secret(stubs, result, new)
+
+
+def test_rotate_webhook_secret_without_webhooks_changes_nothing(stubs: Stubs) -> None:
+    stubs.deployed(versions=1)
+    stubs.webhooks_off()
+    result = stubs.run("--rotate-webhook-secret", "--yes")
+    assert result.returncode != 0 and "webhooks are off" in result.output
+    assert not stubs.api.calls and not [argv for argv in result.commands("terraform") if argv[1] == "apply"]
+
+
+def test_destroy_removes_the_webhook_before_the_receiver(stubs: Stubs) -> None:
+    stubs.deployed(versions=1, webhooks=True)
+    result = stubs.run("--destroy", "--yes")
+    assert result.returncode == 0, result.output
+    assert not stubs.api.webhooks
+    assert stubs.api.count("DELETE") == 1
+    (destroy,) = [argv for argv in result.commands("terraform") if argv[1] == "destroy"]
+    assert "-target=google_cloudfunctions2_function.webhook[0]" in destroy
+    assert "-target=google_secret_manager_secret.webhook_signing[0]" in destroy
+
+
+def test_webhooks_off_deploys_polling_only(stubs: Stubs) -> None:
+    """`webhooks = false`: no call to the webhooks API, no signing secret, nothing pinned for it."""
+    stubs.webhooks_off()
+    result = stubs.run("--yes", env={"GEMINI_API_KEY": NEW_KEY})
+    assert result.returncode == 0, result.output
+    assert not stubs.api.calls
+    assert not result.signing
+    assert all(pin == "" for pin in signing_pins(result))
+    assert pinned_versions(result) == ["1"]
+    assert "webhooks are off" in result.output
+
+
+def test_turning_webhooks_off_removes_the_registration(stubs: Stubs) -> None:
+    """A deployment that had webhooks and now sets `webhooks = false` deletes its registration."""
+    stubs.deployed(versions=1, webhooks=True)
+    stubs.webhooks_off()
+    result = stubs.run("--yes")
+    assert result.returncode == 0, result.output
+    assert not stubs.api.webhooks and stubs.api.count("POST") == 0
+    assert f"removed the webhook registration of {WEBHOOK_URL}" in result.output
+
+
+def test_a_lost_registration_is_made_again_with_a_new_secret(stubs: Stubs) -> None:
+    """Someone deleted the webhook at Gemini: the next deploy registers it again and moves to its secret."""
+    stubs.deployed(versions=1, webhooks=True)
+    stubs.api.webhooks.clear()
+    result = stubs.run("--yes")
+    assert result.returncode == 0, result.output
+    (webhook,) = stubs.api.webhooks.values()
+    assert webhook["uri"] == WEBHOOK_URL
+    assert [(v["number"], v["state"]) for v in result.signing] == [("1", "DISABLED"), ("2", "ENABLED")]
+    assert result.signing[1]["data"] == stubs.api.issued[-1]
+    assert signing_pins(result) == ["1", "2"]

@@ -35,8 +35,10 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 
 PUBSUB_EVENT = "google.cloud.pubsub.topic.v1.messagePublished"
 FUNCTION = "google_cloudfunctions2_function"
-# The one google_cloudfunctions2_function resource, one instance per entry of local.functions.
+# The google_cloudfunctions2_function resource of the CloudEvent functions, one instance per entry of
+# local.functions, and the webhook receiver's (an HTTP function, one instance when var.webhooks is on).
 FUNCTION_NAME = "function"
+WEBHOOK = "webhook"
 # Settings fields that Settings.from_env reads from other variables (GEMINI_API_KEY, K_SERVICE).
 FIELDS_NOT_FROM_PREFIX = {"api_key", "in_cloud"}
 # Variables for the runtime rather than for promptdrop (docs/DEPLOY.md, "What gets deployed").
@@ -52,6 +54,8 @@ _IDENTITIES = {
     "google_secret_manager_secret": ("projects/{}/secrets/{}", "secret_id"),
     "google_firestore_database": ("projects/{}/databases/{}", "name"),
 }
+# `var.x ? A : B` where A and B are strings or references: evaluated with the variable's default.
+_CONDITION = re.compile(r'(var|local)\.(\w+)\s*\?\s*("[^"]*"|[\w.\[\]"]+)\s*:\s*("[^"]*"|[\w.\[\]"]+)')
 _EACH_VALUE = re.compile(r"^\$\{each\.value\.(\w+)\}$")
 # The only form of dynamic block for_each that expand() evaluates: one block when a boolean attribute of
 # the instance's local.functions entry is true, none otherwise.
@@ -71,6 +75,14 @@ class Terraform:
             return self.resources[kind][name]
         except KeyError:
             pytest.fail(f"infra/ declares no {kind}.{name}")
+
+    def with_variables(self, **defaults: Any) -> Terraform:
+        """The same configuration as deployed with these variables set (``webhooks=False``)."""
+        variables = {name: dict(body) for name, body in self.variables.items()}
+        for name, value in defaults.items():
+            assert name in variables, f"infra/ declares no variable {name}"
+            variables[name]["default"] = value
+        return Terraform(self.resources, self.locals, variables)
 
     def value(self, expression: Any) -> Any:
         """A whole-value reference (``${local.x}``) becomes the referenced value; strings are resolved."""
@@ -97,6 +109,11 @@ class Terraform:
         attributes of resources this file declares (``.id`` of topics, secrets and databases as the API
         spells it, a function's ``service_config[0].uri`` as its name; others from the resource body)."""
         inner = inner.strip()
+        condition = _CONDITION.fullmatch(inner)
+        if condition:
+            kind, name, when_true, when_false = condition.groups()
+            chosen = when_true if self._lookup(kind, name) is True else when_false
+            return chosen[1:-1] if chosen.startswith('"') else self.reference(chosen)
         call = re.fullmatch(r"tostring\((.+)\)", inner)
         if call:
             return self.reference(call.group(1))
@@ -137,6 +154,13 @@ class Terraform:
         local = re.fullmatch(r"local\.(\w+)", inner)
         if local:
             return self.map_keys(self.locals[local.group(1)])
+        condition = re.fullmatch(r"(var|local)\.(\w+)\s*\?\s*(\{.*?\})\s*:\s*(\{.*?\})", inner, re.DOTALL)
+        if condition:
+            kind, name, when_true, when_false = condition.groups()
+            return self.map_keys(when_true if self._lookup(kind, name) is True else when_false)
+        literal = re.fullmatch(r"\{((?:\s*\w+\s*=\s*\"[^\"]*\"\s*,?)*)\s*\}", inner)
+        if literal:
+            return set(re.findall(r"(\w+)\s*=", literal.group(1)))
         merge = re.fullmatch(r"merge\((.*)\)", inner, re.DOTALL)
         if merge:
             return set().union(*(self.map_keys(argument) for argument in _split_arguments(merge.group(1))))
@@ -156,9 +180,13 @@ class Terraform:
     def _resource_attribute(self, kind: str, name: str, key: str | None, path: str) -> str:
         if kind == FUNCTION and key is not None and path in (".service_config[0].uri", ".url"):
             return f"https://{self.text(function(key)['name'])}.{UNKNOWN}"
+        if kind == FUNCTION and name == WEBHOOK and path in ("[0].service_config[0].uri", "[0].url"):
+            return f"https://{self.text(self.resources[kind][name]['name'])}.{UNKNOWN}"
         body = self.resources.get(kind, {}).get(name)
         if body is None or key is not None:
             return UNKNOWN
+        if path.startswith("[0]") and "count" in body:
+            path = path.removeprefix("[0]")  # the one instance of a resource switched on by count
         identity = _IDENTITIES.get(kind)
         if identity is not None and path == ".id":
             template, field_name = identity
@@ -245,7 +273,9 @@ def functions() -> dict[str, dict[str, Any]]:
     """The deployed functions by key of local.functions, each as its own resource body."""
     tf = terraform()
     declared = tf.resources.get(FUNCTION, {})
-    assert list(declared) == [FUNCTION_NAME], f"infra/ must declare one {FUNCTION}.{FUNCTION_NAME}"
+    assert sorted(declared) == sorted([FUNCTION_NAME, WEBHOOK]), (
+        f"infra/ must declare {FUNCTION}.{FUNCTION_NAME} (for_each) and {FUNCTION}.{WEBHOOK} (count)"
+    )
     body = declared[FUNCTION_NAME]
     assert body["for_each"] == "${local.functions}"
     table = tf.locals["functions"]
@@ -330,15 +360,16 @@ def seconds(duration: str) -> float:
     return float(found.group(1))
 
 
-def function_env() -> dict[str, str]:
+def function_env(tf: Terraform | None = None) -> dict[str, str]:
     """Resolved environment of the functions with every optional setting left at its default (null)."""
-    tf = terraform()
-    return {name: tf.text(value) for name, value in tf.locals["fixed_env"].items()}
+    tf = tf or terraform()
+    fixed = {**tf.locals["fixed_env"], **tf.locals["webhook_env"]}
+    return {name: tf.text(value) for name, value in fixed.items()}
 
 
 def env_names() -> set[str]:
     tf = terraform()
-    return set(tf.locals["fixed_env"]) | set(tf.locals["tunable_env"])
+    return set(tf.locals["fixed_env"]) | set(tf.locals["webhook_env"]) | set(tf.locals["tunable_env"])
 
 
 def readable_env_names() -> set[str]:
@@ -350,7 +381,7 @@ def readable_env_names() -> set[str]:
 # --- entry points --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["file", "message", "poller"])
+@pytest.mark.parametrize("name", ["file", "message", "poller", "now"])
 def test_each_function_runs_a_cloud_event_handler_of_main_py(name: str) -> None:
     """Every deployed entry point is a top-level CloudEvent function of main.py taking one event."""
     handler_name = entry_point(function(name))
@@ -398,7 +429,8 @@ def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() 
     grant = tf.resource("google_secret_manager_secret_iam_member", "function_reads_key")
     assert tf.text(grant["secret_id"]) in {secret_id, f"projects/{UNKNOWN}/secrets/{secret_id}"}
     assert grant["role"] == "roles/secretmanager.secretAccessor"
-    assert grant["for_each"] == "${local.functions}" and "each.key" in grant["member"]
+    assert grant["for_each"] == "${local.function_identities}" and "each.key" in grant["member"]
+    assert tf.map_keys(grant["for_each"]) >= set(functions())
 
 
 def test_terraform_sets_only_variables_the_settings_read() -> None:
@@ -435,7 +467,7 @@ def test_harvest_stops_and_leases_outlive_the_function_timeout() -> None:
     assert settings.harvest_time_budget < timeout < settings.lease_seconds
     for name, deployed in functions().items():
         assert tf.value(block(deployed, "service_config")["timeout_seconds"]) == timeout, name
-    for name in ("file", "message"):
+    for name in ("file", "message", "now"):
         assert tf.resource("google_pubsub_subscription", name)["ack_deadline_seconds"] > timeout
 
 
@@ -453,14 +485,15 @@ def test_scheduler_ticks_reach_the_poller_without_retries() -> None:
     assert topic_id(trigger["pubsub_topic"]) == tick_topic
     # Only the tick: no file, request or run event reaches the poller through its trigger.
     others = {
-        topic_id(tf.resource("google_pubsub_subscription", name)["topic"]) for name in ("file", "message")
+        topic_id(tf.resource("google_pubsub_subscription", name)["topic"])
+        for name in ("file", "message", "now")
     }
     assert tick_topic not in others | {function_env()["PROMPTDROP_EVENTS_TOPIC"]}
     assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY"
     assert tf.value(block(job, "retry_config")["retry_count"]) == 0
 
 
-@pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests")])
+@pytest.mark.parametrize(("name", "topic"), [("file", "inbox"), ("message", "requests"), ("now", "now")])
 def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, topic: str) -> None:
     """An explicit push subscription (not Eventarc) feeds the function, retried, then dead-lettered."""
     tf = terraform()
@@ -499,6 +532,21 @@ def test_file_and_request_paths_are_pushed_with_a_dead_letter_topic(name: str, t
     assert event["source"] == f"//pubsub.googleapis.com/{topic_id_}"
     assert event.data["message"]["data"] == "e30="
     assert PUBSUB_EVENT in accepted_event_types(entry_point(deployed))
+
+
+def test_now_chunks_are_published_to_the_topic_the_now_function_is_pushed_from() -> None:
+    """PROMPTDROP_NOW_TOPIC (where chunks are handed over) is the topic of on_now_chunk's push subscription,
+    every function (the webhook receiver too: it advances runs) may publish there, and the dead-letter service
+    agent may move its dead letters."""
+    tf = terraform()
+    now_topic = function_env()["PROMPTDROP_NOW_TOPIC"]
+    assert topic_id(tf.resource("google_pubsub_subscription", "now")["topic"]) == now_topic
+    assert Settings.from_env(function_env()).now_topic == now_topic
+    grant = tf.resource("google_pubsub_topic_iam_member", "function_publishes_now_chunks")
+    assert topic_id(grant["topic"]) == now_topic and grant["role"] == "roles/pubsub.publisher"
+    assert grant["for_each"] == "${local.function_identities}" and "each.key" in grant["member"]
+    forwards = tf.resource("google_pubsub_subscription_iam_member", "pubsub_forwards_dead_letters")
+    assert "google_pubsub_subscription.now.id" in str(forwards["for_each"])
 
 
 def test_bucket_notifies_finalized_objects_under_the_inbox_prefix_only() -> None:
@@ -639,3 +687,194 @@ def test_firestore_indexes_cover_the_pollers_queries() -> None:
         declared.add((index["collection"], tuple((f["field_path"], f["order"]) for f in index["fields"])))
     missing = required_indexes() - declared
     assert not missing, f"infra/ lacks composite indexes: {sorted(missing)}"
+
+
+# --- webhooks ------------------------------------------------------------------------------------------
+
+WEBHOOK_ENTRY_POINT = "on_batch_webhook"
+# Every resource that exists only for the webhook receiver: none of them when var.webhooks is false.
+WEBHOOK_RESOURCES = [
+    (FUNCTION, WEBHOOK),
+    ("google_cloud_run_v2_service_iam_member", "webhook_public"),
+    ("google_secret_manager_secret", "webhook_signing"),
+    ("google_secret_manager_secret_iam_member", "webhook_reads_signing_secret"),
+]
+
+
+def webhook_function() -> dict[str, Any]:
+    return terraform().resource(FUNCTION, WEBHOOK)
+
+
+def http_handlers(source: str) -> set[str]:
+    """Top-level functions of main.py decorated with ``functions_framework.http``."""
+    return {
+        node.name
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef)
+        and any(ast.unparse(d) in {"functions_framework.http", "http"} for d in node.decorator_list)
+    }
+
+
+def grants_to(identity: str, tf: Terraform) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every IAM grant whose member is google_service_account.function[identity]: (kind, name, body)."""
+    found = []
+    for kind, named in tf.resources.items():
+        if not kind.endswith("_iam_member"):
+            continue
+        for name, body in named.items():
+            member = str(body.get("member", ""))
+            if "google_service_account.function[each.key]" in member:
+                if identity in tf.map_keys(body["for_each"]):
+                    found.append((kind, name, body))
+            elif f'google_service_account.function["{identity}"]' in member:
+                found.append((kind, name, body))
+    return found
+
+
+def test_webhook_receiver_is_built_from_the_same_archive_as_the_other_functions() -> None:
+    """Same source object, runtime, build account and image repository; its own entry point."""
+    webhook = block(webhook_function(), "build_config")
+    poller = block(function("poller"), "build_config")
+    assert webhook["entry_point"] == WEBHOOK_ENTRY_POINT
+    for field in ("runtime", "service_account", "docker_repository", "source"):
+        assert webhook[field] == poller[field], field
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 13's runtime half (branch issue-13a) adds on_batch_webhook to main.py: remove this marker then",
+)
+def test_webhook_entry_point_is_an_http_function_of_main_py() -> None:
+    """Terraform's entry point is a top-level @functions_framework.http function of main.py."""
+    assert WEBHOOK_ENTRY_POINT in http_handlers(main_source())
+
+
+def test_webhook_receiver_gets_the_environment_and_both_secrets_pinned() -> None:
+    """The shared environment, GEMINI_API_KEY and PROMPTDROP_WEBHOOK_SECRET from Secret Manager at pinned
+    versions that scripts/deploy passes; both are variables promptdrop.settings reads."""
+    tf = terraform()
+    service = block(webhook_function(), "service_config")
+    assert tf.map_keys(service["environment_variables"]) == env_names()
+    assert "PROMPTDROP_WEBHOOK_SECRET" not in env_names(), "the signing secret must never be a plain variable"
+    secrets = {secret["key"]: secret for secret in service["secret_environment_variables"]}
+    # First, as in every function: scripts/deploy --rotate-key checks secretEnvironmentVariables[0].
+    assert service["secret_environment_variables"][0]["key"] == "GEMINI_API_KEY"
+    assert set(secrets) == {"GEMINI_API_KEY", "PROMPTDROP_WEBHOOK_SECRET"}
+    assert set(secrets) <= readable_env_names()
+    expected = {
+        "GEMINI_API_KEY": ("gemini_api_key", "gemini_api_key_version"),
+        "PROMPTDROP_WEBHOOK_SECRET": ("webhook_signing", "webhook_secret_version"),
+    }
+    for key, (secret_resource, version_variable) in expected.items():
+        secret = secrets[key]
+        body = tf.resource("google_secret_manager_secret", secret_resource)
+        assert tf.text(secret["secret"]) == tf.text(body["secret_id"]), key
+        assert tf.text(secret["project_id"]) == tf.text("${var.project_id}"), key
+        assert re.findall(r"\bvar\.(\w+)", str(secret["version"])) == [version_variable], key
+    conditions = {p["condition"] for p in block(webhook_function(), "lifecycle")["precondition"]}
+    assert conditions == {"${var.gemini_api_key_version != null}", "${var.webhook_secret_version != null}"}
+    # The same timeout as the others: the harvest budget and the lease are sized against it.
+    assert tf.value(service["timeout_seconds"]) == tf.locals["function_timeout_seconds"]
+
+
+def test_webhook_secret_version_variable_takes_a_number_never_an_alias() -> None:
+    """Same rule as the key's version: `latest` would be read once per instance and kept."""
+    variable = terraform().variables["webhook_secret_version"]
+    assert variable["default"] is None
+    assert variable["validation"][0]["condition"] == (
+        '${var.webhook_secret_version == null || can(regex("^[1-9][0-9]*$", var.webhook_secret_version))}'
+    )
+
+
+def test_webhooks_on_by_default_tell_every_function_and_the_poller_backs_off() -> None:
+    """By default every function (the poller included) reads PROMPTDROP_WEBHOOKS=on and the poll interval."""
+    tf = terraform()
+    assert tf.variables["webhooks"]["default"] is True
+    settings = Settings.from_env(function_env())
+    assert settings.webhooks is True
+    assert settings.webhook_poll_seconds == tf.variables["webhook_poll_seconds"]["default"]
+    for name, deployed in functions().items():
+        assert block(deployed, "service_config")["environment_variables"] == "${local.function_env}", name
+
+
+def test_webhooks_off_is_todays_polling_only_deployment() -> None:
+    """webhooks = false: every webhook resource has count 0, the functions read PROMPTDROP_WEBHOOKS=off,
+    no webhook identity is made, and the outputs scripts/deploy reads are empty (so it registers nothing)."""
+    tf = terraform()
+    off = tf.with_variables(webhooks=False)
+    for kind, name in WEBHOOK_RESOURCES:
+        assert tf.resource(kind, name)["count"] == "${var.webhooks ? 1 : 0}", (kind, name)
+    assert Settings.from_env(function_env(off)).webhooks is False
+    assert tf.map_keys("${local.function_identities}") == set(functions()) | {WEBHOOK}
+    assert off.map_keys("${local.function_identities}") == set(functions())
+    outputs: dict[str, Any] = {}
+    with (INFRA / "outputs.tf").open() as file:
+        options = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+        for entry in hcl2.load(file, serialization_options=options)["output"]:
+            outputs.update(entry)
+    url = outputs["webhook_url"]["value"]
+    assert url == '${var.webhooks ? google_cloudfunctions2_function.webhook[0].service_config[0].uri : ""}'
+    assert off.text(url) == "" and tf.text(url) == f"https://{tf.text(webhook_function()['name'])}.{UNKNOWN}"
+    secret = outputs["webhook_secret"]["value"]
+    assert off.text(secret) == ""
+    assert tf.text(secret) == tf.text(
+        tf.resource("google_secret_manager_secret", "webhook_signing")["secret_id"]
+    )
+
+
+def test_only_the_webhook_receiver_is_public_and_its_checkov_skip_says_why() -> None:
+    """The receiver admits the internet (Gemini calls from outside); the other functions stay internal."""
+    tf = terraform()
+    assert block(webhook_function(), "service_config")["ingress_settings"] == "ALLOW_ALL"
+    for name, deployed in functions().items():
+        assert block(deployed, "service_config")["ingress_settings"] == "ALLOW_INTERNAL_ONLY", name
+    public = [
+        (kind, name)
+        for kind, named in tf.resources.items()
+        for name, body in named.items()
+        if kind.endswith("_iam_member") and body.get("member") in {"allUsers", "allAuthenticatedUsers"}
+    ]
+    assert public == [("google_cloud_run_v2_service_iam_member", "webhook_public")]
+    invoker = tf.resource("google_cloud_run_v2_service_iam_member", "webhook_public")
+    # allUsers: Gemini's deliveries carry no Google token, so even allAuthenticatedUsers would refuse them.
+    assert (invoker["role"], invoker["member"]) == ("roles/run.invoker", "allUsers")
+    assert invoker["name"] == "${google_cloudfunctions2_function.webhook[0].service_config[0].service}"
+    source = (INFRA / "main.tf").read_text()
+    body = source[source.index(f'resource "{FUNCTION}" "{WEBHOOK}"') :]
+    skip = re.search(r"#\s*checkov:skip=CKV_GCP_124:\s*(.+)", body[: body.index("\n}\n")])
+    assert skip and "signature" in skip.group(1), "the public ingress needs its checkov skip, justified"
+
+
+def test_webhook_identity_has_least_privilege() -> None:
+    """Its own service account: objects of the data bucket, this Firestore database, the events topic,
+    and the two secrets; nothing else, and nothing project-wide but the database-scoped Firestore role."""
+    tf = terraform()
+    grants = {(kind, body["role"]): body for kind, _, body in grants_to(WEBHOOK, tf)}
+    assert set(grants) == {
+        ("google_storage_bucket_iam_member", "roles/storage.objectUser"),
+        ("google_project_iam_member", "roles/datastore.user"),
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
+    }, sorted(grants)
+    assert tf.targets(grants["google_storage_bucket_iam_member", "roles/storage.objectUser"]["bucket"]) == {
+        ("google_storage_bucket", "data")
+    }
+    firestore = grants["google_project_iam_member", "roles/datastore.user"]
+    assert tf.targets(block(firestore, "condition")["expression"]) == {("google_firestore_database", "main")}
+    assert (
+        topic_id(grants["google_pubsub_topic_iam_member", "roles/pubsub.publisher"]["topic"])
+        == (function_env()["PROMPTDROP_EVENTS_TOPIC"])
+    )
+    readable = {
+        next(iter(tf.targets(body["secret_id"])))[1]
+        for kind, _, body in grants_to(WEBHOOK, tf)
+        if kind == "google_secret_manager_secret_iam_member"
+    }
+    assert readable == {"gemini_api_key", "webhook_signing"}
+    # Nobody else reads the signing secret.
+    for name, body in tf.resources["google_secret_manager_secret_iam_member"].items():
+        if tf.targets(body["secret_id"]) == {("google_secret_manager_secret", "webhook_signing")}:
+            assert body["member"] == '${google_service_account.function["webhook"].member}', name
+    assert block(webhook_function(), "service_config")["service_account_email"] == (
+        '${google_service_account.function["webhook"].email}'
+    )

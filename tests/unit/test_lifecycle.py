@@ -174,3 +174,50 @@ def test_harvest_is_not_limited_to_one_pass() -> None:
     """A job that ended while polling is harvested in the same call, after an earlier harvest."""
     done = frozenset({Action.REFRESH, Action.HARVEST})
     assert step(run(RunState.HARVESTING), [job(JobPhase.HARVESTING)], done).action is Action.HARVEST
+
+
+# The now lane
+
+
+def now_job(phase: JobPhase, *, chunk: int = 1, **fields: object) -> Job:
+    return job(phase, chunk=chunk, lane="now", **fields)
+
+
+@pytest.mark.parametrize("phase", [JobPhase.QUEUED, JobPhase.ACTIVE])
+def test_open_now_chunks_are_sent_after_the_batches_are_launched(phase: JobPhase) -> None:
+    jobs = [job(JobPhase.QUEUED), now_job(phase)]
+    assert step(run(RunState.SUBMITTED), jobs) == Step(Action.LAUNCH, ("r-a1-c0000",))
+    after_launch = frozenset({Action.LAUNCH})
+    assert step(run(RunState.SUBMITTED), jobs, after_launch) == Step(Action.WORK_NOW, ("r-a1-c0001",))
+    # Once per call: a chunk paused by the time budget waits for the next call.
+    assert step(run(RunState.SUBMITTED), jobs, after_launch | {Action.WORK_NOW}).action is Action.WAIT
+
+
+def test_now_chunks_are_never_launched_polled_or_counted_as_batches() -> None:
+    jobs = [now_job(JobPhase.ACTIVE)]
+    passed = frozenset({Action.WORK_NOW})
+    assert step(run(RunState.HARVESTING), jobs, passed).action is Action.WAIT
+    done = [now_job(JobPhase.DONE), job(JobPhase.DONE)]
+    assert step(run(RunState.HARVESTING), done).action is Action.SETTLE
+
+
+def test_a_caller_that_hands_chunks_over_dispatches_queued_and_stale_ones_only() -> None:
+    def hand_over(jobs: list[Job]) -> Step:
+        return next_step(
+            run(RunState.SUBMITTED), jobs, now=NOW, max_attempts=3, work_now=False, redispatch_after=600
+        )
+
+    assert hand_over([now_job(JobPhase.QUEUED)]) == Step(Action.DISPATCH_NOW, ("r-a1-c0001",))
+    recent = now_job(JobPhase.ACTIVE, dispatched_at=NOW - 60, updated_at=NOW - 60)
+    assert hand_over([recent]).action is Action.WAIT
+    stale = now_job(JobPhase.ACTIVE, dispatched_at=NOW - 601, updated_at=NOW - 601)
+    assert hand_over([stale]) == Step(Action.DISPATCH_NOW, ("r-a1-c0001",))
+    progressing = now_job(JobPhase.ACTIVE, dispatched_at=NOW - 900, updated_at=NOW - 10)
+    assert hand_over([progressing]).action is Action.WAIT
+
+
+def test_a_cancelled_run_stops_its_open_now_chunks() -> None:
+    jobs = [now_job(JobPhase.ACTIVE), now_job(JobPhase.DONE, chunk=2)]
+    assert step(run(RunState.HARVESTING, cancel_requested=True), jobs) == Step(
+        Action.CANCEL_JOBS, ("r-a1-c0001",)
+    )

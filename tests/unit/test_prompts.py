@@ -963,3 +963,31 @@ def test_fresh_and_seed_fields_on_lines_and_defaults() -> None:
     assert isinstance(c, PromptRequest) and not c.fresh
     assert isinstance(d, InvalidLine) and d.error.code == "bad_fresh"
     assert isinstance(e, InvalidLine) and e.error.code == "bad_seed"
+
+
+# Lanes
+
+
+def _lanes(data: bytes) -> list[object]:
+    options = ParseOptions(default_model="gemini-3-pro-image")
+    return [
+        line.lane if isinstance(line, PromptRequest) else line.error.code
+        for line in parse_prompt_file(io.BytesIO(data), "jsonl", options)
+    ]
+
+
+def test_a_line_runs_in_the_batch_lane_unless_it_or_the_defaults_say_now() -> None:
+    lines = [
+        {"prompt": "a"},
+        {"prompt": "b", "lane": "now"},
+        {"request": {"contents": [{"parts": [{"text": "c"}]}]}, "lane": "now"},
+        {"prompt": "d", "lane": "urgent"},
+    ]
+    assert _lanes(b"".join(orjson.dumps(line) + b"\n" for line in lines)) == [
+        "batch",
+        "now",
+        "now",
+        "bad_lane",
+    ]
+    with_defaults = [{"defaults": {"lane": "now"}}, {"prompt": "a"}, {"prompt": "b", "lane": "batch"}]
+    assert _lanes(b"".join(orjson.dumps(line) + b"\n" for line in with_defaults)) == ["now", "batch"]

@@ -26,6 +26,7 @@ import pydantic
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from pydantic.alias_generators import to_camel
 
 from promptdrop.errors import (
     AmbiguousCreateError,
@@ -36,6 +37,7 @@ from promptdrop.errors import (
     NotFoundError,
 )
 from promptdrop.ports import BatchInfo, UploadedFile
+from promptdrop.rpc import HTTP_STATUS_NAMES
 from promptdrop.settings import Settings
 from promptdrop.states import JobState
 
@@ -119,6 +121,43 @@ def translate_error(exc: Exception, action: str, *, creating: bool = False, secr
     return error_type(message)
 
 
+# GenerateContentRequest fields that the SDK's generate_content takes in its config, beside the
+# generationConfig fields; everything else but contents and model rides in the body as it is.
+_REQUEST_CONFIG_FIELDS = frozenset(
+    {"systemInstruction", "safetySettings", "tools", "toolConfig", "cachedContent"}
+)
+
+
+def generate_arguments(request: Mapping[str, Any]) -> tuple[list[types.Content], types.GenerateContentConfig]:
+    """A REST GenerateContentRequest (as a batch line carries it) -> ``generate_content``'s arguments.
+
+    Parsed as JSON, so inline image data (base64 on the wire) decodes into bytes as the SDK expects. A field
+    the SDK does not know yet is sent as it is through ``extra_body``, never dropped.
+    """
+    known = {to_camel(name) for name in types.GenerateContentConfig.model_fields}
+    config: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in request.items():
+        if name in {"contents", "model"}:
+            continue
+        if name == "generationConfig" and isinstance(value, Mapping):
+            for field_name, field_value in value.items():
+                if field_name in known:
+                    config[field_name] = field_value
+                else:
+                    extra.setdefault("generationConfig", {})[field_name] = field_value
+        elif name in _REQUEST_CONFIG_FIELDS:
+            config[name] = value
+        else:
+            extra[name] = value
+    if extra:
+        config["httpOptions"] = {"extraBody": extra}
+    contents = [
+        types.Content.model_validate_json(orjson.dumps(item)) for item in request.get("contents") or []
+    ]
+    return contents, types.GenerateContentConfig.model_validate_json(orjson.dumps(config))
+
+
 def batch_info_from_operation(raw: Mapping[str, Any]) -> BatchInfo:
     """A ``BatchInfo`` from the Operation JSON of ``GET batches/ID`` exactly as the server sent it.
 
@@ -184,6 +223,7 @@ class GeminiBackend:
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
         client: genai.Client | None = None,
+        now_base_url: str | None = None,
     ) -> None:
         if not api_key:
             raise ConfigurationError("the Gemini backend needs an API key (GEMINI_API_KEY)")
@@ -193,24 +233,33 @@ class GeminiBackend:
         self._timeout_s = timeout_s
         self._served: dict[str, tuple[bool, float]] = {}  # model -> (served, expires at, monotonic)
         self._served_lock = threading.Lock()
-        # The key is passed explicitly: left to itself the SDK prefers GOOGLE_API_KEY over GEMINI_API_KEY,
-        # and vertexai=False keeps GOOGLE_GENAI_USE_VERTEXAI from switching the API underneath us.
-        self._client = client or genai.Client(
-            vertexai=False,
-            api_key=api_key,
-            http_options=types.HttpOptions(
-                base_url=base_url,
-                api_version=GEMINI_API_VERSION,
-                timeout=int(timeout_s * 1000),  # milliseconds
-                # Jitter of up to one initial delay (the SDK's fixed default is 1 s whatever the delay).
-                retry_options=types.HttpRetryOptions(
-                    attempts=retry_attempts,
-                    initial_delay=initial_delay,
-                    max_delay=max_delay,
-                    jitter=initial_delay,
-                ),
-            ),
+        retry = types.HttpRetryOptions(
+            attempts=retry_attempts,
+            initial_delay=initial_delay,
+            max_delay=max_delay,
+            # Jitter of up to one initial delay (the SDK's fixed default is 1 s whatever the delay).
+            jitter=initial_delay,
         )
+
+        def new_client(url: str | None) -> genai.Client:
+            # The key is passed explicitly: left to itself the SDK prefers GOOGLE_API_KEY over
+            # GEMINI_API_KEY, and vertexai=False keeps GOOGLE_GENAI_USE_VERTEXAI from switching the API.
+            return genai.Client(
+                vertexai=False,
+                api_key=api_key,
+                http_options=types.HttpOptions(
+                    base_url=url,
+                    api_version=GEMINI_API_VERSION,
+                    timeout=int(timeout_s * 1000),  # milliseconds
+                    retry_options=retry,
+                ),
+            )
+
+        self._client = client or new_client(base_url)
+        # The now lane may go to another endpoint (a Gemini-compatible gateway) while batches stay put.
+        self._now_client = self._client
+        if now_base_url and now_base_url.rstrip("/") != self._base_url:
+            self._now_client = new_client(now_base_url)
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url_override: str | None = None) -> GeminiBackend:
@@ -221,10 +270,13 @@ class GeminiBackend:
             settings.api_key.get_secret_value(),
             base_url=base_url_override or settings.gemini_base_url,
             timeout_s=settings.api_timeout,
+            now_base_url=settings.now_base_url,
         )
 
     def close(self) -> None:
         """Release the HTTP connections of a client this backend built."""
+        if self._now_client is not self._client:
+            self._now_client.close()
         if self._owns_client:
             self._client.close()
 
@@ -298,6 +350,45 @@ class GeminiBackend:
         with self._served_lock:
             self._served[bare] = (served, now + MODEL_CACHE_SECONDS)
         return served
+
+    def generate_content(self, *, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``models.generate_content`` with the client's retries (429, 5xx): the now lane's one call.
+
+        An error the API answered becomes ``{"error": Status}`` (as a results line carries it); no answer
+        at all (a dropped connection after the retries) raises BackendTransientError.
+        """
+        bare = model.removeprefix("models/")
+        action = f"generate with {bare}"
+        try:
+            contents, config = generate_arguments(request)
+        except (pydantic.ValidationError, ValueError) as exc:
+            # A request the SDK's types refuse would be refused by the API too: this line fails, alone.
+            problem = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
+            message = (
+                f"{action} failed: the SDK cannot send this request ({problem[:MAX_SERVER_MESSAGE_CHARS]})"
+            )
+            return {"error": {"code": 3, "status": "INVALID_ARGUMENT", "message": message}}
+        try:
+            response = self._now_client.models.generate_content(model=bare, contents=contents, config=config)
+        except genai_errors.APIError as exc:
+            code = int(exc.code or 0)
+            message = str(translate_error(exc, action, secret=self._secret))
+            return {
+                "error": {
+                    "code": code,
+                    "status": exc.status or HTTP_STATUS_NAMES.get(code),
+                    "message": message,
+                }
+            }
+        except _SDK_FAILURES as exc:
+            raise translate_error(exc, action, secret=self._secret) from exc
+        body = response.model_dump(
+            mode="json",
+            by_alias=True,
+            exclude_none=True,
+            exclude={"sdk_http_response", "automatic_function_calling_history", "parsed"},
+        )
+        return {"response": body}
 
     def find_batches(self, display_name: str) -> list[BatchInfo]:
         """Every batch named ``display_name``, oldest first, paging through every batch of the project."""

@@ -303,6 +303,8 @@ class SqliteJobStore:
             f"SELECT count(*) FILTER (WHERE phase IN ({flying})),"  # noqa: S608
             f" coalesce(sum(json_extract(doc, '$.estimated_tokens')) FILTER (WHERE phase IN ({flying})), 0),"
             f" coalesce(sum(json_extract(doc, '$.request_bytes')), 0) FROM jobs WHERE phase IN ({held})"
+            # Now-lane jobs hold no batch slot and no Files API input (store_rules.in_flight_change).
+            " AND coalesce(json_extract(doc, '$.lane'), 'batch') != 'now'"
         )
         row = conn.execute(sql, [*in_flight, *in_flight, *holding]).fetchone()
         return rules.InFlight(*row)

@@ -29,6 +29,7 @@ from promptdrop.emulator.files import FileStore, random_id, remove_stale_tempora
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339
 from promptdrop.models import MODELS, bare_model_id, model_spec, served_by_schedule
+from promptdrop.rpc import rpc_status
 from promptdrop.streams import iter_lines
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class Engine:
         self._lock = threading.Condition()
         self._jobs: dict[str, BatchRecord] = {}
         self._in_pool: set[str] = set()
+        self._generated = 0  # generateContent calls answered (their response ids)
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._scheduler: threading.Thread | None = None
@@ -244,10 +246,38 @@ class Engine:
         return listed + [name for name in self.options.serve_models if name not in listed]
 
     @property
+    def generated(self) -> int:
+        """generateContent calls answered since start (tests count the now lane's calls with it)."""
+        with self._lock:
+            return self._generated
+
+    @property
     def busy(self) -> bool:
         """Some job is still PENDING or RUNNING."""
         with self._lock:
             return any(job.state in ACTIVE_STATES for job in self._jobs.values())
+
+    def generate(self, model: str, body: object, *, version: str = "v1beta") -> dict[str, object]:
+        """Answer one ``generateContent`` call as a batch line with the same request is answered (same
+        markers, same image), after ``generate_seconds``; an error line becomes the HTTP error it stands for."""
+        if not self.serves(model):
+            raise model_not_found(model, version, "generateContent")
+        if self._stopping.wait(self.options.generate_seconds):
+            raise ApiError(503, "The service is currently unavailable.")
+        if isinstance(body, dict):
+            body = {name: value for name, value in body.items() if name != "model"}
+        with self._lock:
+            self._generated += 1
+            index = self._generated
+        result = answer(
+            body, model, image_scale=self.options.image_scale, response_id=response_id("now", index)
+        )
+        if result.error is not None:
+            code = int(str(result.error.get("code") or 2))
+            name, http_status = rpc_status(code)
+            raise ApiError(http_status, str(result.error.get("message") or ""), name)
+        assert result.response is not None
+        return result.response
 
     def create_batch(self, model: str, body: object, *, version: str = "v1beta") -> BatchRecord:
         """Create a job from a ``batchGenerateContent`` body (any key spelling)."""

@@ -28,6 +28,7 @@ FAULT_ROUTES: Final = (
     "delete",
     "model_get",
     "model_list",
+    "generate",
 )
 # Downloads are raw bytes, not JSON API calls, so they are faulted only when asked for by name.
 DEFAULT_FAULT_ROUTES: Final = tuple(route for route in FAULT_ROUTES if route != "download")
@@ -40,6 +41,7 @@ class EmulatorOptions:
     api_key: str | None = None
     pending_seconds: float = 1.0
     running_seconds: float = 2.0
+    generate_seconds: float = 0.0  # how long a generateContent call (the now lane) takes to answer
     workers: int = 2
     image_scale: float = 1.0
     inline_responses_max: int = 0
@@ -65,6 +67,7 @@ class EmulatorOptions:
         for name in (
             "pending_seconds",
             "running_seconds",
+            "generate_seconds",
             "stall_seconds",
             "idle_seconds",
             "download_bytes_per_second",
@@ -127,6 +130,9 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--pending-seconds", type=float, default=1.0, help="time a job stays PENDING")
     parser.add_argument("--running-seconds", type=float, default=2.0, help="time a job stays RUNNING")
+    parser.add_argument(
+        "--generate-seconds", type=float, default=0.0, help="time a generateContent call takes to answer"
+    )
     parser.add_argument("--workers", type=int, default=2, help="threads that run jobs")
     parser.add_argument("--image-scale", type=float, default=1.0, help="scale image sizes (e.g. 0.0625)")
     parser.add_argument(
@@ -182,6 +188,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         pending_seconds=args.pending_seconds,
         running_seconds=args.running_seconds,
+        generate_seconds=args.generate_seconds,
         workers=args.workers,
         image_scale=args.image_scale,
         inline_responses_max=args.inline_responses_max,

@@ -54,6 +54,7 @@ ROUTES: Final = [
     ("GET", rf"/{_VERSION}/files/{_ID}", "file_get"),
     ("DELETE", rf"/{_VERSION}/files/{_ID}", "file_delete"),
     ("POST", rf"/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent", "create"),
+    ("POST", rf"/{_VERSION}/models/(?P<model>[^/:]+):generateContent", "generate"),
     ("GET", rf"/{_VERSION}/models", "model_list"),
     ("GET", rf"/{_VERSION}/models/(?P<model>[^/:]+)", "model_get"),
     ("GET", rf"/{_VERSION}/batches", "list"),
@@ -495,6 +496,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Models ----------------------------------------------------------------------------------------
 
+    def _route_generate(self, params: dict[str, str]) -> _Reply:
+        """The standard API's one synchronous call: answered like a batch line, or its error as the status."""
+        body = self._json_body()
+        return _json(self.server.engine.generate(params["model"], body, version=params["ver"]))
+
     def _route_model_get(self, params: dict[str, str]) -> _Reply:
         engine = self.server.engine
         if not engine.serves(params["model"]):
@@ -631,6 +637,11 @@ class EmulatorServer:
     def bytes_downloaded(self) -> int:
         """File bytes sent by the download routes since start."""
         return self._httpd.bytes_downloaded if self._httpd else 0
+
+    @property
+    def generated(self) -> int:
+        """generateContent calls answered since start (the now lane's calls)."""
+        return self._engine.generated if self._engine is not None else 0
 
     @property
     def faults_injected(self) -> int:

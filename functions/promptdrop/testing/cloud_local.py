@@ -1,9 +1,9 @@
 """``scripts/cloud-local``: the Cloud deployment on this machine, from upload to images.
 
 Starts the Firestore and Pub/Sub emulators and fake-gcs-server (publishing the inbox's object events to a
-Pub/Sub topic, as the bucket's notification does), the bundled Gemini emulator, the three functions under
-functions-framework (one process each, in cloud mode), a bridge that delivers the notifications and the
-requests to them as Eventarc-shaped CloudEvents, and a scheduler tick. Prints what a user needs to upload,
+Pub/Sub topic, as the bucket's notification does), the bundled Gemini emulator, the four functions under
+functions-framework (one process each, in cloud mode), a bridge that delivers the notifications, the
+requests and the now lane's chunks to them as Eventarc-shaped CloudEvents, and a scheduler tick. Prints what a user needs to upload,
 then runs until Ctrl-C or SIGTERM, and stops everything it started. ``--smoke`` uploads
 ``examples/catalogue.jsonl`` itself, waits for the run's summary, prints it and exits.
 """
@@ -44,9 +44,20 @@ FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 EXAMPLE = REPO / "examples" / "catalogue.jsonl"
 # The emulator's steering markers are kept out of the example (a real key must not pay for them).
 EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
-TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs")
+# The smoke upload's one now-lane line: it goes through the now topic and on_now_chunk.
+URGENT_LINE = b'{"key": "urgent-example", "prompt": "A poster needed in the next minute", "lane": "now"}\n'
+TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_now_chunk")
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
+NOW_TOPIC = "promptdrop-now"
+# Topics the harness creates (the inbox topic is made by the storage events), and the push paths of infra/:
+# (topic, the captured event shape it is delivered in, the function).
+CREATED_TOPICS = (REQUESTS_TOPIC, EVENTS_TOPIC, NOW_TOPIC)
+PUSHED = (
+    (INBOX_TOPIC, "eventarc-storage-notification", "on_prompt_file"),
+    (REQUESTS_TOPIC, "eventarc-request-inline", "on_prompt_message"),
+    (NOW_TOPIC, "eventarc-request-inline", "on_now_chunk"),
+)
 INBOX_PREFIX = "inbox/"
 # The bundled emulator accepts any key unless told otherwise; this one is not a secret.
 LOCAL_KEY = "promptdrop-local-emulator"
@@ -137,6 +148,7 @@ class Stack:
             "GEMINI_API_KEY": LOCAL_KEY,
             "PROMPTDROP_GEMINI_BASE_URL": self.gemini_url,
             "PROMPTDROP_EVENTS_TOPIC": self.topic(EVENTS_TOPIC),
+            "PROMPTDROP_NOW_TOPIC": self.topic(NOW_TOPIC),
             "PROMPTDROP_INBOX_PREFIX": INBOX_PREFIX,
             "PROMPTDROP_HARVEST_TIME_BUDGET": "60",
             "PROMPTDROP_SUBMIT_RETRY_BASE": "2",
@@ -189,7 +201,7 @@ def local_cloud(
             gemini_url=f"http://127.0.0.1:{gemini_port}",
         )
         storage.Client(project=project).create_bucket(bucket)
-        for topic in (REQUESTS_TOPIC, EVENTS_TOPIC):
+        for topic in CREATED_TOPICS:
             create_topic(endpoints.pubsub_host, project, topic)
         for target, port in ports.items():
             processes.start(
@@ -216,10 +228,7 @@ def local_cloud(
             processes.wait_listening(target, port, deadline)
 
         subscriber = pubsub_v1.SubscriberClient()
-        for name, template, target in (
-            (INBOX_TOPIC, "eventarc-storage-notification", "on_prompt_file"),
-            (REQUESTS_TOPIC, "eventarc-request-inline", "on_prompt_message"),
-        ):
+        for name, template, target in PUSHED:
             topic = stack.topic(name)
             subscription = f"projects/{project}/subscriptions/{name}-bridge"
             subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=600)
@@ -268,7 +277,7 @@ def smoke(stack: Stack, timeout: float) -> int:
 
     bucket = storage.Client(project=stack.endpoints.project).bucket(stack.bucket)
     bucket.blob(INBOX_PREFIX + EXAMPLE.name).upload_from_string(
-        EXAMPLE.read_bytes() + EMULATOR_EXTRAS.read_bytes(), content_type="application/jsonl"
+        EXAMPLE.read_bytes() + EMULATOR_EXTRAS.read_bytes() + URGENT_LINE, content_type="application/jsonl"
     )
     print(f"uploaded gs://{stack.bucket}/{INBOX_PREFIX}{EXAMPLE.name}; waiting for its summary", flush=True)
     deadline = time.monotonic() + timeout
@@ -293,7 +302,7 @@ def smoke(stack: Stack, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cloud-local",
-        description="Run promptdrop's Cloud deployment on this machine: the emulators, the three functions, "
+        description="Run promptdrop's Cloud deployment on this machine: the emulators, the four functions, "
         "Eventarc's delivery and the scheduler tick. Upload into the bucket's inbox to start a run.",
     )
     parser.add_argument("--project", default="test-project")

@@ -16,7 +16,7 @@ from promptdrop.lifecycle import Action, next_step
 from promptdrop.records import Run
 from promptdrop.states import RunState
 from promptdrop.usecases import jobs as batch_jobs
-from promptdrop.usecases import leases
+from promptdrop.usecases import leases, now_lane
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import harvest_job
 from promptdrop.usecases.settle import cancel_unsubmitted, settle_run
@@ -41,8 +41,16 @@ class Advance:
     error: str | None = None
 
 
-def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Advance:
-    """Move one run as far as it goes now. Never raises an ordinary exception."""
+def advance_run(
+    ctx: Context, run_id: str, deadline: float | None = None, *, work_now: bool | None = None
+) -> Advance:
+    """Move one run as far as it goes now. Never raises an ordinary exception.
+
+    ``work_now``: send the run's now-lane lines here (the default when no now topic is configured);
+    False hands their chunks over to the now topic instead (the cloud's file, message and tick functions).
+    """
+    if work_now is None:
+        work_now = ctx.now_dispatch is None
     ctx = leases.own_turn(ctx)
     try:
         if not leases.acquire(ctx, run_id):
@@ -52,7 +60,7 @@ def advance_run(ctx: Context, run_id: str, deadline: float | None = None) -> Adv
     except Exception as exc:
         return _failed(run_id, exc)
     try:
-        run = _drive(leases.fenced(ctx), run_id, deadline)
+        run = _drive(leases.fenced(ctx), run_id, deadline, work_now)
     except NotFoundError as exc:
         # Its scratch gone under us: another worker, which took over after our lease lapsed, deleted it
         # (ending the run, or finishing the step we were in).
@@ -96,14 +104,31 @@ def _failed(run_id: str, exc: Exception) -> Advance:
     return Advance(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
+def _harvesting(ctx: Context, run: Run) -> Run:
+    """Outputs are being written: SUBMITTED -> HARVESTING (once)."""
+    if run.state is not RunState.SUBMITTED:
+        return run
+    return ctx.store.update_run(
+        run.run_id, {"state": RunState.HARVESTING.value}, if_states=[RunState.SUBMITTED]
+    )
+
+
+def _drive(ctx: Context, run_id: str, deadline: float | None, work_now: bool) -> Run | None:
     done: set[Action] = set()
     run = ctx.store.get_run(run_id)
     for _ in range(MAX_STEPS):
         if run is None:
             return None
         jobs = [] if run.state is RunState.RECEIVED else ctx.store.list_jobs(run_id)
-        step = next_step(run, jobs, now=ctx.clock(), max_attempts=ctx.settings.max_attempts, done=done)
+        step = next_step(
+            run,
+            jobs,
+            now=ctx.clock(),
+            max_attempts=ctx.settings.max_attempts,
+            done=done,
+            work_now=work_now,
+            redispatch_after=2 * ctx.settings.lease_seconds,
+        )
         if step.final:
             return run
         leases.renew(ctx, run_id)
@@ -124,13 +149,17 @@ def _drive(ctx: Context, run_id: str, deadline: float | None) -> Run | None:
                 for job in selected:
                     batch_jobs.refresh(ctx, run, job)
             case Action.HARVEST:
-                if run.state is RunState.SUBMITTED:
-                    run = ctx.store.update_run(
-                        run_id, {"state": RunState.HARVESTING.value}, if_states=[RunState.SUBMITTED]
-                    )
+                run = _harvesting(ctx, run)
                 for job in selected:
                     if not harvest_job(ctx, run, job, deadline):
                         return run  # out of time: the next tick continues from the checkpoint
+            case Action.WORK_NOW:
+                run = _harvesting(ctx, run)
+                for job in selected:
+                    if not now_lane.work_now_job(ctx, run, job, deadline):
+                        return run  # out of time: the next call continues from the checkpoint
+            case Action.DISPATCH_NOW:
+                now_lane.dispatch_now_jobs(ctx, run, selected)
             case Action.LAUNCH:
                 batch_jobs.launch_queued_jobs(ctx, run, selected, deadline)
             case Action.RETRY:

@@ -1,4 +1,6 @@
-"""Chunk planning: requests split into jobs by model, count, bytes and the enqueued-token budget.
+"""Chunk planning: requests split into jobs by lane, model, count, bytes and the enqueued-token budget.
+
+A now-lane chunk holds at most ``now_chunk_lines`` lines (the unit one function invocation sends).
 
 Each job's request file and key list are written as the lines go by; the job records are returned for
 the caller to store. Chunks are deterministic, so planning the same lines again gives the same jobs.
@@ -13,7 +15,7 @@ import orjson
 
 from promptdrop.layout import RunLayout
 from promptdrop.models import model_spec
-from promptdrop.prompts import PromptRequest
+from promptdrop.prompts import Lane, PromptRequest
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase
 from promptdrop.usecases.context import Context
@@ -35,11 +37,20 @@ class _ChunkWriter:
     """Writes one job's request file and key list, opened lazily, closed when full."""
 
     def __init__(
-        self, ctx: Context, layout: RunLayout, run: Run, attempt: int, chunk: int, model: str, priority: int
+        self,
+        ctx: Context,
+        layout: RunLayout,
+        run: Run,
+        attempt: int,
+        chunk: int,
+        model: str,
+        priority: int,
+        lane: Lane = "batch",
     ) -> None:
         self.ctx, self.layout, self.run = ctx, layout, run
         self.job_id = job_id(run.run_id, attempt, chunk)
         self.attempt, self.chunk, self.model, self.priority = attempt, chunk, model, priority
+        self.lane = lane
         self.count = self.bytes = self.tokens = 0
         self._stack = contextlib.ExitStack()
         self._requests: BinaryIO = self._stack.enter_context(
@@ -51,6 +62,8 @@ class _ChunkWriter:
 
     def fits(self, size: int, tokens: int) -> bool:
         settings = self.ctx.settings
+        if self.lane == "now":
+            return self.count < max(1, settings.now_chunk_lines)
         return self.count == 0 or (
             self.count < settings.max_requests_per_job
             and self.bytes + size <= settings.max_job_bytes
@@ -74,6 +87,7 @@ class _ChunkWriter:
             attempt=self.attempt,
             chunk=self.chunk,
             phase=JobPhase.QUEUED,
+            lane=self.lane,
             model=self.model,
             priority=self.priority,
             request_object=self.layout.job_requests(self.job_id),
@@ -90,28 +104,37 @@ class _ChunkWriter:
 
 
 class ChunkPlanner:
-    """Splits requests into jobs by model and priority, request count, bytes and the enqueued-token budget."""
+    """Splits requests into jobs by lane, model and priority, request count, bytes and the enqueued-token budget."""
 
     def __init__(self, ctx: Context, run: Run, attempt: int, first_chunk: int = 0) -> None:
         self.ctx, self.run, self.attempt = ctx, run, attempt
         self.layout = ctx.layout(run.run_id)
         self.next_chunk = first_chunk
-        self.open: dict[tuple[str, int], _ChunkWriter] = {}
+        self.open: dict[tuple[Lane, str, int], _ChunkWriter] = {}
         self.jobs: list[Job] = []
 
     def add(
-        self, model: str, key: str, line: int, request_line: bytes, tokens: int, *, priority: int = 0
+        self,
+        model: str,
+        key: str,
+        line: int,
+        request_line: bytes,
+        tokens: int,
+        *,
+        priority: int = 0,
+        lane: Lane = "batch",
     ) -> None:
-        writer = self.open.get((model, priority))
+        group = (lane, model, priority)
+        writer = self.open.get(group)
         if writer is not None and not writer.fits(len(request_line) + 1, tokens):
             self.jobs.append(writer.close())
             writer = None
         if writer is None:
             writer = _ChunkWriter(
-                self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model, priority
+                self.ctx, self.layout, self.run, self.attempt, self.next_chunk, model, priority, lane
             )
             self.next_chunk += 1
-            self.open[(model, priority)] = writer
+            self.open[group] = writer
         writer.add(key, line, request_line, tokens)
 
     def finish(self) -> list[Job]:

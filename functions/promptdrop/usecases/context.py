@@ -104,6 +104,9 @@ class Context:
     # budget serve every run of the process.
     backend_holder: Lazy[BatchBackend] | None = None
     image_budget: ByteBudget | None = None
+    # Where the now lane's chunks are published (one message each) to be worked by another function;
+    # None: whoever advances a run sends its now lines itself.
+    now_dispatch: Notifier | None = None
 
     def __post_init__(self) -> None:
         if self.backend_holder is None:

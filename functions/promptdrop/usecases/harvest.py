@@ -28,7 +28,7 @@ from promptdrop.errors import (
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import SCHEMA_VERSION
 from promptdrop.names import check_key
-from promptdrop.outcomes import LineError, Outcome
+from promptdrop.outcomes import ImageOutcome, LineError, Outcome
 from promptdrop.ports import BlobStore
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
@@ -146,7 +146,10 @@ def _job_end_error(job: Job) -> LineError:
     return LineError("missing_result", "the results file had no line for this key", True)
 
 
-class _Checkpointer:
+class Checkpointer:
+    """Outcomes of a job written in numbered parts, each counted by the job record once it is whole (the
+    harvest of a batch job and the now lane's answers alike)."""
+
     def __init__(self, ctx: Context, run: Run, job: Job, writer: ImageWriter) -> None:
         self.ctx, self.run, self.job, self.writer = ctx, run, job, writer
         self.layout = ctx.layout(run.run_id)
@@ -207,7 +210,7 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
     with ImageWriter(
         ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget, after_write=thumbnails_for(ctx, layout)
     ) as writer:
-        cp = _Checkpointer(ctx, run, job, writer)
+        cp = Checkpointer(ctx, run, job, writer)
         if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
             with _open_results(ctx, layout, job, offset) as stream:
@@ -260,6 +263,13 @@ def _outcome_for_line(
         # Join on key, never on order; a key we did not send (or a repeat) cannot be attributed.
         log.warning("result line with unknown or repeated key skipped", extra={"run_id": run.run_id})
         return None
+    return store_image(parsed, key, job, layout, writer, run)
+
+
+def store_image(
+    parsed: ImageOutcome, key: str, job: Job, layout: RunLayout, writer: ImageWriter, run: Run
+) -> Outcome:
+    """A line's answer -> its outcome, its image (if any) handed to ``writer`` under the key's one name."""
     image_name = None
     if parsed.succeeded and parsed.data is not None and parsed.extension:
         image_name = layout.image(key, parsed.extension)

@@ -247,9 +247,11 @@ def _record_job_end(
 
 
 def cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:
-    """Queued jobs end at once; running batches are cancelled on the API and polled until they end."""
+    """Queued jobs and now-lane chunks end at once; running batches are cancelled on the API and polled
+    until they end."""
     for job in jobs:
-        if job.phase is JobPhase.QUEUED:
+        # A now-lane chunk being sent stops like a queued one: lines answered keep their outcomes.
+        if job.phase is JobPhase.QUEUED or job.lane == "now":
             ctx.store.update_job(
                 job.job_id,
                 {
@@ -257,7 +259,7 @@ def cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:
                     "state": JobState.JOB_STATE_CANCELLED.value,
                     "error": "cancelled",
                 },
-                if_phases=[JobPhase.QUEUED],
+                if_phases=[job.phase],
             )
         elif job.phase is JobPhase.ACTIVE and job.batch_name:
             try:
@@ -300,6 +302,7 @@ def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
                             request_line,
                             job.estimated_tokens // max(job.request_count, 1),
                             priority=job.priority,
+                            lane=job.lane,
                         )
         new_jobs = planner.finish()
     except BaseException:

@@ -18,10 +18,10 @@ from typing import Any, Literal
 import orjson
 
 from promptdrop import prompts
-from promptdrop.events import StorageObject
+from promptdrop.events import NowChunk, StorageObject
 from promptdrop.names import candidate_run_ids, file_claim_key, message_claim_key
 from promptdrop.records import Run, RunSource
-from promptdrop.states import RunState
+from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases.advance import advance_run
 from promptdrop.usecases.context import Context
 
@@ -113,6 +113,22 @@ def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
     )
     claim = message_claim_key("requests", request.claim_token)
     return _claim_and_advance(ctx, claim, source, lambda: sum(staged_size), stage)
+
+
+def receive_now_chunk(ctx: Context, chunk: NowChunk, deadline: float | None) -> bool:
+    """A now-lane chunk handed over by ``dispatch_now_jobs``: advance its run, sending its now lines here.
+
+    True when there is nothing left for this message (the chunk is done, or its run ended or is gone);
+    False when the chunk is still open (its run was leased by another worker, or time ran out): the caller
+    asks for the message again, and the next delivery goes on from the chunk's checkpoint.
+    """
+    advance_run(ctx, chunk.run_id, deadline, work_now=True)
+    run = ctx.store.get_run(chunk.run_id)
+    job = ctx.store.get_job(chunk.job_id)
+    if run is None or run.state.terminal or job is None or job.phase is JobPhase.DONE:
+        return True
+    log.info("now chunk still open (%s)", job.phase.value, extra={"run_id": run.run_id, "job": job.job_id})
+    return False
 
 
 def _claim_and_advance(

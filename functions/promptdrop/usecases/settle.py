@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from promptdrop import manifest
-from promptdrop.cost import CostTally
+from promptdrop.cost import CostTally, LaneTally
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
@@ -41,7 +41,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     jobs = ctx.store.list_jobs(run.run_id)
     outcomes = load_outcomes(ctx, run, jobs)
     counts = Counts()
-    tally = CostTally()
+    tally = LaneTally()
     saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
     cached = 0
     errors_written = rejected_written = 0
@@ -70,13 +70,17 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                     errors_written += 1
             else:
                 outcome = outcomes.get(line.key) or _unanswered(line, refused, cancelled)
-                entry = manifest.entry_for_outcome(line.line, outcome, requested_model=line.model)
+                entry = manifest.entry_for_outcome(
+                    line.line, outcome, requested_model=line.model, lane=line.lane
+                )
                 if outcome.cached_from is not None:
                     cached += 1
                     if outcome.usage and outcome.model:
                         saved_by_cache.add_usage(outcome.model, Usage(**outcome.usage))
                 elif outcome.usage and outcome.model:
-                    tally.add_usage(outcome.model, Usage(**outcome.usage))
+                    tally.add_usage(line.lane, outcome.model, Usage(**outcome.usage))
+                if outcome.status != "invalid" and line.lane == "now":
+                    counts.now += 1
                 if outcome.status == "succeeded":
                     counts.succeeded += 1
                     counts.valid += 1
@@ -98,15 +102,18 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     # Every image of the run is written whole by now (the harvest flushes before its checkpoints).
     cache.fill(ctx, run, outcomes)
 
-    total = tally.total
+    lanes = tally.total
+    total = lanes.batch  # the batch lane: its cost, its interactive price, the saving
     state = RunState.FAILED if refused is not None else manifest.final_state(counts, cancelled=cancelled)
     saved = None if total.batch is None or total.interactive is None else total.interactive - total.batch
     cost = Cost(
         batch=total.batch,
         interactive=total.interactive,
         saved=saved,
+        now=lanes.now,
         estimate=run.cost.estimate,
         estimate_interactive=run.cost.estimate_interactive,
+        estimate_now=run.cost.estimate_now,
         cached=cached,
         saved_by_cache=saved_by_cache.total.batch,
     )

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from promptdrop import prompts
-from promptdrop.cost import CostTally
+from promptdrop.cost import LaneMoney, LaneTally
 from promptdrop.errors import PermanentError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
@@ -64,15 +64,19 @@ def submit_run(ctx: Context, run: Run) -> Run:
         return fail_unusable(ctx, run, str(exc))
     if ctx.settings.max_cost_usd is not None:
         money = estimate(ctx, run)
-        if money.batch is not None and money.batch > ctx.settings.max_cost_usd:
+        if money.total is not None and money.total > ctx.settings.max_cost_usd:
+            split = f" (now lines ${money.now:.4f} at the interactive price)" if money.now else ""
             reason = (
-                f"estimated batch cost ${money.batch:.4f} exceeds the budget cap "
+                f"estimated cost ${money.total:.4f}{split} exceeds the budget cap "
                 f"PROMPTDROP_MAX_COST_USD=${ctx.settings.max_cost_usd:.4f}; nothing was submitted"
             )
-            cost = Cost(estimate=money.batch, estimate_interactive=money.interactive)
+            cost = _estimate_cost(money)
             run = ctx.store.update_run(run.run_id, {"cost": cost.model_dump()})
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
-    plan = _write_chunks(ctx, run)
+    try:
+        plan = _write_chunks(ctx, run)
+    except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
+        return fail_refused(ctx, run, refused.error)
     for job in plan.jobs:
         ctx.store.create_job(job)
     for choice in plan.models.values():
@@ -90,25 +94,43 @@ def submit_run(ctx: Context, run: Run) -> Run:
             "state": RunState.SUBMITTED.value,
             "model_choices": [choice.to_json() for choice in plan.models.values()],
             "counts": plan.counts.model_dump(),
-            "cost": Cost(
-                estimate=plan.cost.total.batch,
-                estimate_interactive=plan.cost.total.interactive,
-                cached=len(plan.cache.served),
-                saved_by_cache=plan.cache.saved.total.batch,
-            ).model_dump(),
+            "cost": _estimate_cost(plan.cost.total)
+            .model_copy(
+                update={"cached": len(plan.cache.served), "saved_by_cache": plan.cache.saved.total.batch}
+            )
+            .model_dump(),
             "reason": None,
             "next_attempt_at": 0.0,
         },
         if_states=[RunState.RECEIVED],
     )
     log.info(
-        "submitted %d valid of %d lines in %d job(s)",
+        "submitted %d valid of %d lines (%d in the now lane) in %d job(s)",
         plan.counts.valid,
         plan.counts.lines,
+        plan.counts.now,
         len(plan.jobs),
         extra={"run_id": run.run_id},
     )
     return run
+
+
+def _estimate_cost(money: LaneMoney) -> Cost:
+    return Cost(
+        estimate=money.total,
+        estimate_interactive=money.batch.interactive,
+        estimate_now=money.now,
+        now=None,
+    )
+
+
+def _now_cap_error(ctx: Context, line: PromptRequest) -> LineError:
+    cap = ctx.settings.max_now_lines
+    return LineError(
+        "too_many_now_lines",
+        f'more than {cap} lines ask for "lane": "now" (line {line.line} is number {cap + 1}), over '
+        f"PROMPTDROP_MAX_NOW_LINES={cap}: the run was refused before any line was sent",
+    )
 
 
 class ModelChooser:
@@ -135,7 +157,7 @@ class ModelChooser:
 class _Plan:
     cache: CacheSplit  # lines served from images paid for before
     counts: Counts = field(default_factory=Counts)
-    cost: CostTally = field(default_factory=CostTally)
+    cost: LaneTally = field(default_factory=LaneTally)
     jobs: list[Job] = field(default_factory=list)
     refused: list[Outcome] = field(default_factory=list)
     models: dict[str, ModelChoice] = field(default_factory=dict)
@@ -146,6 +168,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
     planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
     plan.cache.prepare(_cacheable(ctx, run, choose))
+    now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -153,6 +176,11 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                 if not isinstance(line, PromptRequest):
                     plan.counts.invalid += 1
                     continue
+                if line.lane == "now":
+                    # Counted before anything is done for the line (no reference image is uploaded).
+                    now_asked += 1
+                    if now_asked > ctx.settings.max_now_lines:
+                        raise _RunRefused(_now_cap_error(ctx, line))
                 try:
                     # The API decides what is served; a retired id runs on its replacement, or is refused.
                     choice = choose(line.model)
@@ -181,9 +209,16 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     )
                     continue
                 plan.counts.valid += 1
-                plan.cost.add_estimate(model, line.image_size, line.estimated_input_tokens)
+                plan.counts.now += line.lane == "now"
+                plan.cost.add_estimate(line.lane, model, line.image_size, line.estimated_input_tokens)
                 planner.add(
-                    model, line.key, line.line, request_line, request_tokens(line), priority=line.priority
+                    model,
+                    line.key,
+                    line.line,
+                    request_line,
+                    request_tokens(line),
+                    priority=line.priority,
+                    lane=line.lane,
                 )
         plan.jobs = planner.finish()
         plan.models = choose.choices
@@ -204,9 +239,15 @@ def _cacheable(ctx: Context, run: Run, choose: ModelChooser) -> Iterator[tuple[P
 
 
 class _Refused(Exception):
+    """One line refused at submission."""
+
     def __init__(self, error: LineError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class _RunRefused(_Refused):
+    """The whole run refused at submission (more now lines than the cap)."""
 
 
 def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:

@@ -45,10 +45,11 @@ from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_crea
 from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, seed_files, seed_messages
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
-    EVENTS_TOPIC,
+    CREATED_TOPICS,
     FUNCTIONS_SOURCE,
     INBOX_PREFIX,
     INBOX_TOPIC,
+    PUSHED,
     REQUESTS_TOPIC,
     TARGETS,
     Stack,
@@ -142,7 +143,7 @@ class CloudChaos:
             emulator, url = start_emulator(self.work, self.seed, self.plan)
             self.storage = storage.Client(project=PROJECT)
             self.storage.create_bucket(BUCKET)
-            for topic in (REQUESTS_TOPIC, EVENTS_TOPIC):
+            for topic in CREATED_TOPICS:
                 create_topic(endpoints.pubsub_host, PROJECT, topic)
             ports = {target: free_port() for target in TARGETS}
             # The functions reach Firestore and Storage through the proxies only.
@@ -241,10 +242,7 @@ class CloudChaos:
     def deliveries_for(self, stack: Stack) -> list[PubsubBridge | Ticker]:
         subscriber = pubsub_v1.SubscriberClient()
         threads: list[PubsubBridge | Ticker] = []
-        for name, template, target in (
-            (INBOX_TOPIC, "eventarc-storage-notification", "on_prompt_file"),
-            (REQUESTS_TOPIC, "eventarc-request-inline", "on_prompt_message"),
-        ):
+        for name, template, target in PUSHED:
             topic = stack.topic(name)
             subscription = f"projects/{PROJECT}/subscriptions/{name}-chaos"
             subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)

@@ -62,7 +62,7 @@ class Plan:
     @classmethod
     def for_mode(cls, *, short: bool) -> Plan:
         if short:
-            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 90.0, 10.0)
+            return cls(True, 4.0, 3.0, 3, 2, 8, (2.0, 5.0), 45.0, 120.0, 10.0)
         return cls(False, 6.0, 4.0, 6, 4, 16, (3.0, 8.0), 150.0, 180.0, 30.0)
 
 
