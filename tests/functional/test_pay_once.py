@@ -288,3 +288,19 @@ def test_status_of_a_run_not_yet_submitted_says_what_the_cache_would_serve(
     status = CliRunner().invoke(app, ["status", receipt.run.run_id])
     assert status.exit_code == 0, status.output
     assert "cache: 2 line(s) would be served from the pay-once cache if submitted now" in status.output
+
+
+def test_a_now_line_paid_for_before_is_served_from_the_cache_not_sent(pipeline: Pipeline) -> None:
+    """The lane is not part of the request: a now line whose image was paid for is copied, not generated,
+    and a now line paid for once is served to the batch lane next time."""
+    lines = [{"key": "a", "prompt": "red kite", "lane": "now"}, {"key": "b", "prompt": "blue boat"}]
+    first = run_file(pipeline, "n.jsonl", lines)
+    assert first.state is RunState.SUCCEEDED
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (1, 1)
+    swapped = [{"key": "a", "prompt": "red kite"}, {"key": "b", "prompt": "blue boat", "lane": "now"}]
+    second = run_file(pipeline, "n.jsonl", swapped)
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (1, 1)
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert entries["a"]["cached_from"] == {"run_id": first.run_id, "key": "a"}
+    assert entries["b"]["cached_from"] == {"run_id": first.run_id, "key": "b"}
+    assert summary(pipeline, second)["cost"]["cached"] == 2
