@@ -13,15 +13,17 @@ import logging
 import time
 from typing import Any, Final
 
+import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
 from promptdrop import events, logs
-from promptdrop.errors import InputError, PermanentError, TransientError
+from promptdrop.errors import ConfigurationError, InputError, PermanentError, TransientError
 from promptdrop.events import StorageObject
 from promptdrop.settings import Settings
-from promptdrop.usecases import poll, receive
+from promptdrop.usecases import poll, receive, webhook
 from promptdrop.usecases.context import Context
+from promptdrop.webhooks import Verifier
 from promptdrop.wiring import build_context
 
 PUBSUB_PUBLISHED: Final = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -34,6 +36,8 @@ ACCEPTED_EVENT_TYPES: Final[dict[str, frozenset[str]]] = {
     "poll_jobs": frozenset({PUBSUB_PUBLISHED}),
     "on_now_chunk": frozenset({PUBSUB_PUBLISHED}),
 }
+# HTTP entry points (no CloudEvent trigger): Gemini's webhook calls this one.
+HTTP_FUNCTIONS: Final = frozenset({"on_batch_webhook"})
 
 SETTINGS: Final = Settings.from_env()
 if SETTINGS.in_cloud:
@@ -43,6 +47,7 @@ logs.configure("json" if SETTINGS.in_cloud else SETTINGS.log_format)
 log = logging.getLogger("promptdrop.functions")
 
 _context: Context | None = None
+_verifier: Verifier | None = None
 
 
 def context() -> Context:
@@ -51,6 +56,15 @@ def context() -> Context:
     if _context is None:
         _context = build_context(SETTINGS)
     return _context
+
+
+def verifier() -> Verifier | None:
+    """The webhook signature checker (None without a secret: every delivery is refused with a 500)."""
+    global _verifier
+    if _verifier is None and SETTINGS.webhook_secret is not None:
+        logs.register_secret(SETTINGS.webhook_secret.get_secret_value())
+        _verifier = Verifier(SETTINGS.webhook_secret.get_secret_value())
+    return _verifier
 
 
 def _permanent(what: str, exc: PermanentError, **fields: Any) -> None:
@@ -209,3 +223,29 @@ def poll_jobs(event: CloudEvent) -> None:
         len(report.errors),
         "; out of time, continuing next tick" if report.out_of_time else "",
     )
+
+
+@functions_framework.http
+def on_batch_webhook(request: flask.Request) -> tuple[str, int]:
+    """Gemini's webhook: a batch ended. Verified by signature (the function is public: Google calls it),
+    then the run advances at once; 401/400 refuse a delivery without touching anything, 5xx asks for a retry.
+    """
+    if not SETTINGS.webhooks_on:
+        log.warning("a webhook delivery arrived while PROMPTDROP_WEBHOOKS=off; refused (the poller serves)")
+        return "webhooks are off in this deployment", 404
+    limit = SETTINGS.webhook_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        log.warning(
+            "webhook refused: body of %d bytes is over the %d-byte limit", request.content_length, limit
+        )
+        return "body too large", 400
+    body = request.stream.read(limit + 1)  # a chunked body is cut here, never read whole
+    try:
+        checker = verifier()
+    except ConfigurationError as exc:
+        log.error("webhook refused: %s", exc)
+        return "webhook secret misconfigured", 500
+    budget = SETTINGS.harvest_time_budget
+    deadline = time.time() + budget if budget > 0 else None
+    reply = webhook.deliver(context(), checker, body, dict(request.headers), deadline=deadline)
+    return reply.message, reply.status

@@ -6,11 +6,14 @@ Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import webbrowser
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +34,7 @@ from rich.table import Table
 
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
+from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.cost import CostTally, LaneTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
@@ -43,10 +47,11 @@ from promptdrop.models import predict_choice
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
-from promptdrop.usecases import cache, poll, receive
+from promptdrop.usecases import cache, poll, receive, webhook
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import extract_results
 from promptdrop.usecases.inputs import parse_options
+from promptdrop.webhooks import BATCH_EVENTS, Verifier
 from promptdrop.wiring import blob_store, build_context, job_store
 
 app = typer.Typer(
@@ -105,6 +110,56 @@ def _print_model_notices(run_record: Run) -> None:
             err.print(f"[yellow]model notice:[/yellow] {choice['notice']}")
 
 
+WEBHOOK_PORT_HELP = (
+    "Receive Gemini's batch webhooks on this port (0: any free port), loopback unless --webhook-host; "
+    "the bundled emulator is told to deliver there. Turns PROMPTDROP_WEBHOOKS on for this process."
+)
+
+
+@contextlib.contextmanager
+def _webhook_receiver(ctx: Context, port: int, host: str = "127.0.0.1") -> Iterator[threading.Event]:
+    """Listen for webhook deliveries and advance runs on each; yields an event set on every genuine push.
+
+    With the bundled emulator the listener registers itself as a static webhook (``webhooks.create``) and
+    verifies with the secret that returns, removing the registration on the way out; with the real API,
+    Google cannot reach this machine unless you forward a public URL here, registered with the secret in
+    PROMPTDROP_WEBHOOK_SECRET.
+    """
+    pushed = threading.Event()
+    holder: list[Verifier] = []
+
+    def handle(body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
+        reply = webhook.deliver(ctx, holder[0] if holder else None, body, headers)
+        if reply.status < 300:
+            pushed.set()
+        return reply.status, reply.message
+
+    settings = ctx.settings
+    with WebhookListener(handle, max_bytes=settings.webhook_max_bytes, host=host, port=port) as listener:
+        registration = None
+        if settings.backend == "emulator":
+            registration = ctx.backend.create_webhook(
+                listener.url, events=BATCH_EVENTS, name=f"promptdrop-{os.getpid()}-{listener.port}"
+            )
+            logs.register_secret(registration.secret)
+            holder.append(Verifier(registration.secret))
+        elif settings.webhook_secret is not None:
+            holder.append(Verifier(settings.webhook_secret.get_secret_value()))
+        else:
+            raise ConfigurationError("receiving webhooks from the Gemini API needs PROMPTDROP_WEBHOOK_SECRET")
+        err.print(f"receiving batch webhooks on {listener.url}")
+        try:
+            yield pushed
+        finally:
+            if registration is not None:
+                with contextlib.suppress(PromptdropError):
+                    ctx.backend.delete_webhook(registration.id)
+
+
+def _with_webhooks(settings: Settings) -> Settings:
+    return settings.model_copy(update={"webhooks": "on"})
+
+
 @app.command()
 def run(
     file: Annotated[
@@ -117,9 +172,13 @@ def run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Submit every line, even those the pay-once cache holds")
     ] = False,
+    webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP + " With --wait.")] = None,
 ) -> None:
     """Put FILE into the inbox and submit it; print the run id."""
     settings = _settings()
+    receiving = wait and (webhook_port is not None or settings.webhooks_on)
+    if receiving:
+        settings = _with_webhooks(settings)
     fmt = prompts.detect_format(file.name)
     if fmt is None:
         err.print(
@@ -129,6 +188,32 @@ def run(
     if dry_run:
         raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh))
     ctx = _context(settings)
+    with contextlib.ExitStack() as stack:
+        pushed = None
+        if receiving:
+            # Listening (and registered) before the batch exists, so its end cannot come first.
+            try:
+                pushed = stack.enter_context(_webhook_receiver(ctx, webhook_port or 0))
+            except (PromptdropError, OSError) as exc:
+                err.print(f"[red]cannot receive webhooks:[/red] {exc}")
+                raise typer.Exit(2) from None
+        run_record = _submit(ctx, file, fresh=fresh)
+        if not wait:
+            err.print(
+                f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
+                "(and keep `promptdrop serve` running, or use --wait)"
+            )
+            raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
+        final = _wait(ctx, run_record.run_id, pushed)
+    _print_result(ctx, final)
+    raise typer.Exit(_exit_code(final.state))
+
+
+def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
+    """Put FILE into the inbox and claim it as a run (submitted when small enough); print the run id.
+
+    ``fresh`` (`--fresh`): every line is submitted, none served from the pay-once cache."""
+    settings = ctx.settings
     name = settings.inbox_prefix + file.name
     try:
         # Through a temporary name and a rename: `serve` never sees half a file.
@@ -146,18 +231,9 @@ def run(
     if receipt.run is None:
         err.print(f"[red]not submitted:[/red] {receipt.ignored}")
         raise typer.Exit(1)
-    run_record = receipt.run
-    out.print(run_record.run_id)
-    _print_model_notices(run_record)
-    if not wait:
-        err.print(
-            f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
-            "(and keep `promptdrop serve` running, or use --wait)"
-        )
-        raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
-    final = _wait(ctx, run_record.run_id)
-    _print_result(ctx, final)
-    raise typer.Exit(_exit_code(final.state))
+    out.print(receipt.run.run_id)
+    _print_model_notices(receipt.run)
+    return receipt.run
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
@@ -236,7 +312,8 @@ def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
     return done, total
 
 
-def _wait(ctx: Context, run_id: str) -> Run:
+def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
+    """Tick until the run ends; a webhook push (``pushed``) wakes the loop at once."""
     interval = min(ctx.settings.poll_interval, 2.0)
     with Progress(
         SpinnerColumn(),
@@ -262,7 +339,10 @@ def _wait(ctx: Context, run_id: str) -> Run:
             )
             if current.state.terminal:
                 return current
-            time.sleep(interval)
+            if pushed is None:
+                time.sleep(interval)
+            elif pushed.wait(interval):
+                pushed.clear()
 
 
 def _print_result(ctx: Context, run_record: Run) -> None:
@@ -298,10 +378,27 @@ def serve(
         float | None, typer.Option(help="Seconds between ticks (PROMPTDROP_POLL_INTERVAL)")
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="One scan and one tick, then exit")] = False,
+    webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP)] = None,
+    webhook_host: Annotated[
+        str, typer.Option(help="Address the webhook listener binds (default loopback)")
+    ] = "127.0.0.1",
 ) -> None:
     """Watch the local inbox and poll jobs on an interval: the local twin of the deployment."""
     settings = _settings()
+    if webhook_port is not None:
+        settings = _with_webhooks(settings)
     ctx = _context(settings)
+    with contextlib.ExitStack() as stack:
+        if webhook_port is not None:
+            try:
+                stack.enter_context(_webhook_receiver(ctx, webhook_port, webhook_host))
+            except (PromptdropError, OSError) as exc:
+                err.print(f"[red]cannot receive webhooks:[/red] {exc}")
+                raise typer.Exit(2) from None
+        _serve(ctx, settings, interval, once)
+
+
+def _serve(ctx: Context, settings: Settings, interval: float | None, once: bool) -> None:
     pause = settings.poll_interval if interval is None else interval
     watcher = InboxWatcher(ctx)
     err.print(f"serving {ctx.blobs.url} (inbox {settings.inbox_prefix}, every {pause:g}s); Ctrl-C stops")

@@ -102,6 +102,19 @@ def _now_lane_step(
     return None
 
 
+def refresh_due(run: Run, job: Job, *, now: float, poll_every: float, wake: Collection[str]) -> bool:
+    """An ACTIVE job is asked about now: every call when polling alone (``poll_every`` 0); with webhooks on,
+    when a delivery named it (``wake``), when ``poll_every`` passed since the last look (the net for a lost
+    delivery), and always once past its deadline or while a cancel is taking effect (no event says so)."""
+    if poll_every <= 0 or job.job_id in wake or job.checked_at is None:
+        return True
+    if run.cancel_requested or job.error in ("deadline", "cancelled"):
+        return True
+    if job.deadline_at is not None and now >= job.deadline_at:
+        return True
+    return now >= job.checked_at + poll_every
+
+
 def next_step(
     run: Run,
     jobs: Sequence[Job],
@@ -111,12 +124,16 @@ def next_step(
     done: Collection[Action] = frozenset(),
     work_now: bool = True,
     redispatch_after: float = 900.0,
+    poll_every: float = 0.0,
+    wake: Collection[str] = frozenset(),
 ) -> Step:
     """The one thing to do next for ``run`` with its ``jobs``; ``done``: actions already taken in this call.
 
     ``work_now``: this caller sends now-lane lines itself; otherwise it hands their chunks over (dispatch),
     and hands over again a chunk that made no progress for ``redispatch_after`` seconds (its message lost
     or dead-lettered, its worker killed).
+    ``poll_every``: seconds between polls of a running batch job (0: every call; webhooks on: the net's
+    interval); ``wake``: job ids a webhook delivery just named, polled now whatever the interval.
     """
     if run.state.terminal:
         return Step(Action.NOTHING)
@@ -130,14 +147,21 @@ def next_step(
     def ids(phase: JobPhase) -> tuple[str, ...]:
         return tuple(job.job_id for job in jobs if job.phase is phase and job.lane == "batch")
 
+    by_id = {job.job_id: job for job in jobs}
+
     if run.cancel_requested and Action.CANCEL_JOBS not in done:
         to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
         if to_cancel:
             return Step(Action.CANCEL_JOBS, to_cancel)
+    due = tuple(
+        job_id
+        for job_id in ids(JobPhase.ACTIVE)
+        if refresh_due(run, by_id[job_id], now=now, poll_every=poll_every, wake=wake)
+    )
     harvesting = tuple(job.job_id for job in jobs if job.phase is JobPhase.HARVESTING)  # both lanes
     candidates = (
         (Action.RECOVER, ids(JobPhase.CREATING)),
-        (Action.REFRESH, ids(JobPhase.ACTIVE)),
+        (Action.REFRESH, due),
         (Action.HARVEST, harvesting),
         (Action.LAUNCH, () if run.cancel_requested else ids(JobPhase.QUEUED)),
     )

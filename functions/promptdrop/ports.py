@@ -6,7 +6,7 @@ cases never see a Google exception.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -189,6 +189,14 @@ class BatchInfo:
         return self.state.terminal
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookRegistration:
+    """A static webhook just created: its id, and the ``whsec_`` secret its deliveries are signed with."""
+
+    id: str
+    secret: str = field(repr=False)
+
+
 class BatchBackend(Protocol):
     """The Gemini Batch + Files API (real, or the bundled emulator over HTTP)."""
 
@@ -231,6 +239,14 @@ class BatchBackend(Protocol):
 
     def delete_file(self, file_name: str) -> None:
         """Delete; a missing file is fine."""
+        ...
+
+    def create_webhook(self, uri: str, *, events: Sequence[str], name: str) -> WebhookRegistration:
+        """Register a static webhook (``webhooks.create``); the signing secret comes back this once."""
+        ...
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Remove a static webhook; a missing one is fine."""
         ...
 
 

@@ -128,6 +128,9 @@ class Job(_Record):
     submitted_at: float | None = None
     deadline_at: float | None = None
     ended_at: float | None = None
+    # When the API was last asked about this job: with webhooks on, a running job is polled only every
+    # PROMPTDROP_WEBHOOK_POLL_SECONDS after this (lifecycle.refresh_due).
+    checked_at: float | None = None
     stats: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
     # batches.create is not idempotent: when the last create was sent, and how often a job left in

@@ -79,12 +79,6 @@ class Settings(BaseModel):
     # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
     results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
-    # Gemini's batch webhooks: with them on, the receiver verifies each delivery against webhook_secret
-    # (whsec_..., from Secret Manager) and jobs are polled only every webhook_poll_seconds, the net for
-    # lost deliveries. infra/ sets all three; the receiver and the back-off are issue 13's runtime half.
-    webhooks: bool = False
-    webhook_secret: SecretStr | None = None
-    webhook_poll_seconds: float = 900.0
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
     # The pay-once cache: a line whose request was paid for before is served from that image (README "Pay
     # once per image"); "off" submits every line. Images older than cache_days are not reused.
@@ -108,7 +102,22 @@ class Settings(BaseModel):
     # advances the run sends them itself (the CLI, serve).
     now_topic: str | None = None
     now_base_url: str | None = None  # the now lane's endpoint; default PROMPTDROP_GEMINI_BASE_URL
+    # Gemini's batch webhooks (README "Webhooks"): "on" finishes a run when the push arrives and polls each
+    # running job only every webhook_poll_seconds, the net for a lost delivery; "off" polls every tick.
+    webhooks: Literal["on", "off"] = "off"
+    webhook_secret: SecretStr | None = None  # the "whsec_..." signing secret the API returned on create
+    webhook_poll_seconds: float = 900.0  # with webhooks on: a running job is still polled this often
+    webhook_max_bytes: int = 64 * 1024  # a delivery body over this is refused (400) unread
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
+
+    @property
+    def webhooks_on(self) -> bool:
+        return self.webhooks == "on"
+
+    @property
+    def job_poll_interval(self) -> float:
+        """Seconds between two polls of one running job: every tick (0) unless webhooks are on."""
+        return self.webhook_poll_seconds if self.webhooks_on else 0.0
 
     @property
     def bucket_is_gcs(self) -> bool:
@@ -165,11 +174,11 @@ class Settings(BaseModel):
                 "lease_seconds",
                 "harvest_time_budget",
                 "poll_interval",
-                "webhook_poll_seconds",
                 "submit_retry_base",
                 "emulator_idle",
                 "api_timeout",
                 "create_margin",
+                "webhook_poll_seconds",
             }:
                 values[name] = parse_duration(raw)
             else:

@@ -105,6 +105,8 @@ def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None
         settings.require_cloud_ready()
     if settings.api_key is not None:
         register_secret(settings.api_key.get_secret_value())
+    if settings.webhook_secret is not None:
+        register_secret(settings.webhook_secret.get_secret_value())
     return Context(
         settings=settings,
         blobs=blob_store(settings),

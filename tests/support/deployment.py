@@ -28,6 +28,7 @@ import functions_framework
 import orjson
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
+from werkzeug.serving import make_server
 
 from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.records import Job, Run
@@ -43,6 +44,37 @@ API_KEY = "pd-test-key-7f3c9e1a5b2d4c6e8a0b"
 T = TypeVar("T")
 
 
+# Entry points loaded with functions-framework's http signature (see main.HTTP_FUNCTIONS).
+HTTP_TARGETS = frozenset({"on_batch_webhook"})
+
+
+class Listener:
+    """A werkzeug server on 127.0.0.1 whose WSGI app is set after it binds; 503 until it is."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _dispatch(self, environ: Any, start_response: Any) -> Any:
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"not ready"]
+        return self.app(environ, start_response)
+
+    @classmethod
+    @contextlib.contextmanager
+    def serving(cls) -> Iterator[Listener]:
+        listener = cls()
+        listener._thread.start()
+        try:
+            yield listener
+        finally:
+            listener._server.shutdown()
+            listener._server.server_close()
+
+
 @dataclass
 class FunctionApp:
     """One function instance: the functions-framework test client and the module it loaded."""
@@ -50,6 +82,7 @@ class FunctionApp:
     target: str
     client: Any  # flask.testing.FlaskClient
     module: ModuleType
+    wsgi: Any = None  # the flask app itself, to serve over real HTTP (Deployment.listen)
 
     def post(self, event: Mapping[str, Any], encoding: eventarc.Encoding = "binary") -> int:
         """Deliver a CloudEvent; the HTTP status the function answered."""
@@ -60,6 +93,10 @@ class FunctionApp:
         """Deliver a raw Pub/Sub push body to ``/<topic path>``, as the deployment's push subscriptions do."""
         response = self.client.post(f"/{topic_path}", json=dict(body))
         return int(response.status_code)
+
+    def call(self, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST a raw body (an HTTP function's request, e.g. a webhook delivery); the status it answered."""
+        return int(self.client.post("/", headers=dict(headers), data=body).status_code)
 
     @property
     def context(self) -> Context:
@@ -117,17 +154,27 @@ class Deployment:
         return self._stack.enter_context(running_emulator(self.home / name, **options))
 
     def app(self, target: str, **env: str | None) -> FunctionApp:
-        """A fresh instance of ``target``: the deployment's environment, ``env`` over it (None unsets)."""
+        """A fresh instance of ``target``: the deployment's environment, ``env`` over it (None unsets).
+
+        HTTP functions (``main.HTTP_FUNCTIONS``) load with the http signature, the others as CloudEvents."""
         for name, value in {**self.env, **env}.items():
             if value is None:
                 self._monkeypatch.delenv(name, raising=False)
             else:
                 self._monkeypatch.setenv(name, value)
         # create_app executes the source again into a new module registered as sys.modules["main"].
+        signature = "http" if target in HTTP_TARGETS else "cloudevent"
         app = functions_framework.create_app(  # type: ignore[no-untyped-call]
-            target, source=str(FUNCTIONS_SOURCE), signature_type="cloudevent"
+            target, source=str(FUNCTIONS_SOURCE), signature_type=signature
         )
-        return FunctionApp(target, app.test_client(), sys.modules["main"])
+        instance = FunctionApp(target, app.test_client(), sys.modules["main"])
+        instance.wsgi = app
+        return instance
+
+    def listen(self) -> Listener:
+        """A real HTTP server on loopback (stopped with the deployment), for a function to be put behind
+        later: its URL is known before the instance is built (the emulator must know where to deliver)."""
+        return self._stack.enter_context(Listener.serving())
 
     def close(self) -> None:
         sys.modules.pop("main", None)

@@ -740,10 +740,6 @@ def test_webhook_receiver_is_built_from_the_same_archive_as_the_other_functions(
         assert webhook[field] == poller[field], field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13's runtime half (branch issue-13a) adds on_batch_webhook to main.py: remove this marker then",
-)
 def test_webhook_entry_point_is_an_http_function_of_main_py() -> None:
     """Terraform's entry point is a top-level @functions_framework.http function of main.py."""
     assert WEBHOOK_ENTRY_POINT in http_handlers(main_source())
@@ -791,7 +787,7 @@ def test_webhooks_on_by_default_tell_every_function_and_the_poller_backs_off() -
     tf = terraform()
     assert tf.variables["webhooks"]["default"] is True
     settings = Settings.from_env(function_env())
-    assert settings.webhooks is True
+    assert settings.webhooks_on
     assert settings.webhook_poll_seconds == tf.variables["webhook_poll_seconds"]["default"]
     for name, deployed in functions().items():
         assert block(deployed, "service_config")["environment_variables"] == "${local.function_env}", name
@@ -804,7 +800,7 @@ def test_webhooks_off_is_todays_polling_only_deployment() -> None:
     off = tf.with_variables(webhooks=False)
     for kind, name in WEBHOOK_RESOURCES:
         assert tf.resource(kind, name)["count"] == "${var.webhooks ? 1 : 0}", (kind, name)
-    assert Settings.from_env(function_env(off)).webhooks is False
+    assert not Settings.from_env(function_env(off)).webhooks_on
     assert tf.map_keys("${local.function_identities}") == set(functions()) | {WEBHOOK}
     assert off.map_keys("${local.function_identities}") == set(functions())
     outputs: dict[str, Any] = {}

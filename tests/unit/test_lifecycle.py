@@ -221,3 +221,93 @@ def test_a_cancelled_run_stops_its_open_now_chunks() -> None:
     assert step(run(RunState.HARVESTING, cancel_requested=True), jobs) == Step(
         Action.CANCEL_JOBS, ("r-a1-c0001",)
     )
+
+
+# Webhooks on: a running job is polled at the net's interval, or at once when a delivery names it
+
+POLL_EVERY = 1800.0
+ACTIVE_JOB = "r-a1-c0000"
+
+
+@pytest.mark.parametrize(
+    ("case", "run_fields", "job_fields", "poll_every", "wake", "expected"),
+    [
+        ("polling alone: every call", {}, {"checked_at": NOW - 1}, 0.0, (), Action.REFRESH),
+        ("webhooks on, looked at just now", {}, {"checked_at": NOW - 1}, POLL_EVERY, (), Action.WAIT),
+        (
+            "webhooks on, one second short",
+            {},
+            {"checked_at": NOW - POLL_EVERY + 1},
+            POLL_EVERY,
+            (),
+            Action.WAIT,
+        ),
+        (
+            "webhooks on, the interval passed",
+            {},
+            {"checked_at": NOW - POLL_EVERY},
+            POLL_EVERY,
+            (),
+            Action.REFRESH,
+        ),
+        ("webhooks on, never looked at", {}, {"checked_at": None}, POLL_EVERY, (), Action.REFRESH),
+        ("a delivery named it", {}, {"checked_at": NOW - 1}, POLL_EVERY, (ACTIVE_JOB,), Action.REFRESH),
+        ("a delivery named another job", {}, {"checked_at": NOW - 1}, POLL_EVERY, ("other",), Action.WAIT),
+        (
+            "past its deadline",
+            {},
+            {"checked_at": NOW - 1, "deadline_at": NOW},
+            POLL_EVERY,
+            (),
+            Action.REFRESH,
+        ),
+        (
+            "cancelled at its deadline, waiting for it to end",
+            {},
+            {"checked_at": NOW - 1, "error": "deadline"},
+            POLL_EVERY,
+            (),
+            Action.REFRESH,
+        ),
+        (
+            "cancel requested (no event for a cancelled batch)",
+            {"cancel_requested": True},
+            {"checked_at": NOW - 1, "error": "cancelled"},
+            POLL_EVERY,
+            (),
+            Action.REFRESH,
+        ),
+    ],
+)
+def test_webhooks_back_the_polling_of_running_jobs_off(
+    case: str,
+    run_fields: dict[str, object],
+    job_fields: dict[str, object],
+    poll_every: float,
+    wake: tuple[str, ...],
+    expected: Action,
+) -> None:
+    """With webhooks on, a running job is asked about only when a delivery names it, when the net's interval
+    has passed, or when its deadline (or a cancel) needs it; polling alone asks every call."""
+    current = run(RunState.SUBMITTED, **run_fields)
+    jobs = [job(JobPhase.ACTIVE, **job_fields)]
+    got = next_step(current, jobs, now=NOW, max_attempts=3, poll_every=poll_every, wake=wake)
+    assert got.action is expected, case
+    if expected is Action.REFRESH:
+        assert got.jobs == (ACTIVE_JOB,)
+
+
+def test_only_the_due_jobs_are_refreshed_and_the_others_still_harvest() -> None:
+    """Of two running jobs only the one due is polled; a harvest waiting beside them is not held up."""
+    jobs = [
+        job(JobPhase.ACTIVE, chunk=0, checked_at=NOW - 1),
+        job(JobPhase.ACTIVE, chunk=1, checked_at=NOW - POLL_EVERY - 1),
+        job(JobPhase.HARVESTING, chunk=2),
+    ]
+    current = run(RunState.HARVESTING)
+    first = next_step(current, jobs, now=NOW, max_attempts=3, poll_every=POLL_EVERY)
+    assert first == Step(Action.REFRESH, ("r-a1-c0001",))
+    second = next_step(
+        current, jobs, now=NOW, max_attempts=3, poll_every=POLL_EVERY, done=frozenset({Action.REFRESH})
+    )
+    assert second == Step(Action.HARVEST, ("r-a1-c0002",))

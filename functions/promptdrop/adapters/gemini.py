@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -36,7 +36,7 @@ from promptdrop.errors import (
     ConfigurationError,
     NotFoundError,
 )
-from promptdrop.ports import BatchInfo, UploadedFile
+from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration
 from promptdrop.rpc import HTTP_STATUS_NAMES
 from promptdrop.settings import Settings
 from promptdrop.states import JobState
@@ -492,3 +492,30 @@ class GeminiBackend:
             except genai_errors.ClientError as exc:
                 if exc.code not in _FILE_GONE_CODES:
                     raise
+
+    # Static webhooks (the SDK's NextGen client: its errors are not genai_errors.APIError, so they are
+    # translated here by status alone, never echoing a body or the key).
+
+    def create_webhook(self, uri: str, *, events: Sequence[str], name: str) -> WebhookRegistration:
+        try:
+            created = self._client.webhooks.create(name=name, subscribed_events=list(events), uri=uri)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _webhook_error("create webhook", exc) from None
+        if not created.id or not created.new_signing_secret:
+            raise BackendPermanentError("create webhook failed: the answer has no id or signing secret")
+        return WebhookRegistration(id=created.id, secret=created.new_signing_secret)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        try:
+            self._client.webhooks.delete(id=webhook_id)
+        except Exception as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return
+            raise _webhook_error(f"delete webhook {webhook_id}", exc) from None
+
+
+def _webhook_error(action: str, exc: Exception) -> BackendError:
+    status = getattr(exc, "status_code", None)
+    detail = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
+    transient = not isinstance(status, int) or status in (408, 429) or status >= 500
+    return (BackendTransientError if transient else BackendPermanentError)(f"{action} failed: {detail}")

@@ -203,6 +203,8 @@ class Engine:
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._scheduler: threading.Thread | None = None
+        # Told of every job that ends (called with the engine's lock held: it must not block).
+        self.on_end: Callable[[BatchRecord], None] | None = None
 
     # Lifecycle -------------------------------------------------------------------------------------
 
@@ -396,6 +398,8 @@ class Engine:
         job.state, job.end_time, job.update_time, job.error = state, now, now, error
         self._save(job)
         logger.info("%s ended %s", job.name, state)
+        if self.on_end is not None:
+            self.on_end(job)
 
     def _schedule(self) -> None:
         """Move jobs along as their deadlines pass; hand RUNNING jobs that are due to the workers."""

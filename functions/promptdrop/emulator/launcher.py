@@ -21,7 +21,7 @@ from typing import Final
 import orjson
 
 from promptdrop.emulator.files import write_json_atomically
-from promptdrop.emulator.options import API_KEY_ENV, EmulatorOptions
+from promptdrop.emulator.options import API_KEY_ENV, WEBHOOK_SECRET_ENV, EmulatorOptions
 from promptdrop.errors import BackendPermanentError, BackendTransientError
 
 SERVER_RECORD: Final = "server.json"
@@ -89,8 +89,11 @@ def _launch(data_dir: Path, options: EmulatorOptions) -> str:
     (data_dir / SERVER_RECORD).unlink(missing_ok=True)
     env = dict(os.environ)
     env.pop(API_KEY_ENV, None)
+    env.pop(WEBHOOK_SECRET_ENV, None)
     if options.api_key:
         env[API_KEY_ENV] = options.api_key
+    if options.webhook_secret:
+        env[WEBHOOK_SECRET_ENV] = options.webhook_secret
     argv = [sys.executable, "-m", "promptdrop.emulator", "--data-dir", str(data_dir), "--port", "0"]
     log_path = data_dir / LOG_FILE
     with log_path.open("ab") as log:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from typing import Final
 
 API_KEY_ENV: Final = "PROMPTDROP_EMULATOR_API_KEY"
+WEBHOOK_SECRET_ENV: Final = "PROMPTDROP_EMULATOR_WEBHOOK_SECRET"  # noqa: S105 - a variable name
+# Never rendered into flags: a command line is visible to every user of the machine.
+SECRET_FIELDS: Final = frozenset({"api_key", "webhook_secret"})
 
 # Calls that fault injection may hit, by name. Upload-session chunk POSTs are never faulted: the SDK
 # retries them with its own loop that only looks at the X-Goog-Upload-Status header.
@@ -62,6 +65,16 @@ class EmulatorOptions:
     # Throttle file downloads to this many bytes per second (0: as fast as the disk), so a test can make a
     # results copy outlast a function's time budget.
     download_bytes_per_second: float = 0.0
+    # Batch events POSTed here (Standard Webhooks, signed with webhook_secret) when a job ends; webhooks
+    # created through the API are delivered to as well, each signed with its own secret.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_attempts: int = 8  # tries per delivery (at least once: retried on non-2xx or timeout)
+    webhook_retry_seconds: float = 0.5  # backoff before the 2nd try, doubling after
+    webhook_timeout_seconds: float = 10.0  # a receiver slower than this counts as a failed try
+    webhook_drop_rate: float = 0.0  # fraction of deliveries never sent (a lost push)
+    webhook_duplicate_rate: float = 0.0  # fraction sent twice with the same webhook-id
+    webhook_delay_seconds: float = 0.0  # every delivery waits this long before its first try
 
     def __post_init__(self) -> None:
         for name in (
@@ -71,12 +84,26 @@ class EmulatorOptions:
             "stall_seconds",
             "idle_seconds",
             "download_bytes_per_second",
+            "webhook_retry_seconds",
+            "webhook_timeout_seconds",
+            "webhook_delay_seconds",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("fault_rate", "stall_rate", "create_stall_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if (
+            not 0.0 <= self.webhook_drop_rate + self.webhook_duplicate_rate <= 1.0
+            or min(self.webhook_drop_rate, self.webhook_duplicate_rate) < 0
+        ):
+            raise ValueError(
+                "webhook_drop_rate and webhook_duplicate_rate must be >= 0 and add up to at most 1"
+            )
+        if self.webhook_attempts < 1:
+            raise ValueError("webhook_attempts must be at least 1")
+        if any(not url.startswith(("http://", "https://")) for url in self.webhook_urls):
+            raise ValueError("webhook URLs must be http:// or https://")
         if self.fault_rate + self.stall_rate + self.create_stall_rate > 1.0:
             raise ValueError("fault_rate + stall_rate + create_stall_rate must not exceed 1")
         if self.workers < 1:
@@ -92,12 +119,16 @@ class EmulatorOptions:
             raise ValueError(f"unknown fault routes {sorted(unknown)}; known: {', '.join(FAULT_ROUTES)}")
 
     def to_argv(self) -> list[str]:
-        """Flags that reproduce these options (all but the API key) for ``python -m promptdrop.emulator``."""
+        """Flags that reproduce these options (all but the secrets) for ``python -m promptdrop.emulator``."""
         defaults = EmulatorOptions()
         argv: list[str] = []
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "api_key" or value == getattr(defaults, field.name):
+            if field.name in SECRET_FIELDS or value == getattr(defaults, field.name):
+                continue
+            if field.name == "webhook_urls":
+                for url in value:
+                    argv += ["--webhook-url", url]
                 continue
             flag = "--" + field.name.replace("_", "-")
             argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
@@ -179,6 +210,36 @@ def argument_parser() -> argparse.ArgumentParser:
         default=(),
         help="model ids to serve besides the table's current ones (e.g. a retired id still served)",
     )
+    parser.add_argument(
+        "--webhook-url",
+        dest="webhook_urls",
+        action="append",
+        default=[],
+        help="POST a signed batch event here when a job ends (repeatable)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        help=f"whsec_... secret that signs --webhook-url deliveries (also ${WEBHOOK_SECRET_ENV})",
+    )
+    parser.add_argument("--webhook-attempts", type=int, default=8, help="tries per delivery (default 8)")
+    parser.add_argument(
+        "--webhook-retry-seconds", type=float, default=0.5, help="backoff before the 2nd try, doubling (0.5)"
+    )
+    parser.add_argument(
+        "--webhook-timeout-seconds", type=float, default=10.0, help="a try unanswered this long failed (10)"
+    )
+    parser.add_argument(
+        "--webhook-drop-rate", type=float, default=0.0, help="fraction of deliveries never sent"
+    )
+    parser.add_argument(
+        "--webhook-duplicate-rate",
+        type=float,
+        default=0.0,
+        help="fraction of deliveries sent twice (same id)",
+    )
+    parser.add_argument(
+        "--webhook-delay-seconds", type=float, default=0.0, help="delay every delivery's first try"
+    )
     return parser
 
 
@@ -203,4 +264,12 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         idle_seconds=args.idle_seconds,
         serve_models=tuple(args.serve_models),
         download_bytes_per_second=args.download_bytes_per_second,
+        webhook_urls=tuple(args.webhook_urls),
+        webhook_secret=args.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV) or None,
+        webhook_attempts=args.webhook_attempts,
+        webhook_retry_seconds=args.webhook_retry_seconds,
+        webhook_timeout_seconds=args.webhook_timeout_seconds,
+        webhook_drop_rate=args.webhook_drop_rate,
+        webhook_duplicate_rate=args.webhook_duplicate_rate,
+        webhook_delay_seconds=args.webhook_delay_seconds,
     )

@@ -27,8 +27,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from promptdrop.emulator.engine import Engine, model_json, model_not_found, operation_json
+from promptdrop.emulator.engine import BatchRecord, Engine, model_json, model_not_found, operation_json
 from promptdrop.emulator.files import COPY_CHUNK, file_json
+from promptdrop.emulator.hooks import Hooks
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, page_size, paginate
 from promptdrop.errors import ConfigurationError
@@ -62,6 +63,10 @@ ROUTES: Final = [
     ("POST", rf"/{_VERSION}/batches/{_ID}:cancel", "cancel"),
     ("DELETE", rf"/{_VERSION}/batches/{_ID}", "delete"),
     ("POST", rf"/{_VERSION}/batches/{_ID}:delete", "delete"),
+    ("POST", rf"/{_VERSION}/webhooks", "webhook_create"),
+    ("GET", rf"/{_VERSION}/webhooks", "webhook_list"),
+    ("GET", rf"/{_VERSION}/webhooks/{_ID}", "webhook_get"),
+    ("DELETE", rf"/{_VERSION}/webhooks/{_ID}", "webhook_delete"),
 ]
 _COMPILED: Final = [(method, re.compile(_PREFIX + pattern), name) for method, pattern, name in ROUTES]
 
@@ -202,9 +207,11 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, data_dir: Path) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, data_dir: Path, hooks: Hooks) -> None:
         super().__init__(address, _Handler)
         self.engine = engine
+        self.hooks = hooks
+        self.calls_by_route: dict[str, int] = {}  # answered calls by route name (GET /stats shows them)
         self.data_dir = data_dir
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
@@ -220,6 +227,15 @@ class _HttpServer(ThreadingHTTPServer):
             logger.debug("client %s went away: %s", client_address, sys.exc_info()[1])
             return
         super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+    def count_call(self, route: str) -> None:
+        with self._counter_lock:
+            self.calls_by_route[route] = self.calls_by_route.get(route, 0) + 1
+
+    def stats(self) -> dict[str, object]:
+        with self._counter_lock:
+            calls = dict(self.calls_by_route)
+        return {**self.faults.stats(), "calls_by_route": calls, "webhooks": self.hooks.stats()}
 
     def count_download(self, size: int) -> None:
         with self._counter_lock:
@@ -297,11 +313,12 @@ class _Handler(BaseHTTPRequestHandler):
             if name == "health":
                 reply = _json({"status": "ok", "data_dir": str(self.server.data_dir)})
             elif name == "stats":
-                reply = _json(self.server.faults.stats())
+                reply = _json(self.server.stats())
             elif is_chunk:
                 reply = self._upload_chunk(params)
             else:
                 self._authenticate()
+                self.server.count_call(name)
                 self.server.faults.apply(name, "{}:{}".format(*self.client_address[:2]))
                 reply = getattr(self, f"_route_{name}")(params)
         except ApiError as exc:
@@ -561,6 +578,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.engine.delete_batch(params["id"])
         return _json({})
 
+    # Webhooks ----------------------------------------------------------------------------------------
+
+    def _route_webhook_create(self, params: dict[str, str]) -> _Reply:
+        hook = self.server.hooks.create(self._json_body())
+        return _json(hook.to_json(with_secret=True))
+
+    def _route_webhook_list(self, params: dict[str, str]) -> _Reply:
+        hooks = self.server.hooks.list()
+        return _json({"webhooks": [hook.to_json() for hook in hooks]} if hooks else {})
+
+    def _route_webhook_get(self, params: dict[str, str]) -> _Reply:
+        return _json(self.server.hooks.get(params["id"]).to_json())
+
+    def _route_webhook_delete(self, params: dict[str, str]) -> _Reply:
+        self._json_body()
+        self.server.hooks.delete(params["id"])
+        return _json({})
+
+
+def _batch_data(job: BatchRecord) -> dict[str, object]:
+    """The ``data`` fields of a batch event beside ``id``."""
+    if job.responses_file:
+        return {"output_file_uri": job.responses_file}
+    if job.error:
+        return {"error_code": job.error.get("code"), "error_message": job.error.get("message")}
+    return {}
+
 
 class EmulatorServer:
     """The emulator serving one data folder on a background thread.
@@ -583,6 +627,7 @@ class EmulatorServer:
         self._clock = clock
         self._httpd: _HttpServer | None = None
         self._engine: Engine | None = None
+        self._hooks: Hooks | None = None
         self._thread: threading.Thread | None = None
         self._lock_file: IO[bytes] | None = None
         self._port: int | None = None
@@ -598,10 +643,16 @@ class EmulatorServer:
             raise ConfigurationError(f"another emulator is already serving {self.data_dir}") from exc
         self._lock_file = lock_file
         try:
+            hooks = Hooks(self.data_dir, self.options, *([self._clock] if self._clock else []))
+            hooks.start()
+            self._hooks = hooks
             engine = Engine(self.data_dir, self.options, *([self._clock] if self._clock else []))
+            engine.on_end = lambda job: hooks.batch_ended(
+                job.name, job.state, job.end_time or 0.0, **_batch_data(job)
+            )
             engine.start()
             self._engine = engine
-            self._httpd = _HttpServer(self._address, engine, self.data_dir)
+            self._httpd = _HttpServer(self._address, engine, self.data_dir, hooks)
         except BaseException:
             self.stop()
             raise
@@ -631,12 +682,23 @@ class EmulatorServer:
         """Seconds since the last call; 0 while a job is unfinished (it still needs the emulator)."""
         if self._httpd is None or self._engine is None or self._engine.busy:
             return 0.0
+        if self._hooks is not None and self._hooks.busy:
+            return 0.0
         return time.monotonic() - self._httpd.last_call
 
     @property
     def bytes_downloaded(self) -> int:
         """File bytes sent by the download routes since start."""
         return self._httpd.bytes_downloaded if self._httpd else 0
+
+    def stats(self) -> dict[str, object]:
+        """What ``GET /stats`` answers: faults, calls by route, webhook deliveries."""
+        return self._httpd.stats() if self._httpd else {}
+
+    @property
+    def webhooks_busy(self) -> bool:
+        """Webhook deliveries are queued or being sent."""
+        return self._hooks.busy if self._hooks else False
 
     @property
     def generated(self) -> int:
@@ -663,6 +725,9 @@ class EmulatorServer:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if self._hooks is not None:
+            self._hooks.close()
+            self._hooks = None
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()

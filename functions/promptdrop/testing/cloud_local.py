@@ -1,9 +1,11 @@
 """``scripts/cloud-local``: the Cloud deployment on this machine, from upload to images.
 
 Starts the Firestore and Pub/Sub emulators and fake-gcs-server (publishing the inbox's object events to a
-Pub/Sub topic, as the bucket's notification does), the bundled Gemini emulator, the four functions under
+Pub/Sub topic, as the bucket's notification does), the bundled Gemini emulator, the five functions under
 functions-framework (one process each, in cloud mode), a bridge that delivers the notifications, the
-requests and the now lane's chunks to them as Eventarc-shaped CloudEvents, and a scheduler tick. Prints what a user needs to upload,
+requests and the now lane's chunks to them as Eventarc-shaped CloudEvents, and a scheduler tick. Webhooks are
+on: the emulator POSTs each batch's end to ``on_batch_webhook`` (signed with a secret made for this start),
+and the tick is the net. Prints what a user needs to upload,
 then runs until Ctrl-C or SIGTERM, and stops everything it started. ``--smoke`` uploads
 ``examples/catalogue.jsonl`` itself, waits for the run's summary, prints it and exits.
 """
@@ -21,12 +23,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from promptdrop.emulator.hooks import new_secret
+from promptdrop.emulator.options import WEBHOOK_SECRET_ENV
 from promptdrop.testing import eventarc
 from promptdrop.testing.bridge import PubsubBridge, Ticker
 from promptdrop.testing.cloud import (
@@ -46,7 +50,9 @@ EXAMPLE = REPO / "examples" / "catalogue.jsonl"
 EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
 # The smoke upload's one now-lane line: it goes through the now topic and on_now_chunk.
 URGENT_LINE = b'{"key": "urgent-example", "prompt": "A poster needed in the next minute", "lane": "now"}\n'
-TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_now_chunk")
+CLOUDEVENT_TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_now_chunk")
+TARGETS = (*CLOUDEVENT_TARGETS, "on_batch_webhook")
+HTTP_TARGETS = frozenset({"on_batch_webhook"})
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
 NOW_TOPIC = "promptdrop-now"
@@ -127,6 +133,7 @@ class Stack:
     bucket: str
     function_urls: dict[str, str]
     gemini_url: str
+    webhook_secret: str = field(default="", repr=False)
 
     def topic(self, name: str) -> str:
         return f"projects/{self.endpoints.project}/topics/{name}"
@@ -152,6 +159,9 @@ class Stack:
             "PROMPTDROP_INBOX_PREFIX": INBOX_PREFIX,
             "PROMPTDROP_HARVEST_TIME_BUDGET": "60",
             "PROMPTDROP_SUBMIT_RETRY_BASE": "2",
+            # Webhooks on only where an emulator delivers them (the chaos suite's stack stays polling-only).
+            "PROMPTDROP_WEBHOOKS": "on" if self.webhook_secret else "off",
+            "PROMPTDROP_WEBHOOK_SECRET": self.webhook_secret,
             "WORKERS": "1",
             "THREADS": "8",
         }
@@ -174,6 +184,8 @@ def local_cloud(
         os.environ.update(endpoints.env())  # this process's own clients (bridge, smoke upload)
         deadline = time.monotonic() + startup_timeout
         gemini_port = free_port()
+        ports = {target: free_port() for target in TARGETS}
+        webhook_secret = new_secret()
         processes.start(
             "gemini-emulator",
             [
@@ -190,15 +202,17 @@ def local_cloud(
                 "1",
                 "--image-scale",
                 "0.25",
+                "--webhook-url",
+                f"http://127.0.0.1:{ports['on_batch_webhook']}/",
             ],
-            {**os.environ},
+            {**os.environ, WEBHOOK_SECRET_ENV: webhook_secret},
         )
-        ports = {target: free_port() for target in TARGETS}
         stack = Stack(
             endpoints=endpoints,
             bucket=bucket,
             function_urls={target: f"http://127.0.0.1:{port}/" for target, port in ports.items()},
             gemini_url=f"http://127.0.0.1:{gemini_port}",
+            webhook_secret=webhook_secret,
         )
         storage.Client(project=project).create_bucket(bucket)
         for topic in CREATED_TOPICS:
@@ -215,7 +229,7 @@ def local_cloud(
                     "--target",
                     target,
                     "--signature-type",
-                    "cloudevent",
+                    "http" if target in HTTP_TARGETS else "cloudevent",
                     "--host",
                     "127.0.0.1",
                     "--port",

@@ -8,11 +8,13 @@ logged with the run's id and reported, never raised: one bad run cannot stop a t
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from promptdrop.errors import NotFoundError, PreconditionFailedError, TransientError
 from promptdrop.lifecycle import Action, next_step
+from promptdrop.ports import BatchInfo
 from promptdrop.records import Run
 from promptdrop.states import RunState
 from promptdrop.usecases import jobs as batch_jobs
@@ -42,10 +44,17 @@ class Advance:
 
 
 def advance_run(
-    ctx: Context, run_id: str, deadline: float | None = None, *, work_now: bool | None = None
+    ctx: Context,
+    run_id: str,
+    deadline: float | None = None,
+    news: Mapping[str, BatchInfo] | None = None,
+    *,
+    work_now: bool | None = None,
 ) -> Advance:
     """Move one run as far as it goes now. Never raises an ordinary exception.
 
+    ``news``: batches a webhook receiver has just read, by job id; those jobs are refreshed now, with that
+    state (no second ``batches.get``), whatever the poll interval.
     ``work_now``: send the run's now-lane lines here (the default when no now topic is configured);
     False hands their chunks over to the now topic instead (the cloud's file, message and tick functions).
     """
@@ -60,7 +69,7 @@ def advance_run(
     except Exception as exc:
         return _failed(run_id, exc)
     try:
-        run = _drive(leases.fenced(ctx), run_id, deadline, work_now)
+        run = _drive(leases.fenced(ctx), run_id, deadline, work_now, dict(news or {}))
     except NotFoundError as exc:
         # Its scratch gone under us: another worker, which took over after our lease lapsed, deleted it
         # (ending the run, or finishing the step we were in).
@@ -113,7 +122,9 @@ def _harvesting(ctx: Context, run: Run) -> Run:
     )
 
 
-def _drive(ctx: Context, run_id: str, deadline: float | None, work_now: bool) -> Run | None:
+def _drive(
+    ctx: Context, run_id: str, deadline: float | None, work_now: bool, news: dict[str, BatchInfo]
+) -> Run | None:
     done: set[Action] = set()
     run = ctx.store.get_run(run_id)
     for _ in range(MAX_STEPS):
@@ -128,6 +139,8 @@ def _drive(ctx: Context, run_id: str, deadline: float | None, work_now: bool) ->
             done=done,
             work_now=work_now,
             redispatch_after=2 * ctx.settings.lease_seconds,
+            poll_every=ctx.settings.job_poll_interval,
+            wake=news.keys(),
         )
         if step.final:
             return run
@@ -147,7 +160,7 @@ def _drive(ctx: Context, run_id: str, deadline: float | None, work_now: bool) ->
                     batch_jobs.recover_creating(ctx, run, job)
             case Action.REFRESH:
                 for job in selected:
-                    batch_jobs.refresh(ctx, run, job)
+                    batch_jobs.refresh(ctx, run, job, news.pop(job.job_id, None))
             case Action.HARVEST:
                 run = _harvesting(ctx, run)
                 for job in selected:

@@ -121,6 +121,7 @@ def _adopt(ctx: Context, run: Run, job: Job, info: BatchInfo, duplicates: list[s
         "state": info.state.value,
         "submitted_at": now,
         "deadline_at": now + ctx.settings.job_deadline,
+        "checked_at": now,
     }
     if duplicates:
         changes["duplicates"] = [*job.duplicates, *duplicates]
@@ -177,19 +178,26 @@ def _adopt_found(ctx: Context, run: Run, job: Job, found: list[BatchInfo]) -> No
     _adopt(ctx, run, job, keep, others)
 
 
-def refresh(ctx: Context, run: Run, job: Job) -> None:
-    """Read an ACTIVE job's state; an ended job goes to the harvest, one past its deadline is cancelled."""
+def refresh(ctx: Context, run: Run, job: Job, info: BatchInfo | None = None) -> None:
+    """Read an ACTIVE job's state (``info``: already read by the caller, a webhook receiver); an ended job
+    goes to the harvest, one past its deadline is cancelled."""
     assert job.batch_name is not None
-    try:
-        info = ctx.backend.get_batch(job.batch_name)
-    except BackendPermanentError as exc:
-        # The job is gone (deleted by hand, or a key without access): its lines are retried like an expired job's.
-        _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"batch job unreadable: {exc}")
-        return
+    checked_at = ctx.clock()
+    if info is None:
+        try:
+            info = ctx.backend.get_batch(job.batch_name)
+        except BackendPermanentError as exc:
+            # The job is gone (deleted by hand, or a key without access): its lines are retried like an expired job's.
+            _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"batch job unreadable: {exc}")
+            return
     if info.done:
         _record_job_end(ctx, run, job, info, info.state, info.error)
         return
-    changes: dict[str, object] = {"state": info.state.value, "stats": dict(info.stats)}
+    changes: dict[str, object] = {
+        "state": info.state.value,
+        "stats": dict(info.stats),
+        "checked_at": checked_at,
+    }
     if (
         job.error == "deadline"
         and job.deadline_at is not None

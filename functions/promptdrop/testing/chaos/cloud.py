@@ -45,18 +45,20 @@ from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_crea
 from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, seed_files, seed_messages
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
+    CLOUDEVENT_TARGETS,
     CREATED_TOPICS,
     FUNCTIONS_SOURCE,
     INBOX_PREFIX,
     INBOX_TOPIC,
     PUSHED,
     REQUESTS_TOPIC,
-    TARGETS,
     Stack,
 )
 from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
+# The chaos suite drives the polling path (webhooks off): the three CloudEvent functions.
+TARGETS = CLOUDEVENT_TARGETS
 PROJECT = "chaos-project"
 BUCKET = "promptdrop-chaos"
 OUTPUTS = "outputs/"
