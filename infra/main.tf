@@ -17,6 +17,8 @@ locals {
     "/_work/input.jsonl",
     "/_work/input.txt",
     "/_work/submit-outcomes.jsonl",
+    "/_work/cached-outcomes.jsonl",
+    "/_work/fingerprints.jsonl",
     "/requests.jsonl",
     "/keys.jsonl",
     "/results.jsonl",

@@ -35,7 +35,7 @@ from rich.table import Table
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
-from promptdrop.cost import LaneTally
+from promptdrop.cost import CostTally, LaneTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
@@ -47,7 +47,7 @@ from promptdrop.models import predict_choice
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
-from promptdrop.usecases import poll, receive, webhook
+from promptdrop.usecases import cache, poll, receive, webhook
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import extract_results
 from promptdrop.usecases.inputs import parse_options
@@ -169,6 +169,9 @@ def run(
         bool, typer.Option("--wait", help="Drive the run to its end with a progress bar")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate; submit nothing")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Submit every line, even those the pay-once cache holds")
+    ] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP + " With --wait.")] = None,
 ) -> None:
     """Put FILE into the inbox and submit it; print the run id."""
@@ -183,7 +186,7 @@ def run(
         )
         raise typer.Exit(2)
     if dry_run:
-        raise typer.Exit(_dry_run(settings, file, fmt))
+        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh))
     ctx = _context(settings)
     with contextlib.ExitStack() as stack:
         pushed = None
@@ -194,7 +197,7 @@ def run(
             except (PromptdropError, OSError) as exc:
                 err.print(f"[red]cannot receive webhooks:[/red] {exc}")
                 raise typer.Exit(2) from None
-        run_record = _submit(ctx, file)
+        run_record = _submit(ctx, file, fresh=fresh)
         if not wait:
             err.print(
                 f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
@@ -206,8 +209,10 @@ def run(
     raise typer.Exit(_exit_code(final.state))
 
 
-def _submit(ctx: Context, file: Path) -> Run:
-    """Put FILE into the inbox and claim it as a run (submitted when small enough); print the run id."""
+def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
+    """Put FILE into the inbox and claim it as a run (submitted when small enough); print the run id.
+
+    ``fresh`` (`--fresh`): every line is submitted, none served from the pay-once cache."""
     settings = ctx.settings
     name = settings.inbox_prefix + file.name
     try:
@@ -218,7 +223,7 @@ def _submit(ctx: Context, file: Path) -> Run:
         info = ctx.blobs.stat(name)
         assert info is not None
         receipt = receive.receive_file(
-            ctx, StorageObject(settings.bucket_name, name, info.generation, info.size)
+            ctx, StorageObject(settings.bucket_name, name, info.generation, info.size), fresh=fresh
         )
     except PromptdropError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -231,9 +236,16 @@ def _submit(ctx: Context, file: Path) -> Run:
     return receipt.run
 
 
-def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
+def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
     tally = LaneTally()
-    valid = invalid = now_lines = 0
+    saved = CostTally()
+    valid = invalid = now_lines = cached = 0
+    try:
+        ctx = build_context(settings)  # the bucket and the cache; no backend is built
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        return 2
+    digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
     today = datetime.now(UTC).date()
     noticed: set[str] = set()
@@ -253,6 +265,9 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
                 valid += 1
                 now_lines += line.lane == "now"
                 tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
+                if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
+                    cached += 1
+                    saved.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
@@ -263,6 +278,10 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat) -> int:
     out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
     out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
     out.print(f"estimated total: {_money(lanes.total)}")
+    # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
+    out.print(
+        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
+    )
     refused = 0
     if now_lines > settings.max_now_lines:
         out.print(
@@ -491,6 +510,13 @@ def status(
             f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
             + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
         )
+        if record.state is not RunState.RECEIVED:
+            out.print(
+                f"cache: {record.cost.cached} line(s) served from the pay-once cache "
+                f"(saved {_money(record.cost.saved_by_cache)})"
+            )
+        elif (would := _cache_would_serve(settings, record)) is not None:
+            out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"
@@ -502,6 +528,27 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def _cache_would_serve(settings: Settings, record: Run) -> int | None:
+    """Lines of a run not yet submitted that the cache holds now (models predicted from the table, as
+    `--dry-run` does); None when its prompts cannot be read."""
+    ctx = build_context(settings)  # the bucket and the cache; no backend is built
+    name = record.input_object if ctx.blobs.stat(record.input_object) else record.source.object
+    if name is None or ctx.blobs.stat(name) is None:
+        return None
+    digests = cache.ImageDigests(ctx)
+    today = datetime.now(UTC).date()
+    count = 0
+    with ctx.blobs.open_read(name) as stream:
+        options = parse_options(settings, record.source.defaults)
+        for line in prompts.parse_prompt_file(stream, record.source.format, options):
+            if isinstance(line, prompts.PromptRequest):
+                model = predict_choice(line.model, policy=settings.retired_models, today=today).model
+                count += model is not None and cache.would_serve(
+                    ctx, digests, line, model, fresh=record.fresh
+                )
+    return count
 
 
 def gallery_location(settings: Settings, run_id: str) -> str:

@@ -66,6 +66,7 @@ class Card:
     image: str | None = None
     thumb: str | None = None
     reason: str | None = None
+    cached_from: str | None = None  # "<run_id>/<key>" of the line that paid, for a line served from the cache
 
 
 def join_lines(
@@ -133,6 +134,7 @@ def card(entry: Mapping[str, Any], line: ParsedLine | None, *, folder: str, thum
         small = thumb_name(folder, name)
         thumb = small[len(folder) :] if small is not None and small in thumbs else image
     status = str(entry.get("status"))
+    origin = entry.get("cached_from")
     return Card(
         line=int(entry.get("line") or 0),
         key=entry.get("key"),
@@ -144,6 +146,7 @@ def card(entry: Mapping[str, Any], line: ParsedLine | None, *, folder: str, thum
         image=image,
         thumb=thumb,
         reason=None if status == "succeeded" else _reason(entry) or "no reason recorded",
+        cached_from=f"{origin.get('run_id')}/{origin.get('key')}" if isinstance(origin, Mapping) else None,
     )
 
 
@@ -196,6 +199,7 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:
 .prompt{margin:0 0 6px;white-space:pre-wrap;word-break:break-word;max-height:7.5em;overflow:auto}
 .meta{margin:0;color:var(--mute);font-size:12px}
 .empty{padding:24px;color:var(--mute)}
+.cached{position:absolute;top:6px;left:6px;padding:1px 7px;border-radius:9px;background:#e8f0fe;color:#1967d2;font-size:11px;font-weight:600}
 footer{padding:8px 24px 24px;color:var(--mute);font-size:12px}
 """
 
@@ -214,6 +218,14 @@ def _header(summary: Mapping[str, Any]) -> str:
         f"<span>batch cost <b>{_e(_money(cost.get('batch')))}</b></span>",
         f"<span>interactive <b>{_e(_money(cost.get('interactive')))}</b></span>",
         f"<span>saved <b>{_e(_money(cost.get('saved')))}</b></span>",
+        *(
+            [
+                f"<span><b>{_e(cost['cached'])}</b> from the pay-once cache, saving "
+                f"<b>{_e(_money(cost.get('saved_by_cache')))}</b></span>"
+            ]
+            if cost.get("cached")
+            else []
+        ),
         f"<span>model{'s' if len(models) > 1 else ''} <b>{_e(', '.join(models) or 'unknown')}</b></span>",
     ]
     if summary.get("finished_at"):
@@ -231,12 +243,17 @@ def _card_html(c: Card) -> str:
     if c.image is not None and c.thumb is not None:
         visual = (
             f'<a class="pic" href="{_href(c.image)}"><img src="{_href(c.thumb)}" alt="{_e(label)}" '
-            'loading="lazy" decoding="async"></a>'
+            'loading="lazy" decoding="async">'
+            + ('<span class="cached">cached</span>' if c.cached_from else "")
+            + "</a>"
         )
     else:
         visual = f'<p class="why"><strong>{_e(c.status)}</strong>{_e(c.reason or "")}</p>'
     meta = [f"line {c.line}"]
     meta += [_e(v) for v in (c.image_size, c.aspect_ratio, c.model) if v]
+    if c.cached_from:
+        # Paid for by an earlier run (named, not linked: the page links only inside its own folder).
+        meta.append(f"cached from {_e(c.cached_from)}")
     prompt = f'<p class="prompt">{_e(c.prompt)}</p>' if c.prompt else ""
     return (
         f'<article class="card {c.status}" id="line-{c.line}">{visual}<div class="body">'

@@ -53,6 +53,16 @@ class RunLayout:
         """Lines refused at submission (a missing reference image, the budget cap)."""
         return self.work + "submit-outcomes.jsonl"
 
+    @property
+    def cached_outcomes(self) -> str:
+        """Lines served from the pay-once cache, decided once at submission (their images copied first)."""
+        return self.work + "cached-outcomes.jsonl"
+
+    @property
+    def fingerprints(self) -> str:
+        """Request fingerprints of the submitted lines: what the cache records once they succeed."""
+        return self.work + "fingerprints.jsonl"
+
     def job_folder(self, job_id: str) -> str:
         return f"{self.work}jobs/{job_id}/"
 

@@ -44,6 +44,8 @@ def entry_for_outcome(
     }
     if requested_model is not None and outcome.model is not None and requested_model != outcome.model:
         entry["requested_model"] = requested_model
+    if outcome.cached_from is not None:
+        entry["cached_from"] = {"run_id": outcome.cached_from["run_id"], "key": outcome.cached_from["key"]}
     return entry
 
 
@@ -180,6 +182,9 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
             "now": run.cost.now,
             "total": _sum(run.cost.batch, run.cost.now),
             "estimate": run.cost.estimate,
+            # The pay-once cache: lines served from images paid for by earlier runs, and their batch price.
+            "cached": run.cost.cached,
+            "saved_by_cache": run.cost.saved_by_cache,
             "estimate_now": run.cost.estimate_now,
         },
         "lanes": {"now": {"lines": run.counts.now}},

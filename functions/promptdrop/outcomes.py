@@ -68,6 +68,8 @@ class Outcome:
     text: str | None = None
     usage: dict[str, int] | None = None
     error: dict[str, Any] | None = None
+    # Served from the pay-once cache: {"run_id", "key"} of the line that paid for the image.
+    cached_from: dict[str, str] | None = None
 
     @property
     def retryable(self) -> bool:
@@ -86,6 +88,7 @@ class Outcome:
             "text": self.text,
             "usage": self.usage,
             "error": self.error,
+            **({"cached_from": self.cached_from} if self.cached_from else {}),
         }
 
     @classmethod

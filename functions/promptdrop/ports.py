@@ -250,6 +250,67 @@ class BatchBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class PaidImage:
+    """What the pay-once cache keeps per request fingerprint: the image a run paid for, and where it is.
+
+    ``generation`` and ``size`` are the image object's when the entry was made: an object with another
+    generation (rewritten) or none (deleted) is not that image, and the entry is not used.
+    """
+
+    fingerprint: str
+    image: str  # object name in the bucket
+    generation: str
+    size: int
+    mime_type: str | None
+    model: str
+    usage: Mapping[str, int] | None  # the tokens it was billed for
+    run_id: str  # the run and key that paid for it
+    key: str
+    created_at: float  # epoch seconds: when it was paid for (the retention counts from here)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "image": self.image,
+            "generation": self.generation,
+            "size": self.size,
+            "mime_type": self.mime_type,
+            "model": self.model,
+            "usage": dict(self.usage) if self.usage is not None else None,
+            "run_id": self.run_id,
+            "key": self.key,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PaidImage:
+        return cls(
+            fingerprint=str(data["fingerprint"]),
+            image=str(data["image"]),
+            generation=str(data["generation"]),
+            size=int(data["size"]),
+            mime_type=data.get("mime_type"),
+            model=str(data["model"]),
+            usage=data.get("usage"),
+            run_id=str(data["run_id"]),
+            key=str(data["key"]),
+            created_at=float(data["created_at"]),
+        )
+
+
+class PaidImageCache(Protocol):
+    """Request fingerprint -> the image paid for (SQLite table ``paid_images``, or Firestore collection)."""
+
+    def get(self, fingerprint: str) -> PaidImage | None: ...
+
+    def put(self, entry: PaidImage, *, replacing: PaidImage | None = None) -> bool:
+        """Create the entry if there is none (atomic: of two runs settling at once, the first wins); with
+        ``replacing``, overwrite that entry if it is still the one stored (a stale or superseded one).
+        False when another entry is stored."""
+        ...
+
+
 class Notifier(Protocol):
     """Where run events go: the events topic, or locally an events log."""
 

@@ -70,6 +70,7 @@ class FileDefaults:
     modalities: tuple[str, ...] | None = None
     system: str | None = None
     priority: int | None = None  # batch priority: higher runs first
+    fresh: bool | None = None  # submit even when the pay-once cache holds the image
     lane: Lane | None = None  # "batch" or "now"
 
     def over(self, base: FileDefaults) -> FileDefaults:
@@ -81,6 +82,7 @@ class FileDefaults:
             modalities=self.modalities if self.modalities is not None else base.modalities,
             system=self.system if self.system is not None else base.system,
             priority=self.priority if self.priority is not None else base.priority,
+            fresh=self.fresh if self.fresh is not None else base.fresh,
             lane=self.lane if self.lane is not None else base.lane,
         )
 
@@ -108,6 +110,7 @@ class PromptRequest:
     estimated_input_tokens: int  # text tokens (ceil(chars/4)) + the model's tokens per reference image
     input_form: dict[str, Any]  # the line with defaults resolved into it: what errors.jsonl holds
     priority: int = 0  # batch priority (a job holds lines of one model and one priority)
+    fresh: bool = False  # submit even when the pay-once cache holds this request's image
     lane: Lane = "batch"  # "now": sent at once with generate_content instead of in a batch
 
 
@@ -196,6 +199,24 @@ def _check_priority(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value not in _INT64:
         raise _Invalid("bad_priority", f"priority must be an integer (higher runs first), not {_show(value)}")
     return value
+
+
+def _check_fresh(value: object) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise _Invalid("bad_fresh", f"fresh must be true or false, not {_show(value)}")
+
+
+def _check_seed(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _INT32:
+        raise _Invalid("bad_seed", f"seed must be a 32-bit integer, not {_show(value)}")
+    return value
+
+
+# The API's generationConfig.seed is an int32.
+_INT32: Final = range(-(2**31), 2**31)
 
 
 def _check_lane(value: object) -> Lane | None:
@@ -287,6 +308,7 @@ _DEFAULT_FIELDS: Final = {
     "responseModalities": "modalities",
     "system": "system",
     "priority": "priority",
+    "fresh": "fresh",
     "lane": "lane",
 }
 
@@ -317,6 +339,7 @@ def _defaults_from(value: object) -> FileDefaults:
             modalities=_check_modalities(fields.get("modalities")),
             system=system if system and system.strip() else None,
             priority=_check_priority(fields.get("priority")),
+            fresh=_check_fresh(fields.get("fresh")),
             lane=_check_lane(fields.get("lane")),
         )
     except _Invalid as exc:
@@ -454,8 +477,14 @@ def _camel_case(value: Any, message: str) -> Any:
 # Lines
 
 
-_SIMPLE_FIELDS: Final = {**_DEFAULT_FIELDS, "prompt": "prompt", "key": "key", "images": "images"}
-_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "lane"})
+_SIMPLE_FIELDS: Final = {
+    **_DEFAULT_FIELDS,
+    "prompt": "prompt",
+    "key": "key",
+    "images": "images",
+    "seed": "seed",
+}
+_NATIVE_FIELDS: Final = frozenset({"key", "request", "model", "priority", "lane", "fresh"})
 
 
 class _LineParser:
@@ -512,6 +541,8 @@ class _LineParser:
             form.setdefault("model", model)
             if defaults.priority is not None:
                 form.setdefault("priority", defaults.priority)
+            if defaults.fresh is not None:
+                form.setdefault("fresh", defaults.fresh)
             if defaults.lane is not None:
                 form.setdefault("lane", defaults.lane)
             return form
@@ -523,6 +554,7 @@ class _LineParser:
             ("modalities", list(defaults.modalities) if defaults.modalities is not None else None),
             ("system", defaults.system),
             ("priority", defaults.priority),
+            ("fresh", defaults.fresh),
             ("lane", defaults.lane),
         ):
             if name not in present and value is not None:
@@ -551,6 +583,10 @@ class _LineParser:
         if priority is None:
             priority = self._defaults.priority
         return self._options.default_priority if priority is None else priority
+
+    def _fresh(self, value: object) -> bool:
+        fresh = _check_fresh(value)
+        return bool(self._defaults.fresh) if fresh is None else fresh
 
     def _lane(self, value: object) -> Lane:
         return _check_lane(value) or self._defaults.lane or "batch"
@@ -605,6 +641,9 @@ class _LineParser:
             image_config["imageSize"] = size
         if image_config:
             generation["imageConfig"] = image_config
+        seed = _check_seed(fields.get("seed"))
+        if seed is not None:
+            generation["seed"] = seed
         request: dict[str, Any] = {
             "contents": [{"role": "user", "parts": [{"text": prompt}]}],
             "generationConfig": generation,
@@ -622,6 +661,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            fresh=self._fresh(fields.get("fresh")),
             lane=self._lane(fields.get("lane")),
         )
 
@@ -632,7 +672,7 @@ class _LineParser:
                 raise _Invalid(
                     "bad_request",
                     f"field {extra[0]!r} is not allowed next to a native request "
-                    "(only key, model, priority and lane are)",
+                    "(only key, model, priority, lane and fresh are)",
                 )
             raise _Invalid("unknown_field", f"unknown field {_show(extra[0])}")
         raw_request = fields["request"]
@@ -680,6 +720,7 @@ class _LineParser:
             estimated_input_tokens=tokens,
             input_form=form,
             priority=self._priority(fields.get("priority")),
+            fresh=self._fresh(fields.get("fresh")),
             lane=self._lane(fields.get("lane")),
         )
 

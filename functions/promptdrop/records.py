@@ -56,6 +56,8 @@ class Cost(_Record):
     saved: float | None = None
     estimate: float | None = None
     estimate_interactive: float | None = None
+    cached: int = 0  # lines served from the pay-once cache (no request, no cost)
+    saved_by_cache: float | None = None  # what those lines would have cost in batch
     now: float | None = 0.0
     estimate_now: float | None = 0.0
 
@@ -82,6 +84,7 @@ class Run(_Record):
     submit_attempts: int = 0
     next_attempt_at: float = 0.0
     cancel_requested: bool = False
+    fresh: bool = False  # `run --fresh`: every line is submitted, none served from the pay-once cache
     # What the run did with each model id its lines asked for (models.ModelChoice.to_json()), decided
     # before its first batch: replacements of retired ids, refusals, shutdown notices.
     model_choices: list[dict[str, Any]] = Field(default_factory=list)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from promptdrop.errors import ConfigurationError
 from promptdrop.models import DEFAULT_MODEL, RetiredPolicy
@@ -80,6 +80,10 @@ class Settings(BaseModel):
     results_part_bytes: int = 64 * MiB
     poll_interval: float = 10.0  # seconds between `serve` ticks
     submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    # The pay-once cache: a line whose request was paid for before is served from that image (README "Pay
+    # once per image"); "off" submits every line. Images older than cache_days are not reused.
+    cache: bool = True
+    cache_days: float = Field(default=30.0, gt=0)
     thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
     gallery_page_size: int = 500  # cards per gallery page
     emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size

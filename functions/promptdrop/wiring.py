@@ -13,10 +13,11 @@ from pathlib import Path
 
 from promptdrop.adapters.events_log import EventsLog
 from promptdrop.adapters.localfs import LocalBlobStore
+from promptdrop.adapters.sqlite_cache import SqlitePaidImageCache
 from promptdrop.adapters.sqlite_store import SqliteJobStore
 from promptdrop.errors import ConfigurationError
 from promptdrop.logs import register_secret
-from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier
+from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier, PaidImageCache
 from promptdrop.settings import Settings
 from promptdrop.usecases.context import Context
 
@@ -45,6 +46,19 @@ def job_store(settings: Settings) -> JobStore:
         return FirestoreJobStore.from_url(settings.store)
     if settings.store.startswith("sqlite:///"):
         return SqliteJobStore(settings.sqlite_path)
+    raise ConfigurationError(
+        "PROMPTDROP_STORE must be sqlite:///PATH, firestore or firestore://PROJECT/DATABASE"
+    )
+
+
+def paid_images(settings: Settings) -> PaidImageCache:
+    """The pay-once cache lives beside the job store: a table in its SQLite file, or a Firestore collection."""
+    if settings.store_is_firestore:
+        from promptdrop.adapters.firestore_cache import FirestorePaidImageCache  # heavy: see the docstring
+
+        return FirestorePaidImageCache.from_url(settings.store)
+    if settings.store.startswith("sqlite:///"):
+        return SqlitePaidImageCache(settings.sqlite_path)
     raise ConfigurationError(
         "PROMPTDROP_STORE must be sqlite:///PATH, firestore or firestore://PROJECT/DATABASE"
     )
@@ -98,6 +112,7 @@ def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None
         blobs=blob_store(settings),
         store=job_store(settings),
         notifier=notifier(settings),
+        paid_images=paid_images(settings),
         now_dispatch=now_dispatch(settings),
         backend_factory=lambda: backend(settings, emulator_launcher),
     )

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from promptdrop.adapters.localfs import META_DB_NAME, LocalBlobStore
+from promptdrop.adapters.sqlite_cache import SqlitePaidImageCache
 from promptdrop.adapters.sqlite_store import SqliteJobStore
 from promptdrop.errors import PermanentError, TransientError, UnsafeNameError
-from promptdrop.ports import BlobStore, JobStore
+from promptdrop.ports import BlobStore, JobStore, PaidImageCache
 from tests.contract.blob_store_contract import BlobStoreContract, Boom
 from tests.contract.job_store_contract import JobStoreContract, make_job, make_run
+from tests.contract.paid_image_cache_contract import PaidImageCacheContract
 
 
 class TestLocalBlobStore(BlobStoreContract):
@@ -27,6 +30,17 @@ class TestSqliteJobStore(JobStoreContract):
     @pytest.fixture
     def job_store(self, tmp_path: Path) -> JobStore:
         return SqliteJobStore(tmp_path / "state.db")
+
+
+class TestSqlitePaidImageCache(PaidImageCacheContract):
+    @pytest.fixture
+    def paid_images(self, tmp_path: Path) -> PaidImageCache:
+        return SqlitePaidImageCache(tmp_path / "state.db")
+
+    @pytest.fixture
+    def separate_caches(self, tmp_path: Path) -> Callable[[int], list[PaidImageCache]]:
+        # One connection each, as separate processes have: the database's write lock decides.
+        return lambda count: [SqlitePaidImageCache(tmp_path / "state.db") for _ in range(count)]
 
 
 @pytest.fixture

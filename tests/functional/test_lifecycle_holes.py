@@ -432,6 +432,7 @@ def test_hole6_backend_is_built_once_when_threads_first_use_it_together(tmp_path
         blobs=Any,  # type: ignore[arg-type]
         store=Any,  # type: ignore[arg-type]
         notifier=Any,  # type: ignore[arg-type]
+        paid_images=Any,  # type: ignore[arg-type]
         backend_factory=factory,
     )
     start = threading.Barrier(8)

@@ -157,7 +157,9 @@ def test_serve_and_run_wait_at_once_make_one_batch_per_file(tmp_path: Path, emul
     with serving(env, tmp_path, tmp_path / "serve.log"):
         for index in range(runs):
             prompt_file = tmp_path / f"both-{index}.jsonl"
-            prompt_file.write_bytes(jsonl({"key": "a", "prompt": "one"}, {"key": "b", "prompt": "two"}))
+            # Other prompts per file: the same ones would be served from the pay-once cache, not batched.
+            lines = ({"key": "a", "prompt": f"one {index}"}, {"key": "b", "prompt": f"two {index}"})
+            prompt_file.write_bytes(jsonl(*lines))
             done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
             assert done.returncode == 0, done.stderr
             assert "SUCCEEDED" in done.stdout

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
+from promptdrop.adapters.firestore_cache import FirestorePaidImageCache
 from promptdrop.adapters.firestore_store import FirestoreJobStore, parse_store_url
 from promptdrop.adapters.gcs import GcsBlobStore
 from promptdrop.adapters.pubsub import PubsubNotifier
@@ -26,6 +27,7 @@ from promptdrop.states import RunState
 from promptdrop.testing.cloud import pull, subscribe
 from tests.contract.blob_store_contract import BlobStoreContract, Boom
 from tests.contract.job_store_contract import JobStoreContract, make_run
+from tests.contract.paid_image_cache_contract import PaidImageCacheContract
 from tests.integration.conftest import INBOX_PREFIX, STORAGE_EVENTS_TOPIC
 
 pytestmark = pytest.mark.integration
@@ -58,6 +60,23 @@ class TestFirestoreJobStore(JobStoreContract):
     @pytest.fixture
     def job_store(self, firestore_db: firestore.Client) -> FirestoreJobStore:
         return FirestoreJobStore(firestore_db)
+
+
+class TestFirestorePaidImageCache(PaidImageCacheContract):
+    RACERS = 3  # the emulator serialises transactions with lock waits of ~2 s each
+
+    @pytest.fixture
+    def paid_images(self, firestore_db: firestore.Client) -> FirestorePaidImageCache:
+        return FirestorePaidImageCache(firestore_db)
+
+    @pytest.fixture
+    def separate_caches(
+        self, firestore_db: firestore.Client, project: str
+    ) -> Callable[[int], list[FirestorePaidImageCache]]:
+        # Their own clients, as separate function instances have.
+        return lambda count: [
+            FirestorePaidImageCache(firestore.Client(project=project)) for _ in range(count)
+        ]
 
 
 # Cloud Storage

@@ -232,7 +232,10 @@ def test_dropped_and_duplicated_deliveries_still_harvest_every_job_once_the_poll
     """Six files under seeded faults (about half the deliveries dropped, some duplicated): the pushes finish
     some runs, the poller at the webhook interval (scaled down to 1 s) the rest, each job harvested once."""
     _, emulator = hooked(deployment, webhook_drop_rate=0.5, webhook_duplicate_rate=0.3, fault_seed=7)
-    runs = [drop(deployment, f"inbox/mixed-{n}.txt") for n in range(6)]
+    # Other prompts per file: the same ones would be served from the pay-once cache, with no job.
+    runs = [
+        drop(deployment, f"inbox/mixed-{n}.txt", PROMPTS.replace(b"\n", f" {n}\n".encode())) for n in range(6)
+    ]
     for run in runs:
         (job,) = deployment.jobs(run.run_id)
         wait_until_done(emulator.client(), job.batch_name)

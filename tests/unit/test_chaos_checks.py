@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from promptdrop.testing.chaos.checks import (
     CHECKS,
@@ -16,7 +18,8 @@ from promptdrop.testing.chaos.checks import (
     first_exception,
     judge,
 )
-from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, mixed_file, seed_files
+from promptdrop.testing.chaos.common import decodes
+from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, big_file, mixed_file, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
 RUN = "cats-1a2b3c4d"
@@ -28,7 +31,8 @@ def _entry(line: int, status: str = "succeeded") -> dict[str, Any]:
 
 
 def clean() -> Snapshot:
-    entries = [_entry(2), _entry(3, "failed"), _entry(5)]
+    # Line 5 was served from the pay-once cache (the run is the cache's re-drop).
+    entries = [_entry(2), _entry(3, "failed"), {**_entry(5), "cached_from": {"run_id": "old", "key": "k5"}}]
     return Snapshot(
         drops={"inbox/cats.jsonl": 1},
         messages={},
@@ -46,6 +50,8 @@ def clean() -> Snapshot:
         tracebacks={"serve-steady": 0},
         kills={"create": 1, "harvest": 2},
         required_kills=("create", "harvest"),
+        cached_images={f"outputs/{RUN}/images/k5.png": True},
+        cache_redrop="inbox/cats.jsonl",
     )
 
 
@@ -83,6 +89,9 @@ def _missed(snapshot: Snapshot) -> set[str]:
         (lambda s: s.objects.update({f"outputs/{RUN}/images/.promptdrop-tmp-cd": 0}), "no scratch left"),
         (lambda s: s.tracebacks.update({"poll_jobs": 1}), "no tracebacks"),
         (lambda s: s.kills.pop("harvest"), "kills hit the risky moments"),
+        (lambda s: s.cached_images.update({f"outputs/{RUN}/images/k5.png": False}), "cached images decode"),
+        (lambda s: s.cached_images.clear(), "cached images decode"),
+        (lambda s: s.manifests[RUN][2].pop("cached_from"), "the re-drop hit the cache"),
     ],
 )
 def test_each_check_names_its_miss(change: Any, check: str) -> None:
@@ -90,7 +99,10 @@ def test_each_check_names_its_miss(change: Any, check: str) -> None:
     snapshot.drops, snapshot.manifests = dict(snapshot.drops), dict(snapshot.manifests)
     snapshot.objects, snapshot.tracebacks = dict(snapshot.objects), dict(snapshot.tracebacks)
     snapshot.kills, snapshot.runs = dict(snapshot.kills), list(snapshot.runs)
-    snapshot.manifests = {run: list(entries or []) for run, entries in snapshot.manifests.items()}
+    snapshot.cached_images = dict(snapshot.cached_images)
+    snapshot.manifests = {
+        run: [dict(e) for e in entries or []] for run, entries in snapshot.manifests.items()
+    }
     change(snapshot)
     assert _missed(snapshot) == {check}
     assert check in CHECKS
@@ -144,3 +156,23 @@ def test_the_first_exception_of_a_log_is_named_in_the_miss() -> None:
     snapshot.tracebacks = {"serve-victim": 1}
     snapshot.traceback_examples = {"serve-victim": "ValueError: boom"}
     assert [miss.detail for miss in judge(snapshot)] == ["1 in serve-victim, first: ValueError: boom"]
+
+
+def test_decodes_tells_whole_images_from_cut_ones() -> None:
+    """The cache check decodes every pixel: a cut-off PNG or a missing object does not pass."""
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, "PNG")
+    whole = image.getvalue()
+    assert decodes(whole)
+    assert not decodes(whole[: len(whole) // 2])
+    assert not decodes(None)
+
+
+def test_fresh_extra_files_say_so_in_their_defaults_and_expect_the_same_lines() -> None:
+    """The extra files aimed at kills are fresh (a defaults line), which gets no manifest entry."""
+    plain = big_file(random.Random(1), "big-extra-1.jsonl", 5)
+    fresh = big_file(random.Random(1), "big-extra-1.jsonl", 5, fresh=True)
+    assert fresh.data.startswith(b'{"defaults": {"fresh": true}}\n')
+    assert fresh.expected_lines == tuple(n + 1 for n in plain.expected_lines)
+    mixed = mixed_file(random.Random(1), "m.jsonl", 3, fresh=True)
+    assert json.loads(mixed.data.splitlines()[0])["defaults"]["fresh"] is True

@@ -244,3 +244,25 @@ def test_filters_work_without_javascript() -> None:
         assert f'<label for="f-{status}">{status} (2)</label>' in page
         assert f"#f-{status}:checked~main .card:not(.{status})" in page
     assert "main .card:not(.invalid){display:none}" in page
+
+
+def test_a_cached_card_says_which_run_paid_and_the_header_counts_the_saving() -> None:
+    """A line served from the pay-once cache is badged and names its origin; the header shows the saving."""
+    entry = _entry(
+        2, "a", "succeeded", image=FOLDER + "images/a.png", cached_from={"run_id": "old-run", "key": "a"}
+    )
+    cached = gallery.card(entry, _request(2, "a", "a cat"), folder=FOLDER, thumbs=set())
+    paid = gallery.card(
+        _entry(3, "b", "succeeded", image=FOLDER + "images/b.png"),
+        _request(3, "b", "a dog"),
+        folder=FOLDER,
+        thumbs=set(),
+    )
+    assert (cached.cached_from, paid.cached_from) == ("old-run/a", None)
+    summary = {**SUMMARY, "cost": {**SUMMARY["cost"], "cached": 1, "saved_by_cache": 0.067}}
+    page = gallery.render_page([cached, paid], summary, stem="index", number=1, pages=1, has_next=False)
+    assert page.count('<span class="cached">cached</span>') == 1
+    assert "cached from old-run/a" in page
+    assert "<b>1</b> from the pay-once cache, saving <b>$0.0670</b>" in page
+    plain = gallery.render_page([paid], SUMMARY, stem="index", number=1, pages=1, has_next=False)
+    assert "pay-once cache" not in plain

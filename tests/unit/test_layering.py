@@ -17,6 +17,7 @@ ALLOWED_INNER_IMPORTS = frozenset(
     {
         ("promptdrop.wiring", "promptdrop.adapters.gcs"),
         ("promptdrop.wiring", "promptdrop.adapters.firestore_store"),
+        ("promptdrop.wiring", "promptdrop.adapters.firestore_cache"),
         ("promptdrop.wiring", "promptdrop.adapters.pubsub"),
         ("promptdrop.wiring", "promptdrop.adapters.gemini"),
     }

@@ -946,6 +946,25 @@ def test_file_default_priority_is_written_into_the_input_form() -> None:
     assert isinstance(line, PromptRequest) and line.input_form["priority"] == 4
 
 
+def test_fresh_and_seed_fields_on_lines_and_defaults() -> None:
+    """``fresh`` comes from the line or the file's defaults; ``seed`` lands in generationConfig; both checked."""
+    data = (
+        b'{"defaults": {"fresh": true}}\n'
+        b'{"key": "a", "prompt": "cat"}\n'
+        b'{"key": "b", "prompt": "cat", "fresh": false, "seed": 42}\n'
+        b'{"key": "c", "request": {"contents": [{"parts": [{"text": "cat"}]}]}, "fresh": false}\n'
+        b'{"key": "d", "prompt": "cat", "fresh": "yes"}\n'
+        b'{"key": "e", "prompt": "cat", "seed": 1.5}\n'
+    )
+    a, b, c, d, e = parse(data)
+    assert isinstance(a, PromptRequest) and a.fresh and a.input_form["fresh"] is True
+    assert isinstance(b, PromptRequest) and not b.fresh
+    assert b.request["generationConfig"]["seed"] == 42
+    assert isinstance(c, PromptRequest) and not c.fresh
+    assert isinstance(d, InvalidLine) and d.error.code == "bad_fresh"
+    assert isinstance(e, InvalidLine) and e.error.code == "bad_seed"
+
+
 # Lanes
 
 

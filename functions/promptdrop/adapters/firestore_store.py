@@ -102,7 +102,7 @@ def translate_firestore_error(exc: BaseException, what: str) -> PromptdropError:
 
 
 @contextmanager
-def _firestore_errors(what: str) -> Iterator[None]:
+def firestore_errors(what: str) -> Iterator[None]:
     try:
         yield
     except PromptdropError:
@@ -292,7 +292,7 @@ class FirestoreJobStore:
             self._jobs.where(filter=FieldFilter("run_id", "==", run_id)).order_by("attempt").order_by("chunk")
         )
         # Strict: a run whose job cannot be read must not look finished (its advance fails, alone).
-        with _firestore_errors(f"listing jobs of run {run_id}"):
+        with firestore_errors(f"listing jobs of run {run_id}"):
             return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
 
     # Leases
@@ -340,7 +340,7 @@ class FirestoreJobStore:
             raise PreconditionFailedError(f"{what}: the lease of run {run_id} is not held by {owner}")
 
     def _create(self, collection: Any, record_id: str, record: BaseModel, what: str) -> bool:
-        with _firestore_errors(what):
+        with firestore_errors(what):
             try:
                 collection.document(record_id).create(record.model_dump(mode="json"), **self._call)
             except api_exceptions.AlreadyExists:
@@ -348,12 +348,12 @@ class FirestoreJobStore:
         return True
 
     def _get(self, collection: Any, record_id: str, model: type[_Record], what: str) -> _Record | None:
-        with _firestore_errors(what):
+        with firestore_errors(what):
             snapshot = collection.document(record_id).get(**self._call)
         return model.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def _query(self, query: Any, model: type[_Record], what: str) -> list[_Record]:
-        with _firestore_errors(what):
+        with firestore_errors(what):
             return rules.decoded(
                 model, ((snapshot.id, snapshot.to_dict() or {}) for snapshot in query.stream(**self._call))
             )
@@ -365,5 +365,5 @@ class FirestoreJobStore:
         return dict(snapshot.to_dict() or {})
 
     def _transact(self, body: Callable[[firestore.Transaction], Any], what: str) -> Any:
-        with _firestore_errors(what):
+        with firestore_errors(what):
             return firestore.transactional(body)(self._client.transaction(max_attempts=self._attempts))

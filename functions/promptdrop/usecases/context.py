@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from promptdrop.layout import RunLayout
-from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier
+from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier, PaidImageCache
 from promptdrop.settings import Settings
 
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class Context:
     blobs: BlobStore
     store: JobStore
     notifier: Notifier
+    paid_images: PaidImageCache  # the pay-once cache, beside the job store
     # Built on first use: `status` and `--dry-run` never start an emulator or need an API key.
     backend_factory: Callable[[], BatchBackend]
     clock: Callable[[], float] = time.time

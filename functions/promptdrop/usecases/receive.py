@@ -50,8 +50,11 @@ class Receipt:
     ignored: str | None = None
 
 
-def receive_file(ctx: Context, obj: StorageObject) -> Receipt:
-    """A file landed in the inbox: claim it (once per generation) and move it on."""
+def receive_file(ctx: Context, obj: StorageObject, *, fresh: bool = False) -> Receipt:
+    """A file landed in the inbox: claim it (once per generation) and move it on.
+
+    ``fresh`` (`run --fresh`): every line is submitted, none served from the pay-once cache.
+    """
     settings = ctx.settings
     if not obj.name.startswith(settings.inbox_prefix):
         return Receipt(None, False, f"{obj.name} is outside the inbox prefix {settings.inbox_prefix}")
@@ -64,7 +67,7 @@ def receive_file(ctx: Context, obj: StorageObject) -> Receipt:
         obj = replace(obj, size=info.size)
     if obj.size == 0:
         return Receipt(None, False, f"{obj.name} is empty (uploaders send a zero-byte object first)")
-    return _receive_object(ctx, obj, "file")
+    return _receive_object(ctx, obj, "file", fresh=fresh)
 
 
 def receive_uri(ctx: Context, obj: StorageObject) -> Receipt:
@@ -72,7 +75,9 @@ def receive_uri(ctx: Context, obj: StorageObject) -> Receipt:
     return _receive_object(ctx, obj, "uri")
 
 
-def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri"]) -> Receipt:
+def _receive_object(
+    ctx: Context, obj: StorageObject, kind: Literal["file", "uri"], *, fresh: bool = False
+) -> Receipt:
     source = RunSource(
         kind=kind,
         bucket=obj.bucket,
@@ -81,7 +86,8 @@ def _receive_object(ctx: Context, obj: StorageObject, kind: Literal["file", "uri
         name=PurePosixPath(obj.name).stem,
         format=prompts.detect_format(obj.name) or "jsonl",
     )
-    return _claim_and_advance(ctx, file_claim_key(obj.bucket, obj.name, obj.generation), source, obj.size)
+    claim = file_claim_key(obj.bucket, obj.name, obj.generation)
+    return _claim_and_advance(ctx, claim, source, obj.size, fresh=fresh)
 
 
 def receive_inline(ctx: Context, request: InlineRequest) -> Receipt:
@@ -131,8 +137,10 @@ def _claim_and_advance(
     source: RunSource,
     size: int | Callable[[], int] | None,
     stage: Callable[[str], None] | None = None,
+    *,
+    fresh: bool = False,
 ) -> Receipt:
-    run, created = _claim(ctx, claim, source, stage)
+    run, created = _claim(ctx, claim, source, stage, fresh=fresh)
     if not created:
         log.info("already claimed; nothing to do", extra={"run_id": run.run_id})
         return Receipt(run, False)
@@ -152,7 +160,7 @@ def _claim_and_advance(
 
 
 def _claim(
-    ctx: Context, claim: str, source: RunSource, stage: Callable[[str], None] | None
+    ctx: Context, claim: str, source: RunSource, stage: Callable[[str], None] | None, *, fresh: bool = False
 ) -> tuple[Run, bool]:
     """The run of this claim, and whether this call created it. The claim key is always compared: an id
     taken by another claim (two generations of one name whose hashes share a prefix) means a longer id."""
@@ -161,7 +169,7 @@ def _claim(
         if existing is None:
             if stage is not None:
                 stage(run_id)
-            run = _new_run(ctx, run_id, claim, source)
+            run = _new_run(ctx, run_id, claim, source, fresh=fresh)
             if ctx.store.create_run(run):
                 return run, True
             existing = ctx.store.get_run(run_id)
@@ -173,7 +181,7 @@ def _claim(
     raise AssertionError(f"no free run id for claim {claim!r}")  # the last candidate is the whole hash
 
 
-def _new_run(ctx: Context, run_id: str, claim: str, source: RunSource) -> Run:
+def _new_run(ctx: Context, run_id: str, claim: str, source: RunSource, *, fresh: bool = False) -> Run:
     layout = ctx.layout(run_id)
     now = ctx.clock()
     return Run(
@@ -186,4 +194,5 @@ def _new_run(ctx: Context, run_id: str, claim: str, source: RunSource) -> Run:
         model=ctx.settings.model,
         created_at=now,
         updated_at=now,
+        fresh=fresh,
     )

@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 
 from promptdrop import manifest
-from promptdrop.cost import LaneTally
+from promptdrop.cost import CostTally, LaneTally
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RUN_ACTIVE, RunState
-from promptdrop.usecases import gallery
+from promptdrop.usecases import cache, gallery
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import parsed_input
 from promptdrop.usecases.workfiles import delete_work, load_outcomes
@@ -42,6 +42,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     outcomes = load_outcomes(ctx, run, jobs)
     counts = Counts()
     tally = LaneTally()
+    saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
+    cached = 0
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
     with (
@@ -71,7 +73,11 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                 entry = manifest.entry_for_outcome(
                     line.line, outcome, requested_model=line.model, lane=line.lane
                 )
-                if outcome.usage and outcome.model:
+                if outcome.cached_from is not None:
+                    cached += 1
+                    if outcome.usage and outcome.model:
+                        saved_by_cache.add_usage(outcome.model, Usage(**outcome.usage))
+                elif outcome.usage and outcome.model:
                     tally.add_usage(line.lane, outcome.model, Usage(**outcome.usage))
                 if outcome.status != "invalid" and line.lane == "now":
                     counts.now += 1
@@ -93,6 +99,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         ctx.blobs.delete(layout.errors)
     if not rejected_written:
         ctx.blobs.delete(layout.rejected)
+    # Every image of the run is written whole by now (the harvest flushes before its checkpoints).
+    cache.fill(ctx, run, outcomes)
 
     lanes = tally.total
     total = lanes.batch  # the batch lane: its cost, its interactive price, the saving
@@ -106,6 +114,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         estimate=run.cost.estimate,
         estimate_interactive=run.cost.estimate_interactive,
         estimate_now=run.cost.estimate_now,
+        cached=cached,
+        saved_by_cache=saved_by_cache.total.batch,
     )
     final = _end(
         ctx,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -22,6 +23,7 @@ from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
+from promptdrop.usecases.cache import CacheSplit
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -92,7 +94,11 @@ def submit_run(ctx: Context, run: Run) -> Run:
             "state": RunState.SUBMITTED.value,
             "model_choices": [choice.to_json() for choice in plan.models.values()],
             "counts": plan.counts.model_dump(),
-            "cost": _estimate_cost(plan.cost.total).model_dump(),
+            "cost": _estimate_cost(plan.cost.total)
+            .model_copy(
+                update={"cached": len(plan.cache.served), "saved_by_cache": plan.cache.saved.total.batch}
+            )
+            .model_dump(),
             "reason": None,
             "next_attempt_at": 0.0,
         },
@@ -149,6 +155,7 @@ class ModelChooser:
 
 @dataclass
 class _Plan:
+    cache: CacheSplit  # lines served from images paid for before
     counts: Counts = field(default_factory=Counts)
     cost: LaneTally = field(default_factory=LaneTally)
     jobs: list[Job] = field(default_factory=list)
@@ -157,9 +164,10 @@ class _Plan:
 
 
 def _write_chunks(ctx: Context, run: Run) -> _Plan:
-    plan = _Plan()
+    plan = _Plan(cache=CacheSplit(ctx, run))
     planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
+    plan.cache.prepare(_cacheable(ctx, run, choose))
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
@@ -179,6 +187,9 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     if choice.model is None:
                         raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
                     model = choice.model
+                    if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
+                        plan.counts.valid += 1
+                        continue
                     parts = resolve_images(ctx, line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
@@ -211,11 +222,20 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                 )
         plan.jobs = planner.finish()
         plan.models = choose.choices
+        plan.cache.finish()
     except BaseException:
         planner.abort()
         raise
     write_refused(ctx, ctx.layout(run.run_id), plan.refused)
     return plan
+
+
+def _cacheable(ctx: Context, run: Run, choose: ModelChooser) -> Iterator[tuple[PromptRequest, str]]:
+    """The valid lines with the model each runs on: what the pay-once cache is asked about first."""
+    with parsed_input(ctx, run) as lines:
+        for line in lines:
+            if isinstance(line, PromptRequest) and (model := choose(line.model).model) is not None:
+                yield line, model
 
 
 class _Refused(Exception):

@@ -52,14 +52,16 @@ def write_refused(ctx: Context, layout: RunLayout, refused: Iterable[Outcome]) -
 
 
 def load_outcomes(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Outcome]:
-    """key -> its latest outcome (a later attempt replaces an earlier one); refusals at submission included."""
+    """key -> its latest outcome (a later attempt replaces an earlier one); the lines refused or served from the
+    pay-once cache at submission included."""
     layout = ctx.layout(run.run_id)
     outcomes: dict[str, Outcome] = {}
-    try:
-        for outcome in _outcome_lines(ctx.blobs.read_bytes(layout.submit_outcomes)):
-            outcomes[outcome.key] = outcome
-    except NotFoundError:
-        pass
+    for name in (layout.cached_outcomes, layout.submit_outcomes):
+        try:
+            for outcome in _outcome_lines(ctx.blobs.read_bytes(name)):
+                outcomes[outcome.key] = outcome
+        except NotFoundError:
+            pass
     for job in sorted(jobs, key=lambda j: (j.attempt, j.chunk)):
         for outcome in iter_job_outcomes(ctx, layout, job):
             outcomes[outcome.key] = outcome

@@ -23,6 +23,8 @@ CHECKS = (
     "images == succeeded entries",
     "one batch per display name",
     "no scratch left",
+    "cached images decode",
+    "the re-drop hit the cache",
     "no tracebacks",
     "kills hit the risky moments",
 )
@@ -63,6 +65,9 @@ class Snapshot:
     )  # log name -> its first exception line
     kills: Mapping[str, int] = field(default_factory=dict)  # why -> how many ("create", "harvest", ...)
     required_kills: tuple[str, ...] = ()  # kill reasons that must have happened at least once
+    # Lines served from the pay-once cache: image object name -> whether it decodes (None: not gathered).
+    cached_images: Mapping[str, bool] = field(default_factory=dict)
+    cache_redrop: str | None = None  # the inbox object whose run must have lines served from the cache
 
 
 def is_scratch(name: str) -> bool:
@@ -154,6 +159,36 @@ def _check_outputs(snap: Snapshot) -> list[Miss]:
     return misses
 
 
+def _check_cache(snap: Snapshot) -> list[Miss]:
+    misses = []
+    for run in snap.runs:
+        entries = snap.manifests.get(run.run_id) or []
+        bad = [
+            str(e.get("image"))
+            for e in entries
+            if "cached_from" in e and not snap.cached_images.get(str(e.get("image")), False)
+        ]
+        if bad:
+            misses.append(
+                Miss(
+                    "cached images decode",
+                    f"{run.run_id}: {len(bad)} cached line(s) whose image does not decode: {bad[:3]}",
+                )
+            )
+    # Dropped once every run had ended, so its requests were paid for: some line must have been served.
+    redrops = [
+        snap.manifests.get(run.run_id)
+        for run in snap.runs
+        if snap.cache_redrop is not None and run.source_object == snap.cache_redrop
+    ]
+    settled = [entries for entries in redrops if entries is not None]  # a missing manifest is its own miss
+    if settled and not any("cached_from" in e for entries in settled for e in entries):
+        misses.append(
+            Miss("the re-drop hit the cache", f"{snap.cache_redrop}: no line served from the cache")
+        )
+    return misses
+
+
 def _check_batches(snap: Snapshot) -> list[Miss]:
     counts = Counter(name for name in snap.batch_display_names)
     return [
@@ -188,6 +223,7 @@ def judge(snap: Snapshot) -> list[Miss]:
     misses = (
         _check_runs(snap)
         + _check_outputs(snap)
+        + _check_cache(snap)
         + _check_batches(snap)
         + _check_logs(snap)
         + _check_kills(snap)

@@ -32,6 +32,8 @@ from promptdrop.testing.chaos.common import (
     Plan,
     SeedResult,
     batch_display_names,
+    cached_images,
+    due_cache_redrop,
     extra_file,
     fault_figures,
     line_figures,
@@ -41,7 +43,7 @@ from promptdrop.testing.chaos.common import (
 )
 from promptdrop.testing.chaos.local import run_view
 from promptdrop.testing.chaos.procs import Child, owns_client_port, stalled_create_ports, wait_listening
-from promptdrop.testing.chaos.prompts import MODEL, PromptFile, seed_files, seed_messages
+from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, seed_files, seed_messages
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
     CREATED_TOPICS,
@@ -404,7 +406,9 @@ class CloudChaos:
                 runs = self.runs()
                 expected = sum(self.drops.values()) + sum(self.published.values())
                 if len(runs) == expected and all(r.state.terminal for r in runs):
-                    extra = extra_file(self.rng, self.kills, self.extras, short=plan.short)
+                    extra = extra_file(
+                        self.rng, self.kills, self.extras, short=plan.short, first=self.files[0]
+                    )
                     if extra is None:
                         return
                     self.drop(extra.name, extra.data)
@@ -419,7 +423,11 @@ class CloudChaos:
             self.restart_dead({}, time.monotonic())
             runs = self.runs()
             if len(runs) == expected and all(r.state.terminal for r in runs):
-                break
+                redrop = due_cache_redrop(self.extras, self.files[0])  # if the kill phase ran out first
+                if redrop is None:
+                    break
+                self.drop(redrop.name, redrop.data)
+                expected += 1
             time.sleep(0.3)
         else:
             write_stuck_runs(self.store, self.logs / "stuck-runs.json")
@@ -460,7 +468,13 @@ class CloudChaos:
             # The short variant (in scripts/test) reports where its kills landed; only full runs, big enough to
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
+            cached_images=cached_images(manifests, self.read),
+            cache_redrop=INBOX_PREFIX + CACHE_REDROP,
         )
+
+    def read(self, name: str) -> bytes | None:
+        blob = self.storage.bucket(BUCKET).get_blob(name)
+        return None if blob is None else bytes(blob.download_as_bytes())
 
 
 def run_cloud(seed: int, plan: Plan, work: Path) -> SeedResult:

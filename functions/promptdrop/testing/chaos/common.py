@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
+from PIL import Image
 
 from promptdrop.emulator.options import WEBHOOK_SECRET_ENV
 from promptdrop.ports import JobStore
 from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
-from promptdrop.testing.chaos.prompts import PromptFile, big_file, big_lines, mixed_file
+from promptdrop.testing.chaos.prompts import (
+    CACHE_REDROP,
+    PromptFile,
+    big_file,
+    big_lines,
+    cache_redrop,
+    mixed_file,
+)
 from promptdrop.testing.cloud import free_port
 
 REPO = Path(__file__).resolve().parents[4]
@@ -29,8 +40,9 @@ CREATE_STALL_RATE = 0.3
 # Webhook deliveries (Cloud path) the emulator never sends, and those it sends twice.
 WEBHOOK_DROP_RATE = 0.2
 WEBHOOK_DUPLICATE_RATE = 0.3
-# Files dropped at most when the planned ones ended before the kills aimed at harvests and creates hit.
-MAX_EXTRA_FILES = 3
+# Files dropped at most once the planned ones ended: the pay-once cache's re-drop, then files for the kills
+# aimed at harvests and creates that did not hit yet.
+MAX_EXTRA_FILES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +78,32 @@ class SeedResult:
     misses: list[Miss] = field(default_factory=list)
 
 
+def due_cache_redrop(extras: list[PromptFile], first: PromptFile) -> PromptFile | None:
+    """The pay-once cache's re-drop of ``first`` (appended to ``extras``) if it was not dropped yet."""
+    if any(extra.name == CACHE_REDROP for extra in extras):
+        return None
+    extras.append(cache_redrop(first))
+    return extras[-1]
+
+
 def extra_file(
-    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool
+    rng: random.Random, kills: Counter[str], extras: list[PromptFile], *, short: bool, first: PromptFile
 ) -> PromptFile | None:
-    """Every run ended before a kill hit a harvest or a stalled create: one more file for it (appended to
-    ``extras``), or None when both were hit or the extras are used up."""
+    """Every run ended: first the pay-once cache's re-drop of ``first`` (its requests were all paid for by
+    now), then, while no kill hit a harvest or a stalled create, one more file for it (appended to
+    ``extras``); None when both were hit or the extras are used up."""
+    redrop = due_cache_redrop(extras, first)
+    if redrop is not None:
+        return redrop
     if len(extras) >= MAX_EXTRA_FILES:
         return None
     number = len(extras) + 1
+    # Fresh: their prompts may repeat earlier ones (the same seeded sequence), and the kills they are for need
+    # a harvest and creates to aim at, not lines served from the pay-once cache.
     if not kills["harvest"]:
-        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short))
+        extra = big_file(rng, f"big-extra-{number}.jsonl", big_lines(short=short), fresh=True)
     elif not kills["create"]:
-        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6)
+        extra = mixed_file(rng, f"mixed-extra-{number}.jsonl", 6, fresh=True)
     else:
         return None
     extras.append(extra)
@@ -199,6 +225,31 @@ def line_figures(manifests: dict[str, list[dict[str, object]] | None]) -> dict[s
         "succeeded": statuses["succeeded"],
         "failed": statuses["failed"],
         "invalid": statuses["invalid"],
+        "cached": sum("cached_from" in entry for entries in manifests.values() for entry in entries or []),
+    }
+
+
+def decodes(data: bytes | None) -> bool:
+    """The bytes are a whole image (Pillow decodes every pixel); None (no such object) is not."""
+    if data is None:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def cached_images(
+    manifests: Mapping[str, list[dict[str, Any]] | None], read: Callable[[str], bytes | None]
+) -> dict[str, bool]:
+    """Image name -> whether it decodes, for every line served from the pay-once cache."""
+    return {
+        str(entry.get("image")): decodes(read(str(entry.get("image"))))
+        for entries in manifests.values()
+        for entry in entries or []
+        if "cached_from" in entry
     }
 
 

@@ -29,6 +29,8 @@ from promptdrop.testing.chaos.common import (
     SeedResult,
     base_env,
     batch_display_names,
+    cached_images,
+    due_cache_redrop,
     extra_file,
     fault_figures,
     line_figures,
@@ -38,7 +40,7 @@ from promptdrop.testing.chaos.common import (
     write_stuck_runs,
 )
 from promptdrop.testing.chaos.procs import Child, has_open_file_under, owns_client_port, stalled_create_ports
-from promptdrop.testing.chaos.prompts import MODEL, PromptFile, big_lines, seed_files
+from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, big_lines, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
 INBOX, OUTPUTS = "inbox/", "outputs/"
@@ -229,7 +231,9 @@ class LocalChaos:
                     dropped and len(runs) == sum(self.drops.values()) and all(r.state.terminal for r in runs)
                 )
                 if ended and not restarting:
-                    extra = extra_file(self.rng, self.kills, self.extras, short=self.plan.short)
+                    extra = extra_file(
+                        self.rng, self.kills, self.extras, short=self.plan.short, first=self.files[0]
+                    )
                     if extra is None:
                         return
                     self.drop(extra)
@@ -253,7 +257,10 @@ class LocalChaos:
                     child.start()
             runs = self.runs(store)
             if len(runs) == sum(self.drops.values()) and all(r.state.terminal for r in runs):
-                break
+                redrop = due_cache_redrop(self.extras, self.files[0])  # if the kill phase ran out first
+                if redrop is None:
+                    break
+                self.drop(redrop)
             time.sleep(0.2)
         else:
             write_stuck_runs(store, self.logs / "stuck-runs.json")
@@ -272,6 +279,11 @@ class LocalChaos:
                 if path.exists()
                 else None
             )
+
+        def read(name: str) -> bytes | None:
+            path = self.bucket / name
+            return path.read_bytes() if path.is_file() else None
+
         objects = {}
         for folder, _, names in os.walk(self.bucket / OUTPUTS):
             for name in names:  # hidden temporary files included: they are what scratch looks like
@@ -293,6 +305,8 @@ class LocalChaos:
             # The short variant (in scripts/test) reports where its kills landed; only full runs, big enough to
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
+            cached_images=cached_images(manifests, read),
+            cache_redrop=INBOX + CACHE_REDROP,
         )
 
 

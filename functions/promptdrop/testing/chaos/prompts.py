@@ -63,12 +63,18 @@ def _file(name: str, lines: list[str]) -> PromptFile:
     return PromptFile(name, ("\n".join(lines) + "\n").encode(), expected)
 
 
-def mixed_file(rng: random.Random, name: str, size: int) -> PromptFile:
+def mixed_file(rng: random.Random, name: str, size: int, *, fresh: bool = False) -> PromptFile:
     """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line;
-    two of them in the now lane (sent at once with generate_content), one of those final."""
+    two of them in the now lane (sent at once with generate_content), one of those final.
+
+    ``fresh``: every line is submitted even if the pay-once cache holds its image (the defaults say so).
+    """
     kinds = ["ok"] * size + ["retryable", "final", "final", "invalid", "invalid", "blank", "now", "now-final"]
     rng.shuffle(kinds)
-    lines = [json.dumps({"defaults": {"model": MODEL, "aspect_ratio": "1:1"}})]
+    defaults: dict[str, Any] = {"model": MODEL, "aspect_ratio": "1:1"}
+    if fresh:
+        defaults["fresh"] = True
+    lines = [json.dumps({"defaults": defaults})]
     invalid = [
         "{not json",
         json.dumps({"prompt": "a cat", "colour": "red"}),  # an unknown field
@@ -99,9 +105,13 @@ def text_file(rng: random.Random, name: str, size: int) -> PromptFile:
     return _file(name, lines)
 
 
-def big_file(rng: random.Random, name: str, size: int) -> PromptFile:
-    """One job of more than CHECKPOINT_LINES plain lines: its harvest checkpoints on the way."""
-    return _file(name, [json.dumps({"key": f"b{n}", "prompt": _prompt(rng)}) for n in range(size)])
+def big_file(rng: random.Random, name: str, size: int, *, fresh: bool = False) -> PromptFile:
+    """One job of more than CHECKPOINT_LINES plain lines: its harvest checkpoints on the way.
+
+    ``fresh``: every line is submitted even if the pay-once cache holds its image (a defaults line says so).
+    """
+    lines = [json.dumps({"key": f"b{n}", "prompt": _prompt(rng)}) for n in range(size)]
+    return _file(name, [json.dumps({"defaults": {"fresh": True}}), *lines] if fresh else lines)
 
 
 def expiring_file(rng: random.Random, name: str) -> PromptFile:
@@ -109,6 +119,15 @@ def expiring_file(rng: random.Random, name: str) -> PromptFile:
     lines = [json.dumps({"prompt": _prompt(rng)}) for _ in range(3)]
     lines.insert(1, json.dumps({"key": "expires", "prompt": _prompt(rng, "[[emulator:job=expired]]")}))
     return _file(name, lines)
+
+
+# Dropped once every run ended: the first file again under another name, so its lines that succeeded are
+# served from the pay-once cache (the same requests) and the others are submitted again.
+CACHE_REDROP = "cache-redrop.jsonl"
+
+
+def cache_redrop(first: PromptFile) -> PromptFile:
+    return PromptFile(CACHE_REDROP, first.data, first.expected_lines)
 
 
 def big_lines(*, short: bool) -> int:

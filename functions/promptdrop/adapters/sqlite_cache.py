@@ -1,0 +1,72 @@
+"""The pay-once cache in SQLite: one table ``paid_images`` in the job store's database file.
+
+A row per request fingerprint holds the ``PaidImage`` as JSON. The conditional writes of ``put`` run
+inside ``BEGIN IMMEDIATE`` (the database's write lock), so of two processes settling the same new line at
+once exactly one entry is stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from promptdrop.adapters.sqlite_store import (
+    DEFAULT_BUSY_TIMEOUT,
+    open_database,
+    translate_sqlite_errors,
+    write_transaction,
+)
+from promptdrop.ports import PaidImage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS paid_images (
+    fingerprint TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+)
+"""
+
+
+class SqlitePaidImageCache:
+    """``PaidImageCache`` on a SQLite file (the one ``PROMPTDROP_STORE=sqlite:///PATH`` names)."""
+
+    def __init__(self, path: Path, *, timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._connection = open_database(path, timeout=timeout, schema=_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, translate_sqlite_errors(self._path), write_transaction(self._connection) as conn:
+            yield conn
+
+    def get(self, fingerprint: str) -> PaidImage | None:
+        with self._lock, translate_sqlite_errors(self._path):
+            row = self._connection.execute(
+                "SELECT doc FROM paid_images WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else PaidImage.from_json(orjson.loads(row[0]))
+
+    def put(self, entry: PaidImage, *, replacing: PaidImage | None = None) -> bool:
+        doc = orjson.dumps(entry.to_json()).decode()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT doc FROM paid_images WHERE fingerprint = ?", (entry.fingerprint,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO paid_images (fingerprint, doc) VALUES (?, ?)", (entry.fingerprint, doc)
+                )
+                return True
+            if replacing is None or PaidImage.from_json(orjson.loads(row[0])) != replacing:
+                return False
+            conn.execute("UPDATE paid_images SET doc = ? WHERE fingerprint = ?", (doc, entry.fingerprint))
+            return True

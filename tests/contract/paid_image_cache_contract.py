@@ -1,0 +1,98 @@
+"""The ``PaidImageCache`` contract, as a mixin every adapter's test class inherits.
+
+Subclass it in a ``Test...`` class and override the ``paid_images`` fixture with a fresh, empty cache, and
+``separate_caches`` with independent clients on the same storage (for the races).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import pytest
+
+from promptdrop.ports import PaidImage, PaidImageCache
+
+FINGERPRINT = "ab" * 32
+
+
+def make_entry(run_id: str = "cats-0123abcd", *, generation: str = "7") -> PaidImage:
+    return PaidImage(
+        fingerprint=FINGERPRINT,
+        image=f"outputs/{run_id}/images/cat.png",
+        generation=generation,
+        size=1234,
+        mime_type="image/png",
+        model="gemini-3-pro-image",
+        usage={"prompt_tokens": 5, "output_tokens": 1120, "image_tokens": 1120},
+        run_id=run_id,
+        key="cat",
+        created_at=1_700_000_000.5,
+    )
+
+
+class PaidImageCacheContract:
+    RACERS = 8  # runs settling the same line at once
+
+    @pytest.fixture
+    def paid_images(self) -> PaidImageCache:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def separate_caches(self) -> Callable[[int], list[PaidImageCache]]:
+        raise NotImplementedError
+
+    def test_a_missing_fingerprint_is_none(self, paid_images: PaidImageCache) -> None:
+        """Nothing stored: get answers None."""
+        assert paid_images.get(FINGERPRINT) is None
+
+    def test_an_entry_round_trips(self, paid_images: PaidImageCache) -> None:
+        """What put stores, get gives back field for field."""
+        entry = make_entry()
+        assert paid_images.put(entry)
+        assert paid_images.get(FINGERPRINT) == entry
+
+    def test_put_keeps_the_first_entry(self, paid_images: PaidImageCache) -> None:
+        """A second create for the same fingerprint changes nothing: the first image paid for stays."""
+        first, second = make_entry("run-a"), make_entry("run-b")
+        assert paid_images.put(first)
+        assert not paid_images.put(second)
+        assert paid_images.get(FINGERPRINT) == first
+
+    def test_replacing_swaps_only_the_entry_named(self, paid_images: PaidImageCache) -> None:
+        """Replacing a stale entry works if it is still stored; a stale view of it changes nothing."""
+        first, second, third = make_entry("run-a"), make_entry("run-b"), make_entry("run-c")
+        paid_images.put(first)
+        assert paid_images.put(second, replacing=first)
+        assert paid_images.get(FINGERPRINT) == second
+        assert not paid_images.put(third, replacing=first)  # someone replaced it meanwhile
+        assert paid_images.get(FINGERPRINT) == second
+        assert not paid_images.put(third, replacing=replace(second, generation="8"))
+        assert paid_images.get(FINGERPRINT) == second
+
+    def test_racing_creates_have_one_winner(
+        self, separate_caches: Callable[[int], list[PaidImageCache]]
+    ) -> None:
+        """Runs settling the same new line at once: exactly one entry is created, and it is kept."""
+        caches = separate_caches(self.RACERS)
+        with ThreadPoolExecutor(len(caches)) as pool:
+            won = list(pool.map(lambda i: caches[i].put(make_entry(f"run-{i}")), range(len(caches))))
+        assert won.count(True) == 1
+        stored = caches[0].get(FINGERPRINT)
+        assert stored is not None and stored.run_id == f"run-{won.index(True)}"
+
+    def test_racing_replacements_have_one_winner(
+        self, separate_caches: Callable[[int], list[PaidImageCache]]
+    ) -> None:
+        """Runs replacing the same stale entry at once: one replaces it, the others change nothing."""
+        caches = separate_caches(self.RACERS)
+        stale = make_entry("old-run")
+        caches[0].put(stale)
+        with ThreadPoolExecutor(len(caches)) as pool:
+            won = list(
+                pool.map(lambda i: caches[i].put(make_entry(f"run-{i}"), replacing=stale), range(len(caches)))
+            )
+        assert won.count(True) == 1
+        stored = caches[0].get(FINGERPRINT)
+        assert stored is not None and stored.run_id == f"run-{won.index(True)}"

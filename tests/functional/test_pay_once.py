@@ -1,0 +1,306 @@
+"""Pay once per image: a re-dropped file submits only the lines whose request changed (local path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from promptdrop import prompts
+from promptdrop.cli import app
+from promptdrop.models import model_spec
+from promptdrop.states import RunState
+from promptdrop.usecases.cache import ImageDigests
+from tests.functional.conftest import Pipeline, jsonl, read_jsonl
+
+MODEL = "gemini-3-pro-image"
+
+
+def requests_sent(emulator: Any) -> int:
+    """Requests in every batch the emulator was given (its own batchStats), counted at the emulator."""
+    total = 0
+    token = ""
+    while True:
+        reply = emulator.request(
+            "GET", f"/v1beta/batches?pageSize=100{'&pageToken=' + token if token else ''}"
+        )
+        assert reply.status == 200
+        body = reply.json()
+        for operation in body.get("operations", []):
+            total += int(operation["metadata"]["batchStats"]["requestCount"])
+        token = body.get("nextPageToken", "")
+        if not token:
+            return total
+
+
+def catalogue(count: int, *, edited: frozenset[int] = frozenset(), extra: int = 0) -> list[dict[str, Any]]:
+    lines = [
+        {"key": f"item-{n:02d}", "prompt": f"product shot {n}" + (" in blue" if n in edited else "")}
+        for n in range(count)
+    ]
+    return lines + [{"key": f"new-{n}", "prompt": f"a new size {n}"} for n in range(extra)]
+
+
+def run_file(pipeline: Pipeline, name: str, lines: list[dict[str, Any]]) -> Any:
+    receipt = pipeline.drop(name, jsonl(*lines))
+    assert receipt.run is not None
+    return pipeline.finish(receipt.run.run_id)
+
+
+def summary(pipeline: Pipeline, run: Any) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((pipeline.outputs(run) / "summary.json").read_bytes())
+    return data
+
+
+def test_redrop_with_three_edits_and_two_additions_sends_five_requests(pipeline: Pipeline) -> None:
+    """50 lines paid once; the re-drop sends exactly the 5 changed requests, the 45 others are copies."""
+    first = run_file(pipeline, "catalogue.jsonl", catalogue(50))
+    assert first.state is RunState.SUCCEEDED
+    assert requests_sent(pipeline.emulator) == 50
+    assert summary(pipeline, first)["cost"]["cached"] == 0
+
+    # 50 lines again: 45 as before, 3 edited, 2 new (in place of the last two).
+    second = run_file(pipeline, "catalogue.jsonl", catalogue(48, edited=frozenset({3, 17, 41}), extra=2))
+    assert second.state is RunState.SUCCEEDED
+    assert requests_sent(pipeline.emulator) == 50 + 5
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert len(entries) == 50
+    cached = {key: e for key, e in entries.items() if "cached_from" in e}
+    paid = {key for key, e in entries.items() if "cached_from" not in e}
+    assert paid == {"item-03", "item-17", "item-41", "new-0", "new-1"}
+    assert len(cached) == 45
+    first_entries = {e["key"]: e for e in pipeline.manifest(first)}
+    for key, entry in cached.items():
+        assert entry["status"] == "succeeded"
+        assert entry["attempts"] == 0
+        assert entry["cached_from"] == {"run_id": first.run_id, "key": key}
+        assert entry["image"] == f"{second.output_folder}images/{key}.png"
+        assert (pipeline.bucket / entry["image"]).read_bytes() == (
+            pipeline.bucket / first_entries[key]["image"]
+        ).read_bytes()
+        # The gallery's thumbnail came along, so the page shows the small image.
+        assert (pipeline.outputs(second) / "thumbs" / f"{key}.webp").is_file()
+    cost = summary(pipeline, second)["cost"]
+    assert cost["cached"] == 45
+    # What the 45 would have cost in batch, from the model table: 1120 image tokens at the batch rate
+    # (the emulator bills the table's tokens) plus their prompt tokens.
+    spec = model_spec(MODEL)
+    assert spec is not None and spec.rates is not None
+    per_image = spec.image_cost("1K", batch=True)
+    assert per_image is not None
+    assert cost["saved_by_cache"] == pytest.approx(45 * per_image, rel=0.01)
+    # This run paid only for the 5 it sent.
+    assert cost["batch"] == pytest.approx(5 * per_image, rel=0.01)
+
+
+def test_a_fresh_line_and_a_fresh_file_default_submit_anyway(pipeline: Pipeline) -> None:
+    """``"fresh": true`` on a line submits that line; a file default makes every line fresh."""
+    run_file(pipeline, "a.jsonl", catalogue(4))
+    lines = catalogue(4)
+    lines[2]["fresh"] = True
+    second = run_file(pipeline, "a.jsonl", lines)
+    assert requests_sent(pipeline.emulator) == 4 + 1
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert "cached_from" not in entries["item-02"]
+    assert all("cached_from" in entries[f"item-0{n}"] for n in (0, 1, 3))
+
+    third = run_file(pipeline, "a.jsonl", [{"defaults": {"fresh": True}}, *catalogue(4)])
+    assert requests_sent(pipeline.emulator) == 4 + 1 + 4
+    assert summary(pipeline, third)["cost"]["cached"] == 0
+
+
+def test_a_new_seed_is_a_new_request(pipeline: Pipeline) -> None:
+    """A changed ``seed`` changes the fingerprint: that line is paid for again."""
+    run_file(pipeline, "s.jsonl", [{"key": "a", "prompt": "cat", "seed": 1}, {"key": "b", "prompt": "dog"}])
+    second = run_file(
+        pipeline, "s.jsonl", [{"key": "a", "prompt": "cat", "seed": 2}, {"key": "b", "prompt": "dog"}]
+    )
+    assert requests_sent(pipeline.emulator) == 3
+    assert summary(pipeline, second)["cost"]["cached"] == 1
+
+
+def test_a_deleted_cached_image_is_paid_for_again_and_replaces_the_entry(pipeline: Pipeline) -> None:
+    """An entry whose image was deleted is ignored; the line is submitted and its new image is cached."""
+    first = run_file(pipeline, "d.jsonl", catalogue(3))
+    (pipeline.bucket / first.output_folder / "images" / "item-01.png").unlink()
+    second = run_file(pipeline, "d.jsonl", catalogue(3))
+    assert requests_sent(pipeline.emulator) == 3 + 1
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert "cached_from" not in entries["item-01"]
+    assert entries["item-00"]["cached_from"]["run_id"] == first.run_id
+    # The replacement entry points at the second run's image: a third drop sends nothing.
+    third = run_file(pipeline, "d.jsonl", catalogue(3))
+    assert requests_sent(pipeline.emulator) == 4
+    entries = {e["key"]: e for e in pipeline.manifest(third)}
+    assert entries["item-01"]["cached_from"] == {"run_id": second.run_id, "key": "item-01"}
+
+
+def test_a_run_served_wholly_from_the_cache_creates_no_job(pipeline: Pipeline) -> None:
+    """Every line cached: no batch job, the run settles SUCCEEDED with cost 0."""
+    run_file(pipeline, "w.jsonl", catalogue(3))
+    second = run_file(pipeline, "w.jsonl", catalogue(3))
+    assert pipeline.ctx.store.list_jobs(second.run_id) == []
+    assert second.state is RunState.SUCCEEDED
+    cost = summary(pipeline, second)["cost"]
+    assert (cost["cached"], cost["batch"]) == (3, 0.0)
+    assert not (pipeline.outputs(second) / "_work").exists()
+
+
+def test_cache_off_and_old_images_submit_every_line(pipeline: Pipeline) -> None:
+    """PROMPTDROP_CACHE=off neither serves nor fills; images past PROMPTDROP_CACHE_DAYS are not reused."""
+    off = pipeline.context(cache="off")
+    receipt = pipeline.drop("o.jsonl", jsonl(*catalogue(2)), off)
+    assert receipt.run is not None
+    pipeline.finish(receipt.run.run_id, off)
+    run_file(pipeline, "o.jsonl", catalogue(2))  # nothing was cached by the run with the cache off
+    assert requests_sent(pipeline.emulator) == 4
+    later = pipeline.context()
+    later.clock = lambda: __import__("time").time() + 31 * 86_400  # type: ignore[method-assign]
+    receipt = pipeline.drop("o.jsonl", jsonl(*catalogue(2)), later)
+    assert receipt.run is not None
+    pipeline.finish(receipt.run.run_id, later)
+    assert requests_sent(pipeline.emulator) == 6
+
+
+def test_run_fresh_submits_every_line_and_dry_run_shows_the_cache(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --dry-run` says how many lines the cache would serve; `run --fresh` submits them all anyway."""
+    run_file(pipeline, "c.jsonl", catalogue(3))
+    for name, value in pipeline.env.items():
+        monkeypatch.setenv(name, value)
+    prompt_file = tmp_path / "c.jsonl"
+    prompt_file.write_bytes(jsonl(*catalogue(3, extra=1)))
+    runner = CliRunner()
+    dry = runner.invoke(app, ["run", "--dry-run", str(prompt_file)])
+    assert dry.exit_code == 0, dry.output
+    assert "3 line(s) served from the pay-once cache" in dry.output
+    result = runner.invoke(app, ["run", "--fresh", "--wait", str(prompt_file)])
+    assert result.exit_code == 0, result.output
+    assert requests_sent(pipeline.emulator) == 3 + 4
+    run_id = result.stdout.splitlines()[0].strip()
+    status = runner.invoke(app, ["status", run_id])
+    assert "cache: 0 line(s)" in status.output
+    manifest = read_jsonl(pipeline.bucket / "outputs" / run_id / "manifest.jsonl")
+    assert not any("cached_from" in e for e in manifest)
+
+
+def test_two_runs_with_the_same_new_line_both_submit_and_the_first_to_settle_fills(
+    pipeline: Pipeline,
+) -> None:
+    """No waiting on each other: both pay; the cache then names the run that settled first."""
+    lines = catalogue(2)
+    one = pipeline.drop("one.jsonl", jsonl(*lines)).run
+    two = pipeline.drop("two.jsonl", jsonl(*lines)).run
+    assert one is not None and two is not None
+    assert requests_sent(pipeline.emulator) == 4  # both submitted at their claim, before either settled
+    pipeline.finish(two.run_id)
+    pipeline.finish(one.run_id)
+    entry = pipeline.ctx.paid_images.get(_fingerprint_of(pipeline, two.run_id, "item-00"))
+    assert entry is not None and entry.run_id == two.run_id
+    third = run_file(pipeline, "three.jsonl", lines)
+    assert requests_sent(pipeline.emulator) == 4
+    assert {e["cached_from"]["run_id"] for e in pipeline.manifest(third)} == {two.run_id}
+
+
+def _fingerprint_of(pipeline: Pipeline, run_id: str, key: str) -> str:
+    """The fingerprint the run recorded for ``key`` (read before it settles: scratch goes at the end)."""
+    run = pipeline.ctx.store.get_run(run_id)
+    assert run is not None
+    lines = [{"key": f"item-{n:02d}", "prompt": f"product shot {n}"} for n in range(2)]
+    (line,) = [
+        parsed
+        for parsed in prompts.parse_prompt_file(
+            io.BytesIO(jsonl(*lines)), "jsonl", prompts.ParseOptions(default_model=MODEL)
+        )
+        if isinstance(parsed, prompts.PromptRequest) and parsed.key == key
+    ]
+    fingerprint = ImageDigests(pipeline.ctx).fingerprint(line, MODEL)
+    assert fingerprint is not None
+    return fingerprint
+
+
+class _KilledOnce(Exception):
+    """A process killed mid-step: the step's writes so far stay, the rest never happen."""
+
+
+class _KillAt:
+    """A blob store that 'dies' once, on the first write of the object named ``victim``."""
+
+    def __init__(self, inner: Any, victim: str) -> None:
+        self.inner, self.victim, self.fired = inner, victim, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write_bytes(self, name: str, data: bytes, **options: Any) -> bool:
+        if name.endswith(self.victim) and not self.fired:
+            self.fired = True
+            raise _KilledOnce(name)
+        return bool(self.inner.write_bytes(name, data, **options))
+
+
+@pytest.mark.parametrize("victim", ["cached-outcomes.jsonl", "fingerprints.jsonl"])
+def test_a_kill_between_copying_cached_images_and_recording_them_loses_and_duplicates_nothing(
+    pipeline: Pipeline, victim: str
+) -> None:
+    """Killed after the copies (before or after the decision is written): the next step finishes the run
+    with exactly one manifest entry per line, the cached ones served and only the new one paid for."""
+    run_file(pipeline, "k.jsonl", catalogue(4))
+    killing = _KillAt(pipeline.ctx.blobs, victim)
+    ctx = dataclasses.replace(pipeline.ctx, blobs=killing)
+    receipt = pipeline.drop("k.jsonl", jsonl(*catalogue(4, extra=1)), ctx)
+    assert killing.fired and receipt.run is not None
+    assert receipt.run.state is RunState.RECEIVED  # the submission died; the poller takes it up
+    run = pipeline.finish(receipt.run.run_id)
+    entries = pipeline.manifest(run)
+    assert sorted(e["key"] for e in entries) == ["item-00", "item-01", "item-02", "item-03", "new-0"]
+    assert sum("cached_from" in e for e in entries) == 4
+    assert requests_sent(pipeline.emulator) == 4 + 1
+    assert summary(pipeline, run)["cost"]["cached"] == 4
+
+
+def test_a_cached_image_rewritten_since_is_not_served(pipeline: Pipeline) -> None:
+    """The entry names one generation and size of its image: other bytes under that name are not it."""
+    first = run_file(pipeline, "r.jsonl", catalogue(2))
+    (pipeline.bucket / first.output_folder / "images" / "item-00.png").write_bytes(b"half an ima")
+    second = run_file(pipeline, "r.jsonl", catalogue(2))
+    assert requests_sent(pipeline.emulator) == 3
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert "cached_from" not in entries["item-00"] and "cached_from" in entries["item-01"]
+
+
+def test_status_of_a_run_not_yet_submitted_says_what_the_cache_would_serve(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed run the poller has not submitted yet: `status` counts its lines the cache holds now."""
+    run_file(pipeline, "p.jsonl", catalogue(3))
+    waiting = pipeline.context(submit_on_claim_max_bytes="1")  # claimed, left to the poller
+    receipt = pipeline.drop("p.jsonl", jsonl(*catalogue(3, edited=frozenset({0}))), waiting)
+    assert receipt.run is not None and receipt.run.state is RunState.RECEIVED
+    for name, value in pipeline.env.items():
+        monkeypatch.setenv(name, value)
+    status = CliRunner().invoke(app, ["status", receipt.run.run_id])
+    assert status.exit_code == 0, status.output
+    assert "cache: 2 line(s) would be served from the pay-once cache if submitted now" in status.output
+
+
+def test_a_now_line_paid_for_before_is_served_from_the_cache_not_sent(pipeline: Pipeline) -> None:
+    """The lane is not part of the request: a now line whose image was paid for is copied, not generated,
+    and a now line paid for once is served to the batch lane next time."""
+    lines = [{"key": "a", "prompt": "red kite", "lane": "now"}, {"key": "b", "prompt": "blue boat"}]
+    first = run_file(pipeline, "n.jsonl", lines)
+    assert first.state is RunState.SUCCEEDED
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (1, 1)
+    swapped = [{"key": "a", "prompt": "red kite"}, {"key": "b", "prompt": "blue boat", "lane": "now"}]
+    second = run_file(pipeline, "n.jsonl", swapped)
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (1, 1)
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert entries["a"]["cached_from"] == {"run_id": first.run_id, "key": "a"}
+    assert entries["b"]["cached_from"] == {"run_id": first.run_id, "key": "b"}
+    assert summary(pipeline, second)["cost"]["cached"] == 2
