@@ -120,6 +120,11 @@ def firestore_errors(what: str) -> Iterator[None]:
         raise
 
 
+# Reads of a run whose lease is being taken while it keeps changing (its own owner's writes): then give up
+# for this call; the next one asks again.
+LEASE_CAS_TRIES = 3
+
+
 class FirestoreJobStore:
     """Runs and jobs in Firestore. ``timeout``/``retry`` apply to each call (``retry=None``: no retries)."""
 
@@ -298,17 +303,30 @@ class FirestoreJobStore:
     # Leases
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        """Compare-and-set, not a transaction: read the run, then write the lease only if the run is unchanged
+        since (``last_update_time``). Workers racing for a lease never wait on each other's locks; the
+        losers see the precondition fail and are refused at once (a transaction per try piled up under
+        contention: every overlapping tick and webhook retry held the run's document)."""
         reference = self._runs.document(run_id)
-
-        def take(transaction: firestore.Transaction) -> bool:
-            document = self._read(reference, transaction, f"run {run_id}")
-            lease = rules.taken_lease(document.get("lease"), owner, ttl, now)
-            if lease is None:
-                return False
-            transaction.update(reference, {"lease": lease})
+        what = f"taking the lease of run {run_id}"
+        for _ in range(LEASE_CAS_TRIES):
+            with firestore_errors(what):
+                snapshot = reference.get(**self._call)
+                if not snapshot.exists:
+                    raise NotFoundError(f"run {run_id} does not exist")
+                lease = rules.taken_lease((snapshot.to_dict() or {}).get("lease"), owner, ttl, now)
+                if lease is None:
+                    return False
+                try:
+                    reference.update(
+                        {"lease": lease},
+                        option=self._client.write_option(last_update_time=snapshot.update_time),
+                        **self._call,
+                    )
+                except api_exceptions.FailedPrecondition:
+                    continue  # the run changed since we read it: read again (another worker may hold it now)
             return True
-
-        return bool(self._transact(take, f"taking the lease of run {run_id}"))
+        return False
 
     def release_lease(self, run_id: str, owner: str) -> None:
         reference = self._runs.document(run_id)
