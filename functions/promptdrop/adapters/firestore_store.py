@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core import gapic_v1
-from google.api_core.retry import Retry
+from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -120,6 +120,25 @@ def firestore_errors(what: str) -> Iterator[None]:
         raise
 
 
+def _stream_retry(retry: Retry | object | None) -> Retry:
+    """The retry a streamed query is given: ours, never (``None``), or the library's default for queries."""
+    if isinstance(retry, Retry):
+        return retry
+    if retry is None:
+        return Retry(predicate=lambda exc: False)
+    return Retry(
+        initial=0.1,
+        maximum=60.0,
+        multiplier=1.3,
+        predicate=if_exception_type(
+            api_exceptions.DeadlineExceeded,
+            api_exceptions.InternalServerError,
+            api_exceptions.ServiceUnavailable,
+        ),
+        timeout=60.0,  # the library's is 300 s: most of a function's 540 s
+    )
+
+
 # Reads of a run whose lease is being taken while it keeps changing (its own owner's writes): then give up
 # for this call; the next one asks again.
 LEASE_CAS_TRIES = 3
@@ -144,6 +163,10 @@ class FirestoreJobStore:
         self._in_flight = self._client.collection(COUNTERS).document(IN_FLIGHT_COUNTER)
         self._attempts = transaction_attempts
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
+        # A streamed query whose stream breaks asks its retry object whether to go on; given the default or
+        # None, google-cloud-firestore reads a private attribute the gRPC callable lacks and raises
+        # AttributeError (seen when a connection reset cut a stream), so streams always get a Retry object.
+        self._stream_call: dict[str, Any] = {"retry": _stream_retry(retry), "timeout": timeout}
 
     @classmethod
     def from_url(cls, url: str, client: firestore.Client | None = None, **options: Any) -> FirestoreJobStore:
@@ -298,7 +321,7 @@ class FirestoreJobStore:
         )
         # Strict: a run whose job cannot be read must not look finished (its advance fails, alone).
         with firestore_errors(f"listing jobs of run {run_id}"):
-            return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._call)]
+            return [Job.model_validate(snapshot.to_dict()) for snapshot in query.stream(**self._stream_call)]
 
     # Leases
 
@@ -373,7 +396,8 @@ class FirestoreJobStore:
     def _query(self, query: Any, model: type[_Record], what: str) -> list[_Record]:
         with firestore_errors(what):
             return rules.decoded(
-                model, ((snapshot.id, snapshot.to_dict() or {}) for snapshot in query.stream(**self._call))
+                model,
+                ((snapshot.id, snapshot.to_dict() or {}) for snapshot in query.stream(**self._stream_call)),
             )
 
     def _read(self, reference: Any, transaction: firestore.Transaction, label: str) -> dict[str, Any]:
