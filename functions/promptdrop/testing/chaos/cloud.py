@@ -428,6 +428,7 @@ class CloudChaos:
                     break
                 self.drop(redrop.name, redrop.data)
                 expected += 1
+                start = time.monotonic()  # a new run: it gets the whole window (up to 3 attempts)
             time.sleep(0.3)
         else:
             write_stuck_runs(self.store, self.logs / "stuck-runs.json")

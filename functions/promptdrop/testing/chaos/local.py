@@ -261,6 +261,7 @@ class LocalChaos:
                 if redrop is None:
                     break
                 self.drop(redrop)
+                start = time.monotonic()  # a new run: it gets the whole window (up to 3 attempts)
             time.sleep(0.2)
         else:
             write_stuck_runs(store, self.logs / "stuck-runs.json")
