@@ -47,6 +47,11 @@ class BlobStore(Protocol):
         """Stream an object in; it appears whole when the block ends without error, never half."""
         ...
 
+    def write_overhead(self, size: int) -> int:
+        """Bytes ``write_bytes`` holds beside the caller's ``size`` bytes while it writes them (a request body
+        the client library builds), so a caller budgeting memory can count them."""
+        ...
+
     def write_bytes(
         self,
         name: str,

@@ -40,15 +40,17 @@ def split_lines(
                 skipped_head = None
             elif pending:
                 pending.append(memoryview(data)[start : end + 1])
-                yield _checked(b"".join(pending), limit, head)
-                pending, pending_size = [], 0
+                pending_size = 0
+                # Joined and emptied before the yield: the blocks it spanned are freed while the caller works
+                # on the line (no local name keeps either alive into the next read).
+                yield _checked(_take(pending), limit, head)
             else:
                 yield _checked(data[start : end + 1], limit, head)
             start = end + 1
     if skipped_head is not None:
         yield skipped_head, False
     elif pending:
-        yield _checked(b"".join(pending), limit, head)
+        yield _checked(_take(pending), limit, head)
 
 
 def iter_lines(stream: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
@@ -68,6 +70,13 @@ def _checked(line: bytes, limit: int | None, head: int) -> tuple[bytes, bool]:
     if limit is not None and len(content(line)) > limit:
         return line[:head], False
     return line, True
+
+
+def _take(pieces: list[memoryview]) -> bytes:
+    """The pieces joined into one line; the list is emptied, releasing the blocks they viewed."""
+    line = b"".join(pieces)
+    pieces.clear()
+    return line
 
 
 def _head(pieces: list[memoryview], size: int) -> bytes:

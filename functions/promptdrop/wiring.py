@@ -15,6 +15,7 @@ from promptdrop.adapters.events_log import EventsLog
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.sqlite_cache import SqlitePaidImageCache
 from promptdrop.adapters.sqlite_store import SqliteJobStore
+from promptdrop.budget import ByteBudget
 from promptdrop.errors import ConfigurationError
 from promptdrop.logs import register_secret
 from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier, PaidImageCache
@@ -31,11 +32,14 @@ EMULATOR_KEY = "promptdrop-local-emulator"
 EmulatorLauncher = Callable[[Settings], str]
 
 
-def blob_store(settings: Settings) -> BlobStore:
+def blob_store(settings: Settings, memory: ByteBudget | None = None) -> BlobStore:
+    """``memory``: the process's byte budget, which Cloud Storage reads draw on to fetch ahead."""
     if settings.bucket_is_gcs:
         from promptdrop.adapters.gcs import GcsBlobStore  # heavy: see the module docstring
 
-        return GcsBlobStore(settings.bucket_name, upload_concurrency=settings.upload_concurrency)
+        return GcsBlobStore(
+            settings.bucket_name, upload_concurrency=settings.upload_concurrency, read_ahead_budget=memory
+        )
     return LocalBlobStore(Path(settings.bucket))
 
 
@@ -107,9 +111,11 @@ def build_context(settings: Settings, emulator_launcher: EmulatorLauncher | None
         register_secret(settings.api_key.get_secret_value())
     if settings.webhook_secret is not None:
         register_secret(settings.webhook_secret.get_secret_value())
+    memory = ByteBudget(settings.harvest_memory_budget)
     return Context(
         settings=settings,
-        blobs=blob_store(settings),
+        blobs=blob_store(settings, memory),
+        image_budget=memory,
         store=job_store(settings),
         notifier=notifier(settings),
         paid_images=paid_images(settings),

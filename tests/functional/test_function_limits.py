@@ -3,8 +3,13 @@ them, input bytes in the Files API capped, image bytes held by a tick bounded.""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+from promptdrop import results
 from promptdrop.states import JobPhase, RunState
 from promptdrop.store_rules import HOLDING_INPUT
 from promptdrop.usecases import advance, harvest, poll
@@ -88,3 +93,85 @@ def test_image_bytes_of_a_harvest_stay_within_the_shared_budget(pipeline: Pipeli
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.SUCCEEDED and len(sizes) == 6
     assert ctx.image_budget is not None and ctx.image_budget.used == 0
+
+
+class _SlowImages:
+    """The run's bucket with image writes slowed down, counting the image bytes being written at each moment."""
+
+    def __init__(self, inner: Any, delay: float, seen: Callable[[int], None]) -> None:
+        self.inner, self.delay, self.seen = inner, delay, seen
+        self.lock = threading.Lock()
+        self.writing = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write_bytes(self, name: str, data: bytes, **options: Any) -> bool:
+        if "/images/" not in name:
+            return bool(self.inner.write_bytes(name, data, **options))
+        with self.lock:
+            self.writing += len(data)
+        self.seen(len(data))
+        time.sleep(self.delay)
+        try:
+            return bool(self.inner.write_bytes(name, data, **options))
+        finally:
+            with self.lock:
+                self.writing -= len(data)
+
+
+def test_lines_being_parsed_and_images_being_written_are_all_counted_within_the_budget(
+    pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    """Three runs harvested in one tick with slow image writes: at every moment the bytes really held (the
+    result lines being parsed, the images being written) are within the budget's own counter, and that
+    counter within the budget."""
+    probe = pipeline.context()
+    receipt = pipeline.drop("probe.jsonl", _lines(1), probe)
+    assert receipt.run is not None
+    pipeline.finish(receipt.run.run_id, probe)
+    image = next(i for i in probe.blobs.list(probe.layout(receipt.run.run_id).folder) if "/images/" in i.name)
+    line = image.size * 4 // 3  # a result line is mostly the image's base64
+    budget = 4 * (2 * line + image.size)  # room for about four lines being parsed or images being written
+    ctx = pipeline.context(harvest_memory_budget=budget, tick_concurrency=3, cache="off")
+    assert ctx.image_budget is not None
+    counter = ctx.image_budget
+    parsing = {"bytes": 0}
+    lock = threading.Lock()
+    held: list[tuple[int, int]] = []  # (bytes really held, the counter) at each moment something was added
+
+    def sample(_: int) -> None:
+        with lock:
+            held.append((parsing["bytes"] + slow.writing, counter.used))
+
+    slow = _SlowImages(ctx.blobs, 0.05, sample)
+    ctx = dataclasses.replace(ctx, blobs=slow)
+    parse = results.parse_result_line
+
+    def counted_parse(raw: bytes) -> Any:
+        with lock:
+            parsing["bytes"] += len(raw)
+        sample(len(raw))
+        try:
+            return parse(raw)
+        finally:
+            with lock:
+                parsing["bytes"] -= len(raw)
+
+    monkeypatch.setattr(harvest.results, "parse_result_line", counted_parse)
+    run_ids = []
+    for n in range(3):
+        dropped = pipeline.drop(f"boats-{n}.jsonl", _lines(12, n + 1), ctx)
+        assert dropped.run is not None
+        run_ids.append(dropped.run.run_id)
+    for _ in range(200):
+        poll.tick(ctx, run_ids=run_ids)
+        runs = [ctx.store.get_run(run_id) for run_id in run_ids]
+        if all(run is not None and run.state.terminal for run in runs):
+            break
+    assert all(run is not None and run.state is RunState.SUCCEEDED for run in runs)
+    assert len(held) >= 72  # 36 lines parsed, 36 images written
+    assert all(really <= counted for really, counted in held), [h for h in held if h[0] > h[1]][:3]
+    assert counter.peak <= counter.limit
+    assert max(really for really, _ in held) > 2 * line  # work really overlapped under the budget
+    assert counter.used == 0

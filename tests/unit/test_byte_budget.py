@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from promptdrop.usecases.context import ByteBudget
+from promptdrop.budget import ByteBudget
 
 
 def test_holders_never_exceed_the_limit() -> None:

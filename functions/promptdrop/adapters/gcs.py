@@ -27,6 +27,7 @@ from google.cloud.storage.fileio import BlobWriter
 from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.adapters import HTTPAdapter
 
+from promptdrop.budget import ByteBudget
 from promptdrop.errors import (
     NotFoundError,
     PermanentError,
@@ -46,6 +47,10 @@ DEFAULT_TIMEOUT = 60.0
 # Chunks an object reader fetches ahead of the one being read: every request waits tens of milliseconds
 # for Cloud Storage to answer, and two in flight hide most of that wait from a sequential read.
 READ_AHEAD_CHUNKS = 2
+# Objects up to this size go up in one multipart request, whose body the client library builds as a copy
+# of the data (google.cloud.storage.blob._MAX_MULTIPART_SIZE); larger ones go in a resumable upload that
+# sends the caller's bytes as they are (tests/unit/test_private_surfaces.py checks the figure).
+MULTIPART_MAX_BYTES = 8 * MiB
 
 # google-cloud-storage 3.x reads a body in one call when asked; older releases (>= 2.18 is allowed) cannot.
 _SINGLE_SHOT: dict[str, bool] = (
@@ -111,11 +116,20 @@ class _ObjectReader(io.RawIOBase):
 
     ``read_ahead`` chunks are fetched in the background while the caller works through the current one:
     each request pays the store's round trip, and a harvest reading gigabytes in sequence would otherwise
-    wait for every one of them. Memory is ``(1 + read_ahead) * chunk_size``.
+    wait for every one of them. Memory is ``(1 + read_ahead) * chunk_size``; with a ``budget`` (the process's
+    byte budget) a chunk is fetched ahead only with spare bytes of it, so the read-ahead of all the runs of a
+    tick together stays within the budget, and only the chunk being read is outside it.
     """
 
     def __init__(
-        self, blob: Blob, start: int, size: int, chunk_size: int, call: dict[str, Any], read_ahead: int
+        self,
+        blob: Blob,
+        start: int,
+        size: int,
+        chunk_size: int,
+        call: dict[str, Any],
+        read_ahead: int,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._blob = blob
         self._generation = blob.generation
@@ -124,9 +138,11 @@ class _ObjectReader(io.RawIOBase):
         self._chunk_size = chunk_size
         self._call = call
         self._read_ahead = read_ahead
+        self._budget = budget
         self._chunk = memoryview(b"")  # the fetched bytes from _chunk_start on
         self._chunk_start = 0
-        self._ahead: deque[tuple[int, Future[bytes]]] = deque()  # consecutive chunks, in order
+        # Consecutive chunks, in order: (start, fetch, bytes of the budget it holds).
+        self._ahead: deque[tuple[int, Future[bytes], int]] = deque()
         self._next_fetch = start
         self._pool: ThreadPoolExecutor | None = None
 
@@ -176,33 +192,48 @@ class _ObjectReader(io.RawIOBase):
             # Fetches under way finish in the background; nobody waits for bytes no one will read.
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._ahead.clear()
+        self._drop_ahead()
         self._chunk = memoryview(b"")
         super().close()
 
     def _load(self) -> None:
         """Make the chunk starting at the current position the current one, and keep fetching ahead."""
         if self._ahead and self._ahead[0][0] != self._position:  # a seek elsewhere
-            for _, future in self._ahead:
-                future.cancel()
-            self._ahead.clear()
+            self._drop_ahead()
         if not self._ahead:
             self._next_fetch = self._position
-            self._schedule(1)
-        start, future = self._ahead.popleft()
+            self._schedule(1, spare=False)
+        start, future, held = self._ahead.popleft()
+        self._return_spare(held)  # read now, not ahead: the chunk being read is the one a reader always has
         self._chunk = memoryview(b"")  # let the old chunk go before the next arrives
-        self._schedule(self._read_ahead)
+        self._schedule(self._read_ahead, spare=True)
         self._chunk, self._chunk_start = memoryview(future.result()), start
 
-    def _schedule(self, depth: int) -> None:
+    def _schedule(self, depth: int, *, spare: bool) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max(1, self._read_ahead), thread_name_prefix="promptdrop-gcs-read"
             )
         while len(self._ahead) < depth and self._next_fetch < self._size:
             start = self._next_fetch
-            self._ahead.append((start, self._pool.submit(self._fetch, start)))
-            self._next_fetch = min(start + self._chunk_size, self._size)
+            end = min(start + self._chunk_size, self._size)
+            held = 0
+            if spare and self._budget is not None:
+                if not self._budget.take_spare(end - start):
+                    return  # no spare memory now: this chunk is fetched when it is needed
+                held = end - start
+            self._ahead.append((start, self._pool.submit(self._fetch, start), held))
+            self._next_fetch = end
+
+    def _drop_ahead(self) -> None:
+        for _, future, held in self._ahead:
+            future.cancel()
+            self._return_spare(held)
+        self._ahead.clear()
+
+    def _return_spare(self, held: int) -> None:
+        if held and self._budget is not None:
+            self._budget.return_spare(held)
 
     def _fetch(self, start: int) -> bytes:
         end = min(start + self._chunk_size, self._size) - 1
@@ -310,8 +341,10 @@ class GcsBlobStore:
         timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
         retry: Retry | None = DEFAULT_RETRY,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        read_ahead_budget: ByteBudget | None = None,
     ) -> None:
         self._client = client if client is not None else Client()
+        self._read_ahead_budget = read_ahead_budget
         widen_connection_pool(self._client, upload_concurrency + READ_AHEAD_CHUNKS + 1)
         self._bucket = self._client.bucket(bucket_name)
         self._name = bucket_name
@@ -342,7 +375,15 @@ class GcsBlobStore:
         with _storage_errors(self._where(name)):
             # Pins the generation (later ranged reads ask for it) and says where the object ends.
             blob.reload(**self._call)
-        raw = _ObjectReader(blob, start, int(blob.size or 0), self._chunk_size, self._call, READ_AHEAD_CHUNKS)
+        raw = _ObjectReader(
+            blob,
+            start,
+            int(blob.size or 0),
+            self._chunk_size,
+            self._call,
+            READ_AHEAD_CHUNKS,
+            self._read_ahead_budget,
+        )
         # A small buffer: large reads go straight from the fetched chunk into the caller's bytes.
         with io.BufferedReader(raw) as reader:
             yield cast(BinaryIO, reader)
@@ -387,6 +428,10 @@ class GcsBlobStore:
         self, name: str, *, content_type: str | None = None, metadata: Mapping[str, str] | None = None
     ) -> AbstractContextManager[BinaryIO]:
         return self._open_write(name, content_type, metadata)
+
+    def write_overhead(self, size: int) -> int:
+        """A multipart upload's body is a copy of the data; a resumable one sends the data itself."""
+        return size if size <= MULTIPART_MAX_BYTES else 0
 
     def write_bytes(
         self,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from promptdrop.budget import ByteBudget
 from promptdrop.layout import RunLayout
 from promptdrop.ports import BatchBackend, BlobStore, JobStore, Notifier, PaidImageCache
 from promptdrop.settings import Settings
@@ -62,33 +63,6 @@ class Lazy(Generic[T]):
             self._value = value
 
 
-class ByteBudget:
-    """Bytes of images a process may hold queued or in flight, shared by every run a tick advances.
-
-    ``acquire`` waits while the budget is spent; one image larger than the whole budget still goes, alone,
-    so nothing can wait for ever. Each run's own thread holds at most one more decoded image and its
-    result line beside this (see docs/PERFORMANCE.md for the measured totals).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, size: int) -> None:
-        with self._cond:
-            while self.used and self.used + size > self.limit:
-                self._cond.wait()
-            self.used += size
-            self.peak = max(self.peak, self.used)
-
-    def release(self, size: int) -> None:
-        with self._cond:
-            self.used -= size
-            self._cond.notify_all()
-
-
 @dataclass
 class Context:
     settings: Settings
@@ -100,8 +74,8 @@ class Context:
     backend_factory: Callable[[], BatchBackend]
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=default_owner)
-    # Shared by the copies ``replace`` makes (a context working under a lease): one backend and one image
-    # budget serve every run of the process.
+    # Shared by the copies ``replace`` makes (a context working under a lease): one backend and one memory
+    # budget serve every run of the process (the blob store's read-ahead draws on the same budget).
     backend_holder: Lazy[BatchBackend] | None = None
     image_budget: ByteBudget | None = None
     # Where the now lane's chunks are published (one message each) to be worked by another function;

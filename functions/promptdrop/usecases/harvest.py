@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
@@ -18,6 +19,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from promptdrop import results
+from promptdrop.budget import ByteBudget, Held
 from promptdrop.errors import (
     BackendError,
     BackendPermanentError,
@@ -34,7 +36,7 @@ from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import iter_lines
 from promptdrop.usecases import results_copy
-from promptdrop.usecases.context import ByteBudget, Context
+from promptdrop.usecases.context import Context
 from promptdrop.usecases.gallery import thumbnails_for
 from promptdrop.usecases.leases import renew
 from promptdrop.usecases.workfiles import iter_job_keys, iter_job_outcomes
@@ -43,11 +45,18 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_LINES = 200
 CHECKPOINT_BYTES = 256 * 1024 * 1024
+UNLIMITED = 1 << 62
+# What a harvest reserves for the first line it reads, before it knows the size of any: a line of the
+# largest images (a 4K image of about 25 MB is 33 MB of base64). Later lines reserve the size of the
+# largest of the RECENT_LINES before them (an error line between two images does not lower it).
+FIRST_LINE_BYTES = 34 * 1024 * 1024
+RECENT_LINES = 8
 
 
 class ImageWriter:
     """Writes images with bounded concurrency and bounded memory: at most concurrency + 1 images held,
-    and no more bytes than ``budget`` allows (a budget shared by every run of the tick).
+    and no more bytes than ``budget`` allows (a budget shared by every run of the tick). Each image is
+    charged with the copy the store makes of it while writing (``BlobStore.write_overhead``).
 
     One image waiting beside those being written keeps every writer busy (the caller decodes the next while
     they work); a deeper queue would only hold more megabytes when writes stall.
@@ -61,7 +70,7 @@ class ImageWriter:
         after_write: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.blobs = blobs
-        self.budget = budget or ByteBudget(1 << 62)
+        self.budget = budget or ByteBudget(UNLIMITED)
         self.after_write = after_write  # e.g. the gallery's thumbnail, made in the same writer thread
         self.concurrency = max(1, concurrency)
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="promptdrop-img")
@@ -70,23 +79,53 @@ class ImageWriter:
         self._refused: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def submit(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
-        size = len(data)
+    def charge(self, size: int) -> int:
+        """Bytes of the budget an image of ``size`` bytes holds until it is written: itself and the store's
+        copy of it."""
+        return size + self.blobs.write_overhead(size)
+
+    def submit(
+        self,
+        name: str,
+        data: bytes,
+        content_type: str | None,
+        metadata: Mapping[str, str],
+        held: Held | None = None,
+    ) -> None:
+        """Write ``data`` (in the background when concurrency > 1). ``held``: budget the caller already holds
+        for it (the harvest reserves a line's bytes before reading it), resized to the image's charge and
+        released once it is written; without it the charge is waited for here."""
+        charge = self.charge(len(data))
         if self.concurrency == 1:
-            self.budget.acquire(size)
+            held = self._hold(charge, held)
             try:
                 self._write(name, data, content_type, metadata)
             finally:
-                self.budget.release(size)
+                held.release()
             return
-        self._slots.acquire()
-        self.budget.acquire(size)
-        future = self._pool.submit(self._write, name, data, content_type, metadata)
-        future.add_done_callback(lambda _: self._done(size))
+        try:
+            self._slots.acquire()
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        held = self._hold(charge, held)
+        try:
+            future = self._pool.submit(self._write, name, data, content_type, metadata)
+        except BaseException:
+            self._done(held)
+            raise
+        future.add_done_callback(lambda _: self._done(held))
         self._pending.append(future)
 
-    def _done(self, size: int) -> None:
-        self.budget.release(size)
+    def _hold(self, charge: int, held: Held | None) -> Held:
+        if held is None:
+            return self.budget.hold(charge)
+        held.resize(charge)
+        return held
+
+    def _done(self, held: Held) -> None:
+        held.release()
         self._slots.release()
 
     def _write(self, name: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]) -> None:
@@ -214,14 +253,13 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
         if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
             with _open_results(ctx, layout, job, offset) as stream:
-                for raw in iter_lines(stream):
-                    offset += len(raw)
-                    outcome = _outcome_for_line(raw, job, layout, known, done_keys, writer, run)
+                for size, outcome in _harvest_lines(stream, job, layout, known, done_keys, writer, run):
+                    offset += size
                     if outcome is not None:
                         done_keys.add(outcome.key)
-                        cp.add(outcome, len(raw))
+                        cp.add(outcome, size)
                     else:
-                        cp.bytes_since += len(raw)
+                        cp.bytes_since += size
                     if cp.due:
                         cp.commit(offset)
                         if deadline is not None and ctx.clock() >= deadline:
@@ -240,15 +278,63 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
     return True
 
 
-def _outcome_for_line(
-    raw: bytes,
+def line_charge(size: int, writer: ImageWriter) -> int:
+    """Bytes of the budget a result line of ``size`` bytes needs while it is parsed: the line, the base64
+    text the JSON parser makes of it, and the decoded image (3/4 of the base64) with its write charge."""
+    return 2 * size + writer.charge(size * 3 // 4)
+
+
+def _harvest_lines(
+    stream: BinaryIO,
     job: Job,
     layout: RunLayout,
     known: Mapping[str, int],
     done: set[str],
     writer: ImageWriter,
     run: Run,
-) -> Outcome | None:
+) -> Iterator[tuple[int, Outcome | None]]:
+    """``(bytes consumed, outcome or None)`` for each line of a results file, its image handed to ``writer``.
+
+    A line's memory is reserved from the writer's budget *before* the line is read (at the size of the line
+    before it), so a run waits for the budget without holding a line, and all the runs of a tick together
+    hold what the budget allows: lines being parsed, images queued and being written.
+    """
+    lines = iter_lines(stream)
+    recent: deque[int] = deque([FIRST_LINE_BYTES], maxlen=RECENT_LINES)
+    while True:
+        # At most the whole budget: a line of that size then waits until nothing else is held.
+        held = writer.budget.hold(min(line_charge(max(recent), writer), writer.budget.limit))
+        try:
+            raw = next(lines, None)
+            if raw is None:
+                held.release()
+                return
+            size = len(raw)
+            recent.append(size)
+            # A line longer than expected is counted now, without waiting (waiting while holding could
+            # deadlock the runs on each other): the budget is exceeded by that difference, once.
+            held.resize(line_charge(size, writer))
+            found = _parse_line(raw, job, known, done, run)
+            del raw  # the decoded image is all that is needed from here on
+        except BaseException:
+            held.release()
+            raise
+        if found is None:
+            held.release()
+            yield size, None
+            continue
+        key, parsed = found
+        del found
+        # The writer takes the holding over (resized to the image's charge) and releases it once written.
+        outcome = store_image(parsed, key, job, layout, writer, run, held)
+        del parsed  # the writer holds the image; nothing here may keep it past its write
+        yield size, outcome
+
+
+def _parse_line(
+    raw: bytes, job: Job, known: Mapping[str, int], done: set[str], run: Run
+) -> tuple[str, ImageOutcome] | None:
+    """A line's key and parsed answer, or None for a blank, unreadable or unattributable line."""
     if _blank(raw):
         return None
     try:
@@ -263,19 +349,38 @@ def _outcome_for_line(
         # Join on key, never on order; a key we did not send (or a repeat) cannot be attributed.
         log.warning("result line with unknown or repeated key skipped", extra={"run_id": run.run_id})
         return None
-    return store_image(parsed, key, job, layout, writer, run)
+    return key, parsed
 
 
 def store_image(
-    parsed: ImageOutcome, key: str, job: Job, layout: RunLayout, writer: ImageWriter, run: Run
+    parsed: ImageOutcome,
+    key: str,
+    job: Job,
+    layout: RunLayout,
+    writer: ImageWriter,
+    run: Run,
+    held: Held | None = None,
 ) -> Outcome:
-    """A line's answer -> its outcome, its image (if any) handed to ``writer`` under the key's one name."""
+    """A line's answer -> its outcome, its image (if any) handed to ``writer`` under the key's one name.
+
+    ``held``: budget already reserved for the line; handed to the writer with the image, or released."""
     image_name = None
     if parsed.succeeded and parsed.data is not None and parsed.extension:
-        image_name = layout.image(key, parsed.extension)
+        try:
+            image_name = layout.image(key, parsed.extension)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
         writer.submit(
-            image_name, parsed.data, parsed.mime_type, {"run": run.run_id, "key": key, "model": job.model}
+            image_name,
+            parsed.data,
+            parsed.mime_type,
+            {"run": run.run_id, "key": key, "model": job.model},
+            held,
         )
+    elif held is not None:
+        held.release()
     return Outcome.of_image(parsed, key, image_name=image_name, attempt=job.attempt, model=job.model)
 
 
