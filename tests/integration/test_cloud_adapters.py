@@ -21,6 +21,7 @@ from promptdrop.adapters.firestore_cache import FirestorePaidImageCache
 from promptdrop.adapters.firestore_store import FirestoreJobStore, parse_store_url
 from promptdrop.adapters.gcs import GcsBlobStore
 from promptdrop.adapters.pubsub import PubsubNotifier
+from promptdrop.budget import ByteBudget
 from promptdrop.errors import ConfigurationError, NotFoundError, PreconditionFailedError
 from promptdrop.events import parse_storage_notification
 from promptdrop.states import RunState
@@ -127,6 +128,35 @@ def test_streamed_read_line_by_line(gcs: GcsBlobStore) -> None:
     gcs.write_bytes("results.jsonl", b"".join(lines))
     with gcs.open_read("results.jsonl") as handle:
         assert list(handle) == lines
+
+
+def test_read_ahead_takes_only_spare_budget_and_gives_it_back(
+    bucket_name: str, storage_client: storage.Client
+) -> None:
+    """With the process's byte budget, chunks are fetched ahead only with spare bytes of it (at most half), the
+    read is whole either way, and every byte comes back when the reader is closed, read to the end or not."""
+    budget = ByteBudget(3 * SMALL_CHUNK)  # room for one chunk ahead, not two
+    store = GcsBlobStore(bucket_name, storage_client, chunk_size=SMALL_CHUNK, read_ahead_budget=budget)
+    data = bytes(range(256)) * (10 * SMALL_CHUNK // 256)
+    store.write_bytes("results.jsonl", data)
+    spare_seen: list[int] = []
+    with store.open_read("results.jsonl") as handle:
+        parts = []
+        while part := handle.read(SMALL_CHUNK // 2):
+            spare_seen.append(budget.spare)
+            parts.append(part)
+    assert b"".join(parts) == data
+    assert max(spare_seen) == SMALL_CHUNK  # one chunk ahead: the budget had room for no more
+    assert budget.peak <= budget.limit
+    assert (budget.used, budget.spare) == (0, 0)
+    with store.open_read("results.jsonl") as handle:
+        handle.read(10)  # closed with a chunk still ahead
+    assert (budget.used, budget.spare) == (0, 0)
+    budget.acquire(budget.limit)  # the budget spent by others: nothing is fetched ahead, the read still whole
+    with store.open_read("results.jsonl") as handle:
+        assert handle.read() == data
+        assert budget.spare == 0
+    budget.release(budget.limit)
 
 
 def test_read_resumes_at_offset_of_a_line(gcs: GcsBlobStore) -> None:

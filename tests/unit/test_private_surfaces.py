@@ -1,4 +1,4 @@
-"""The two private attributes of client libraries promptdrop relies on: each fails here, loudly, when it moves.
+"""The private attributes of client libraries promptdrop relies on: each fails here, loudly, when it moves.
 
 Neither library offers a public way to do the same (a raw GET answered without the SDK's lossy parsing; the
 size of the HTTP connection pool), so each is used in one function only, named in its test.
@@ -12,8 +12,9 @@ import requests
 from google import genai
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from google.cloud.storage import blob as storage_blob
 
-from promptdrop.adapters.gcs import widen_connection_pool
+from promptdrop.adapters.gcs import MULTIPART_MAX_BYTES, GcsBlobStore, widen_connection_pool
 
 
 def test_genai_api_client_request_is_where_gemini_get_operation_json_expects_it() -> None:
@@ -38,3 +39,11 @@ def test_storage_client_http_session_takes_a_wider_pool() -> None:
     assert isinstance(session, requests.Session)
     adapter = session.get_adapter("https://storage.googleapis.com/")
     assert adapter._pool_maxsize == 29  # type: ignore[attr-defined]
+
+
+def test_the_multipart_size_limit_is_the_one_the_storage_library_uses() -> None:
+    """GcsBlobStore.write_overhead charges a copy of each object up to this size (a multipart body)."""
+    assert storage_blob._MAX_MULTIPART_SIZE == MULTIPART_MAX_BYTES
+    store = GcsBlobStore("b", storage.Client(project="unit-test", credentials=AnonymousCredentials()))
+    assert store.write_overhead(MULTIPART_MAX_BYTES) == MULTIPART_MAX_BYTES
+    assert store.write_overhead(MULTIPART_MAX_BYTES + 1) == 0
