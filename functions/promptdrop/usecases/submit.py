@@ -23,7 +23,7 @@ from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
-from promptdrop.usecases.cache import CacheSplit
+from promptdrop.usecases.cache import CacheSplit, DecisionPaused
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -33,10 +33,10 @@ from promptdrop.usecases.workfiles import write_refused
 log = logging.getLogger(__name__)
 
 
-def submit_or_backoff(ctx: Context, run: Run) -> Run:
+def submit_or_backoff(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     """Submit a RECEIVED run; on a transient failure record a backoff for the poller, never raise it."""
     try:
-        return submit_run(ctx, run)
+        return submit_run(ctx, run, deadline)
     except TransientError as exc:
         attempts = run.submit_attempts + 1
         delay = min(ctx.settings.submit_retry_base * 2 ** (attempts - 1), 3600.0)
@@ -53,8 +53,9 @@ def submit_or_backoff(ctx: Context, run: Run) -> Run:
         )
 
 
-def submit_run(ctx: Context, run: Run) -> Run:
-    """RECEIVED -> SUBMITTED (jobs recorded as QUEUED) or a terminal state."""
+def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
+    """RECEIVED -> SUBMITTED (jobs recorded as QUEUED) or a terminal state; still RECEIVED when the time
+    ran out while the pay-once cache was deciding (the next tick goes on from there)."""
     if run.state is not RunState.RECEIVED:
         return run
     try:
@@ -74,7 +75,10 @@ def submit_run(ctx: Context, run: Run) -> Run:
             run = ctx.store.update_run(run.run_id, {"cost": cost.model_dump()})
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     try:
-        plan = _write_chunks(ctx, run)
+        plan = _write_chunks(ctx, run, deadline)
+    except DecisionPaused as paused:
+        log.info("%s; the next tick goes on", paused, extra={"run_id": run.run_id})
+        return run
     except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
         return fail_refused(ctx, run, refused.error)
     for job in plan.jobs:
@@ -163,11 +167,11 @@ class _Plan:
     models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
-def _write_chunks(ctx: Context, run: Run) -> _Plan:
+def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
     plan = _Plan(cache=CacheSplit(ctx, run))
-    planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
-    plan.cache.prepare(_cacheable(ctx, run, choose))
+    plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
+    planner = ChunkPlanner(ctx, run, attempt=1)
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
