@@ -172,6 +172,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
     choose = ModelChooser(ctx)
     plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
     planner = ChunkPlanner(ctx, run, attempt=1)
+    references = _ReferenceImages(ctx)
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
@@ -194,7 +195,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
                         continue
-                    parts = resolve_images(ctx, line)
+                    parts = references.parts(line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
                         raise _Refused(
@@ -254,11 +255,24 @@ class _RunRefused(_Refused):
     """The whole run refused at submission (more now lines than the cap)."""
 
 
-def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:
-    """Reference images from the bucket as request parts: inline when small, through the Files API when large."""
-    parts: list[dict[str, Any]] = []
-    for ref in req.image_refs:
-        info = ctx.blobs.stat(ref)
+class _ReferenceImages:
+    """Reference images from the bucket as request parts: inline when small, through the Files API when large.
+
+    A large object (name and generation) is uploaded once per submission: a catalogue whose lines share
+    one reference image uploads it once, not once per line (time, and the Files API's 20 GB). Only the
+    uploads' parts are kept (a few bytes each); small images are read again, as keeping them would hold
+    every distinct one in memory.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._uploaded: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def parts(self, req: PromptRequest) -> list[dict[str, Any]]:
+        return [self._part(ref) for ref in req.image_refs]
+
+    def _part(self, ref: str) -> dict[str, Any]:
+        info = self.ctx.blobs.stat(ref)
         if info is None:
             raise _Refused(LineError("bad_image_ref", f"reference image {ref} does not exist in the bucket"))
         mime = info.content_type or mimetypes.guess_type(ref)[0] or ""
@@ -266,13 +280,15 @@ def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:
             raise _Refused(
                 LineError("bad_image_ref", f"reference {ref} is not an image ({mime or 'unknown type'})")
             )
-        if info.size <= ctx.settings.inline_image_max_bytes:
-            data = base64.b64encode(ctx.blobs.read_bytes(ref)).decode("ascii")
-            parts.append({"inlineData": {"mimeType": mime, "data": data}})
-        else:
-            with ctx.blobs.open_read(ref) as stream:
-                uploaded = ctx.backend.upload_file(
+        if info.size <= self.ctx.settings.inline_image_max_bytes:
+            data = base64.b64encode(self.ctx.blobs.read_bytes(ref)).decode("ascii")
+            return {"inlineData": {"mimeType": mime, "data": data}}
+        part = self._uploaded.get((ref, info.generation))
+        if part is None:
+            with self.ctx.blobs.open_read(ref) as stream:
+                uploaded = self.ctx.backend.upload_file(
                     stream, size=info.size, display_name=PurePosixPath(ref).name, mime_type=mime
                 )
-            parts.append({"fileData": {"fileUri": uploaded.uri, "mimeType": mime}})
-    return parts
+            part = {"fileData": {"fileUri": uploaded.uri, "mimeType": mime}}
+            self._uploaded[(ref, info.generation)] = part
+        return part
