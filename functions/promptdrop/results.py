@@ -1,7 +1,8 @@
 """Result lines and inline responses -> image outcomes (pure).
 
-A results file is gigabytes of 1.5-6 MB lines, so each line is parsed once (orjson), its image decoded once,
-and nothing else copies the payload. Shapes (reference/gemini-batch-api.md §4): ``{"key", "response"}`` or
+A results file is gigabytes of 1.5-32 MB lines, so each line is parsed once (orjson), its image decoded once,
+and nothing else copies the payload: a long ``"data"`` string is lifted out of the line before the JSON parser
+sees it and decoded straight from the line's bytes, so the base64 text never becomes a str beside the line. Shapes (reference/gemini-batch-api.md §4): ``{"key", "response"}`` or
 ``{"key", "error": google.rpc.Status}``; camelCase as the wire sends it, snake_case as an SDK dump has it
 (``inline_data``, ``mime_type``, ``usage_metadata``...), where ``data`` may even be bytes already.
 
@@ -67,13 +68,13 @@ def _as_int(value: object) -> int:
     return 0
 
 
-def _decode_base64(data: str | bytes) -> bytes:
+def _decode_base64(data: str | bytes | memoryview) -> bytes:
     """Standard base64 at C speed; URL-safe, unpadded or wrapped base64 on the slow path."""
     try:
         return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         pass
-    raw = data.encode("ascii") if isinstance(data, str) else data
+    raw = data.encode("ascii") if isinstance(data, str) else bytes(data)
     cleaned = b"".join(raw.split()).translate(_URLSAFE_TO_STANDARD).rstrip(b"=")
     cleaned += b"=" * (-len(cleaned) % 4)
     return binascii.a2b_base64(cleaned, strict_mode=True)
@@ -159,8 +160,12 @@ def _error_outcome(key: str | None, status: object) -> ImageOutcome:
     return _failure(key, "api_error", f"{label}: {message}" if message else label, retryable=retryable)
 
 
-def outcome_from_item(item: Mapping[str, Any], key: str | None) -> ImageOutcome:
-    """One result (a results-file line or an inline response) -> its outcome; shared by both job outputs."""
+def outcome_from_item(
+    item: Mapping[str, Any], key: str | None, lifted: Mapping[str, memoryview] | None = None
+) -> ImageOutcome:
+    """One result (a results-file line or an inline response) -> its outcome; shared by both job outputs.
+
+    ``lifted``: payloads taken out of the line before parsing, by the placeholder left in their place."""
     error = item.get("error")
     if error is not None:
         return _error_outcome(key, error)
@@ -219,8 +224,11 @@ def outcome_from_item(item: Mapping[str, Any], key: str | None) -> ImageOutcome:
     try:
         if not isinstance(payload, str | bytes):
             raise ValueError("no data")
-        # An SDK dump holds the bytes already decoded; the wire holds base64 text.
-        data = payload if isinstance(payload, bytes) else _decode_base64(payload)
+        if lifted and isinstance(payload, str) and payload in lifted:
+            data = _decode_base64(lifted[payload])
+        else:
+            # An SDK dump holds the bytes already decoded; the wire holds base64 text.
+            data = payload if isinstance(payload, bytes) else _decode_base64(payload)
     except (binascii.Error, ValueError):
         return _failure(
             key,
@@ -248,10 +256,64 @@ def outcome_from_item(item: Mapping[str, Any], key: str | None) -> ImageOutcome:
     )
 
 
+# A "data" string at least this long is lifted out of its line before parsing (an image; shorter ones are
+# not worth it). Its placeholder holds a ':' that base64 never does, and is used only if the line has none.
+LIFT_MIN_BYTES: Final = 64 * 1024
+_PLACEHOLDER: Final = "promptdrop:lifted:"
+_SPACE: Final = frozenset(b" \t\r\n")
+
+
+def lift_payloads(raw: bytes) -> tuple[bytes, dict[str, memoryview]]:
+    """``raw`` with each long ``"data": "..."`` value replaced by a short placeholder, and the values as views
+    of ``raw`` by placeholder. A value is lifted only where ``"data"`` is an object key (after ``{`` or ``,``:
+    a quote inside a string is always escaped) and holds no escape; otherwise the line stays as it is."""
+    if _PLACEHOLDER.encode() in raw:
+        return raw, {}
+    spans: list[tuple[int, int]] = []
+    position = 0
+    while (at := raw.find(b'"data"', position)) >= 0:
+        position = at + 6
+        before = at - 1
+        while before >= 0 and raw[before] in _SPACE:
+            before -= 1
+        after = _skip_space(raw, position)
+        if before < 0 or raw[before] not in b"{," or raw[after : after + 1] != b":":
+            continue
+        start = _skip_space(raw, after + 1)
+        if raw[start : start + 1] != b'"':
+            continue
+        end = raw.find(b'"', start + 1)
+        if end < 0:
+            break
+        position = end + 1
+        if end - start - 1 >= LIFT_MIN_BYTES and raw.find(b"\\", start + 1, end) < 0:
+            spans.append((start + 1, end))
+    if not spans:
+        return raw, {}
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    lifted: dict[str, memoryview] = {}
+    last = 0
+    for number, (start, end) in enumerate(spans):
+        name = f"{_PLACEHOLDER}{number}"
+        pieces += [view[last:start], name.encode()]
+        lifted[name] = view[start:end]
+        last = end
+    pieces.append(view[last:])
+    return b"".join(pieces), lifted
+
+
+def _skip_space(raw: bytes, position: int) -> int:
+    while position < len(raw) and raw[position] in _SPACE:
+        position += 1
+    return position
+
+
 def parse_result_line(raw: bytes) -> ImageOutcome:
     """One line of a results file: ``{"key", "response"}`` or ``{"key", "error"}`` (key may be absent)."""
+    shortened, lifted = lift_payloads(raw)
     try:
-        item = orjson.loads(raw)
+        item = orjson.loads(shortened)
     except orjson.JSONDecodeError as exc:
         raise ResultLineError(f"a result line is not valid JSON: {exc}") from exc
     if not isinstance(item, dict):
@@ -259,4 +321,4 @@ def parse_result_line(raw: bytes) -> ImageOutcome:
     key = item.get("key")
     if key is not None and not isinstance(key, str):
         raise ResultLineError("a result line's key is not a string")
-    return outcome_from_item(item, key)
+    return outcome_from_item(item, key, lifted)

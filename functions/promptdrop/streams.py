@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import BinaryIO
 
 BLOCK = 4 * 1024 * 1024
@@ -54,9 +55,12 @@ def split_lines(
 
 
 def iter_lines(stream: BinaryIO, block: int = BLOCK) -> Iterator[bytes]:
-    """Every line with its terminator, however long."""
-    for line, _ in split_lines(stream, block=block):
-        yield line
+    """Every line with its terminator, however long.
+
+    ``map``, not a loop: a generator's loop variable would keep each line alive until the next one has been
+    read, so a harvest waiting for memory would hold a multi-megabyte line nobody uses any more.
+    """
+    return map(itemgetter(0), split_lines(stream, block=block))
 
 
 def content(line: bytes) -> bytes:

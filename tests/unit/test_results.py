@@ -9,7 +9,13 @@ import orjson
 import pytest
 
 from promptdrop.outcomes import Usage
-from promptdrop.results import ResultLineError, outcome_from_item, parse_result_line
+from promptdrop.results import (
+    LIFT_MIN_BYTES,
+    ResultLineError,
+    lift_payloads,
+    outcome_from_item,
+    parse_result_line,
+)
 from promptdrop.rpc import RETRYABLE_RPC_CODES
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -277,3 +283,40 @@ def test_unusable_result_lines_raise(raw: bytes) -> None:
     """A line that is not a result object raises ResultLineError (a PermanentError)."""
     with pytest.raises(ResultLineError):
         parse_result_line(raw)
+
+
+BIG = PNG + bytes(range(256)) * (LIFT_MIN_BYTES // 256)  # its base64 is past the lifting threshold
+
+
+def test_long_payloads_are_decoded_from_the_line_without_a_copy_in_the_json() -> None:
+    """Image payloads past the threshold are lifted out before parsing (the JSON the parser sees is small)
+    and decode exactly; the last non-thought image still wins, pretty-printed JSON included."""
+    parts = [image_part(BIG[::-1], thought=True), {"text": "Here."}, image_part(BIG)]
+    for raw in (
+        line("k", response=response(parts)),
+        orjson.dumps({"key": "k", "response": response(parts)}, option=orjson.OPT_INDENT_2),
+    ):
+        shortened, lifted = lift_payloads(raw)
+        assert len(lifted) == 2 and len(shortened) < 1024
+        outcome = parse_result_line(raw)
+        assert (outcome.data, outcome.text, outcome.mime_type) == (BIG, "Here.", "image/png")
+
+
+def test_data_that_is_not_an_image_payload_stays_in_the_line() -> None:
+    """A "data" inside a text, as a value, with escapes, or a line already holding the placeholder text:
+    nothing is lifted there, and the line parses as it always did."""
+    payload = b64(BIG)
+    text = '{"data": "' + payload + '"}'
+    escaped = orjson.dumps({"key": "k", "response": response([image_part(BIG)])}).replace(b"/", b"\\/")
+    lines = [
+        line("k", response=response([{"text": text}, image_part(PNG)])),
+        line("k", response=response([{"text": "data"}, {"text": payload}, image_part(PNG)])),
+        escaped,
+        line("k", response=response([{"text": "promptdrop:lifted:0"}, image_part(BIG)])),
+    ]
+    for raw in lines:
+        assert lift_payloads(raw) == (raw, {})
+        assert parse_result_line(raw).succeeded
+    assert parse_result_line(lines[0]).text == text
+    assert parse_result_line(escaped).data == BIG
+    assert parse_result_line(lines[3]).data == BIG

@@ -279,9 +279,10 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
 
 
 def line_charge(size: int, writer: ImageWriter) -> int:
-    """Bytes of the budget a result line of ``size`` bytes needs while it is parsed: the line, the base64
-    text the JSON parser makes of it, and the decoded image (3/4 of the base64) with its write charge."""
-    return 2 * size + writer.charge(size * 3 // 4)
+    """Bytes of the budget a result line of ``size`` bytes needs while it is read and parsed: twice the line
+    while the blocks it was read in are joined, then the line and its decoded image (3/4 of the base64, decoded
+    from the line itself, never copied into a str) with the image's write charge."""
+    return max(2 * size, size + writer.charge(size * 3 // 4))
 
 
 def _harvest_lines(
