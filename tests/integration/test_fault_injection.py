@@ -137,6 +137,36 @@ def test_write_failing_mid_stream_leaves_no_object(
     assert GcsBlobStore(bucket_name, storage_client).stat("results.jsonl") is None
 
 
+def test_upload_whose_last_answer_is_lost_is_transient(
+    storage_proxy: FaultProxy, project: str, bucket_name: str, storage_client: storage.Client
+) -> None:
+    """The answer to a streamed upload's last chunk is lost after the server finished the object: the
+    library's retry sends the chunk again, the finished session answers 404, and that is TransientError (the
+    session was lost; the whole write is tried again), not NotFoundError. Written again, the object is whole.
+    """
+    chunk = 256 * 1024
+    data = b"a" * chunk + b"the last chunk\n"
+    store = GcsBlobStore(
+        bucket_name, storage_client_via(storage_proxy, project), timeout=FAST, chunk_size=chunk
+    )
+    with pytest.raises(TransientError, match="upload session"), store.open_write("results.jsonl") as out:
+        out.write(data)  # the first chunk goes now; the rest when the writer closes
+        storage_proxy.cut_after(0, request=b"PUT /upload/")
+    assert storage_proxy.cuts == 1
+    with store.open_write("results.jsonl") as out:
+        out.write(data)
+    assert GcsBlobStore(bucket_name, storage_client).read_bytes("results.jsonl") == data
+
+
+def test_upload_into_a_missing_bucket_is_not_found(
+    storage_proxy: FaultProxy, project: str, storage_client: storage.Client
+) -> None:
+    """A 404 from an upload whose bucket does not exist stays NotFoundError: retrying cannot fix it."""
+    store = GcsBlobStore("no-such-bucket-here", storage_client_via(storage_proxy, project), timeout=FAST)
+    with pytest.raises(NotFoundError), store.open_write("results.jsonl") as out:
+        out.write(b"x")
+
+
 def test_firestore_call_through_reset_connection_is_transient(
     firestore_proxy: FaultProxy, project: str, firestore_db: firestore.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
