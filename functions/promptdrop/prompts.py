@@ -26,6 +26,7 @@ from promptdrop.errors import InputError, UnsafeNameError
 from promptdrop.models import EXTREME_RATIOS, STANDARD_RATIOS, ModelSpec, model_spec
 from promptdrop.names import check_key, check_relative_path
 from promptdrop.outcomes import LineError
+from promptdrop.request_schema import MESSAGES, SPELLINGS, TOP, unknown_fields
 from promptdrop.streams import content as line_content
 from promptdrop.streams import split_lines
 
@@ -355,103 +356,20 @@ def parse_defaults(value: object) -> FileDefaults:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Native requests: casing
-
-# The GenerateContentRequest messages promptdrop knows, field names in camelCase, each with the message type
-# of its value. None marks a scalar, an enum, or a FREE-FORM value (function parameter schemas, response
-# schemas, function call args, tool bodies): those are copied verbatim, because their keys are the user's own
-# names (a schema property called "max_tokens" must stay "max_tokens"). Only fields listed here are renamed;
-# unknown fields are kept as written so newer API fields still pass through.
-_MESSAGES: Final[dict[str, dict[str, str | None]]] = {
-    "GenerateContentRequest": {
-        "model": None,
-        "contents": "Content",
-        "systemInstruction": "Content",
-        "tools": "Tool",
-        "toolConfig": "ToolConfig",
-        "safetySettings": "SafetySetting",
-        "generationConfig": "GenerationConfig",
-        "cachedContent": None,
-    },
-    "Content": {"role": None, "parts": "Part"},
-    "Part": {
-        "text": None,
-        "thought": None,
-        "thoughtSignature": None,
-        "inlineData": "Blob",
-        "fileData": "FileData",
-        "functionCall": "FunctionCall",
-        "functionResponse": "FunctionResponse",
-        "executableCode": None,
-        "codeExecutionResult": None,
-        "videoMetadata": None,
-        "mediaResolution": None,
-    },
-    "Blob": {"mimeType": None, "data": None, "displayName": None},
-    "FileData": {"mimeType": None, "fileUri": None, "displayName": None},
-    "FunctionCall": {"id": None, "name": None, "args": None},
-    "FunctionResponse": {
-        "id": None,
-        "name": None,
-        "response": None,
-        "willContinue": None,
-        "scheduling": None,
-    },
-    "Tool": {
-        "functionDeclarations": "FunctionDeclaration",
-        "googleSearch": None,
-        "googleSearchRetrieval": None,
-        "codeExecution": None,
-        "urlContext": None,
-    },
-    "FunctionDeclaration": {
-        "name": None,
-        "description": None,
-        "behavior": None,
-        "parameters": None,
-        "parametersJsonSchema": None,
-        "response": None,
-        "responseJsonSchema": None,
-    },
-    "ToolConfig": {"functionCallingConfig": "FunctionCallingConfig"},
-    "FunctionCallingConfig": {"mode": None, "allowedFunctionNames": None},
-    "SafetySetting": {"category": None, "threshold": None},
-    "GenerationConfig": {
-        "stopSequences": None,
-        "responseMimeType": None,
-        "responseSchema": None,
-        "responseJsonSchema": None,
-        "responseModalities": None,
-        "candidateCount": None,
-        "maxOutputTokens": None,
-        "temperature": None,
-        "topP": None,
-        "topK": None,
-        "seed": None,
-        "presencePenalty": None,
-        "frequencyPenalty": None,
-        "responseLogprobs": None,
-        "logprobs": None,
-        "enableEnhancedCivicAnswers": None,
-        "mediaResolution": None,
-        "speechConfig": None,
-        "thinkingConfig": "ThinkingConfig",
-        "imageConfig": "ImageConfig",
-    },
-    "ThinkingConfig": {"includeThoughts": None, "thinkingBudget": None, "thinkingLevel": None},
-    "ImageConfig": {"aspectRatio": None, "imageSize": None},
-}
+# Native requests: casing and unknown fields
 
 
-def _snake(camel: str) -> str:
-    return re.sub(r"([A-Z])", r"_\1", camel).lower()
-
-
-# message -> {spelling: camelCase name}, both spellings of every known field.
-_SPELLINGS: Final[dict[str, dict[str, str]]] = {
-    message: {**{_snake(name): name for name in fields}, **{name: name for name in fields}}
-    for message, fields in _MESSAGES.items()
-}
+def _check_known_fields(raw_request: dict[str, Any]) -> None:
+    """Refuse a request with a field the API does not know: in a batch file, one such line fails the whole batch."""
+    unknown = unknown_fields(raw_request)
+    if unknown:
+        first = unknown[0]
+        where = f"request.{first.path}" if first.path else "request"
+        raise _Invalid(
+            "unknown_field",
+            f"{where} has a field the Gemini API does not know: {_show(first.name)} "
+            "(the API would refuse the whole batch for it)",
+        )
 
 
 def _camel_case(value: Any, message: str) -> Any:
@@ -460,8 +378,8 @@ def _camel_case(value: Any, message: str) -> Any:
         return [_camel_case(item, message) for item in value]
     if not isinstance(value, dict):
         return value
-    spellings = _SPELLINGS[message]
-    children = _MESSAGES[message]
+    spellings = SPELLINGS[message]
+    children = MESSAGES[message]
     fields: dict[str, Any] = value
     out: dict[str, Any] = {}
     for name, item in fields.items():
@@ -682,7 +600,8 @@ class _LineParser:
             raise _Invalid(
                 "bad_request", "request has 'config' (the SDK's name); the REST field is generationConfig"
             )
-        request = _camel_case(raw_request, "GenerateContentRequest")
+        _check_known_fields(raw_request)
+        request = _camel_case(raw_request, TOP)
         # A batch takes its model from the job, so a model inside the request moves up to the line.
         inner_model = _check_model(request.pop("model", None))
         line_model = _check_model(fields.get("model"))

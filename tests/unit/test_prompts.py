@@ -610,6 +610,37 @@ INVALID_CASES = [
         "bad_request",
         "twice",
     ),
+    # A field the API does not know fails the whole batch there (request_schema), so it fails this line here.
+    (
+        "native-unknown-request-field",
+        {"request": {**NATIVE_TEXT, "temperature": 0.5}},
+        "unknown_field",
+        "request has a field the Gemini API does not know: 'temperature'",
+    ),
+    (
+        "native-unknown-image-config-field",
+        {"request": {**NATIVE_TEXT, "generationConfig": {"imageConfig": {"size": "2K"}}}},
+        "unknown_field",
+        "request.generation_config.image_config has a field the Gemini API does not know: 'size'",
+    ),
+    (
+        "native-unknown-thinking-field",
+        {"request": {**NATIVE_TEXT, "generation_config": {"thinking_config": {"budget": 0}}}},
+        "unknown_field",
+        "request.generation_config.thinking_config",
+    ),
+    (
+        "native-unknown-part-field",
+        {"request": {"contents": [{"parts": [{"text": "a"}, {"image": "x.png"}]}]}},
+        "unknown_field",
+        "request.contents[0].parts[1] has a field the Gemini API does not know: 'image'",
+    ),
+    (
+        "native-vertex-only-image-field",
+        {"request": {**NATIVE_TEXT, "generationConfig": {"imageConfig": {"outputMimeType": "image/png"}}}},
+        "unknown_field",
+        "'outputMimeType'",
+    ),
 ]
 
 
