@@ -1,0 +1,162 @@
+"""The emulator refuses what Google refuses (docs/EMULATOR.md, "What Google refuses"), through the real SDK
+over HTTP; and promptdrop catches the same lines first, so they end ``invalid`` alone while the others run."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.genai import errors, types
+
+from promptdrop.states import RunState
+from promptdrop.testing.emulator import running_emulator, wait_until_done
+from tests.functional.conftest import Pipeline, jsonl
+
+GA = "gemini-3-pro-image"
+TEXT = {"contents": [{"role": "user", "parts": [{"text": "a kite"}]}]}
+PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+
+
+def upload_bytes(client: Any, path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    uploaded = client.files.upload(file=path, config=types.UploadFileConfig(mime_type="jsonl"))
+    assert uploaded.name is not None
+    return uploaded.name
+
+
+def test_a_file_with_lines_the_api_cannot_parse_is_refused_whole(tmp_path: Path) -> None:
+    """One line with an unknown field (or not JSON) makes batchGenerateContent answer 400 for the whole file,
+    one ``Error on line N`` per bad line (as in UKGovernmentBEIS/inspect_ai#3257); no job is created."""
+    unknown_size = {**TEXT, "generationConfig": {"imageConfig": {"size": "2K"}}}
+    flat_config = {**TEXT, "thinking_config": {"thinking_budget": 0}}
+    data = (
+        jsonl({"key": "good", "request": TEXT}, {"key": "size", "request": unknown_size})
+        + b"{not json\n"
+        + jsonl({"key": "flat", "request": flat_config}, {"key": "good-2", "request": TEXT})
+    )
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        name = upload_bytes(client, tmp_path / "in.jsonl", data)
+        with pytest.raises(errors.ClientError) as caught:
+            client.batches.create(model=GA, src=name)
+        assert list(client.batches.list(config={"page_size": 10})) == []
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+    lines = str(caught.value.message).split("\n")
+    size_column = data.split(b"\n")[1].find(b'"size"') + 1
+    assert lines[0] == f"Error on line 2: invalid JSON, near column {size_column}: no such field: 'size'"
+    assert lines[1].startswith("Error on line 3: invalid JSON, near column ")
+    assert lines[2].startswith("Error on line 4: invalid JSON, near column ")
+    assert lines[2].endswith("no such field: 'thinking_config'")
+    assert len(lines) == 3
+
+
+def test_an_inline_request_with_an_unknown_field_is_400_with_a_field_violation(tmp_path: Path) -> None:
+    """The shape googleapis/python-genai#1451 shows: the path in snake_case, a google.rpc.BadRequest detail."""
+    bad_items = [{"request": TEXT}, {"request": TEXT, "safetySettings": []}]
+    config = types.CreateBatchJobConfig(
+        http_options=types.HttpOptions(
+            extra_body={"batch": {"inputConfig": {"requests": {"requests": bad_items}}}}
+        )
+    )
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        with pytest.raises(errors.ClientError) as caught:
+            client.batches.create(model=GA, src=[types.InlinedRequest(contents="a kite")], config=config)
+        assert list(client.batches.list(config={"page_size": 10})) == []
+    message = (
+        'Invalid JSON payload received. Unknown name "safetySettings" at '
+        "'batch.input_config.requests.requests[1]': Cannot find field."
+    )
+    assert caught.value.code == 400 and caught.value.message == message
+    assert caught.value.details["error"]["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "batch.input_config.requests.requests[1]", "description": message}],
+        }
+    ]
+
+
+def test_generate_content_with_an_unknown_field_is_400(tmp_path: Path) -> None:
+    """A field the API does not know, slipped past the SDK's types through extra_body."""
+    config = types.GenerateContentConfig(
+        response_modalities=["IMAGE"],
+        http_options=types.HttpOptions(extra_body={"generationConfig": {"imageConfig": {"size": "2K"}}}),
+    )
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()  # kept: a collected client closes its connection pool
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.generate_content(model=GA, contents="a kite", config=config)
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+    assert caught.value.message == (
+        "Invalid JSON payload received. Unknown name \"size\" at 'generation_config.image_config': "
+        "Cannot find field."
+    )
+
+
+def test_every_field_the_sdk_sends_to_the_gemini_api_is_taken(tmp_path: Path) -> None:
+    """The closed messages are not stricter than the SDK: a config setting the Gemini API's fields answers 200."""
+    config = types.GenerateContentConfig(
+        system_instruction="paint",
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        candidate_count=1,
+        max_output_tokens=1000,
+        stop_sequences=["END"],
+        seed=7,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        response_modalities=["TEXT", "IMAGE"],
+        safety_settings=[types.SafetySetting(category="HARM_CATEGORY_HARASSMENT", threshold="BLOCK_NONE")],
+        thinking_config=types.ThinkingConfig(include_thoughts=False, thinking_level="LOW"),
+        image_config=types.ImageConfig(aspect_ratio="16:9", image_size="2K"),
+        labels={"team": "art"},
+        service_tier="standard",
+        store=False,
+    )
+    contents = [
+        types.Part.from_text(text="a kite"),
+        types.Part.from_bytes(data=b"\x89PNG", mime_type="image/png"),
+    ]
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        response = client.models.generate_content(model=GA, contents=contents, config=config)
+    assert response.candidates and response.candidates[0].finish_reason == "STOP"
+
+
+def test_promptdrop_refuses_the_unknown_field_line_alone_and_runs_the_others(pipeline: Pipeline) -> None:
+    """The line Google would refuse the whole batch for is ``invalid`` with its number and reason."""
+    bad = {**TEXT, "generationConfig": {"responseModalities": ["IMAGE"], "imageConfig": {"size": "2K"}}}
+    data = jsonl(
+        {"key": "one", "prompt": "a red kite"},
+        {"key": "typo", "request": bad},
+        {"key": "two", "request": {**TEXT, "generationConfig": {"responseModalities": ["IMAGE"]}}},
+    )
+    receipt = pipeline.drop("mixed.jsonl", data)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id)
+    assert run.state is RunState.PARTIAL
+    entries = {entry["key"]: entry for entry in pipeline.manifest(run)}
+    assert [entries[key]["status"] for key in ("one", "typo", "two")] == ["succeeded", "invalid", "succeeded"]
+    assert entries["typo"]["line"] == 2
+    assert entries["typo"]["error"]["code"] == "unknown_field"
+    assert "generation_config.image_config" in entries["typo"]["error"]["message"]
+    assert "'size'" in entries["typo"]["error"]["message"]
+
+
+def test_the_emulator_refusal_is_what_promptdrop_guards_against(tmp_path: Path) -> None:
+    """The same typo line sent straight to the emulator takes its good neighbour down with it."""
+    bad = {**TEXT, "generationConfig": {"imageConfig": {"size": "2K"}}}
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        name = upload_bytes(
+            client, tmp_path / "in.jsonl", jsonl({"key": "a", "request": TEXT}, {"key": "b", "request": bad})
+        )
+        with pytest.raises(errors.ClientError):
+            client.batches.create(model=GA, src=name)
+        good = upload_bytes(client, tmp_path / "ok.jsonl", jsonl({"key": "a", "request": TEXT}))
+        job = client.batches.create(model=GA, src=good)
+        assert job.name is not None
+        assert wait_until_done(client, job.name).state == types.JobState.JOB_STATE_SUCCEEDED
