@@ -278,6 +278,15 @@ def _check_for_model(model: str, spec: ModelSpec | None, ratio: str | None, size
         raise _Invalid("bad_aspect_ratio", f"{model} does not accept aspect_ratio {ratio!r}")
 
 
+def _check_image_count(model: str, spec: ModelSpec | None, images: int) -> None:
+    """No more reference images than the model's documented maximum (models.py)."""
+    if spec is not None and spec.max_input_images is not None and images > spec.max_input_images:
+        raise _Invalid(
+            "too_many_images",
+            f"the request has {images} reference images; {model} takes at most {spec.max_input_images}",
+        )
+
+
 def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
@@ -548,6 +557,7 @@ class _LineParser:
             raise _Invalid("bad_image_ref", f"images must be a list of paths, not {_show(images)}")
         refs = tuple(self._image_ref(ref) for ref in images)
         _check_for_model(model, spec, ratio, size)
+        _check_image_count(model, spec, len(refs))
         tokens = _text_tokens(len(prompt) + len(system or "")) + len(refs) * _image_tokens(spec)
         _check_length(model, spec, tokens)
 
@@ -626,6 +636,7 @@ class _LineParser:
         ratio = _check_ratio_form(image_config.get("aspectRatio"))
         size = _check_size_form(image_config.get("imageSize"))
         _check_for_model(model, spec, ratio, size)
+        _check_image_count(model, spec, image_parts)
         tokens = _text_tokens(text_chars + system_chars) + image_parts * _image_tokens(spec)
         _check_length(model, spec, tokens)
         return PromptRequest(

@@ -7,6 +7,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from google.genai import errors, types
 
@@ -160,3 +161,34 @@ def test_the_emulator_refusal_is_what_promptdrop_guards_against(tmp_path: Path) 
         job = client.batches.create(model=GA, src=good)
         assert job.name is not None
         assert wait_until_done(client, job.name).state == types.JobState.JOB_STATE_SUCCEEDED
+
+
+def test_more_reference_images_than_the_model_takes_fail_that_request(tmp_path: Path) -> None:
+    """Beyond the documented maximum (3 on gemini-2.5-flash-image) a batch line fails alone with code 3, and
+    generateContent answers 400 INVALID_ARGUMENT; at the maximum it is answered."""
+    image = {"inlineData": {"mimeType": "image/png", "data": PIXEL}}
+
+    def with_images(count: int) -> dict[str, Any]:
+        return {"contents": [{"parts": [{"text": "blend"}] + [image] * count}]}
+
+    flash = "gemini-2.5-flash-image"  # past its announced shutdown: served here as a real API may still
+    lines = jsonl({"key": "three", "request": with_images(3)}, {"key": "four", "request": with_images(4)})
+    with running_emulator(tmp_path / "emu", serve_models=(flash,)) as emu:
+        client = emu.client()
+        job = client.batches.create(model=flash, src=upload_bytes(client, tmp_path / "in.jsonl", lines))
+        assert job.name is not None
+        done = wait_until_done(client, job.name)
+        assert done.dest is not None and done.dest.file_name is not None
+        results = {
+            item["key"]: item
+            for item in map(orjson.loads, client.files.download(file=done.dest.file_name).splitlines())
+        }
+        parts = [types.Part.from_text(text="blend")] + [
+            types.Part.from_bytes(data=base64.b64decode(PIXEL), mime_type="image/png")
+        ] * 4
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.generate_content(model=flash, contents=parts)
+    assert "response" in results["three"]
+    assert results["four"]["error"]["code"] == 3
+    assert "at most 3 images" in results["four"]["error"]["message"]
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
