@@ -11,6 +11,9 @@ import orjson
 import pytest
 from google.genai import errors, types
 
+from promptdrop.api_limits import BATCH_INLINE_MAX_BYTES, FILE_MAX_BYTES
+from promptdrop.errors import ConfigurationError
+from promptdrop.settings import Settings
 from promptdrop.states import RunState
 from promptdrop.testing.emulator import running_emulator, wait_until_done
 from tests.functional.conftest import Pipeline, jsonl
@@ -192,3 +195,48 @@ def test_more_reference_images_than_the_model_takes_fail_that_request(tmp_path: 
     assert results["four"]["error"]["code"] == 3
     assert "at most 3 images" in results["four"]["error"]["message"]
     assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_an_upload_over_the_files_api_limit_is_refused_before_its_bytes(tmp_path: Path) -> None:
+    """2 GB per file (api_limits.FILE_MAX_BYTES): the SDK announces the size at the session start, and the
+    emulator refuses there, so not a byte is sent. The file is sparse: nothing is written to disk."""
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as out:
+        out.truncate(FILE_MAX_BYTES + 1)
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        with pytest.raises(errors.ClientError) as caught:
+            client.files.upload(file=big, config=types.UploadFileConfig(mime_type="jsonl"))
+        sessions = list((tmp_path / "emu").rglob("*.part"))
+        assert list(client.files.list()) == []
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
+    assert f"at most {FILE_MAX_BYTES}" in str(caught.value.message)
+    assert sessions == []  # no upload session was opened
+
+
+def test_promptdrop_keeps_its_job_files_under_the_files_api_limit() -> None:
+    """A job's input file is one Files API file: a larger PROMPTDROP_MAX_JOB_BYTES is a configuration error."""
+    assert Settings.from_env({}).max_job_bytes <= FILE_MAX_BYTES
+    assert (
+        Settings.from_env({"PROMPTDROP_MAX_JOB_BYTES": str(FILE_MAX_BYTES)}).max_job_bytes == FILE_MAX_BYTES
+    )
+    with pytest.raises(ConfigurationError, match="MAX_JOB_BYTES"):
+        Settings.from_env({"PROMPTDROP_MAX_JOB_BYTES": str(FILE_MAX_BYTES + 1)})
+
+
+def test_request_bodies_are_capped_as_documented_20_mb_inline_batch_100_mb_generate(tmp_path: Path) -> None:
+    """An inline batch body over 20 MB is refused (400); the same image in one generateContent call is
+    taken, since inline data there may reach 100 MB (api_limits)."""
+    blob = b"\x89PNG" + b"\0" * (16 * 1000 * 1000)  # 16 MB raw, over 21 MB in base64
+    part = types.Part.from_bytes(data=blob, mime_type="image/png")
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        with pytest.raises(errors.ClientError) as caught:
+            client.batches.create(
+                model=GA, src=[types.InlinedRequest(contents=[types.Content(parts=[part])])]
+            )
+        response = client.models.generate_content(
+            model=GA, contents=[types.Content(role="user", parts=[types.Part.from_text(text="x"), part])]
+        )
+    assert caught.value.code == 400 and str(BATCH_INLINE_MAX_BYTES) in str(caught.value.message)
+    assert response.candidates and response.candidates[0].finish_reason == "STOP"
