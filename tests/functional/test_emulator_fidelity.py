@@ -240,3 +240,28 @@ def test_request_bodies_are_capped_as_documented_20_mb_inline_batch_100_mb_gener
         )
     assert caught.value.code == 400 and str(BATCH_INLINE_MAX_BYTES) in str(caught.value.message)
     assert response.candidates and response.candidates[0].finish_reason == "STOP"
+
+
+@pytest.mark.parametrize(
+    ("model", "image_config"),
+    [
+        (GA, types.ImageConfig(image_size="1k")),  # "Lowercase parameters (e.g., 1k) will be rejected"
+        (GA, types.ImageConfig(image_size="512")),  # 512 is Gemini 3.1 Flash Image's only
+        (GA, types.ImageConfig(aspect_ratio="4:1")),  # the extreme ratios are 3.1 Flash (Lite) Image's
+        ("gemini-3.1-flash-lite-image", types.ImageConfig(image_size="2K")),  # 1K only
+    ],
+)
+def test_image_config_values_a_model_does_not_take_are_400(
+    tmp_path: Path, model: str, image_config: types.ImageConfig
+) -> None:
+    """imageConfig is checked per model against models.py, case-sensitively, as promptdrop's parser checks it."""
+    config = types.GenerateContentConfig(response_modalities=["IMAGE"], image_config=image_config)
+    with running_emulator(tmp_path / "emu") as emu:
+        client = emu.client()
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.generate_content(model=model, contents="a kite", config=config)
+        ok = types.GenerateContentConfig(
+            response_modalities=["IMAGE"], image_config=types.ImageConfig(image_size="1K")
+        )
+        assert client.models.generate_content(model=model, contents="a kite", config=ok).candidates
+    assert caught.value.code == 400 and caught.value.status == "INVALID_ARGUMENT"
