@@ -58,6 +58,10 @@ class RunLayout:
         """Lines served from the pay-once cache, decided once at submission (their images copied first)."""
         return self.work + "cached-outcomes.jsonl"
 
+    def cache_decided_part(self, block: int) -> str:
+        """Lines of one block of the input served from the cache: a long decision goes on next tick."""
+        return f"{self.work}cache-decided/part-{block:06d}.jsonl"
+
     @property
     def fingerprints(self) -> str:
         """Request fingerprints of the submitted lines: what the cache records once they succeed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from promptdrop import prompts
 from promptdrop.cli import app
 from promptdrop.models import model_spec
 from promptdrop.states import RunState
+from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
 from tests.functional.conftest import Pipeline, jsonl, read_jsonl
 
@@ -263,6 +265,57 @@ def test_a_kill_between_copying_cached_images_and_recording_them_loses_and_dupli
     assert sum("cached_from" in e for e in entries) == 4
     assert requests_sent(pipeline.emulator) == 4 + 1
     assert summary(pipeline, run)["cost"]["cached"] == 4
+
+
+class _CountingCopies:
+    """A blob store that counts the server-side copies made to each destination."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.copies: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def copy(self, source: str, destination: str, **options: Any) -> None:
+        self.copies[destination] += 1
+        self.inner.copy(source, destination, **options)
+
+
+def test_a_cache_decision_too_long_for_one_call_goes_on_next_tick_and_copies_each_image_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-drop whose decision does not fit one call (a 100,000-line catalogue in a 540 s function): the
+    claim decides one block of lines, each tick (its deadline already past) one more, each starting after
+    the last whole block; every cached image is copied once and only the new lines are paid for."""
+    monkeypatch.setattr(cache, "DECIDE_BLOCK_LINES", 10)
+    monkeypatch.setattr(receive, "SUBMIT_ON_CLAIM_SECONDS", 0.0)
+    run_file(pipeline, "big.jsonl", catalogue(45))
+    counting = _CountingCopies(pipeline.ctx.blobs)
+    ctx = dataclasses.replace(pipeline.ctx, blobs=counting)
+    receipt = pipeline.drop("big.jsonl", jsonl(*catalogue(45, extra=2)), ctx)  # 47 lines: 5 blocks
+    assert receipt.run is not None and receipt.run.state is RunState.RECEIVED
+    run_id = receipt.run.run_id
+    parts_prefix = ctx.layout(run_id).cache_decided_part(0).rpartition("/")[0] + "/"
+    decided = [len(list(ctx.blobs.list(parts_prefix)))]
+    for _ in range(10):
+        poll.tick(ctx, run_ids=[run_id], deadline=ctx.clock())
+        run = ctx.store.get_run(run_id)
+        assert run is not None
+        if run.state is not RunState.RECEIVED:
+            break
+        decided.append(len(list(ctx.blobs.list(parts_prefix))))
+    assert decided == [1, 2, 3, 4]  # one block per call; the fifth, the last, ends the decision
+    run = pipeline.finish(run_id, ctx)
+    assert run.state is RunState.SUCCEEDED
+    entries = pipeline.manifest(run)
+    assert len(entries) == 47
+    assert sorted(e["key"] for e in entries if "cached_from" not in e) == ["new-0", "new-1"]
+    assert requests_sent(pipeline.emulator) == 45 + 2
+    image_copies = {name: n for name, n in counting.copies.items() if "/images/" in name}
+    assert len(image_copies) == 45 and set(image_copies.values()) == {1}
+    assert set(counting.copies.values()) == {1}  # thumbnails too
+    assert summary(pipeline, run)["cost"]["cached"] == 45
 
 
 def test_a_cached_image_rewritten_since_is_not_served(pipeline: Pipeline) -> None:

@@ -466,22 +466,25 @@ def test_reference_images_are_inlined_or_uploaded_and_missing_ones_reported(pipe
             {"key": "inline", "prompt": "restyle", "images": ["refs/small.png"]},
             {"key": "uploaded", "prompt": "restyle", "images": ["refs/large.png"]},
             {"key": "missing", "prompt": "restyle", "images": ["refs/nope.png"]},
+            {"key": "same-reference", "prompt": "restyle again", "images": ["refs/large.png"]},
         ),
         ctx,
     )
     assert receipt.run is not None
     (job,) = ctx.store.list_jobs(receipt.run.run_id)
     requests = {line["key"]: line["request"] for line in read_jsonl(pipeline.bucket / job.request_object)}
-    assert set(requests) == {"inline", "uploaded"}
+    assert set(requests) == {"inline", "uploaded", "same-reference"}
     inline_parts = requests["inline"]["contents"][0]["parts"]
     assert inline_parts[-1]["inlineData"]["mimeType"] == "image/png"
     assert base64.b64decode(inline_parts[-1]["inlineData"]["data"]) == ctx.blobs.read_bytes("refs/small.png")
     file_part = requests["uploaded"]["contents"][0]["parts"][-1]["fileData"]
     assert file_part["mimeType"] == "image/png" and "/files/" in file_part["fileUri"]
+    # One upload per reference image and submission, however many lines use it.
+    assert requests["same-reference"]["contents"][0]["parts"][-1]["fileData"] == file_part
 
     run = pipeline.finish(receipt.run.run_id, ctx)
     entries = {e["key"]: e for e in pipeline.manifest(run)}
-    assert entries["inline"]["status"] == entries["uploaded"]["status"] == "succeeded"
+    assert {entries[key]["status"] for key in ("inline", "uploaded", "same-reference")} == {"succeeded"}
     assert (
         entries["missing"]["status"] == "invalid" and entries["missing"]["error"]["code"] == "bad_image_ref"
     )

@@ -150,7 +150,7 @@ def _drive(
         selected = [by_id[job_id] for job_id in step.jobs]
         match step.action:
             case Action.SUBMIT:
-                submit_or_backoff(ctx, run)
+                submit_or_backoff(ctx, run, deadline)
             case Action.CANCEL_UNSUBMITTED:
                 cancel_unsubmitted(ctx, run)
             case Action.CANCEL_JOBS:

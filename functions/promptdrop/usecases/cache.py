@@ -9,8 +9,14 @@ fingerprint (create-if-absent, so of two runs with the same new line the first t
 
 Crash safety: the decision is made once per run. The images are copied first, then the served outcomes
 are written whole (``cached-outcomes.jsonl``) before any job is recorded; a submission cut off before that
-file exists decides again from scratch (copies are idempotent), one that finds it reuses it, so the chunks
-stay the same and every line still ends in exactly one manifest entry (settle joins on key).
+file exists decides again from where it stopped (copies are idempotent), one that finds it reuses it, so the
+chunks stay the same and every line still ends in exactly one manifest entry (settle joins on key).
+
+Time: a re-dropped catalogue of 100,000 lines takes a store read and two or three Cloud Storage calls per
+line, more than one function invocation (540 s) may hold. So the decision is made in blocks of
+``DECIDE_BLOCK_LINES`` input lines, each block's served outcomes written as a part when it is whole; between
+blocks the deadline is checked, and ``DecisionPaused`` hands the rest to the next tick, which starts after
+the last whole part.
 
 An entry is used only if its image is still the very object that was recorded (same generation and size:
 never one half-written, rewritten or deleted since) and younger than ``PROMPTDROP_CACHE_DAYS``; an unusable
@@ -48,6 +54,13 @@ _DAY = 86_400.0
 # Lines (or entries) per worker between two renewals of the run's lease.
 _FILL_ROUND = 16
 _HASH_BLOCK = 1 << 20
+# Input lines per part of the decision: big enough that a part is a few seconds of work, small enough that
+# a cut-off decision redoes little.
+DECIDE_BLOCK_LINES = 2000
+
+
+class DecisionPaused(Exception):
+    """Out of time between two blocks of the cache's decision; the next call continues after the last part."""
 
 
 def enabled(ctx: Context, run: Run) -> bool:
@@ -132,31 +145,68 @@ class CacheSplit:
         self._decided = _read_outcomes(ctx, self.layout.cached_outcomes)  # an earlier try's decision
         self._reused = self._decided is not None
 
-    def prepare(self, lines: Iterable[tuple[PromptRequest, str]]) -> None:
+    def prepare(self, lines: Iterable[tuple[PromptRequest, str]], deadline: float | None = None) -> None:
         """Decide which lines are served: look each up and copy the images of those served,
         ``PROMPTDROP_UPLOAD_CONCURRENCY`` lines at a time (each takes a few storage and store calls, which a
-        long cached file would otherwise wait for one by one). Called once before the lines are chunked; an
-        earlier try's decision is reused as it is."""
+        long cached file would otherwise wait for one by one). Called before the lines are chunked; an
+        earlier try's decision is reused as it is, and a paused one (``DecisionPaused``) goes on from its
+        last whole block."""
         if self._decided is not None:
             return
         self._decided = {}
         if not enabled(self.ctx, self.run):
             return
+        block = self._read_parts()
         workers = max(1, self.ctx.settings.upload_concurrency)
         with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
             window: deque[Future[Outcome | None]] = deque()  # bounded: the input is streamed
+            in_block: list[Outcome] = []
+
+            def drain(until: int) -> None:
+                while window and (len(window) > until or window[0].done()):
+                    outcome = window.popleft().result()
+                    if outcome is not None:
+                        in_block.append(outcome)
+
             for number, (line, model) in enumerate(lines, start=1):
+                line_block = (line.line - 1) // DECIDE_BLOCK_LINES
+                if line_block < block:
+                    continue  # decided by an earlier call
+                while line_block > block:  # the block is whole: record it, then see if time is left
+                    drain(0)
+                    self._write_part(block, in_block)
+                    block += 1
+                    if deadline is not None and self.ctx.clock() >= deadline:
+                        raise DecisionPaused(f"cache decision paused before input line {line.line}")
                 if number % (_FILL_ROUND * workers) == 0:
                     renew(self.ctx, self.run.run_id)  # a long file: keep the run ours while it is decided
                 if not line.fresh:
                     window.append(pool.submit(self._serve_from_cache, line, model))
-                while window and (len(window) >= 4 * workers or window[0].done()):
-                    self._keep(window.popleft().result())
-            while window:
-                self._keep(window.popleft().result())
+                drain(4 * workers - 1)
+            drain(0)
+            self._keep(in_block)
 
-    def _keep(self, outcome: Outcome | None) -> None:
-        if outcome is not None and self._decided is not None:
+    def _read_parts(self) -> int:
+        """Take the outcomes of the blocks an earlier call decided; returns the first block left to decide."""
+        block = 0
+        while (part := _read_outcomes(self.ctx, self.layout.cache_decided_part(block))) is not None:
+            self._keep(part.values())
+            block += 1
+        if block:
+            log.info("cache decision goes on after %d block(s)", block, extra=self._log)
+        return block
+
+    def _write_part(self, block: int, outcomes: list[Outcome]) -> None:
+        data = b"".join(orjson.dumps(outcome.to_json()) + b"\n" for outcome in outcomes)
+        self.ctx.blobs.write_bytes(
+            self.layout.cache_decided_part(block), data, content_type="application/jsonl"
+        )
+        self._keep(outcomes)
+        outcomes.clear()
+
+    def _keep(self, outcomes: Iterable[Outcome]) -> None:
+        assert self._decided is not None
+        for outcome in outcomes:
             self._decided[outcome.key] = outcome
 
     def serve(self, line: PromptRequest, model: str) -> bool:

@@ -23,7 +23,7 @@ from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
-from promptdrop.usecases.cache import CacheSplit
+from promptdrop.usecases.cache import CacheSplit, DecisionPaused
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -33,10 +33,10 @@ from promptdrop.usecases.workfiles import write_refused
 log = logging.getLogger(__name__)
 
 
-def submit_or_backoff(ctx: Context, run: Run) -> Run:
+def submit_or_backoff(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     """Submit a RECEIVED run; on a transient failure record a backoff for the poller, never raise it."""
     try:
-        return submit_run(ctx, run)
+        return submit_run(ctx, run, deadline)
     except TransientError as exc:
         attempts = run.submit_attempts + 1
         delay = min(ctx.settings.submit_retry_base * 2 ** (attempts - 1), 3600.0)
@@ -53,8 +53,9 @@ def submit_or_backoff(ctx: Context, run: Run) -> Run:
         )
 
 
-def submit_run(ctx: Context, run: Run) -> Run:
-    """RECEIVED -> SUBMITTED (jobs recorded as QUEUED) or a terminal state."""
+def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
+    """RECEIVED -> SUBMITTED (jobs recorded as QUEUED) or a terminal state; still RECEIVED when the time
+    ran out while the pay-once cache was deciding (the next tick goes on from there)."""
     if run.state is not RunState.RECEIVED:
         return run
     try:
@@ -74,7 +75,10 @@ def submit_run(ctx: Context, run: Run) -> Run:
             run = ctx.store.update_run(run.run_id, {"cost": cost.model_dump()})
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     try:
-        plan = _write_chunks(ctx, run)
+        plan = _write_chunks(ctx, run, deadline)
+    except DecisionPaused as paused:
+        log.info("%s; the next tick goes on", paused, extra={"run_id": run.run_id})
+        return run
     except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
         return fail_refused(ctx, run, refused.error)
     for job in plan.jobs:
@@ -163,11 +167,12 @@ class _Plan:
     models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
-def _write_chunks(ctx: Context, run: Run) -> _Plan:
+def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
     plan = _Plan(cache=CacheSplit(ctx, run))
-    planner = ChunkPlanner(ctx, run, attempt=1)
     choose = ModelChooser(ctx)
-    plan.cache.prepare(_cacheable(ctx, run, choose))
+    plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
+    planner = ChunkPlanner(ctx, run, attempt=1)
+    references = _ReferenceImages(ctx)
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
@@ -190,7 +195,7 @@ def _write_chunks(ctx: Context, run: Run) -> _Plan:
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
                         continue
-                    parts = resolve_images(ctx, line)
+                    parts = references.parts(line)
                     request_line = prompts.request_line(line, parts)
                     if len(request_line) > ctx.settings.max_line_bytes:
                         raise _Refused(
@@ -250,11 +255,24 @@ class _RunRefused(_Refused):
     """The whole run refused at submission (more now lines than the cap)."""
 
 
-def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:
-    """Reference images from the bucket as request parts: inline when small, through the Files API when large."""
-    parts: list[dict[str, Any]] = []
-    for ref in req.image_refs:
-        info = ctx.blobs.stat(ref)
+class _ReferenceImages:
+    """Reference images from the bucket as request parts: inline when small, through the Files API when large.
+
+    A large object (name and generation) is uploaded once per submission: a catalogue whose lines share
+    one reference image uploads it once, not once per line (time, and the Files API's 20 GB). Only the
+    uploads' parts are kept (a few bytes each); small images are read again, as keeping them would hold
+    every distinct one in memory.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._uploaded: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def parts(self, req: PromptRequest) -> list[dict[str, Any]]:
+        return [self._part(ref) for ref in req.image_refs]
+
+    def _part(self, ref: str) -> dict[str, Any]:
+        info = self.ctx.blobs.stat(ref)
         if info is None:
             raise _Refused(LineError("bad_image_ref", f"reference image {ref} does not exist in the bucket"))
         mime = info.content_type or mimetypes.guess_type(ref)[0] or ""
@@ -262,13 +280,15 @@ def resolve_images(ctx: Context, req: PromptRequest) -> list[dict[str, Any]]:
             raise _Refused(
                 LineError("bad_image_ref", f"reference {ref} is not an image ({mime or 'unknown type'})")
             )
-        if info.size <= ctx.settings.inline_image_max_bytes:
-            data = base64.b64encode(ctx.blobs.read_bytes(ref)).decode("ascii")
-            parts.append({"inlineData": {"mimeType": mime, "data": data}})
-        else:
-            with ctx.blobs.open_read(ref) as stream:
-                uploaded = ctx.backend.upload_file(
+        if info.size <= self.ctx.settings.inline_image_max_bytes:
+            data = base64.b64encode(self.ctx.blobs.read_bytes(ref)).decode("ascii")
+            return {"inlineData": {"mimeType": mime, "data": data}}
+        part = self._uploaded.get((ref, info.generation))
+        if part is None:
+            with self.ctx.blobs.open_read(ref) as stream:
+                uploaded = self.ctx.backend.upload_file(
                     stream, size=info.size, display_name=PurePosixPath(ref).name, mime_type=mime
                 )
-            parts.append({"fileData": {"fileUri": uploaded.uri, "mimeType": mime}})
-    return parts
+            part = {"fileData": {"fileUri": uploaded.uri, "mimeType": mime}}
+            self._uploaded[(ref, info.generation)] = part
+        return part
