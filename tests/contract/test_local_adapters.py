@@ -31,6 +31,11 @@ class TestSqliteJobStore(JobStoreContract):
     def job_store(self, tmp_path: Path) -> JobStore:
         return SqliteJobStore(tmp_path / "state.db")
 
+    @pytest.fixture
+    def separate_stores(self, tmp_path: Path) -> Callable[[int], list[JobStore]]:
+        # One connection each, as separate processes have: the database's write lock decides.
+        return lambda count: [SqliteJobStore(tmp_path / "state.db") for _ in range(count)]
+
 
 class TestSqlitePaidImageCache(PaidImageCacheContract):
     @pytest.fixture

@@ -23,6 +23,7 @@ from promptdrop.adapters.gcs import GcsBlobStore
 from promptdrop.adapters.pubsub import PubsubNotifier
 from promptdrop.errors import ConfigurationError, NotFoundError, PreconditionFailedError
 from promptdrop.events import parse_storage_notification
+from promptdrop.ports import JobStore
 from promptdrop.states import RunState
 from promptdrop.testing.cloud import pull, subscribe
 from tests.contract.blob_store_contract import BlobStoreContract, Boom
@@ -60,6 +61,13 @@ class TestFirestoreJobStore(JobStoreContract):
     @pytest.fixture
     def job_store(self, firestore_db: firestore.Client) -> FirestoreJobStore:
         return FirestoreJobStore(firestore_db)
+
+    @pytest.fixture
+    def separate_stores(
+        self, firestore_db: firestore.Client, project: str
+    ) -> Callable[[int], list[JobStore]]:
+        # Their own clients, as separate function instances have.
+        return lambda count: [FirestoreJobStore(firestore.Client(project=project)) for _ in range(count)]
 
 
 class TestFirestorePaidImageCache(PaidImageCacheContract):

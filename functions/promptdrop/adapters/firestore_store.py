@@ -9,6 +9,7 @@ contention. The queries are the ones docs/ARCHITECTURE.md lists, so the composit
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -162,6 +163,11 @@ class FirestoreJobStore:
         self._jobs = self._client.collection(JOBS)
         self._in_flight = self._client.collection(COUNTERS).document(IN_FLIGHT_COUNTER)
         self._attempts = transaction_attempts
+        # Every job start and end changes the one in-flight counter document. The runs a tick advances at
+        # once (threads of this process) would each hold it in a transaction and wound one another (the
+        # emulator waits ~2 s per conflict; under chaos they kept failing for minutes), so this process
+        # changes it one transaction at a time; other processes still contend, and the transaction decides.
+        self._counter_lock = threading.Lock()
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
         # A streamed query whose stream breaks asks its retry object whether to go on; given the default or
         # None, google-cloud-firestore reads a private attribute the gRPC callable lacks and raises
@@ -241,7 +247,10 @@ class FirestoreJobStore:
                 transaction.set(self._in_flight, counter.plus(change).to_json())
             return True
 
-        return bool(self._transact(create, what))
+        if change == rules.InFlight():
+            return bool(self._transact(create, what))
+        with self._counter_lock:
+            return bool(self._transact(create, what))
 
     def get_job(self, job_id: str) -> Job | None:
         return self._get(self._jobs, job_id, Job, f"reading job {job_id}")
@@ -277,7 +286,11 @@ class FirestoreJobStore:
                 transaction.set(self._in_flight, counter.plus(change).to_json())
             return job
 
-        result: Job = self._transact(apply, f"updating job {job_id}")
+        if "phase" not in changes:  # only a phase change moves a job into or out of the in-flight counts
+            updated: Job = self._transact(apply, f"updating job {job_id}")
+            return updated
+        with self._counter_lock:
+            result: Job = self._transact(apply, f"updating job {job_id}")
         return result
 
     def start_job(
@@ -312,7 +325,8 @@ class FirestoreJobStore:
             transaction.set(self._in_flight, counter.plus(rules.in_flight_change(document, job)).to_json())
             return job
 
-        result: Job | None = self._transact(start, f"starting job {job_id}")
+        with self._counter_lock:
+            result: Job | None = self._transact(start, f"starting job {job_id}")
         return result
 
     def list_jobs(self, run_id: str) -> list[Job]:
