@@ -52,6 +52,10 @@ class BackendPermanentError(BackendError, PermanentError):
     """The batch backend refused the call (400/401/403/404...)."""
 
 
+class OutOfTimeError(PromptdropError):
+    """A long step stopped at its deadline, after keeping what it had done; the next call goes on from there."""
+
+
 class AmbiguousCreateError(BackendTransientError):
     """``batches.create`` failed in a way that may still have created the job (timeout, 5xx).
 

@@ -62,6 +62,10 @@ class RunLayout:
         """Lines of one block of the input served from the cache: a long decision goes on next tick."""
         return f"{self.work}cache-decided/part-{block:06d}.jsonl"
 
+    def reference_uploads_part(self, block: int) -> str:
+        """Reference images uploaded to the Files API at submission, kept so a resumed one reuses them."""
+        return f"{self.work}reference-uploads/part-{block:06d}.jsonl"
+
     @property
     def fingerprints(self) -> str:
         """Request fingerprints of the submitted lines: what the cache records once they succeed."""

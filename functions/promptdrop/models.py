@@ -14,6 +14,9 @@ Sources (checked 2026-11-30; ``shared/reference/gemini-batch-api.md`` §4.3, §7
   (Google's model page). Its price is not on Google's pricing page (only third-party figures), so its
   cost is unknown; its image tokens (1120, as the other 1K images) only feed the enqueued-token budget.
 - gemini-2.5-flash-image: 1290 tokens at 1K at $30/M ($0.039); earliest shutdown 2026-10-02.
+- Reference images per request ("Maximum images per prompt", Google's Vertex AI model pages, the same
+  models): 14 for gemini-3-pro-image(-preview) and gemini-3.1-flash-image(-preview), 3 for
+  gemini-2.5-flash-image; none documented for gemini-3.1-flash-lite-image (not checked there).
 The dates are "earliest possible shutdown" as announced; whether an id is still served is asked of the API
 (``models.get``) before a run's first batch: this table only says what replaces a retired id.
 """
@@ -57,6 +60,8 @@ class ModelSpec:
     max_input_tokens: int
     # Tokens one reference (input) image costs, for the estimate.
     input_image_tokens: int = 560
+    # Reference images (image parts) one request may carry; None: no documented maximum.
+    max_input_images: int | None = None
     released: date | None = None
     shutdown: date | None = None  # earliest announced shutdown
     replacement: str | None = None  # the id that takes over its lines once it is no longer served
@@ -88,6 +93,7 @@ def _spec(
     rates: Rates | None,
     *,
     max_input_tokens: int,
+    max_input_images: int | None,
     released: date | None = None,
     default_size: str = "1K",
 ) -> ModelSpec:
@@ -98,6 +104,7 @@ def _spec(
         default_size=default_size,
         rates=rates,
         max_input_tokens=max_input_tokens,
+        max_input_images=max_input_images,
         released=released,
     )
 
@@ -113,6 +120,7 @@ _PRO_IMAGE = _spec(
     {"1K": 1120, "2K": 1120, "4K": 2000},
     Rates(text_input=2.0, image_input=2.0, text_output=12.0, image_output=120.0),
     max_input_tokens=65_536,
+    max_input_images=14,
     released=date(2026, 5, 28),
 )
 _FLASH_31_IMAGE = _spec(
@@ -121,6 +129,7 @@ _FLASH_31_IMAGE = _spec(
     {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
     Rates(text_input=0.5, image_input=0.5, text_output=3.0, image_output=60.0),
     max_input_tokens=65_536,
+    max_input_images=14,
     released=date(2026, 5, 28),
 )
 _FLASH_LITE_31_IMAGE = _spec(
@@ -129,6 +138,7 @@ _FLASH_LITE_31_IMAGE = _spec(
     {"1K": 1120},
     None,
     max_input_tokens=65_536,
+    max_input_images=None,
 )
 _FLASH_25_IMAGE = replace(
     _spec(
@@ -137,6 +147,7 @@ _FLASH_25_IMAGE = replace(
         {"1K": 1290},
         Rates(text_input=0.3, image_input=0.3, text_output=2.5, image_output=30.0),
         max_input_tokens=32_768,
+        max_input_images=3,
     ),
     shutdown=date(2026, 10, 2),
     replacement="gemini-3.1-flash-image",

@@ -26,6 +26,7 @@ from promptdrop.errors import InputError, UnsafeNameError
 from promptdrop.models import EXTREME_RATIOS, STANDARD_RATIOS, ModelSpec, model_spec
 from promptdrop.names import check_key, check_relative_path
 from promptdrop.outcomes import LineError
+from promptdrop.request_schema import MESSAGES, SPELLINGS, TOP, unknown_fields
 from promptdrop.streams import content as line_content
 from promptdrop.streams import split_lines
 
@@ -277,6 +278,15 @@ def _check_for_model(model: str, spec: ModelSpec | None, ratio: str | None, size
         raise _Invalid("bad_aspect_ratio", f"{model} does not accept aspect_ratio {ratio!r}")
 
 
+def _check_image_count(model: str, spec: ModelSpec | None, images: int) -> None:
+    """No more reference images than the model's documented maximum (models.py)."""
+    if spec is not None and spec.max_input_images is not None and images > spec.max_input_images:
+        raise _Invalid(
+            "too_many_images",
+            f"the request has {images} reference images; {model} takes at most {spec.max_input_images}",
+        )
+
+
 def _text_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
@@ -355,103 +365,20 @@ def parse_defaults(value: object) -> FileDefaults:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Native requests: casing
-
-# The GenerateContentRequest messages promptdrop knows, field names in camelCase, each with the message type
-# of its value. None marks a scalar, an enum, or a FREE-FORM value (function parameter schemas, response
-# schemas, function call args, tool bodies): those are copied verbatim, because their keys are the user's own
-# names (a schema property called "max_tokens" must stay "max_tokens"). Only fields listed here are renamed;
-# unknown fields are kept as written so newer API fields still pass through.
-_MESSAGES: Final[dict[str, dict[str, str | None]]] = {
-    "GenerateContentRequest": {
-        "model": None,
-        "contents": "Content",
-        "systemInstruction": "Content",
-        "tools": "Tool",
-        "toolConfig": "ToolConfig",
-        "safetySettings": "SafetySetting",
-        "generationConfig": "GenerationConfig",
-        "cachedContent": None,
-    },
-    "Content": {"role": None, "parts": "Part"},
-    "Part": {
-        "text": None,
-        "thought": None,
-        "thoughtSignature": None,
-        "inlineData": "Blob",
-        "fileData": "FileData",
-        "functionCall": "FunctionCall",
-        "functionResponse": "FunctionResponse",
-        "executableCode": None,
-        "codeExecutionResult": None,
-        "videoMetadata": None,
-        "mediaResolution": None,
-    },
-    "Blob": {"mimeType": None, "data": None, "displayName": None},
-    "FileData": {"mimeType": None, "fileUri": None, "displayName": None},
-    "FunctionCall": {"id": None, "name": None, "args": None},
-    "FunctionResponse": {
-        "id": None,
-        "name": None,
-        "response": None,
-        "willContinue": None,
-        "scheduling": None,
-    },
-    "Tool": {
-        "functionDeclarations": "FunctionDeclaration",
-        "googleSearch": None,
-        "googleSearchRetrieval": None,
-        "codeExecution": None,
-        "urlContext": None,
-    },
-    "FunctionDeclaration": {
-        "name": None,
-        "description": None,
-        "behavior": None,
-        "parameters": None,
-        "parametersJsonSchema": None,
-        "response": None,
-        "responseJsonSchema": None,
-    },
-    "ToolConfig": {"functionCallingConfig": "FunctionCallingConfig"},
-    "FunctionCallingConfig": {"mode": None, "allowedFunctionNames": None},
-    "SafetySetting": {"category": None, "threshold": None},
-    "GenerationConfig": {
-        "stopSequences": None,
-        "responseMimeType": None,
-        "responseSchema": None,
-        "responseJsonSchema": None,
-        "responseModalities": None,
-        "candidateCount": None,
-        "maxOutputTokens": None,
-        "temperature": None,
-        "topP": None,
-        "topK": None,
-        "seed": None,
-        "presencePenalty": None,
-        "frequencyPenalty": None,
-        "responseLogprobs": None,
-        "logprobs": None,
-        "enableEnhancedCivicAnswers": None,
-        "mediaResolution": None,
-        "speechConfig": None,
-        "thinkingConfig": "ThinkingConfig",
-        "imageConfig": "ImageConfig",
-    },
-    "ThinkingConfig": {"includeThoughts": None, "thinkingBudget": None, "thinkingLevel": None},
-    "ImageConfig": {"aspectRatio": None, "imageSize": None},
-}
+# Native requests: casing and unknown fields
 
 
-def _snake(camel: str) -> str:
-    return re.sub(r"([A-Z])", r"_\1", camel).lower()
-
-
-# message -> {spelling: camelCase name}, both spellings of every known field.
-_SPELLINGS: Final[dict[str, dict[str, str]]] = {
-    message: {**{_snake(name): name for name in fields}, **{name: name for name in fields}}
-    for message, fields in _MESSAGES.items()
-}
+def _check_known_fields(raw_request: dict[str, Any]) -> None:
+    """Refuse a request with a field the API does not know: in a batch file, one such line fails the whole batch."""
+    unknown = unknown_fields(raw_request)
+    if unknown:
+        first = unknown[0]
+        where = f"request.{first.path}" if first.path else "request"
+        raise _Invalid(
+            "unknown_field",
+            f"{where} has a field the Gemini API does not know: {_show(first.name)} "
+            "(the API would refuse the whole batch for it)",
+        )
 
 
 def _camel_case(value: Any, message: str) -> Any:
@@ -460,8 +387,8 @@ def _camel_case(value: Any, message: str) -> Any:
         return [_camel_case(item, message) for item in value]
     if not isinstance(value, dict):
         return value
-    spellings = _SPELLINGS[message]
-    children = _MESSAGES[message]
+    spellings = SPELLINGS[message]
+    children = MESSAGES[message]
     fields: dict[str, Any] = value
     out: dict[str, Any] = {}
     for name, item in fields.items():
@@ -630,6 +557,7 @@ class _LineParser:
             raise _Invalid("bad_image_ref", f"images must be a list of paths, not {_show(images)}")
         refs = tuple(self._image_ref(ref) for ref in images)
         _check_for_model(model, spec, ratio, size)
+        _check_image_count(model, spec, len(refs))
         tokens = _text_tokens(len(prompt) + len(system or "")) + len(refs) * _image_tokens(spec)
         _check_length(model, spec, tokens)
 
@@ -682,7 +610,8 @@ class _LineParser:
             raise _Invalid(
                 "bad_request", "request has 'config' (the SDK's name); the REST field is generationConfig"
             )
-        request = _camel_case(raw_request, "GenerateContentRequest")
+        _check_known_fields(raw_request)
+        request = _camel_case(raw_request, TOP)
         # A batch takes its model from the job, so a model inside the request moves up to the line.
         inner_model = _check_model(request.pop("model", None))
         line_model = _check_model(fields.get("model"))
@@ -707,6 +636,7 @@ class _LineParser:
         ratio = _check_ratio_form(image_config.get("aspectRatio"))
         size = _check_size_form(image_config.get("imageSize"))
         _check_for_model(model, spec, ratio, size)
+        _check_image_count(model, spec, image_parts)
         tokens = _text_tokens(text_chars + system_chars) + image_parts * _image_tokens(spec)
         _check_length(model, spec, tokens)
         return PromptRequest(

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from promptdrop.api_limits import FILE_MAX_BYTES
 from promptdrop.errors import ConfigurationError
 from promptdrop.models import DEFAULT_MODEL, RetiredPolicy
 
@@ -202,6 +203,10 @@ class Settings(BaseModel):
         for prefix in (settings.inbox_prefix, settings.output_prefix):
             if not prefix.endswith("/") or prefix.startswith("/"):
                 raise ConfigurationError(f"prefix {prefix!r} must end with '/' and not start with one")
+        if settings.max_job_bytes > FILE_MAX_BYTES:
+            raise ConfigurationError(
+                f"PROMPTDROP_MAX_JOB_BYTES must be at most {FILE_MAX_BYTES}: the Files API takes 2 GB per file"
+            )
         if settings.output_prefix.startswith(settings.inbox_prefix) or settings.inbox_prefix.startswith(
             settings.output_prefix
         ):

@@ -440,6 +440,60 @@ def test_an_image_the_bucket_refuses_fails_its_line_not_the_run(pipeline: Pipeli
     assert codes == ["", "write_failed"]
 
 
+def _noise_png(size: int, seed: int) -> bytes:
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=0)
+    return out.getvalue()
+
+
+def _uploaded_names(pipeline: Pipeline) -> list[str]:
+    """Display names of the files the emulator holds (its Files API)."""
+    reply = pipeline.emulator.request("GET", "/v1beta/files?pageSize=100")
+    assert reply.status == 200
+    return [f.get("displayName", "") for f in reply.json().get("files", [])]
+
+
+def test_reference_uploads_too_many_for_one_call_go_on_next_tick_each_uploaded_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of distinct large reference images do not upload in one invocation: the claim uploads one,
+    each tick (its deadline already past) one more, each reusing what the calls before kept; every image
+    reaches the Files API once and the run ends with all its lines."""
+    monkeypatch.setattr(receive, "SUBMIT_ON_CLAIM_SECONDS", 0.0)
+    ctx = pipeline.context(inline_image_max_bytes=64 * 1024)
+    refs = [f"refs/photo-{n}.png" for n in range(4)]
+    for n, ref in enumerate(refs):
+        ctx.blobs.write_bytes(ref, _noise_png(256, seed=n), content_type="image/png")  # ~196 KB each
+    lines = [{"key": f"k{n}", "prompt": "restyle", "images": [ref]} for n, ref in enumerate(refs)]
+    lines.append({"key": "again", "prompt": "restyle again", "images": [refs[0]]})
+    receipt = pipeline.drop("photos.jsonl", jsonl(*lines), ctx)
+    assert receipt.run is not None and receipt.run.state is RunState.RECEIVED
+    run_id = receipt.run.run_id
+    uploads = [sum(name.startswith("photo-") for name in _uploaded_names(pipeline))]
+    for _ in range(10):
+        poll.tick(ctx, run_ids=[run_id], deadline=ctx.clock())
+        run = ctx.store.get_run(run_id)
+        assert run is not None
+        uploads.append(sum(name.startswith("photo-") for name in _uploaded_names(pipeline)))
+        if run.state is not RunState.RECEIVED:
+            break
+    # One upload per call; the call after the fourth finds all four kept and submits.
+    assert uploads == [1, 2, 3, 4, 4]
+    assert sorted(n for n in _uploaded_names(pipeline) if n.startswith("photo-")) == [
+        f"photo-{n}.png" for n in range(4)
+    ]
+    run = pipeline.finish(run_id, ctx)
+    assert run.state is RunState.SUCCEEDED
+    assert sorted(e["key"] for e in pipeline.manifest(run)) == ["again", "k0", "k1", "k2", "k3"]
+
+
 def test_reference_images_are_inlined_or_uploaded_and_missing_ones_reported(pipeline: Pipeline) -> None:
     """Small reference images travel inline, large ones through the Files API; a missing one fails its line."""
     import io

@@ -18,8 +18,9 @@ import pytest
 
 from promptdrop.states import RunState
 from promptdrop.testing import eventarc
+from promptdrop.testing.cloud_local import FUNCTIONS_SOURCE
 from promptdrop.testing.emulator import RunningEmulator, wait_until_done
-from tests.support.deployment import FUNCTIONS_SOURCE, Deployment
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, storage
 
-from promptdrop.adapters.firestore_store import FirestoreJobStore, translate_firestore_error
+from promptdrop.adapters.firestore_store import RUNS, FirestoreJobStore, translate_firestore_error
 from promptdrop.adapters.gcs import GcsBlobStore, translate_storage_error
 from promptdrop.errors import (
     NotFoundError,
@@ -30,13 +30,16 @@ from promptdrop.errors import (
 )
 from promptdrop.testing.cloud import LocalCloud
 from promptdrop.testing.faultproxy import FaultProxy
-from tests.contract.job_store_contract import make_run
+from tests.contract.job_store_contract import T0, make_run
 
 pytestmark = pytest.mark.integration
 
 FAST = 2.0  # seconds a client waits for an answer in these tests
 # Enough retries to ride out gRPC's reconnect backoff (about a second) after the proxy heals.
 PATIENT = Retry(initial=0.2, maximum=1.0, timeout=15)
+# A query answer of many documents (one message each), cut after its first few.
+RUNS_IN_A_LONG_ANSWER = 200
+PART_OF_THE_ANSWER = 8 * 1024  # bytes
 
 
 @pytest.fixture
@@ -134,6 +137,36 @@ def test_write_failing_mid_stream_leaves_no_object(
     assert GcsBlobStore(bucket_name, storage_client).stat("results.jsonl") is None
 
 
+def test_upload_whose_last_answer_is_lost_is_transient(
+    storage_proxy: FaultProxy, project: str, bucket_name: str, storage_client: storage.Client
+) -> None:
+    """The answer to a streamed upload's last chunk is lost after the server finished the object: the
+    library's retry sends the chunk again, the finished session answers 404, and that is TransientError (the
+    session was lost; the whole write is tried again), not NotFoundError. Written again, the object is whole.
+    """
+    chunk = 256 * 1024
+    data = b"a" * chunk + b"the last chunk\n"
+    store = GcsBlobStore(
+        bucket_name, storage_client_via(storage_proxy, project), timeout=FAST, chunk_size=chunk
+    )
+    with pytest.raises(TransientError, match="upload session"), store.open_write("results.jsonl") as out:
+        out.write(data)  # the first chunk goes now; the rest when the writer closes
+        storage_proxy.cut_after(0, request=b"PUT /upload/")
+    assert storage_proxy.cuts == 1
+    with store.open_write("results.jsonl") as out:
+        out.write(data)
+    assert GcsBlobStore(bucket_name, storage_client).read_bytes("results.jsonl") == data
+
+
+def test_upload_into_a_missing_bucket_is_not_found(
+    storage_proxy: FaultProxy, project: str, storage_client: storage.Client
+) -> None:
+    """A 404 from an upload whose bucket does not exist stays NotFoundError: retrying cannot fix it."""
+    store = GcsBlobStore("no-such-bucket-here", storage_client_via(storage_proxy, project), timeout=FAST)
+    with pytest.raises(NotFoundError), store.open_write("results.jsonl") as out:
+        out.write(b"x")
+
+
 def test_firestore_call_through_reset_connection_is_transient(
     firestore_proxy: FaultProxy, project: str, firestore_db: firestore.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,7 +191,7 @@ def test_firestore_query_through_reset_connection_is_transient_or_retried(
     """A streamed query (the jobs of a run, the active runs) through a reset connection raises TransientError
     without retries, and is retried to an answer with the default retry. (The chaos suite once saw
     google-cloud-firestore raise AttributeError when a stream broke after its first answer; a reset before
-    the first answer, as here, does not take that path, so this test does not reproduce it.)"""
+    the first answer, as here, does not take that path: the next test cuts a stream in the middle.)"""
     client = firestore_client_via(firestore_proxy, project, monkeypatch)
     assert FirestoreJobStore(client).create_run(make_run("listed"))
     firestore_proxy.reset()
@@ -236,3 +269,32 @@ def test_exhausted_transaction_is_transient() -> None:
     exhausted = ValueError("Failed to commit transaction in 25 attempts.")
     exhausted.__cause__ = api_exceptions.Aborted("contention")
     assert type(translate_firestore_error(exhausted, "updating run r")) is TransientError
+
+
+def test_firestore_query_stream_broken_midway_resumes_or_is_transient(
+    firestore_proxy: FaultProxy, project: str, firestore_db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed query whose connection breaks after part of the answer has arrived: with the default
+    retry it resumes after the last document it got and returns every run once, in order; without retries
+    it raises TransientError. (google-cloud-firestore asks the stream's retry object whether to resume; given
+    None or the library default it raised AttributeError here, which ``_stream_retry`` prevents.)"""
+    expected = [f"run-{index:03d}" for index in range(RUNS_IN_A_LONG_ANSWER)]
+    batch = firestore_db.batch()
+    for index, run_id in enumerate(expected):
+        run = make_run(run_id, updated_at=T0 + index)
+        batch.set(firestore_db.collection(RUNS).document(run_id), run.model_dump(mode="json"))
+    batch.commit()
+    client = firestore_client_via(firestore_proxy, project, monkeypatch)
+    assert (
+        FirestoreJobStore(client).get_run("run-000") is not None
+    )  # the connection is up: only the answer is cut
+
+    firestore_proxy.cut_after(PART_OF_THE_ANSWER)
+    resumed = FirestoreJobStore(client, timeout=FAST).list_runs()
+    assert firestore_proxy.cuts == 1
+    assert [run.run_id for run in resumed] == expected
+
+    firestore_proxy.cut_after(PART_OF_THE_ANSWER)
+    with pytest.raises(TransientError):
+        FirestoreJobStore(client, retry=None, timeout=FAST).list_runs()
+    assert firestore_proxy.cuts == 2

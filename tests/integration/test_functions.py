@@ -547,3 +547,28 @@ def test_transient_storage_failure_after_the_claim_leaves_the_run_to_the_poller(
     assert deployment.batches() == []
     deployment.finish(poller, run.run_id)
     assert_outputs(deployment, run.run_id, ["line-1", "line-2", "line-3"])
+
+
+def test_an_upload_session_lost_while_submitting_leaves_the_run_to_the_poller(deployment: Deployment) -> None:
+    """The answer to an upload's last chunk is lost after Cloud Storage finished the object: the library
+    sends the chunk again and the finished session answers 404. That is a lost session, not a missing
+    object: the run waits in RECEIVED with a backoff, and the poller's ticks finish it."""
+    files, poller = deployment.app("on_prompt_file"), deployment.app("poll_jobs")
+    event = deployment.notification("inbox/lost-session.txt", PROMPTS)
+    with FaultProxy.for_address(deployment.cloud.endpoints.storage_url) as proxy:
+        client = storage.Client(
+            project=deployment.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": proxy.url},
+        )
+        # The library's own retries on, as deployed: they are what send the lost chunk again.
+        files.context.blobs = GcsBlobStore(deployment.bucket, client, timeout=FAST)
+        proxy.cut_after(0, request=b"PUT /upload/")
+        assert files.post(event) == 200
+        assert proxy.cuts == 1
+    run = deployment.only_run()
+    assert run.state is RunState.RECEIVED and run.submit_attempts == 1
+    assert "upload session" in (run.reason or "") and "lost (404)" in (run.reason or "")
+    assert deployment.batches() == []
+    deployment.finish(poller, run.run_id)
+    assert_outputs(deployment, run.run_id, ["line-1", "line-2", "line-3"])

@@ -34,18 +34,14 @@ from promptdrop.adapters.firestore_store import FirestoreJobStore
 from promptdrop.records import Job, Run
 from promptdrop.testing import eventarc
 from promptdrop.testing.cloud import LocalCloud, pull, subscribe, unique_name
+from promptdrop.testing.cloud_local import FUNCTIONS_SOURCE, signature_type
 from promptdrop.testing.emulator import RunningEmulator, running_emulator
 from promptdrop.usecases.context import Context
 
 REPO = Path(__file__).resolve().parents[2]
-FUNCTIONS_SOURCE = REPO / "functions" / "main.py"
 # Distinctive, so a test can search every log line and output for it.
 API_KEY = "pd-test-key-7f3c9e1a5b2d4c6e8a0b"
 T = TypeVar("T")
-
-
-# Entry points loaded with functions-framework's http signature (see main.HTTP_FUNCTIONS).
-HTTP_TARGETS = frozenset({"on_batch_webhook"})
 
 
 class Listener:
@@ -163,7 +159,7 @@ class Deployment:
             else:
                 self._monkeypatch.setenv(name, value)
         # create_app executes the source again into a new module registered as sys.modules["main"].
-        signature = "http" if target in HTTP_TARGETS else "cloudevent"
+        signature = signature_type(target)
         app = functions_framework.create_app(  # type: ignore[no-untyped-call]
             target, source=str(FUNCTIONS_SOURCE), signature_type=signature
         )

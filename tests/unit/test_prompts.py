@@ -610,6 +610,50 @@ INVALID_CASES = [
         "bad_request",
         "twice",
     ),
+    # A field the API does not know fails the whole batch there (request_schema), so it fails this line here.
+    (
+        "native-unknown-request-field",
+        {"request": {**NATIVE_TEXT, "temperature": 0.5}},
+        "unknown_field",
+        "request has a field the Gemini API does not know: 'temperature'",
+    ),
+    (
+        "native-unknown-image-config-field",
+        {"request": {**NATIVE_TEXT, "generationConfig": {"imageConfig": {"size": "2K"}}}},
+        "unknown_field",
+        "request.generation_config.image_config has a field the Gemini API does not know: 'size'",
+    ),
+    (
+        "native-unknown-thinking-field",
+        {"request": {**NATIVE_TEXT, "generation_config": {"thinking_config": {"budget": 0}}}},
+        "unknown_field",
+        "request.generation_config.thinking_config",
+    ),
+    (
+        "native-unknown-part-field",
+        {"request": {"contents": [{"parts": [{"text": "a"}, {"image": "x.png"}]}]}},
+        "unknown_field",
+        "request.contents[0].parts[1] has a field the Gemini API does not know: 'image'",
+    ),
+    # "Maximum images per prompt" per model (models.py): 3 for 2.5 Flash Image, 14 for the Gemini 3 ones.
+    (
+        "four-images-on-25-flash",
+        {"prompt": "a", "model": FLASH_25, "images": ["a.png", "b.png", "c.png", "d.png"]},
+        "too_many_images",
+        f"{FLASH_25} takes at most 3",
+    ),
+    (
+        "native-fifteen-images-on-pro",
+        {"request": {"contents": [{"parts": [{"text": "a"}] + [{"fileData": {"fileUri": "f"}}] * 15}]}},
+        "too_many_images",
+        "15 reference images",
+    ),
+    (
+        "native-vertex-only-image-field",
+        {"request": {**NATIVE_TEXT, "generationConfig": {"imageConfig": {"outputMimeType": "image/png"}}}},
+        "unknown_field",
+        "'outputMimeType'",
+    ),
 ]
 
 
@@ -991,3 +1035,10 @@ def test_a_line_runs_in_the_batch_lane_unless_it_or_the_defaults_say_now() -> No
     ]
     with_defaults = [{"defaults": {"lane": "now"}}, {"prompt": "a"}, {"prompt": "b", "lane": "batch"}]
     assert _lanes(b"".join(orjson.dumps(line) + b"\n" for line in with_defaults)) == ["now", "batch"]
+
+
+def test_the_documented_maximum_of_reference_images_is_allowed() -> None:
+    """Exactly the maximum passes (the line fails only beyond it)."""
+    assert valid({"prompt": "a", "model": FLASH_25, "images": ["a.png", "b.png", "c.png"]}).image_refs
+    parts = [{"text": "a"}] + [{"fileData": {"fileUri": "f"}}] * 14
+    assert valid({"request": {"contents": [{"parts": parts}]}}).model == PRO

@@ -179,6 +179,11 @@ def answer(raw_request: object, model: str, *, image_scale: float, response_id: 
         prompt, texts = prompt_texts(request)
         settings = image_request(request, model)
         input_images = _reference_images(request)
+        spec = model_spec(model)
+        if spec is not None and spec.max_input_images is not None and input_images > spec.max_input_images:
+            raise InvalidRequest(
+                f"{spec.name} takes at most {spec.max_input_images} images per request, got {input_images}"
+            )
     except InvalidRequest as exc:
         return Answer(error=status_error(3, str(exc)))
     if error := _ERROR_MARKER.search(texts):

@@ -27,8 +27,9 @@ import orjson
 from promptdrop.emulator.answers import Answer, answer, job_marker, response_id, status_error
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
-from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339
+from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339, unknown_fields_error
 from promptdrop.models import MODELS, bare_model_id, model_spec, served_by_schedule
+from promptdrop.request_schema import UnknownField, unknown_fields
 from promptdrop.rpc import rpc_status
 from promptdrop.streams import iter_lines
 
@@ -45,6 +46,34 @@ ACTIVE_STATES: Final = frozenset({PENDING, RUNNING})
 BATCH_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
 OUTPUT_TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
 RESULTS_MIME_TYPE: Final = "application/jsonl"
+# An InlinedRequest's fields (the API refuses any other, googleapis/python-genai#1451).
+INLINED_REQUEST_FIELDS: Final = frozenset({"request", "metadata"})
+# How many bad lines a refused input file's error lists (the rest are counted).
+MAX_LINE_ERRORS_SHOWN: Final = 20
+
+
+def file_line_problem(raw: bytes) -> str | None:
+    """Why one input file line does not parse as ``{"key", "request": GenerateContentRequest}``, or None.
+
+    Worded as the API's file parser words it (``near column C: no such field: 'x'``); the column is
+    where the field's name first appears in the line, so approximate.
+    """
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"near column {exc.colno}: {exc.msg}"
+    if not isinstance(item, dict):
+        return "near column 1: the line is not a JSON object"
+    request = item.get("request")
+    if request is not None and not isinstance(request, dict):
+        column = raw.find(b'"request"') + 1
+        return f"near column {column}: 'request' is not an object"
+    unknown = unknown_fields(request) if request else []
+    if not unknown:
+        return None
+    name = unknown[0].name
+    column = raw.find(orjson.dumps(name)) + 1
+    return f"near column {column}: no such field: '{name}'"
 
 
 @dataclass(slots=True)
@@ -268,6 +297,8 @@ class Engine:
             raise ApiError(503, "The service is currently unavailable.")
         if isinstance(body, dict):
             body = {name: value for name, value in body.items() if name != "model"}
+            if unknown := unknown_fields(body):
+                raise unknown_fields_error(unknown)
         with self._lock:
             self._generated += 1
             index = self._generated
@@ -301,7 +332,7 @@ class Engine:
         now = self._clock()
         if "fileName" in input_config:
             source_file = str(input_config["fileName"])
-            request_count = self._count_file_requests(source_file)
+            request_count = self._check_file_requests(source_file)
         else:
             source_file = None
             request_count = self._write_inline_requests(job_id, input_config["requests"])
@@ -358,14 +389,26 @@ class Engine:
 
     # Creation helpers ------------------------------------------------------------------------------
 
-    def _count_file_requests(self, file_name: str) -> int:
+    def _check_file_requests(self, file_name: str) -> int:
+        """Count the file's requests; refuse it whole if a line does not parse as a request (as the API does)."""
         if not file_name.startswith("files/"):
             raise ApiError(400, f"inputConfig.fileName must read files/<id>, got {file_name!r}")
         record = self.files.get(file_name.removeprefix("files/"))
         count = 0
+        problems: list[str] = []
         with self.files.data_path(record.id).open("rb") as stream:
-            for line in iter_lines(stream):
-                count += bool(line.strip())
+            for number, raw in enumerate(iter_lines(stream), start=1):
+                if not raw.strip():
+                    continue
+                count += 1
+                problem = file_line_problem(raw)
+                if problem is not None:
+                    problems.append(f"Error on line {number}: invalid JSON, {problem}")
+        if problems:
+            shown = problems[:MAX_LINE_ERRORS_SHOWN]
+            if len(problems) > len(shown):
+                shown.append(f"... and {len(problems) - len(shown)} more lines with errors")
+            raise ApiError(400, "\n".join(shown), "INVALID_ARGUMENT")
         if count == 0:
             raise ApiError(400, f"{file_name} holds no requests.")
         return count
@@ -374,12 +417,20 @@ class Engine:
         items = requests.get("requests") if isinstance(requests, dict) else None
         if not isinstance(items, list) or not items:
             raise ApiError(400, "inputConfig.requests.requests must be a non-empty list")
+        unknown: list[UnknownField] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
+                raise ApiError(400, f"inputConfig.requests.requests[{index}].request must be an object")
+            where = f"batch.input_config.requests.requests[{index}]"
+            unknown.extend(
+                UnknownField(str(name), where) for name in item if name not in INLINED_REQUEST_FIELDS
+            )
+            unknown.extend(unknown_fields(item["request"], path=f"{where}.request"))
+        if unknown:
+            raise unknown_fields_error(unknown)
         tmp = self._dir / f".{job_id}.requests.jsonl.tmp"
         with tmp.open("wb") as out:
-            for index, item in enumerate(items):
-                if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
-                    tmp.unlink()
-                    raise ApiError(400, f"inputConfig.requests.requests[{index}].request must be an object")
+            for item in items:
                 out.write(
                     orjson.dumps({"request": item["request"], "metadata": item.get("metadata")}) + b"\n"
                 )

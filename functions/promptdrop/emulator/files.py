@@ -21,6 +21,7 @@ from typing import BinaryIO, Final
 
 import orjson
 
+from promptdrop.api_limits import FILE_MAX_BYTES
 from promptdrop.emulator.wire import ApiError, int64, rfc3339
 
 FILE_LIFETIME_SECONDS: Final = 48 * 3600
@@ -190,6 +191,10 @@ class FileStore:
             received = part.stat().st_size
             if offset > received:
                 raise ApiError(400, f"X-Goog-Upload-Offset {offset} is past the {received} bytes received")
+            if offset + length > FILE_MAX_BYTES:  # a session started without announcing its size
+                raise ApiError(
+                    400, f"The file is over the {FILE_MAX_BYTES} bytes the Files API takes per file."
+                )
             with part.open("r+b") as out:
                 out.seek(offset)
                 out.truncate()

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from promptdrop.api_limits import BATCH_INLINE_MAX_BYTES, FILE_MAX_BYTES, GENERATE_MAX_BYTES
 from promptdrop.emulator.engine import BatchRecord, Engine, model_json, model_not_found, operation_json
 from promptdrop.emulator.files import COPY_CHUNK, file_json
 from promptdrop.emulator.hooks import Hooks
@@ -37,8 +38,8 @@ from promptdrop.streams import iter_lines
 
 logger = logging.getLogger(__name__)
 
-# The API's documented cap on a request body (inline batches must stay under 20 MB).
-MAX_JSON_BODY: Final = 20 * 1024 * 1024
+# A JSON body is capped as an inline batch is (the largest the other calls need); generateContent's is larger.
+MAX_JSON_BODY: Final = BATCH_INLINE_MAX_BYTES
 UPLOAD_GRANULARITY: Final = 8 * 1024 * 1024
 _VERSION = r"(?P<ver>v1(?:alpha|beta)?)"
 _ID = r"(?P<id>[^/:]+)"
@@ -377,10 +378,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             raise ApiError(400, "Content-Length is not a number") from exc
 
-    def _json_body(self) -> object:
+    def _json_body(self, limit: int = MAX_JSON_BODY) -> object:
         length = self._content_length()
-        if length > MAX_JSON_BODY:
-            raise ApiError(400, f"Request payload size exceeds the limit: {MAX_JSON_BODY} bytes.")
+        if length > limit:
+            raise ApiError(400, f"Request payload size exceeds the limit: {limit} bytes.")
         raw = self.rfile.read(length) if length else b""
         self._body_read = True
         if not raw.strip():
@@ -413,6 +414,12 @@ class _Handler(BaseHTTPRequestHandler):
             declared_size = None if declared is None else int(declared)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, "X-Goog-Upload-Header-Content-Length is not a number") from exc
+        if declared_size is not None and declared_size > FILE_MAX_BYTES:
+            # Refused at the session start, before a byte is sent (the SDK announces the size there).
+            raise ApiError(
+                400,
+                f"The file is {declared_size} bytes; the Files API takes at most {FILE_MAX_BYTES} per file.",
+            )
         display_name = file_info.get("displayName")
         name = file_info.get("name")
         session = self.server.engine.files.start_upload(
@@ -516,7 +523,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_generate(self, params: dict[str, str]) -> _Reply:
         """The standard API's one synchronous call: answered like a batch line, or its error as the status."""
-        body = self._json_body()
+        body = self._json_body(GENERATE_MAX_BYTES)
         return _json(self.server.engine.generate(params["model"], body, version=params["ver"]))
 
     def _route_model_get(self, params: dict[str, str]) -> _Reply:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
+from promptdrop.request_schema import UnknownField
 from promptdrop.rpc import HTTP_STATUS_NAMES
 
 T = TypeVar("T")
@@ -25,14 +26,45 @@ _SNAKE_PART = re.compile(r"_([a-z0-9])")
 class ApiError(Exception):
     """An error the emulator answers with: HTTP status plus a Google-shaped body."""
 
-    def __init__(self, http_status: int, message: str, status: str | None = None) -> None:
+    def __init__(
+        self,
+        http_status: int,
+        message: str,
+        status: str | None = None,
+        details: list[dict[str, object]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.message = message
         self.status = status or HTTP_STATUS_NAMES.get(http_status, "UNKNOWN")
+        self.details = details
 
     def body(self) -> dict[str, object]:
-        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
+        error: dict[str, object] = {"code": self.http_status, "message": self.message, "status": self.status}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+BAD_REQUEST_TYPE: Final = "type.googleapis.com/google.rpc.BadRequest"
+
+
+def unknown_fields_error(unknown: Sequence[UnknownField], prefix: str = "") -> ApiError:
+    """The API's 400 for fields its proto JSON parser does not know (``prefix``: the path of the request).
+
+    One sentence per field joined by newlines, and one ``google.rpc.BadRequest`` field violation each,
+    as the API answers (googleapis/python-genai#1451).
+    """
+    located = [
+        UnknownField(field.name, ".".join(part for part in (prefix, field.path) if part)) for field in unknown
+    ]
+    violations: list[object] = [field.field_violation() for field in located]
+    return ApiError(
+        400,
+        "\n".join(field.api_message() for field in located),
+        "INVALID_ARGUMENT",
+        [{"@type": BAD_REQUEST_TYPE, "fieldViolations": violations}],
+    )
 
 
 def camel_case(name: str) -> str:

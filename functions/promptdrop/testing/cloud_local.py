@@ -52,7 +52,7 @@ EMULATOR_EXTRAS = REPO / "examples" / "emulator-extras.jsonl"
 URGENT_LINE = b'{"key": "urgent-example", "prompt": "A poster needed in the next minute", "lane": "now"}\n'
 CLOUDEVENT_TARGETS = ("on_prompt_file", "on_prompt_message", "poll_jobs", "on_now_chunk")
 TARGETS = (*CLOUDEVENT_TARGETS, "on_batch_webhook")
-HTTP_TARGETS = frozenset({"on_batch_webhook"})
+HTTP_TARGETS = frozenset({"on_batch_webhook"})  # functions/main.py's HTTP_FUNCTIONS
 # Topic names as infra/ names them with the default name_prefix.
 INBOX_TOPIC, REQUESTS_TOPIC, EVENTS_TOPIC = "promptdrop-inbox", "promptdrop-requests", "promptdrop-events"
 NOW_TOPIC = "promptdrop-now"
@@ -167,6 +167,31 @@ class Stack:
         }
 
 
+def signature_type(target: str) -> str:
+    """How functions-framework loads ``target``: an HTTP entry point, or a CloudEvent one."""
+    return "http" if target in HTTP_TARGETS else "cloudevent"
+
+
+def function_argv(target: str, port: int) -> list[str]:
+    """The command line that serves one function of functions/main.py on 127.0.0.1:``port``, as its own
+    process under functions-framework (what Cloud Functions runs)."""
+    return [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--source",
+        str(FUNCTIONS_SOURCE),
+        "--target",
+        target,
+        "--signature-type",
+        signature_type(target),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 @contextlib.contextmanager
 def local_cloud(
     project: str, bucket: str, state_dir: Path, tick_seconds: float, startup_timeout: float = 90.0
@@ -218,25 +243,7 @@ def local_cloud(
         for topic in CREATED_TOPICS:
             create_topic(endpoints.pubsub_host, project, topic)
         for target, port in ports.items():
-            processes.start(
-                target,
-                [
-                    sys.executable,
-                    "-m",
-                    "functions_framework",
-                    "--source",
-                    str(FUNCTIONS_SOURCE),
-                    "--target",
-                    target,
-                    "--signature-type",
-                    "http" if target in HTTP_TARGETS else "cloudevent",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                stack.function_env(target),
-            )
+            processes.start(target, function_argv(target, port), stack.function_env(target))
         processes.wait_listening("gemini-emulator", gemini_port, deadline)
         for target, port in ports.items():
             processes.wait_listening(target, port, deadline)

@@ -2,9 +2,13 @@
 
 Modes: ``pass_through()``; ``reset()`` (every connection, open or new, is closed with a TCP reset, as a
 crashed or unreachable server looks to a client); ``delay(seconds)`` (latency before each request, or
-once per connection with ``per="connection"``). A "request" is each burst of client bytes that follows
-bytes from the server, which is what one HTTP/1.1 request on a kept-alive connection looks like; gRPC
-multiplexes calls and control frames on one HTTP/2 connection, so delay those ``per="connection"``.
+once per connection with ``per="connection"``); ``cut_after(server_bytes)`` (the server's next bytes pass
+until that many have gone to the client, then that connection is reset once, as a server or network
+failing in the middle of an answer looks; ``cut_after(0, request=b"PUT ")`` loses the answer to the next
+request that starts with those bytes, after the server has acted on it). A "request" is each burst of
+client bytes that follows bytes from the server, which is what one HTTP/1.1 request on a kept-alive
+connection looks like; gRPC multiplexes calls and control frames on one HTTP/2 connection, so delay those
+``per="connection"``.
 
     with FaultProxy(("127.0.0.1", 4443)) as proxy:
         client = make_client(proxy.url)
@@ -25,11 +29,12 @@ from types import TracebackType
 from typing import Literal
 
 _BUFFER = 256 * 1024
+_BEFORE_CUT = 0.2  # seconds
 
 
 @dataclass(frozen=True, slots=True)
 class _Mode:
-    name: Literal["pass", "reset", "delay"]
+    name: Literal["pass", "reset", "delay", "cut"]
     seconds: float = 0.0
     per: Literal["request", "connection"] = "request"
 
@@ -77,14 +82,20 @@ class _Connection:
                 if source is client:
                     mode = self.proxy.mode
                     if new_request:
-                        self.proxy._count_request()
+                        self.proxy._request_started(self, data)
                         if mode.name == "delay" and mode.per == "request":
                             time.sleep(mode.seconds)
                     new_request = False
                     upstream.sendall(data)
                 else:
                     new_request = True
+                    data, cut = self.proxy._server_bytes(self, data)
                     client.sendall(data)
+                    if cut:
+                        # Let the client read what it was sent before the reset makes its kernel drop it.
+                        time.sleep(_BEFORE_CUT)
+                        self.close(reset=True)
+                        return
 
     def close(self, *, reset: bool) -> None:
         if self.closed.is_set():
@@ -106,7 +117,11 @@ class FaultProxy:
         self.mode = _Mode("pass")
         self.connections_accepted = 0
         self.requests_forwarded = 0
+        self.cuts = 0
         self._lock = threading.Lock()
+        self._cut_left = 0  # server bytes still to forward before the cut
+        self._cut_request = b""  # the cut counts from the answer to a request starting with these bytes
+        self._cut_on: _Connection | None = None  # the connection that request came on
         self._connections: set[_Connection] = set()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -147,6 +162,17 @@ class FaultProxy:
 
     def delay(self, seconds: float, *, per: Literal["request", "connection"] = "request") -> None:
         self.mode = _Mode("delay", seconds, per)
+
+    def cut_after(self, server_bytes: int, *, request: bytes = b"") -> None:
+        """Forward ``server_bytes`` more bytes from the server, then reset the connection that carried the
+        next ones (they are not forwarded) and pass through again. With ``request``, the count starts at the
+        next request that begins with those bytes, on its connection only; without, it starts now, on
+        whichever connection the server's bytes come on first."""
+        with self._lock:
+            self._cut_left = server_bytes
+            self._cut_request = request
+            self._cut_on = None
+            self.mode = _Mode("cut")
 
     # Life cycle
 
@@ -195,6 +221,22 @@ class FaultProxy:
         with self._lock:
             self._connections.discard(connection)
 
-    def _count_request(self) -> None:
+    def _server_bytes(self, connection: _Connection, data: bytes) -> tuple[bytes, bool]:
+        """What of the server's ``data`` to forward, and whether to cut the connection after it."""
+        with self._lock:
+            if self.mode.name != "cut" or (self._cut_request and self._cut_on is not connection):
+                return data, False
+            if len(data) <= self._cut_left:
+                self._cut_left -= len(data)
+                return data, False
+            forwarded = data[: self._cut_left]
+            self.mode = _Mode("pass")
+            self.cuts += 1
+            return forwarded, True
+
+    def _request_started(self, connection: _Connection, data: bytes) -> None:
         with self._lock:
             self.requests_forwarded += 1
+            waiting = self.mode.name == "cut" and self._cut_request and self._cut_on is None
+            if waiting and data.startswith(self._cut_request):
+                self._cut_on = connection

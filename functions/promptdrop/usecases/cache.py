@@ -15,7 +15,7 @@ chunks stay the same and every line still ends in exactly one manifest entry (se
 Time: a re-dropped catalogue of 100,000 lines takes a store read and two or three Cloud Storage calls per
 line, more than one function invocation (540 s) may hold. So the decision is made in blocks of
 ``DECIDE_BLOCK_LINES`` input lines, each block's served outcomes written as a part when it is whole; between
-blocks the deadline is checked, and ``DecisionPaused`` hands the rest to the next tick, which starts after
+blocks the deadline is checked, and ``OutOfTimeError`` hands the rest to the next tick, which starts after
 the last whole part.
 
 An entry is used only if its image is still the very object that was recorded (same generation and size:
@@ -39,7 +39,7 @@ import orjson
 
 from promptdrop import gallery
 from promptdrop.cost import CostTally
-from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError
+from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PreconditionFailedError
 from promptdrop.fingerprint import ImageDigest, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
 from promptdrop.ports import BlobInfo, PaidImage
@@ -57,10 +57,6 @@ _HASH_BLOCK = 1 << 20
 # Input lines per part of the decision: big enough that a part is a few seconds of work, small enough that
 # a cut-off decision redoes little.
 DECIDE_BLOCK_LINES = 2000
-
-
-class DecisionPaused(Exception):
-    """Out of time between two blocks of the cache's decision; the next call continues after the last part."""
 
 
 def enabled(ctx: Context, run: Run) -> bool:
@@ -149,8 +145,8 @@ class CacheSplit:
         """Decide which lines are served: look each up and copy the images of those served,
         ``PROMPTDROP_UPLOAD_CONCURRENCY`` lines at a time (each takes a few storage and store calls, which a
         long cached file would otherwise wait for one by one). Called before the lines are chunked; an
-        earlier try's decision is reused as it is, and a paused one (``DecisionPaused``) goes on from its
-        last whole block."""
+        earlier try's decision is reused as it is, and a paused one (``OutOfTimeError``) goes on from its
+        last whole block (the last block is kept too: a submission paused after the decision redoes none)."""
         if self._decided is not None:
             return
         self._decided = {}
@@ -177,14 +173,14 @@ class CacheSplit:
                     self._write_part(block, in_block)
                     block += 1
                     if deadline is not None and self.ctx.clock() >= deadline:
-                        raise DecisionPaused(f"cache decision paused before input line {line.line}")
+                        raise OutOfTimeError(f"cache decision paused before input line {line.line}")
                 if number % (_FILL_ROUND * workers) == 0:
                     renew(self.ctx, self.run.run_id)  # a long file: keep the run ours while it is decided
                 if not line.fresh:
                     window.append(pool.submit(self._serve_from_cache, line, model))
                 drain(4 * workers - 1)
             drain(0)
-            self._keep(in_block)
+            self._write_part(block, in_block)
 
     def _read_parts(self) -> int:
         """Take the outcomes of the blocks an earlier call decided; returns the first block left to decide."""

@@ -15,15 +15,17 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+import orjson
+
 from promptdrop import prompts
 from promptdrop.cost import LaneMoney, LaneTally
-from promptdrop.errors import PermanentError, TransientError
+from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
-from promptdrop.usecases.cache import CacheSplit, DecisionPaused
+from promptdrop.usecases.cache import CacheSplit
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -55,7 +57,8 @@ def submit_or_backoff(ctx: Context, run: Run, deadline: float | None = None) -> 
 
 def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     """RECEIVED -> SUBMITTED (jobs recorded as QUEUED) or a terminal state; still RECEIVED when the time
-    ran out while the pay-once cache was deciding (the next tick goes on from there)."""
+    ran out while the pay-once cache was deciding or reference images were uploading (the next tick goes on
+    from what was kept)."""
     if run.state is not RunState.RECEIVED:
         return run
     try:
@@ -76,7 +79,7 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     try:
         plan = _write_chunks(ctx, run, deadline)
-    except DecisionPaused as paused:
+    except OutOfTimeError as paused:
         log.info("%s; the next tick goes on", paused, extra={"run_id": run.run_id})
         return run
     except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
@@ -172,7 +175,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
     choose = ModelChooser(ctx)
     plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
     planner = ChunkPlanner(ctx, run, attempt=1)
-    references = _ReferenceImages(ctx)
+    references = _ReferenceImages(ctx, run, deadline)
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
@@ -225,6 +228,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
                     priority=line.priority,
                     lane=line.lane,
                 )
+        references.keep()
         plan.jobs = planner.finish()
         plan.models = choose.choices
         plan.cache.finish()
@@ -262,11 +266,43 @@ class _ReferenceImages:
     one reference image uploads it once, not once per line (time, and the Files API's 20 GB). Only the
     uploads' parts are kept (a few bytes each); small images are read again, as keeping them would hold
     every distinct one in memory.
+
+    Thousands of distinct large images take longer to upload than one invocation has, so the uploads are
+    kept in the run's scratch every ``KEEP_EVERY`` and when the time is up (``OutOfTimeError``, checked
+    after each upload, so every call uploads at least one); the next call reuses those still well inside
+    the Files API's 48 h.
     """
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    KEEP_EVERY = 16
+    REUSE_SECONDS = 40 * 3600.0
+
+    def __init__(self, ctx: Context, run: Run, deadline: float | None) -> None:
+        self.ctx, self.deadline = ctx, deadline
+        self.layout = ctx.layout(run.run_id)
         self._uploaded: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._parts = 0
+        while (data := self._read_part(self._parts)) is not None:
+            for record in map(orjson.loads, data.splitlines()):
+                if ctx.clock() - record["uploaded_at"] < self.REUSE_SECONDS:
+                    self._uploaded[(record["ref"], record["generation"])] = record["part"]
+            self._parts += 1
+
+    def _read_part(self, number: int) -> bytes | None:
+        try:
+            return self.ctx.blobs.read_bytes(self.layout.reference_uploads_part(number))
+        except NotFoundError:
+            return None
+
+    def keep(self) -> None:
+        """Write the uploads not yet kept as the next part."""
+        if not self._pending:
+            return
+        data = b"".join(orjson.dumps(record) + b"\n" for record in self._pending)
+        name = self.layout.reference_uploads_part(self._parts)
+        self.ctx.blobs.write_bytes(name, data, content_type="application/jsonl")
+        self._parts += 1
+        self._pending.clear()
 
     def parts(self, req: PromptRequest) -> list[dict[str, Any]]:
         return [self._part(ref) for ref in req.image_refs]
@@ -291,4 +327,16 @@ class _ReferenceImages:
                 )
             part = {"fileData": {"fileUri": uploaded.uri, "mimeType": mime}}
             self._uploaded[(ref, info.generation)] = part
+            record = {
+                "ref": ref,
+                "generation": info.generation,
+                "part": part,
+                "uploaded_at": self.ctx.clock(),
+            }
+            self._pending.append(record)
+            out_of_time = self.deadline is not None and self.ctx.clock() >= self.deadline
+            if out_of_time or len(self._pending) >= self.KEEP_EVERY:
+                self.keep()
+            if out_of_time:
+                raise OutOfTimeError(f"reference uploads paused after {ref}")
         return part

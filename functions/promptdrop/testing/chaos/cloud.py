@@ -10,7 +10,6 @@ import dataclasses
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -47,14 +46,13 @@ from promptdrop.testing.chaos.prompts import CACHE_REDROP, MODEL, PromptFile, se
 from promptdrop.testing.cloud import LocalCloud, StorageEvents, create_topic, free_port
 from promptdrop.testing.cloud_local import (
     CREATED_TOPICS,
-    FUNCTIONS_SOURCE,
-    HTTP_TARGETS,
     INBOX_PREFIX,
     INBOX_TOPIC,
     PUSHED,
     REQUESTS_TOPIC,
     TARGETS,
     Stack,
+    function_argv,
 )
 from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
@@ -238,22 +236,7 @@ class CloudChaos:
             "PROMPTDROP_WEBHOOK_POLL_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
         }
-        argv = [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source",
-            str(FUNCTIONS_SOURCE),
-            "--target",
-            target,
-            "--signature-type",
-            "http" if target in HTTP_TARGETS else "cloudevent",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        return Child(target, argv, env, self.logs / f"{target}.log", REPO)
+        return Child(target, function_argv(target, port), env, self.logs / f"{target}.log", REPO)
 
     def deliveries_for(self, stack: Stack) -> list[PubsubBridge | Ticker]:
         subscriber = pubsub_v1.SubscriberClient()
