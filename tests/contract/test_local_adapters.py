@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,6 +235,47 @@ def test_delete_prefix_removes_the_scratch_that_listing_hides(tmp_path: Path) ->
     assert [info.name for info in store.list("outputs/r/_work/")] == ["outputs/r/_work/jobs/j/keys.jsonl"]
     store.delete_prefix("outputs/r/_work/")
     assert not (tmp_path / "bucket" / "outputs").exists()
+
+
+class _Killed(Exception):
+    """The process died here: nothing after this point runs."""
+
+
+def test_a_kill_during_delete_prefix_leaves_no_object_listed_and_the_next_process_empties_the_trash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settle deletes a run's scratch right after recording its end, and a folder has no lifecycle rule:
+    a kill mid-delete must leave either all of the scratch or none of it listed, never some (which nothing
+    would ever delete). It dies here after the first file it removes."""
+    store = LocalBlobStore(tmp_path / "bucket")
+    names = [f"outputs/r/_work/jobs/j/part-{n}.jsonl" for n in range(5)] + ["outputs/r/_work/input.jsonl"]
+    for name in names:
+        store.write_bytes(name, b"x\n")
+    store.write_bytes("outputs/r/manifest.jsonl", b"{}\n")
+    removed: list[str] = []
+    real_unlink, real_rmtree = os.unlink, shutil.rmtree
+
+    def unlink_then_die(path: Any, *args: Any, **kwargs: Any) -> None:
+        if removed:
+            raise _Killed(str(path))
+        removed.append(str(path))
+        real_unlink(path, *args, **kwargs)
+
+    def rmtree_then_die(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise _Killed(str(path))
+
+    monkeypatch.setattr(os, "unlink", unlink_then_die)
+    monkeypatch.setattr(shutil, "rmtree", rmtree_then_die)
+    with contextlib.suppress(_Killed):
+        store.delete_prefix("outputs/r/_work/")
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    reopened = LocalBlobStore(tmp_path / "bucket")  # the next process
+    assert list(reopened.list("outputs/r/_work/")) == []
+    assert all(reopened.stat(name) is None for name in names)
+    left = sorted(str(p.relative_to(tmp_path / "bucket")) for p in (tmp_path / "bucket").rglob("*"))
+    assert [name for name in left if "part-" in name or "input" in name] == []  # nothing kept anywhere
+    assert "outputs/r/manifest.jsonl" in left
 
 
 def test_sweep_interrupted_removes_temporaries_beside_outputs_and_keeps_the_outputs(tmp_path: Path) -> None:

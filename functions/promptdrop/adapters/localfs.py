@@ -52,6 +52,8 @@ from promptdrop.ports import BlobInfo
 RESERVED_PREFIX = ".promptdrop-"
 META_DB_NAME = RESERVED_PREFIX + "meta.db"
 _TEMP_PREFIX = RESERVED_PREFIX + "tmp-"
+# Folders being deleted: moved here first (one rename), then removed; whatever is in it is garbage.
+_TRASH_NAME = RESERVED_PREFIX + "trash"
 _COPY_BUFFER = 1024 * 1024
 _MKDIR_ATTEMPTS = 5  # a concurrent delete may prune a folder we just made; make it again
 
@@ -121,6 +123,8 @@ class LocalBlobStore:
         self._db_path = self._root / META_DB_NAME
         self._lock = threading.Lock()
         self._connection = open_database(self._db_path, timeout=timeout, schema=_SCHEMA)
+        self._trash = self._root / _TRASH_NAME
+        self._empty_trash()  # what a killed process was deleting
 
     @property
     def url(self) -> str:
@@ -249,17 +253,37 @@ class LocalBlobStore:
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Every object under ``prefix``, then the scratch files of interrupted writes, which ``list`` hides."""
-        for info in list(self.list(prefix)):
-            self.delete(info.name)
+        """Every object under ``prefix``, the scratch files of interrupted writes (which ``list`` hides) too.
+
+        A folder goes at once: moved into the store's hidden trash and its records dropped in one
+        transaction, then removed. Settle deletes a run's scratch right after recording its end; one object
+        at a time, a kill in between (tens of milliseconds for a run's files) left scratch behind for good,
+        as a folder has no lifecycle rule to expire it. A kill now leaves at most a folder in the trash,
+        which the next deletion or the next process empties.
+        """
         if not prefix.endswith("/"):
+            for info in list(self.list(prefix)):
+                self.delete(info.name)
             return
         folder = self.path_of(prefix.removesuffix("/"))
-        self._remove_temporaries(folder)
-        for directory, _, _ in os.walk(folder, topdown=False):
-            with contextlib.suppress(OSError):  # not empty (a write landed meanwhile), or already gone
-                os.rmdir(directory)
+        self._trash.mkdir(exist_ok=True)
+        hidden = self._trash / uuid.uuid4().hex
+        with self._transaction() as conn:
+            try:
+                folder.rename(hidden)
+            except _MISSING:
+                return
+            except OSError as exc:
+                raise TransientError(f"cannot delete {prefix}: {exc}") from exc
+            conn.execute("DELETE FROM objects WHERE substr(name, 1, ?) = ?", [len(prefix), prefix])
+        self._empty_trash()
         self._prune(folder.parent)
+
+    def _empty_trash(self) -> None:
+        # Only committed deletions are moved here, so every entry may go, whoever moved it.
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._trash):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     def sweep_interrupted(self, prefix: str) -> None:
         """The hidden temporary files of writes a kill interrupted under ``prefix``; objects stay."""
