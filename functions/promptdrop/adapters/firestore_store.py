@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
@@ -247,10 +247,7 @@ class FirestoreJobStore:
                 transaction.set(self._in_flight, counter.plus(change).to_json())
             return True
 
-        if change == rules.InFlight():
-            return bool(self._transact(create, what))
-        with self._counter_lock:
-            return bool(self._transact(create, what))
+        return bool(self._transact(create, what, counter=change != rules.InFlight()))
 
     def get_job(self, job_id: str) -> Job | None:
         return self._get(self._jobs, job_id, Job, f"reading job {job_id}")
@@ -286,11 +283,8 @@ class FirestoreJobStore:
                 transaction.set(self._in_flight, counter.plus(change).to_json())
             return job
 
-        if "phase" not in changes:  # only a phase change moves a job into or out of the in-flight counts
-            updated: Job = self._transact(apply, f"updating job {job_id}")
-            return updated
-        with self._counter_lock:
-            result: Job = self._transact(apply, f"updating job {job_id}")
+        # Only a phase change moves a job into or out of the in-flight counts.
+        result: Job = self._transact(apply, f"updating job {job_id}", counter="phase" in changes)
         return result
 
     def start_job(
@@ -325,8 +319,7 @@ class FirestoreJobStore:
             transaction.set(self._in_flight, counter.plus(rules.in_flight_change(document, job)).to_json())
             return job
 
-        with self._counter_lock:
-            result: Job | None = self._transact(start, f"starting job {job_id}")
+        result: Job | None = self._transact(start, f"starting job {job_id}", counter=True)
         return result
 
     def list_jobs(self, run_id: str) -> list[Job]:
@@ -420,6 +413,9 @@ class FirestoreJobStore:
             raise NotFoundError(f"{label} does not exist")
         return dict(snapshot.to_dict() or {})
 
-    def _transact(self, body: Callable[[firestore.Transaction], Any], what: str) -> Any:
-        with firestore_errors(what):
+    def _transact(
+        self, body: Callable[[firestore.Transaction], Any], what: str, *, counter: bool = False
+    ) -> Any:
+        """Run ``body`` in a transaction; ``counter``: it may change the in-flight counter (one at a time)."""
+        with self._counter_lock if counter else nullcontext(), firestore_errors(what):
             return firestore.transactional(body)(self._client.transaction(max_attempts=self._attempts))

@@ -47,6 +47,7 @@ from promptdrop.prompts import PromptRequest
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.leases import renew
+from promptdrop.usecases.workfiles import read_records, write_records
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,7 @@ class CacheSplit:
         return block
 
     def _write_part(self, block: int, outcomes: list[Outcome]) -> None:
-        data = b"".join(orjson.dumps(outcome.to_json()) + b"\n" for outcome in outcomes)
-        self.ctx.blobs.write_bytes(
-            self.layout.cache_decided_part(block), data, content_type="application/jsonl"
-        )
+        write_records(self.ctx, self.layout.cache_decided_part(block), (o.to_json() for o in outcomes))
         self._keep(outcomes)
         outcomes.clear()
 
@@ -269,13 +267,9 @@ class CacheSplit:
     def finish(self) -> None:
         """Record the decision (before any job is recorded) and the fingerprints of the submitted lines."""
         if not self._reused:
-            served = b"".join(orjson.dumps(o.to_json()) + b"\n" for o in self.served)
-            self.ctx.blobs.write_bytes(self.layout.cached_outcomes, served, content_type="application/jsonl")
-        submitted = b"".join(
-            orjson.dumps({"key": s.key, "fingerprint": s.fingerprint, "fresh": s.fresh}) + b"\n"
-            for s in self._submitted
-        )
-        self.ctx.blobs.write_bytes(self.layout.fingerprints, submitted, content_type="application/jsonl")
+            write_records(self.ctx, self.layout.cached_outcomes, (o.to_json() for o in self.served))
+        submitted = ({"key": s.key, "fingerprint": s.fingerprint, "fresh": s.fresh} for s in self._submitted)
+        write_records(self.ctx, self.layout.fingerprints, submitted)
         if self.served:
             log.info("%d line(s) served from the pay-once cache", len(self.served), extra=self._log)
 
@@ -286,11 +280,10 @@ def _run_folder(image: str) -> str:
 
 
 def _read_outcomes(ctx: Context, name: str) -> dict[str, Outcome] | None:
-    try:
-        data = ctx.blobs.read_bytes(name)
-    except NotFoundError:
+    records = read_records(ctx, name)
+    if records is None:
         return None
-    outcomes = (Outcome.from_json(orjson.loads(raw)) for raw in data.splitlines() if raw.strip())
+    outcomes = (Outcome.from_json(record) for record in records)
     return {outcome.key: outcome for outcome in outcomes}
 
 

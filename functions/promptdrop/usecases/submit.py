@@ -15,11 +15,9 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-import orjson
-
 from promptdrop import prompts
 from promptdrop.cost import LaneMoney, LaneTally
-from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, TransientError
+from promptdrop.errors import OutOfTimeError, PermanentError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
@@ -30,7 +28,7 @@ from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
 from promptdrop.usecases.settle import fail_refused, fail_unusable
-from promptdrop.usecases.workfiles import write_refused
+from promptdrop.usecases.workfiles import read_records, write_records, write_refused
 
 log = logging.getLogger(__name__)
 
@@ -282,25 +280,17 @@ class _ReferenceImages:
         self._uploaded: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
         self._parts = 0
-        while (data := self._read_part(self._parts)) is not None:
-            for record in map(orjson.loads, data.splitlines()):
+        while (records := read_records(ctx, self.layout.reference_uploads_part(self._parts))) is not None:
+            for record in records:
                 if ctx.clock() - record["uploaded_at"] < self.REUSE_SECONDS:
                     self._uploaded[(record["ref"], record["generation"])] = record["part"]
             self._parts += 1
-
-    def _read_part(self, number: int) -> bytes | None:
-        try:
-            return self.ctx.blobs.read_bytes(self.layout.reference_uploads_part(number))
-        except NotFoundError:
-            return None
 
     def keep(self) -> None:
         """Write the uploads not yet kept as the next part."""
         if not self._pending:
             return
-        data = b"".join(orjson.dumps(record) + b"\n" for record in self._pending)
-        name = self.layout.reference_uploads_part(self._parts)
-        self.ctx.blobs.write_bytes(name, data, content_type="application/jsonl")
+        write_records(self.ctx, self.layout.reference_uploads_part(self._parts), self._pending)
         self._parts += 1
         self._pending.clear()
 

@@ -3,7 +3,8 @@ the lines refused at submission, and their removal when the run ends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 
@@ -44,11 +45,26 @@ def iter_job_outcomes(ctx: Context, layout: RunLayout, job: Job) -> Iterator[Out
         yield from _outcome_lines(data)
 
 
+def write_records(ctx: Context, name: str, records: Iterable[Mapping[str, Any]]) -> None:
+    """A small scratch file of JSON lines, written whole."""
+    data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+    ctx.blobs.write_bytes(name, data, content_type="application/jsonl")
+
+
+def read_records(ctx: Context, name: str) -> list[dict[str, Any]] | None:
+    """The records of a file ``write_records`` wrote; None when there is none (yet)."""
+    try:
+        data = ctx.blobs.read_bytes(name)
+    except NotFoundError:
+        return None
+    return [orjson.loads(raw) for raw in data.splitlines() if raw.strip()]
+
+
 def write_refused(ctx: Context, layout: RunLayout, refused: Iterable[Outcome]) -> None:
     """The lines refused at submission (a missing reference image, a request too large)."""
-    data = b"".join(orjson.dumps(o.to_json()) + b"\n" for o in refused)
-    if data:
-        ctx.blobs.write_bytes(layout.submit_outcomes, data, content_type="application/jsonl")
+    records = [o.to_json() for o in refused]
+    if records:
+        write_records(ctx, layout.submit_outcomes, records)
 
 
 def load_outcomes(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Outcome]:
