@@ -71,6 +71,10 @@ class RunLayout:
         """Request fingerprints of the submitted lines: what the cache records once they succeed."""
         return self.work + "fingerprints.jsonl"
 
+    def attempt_plan(self, attempt: int) -> str:
+        """A retry attempt's job records, written before any is created, so a cut-off creation completes."""
+        return f"{self.work}attempts/attempt-{attempt:03d}.jsonl"
+
     def job_folder(self, job_id: str) -> str:
         return f"{self.work}jobs/{job_id}/"
 

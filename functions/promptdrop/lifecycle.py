@@ -41,7 +41,8 @@ class Action(StrEnum):
     LAUNCH = "launch"  # QUEUED jobs: create batches while the in-flight caps allow
     WORK_NOW = "work_now"  # now-lane jobs: send their unanswered lines with generate_content, checkpointed
     DISPATCH_NOW = "dispatch_now"  # now-lane jobs to hand over: one message per chunk to the now topic
-    RETRY = "retry"  # every job done, retryable lines left and attempts left: a new attempt
+    RETRY = "retry"  # every job done, retryable lines left and attempts left: a new attempt (or the
+    # newest attempt's creation was cut off: its missing jobs created)
     SETTLE = "settle"  # every job done: manifest, summary, event, terminal state
 
 
@@ -81,6 +82,16 @@ def retryable_left(jobs: Sequence[Job], max_attempts: int) -> bool:
         return False
     latest = max(job.attempt for job in jobs)
     return latest < max_attempts and any(job.retryable for job in jobs if job.attempt == latest)
+
+
+def attempt_cut_off(jobs: Sequence[Job]) -> bool:
+    """The latest attempt has fewer jobs than were planned for it: its creation stopped part-way (a store
+    error, a kill), and the lines of its missing jobs would otherwise end with their previous failure."""
+    if not jobs:
+        return False
+    latest = max(job.attempt for job in jobs)
+    newest = [job for job in jobs if job.attempt == latest]
+    return len(newest) < max(job.attempt_jobs for job in newest)
 
 
 def _now_lane_step(
@@ -149,6 +160,8 @@ def next_step(
 
     by_id = {job.job_id: job for job in jobs}
 
+    if Action.RETRY not in done and attempt_cut_off(jobs):
+        return Step(Action.RETRY)  # completes the attempt (from its plan) before any of it is worked
     if run.cancel_requested and Action.CANCEL_JOBS not in done:
         to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
         if to_cancel:

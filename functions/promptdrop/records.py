@@ -139,3 +139,6 @@ class Job(_Record):
     recoveries: int = 0
     duplicates: list[str] = Field(default_factory=list)  # batches sharing our display name, cancelled
     retryable: int = 0  # lines of this job that failed retryably (counted by the harvest)
+    # A retry attempt's job count, on each of its jobs (0 on the first attempt): fewer recorded means the
+    # attempt's creation was cut off, and lifecycle.next_step completes it before anything else.
+    attempt_jobs: int = 0

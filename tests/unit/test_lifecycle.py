@@ -155,6 +155,18 @@ def test_retry_or_settle_once_every_job_is_done(
     assert step(current, jobs, max_attempts=max_attempts).action is expected
 
 
+def test_an_attempt_cut_off_part_way_is_completed_before_anything_else() -> None:
+    """An attempt with fewer jobs than planned (its creation stopped after one): RETRY completes it first,
+    once per call, even while its first job is queued or the run is being cancelled."""
+    first = [job(JobPhase.DONE, retryable=1), job(JobPhase.DONE, chunk=1, retryable=1)]
+    cut_off = [*first, job(JobPhase.QUEUED, attempt=2, attempt_jobs=2)]
+    assert step(run(RunState.HARVESTING), cut_off) == Step(Action.RETRY)
+    assert step(run(RunState.HARVESTING, cancel_requested=True), cut_off) == Step(Action.RETRY)
+    assert step(run(RunState.HARVESTING), cut_off, done=frozenset({Action.RETRY})).action is Action.LAUNCH
+    whole = [*cut_off, job(JobPhase.QUEUED, attempt=2, chunk=1, attempt_jobs=2)]
+    assert step(run(RunState.HARVESTING), whole).action is Action.LAUNCH
+
+
 def test_one_pass_per_call_never_goes_back() -> None:
     """Recover, refresh and launch are taken once per call, in that order; then the run waits."""
     jobs = [job(JobPhase.CREATING), job(JobPhase.ACTIVE, chunk=1), job(JobPhase.QUEUED, chunk=2)]

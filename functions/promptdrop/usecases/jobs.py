@@ -18,17 +18,19 @@ from promptdrop.errors import (
     AmbiguousCreateError,
     BackendError,
     BackendPermanentError,
+    NotFoundError,
     PermanentError,
     PreconditionFailedError,
     TransientError,
 )
+from promptdrop.lifecycle import attempt_cut_off
 from promptdrop.ports import BatchInfo
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState
 from promptdrop.streams import content, iter_lines
 from promptdrop.usecases.chunks import ChunkPlanner
 from promptdrop.usecases.context import Context
-from promptdrop.usecases.workfiles import iter_job_keys, job_keys, load_outcomes
+from promptdrop.usecases.workfiles import iter_job_keys, job_keys, load_outcomes, read_records, write_records
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +280,21 @@ def cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:
 
 
 def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
-    """Lines of the latest attempt that failed retryably go into new queued jobs of the next attempt.
+    """Lines of the latest attempt that failed retryably go into new queued jobs of the next attempt; or,
+    when the latest attempt's creation was cut off (``attempt_cut_off``), its missing jobs are created.
 
-    Returns how many lines were put into new jobs.
+    The next attempt's jobs are written down as a whole (its plan, in scratch) before the first is created,
+    and each carries the attempt's job count: a failure or a kill between two creates leaves an attempt the
+    lifecycle sees as incomplete, and the next advance completes it from the plan (creates are
+    create-if-absent). Returns how many lines were put into new jobs.
     """
     attempt = max(job.attempt for job in jobs)
+    layout = ctx.layout(run.run_id)
+    if attempt_cut_off(jobs):
+        records = read_records(ctx, layout.attempt_plan(attempt))
+        if records is None:
+            raise NotFoundError(f"the plan of attempt {attempt} is gone: {layout.attempt_plan(attempt)}")
+        return _create_attempt(ctx, run, [Job.model_validate(record) for record in records])
     outcomes = load_outcomes(ctx, run, jobs)
     retry_keys = {
         key for key, outcome in outcomes.items() if outcome.retryable and outcome.attempt == attempt
@@ -290,7 +302,6 @@ def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
     if not retry_keys:
         return 0
     planner = ChunkPlanner(ctx, run, attempt=attempt + 1, first_chunk=0)
-    layout = ctx.layout(run.run_id)
     try:
         for job in jobs:
             if job.attempt != attempt:
@@ -312,17 +323,25 @@ def resubmit_retryable(ctx: Context, run: Run, jobs: list[Job]) -> int:
                             priority=job.priority,
                             lane=job.lane,
                         )
-        new_jobs = planner.finish()
+        planned = planner.finish()
     except BaseException:
         planner.abort()
         raise
-    for job in new_jobs:
-        ctx.store.create_job(job)
+    new_jobs = [job.model_copy(update={"attempt_jobs": len(planned)}) for job in planned]
+    write_records(ctx, layout.attempt_plan(attempt + 1), [job.model_dump(mode="json") for job in new_jobs])
+    return _create_attempt(ctx, run, new_jobs)
+
+
+def _create_attempt(ctx: Context, run: Run, new_jobs: list[Job]) -> int:
+    """Create an attempt's planned jobs, those already there kept as they are."""
+    created = sum(ctx.store.create_job(job) for job in new_jobs)
+    lines = sum(job.request_count for job in new_jobs)
     log.info(
-        "resubmitting %d retryable line(s) as attempt %d in %d job(s)",
-        len(retry_keys),
-        attempt + 1,
+        "resubmitting %d retryable line(s) as attempt %d in %d job(s) (%d created now)",
+        lines,
+        new_jobs[0].attempt,
         len(new_jobs),
+        created,
         extra={"run_id": run.run_id},
     )
-    return len(retry_keys)
+    return lines
