@@ -94,3 +94,20 @@ def test_the_backend_sends_a_batch_lines_request_as_it_is(tmp_path: Path) -> Non
         )
         assert failed["error"]["status"] == "INVALID_ARGUMENT" and failed["error"]["code"] == 400
         backend.close()
+
+
+def test_an_answer_whose_caller_left_is_billed_and_counted_as_cut(tmp_path: Path) -> None:
+    """A caller that gives up (a kill, a timeout) before the answer: the call is billed (``generated``) and
+    ``GET /stats`` counts it as cut, apart from the answers delivered (the chaos suite's billing check)."""
+    with running_emulator(tmp_path / "slow", generate_seconds=1.0) as emu:
+        impatient = emu.client(timeout_ms=300)
+        with pytest.raises(Exception):  # noqa: B017 - the SDK's timeout error, whatever its class
+            impatient.models.generate_content(model=GA, contents="slow", config=IMAGE)
+        patient = emu.client()
+        patient.models.generate_content(model=GA, contents="patient", config=IMAGE)
+        deadline = time.monotonic() + 5
+        while emu.server.stats()["generated"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = emu.server.stats()
+    assert stats["generated"] == 2
+    assert stats["cut_by_route"] == {"generate": 1}

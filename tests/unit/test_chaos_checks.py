@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -12,11 +13,13 @@ from PIL import Image
 
 from promptdrop.testing.chaos.checks import (
     CHECKS,
+    Billing,
     RunView,
     Snapshot,
     count_tracebacks,
     first_exception,
     judge,
+    now_requests,
 )
 from promptdrop.testing.chaos.common import decodes
 from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, big_file, mixed_file, seed_files
@@ -52,6 +55,14 @@ def clean() -> Snapshot:
         required_kills=("create", "harvest"),
         cached_images={f"outputs/{RUN}/images/k5.png": True},
         cache_redrop="inbox/cats.jsonl",
+        # Two requests in attempt 1, one retried in attempt 2; two now lines answered, one answer cut by a kill.
+        billing=Billing(
+            batch_billed={f"{RUN}-a1-c0000": 2, f"{RUN}-a2-c0000": 1},
+            job_requests={f"{RUN}-a1-c0000": 2, f"{RUN}-a2-c0000": 1, f"{RUN}-a2-c0001": 4},
+            generate_billed=3,
+            generate_cut=1,
+            now_requests=2,
+        ),
     )
 
 
@@ -106,6 +117,67 @@ def test_each_check_names_its_miss(change: Any, check: str) -> None:
     change(snapshot)
     assert _missed(snapshot) == {check}
     assert check in CHECKS
+
+
+def _billing(snapshot: Snapshot, **changes: Any) -> None:
+    assert snapshot.billing is not None
+    snapshot.billing = dataclasses.replace(snapshot.billing, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [
+        # A job's requests answered in two batches that ran (a create that landed twice, both run).
+        (
+            {"batch_billed": {f"{RUN}-a1-c0000": 4, f"{RUN}-a2-c0000": 1}},
+            f"job {RUN}-a1-c0000: 4 requests billed for its 2 requests",
+        ),
+        ({"batch_billed": {"stray-a1-c0000": 3}}, "batch 'stray-a1-c0000' ran 3 requests of no job of ours"),
+        # A now line sent twice with no answer cut: billed twice.
+        (
+            {"generate_billed": 4},
+            "4 generateContent calls billed for 2 now-lane lines answered, 1 answers cut: 1 billed twice",
+        ),
+        (
+            {"generate_cut": 0},
+            "3 generateContent calls billed for 2 now-lane lines answered, 0 answers cut: 1 billed twice",
+        ),
+    ],
+)
+def test_a_request_billed_twice_is_a_miss(changes: dict[str, Any], detail: str) -> None:
+    snapshot = clean()
+    _billing(snapshot, **changes)
+    assert [(miss.check, miss.detail) for miss in judge(snapshot)] == [("requests billed once", detail)]
+
+
+def test_billing_figures_count_each_request_once_and_the_cut_answers_apart() -> None:
+    """A job with no batch that ran (a2-c0001: refused, cancelled while queued) counts nothing; fewer calls
+    than now lines (a send faulted before the engine, never billed) is no miss."""
+    snapshot = clean()
+    assert snapshot.billing is not None
+    assert snapshot.billing.figures() == {
+        "requests billed": 6,
+        "of which generate calls": 3,
+        "distinct requests": 5,
+        "now answers cut": 1,
+    }
+    _billing(snapshot, generate_billed=1, generate_cut=0)
+    assert judge(snapshot) == []
+
+
+def test_now_requests_are_the_now_lines_the_api_answered() -> None:
+    manifests: dict[str, list[dict[str, Any]] | None] = {
+        "r1": [
+            {"lane": "now", "status": "succeeded"},
+            {"lane": "now", "status": "failed", "error": {"code": "safety", "retryable": False}},
+            {"lane": "now", "status": "failed", "error": {"code": "api_error", "retryable": True}},  # a fault
+            {"lane": "now", "status": "succeeded", "cached_from": {"run_id": "r0", "key": "k"}},
+            {"lane": "now", "status": "invalid"},
+            {"lane": "batch", "status": "succeeded"},
+        ],
+        "r2": None,
+    }
+    assert now_requests(manifests) == 2
 
 
 def test_a_message_gives_one_run() -> None:

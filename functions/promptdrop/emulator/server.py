@@ -214,6 +214,7 @@ class _HttpServer(ThreadingHTTPServer):
         self.engine = engine
         self.hooks = hooks
         self.calls_by_route: dict[str, int] = {}  # answered calls by route name (GET /stats shows them)
+        self.cut_by_route: dict[str, int] = {}  # calls done whose caller had gone before the answer
         self.data_dir = data_dir
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
@@ -234,10 +235,21 @@ class _HttpServer(ThreadingHTTPServer):
         with self._counter_lock:
             self.calls_by_route[route] = self.calls_by_route.get(route, 0) + 1
 
+    def count_cut(self, route: str) -> None:
+        with self._counter_lock:
+            self.cut_by_route[route] = self.cut_by_route.get(route, 0) + 1
+
     def stats(self) -> dict[str, object]:
         with self._counter_lock:
-            calls = dict(self.calls_by_route)
-        return {**self.faults.stats(), "calls_by_route": calls, "webhooks": self.hooks.stats()}
+            calls, cut = dict(self.calls_by_route), dict(self.cut_by_route)
+        return {
+            **self.faults.stats(),
+            "calls_by_route": calls,
+            # Billed: generateContent calls the engine answered; cut: those whose caller was gone by then.
+            "generated": self.engine.generated,
+            "cut_by_route": cut,
+            "webhooks": self.hooks.stats(),
+        }
 
     def count_download(self, size: int) -> None:
         with self._counter_lock:
@@ -292,6 +304,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         logger.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
 
+    def _caller_gone(self) -> bool:
+        """The client closed its connection before its answer was sent (killed, or gave up): the call was
+        billed and its answer is lost."""
+        sock = self.connection
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            peeked: bytes = sock.recv(1, socket.MSG_PEEK)
+            return peeked == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("emulator http: %s", format % args)
 
@@ -322,7 +351,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._authenticate()
                 self.server.count_call(name)
                 self.server.faults.apply(name, "{}:{}".format(*self.client_address[:2]))
-                reply = getattr(self, f"_route_{name}")(params)
+                try:
+                    reply = getattr(self, f"_route_{name}")(params)
+                finally:
+                    if name == "generate" and self._caller_gone():
+                        self.server.count_cut(name)
         except ApiError as exc:
             reply = _json(exc.body())
             if is_chunk:

@@ -22,6 +22,7 @@ CHECKS = (
     "one manifest entry per line",
     "images == succeeded entries",
     "one batch per display name",
+    "requests billed once",
     "no scratch left",
     "cached images decode",
     "the re-drop hit the cache",
@@ -47,6 +48,52 @@ class Miss:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """What the emulator billed against the distinct requests the runs sent.
+
+    Batch lane: a request is (run, attempt, key), inside exactly one of our jobs (its id is the batch's display
+    name); billed are the requests answered in batches that ran. Now lane: every generateContent call the
+    emulator answered is billed; a line answered by the API (succeeded, or failed for good) is one distinct
+    request; the answers whose caller was gone (a kill cut them: the line is sent again) are counted apart.
+    """
+
+    batch_billed: Mapping[str, int]  # display name -> requests answered in the batches of that name that ran
+    job_requests: Mapping[str, int]  # our job id -> its requests (batch lane)
+    generate_billed: int  # generateContent calls the emulator answered
+    generate_cut: int  # of those, the answers whose caller had gone
+    now_requests: int  # now-lane lines the API answered (distinct requests)
+
+    @property
+    def batch_requests(self) -> int:
+        """Distinct batch requests that ran: each job's requests, once, if any batch of its name ran."""
+        return sum(self.job_requests.get(name, 0) for name in self.batch_billed)
+
+    def figures(self) -> dict[str, object]:
+        billed = sum(self.batch_billed.values()) + self.generate_billed
+        return {
+            "requests billed": billed,
+            "of which generate calls": self.generate_billed,
+            "distinct requests": self.batch_requests + self.now_requests,
+            "now answers cut": self.generate_cut,
+        }
+
+
+def now_requests(manifests: Mapping[str, list[dict[str, Any]] | None]) -> int:
+    """Now-lane lines the API answered: succeeded, or failed with a final answer (not from the cache)."""
+    return sum(
+        1
+        for entries in manifests.values()
+        for entry in entries or []
+        if entry.get("lane") == "now"
+        and "cached_from" not in entry
+        and (
+            entry.get("status") == "succeeded"
+            or (entry.get("status") == "failed" and not (entry.get("error") or {}).get("retryable", True))
+        )
+    )
+
+
 @dataclass
 class Snapshot:
     """Everything the checks look at, gathered once the seed settled."""
@@ -68,6 +115,7 @@ class Snapshot:
     # Lines served from the pay-once cache: image object name -> whether it decodes (None: not gathered).
     cached_images: Mapping[str, bool] = field(default_factory=dict)
     cache_redrop: str | None = None  # the inbox object whose run must have lines served from the cache
+    billing: Billing | None = None  # None: not gathered (the emulator's counts were not read)
 
 
 def is_scratch(name: str) -> bool:
@@ -198,6 +246,34 @@ def _check_batches(snap: Snapshot) -> list[Miss]:
     ]
 
 
+def _check_billing(snap: Snapshot) -> list[Miss]:
+    """Billed requests equal distinct requests, but for the now-lane answers a kill cut (sent again)."""
+    bill = snap.billing
+    if bill is None:
+        return []
+    misses = []
+    for name, billed in sorted(bill.batch_billed.items()):
+        meant = bill.job_requests.get(name)
+        if meant is None:
+            misses.append(
+                Miss("requests billed once", f"batch {name!r} ran {billed} requests of no job of ours")
+            )
+        elif billed > meant:
+            misses.append(
+                Miss("requests billed once", f"job {name}: {billed} requests billed for its {meant} requests")
+            )
+    extra = bill.generate_billed - bill.generate_cut - bill.now_requests
+    if extra > 0:
+        misses.append(
+            Miss(
+                "requests billed once",
+                f"{bill.generate_billed} generateContent calls billed for {bill.now_requests} now-lane lines "
+                f"answered, {bill.generate_cut} answers cut: {extra} billed twice",
+            )
+        )
+    return misses
+
+
 def _check_logs(snap: Snapshot) -> list[Miss]:
     return [
         Miss(
@@ -225,6 +301,7 @@ def judge(snap: Snapshot) -> list[Miss]:
         + _check_outputs(snap)
         + _check_cache(snap)
         + _check_batches(snap)
+        + _check_billing(snap)
         + _check_logs(snap)
         + _check_kills(snap)
     )

@@ -31,10 +31,12 @@ from promptdrop.testing.chaos.common import (
     Plan,
     SeedResult,
     batch_display_names,
+    billing,
     cached_images,
     due_cache_redrop,
     extra_file,
     fault_figures,
+    generate_counts,
     line_figures,
     start_emulator,
     tracebacks,
@@ -116,6 +118,7 @@ class CloudChaos:
         self.drops: Counter[str] = Counter()
         self.published: Counter[str] = Counter()
         self.kills: Counter[str] = Counter()
+        self.generated = (0, 0)  # generateContent calls the emulator answered, and those cut
         self.resets = 0
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}
@@ -177,6 +180,7 @@ class CloudChaos:
             self.calm(proxies)
             result.figures["settle s"] = round(self.settle(stack), 1)
             result.figures.update(fault_figures(url))
+            self.generated = generate_counts(url)  # read while the emulator runs
         finally:
             for thread in threads:
                 thread.stop()
@@ -197,6 +201,7 @@ class CloudChaos:
             "terminal": sum(r.state in TERMINAL for r in runs),
             **line_figures(dict(snapshot.manifests)),
             "batch jobs": len(snapshot.batch_display_names),
+            **(snapshot.billing.figures() if snapshot.billing else {}),
             "kills": sum(self.kills.values()),
             "kills in create": self.kills["create"],
             "kills mid-harvest": self.kills["harvest"],
@@ -453,6 +458,7 @@ class CloudChaos:
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
             cached_images=cached_images(manifests, self.read),
+            billing=billing(self.work / "gemini-emulator", self.generated, self.store, manifests),
             cache_redrop=INBOX_PREFIX + CACHE_REDROP,
         )
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from promptdrop.emulator.options import WEBHOOK_SECRET_ENV
 from promptdrop.ports import JobStore
-from promptdrop.testing.chaos.checks import Miss, count_tracebacks, first_exception
+from promptdrop.testing.chaos.checks import Billing, Miss, count_tracebacks, first_exception, now_requests
 from promptdrop.testing.chaos.procs import Child, emulator_stats, wait_http
 from promptdrop.testing.chaos.prompts import (
     CACHE_REDROP,
@@ -191,6 +191,41 @@ def batch_display_names(emulator_dir: Path) -> list[str | None]:
             record = orjson.loads(path.read_bytes())
             names.append(record.get("display_name"))
     return names
+
+
+def batches_billed(emulator_dir: Path) -> dict[str, int]:
+    """Display name -> requests answered (billed) in the emulator's batches of that name that ran."""
+    billed: Counter[str] = Counter()
+    for path in sorted((emulator_dir / "batches").glob("*.json")):
+        if not path.name.startswith("."):
+            record = orjson.loads(path.read_bytes())
+            answered = int(record.get("succeeded") or 0) + int(record.get("failed") or 0)
+            if answered:
+                billed[str(record.get("display_name"))] += answered
+    return dict(billed)
+
+
+def generate_counts(url: str) -> tuple[int, int]:
+    """(generateContent calls the emulator answered, those whose caller had gone): read before it stops."""
+    stats = emulator_stats(url)
+    cut = stats.get("cut_by_route")
+    return int(str(stats.get("generated", 0))), int(cut.get("generate", 0)) if isinstance(cut, dict) else 0
+
+
+def billing(
+    emulator_dir: Path,
+    generated: tuple[int, int],
+    store: JobStore,
+    manifests: Mapping[str, list[dict[str, Any]] | None],
+) -> Billing:
+    """What the emulator billed, and the distinct requests of every run's jobs and now lines."""
+    jobs = {
+        job.job_id: job.request_count
+        for run in store.list_runs(limit=10_000)
+        for job in store.list_jobs(run.run_id)
+        if job.lane == "batch"
+    }
+    return Billing(batches_billed(emulator_dir), jobs, generated[0], generated[1], now_requests(manifests))
 
 
 def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:

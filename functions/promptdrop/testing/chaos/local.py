@@ -29,10 +29,12 @@ from promptdrop.testing.chaos.common import (
     SeedResult,
     base_env,
     batch_display_names,
+    billing,
     cached_images,
     due_cache_redrop,
     extra_file,
     fault_figures,
+    generate_counts,
     line_figures,
     promptdrop_command,
     start_emulator,
@@ -66,6 +68,7 @@ class LocalChaos:
         self.bucket = work / "bucket"
         self.logs = work / "logs"
         self.kills: Counter[str] = Counter()
+        self.generated = (0, 0)  # generateContent calls the emulator answered, and those cut
         self.drops: Counter[str] = Counter()
         self.files = seed_files(seed, short=plan.short)
         self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
@@ -142,6 +145,7 @@ class LocalChaos:
             settled = self.settle(steady, victim, store)
             result.figures["settle s"] = round(settled, 1)
             result.figures.update(fault_figures(url))
+            self.generated = generate_counts(url)  # read while the emulator runs
         finally:
             for child in (steady, victim):
                 child.wait_ready("serving ")
@@ -155,6 +159,7 @@ class LocalChaos:
             "terminal": sum(r.state in TERMINAL for r in runs),
             **line_figures(dict(snapshot.manifests)),
             "batch jobs": len(snapshot.batch_display_names),
+            **(snapshot.billing.figures() if snapshot.billing else {}),
             "kills": sum(self.kills.values()),
             "kills in create": self.kills["create"],
             "kills mid-harvest": self.kills["harvest"],
@@ -307,6 +312,7 @@ class LocalChaos:
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
             cached_images=cached_images(manifests, read),
+            billing=billing(self.work / "gemini-emulator", self.generated, store, manifests),
             cache_redrop=INBOX + CACHE_REDROP,
         )
 
