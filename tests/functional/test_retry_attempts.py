@@ -6,39 +6,16 @@ The job store is the real one (SQLite here), wrapped so one create fails; the ba
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from promptdrop.errors import TransientError
-from promptdrop.records import Job
 from promptdrop.states import RunState
 from promptdrop.usecases import advance
 from tests.functional.conftest import Pipeline, jsonl
 from tests.functional.test_pay_once import requests_sent
+from tests.support.stores import SecondRetryInsertFails
 
 BROKEN = (
     "[[emulator:error=13]]"  # INTERNAL on every attempt: retryable, so resubmitted until the last attempt
 )
-
-
-class SecondRetryInsertFails:
-    """The real job store; the second ``create_job`` of attempt 2 raises ``TransientError`` (once)."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.inserts = 0
-        self.failed = False
-
-    def create_job(self, job: Job, *, if_lease_owner: str | None = None) -> bool:
-        if job.attempt == 2:
-            self.inserts += 1
-            if self.inserts == 2 and not self.failed:
-                self.failed = True
-                raise TransientError(f"injected: the store refused to create {job.job_id}")
-        created: bool = self.real.create_job(job, if_lease_owner=if_lease_owner)
-        return created
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 def test_a_retry_attempt_cut_off_at_its_second_insert_is_completed_on_the_next_advance(
