@@ -61,6 +61,7 @@ def clean() -> Snapshot:
             job_requests={f"{RUN}-a1-c0000": 2, f"{RUN}-a2-c0000": 1, f"{RUN}-a2-c0001": 4},
             generate_billed=3,
             generate_cut=1,
+            generate_stalled=0,
             now_requests=2,
         ),
     )
@@ -136,11 +137,13 @@ def _billing(snapshot: Snapshot, **changes: Any) -> None:
         # A now line sent twice with no answer cut: billed twice.
         (
             {"generate_billed": 4},
-            "4 generateContent calls billed for 2 now-lane lines answered, 1 answers cut: 1 billed twice",
+            "4 generateContent calls billed for 2 now-lane lines answered, 1 answers cut, 0 calls stalled: "
+            "1 billed twice",
         ),
         (
             {"generate_cut": 0},
-            "3 generateContent calls billed for 2 now-lane lines answered, 0 answers cut: 1 billed twice",
+            "3 generateContent calls billed for 2 now-lane lines answered, 0 answers cut, 0 calls stalled: "
+            "1 billed twice",
         ),
     ],
 )
@@ -160,8 +163,12 @@ def test_billing_figures_count_each_request_once_and_the_cut_answers_apart() -> 
         "of which generate calls": 3,
         "distinct requests": 5,
         "now answers cut": 1,
+        "now calls stalled past the lease": 0,
     }
     _billing(snapshot, generate_billed=1, generate_cut=0)
+    assert judge(snapshot) == []
+    # A call stalled past the lease: the run taken over, the line sent again by the other worker.
+    _billing(snapshot, generate_billed=4, generate_cut=1, generate_stalled=1)
     assert judge(snapshot) == []
 
 

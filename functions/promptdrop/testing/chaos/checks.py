@@ -55,13 +55,16 @@ class Billing:
     Batch lane: a request is (run, attempt, key), inside exactly one of our jobs (its id is the batch's display
     name); billed are the requests answered in batches that ran. Now lane: every generateContent call the
     emulator answered is billed; a line answered by the API (succeeded, or failed for good) is one distinct
-    request; the answers whose caller was gone (a kill cut them: the line is sent again) are counted apart.
+    request. Counted apart, the sends the harness cut: answers whose caller was gone (killed), and calls it
+    stalled past the lease (another worker takes the run over and sends the line again; in production the
+    lease outlasts a call).
     """
 
     batch_billed: Mapping[str, int]  # display name -> requests answered in the batches of that name that ran
     job_requests: Mapping[str, int]  # our job id -> its requests (batch lane)
     generate_billed: int  # generateContent calls the emulator answered
     generate_cut: int  # of those, the answers whose caller had gone
+    generate_stalled: int  # generateContent calls the emulator stalled (longer than the harness's lease)
     now_requests: int  # now-lane lines the API answered (distinct requests)
 
     @property
@@ -76,6 +79,7 @@ class Billing:
             "of which generate calls": self.generate_billed,
             "distinct requests": self.batch_requests + self.now_requests,
             "now answers cut": self.generate_cut,
+            "now calls stalled past the lease": self.generate_stalled,
         }
 
 
@@ -262,13 +266,14 @@ def _check_billing(snap: Snapshot) -> list[Miss]:
             misses.append(
                 Miss("requests billed once", f"job {name}: {billed} requests billed for its {meant} requests")
             )
-    extra = bill.generate_billed - bill.generate_cut - bill.now_requests
+    extra = bill.generate_billed - bill.now_requests - bill.generate_cut - bill.generate_stalled
     if extra > 0:
         misses.append(
             Miss(
                 "requests billed once",
                 f"{bill.generate_billed} generateContent calls billed for {bill.now_requests} now-lane lines "
-                f"answered, {bill.generate_cut} answers cut: {extra} billed twice",
+                f"answered, {bill.generate_cut} answers cut, {bill.generate_stalled} calls stalled: "
+                f"{extra} billed twice",
             )
         )
     return misses

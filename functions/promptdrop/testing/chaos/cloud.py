@@ -118,7 +118,7 @@ class CloudChaos:
         self.drops: Counter[str] = Counter()
         self.published: Counter[str] = Counter()
         self.kills: Counter[str] = Counter()
-        self.generated = (0, 0)  # generateContent calls the emulator answered, and those cut
+        self.generated = (0, 0, 0)  # generateContent calls the emulator answered, cut, stalled
         self.resets = 0
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}

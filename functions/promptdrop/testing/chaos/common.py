@@ -205,16 +205,21 @@ def batches_billed(emulator_dir: Path) -> dict[str, int]:
     return dict(billed)
 
 
-def generate_counts(url: str) -> tuple[int, int]:
-    """(generateContent calls the emulator answered, those whose caller had gone): read before it stops."""
+def generate_counts(url: str) -> tuple[int, int, int]:
+    """generateContent calls the emulator answered, those whose caller had gone, and those it stalled: read
+    before it stops."""
     stats = emulator_stats(url)
-    cut = stats.get("cut_by_route")
-    return int(str(stats.get("generated", 0))), int(cut.get("generate", 0)) if isinstance(cut, dict) else 0
+    cut, stalled = stats.get("cut_by_route"), stats.get("stalls_by_route")
+    return (
+        int(str(stats.get("generated", 0))),
+        int(cut.get("generate", 0)) if isinstance(cut, dict) else 0,
+        int(stalled.get("generate", 0)) if isinstance(stalled, dict) else 0,
+    )
 
 
 def billing(
     emulator_dir: Path,
-    generated: tuple[int, int],
+    generated: tuple[int, int, int],
     store: JobStore,
     manifests: Mapping[str, list[dict[str, Any]] | None],
 ) -> Billing:
@@ -225,7 +230,7 @@ def billing(
         for job in store.list_jobs(run.run_id)
         if job.lane == "batch"
     }
-    return Billing(batches_billed(emulator_dir), jobs, generated[0], generated[1], now_requests(manifests))
+    return Billing(batches_billed(emulator_dir), jobs, *generated, now_requests=now_requests(manifests))
 
 
 def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:

@@ -68,7 +68,7 @@ class LocalChaos:
         self.bucket = work / "bucket"
         self.logs = work / "logs"
         self.kills: Counter[str] = Counter()
-        self.generated = (0, 0)  # generateContent calls the emulator answered, and those cut
+        self.generated = (0, 0, 0)  # generateContent calls the emulator answered, cut, stalled
         self.drops: Counter[str] = Counter()
         self.files = seed_files(seed, short=plan.short)
         self.extras: list[PromptFile] = []  # dropped when the planned files ended before the risky kills
