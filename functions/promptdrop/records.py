@@ -117,9 +117,12 @@ class Job(_Record):
     results_object: str | None = None  # where inline results were written in the bucket (one object)
     # The results file is copied into the bucket in parts of a fixed size, each recorded when whole, so a
     # copy cut off by a function's time limit resumes at the next part (a ranged download) on the next tick.
-    results_part_size: int = 0  # bytes per part (all but the last), fixed when the copy starts
+    results_part_size: int = 0  # bytes per part (but those below), fixed when the copy starts
     results_parts: int = 0  # parts written whole
     results_copied: int = 0  # bytes in those parts
+    # Part index (as a string) -> bytes, for the parts closed short: at a time budget (what the invocation
+    # fetched is kept, never fetched again) and the last.
+    results_short_parts: dict[str, int] = Field(default_factory=dict)
     results_copy_done: bool = False  # the last part is written: the harvest may read the parts
     harvest_offset: int = 0  # byte offset in results_object up to which outcomes are written
     harvest_part: int = 0  # number of outcome parts written

@@ -151,3 +151,46 @@ def test_a_poller_killed_mid_copy_loses_nothing(deployment: Deployment) -> None:
     print(
         f"kill after {killed_at.results_parts} parts: {downloaded} bytes downloaded for {size} ({downloaded / size:.3f}x)"
     )
+
+
+SLOW_RATE = 120_000  # bytes per second: far less than one part per invocation's budget
+BUDGET = 1.0  # seconds per invocation (PROMPTDROP_HARVEST_TIME_BUDGET)
+
+
+def test_a_download_slower_than_one_part_per_budget_keeps_what_each_invocation_fetched(
+    deployment: Deployment,
+) -> None:
+    """Parts of 64 MiB at 120 kB/s with a 1 s budget: each tick stops at its deadline and keeps the bytes it
+    fetched as a shorter part, so the copy moves on every tick, no tick runs far past its budget, and the
+    file is downloaded at most 1.2 times."""
+    emulator = deployment.start_emulator("slower", download_bytes_per_second=SLOW_RATE, image_scale=0.5)
+    run, job, size = _submitted(deployment, emulator)
+    assert size / SLOW_RATE > 4 * BUDGET, size
+    env = {**_poller_env(emulator), "PROMPTDROP_RESULTS_PART_BYTES": str(64 * 1024 * 1024)}
+    poller = deployment.app("poll_jobs", **env)
+    progress: list[int] = []
+    slowest = 0.0
+    for _ in range(60):
+        started = time.monotonic()
+        assert poller.post(eventarc.scheduler_tick()) == 200
+        slowest = max(slowest, time.monotonic() - started)
+        current = deployment.store.get_job(job.job_id)
+        assert current is not None
+        progress.append(current.results_copied)
+        if current.results_copy_done:
+            break
+    copy_ticks = len(progress)
+    assert current.results_copy_done
+    assert copy_ticks >= 4 and progress == sorted(progress) and len(set(progress)) == copy_ticks
+    # The copy took several ticks, none of them the whole download (about size / SLOW_RATE seconds).
+    assert slowest < size / SLOW_RATE / 2, (slowest, size / SLOW_RATE)
+    deployment.finish(poller, run.run_id)
+    _assert_complete(deployment, run.run_id)
+    finished = deployment.jobs(run.run_id)[0]
+    assert finished.results_parts == copy_ticks and sum(finished.results_short_parts.values()) == size
+    downloaded = emulator.server.bytes_downloaded
+    assert size <= downloaded <= 1.2 * size
+    print(
+        f"slow copy: {copy_ticks} invocations, slowest {slowest:.2f} s, {downloaded} bytes downloaded "
+        f"for {size} ({downloaded / size:.3f}x)"
+    )

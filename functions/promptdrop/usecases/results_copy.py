@@ -2,9 +2,11 @@
 
 A results file of 10,000 4K images is tens of GB: more than one Cloud Function invocation (540 s) can copy.
 So the copy is cut into parts of ``PROMPTDROP_RESULTS_PART_BYTES``; each part is an object that appears only
-when whole, and the job record counts the parts written. Between parts the time budget is checked; the next
-tick resumes with a ranged download from the first byte not yet in a part. Each byte of the file is thus
-copied at most once, plus at most one part that a kill or a timeout cut off.
+when whole, and the job record counts the parts written. The time budget is checked as the bytes arrive: at
+the deadline the download is stopped and the part being written is closed short (its size recorded), so a
+download slower than one part per budget still moves on every invocation. The next tick resumes with a ranged
+download from the first byte not yet in a part. Each byte of the file is thus copied at most once, plus at
+most one part that a kill cut off.
 
 The harvest then reads the parts in order as one stream (``open_copied_results``).
 """
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class _OutOfTime(Exception):
-    """Raised from inside the download to stop it at a part boundary."""
+    """Raised from inside the download to stop it (the part being written is then kept, short)."""
 
 
 class _PartWriter(io.RawIOBase):
@@ -60,24 +62,31 @@ class _PartWriter(io.RawIOBase):
             taken += len(piece)
             if self._filled == self.part_bytes:
                 self._close_part()
-                if self.deadline is not None and self.ctx.clock() >= self.deadline:
-                    raise _OutOfTime
+        if self.deadline is not None and self.ctx.clock() >= self.deadline:
+            # The connection is closed first (no more bytes fetched to be thrown away), then ``keep``.
+            raise _OutOfTime
         return taken
 
     def _close_part(self) -> None:
         """The part becomes an object, then the record says so (a crash between them redoes this part)."""
         self._stack.close()
         self._out = None
-        self.job = _record(
-            self.ctx,
-            self.run,
-            self.job,
-            {
-                "results_parts": self.job.results_parts + 1,
-                "results_copied": self.job.results_copied + self._filled,
-            },
-        )
+        changes: dict[str, Any] = {
+            "results_parts": self.job.results_parts + 1,
+            "results_copied": self.job.results_copied + self._filled,
+        }
+        if self._filled != self.part_bytes:
+            short = {**self.job.results_short_parts, str(self.job.results_parts): self._filled}
+            changes["results_short_parts"] = short
+        self.job = _record(self.ctx, self.run, self.job, changes)
         self._filled = 0
+
+    def keep(self) -> None:
+        """Out of time: the bytes of the part being written are kept as a shorter part."""
+        if self._out is not None and self._filled:
+            self._close_part()
+        self._stack.close()
+        self._out = None
 
     def finish(self) -> Job:
         """The download ended: the last (short) part, then the copy is done."""
@@ -113,7 +122,7 @@ def copy_results(ctx: Context, run: Run, job: Job, deadline: float | None) -> tu
     try:
         ctx.backend.download_file(results_file, cast(BinaryIO, writer), start=job.results_copied)
     except _OutOfTime:
-        writer.abandon()
+        writer.keep()
         log.info(
             "results copy paused after %d bytes in %d part(s) (time budget)",
             writer.job.results_copied,
@@ -129,14 +138,24 @@ def copy_results(ctx: Context, run: Run, job: Job, deadline: float | None) -> tu
     return job, True
 
 
+def part_sizes(job: Job) -> list[int]:
+    """Bytes in each copied part: the part size, but for the parts closed short (the last is read to its end)."""
+    return [
+        job.results_short_parts.get(str(part), job.results_part_size) for part in range(job.results_parts)
+    ]
+
+
 class _Parts(io.RawIOBase):
     """The copied parts read in order as one stream, from a byte offset of the whole file."""
 
-    def __init__(self, blobs: BlobStore, names: list[str], part_bytes: int, start: int) -> None:
+    def __init__(self, blobs: BlobStore, names: list[str], sizes: list[int], start: int) -> None:
         super().__init__()
-        self.blobs, self.names, self.part_bytes = blobs, names, part_bytes
-        self._index = start // part_bytes if part_bytes else 0
-        self._offset = start - self._index * part_bytes
+        self.blobs, self.names = blobs, names
+        self._index, self._offset = 0, start
+        # The part holding byte ``start``, and where in it: past the parts before it.
+        while self._index < len(names) and self._offset >= sizes[self._index]:
+            self._offset -= sizes[self._index]
+            self._index += 1
         self._stack = contextlib.ExitStack()
         self._current: BinaryIO | None = None
 
@@ -166,8 +185,8 @@ class _Parts(io.RawIOBase):
 
 @contextlib.contextmanager
 def open_copied_results(ctx: Context, layout: RunLayout, job: Job, start: int) -> Iterator[BinaryIO]:
-    """Read a copied results file from byte ``start`` (every part but the last has the configured size)."""
-    reader = _Parts(ctx.blobs, copied_part_names(layout, job), job.results_part_size, start)
+    """Read a copied results file from byte ``start``."""
+    reader = _Parts(ctx.blobs, copied_part_names(layout, job), part_sizes(job), start)
     with contextlib.closing(reader):
         yield reader  # type: ignore[misc]
 
