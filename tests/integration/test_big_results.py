@@ -58,6 +58,22 @@ def _poller_env(emulator: RunningEmulator) -> dict[str, str]:
     }
 
 
+def _copy_ticks(deployment: Deployment, poller: Any, job_id: str) -> tuple[list[int], float]:
+    """Deliver ticks until the job's results are copied: bytes copied after each, and the slowest tick."""
+    progress: list[int] = []
+    slowest = 0.0
+    for _ in range(60):
+        started = time.monotonic()
+        assert poller.post(eventarc.scheduler_tick()) == 200
+        slowest = max(slowest, time.monotonic() - started)
+        current = deployment.store.get_job(job_id)
+        assert current is not None
+        progress.append(current.results_copied)
+        if current.results_copy_done:
+            return progress, slowest
+    raise AssertionError(f"the copy did not finish in 60 ticks: {progress}")
+
+
 def _assert_complete(deployment: Deployment, run_id: str) -> None:
     run = deployment.store.get_run(run_id)
     assert run is not None and run.state is RunState.SUCCEEDED
@@ -74,14 +90,7 @@ def test_results_copy_spans_several_invocations_and_copies_each_byte_about_once(
     emulator = deployment.start_emulator("slow", download_bytes_per_second=RATE, image_scale=0.5)
     run, job, size = _submitted(deployment, emulator)
     poller = deployment.app("poll_jobs", **_poller_env(emulator))
-    progress: list[int] = []
-    for _ in range(60):
-        assert poller.post(eventarc.scheduler_tick()) == 200
-        current = deployment.store.get_job(job.job_id)
-        assert current is not None
-        progress.append(current.results_copied)
-        if current.results_copy_done:
-            break
+    progress, _ = _copy_ticks(deployment, poller, job.job_id)
     copy_ticks = len(progress)
     assert copy_ticks >= 3, f"the copy fit in {copy_ticks} invocation(s); the test needs a bigger file"
     assert progress == sorted(progress) and len(set(progress)) == copy_ticks  # every tick moved it on
@@ -168,19 +177,8 @@ def test_a_download_slower_than_one_part_per_budget_keeps_what_each_invocation_f
     assert size / SLOW_RATE > 4 * BUDGET, size
     env = {**_poller_env(emulator), "PROMPTDROP_RESULTS_PART_BYTES": str(64 * 1024 * 1024)}
     poller = deployment.app("poll_jobs", **env)
-    progress: list[int] = []
-    slowest = 0.0
-    for _ in range(60):
-        started = time.monotonic()
-        assert poller.post(eventarc.scheduler_tick()) == 200
-        slowest = max(slowest, time.monotonic() - started)
-        current = deployment.store.get_job(job.job_id)
-        assert current is not None
-        progress.append(current.results_copied)
-        if current.results_copy_done:
-            break
+    progress, slowest = _copy_ticks(deployment, poller, job.job_id)
     copy_ticks = len(progress)
-    assert current.results_copy_done
     assert copy_ticks >= 4 and progress == sorted(progress) and len(set(progress)) == copy_ticks
     # The copy took several ticks, none of them the whole download (about size / SLOW_RATE seconds).
     assert slowest < size / SLOW_RATE / 2, (slowest, size / SLOW_RATE)

@@ -599,6 +599,7 @@ SAMPLE_ARGUMENTS: dict[str, list[Any]] = {
     "job_id": ["poster-1a2b3c4d-a1-c0", "poster-1a2b3c4d-a12-c3"],
     "part": [0, 7, 999_999],
     "block": [0, 12, 999_999],
+    "attempt": [2, 3, 999],
     "key": ["cat", "line-12", "shots/9"],
     "extension": ["png", "jpg", "webp"],
 }
