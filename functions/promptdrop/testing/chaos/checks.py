@@ -251,7 +251,8 @@ def _check_batches(snap: Snapshot) -> list[Miss]:
 
 
 def _check_billing(snap: Snapshot) -> list[Miss]:
-    """Billed requests equal distinct requests, but for the now-lane answers a kill cut (sent again)."""
+    """Billed requests equal distinct requests, but for the now-lane sends the harness cut (killed callers,
+    calls stalled past the lease: sent again)."""
     bill = snap.billing
     if bill is None:
         return []
