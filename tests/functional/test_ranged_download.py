@@ -11,10 +11,10 @@ from google.genai import types
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.layout import RunLayout
-from promptdrop.records import Job
 from promptdrop.states import JobPhase
 from promptdrop.testing.emulator import running_emulator
 from promptdrop.usecases.results_copy import open_copied_results
+from tests.contract.job_store_contract import make_job
 
 
 def test_a_download_resumes_at_any_byte_and_at_the_end_of_the_file(tmp_path: Path) -> None:
@@ -44,25 +44,15 @@ def test_copied_parts_closed_short_read_back_as_the_file_from_any_byte(tmp_path:
     sizes.append(len(data) - sum(sizes))
     offset = 0
     for part, size in enumerate(sizes):
-        blobs.write_bytes(layout.job_results_part("r-1-a1-c0000", part), data[offset : offset + size])
+        blobs.write_bytes(layout.job_results_part("r-1-a1-c0", part), data[offset : offset + size])
         offset += size
-    job = Job(
-        job_id="r-1-a1-c0000",
-        run_id="r-1",
-        attempt=1,
-        chunk=0,
-        phase=JobPhase.HARVESTING,
-        model="m",
-        request_object="x",
-        request_count=1,
-        request_bytes=1,
-        estimated_tokens=1,
-        created_at=0.0,
-        updated_at=0.0,
-        results_part_size=64,
-        results_parts=len(sizes),
-        results_copied=len(data),
-        results_short_parts={str(part): size for part, size in enumerate(sizes) if size != 64},
+    job = make_job("r-1", phase=JobPhase.HARVESTING).model_copy(
+        update={
+            "results_part_size": 64,
+            "results_parts": len(sizes),
+            "results_copied": len(data),
+            "results_short_parts": {str(part): size for part, size in enumerate(sizes) if size != 64},
+        }
     )
     ctx = SimpleNamespace(blobs=blobs)
     for start in range(len(data) + 1):
