@@ -183,3 +183,42 @@ def test_a_now_line_failing_retryably_is_retried_in_the_now_lane(
     (entry,) = pipeline.manifest(final)
     assert (entry["lane"], entry["attempts"], entry["error"]["retryable"]) == ("now", 3, True)
     assert emulator.server.generated == 3  # one call per attempt, each answered 500
+
+
+def _generate_calls(emulator: Any) -> int:
+    """generateContent calls the emulator received (counted on arrival, whether or not the client waited)."""
+    calls: dict[str, int] = emulator.server.stats()["calls_by_route"]
+    return calls.get("generate", 0)
+
+
+def test_a_now_line_never_answered_in_time_is_sent_at_most_max_attempts_times_and_fails(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """The emulator answers in 2.5 s, the call waits 1 s: every send is lost. Each line is sent
+    PROMPTDROP_MAX_ATTEMPTS times (counted before each call, none retried by the SDK), then fails
+    ``no_answer``, and the run ends."""
+    emulator = emulator_factory("slow-answers", generate_seconds=2.5)
+    home = tmp_path / "home"
+    env = pipeline_env(
+        home,
+        emulator.url,
+        PROMPTDROP_API_TIMEOUT="1",
+        PROMPTDROP_MAX_ATTEMPTS="3",
+        PROMPTDROP_NOW_CONCURRENCY="2",
+    )
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+    receipt = pipeline.drop("late.jsonl", _lines(0, 2))
+    assert receipt.run is not None
+    final = pipeline.finish(receipt.run.run_id, ticks=8)
+    assert final.state is RunState.FAILED
+    assert _generate_calls(emulator) == 2 * 3  # no line can end no_answer with fewer than 3 sends
+    entries = pipeline.manifest(final)
+    assert sorted(entry["key"] for entry in entries) == ["n0", "n1"]
+    for entry in entries:
+        assert (entry["status"], entry["lane"], entry["error"]["code"]) == ("failed", "now", "no_answer")
+        assert entry["error"]["retryable"] is False
+        assert "3 sends" in entry["error"]["message"] and "1 s" in entry["error"]["message"]
+    assert not _images(pipeline, final.run_id)
+    # Nothing is sent again by later ticks.
+    pipeline.finish(final.run_id)
+    assert _generate_calls(emulator) == 6
