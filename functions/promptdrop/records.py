@@ -139,3 +139,8 @@ class Job(_Record):
     recoveries: int = 0
     duplicates: list[str] = Field(default_factory=list)  # batches sharing our display name, cancelled
     retryable: int = 0  # lines of this job that failed retryably (counted by the harvest)
+    # Now lane: sends of each line the API may have billed, by the line's number in the input file (stable
+    # across attempts; a key may not be a Firestore field name), counted BEFORE each call (a send whose
+    # answer was lost counts) and taken back only for a clear refusal (429, 503). A line that reached
+    # PROMPTDROP_MAX_ATTEMPTS over the run's attempts is not sent again.
+    now_sends: dict[str, int] = Field(default_factory=dict)

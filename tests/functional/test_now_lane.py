@@ -137,12 +137,14 @@ def test_a_kill_mid_lane_neither_loses_nor_resends_an_answered_line(
     class Killed(BaseException):
         """Stands for the process dying mid-call: nothing after it runs in that worker."""
 
-    def dying_generate(*, model: str, request: dict[str, Any]) -> dict[str, Any]:
+    def dying_generate(
+        *, model: str, request: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         prompt = request["contents"][0]["parts"][0]["text"]
         sent.append(prompt)
         if len(sent) == 3:
             raise Killed
-        return real_generate(model=model, request=request)
+        return real_generate(model=model, request=request, timeout=timeout)
 
     backend.generate_content = dying_generate  # type: ignore[method-assign]
     with pytest.raises(Killed):
