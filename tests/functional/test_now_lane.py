@@ -13,6 +13,8 @@ import pytest
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
+from promptdrop.usecases import now_lane
+from promptdrop.usecases.advance import advance_run
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, billed, jsonl, pipeline_env
 
@@ -224,3 +226,54 @@ def test_a_now_line_never_answered_in_time_is_sent_at_most_max_attempts_times_an
     # Nothing is sent again by later ticks.
     pipeline.finish(final.run_id)
     assert _generate_calls(emulator) == 6
+
+
+def test_a_now_call_ends_when_the_time_budget_does(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's timeout is cut to the time budget left (not the fixed PROMPTDROP_API_TIMEOUT): the emulator
+    answers in 8 s, the advance has 3 s left, so the call gives up at the budget's end and is counted."""
+    monkeypatch.setattr(now_lane, "CALL_MARGIN_SECONDS", 1.0)  # a budget of seconds, not minutes
+    emulator = emulator_factory("slow-now", generate_seconds=8.0)
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url, PROMPTDROP_API_TIMEOUT="120")
+    # The trigger only claims (the file is over its size), so the advance below sends the line.
+    ctx = build_context(Settings.from_env(env, submit_on_claim_max_bytes=1))
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=ctx)
+    receipt = pipeline.drop("budget.jsonl", _lines(0, 1), ctx)
+    assert receipt.run is not None
+    started = time.monotonic()
+    result = advance_run(ctx, receipt.run.run_id, time.time() + 3.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0, f"the advance ran {elapsed:.1f} s past a 3 s budget"
+    assert result.outcome == "failed" and "timed out" in (
+        result.error or ""
+    )  # sent again by the next advance
+    (job,) = ctx.store.list_jobs(receipt.run.run_id)
+    assert job.lane == "now" and job.phase is JobPhase.ACTIVE
+    assert list(job.now_sends.values()) == [1]
+    assert _generate_calls(emulator) == 1
+
+
+def test_a_refused_now_call_is_sent_again_at_once_and_not_counted_as_a_send(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """429 says the API did not take the call: sent again in the same advance after a pause, and not
+    counted against PROMPTDROP_MAX_ATTEMPTS (1 here: a counted refusal would leave a single try)."""
+    monkeypatch.setattr(now_lane, "REFUSED_FIRST_PAUSE", 0.05)
+    emulator = emulator_factory("refusing")
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url, PROMPTDROP_MAX_ATTEMPTS="1")
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+    receipt = pipeline.drop(
+        "busy.jsonl", jsonl({"key": "n", "prompt": "x [[emulator:error=8]]", "lane": "now"})
+    )
+    assert receipt.run is not None
+    (job,) = pipeline.ctx.store.list_jobs(receipt.run.run_id)
+    assert job.phase is JobPhase.DONE  # the trigger's own advance tried it REFUSED_TRIES times
+    assert _generate_calls(emulator) == now_lane.REFUSED_TRIES
+    assert set(job.now_sends.values()) == {0}
+    final = pipeline.finish(receipt.run.run_id)
+    (entry,) = pipeline.manifest(final)
+    assert entry["error"]["code"] != "no_answer" and "429" in entry["error"]["message"]
+    assert _generate_calls(emulator) == now_lane.REFUSED_TRIES
