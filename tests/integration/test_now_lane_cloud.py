@@ -34,9 +34,7 @@ def test_now_chunks_survive_an_instance_cut_off_mid_lane(
     deployment: Deployment, publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
 ) -> None:
     emulator = deployment.start_emulator("slow-now", generate_seconds=0.4, running_seconds=1.0)
-    now_topic = f"projects/{deployment.project}/topics/{unique_name('now')}"
-    publisher.create_topic(name=now_topic)
-    now_subscription = subscribe(subscriber, now_topic)
+    now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
     env = {
         "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
         "PROMPTDROP_NOW_TOPIC": now_topic,
@@ -108,9 +106,7 @@ def test_a_now_chunk_never_answered_in_time_ends_after_max_attempts_sends_per_li
     chunk while it is open; each line is sent PROMPTDROP_MAX_ATTEMPTS times in all (the SDK sends each call
     once), then fails no_answer, the chunk is done and the run ends; later redeliveries send nothing."""
     emulator = deployment.start_emulator("late-now", generate_seconds=2.5)
-    now_topic = f"projects/{deployment.project}/topics/{unique_name('now')}"
-    publisher.create_topic(name=now_topic)
-    now_subscription = subscribe(subscriber, now_topic)
+    now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
     env = {
         "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
         "PROMPTDROP_NOW_TOPIC": now_topic,
@@ -147,6 +143,15 @@ def test_a_now_chunk_never_answered_in_time_ends_after_max_attempts_sends_per_li
     poller = deployment.app("poll_jobs", **env)
     assert poller.post(eventarc.scheduler_tick()) == 200
     assert emulator.server.stats()["calls_by_route"] == calls
+
+
+def _now_topic(
+    deployment: Deployment, publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
+) -> tuple[str, str]:
+    """A fresh now topic and a pull subscription on it (the test pushes the pulled messages itself)."""
+    topic = f"projects/{deployment.project}/topics/{unique_name('now')}"
+    publisher.create_topic(name=topic)
+    return topic, subscribe(subscriber, topic)
 
 
 def _push_body(message: Any) -> dict[str, Any]:
