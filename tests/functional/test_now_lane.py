@@ -13,6 +13,7 @@ import pytest
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
+from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases import now_lane
 from promptdrop.usecases.advance import advance_run
 from promptdrop.wiring import build_context
@@ -277,3 +278,25 @@ def test_a_refused_now_call_is_sent_again_at_once_and_not_counted_as_a_send(
     (entry,) = pipeline.manifest(final)
     assert entry["error"]["code"] != "no_answer" and "429" in entry["error"]["message"]
     assert _generate_calls(emulator) == now_lane.REFUSED_TRIES
+
+
+def test_the_send_bound_holds_over_the_runs_attempts(tmp_path: Path, emulator_factory: Any) -> None:
+    """Sends of a line add up over attempts: one answer lost (counted), then a 500 (retryable) in attempt
+    1, one more 500 in attempt 2, and the line is not sent a 4th time: it fails, not retryable, saying why."""
+    emulator = emulator_factory("lossy")
+    home = tmp_path / "home"
+    with FaultProxy.for_address(emulator.url) as proxy:
+        env = pipeline_env(home, emulator.url, PROMPTDROP_NOW_BASE_URL=proxy.url, PROMPTDROP_MAX_ATTEMPTS="3")
+        pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+        proxy.cut_after(0, request=b"POST ")  # the first call's answer is lost after the API took it
+        receipt = pipeline.drop(
+            "lossy.jsonl", jsonl({"key": "n", "prompt": "x [[emulator:error=13]]", "lane": "now"})
+        )
+        assert receipt.run is not None
+        final = pipeline.finish(receipt.run.run_id)
+    assert final.state is RunState.FAILED
+    assert _generate_calls(emulator) == 3
+    jobs = pipeline.ctx.store.list_jobs(final.run_id)
+    assert [(job.attempt, list(job.now_sends.values())) for job in jobs] == [(1, [2]), (2, [1])]
+    (entry,) = pipeline.manifest(final)
+    assert entry["error"]["retryable"] is False and "sent 3 times" in entry["error"]["message"]
