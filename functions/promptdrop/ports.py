@@ -220,13 +220,16 @@ class BatchBackend(Protocol):
         """
         ...
 
-    def generate_content(self, *, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
-        """One ``models.generate_content`` call (the now lane), with the SDK's retries for 429/5xx.
+    def generate_content(
+        self, *, model: str, request: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """One ``models.generate_content`` call (the now lane), sent once: no retries, not even the SDK's.
 
-        ``request`` is a GenerateContentRequest as a batch line carries it (camelCase). Returns what a
-        results-file line holds for it: ``{"response": GenerateContentResponse}``, or ``{"error": Status}``
-        when the API refused it or still failed after the retries. Raises BackendTransientError only when
-        no answer came at all (the call may have been billed: the caller records that line as retryable).
+        ``request`` is a GenerateContentRequest as a batch line carries it (camelCase); ``timeout`` (seconds)
+        bounds the call (default ``PROMPTDROP_API_TIMEOUT``). Returns what a results-file line holds for it:
+        ``{"response": GenerateContentResponse}``, or ``{"error": Status}`` when the API answered with an
+        error (its ``code`` the HTTP status). Raises BackendTransientError only when no answer came at all
+        (the call may have been billed: the caller has counted the send and decides whether to send again).
         """
         ...
 

@@ -145,3 +145,8 @@ class Job(_Record):
     # A retry attempt's job count, on each of its jobs (0 on the first attempt): fewer recorded means the
     # attempt's creation was cut off, and lifecycle.next_step completes it before anything else.
     attempt_jobs: int = 0
+    # Now lane: sends of each line the API may have billed, by the line's number in the input file (stable
+    # across attempts; a key may not be a Firestore field name), counted BEFORE each call (a send whose
+    # answer was lost counts) and taken back only for a clear refusal (429, 503). A line that reached
+    # PROMPTDROP_MAX_ATTEMPTS over the run's attempts is not sent again.
+    now_sends: dict[str, int] = Field(default_factory=dict)

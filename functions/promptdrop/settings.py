@@ -54,7 +54,7 @@ class Settings(BaseModel):
     output_prefix: str = "outputs/"
     events_topic: str | None = None
     max_cost_usd: float | None = None
-    max_attempts: int = 3
+    max_attempts: int = 3  # batch submissions per line; in the now lane, the most sends of a line
     job_deadline: float = 36 * 3600.0  # seconds; the API expires jobs at 48 h
     max_line_bytes: int = 20 * MiB
     max_file_bytes: int = 2 * GiB

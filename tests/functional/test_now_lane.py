@@ -13,6 +13,9 @@ import pytest
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.settings import Settings
 from promptdrop.states import JobPhase, RunState
+from promptdrop.testing.faultproxy import FaultProxy
+from promptdrop.usecases import now_lane
+from promptdrop.usecases.advance import advance_run
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, billed, jsonl, pipeline_env
 
@@ -137,12 +140,14 @@ def test_a_kill_mid_lane_neither_loses_nor_resends_an_answered_line(
     class Killed(BaseException):
         """Stands for the process dying mid-call: nothing after it runs in that worker."""
 
-    def dying_generate(*, model: str, request: dict[str, Any]) -> dict[str, Any]:
+    def dying_generate(
+        *, model: str, request: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
         prompt = request["contents"][0]["parts"][0]["text"]
         sent.append(prompt)
         if len(sent) == 3:
             raise Killed
-        return real_generate(model=model, request=request)
+        return real_generate(model=model, request=request, timeout=timeout)
 
     backend.generate_content = dying_generate  # type: ignore[method-assign]
     with pytest.raises(Killed):
@@ -183,3 +188,115 @@ def test_a_now_line_failing_retryably_is_retried_in_the_now_lane(
     (entry,) = pipeline.manifest(final)
     assert (entry["lane"], entry["attempts"], entry["error"]["retryable"]) == ("now", 3, True)
     assert emulator.server.generated == 3  # one call per attempt, each answered 500
+
+
+def _generate_calls(emulator: Any) -> int:
+    """generateContent calls the emulator received (counted on arrival, whether or not the client waited)."""
+    calls: dict[str, int] = emulator.server.stats()["calls_by_route"]
+    return calls.get("generate", 0)
+
+
+def test_a_now_line_never_answered_in_time_is_sent_at_most_max_attempts_times_and_fails(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """The emulator answers in 2.5 s, the call waits 1 s: every send is lost. Each line is sent
+    PROMPTDROP_MAX_ATTEMPTS times (counted before each call, none retried by the SDK), then fails
+    ``no_answer``, and the run ends."""
+    emulator = emulator_factory("slow-answers", generate_seconds=2.5)
+    home = tmp_path / "home"
+    env = pipeline_env(
+        home,
+        emulator.url,
+        PROMPTDROP_API_TIMEOUT="1",
+        PROMPTDROP_MAX_ATTEMPTS="3",
+        PROMPTDROP_NOW_CONCURRENCY="2",
+    )
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+    receipt = pipeline.drop("late.jsonl", _lines(0, 2))
+    assert receipt.run is not None
+    final = pipeline.finish(receipt.run.run_id, ticks=8)
+    assert final.state is RunState.FAILED
+    assert _generate_calls(emulator) == 2 * 3  # no line can end no_answer with fewer than 3 sends
+    entries = pipeline.manifest(final)
+    assert sorted(entry["key"] for entry in entries) == ["n0", "n1"]
+    for entry in entries:
+        assert (entry["status"], entry["lane"], entry["error"]["code"]) == ("failed", "now", "no_answer")
+        assert entry["error"]["retryable"] is False
+        assert "3 sends" in entry["error"]["message"] and "1 s" in entry["error"]["message"]
+    assert not _images(pipeline, final.run_id)
+    # Nothing is sent again by later ticks.
+    pipeline.finish(final.run_id)
+    assert _generate_calls(emulator) == 6
+
+
+def test_a_now_call_ends_when_the_time_budget_does(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's timeout is cut to the time budget left (not the fixed PROMPTDROP_API_TIMEOUT): the emulator
+    answers in 8 s, the advance has 3 s left, so the call gives up at the budget's end and is counted."""
+    monkeypatch.setattr(now_lane, "CALL_MARGIN_SECONDS", 1.0)  # a budget of seconds, not minutes
+    emulator = emulator_factory("slow-now", generate_seconds=8.0)
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url, PROMPTDROP_API_TIMEOUT="120")
+    # The trigger only claims (the file is over its size), so the advance below sends the line.
+    ctx = build_context(Settings.from_env(env, submit_on_claim_max_bytes=1))
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=ctx)
+    receipt = pipeline.drop("budget.jsonl", _lines(0, 1), ctx)
+    assert receipt.run is not None
+    started = time.monotonic()
+    result = advance_run(ctx, receipt.run.run_id, time.time() + 3.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0, f"the advance ran {elapsed:.1f} s past a 3 s budget"
+    assert result.outcome == "failed" and "timed out" in (
+        result.error or ""
+    )  # sent again by the next advance
+    (job,) = ctx.store.list_jobs(receipt.run.run_id)
+    assert job.lane == "now" and job.phase is JobPhase.ACTIVE
+    assert list(job.now_sends.values()) == [1]
+    assert _generate_calls(emulator) == 1
+
+
+def test_a_refused_now_call_is_sent_again_at_once_and_not_counted_as_a_send(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """429 says the API did not take the call: sent again in the same advance after a pause, and not
+    counted against PROMPTDROP_MAX_ATTEMPTS (1 here: a counted refusal would leave a single try)."""
+    monkeypatch.setattr(now_lane, "REFUSED_FIRST_PAUSE", 0.05)
+    emulator = emulator_factory("refusing")
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url, PROMPTDROP_MAX_ATTEMPTS="1")
+    pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+    receipt = pipeline.drop(
+        "busy.jsonl", jsonl({"key": "n", "prompt": "x [[emulator:error=8]]", "lane": "now"})
+    )
+    assert receipt.run is not None
+    (job,) = pipeline.ctx.store.list_jobs(receipt.run.run_id)
+    assert job.phase is JobPhase.DONE  # the trigger's own advance tried it REFUSED_TRIES times
+    assert _generate_calls(emulator) == now_lane.REFUSED_TRIES
+    assert set(job.now_sends.values()) == {0}
+    final = pipeline.finish(receipt.run.run_id)
+    (entry,) = pipeline.manifest(final)
+    assert entry["error"]["code"] != "no_answer" and "429" in entry["error"]["message"]
+    assert _generate_calls(emulator) == now_lane.REFUSED_TRIES
+
+
+def test_the_send_bound_holds_over_the_runs_attempts(tmp_path: Path, emulator_factory: Any) -> None:
+    """Sends of a line add up over attempts: one answer lost (counted), then a 500 (retryable) in attempt
+    1, one more 500 in attempt 2, and the line is not sent a 4th time: it fails, not retryable, saying why."""
+    emulator = emulator_factory("lossy")
+    home = tmp_path / "home"
+    with FaultProxy.for_address(emulator.url) as proxy:
+        env = pipeline_env(home, emulator.url, PROMPTDROP_NOW_BASE_URL=proxy.url, PROMPTDROP_MAX_ATTEMPTS="3")
+        pipeline = Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+        proxy.cut_after(0, request=b"POST ")  # the first call's answer is lost after the API took it
+        receipt = pipeline.drop(
+            "lossy.jsonl", jsonl({"key": "n", "prompt": "x [[emulator:error=13]]", "lane": "now"})
+        )
+        assert receipt.run is not None
+        final = pipeline.finish(receipt.run.run_id)
+    assert final.state is RunState.FAILED
+    assert _generate_calls(emulator) == 3
+    jobs = pipeline.ctx.store.list_jobs(final.run_id)
+    assert [(job.attempt, list(job.now_sends.values())) for job in jobs] == [(1, [2]), (2, [1])]
+    (entry,) = pipeline.manifest(final)
+    assert entry["error"]["retryable"] is False and "sent 3 times" in entry["error"]["message"]

@@ -34,9 +34,7 @@ def test_now_chunks_survive_an_instance_cut_off_mid_lane(
     deployment: Deployment, publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
 ) -> None:
     emulator = deployment.start_emulator("slow-now", generate_seconds=0.4, running_seconds=1.0)
-    now_topic = f"projects/{deployment.project}/topics/{unique_name('now')}"
-    publisher.create_topic(name=now_topic)
-    now_subscription = subscribe(subscriber, now_topic)
+    now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
     env = {
         "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
         "PROMPTDROP_NOW_TOPIC": now_topic,
@@ -99,6 +97,61 @@ def test_now_chunks_survive_an_instance_cut_off_mid_lane(
     assert NOW_LINES <= emulator.server.generated <= NOW_LINES + CONCURRENCY
     summary = deployment.read_json(final.output_folder + "summary.json")
     assert summary["lanes"] == {"now": {"lines": NOW_LINES}} and summary["cost"]["now"] > 0
+
+
+def test_a_now_chunk_never_answered_in_time_ends_after_max_attempts_sends_per_line(
+    deployment: Deployment, publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
+) -> None:
+    """The API answers after 2.5 s, each call waits 1 s: every send's answer is lost. Pub/Sub redelivers the
+    chunk while it is open; each line is sent PROMPTDROP_MAX_ATTEMPTS times in all (the SDK sends each call
+    once), then fails no_answer, the chunk is done and the run ends; later redeliveries send nothing."""
+    emulator = deployment.start_emulator("late-now", generate_seconds=2.5)
+    now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
+    env = {
+        "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
+        "PROMPTDROP_NOW_TOPIC": now_topic,
+        "PROMPTDROP_API_TIMEOUT": "1",
+        "PROMPTDROP_MAX_ATTEMPTS": "3",
+        "PROMPTDROP_NOW_CONCURRENCY": "2",
+    }
+    lines = [{"key": f"n{i}", "prompt": f"urgent picture {i}", "lane": "now"} for i in range(2)]
+    files = deployment.app("on_prompt_file", **env)
+    assert files.post(deployment.notification("inbox/late.jsonl", jsonl(*lines))) == 200
+    run = deployment.only_run()
+    (message,) = pull(subscriber, now_subscription, 1)
+
+    worker = deployment.app("on_now_chunk", **env)
+    statuses = [worker.push(_push_body(message), now_topic) for _ in range(5)]  # the message redelivered
+    # Open (503) while the lines have sends left, done (200) once each line was sent 3 times.
+    assert statuses == [503, 503, 200, 200, 200]
+    calls: dict[str, int] = emulator.server.stats()["calls_by_route"]  # type: ignore[assignment]
+    assert calls.get("generate", 0) == 2 * 3  # no line ends no_answer with fewer than 3 sends
+    final = deployment.store.get_run(run.run_id)
+    assert final is not None and final.state is RunState.FAILED
+    manifest = deployment.read_jsonl(final.output_folder + "manifest.jsonl")
+    assert sorted(entry["key"] for entry in manifest) == ["n0", "n1"]
+    for entry in manifest:
+        assert (entry["status"], entry["error"]["code"], entry["error"]["retryable"]) == (
+            "failed",
+            "no_answer",
+            False,
+        )
+        assert "3 sends" in entry["error"]["message"] and "1 s" in entry["error"]["message"]
+    (job,) = deployment.jobs(run.run_id)
+    assert job.phase is JobPhase.DONE and sorted(job.now_sends.values()) == [3, 3]
+    # The poller finds nothing to send either.
+    poller = deployment.app("poll_jobs", **env)
+    assert poller.post(eventarc.scheduler_tick()) == 200
+    assert emulator.server.stats()["calls_by_route"] == calls
+
+
+def _now_topic(
+    deployment: Deployment, publisher: pubsub_v1.PublisherClient, subscriber: pubsub_v1.SubscriberClient
+) -> tuple[str, str]:
+    """A fresh now topic and a pull subscription on it (the test pushes the pulled messages itself)."""
+    topic = f"projects/{deployment.project}/topics/{unique_name('now')}"
+    publisher.create_topic(name=topic)
+    return topic, subscribe(subscriber, topic)
 
 
 def _push_body(message: Any) -> dict[str, Any]:

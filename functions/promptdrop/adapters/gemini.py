@@ -351,11 +351,16 @@ class GeminiBackend:
             self._served[bare] = (served, now + MODEL_CACHE_SECONDS)
         return served
 
-    def generate_content(self, *, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
-        """``models.generate_content`` with the client's retries (429, 5xx): the now lane's one call.
+    def generate_content(
+        self, *, model: str, request: Mapping[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``models.generate_content`` sent once: the now lane's one call.
 
-        An error the API answered becomes ``{"error": Status}`` (as a results line carries it); no answer
-        at all (a dropped connection after the retries) raises BackendTransientError.
+        The SDK's retries are off for it: they would send a timed-out call again (a timeout is ambiguous: the
+        API may be making, and billing, the image), so the caller counts each send and decides. ``timeout``
+        (seconds; default the client's) bounds this call, so it fits the time budget left.
+        An error the API answered becomes ``{"error": Status}`` (as a results line carries it, ``code`` the
+        HTTP status); no answer at all (a timeout, a dropped connection) raises BackendTransientError.
         """
         bare = model.removeprefix("models/")
         action = f"generate with {bare}"
@@ -368,6 +373,12 @@ class GeminiBackend:
                 f"{action} failed: the SDK cannot send this request ({problem[:MAX_SERVER_MESSAGE_CHARS]})"
             )
             return {"error": {"code": 3, "status": "INVALID_ARGUMENT", "message": message}}
+        config.http_options = (config.http_options or types.HttpOptions()).model_copy(
+            update={
+                "retry_options": types.HttpRetryOptions(attempts=1),
+                "timeout": max(1, int((self._timeout_s if timeout is None else timeout) * 1000)),  # ms
+            }
+        )
         try:
             response = self._now_client.models.generate_content(model=bare, contents=contents, config=config)
         except genai_errors.APIError as exc:

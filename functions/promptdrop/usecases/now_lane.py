@@ -2,12 +2,16 @@
 
 Submission writes a run's now lines into now-lane jobs (chunks of at most ``now_chunk_lines``, with the same
 request file and key list as a batch job's: the request a batch line would carry). ``work_now_job`` sends the
-lines of one chunk that have no outcome yet, at most ``now_concurrency`` at a time (the SDK retries 429 and
-5xx), and records each answer as soon as it comes, the way a harvest records a result line: the image
-written under the key's one name, then the outcome part, then the job's checkpoint. So a kill neither loses
-a finished line nor sends it again. A line whose call was sent but whose answer never came (a kill mid-call,
-a connection dropped after the retries) has no outcome and is sent again: the API may bill both calls,
-which no synchronous API lets a client avoid (README, "The now lane").
+lines of one chunk that have no outcome yet, at most ``now_concurrency`` at a time, and records each answer as
+soon as it comes, the way a harvest records a result line: the image written under the key's one name, then
+the outcome part, then the job's checkpoint. So a kill neither loses a finished line nor sends it again.
+
+A send whose answer never came (a timeout, a dropped connection, a kill mid-call) may still be billed, and
+no synchronous API lets a client avoid that. So every send is counted in the job record *before* the call
+(``Job.now_sends``), the SDK's own retries are off for this call (it would send a timed-out call again), and a
+line sent ``max_attempts`` times over the run's attempts is not sent again: it fails ``no_answer``. Only a
+clear refusal (429, 503: the API did not take the call) is sent again here after a pause, and not counted.
+Each call's timeout is cut to the time budget left, so a chunk never runs past its function's time.
 
 In the cloud, ``dispatch_now_jobs`` hands each chunk over as one message on the now topic instead; the
 ``on_now_chunk`` function then advances the run with ``work_now`` (``lifecycle.next_step`` decides both).
@@ -16,28 +20,40 @@ In the cloud, ``dispatch_now_jobs`` hands each chunk over as one message on the 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
+import time
 from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from promptdrop import results
 from promptdrop.errors import TransientError
+from promptdrop.outcomes import LineError, Outcome
 from promptdrop.records import Job, Run
+from promptdrop.settings import Settings
 from promptdrop.states import JobPhase
 from promptdrop.streams import content, iter_lines
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.gallery import thumbnails_for
 from promptdrop.usecases.harvest import Checkpointer, ImageWriter, store_image
-from promptdrop.usecases.workfiles import iter_job_outcomes
+from promptdrop.usecases.workfiles import iter_job_keys, iter_job_outcomes
 
 log = logging.getLogger(__name__)
 
 # No call is started later than this before the time budget ends: an image takes 8-12 s on the standard
 # API, and the cloud's budget (480 s) leaves 60 s more before the function's limit (540 s).
 CALL_MARGIN_SECONDS = 30.0
+# Answers by which the API says it did not take the call (rate limit, overloaded): the line is sent again
+# in this call after a pause (doubled each time), and that send is not counted as one it may bill.
+REFUSED_HTTP_CODES = frozenset({429, 503})
+REFUSED_TRIES = 5  # tries of a refused line in one call (as many as the SDK's own retries)
+REFUSED_FIRST_PAUSE = 1.0  # seconds
+REFUSED_MAX_PAUSE = 16.0
 
 
 def _requests(ctx: Context, job: Job, answered: set[str]) -> Generator[tuple[str, dict[str, Any]]]:
@@ -51,19 +67,69 @@ def _requests(ctx: Context, job: Job, answered: set[str]) -> Generator[tuple[str
                     yield item["key"], item["request"]
 
 
+@dataclass(slots=True)
+class _Line:
+    key: str
+    number: str  # its line in the input file: the key of Job.now_sends
+    request: dict[str, Any]
+    refused: int = 0  # clear refusals (429, 503) in this call
+
+
+def _earlier_sends(ctx: Context, run: Run, job: Job) -> dict[str, int]:
+    """Sends of each line (by input line) in the run's earlier now-lane attempts: the bound is per line."""
+    totals: dict[str, int] = {}
+    if job.attempt > 1:
+        for other in ctx.store.list_jobs(run.run_id):
+            if other.lane == "now" and other.attempt < job.attempt:
+                for number, sends in other.now_sends.items():
+                    totals[number] = totals.get(number, 0) + sends
+    return totals
+
+
+def _refused(answer: dict[str, Any]) -> bool:
+    """The API answered that it did not take the call (the error's code is the HTTP status here)."""
+    error = answer.get("error")
+    return isinstance(error, dict) and error.get("code") in REFUSED_HTTP_CODES
+
+
+def _no_answer(line: _Line, job: Job, sends: int, settings: Settings) -> Outcome:
+    message = (
+        f"no answer after {sends} sends (PROMPTDROP_MAX_ATTEMPTS={settings.max_attempts}), each waiting up to "
+        f"{settings.api_timeout:g} s (PROMPTDROP_API_TIMEOUT; less when the time budget left was shorter); "
+        "not sent again, as the API may have billed each send"
+    )
+    return Outcome.failure(line.key, LineError("no_answer", message), attempt=job.attempt, model=job.model)
+
+
+def _sends_used_up(outcome: Outcome, sends: int, settings: Settings) -> Outcome:
+    """A retryable failure of a line that may not be sent again: final, saying why."""
+    error = dict(outcome.error or {})
+    error["message"] = (
+        f"{error.get('message') or 'failed'} (sent {sends} times, PROMPTDROP_MAX_ATTEMPTS={settings.max_attempts}: "
+        "not sent again)"
+    )
+    error["retryable"] = False
+    return replace(outcome, error=error)
+
+
 def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bool:
     """Send the chunk's unanswered lines. True when every line has its outcome (the job is DONE); False
     when the time budget ran out first (the next call goes on from the checkpoint).
 
-    Raises TransientError when a call got no answer at all, after recording every answer that came.
+    Raises TransientError when a call got no answer at all and its line may be sent again, after recording
+    every answer that came.
     """
     extra = {"run_id": run.run_id, "job": job.job_id}
     if job.phase is JobPhase.QUEUED:
         job = ctx.store.update_job(job.job_id, {"phase": JobPhase.ACTIVE.value}, if_phases=[JobPhase.QUEUED])
     layout = ctx.layout(run.run_id)
     answered = {outcome.key for outcome in iter_job_outcomes(ctx, layout, job)}
+    numbers = dict(iter_job_keys(ctx, layout, job))
     settings = ctx.settings
+    limit = max(1, settings.max_attempts)
     concurrency = max(1, settings.now_concurrency)
+    earlier = _earlier_sends(ctx, run, job)
+    sends = dict(job.now_sends)
     no_answer: TransientError | None = None
     out_of_time = False
     writer = ImageWriter(ctx.blobs, 1, ctx.image_budget, after_write=thumbnails_for(ctx, layout))
@@ -74,36 +140,100 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
     ):
         checkpoint = Checkpointer(ctx, run, job, writer)
         pending = stack.enter_context(contextlib.closing(_requests(ctx, job, answered)))
-        calls: dict[Future[dict[str, Any]], str] = {}
+        calls: dict[Future[dict[str, Any]], _Line] = {}
+        # Refused lines waiting to be sent again: (monotonic time due, order, line).
+        paused: list[tuple[float, int, _Line]] = []
+        order = itertools.count()
+
+        def used(line: _Line) -> int:
+            return earlier.get(line.number, 0) + sends.get(line.number, 0)
+
+        def count(line: _Line, change: int) -> None:
+            sends[line.number] = sends.get(line.number, 0) + change
+            checkpoint.job = ctx.store.update_job(job.job_id, {"now_sends": sends})
+
+        def record(outcome: Outcome) -> None:
+            checkpoint.add(outcome, 0)
+            # Each answer is recorded at once: a kill after this never sends the line again.
+            checkpoint.commit(0)
+            answered.add(outcome.key)
+
+        def fits(after: float = 0.0) -> bool:
+            """A call started ``after`` seconds from now ends before the invocation's time is up."""
+            return deadline is None or ctx.clock() + after + CALL_MARGIN_SECONDS <= deadline
+
+        def send(line: _Line) -> None:
+            timeout = settings.api_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - ctx.clock())
+            count(line, 1)  # before the call: a send whose answer is lost still counts
+            call = pool.submit(
+                ctx.backend.generate_content, model=job.model, request=line.request, timeout=timeout
+            )
+            calls[call] = line
 
         def send_next() -> None:
             nonlocal out_of_time
-            # A call started now should end before the invocation's time is up.
-            if deadline is not None and ctx.clock() + CALL_MARGIN_SECONDS > deadline:
-                out_of_time = True
-                return
-            item = next(pending, None)
-            if item is not None:
+            while True:
+                if not fits():
+                    out_of_time = True
+                    return
+                item = next(pending, None)
+                if item is None:
+                    return
                 key, request = item
-                calls[pool.submit(ctx.backend.generate_content, model=job.model, request=request)] = key
+                line = _Line(key, str(numbers.get(key, key)), request)
+                if used(line) < limit:
+                    send(line)
+                    return
+                # Its sends were used up by calls whose answers were lost (a kill right after them).
+                record(_no_answer(line, job, used(line), settings))
 
         for _ in range(concurrency):
             send_next()
-        while calls:
-            finished, _ = wait(calls, return_when=FIRST_COMPLETED)
+        while calls or paused:
+            if paused and len(calls) < concurrency and paused[0][0] <= time.monotonic():
+                line = heapq.heappop(paused)[2]
+                if fits():
+                    send(line)
+                else:
+                    out_of_time = True  # the next call sends it
+                continue
+            pause = max(0.0, paused[0][0] - time.monotonic()) if paused else None
+            if not calls:
+                time.sleep(pause or 0.0)
+                continue
+            finished, _ = wait(calls, timeout=pause, return_when=FIRST_COMPLETED)
             for call in finished:
-                key = calls.pop(call)
+                line = calls.pop(call)
                 try:
                     answer = call.result()
                 except TransientError as exc:
-                    log.warning("no answer for %s: %s (sent again later)", key, exc, extra=extra)
-                    no_answer = no_answer or exc
+                    if used(line) >= limit:
+                        log.warning("no answer for %s: %s (not sent again)", line.key, exc, extra=extra)
+                        record(_no_answer(line, job, used(line), settings))
+                        if no_answer is None:
+                            send_next()
+                    else:
+                        log.warning("no answer for %s: %s (sent again later)", line.key, exc, extra=extra)
+                        no_answer = no_answer or exc
+                        paused.clear()  # left for the next call, like the lines not sent yet
                     continue
-                parsed = results.outcome_from_item(answer, key)
-                checkpoint.add(store_image(parsed, key, job, layout, writer, run), 0)
-                # Each answer is recorded at once: a kill after this never sends the line again.
-                checkpoint.commit(0)
-                answered.add(key)
+                if _refused(answer):
+                    count(line, -1)  # the API did not take this call: not a send it may bill
+                    line.refused += 1
+                    wait_for = min(REFUSED_FIRST_PAUSE * 2 ** (line.refused - 1), REFUSED_MAX_PAUSE)
+                    if line.refused < REFUSED_TRIES and no_answer is None:
+                        if fits(wait_for):
+                            heapq.heappush(paused, (time.monotonic() + wait_for, next(order), line))
+                        else:
+                            out_of_time = True  # the next call sends it
+                        continue
+                parsed = results.outcome_from_item(answer, line.key)
+                outcome = store_image(parsed, line.key, job, layout, writer, run)
+                if outcome.retryable and used(line) >= limit and job.attempt < settings.max_attempts:
+                    outcome = _sends_used_up(outcome, used(line), settings)
+                record(outcome)
                 if no_answer is None:
                     send_next()
         if no_answer is not None:
