@@ -25,6 +25,7 @@ from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
 from tests.functional.conftest import Pipeline, jsonl, pipeline_env, read_jsonl
 from tests.functional.test_cli import promptdrop
+from tests.support.reference_rewrite import rewritten_between_hash_and_send
 
 MODEL = "gemini-3-pro-image"
 
@@ -417,3 +418,11 @@ def test_images_of_the_bundled_emulator_are_never_served_to_another_endpoint_nor
     paid_on_emulator = {e["image"].split("/")[1] for e in on_emulator}
     back = run(bundled)
     assert {e["cached_from"]["run_id"] for e in back} == paid_on_emulator
+
+
+def test_a_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
+    pipeline: Pipeline,
+) -> None:
+    """The folder bucket: the bytes sent are those of the generation hashed; a rewrite in between makes the
+    submission try again, which hashes and sends the new version (tests/support/reference_rewrite.py)."""
+    rewritten_between_hash_and_send(pipeline.ctx)

@@ -3,6 +3,7 @@ server-side copies in Cloud Storage (fake-gcs-server), and the Gemini emulator c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,9 +11,13 @@ import pytest
 
 from promptdrop.adapters.firestore_cache import PAID_IMAGES
 from promptdrop.records import Run
+from promptdrop.settings import Settings
 from promptdrop.states import RunState
-from promptdrop.testing.emulator import RunningEmulator
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
+from promptdrop.wiring import build_context
+from tests.functional.conftest import pipeline_env
 from tests.support.deployment import Deployment, FunctionApp
+from tests.support.reference_rewrite import rewritten_between_hash_and_send
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +104,13 @@ def test_cloud_deleted_cached_image_is_paid_for_again(deployment: Deployment) ->
         d.to_dict()["key"]: d.to_dict() for d in deployment.firestore.collection(PAID_IMAGES).stream()
     }
     assert (recorded["item-00"]["run_id"], recorded["item-01"]["run_id"]) == (first.run_id, second.run_id)
+
+
+def test_cloud_storage_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
+    bucket_name: str, tmp_path: Path
+) -> None:
+    """Cloud Storage (fake-gcs-server): the reference image is read at the generation hashed; rewritten in
+    between, that generation is gone, the submission tries again and sends, and records, the new one."""
+    with running_emulator(tmp_path / "emulator") as emulator:
+        env = pipeline_env(tmp_path / "home", emulator.url, PROMPTDROP_BUCKET=f"gs://{bucket_name}")
+        rewritten_between_hash_and_send(build_context(Settings.from_env(env)))

@@ -117,6 +117,11 @@ def test_the_same_request_from_another_maker_is_another_image() -> None:
     (line,) = parsed({"prompt": "a cat"})
     prints = {
         request_fingerprint(line.model, line.request, maker=maker)
-        for maker in ("emulator", "gemini-api", "gemini@http://127.0.0.1:8080", "gemini@http://127.0.0.1:8081")
+        for maker in (
+            "emulator",
+            "gemini-api",
+            "gemini@http://127.0.0.1:8080",
+            "gemini@http://127.0.0.1:8081",
+        )
     }
     assert len(prints) == 4

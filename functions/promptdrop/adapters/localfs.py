@@ -194,7 +194,9 @@ class LocalBlobStore:
         opened = os.fstat(handle.fileno())
         info = self.stat(name)
         pinned = _Fingerprint(opened.st_size, opened.st_mtime_ns, opened.st_ino)
-        return info is not None and info.generation == generation and _fingerprint(self.path_of(name)) == pinned
+        return (
+            info is not None and info.generation == generation and _fingerprint(self.path_of(name)) == pinned
+        )
 
     def read_bytes(self, name: str, *, generation: str | None = None) -> bytes:
         with self.open_read(name, generation=generation) as handle:
