@@ -17,7 +17,7 @@ from promptdrop.testing.emulator import RunningEmulator, running_emulator
 from promptdrop.wiring import build_context
 from tests.functional.conftest import pipeline_env
 from tests.support.deployment import Deployment, FunctionApp
-from tests.support.reference_rewrite import rewritten_between_hash_and_send
+from tests.support.reference_rewrite import png, rewritten_between_hash_and_send
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +114,44 @@ def test_cloud_storage_reference_image_rewritten_between_hash_and_read_is_sent_a
     with running_emulator(tmp_path / "emulator") as emulator:
         env = pipeline_env(tmp_path / "home", emulator.url, PROMPTDROP_BUCKET=f"gs://{bucket_name}")
         rewritten_between_hash_and_send(build_context(Settings.from_env(env)))
+
+
+def test_cloud_native_file_references_only_this_bucket_or_the_files_api_and_hashed_by_content(
+    deployment: Deployment,
+) -> None:
+    """A native ``fileData.fileUri`` to another bucket or to any URL is invalid (``bad_image_ref``) and never
+    sent; one to this bucket is sent with the object's bytes in its place, and the cache knows it by those
+    bytes: re-dropped unchanged it is served, with the object rewritten it is paid for again."""
+    files, poller = deployment.app("on_prompt_file"), deployment.app("poll_jobs")
+    blob = deployment.storage.bucket(deployment.bucket).blob("refs/style.png")
+    blob.upload_from_string(png((200, 10, 10)), content_type="image/png")
+
+    def native(key: str, uri: str) -> dict[str, Any]:
+        part = {"file_data": {"file_uri": uri, "mime_type": "image/png"}}
+        return {"key": key, "request": {"contents": [{"parts": [{"text": "restyle"}, part]}]}}
+
+    lines = [
+        native("other-bucket", "gs://someone-elses-bucket/refs/style.png"),
+        native("any-url", "https://example.com/style.png"),
+        native("own-bucket", f"gs://{deployment.bucket}/refs/style.png"),
+    ]
+    first = drop(deployment, files, poller, lines)
+    entries = {e["key"]: e for e in deployment.read_jsonl(first.output_folder + "manifest.jsonl")}
+    assert {key: (e["status"], (e.get("error") or {}).get("code")) for key, e in entries.items()} == {
+        "other-bucket": ("invalid", "bad_image_ref"),
+        "any-url": ("invalid", "bad_image_ref"),
+        "own-bucket": ("succeeded", None),
+    }
+    assert "someone-elses-bucket" in entries["other-bucket"]["error"]["message"]
+    assert requests_sent(deployment.emulator) == 1
+
+    again = drop(deployment, files, poller, lines)
+    served = {e["key"]: e for e in deployment.read_jsonl(again.output_folder + "manifest.jsonl")}
+    assert served["own-bucket"]["cached_from"] == {"run_id": first.run_id, "key": "own-bucket"}
+    assert requests_sent(deployment.emulator) == 1
+
+    blob.upload_from_string(png((10, 10, 200)), content_type="image/png")  # same URI, new content
+    third = drop(deployment, files, poller, lines)
+    paid = {e["key"]: e for e in deployment.read_jsonl(third.output_folder + "manifest.jsonl")}
+    assert paid["own-bucket"]["status"] == "succeeded" and "cached_from" not in paid["own-bucket"]
+    assert requests_sent(deployment.emulator) == 2

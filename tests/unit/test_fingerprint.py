@@ -125,3 +125,26 @@ def test_the_same_request_from_another_maker_is_another_image() -> None:
         )
     }
     assert len(prints) == 4
+
+
+def test_a_native_file_in_the_bucket_counts_by_content_not_by_its_uri() -> None:
+    """Two URIs to objects with the same bytes are one request; the same URI to new bytes is another. A
+    native line naming its bucket image at the end of the first content is the simple line with ``images``."""
+    options = prompts.ParseOptions(default_model="gemini-3-pro-image", bucket_name="own")
+
+    def native(uri: str) -> prompts.PromptRequest:
+        part = {"fileData": {"fileUri": uri, "mimeType": "image/png"}}
+        request = {"contents": [{"role": "user", "parts": [{"text": "a cat"}, part]}]}
+        line = orjson.dumps({"request": {**request, "generationConfig": {"responseModalities": ["IMAGE"]}}})
+        (parsed,) = prompts.parse_prompt_file(io.BytesIO(line), "jsonl", options)
+        assert isinstance(parsed, prompts.PromptRequest), parsed
+        return parsed
+
+    def fingerprint(line: prompts.PromptRequest, images: tuple[ImageDigest, ...]) -> str:
+        return request_fingerprint(line.model, prompts.fingerprint_form(line), images, maker="emulator")
+
+    one, renamed = native("gs://own/refs/cat.png"), native("gs://own/elsewhere/cat-copy.png")
+    assert fingerprint(one, (CAT,)) == fingerprint(renamed, (CAT,))
+    assert fingerprint(one, (CAT,)) != fingerprint(one, (DOG,))
+    (simple,) = parsed({"prompt": "a cat", "images": ["refs/cat.png"]})
+    assert fingerprint(simple, (CAT,)) == fingerprint(one, (CAT,))

@@ -43,7 +43,7 @@ from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, Pre
 from promptdrop.fingerprint import ImageDigest, maker_identity, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
 from promptdrop.ports import BlobInfo, PaidImage
-from promptdrop.prompts import PromptRequest
+from promptdrop.prompts import PromptRequest, fingerprint_form
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.leases import renew
@@ -115,13 +115,16 @@ class ImageDigests:
         return self._makers[line.lane]
 
     def fingerprint(self, line: PromptRequest, model: str) -> str | None:
-        """The line's request fingerprint on ``model``; None when a reference image is missing."""
+        """The line's request fingerprint on ``model``; None when a reference image is missing (submission
+        refuses the line) or the request names a Files API file, whose bytes are not ours to hash: such a
+        line is always sent, never served or recorded."""
+        if line.api_files:
+            return None
         images = [self.of(ref) for ref in line.image_refs]
         if any(image is None for image in images):
             return None
-        return request_fingerprint(
-            model, line.request, [image for image in images if image is not None], maker=self.maker(line)
-        )
+        present = [image for image in images if image is not None]
+        return request_fingerprint(model, fingerprint_form(line), present, maker=self.maker(line))
 
 
 def usable(ctx: Context, entry: PaidImage) -> bool:
@@ -234,7 +237,7 @@ class CacheSplit:
         if not self.ctx.settings.cache:
             return False  # nothing will be recorded: no fingerprint needed
         fingerprint = self.digests.fingerprint(line, model)
-        if fingerprint is not None:  # None: a missing reference image, which submission refuses
+        if fingerprint is not None:  # None: a missing reference image (refused), or a Files API file
             self._submitted.append(_Submitted(line.key, fingerprint, line.fresh or self.run.fresh))
         return False
 
