@@ -420,9 +420,11 @@ def test_images_of_the_bundled_emulator_are_never_served_to_another_endpoint_nor
     assert {e["cached_from"]["run_id"] for e in back} == paid_on_emulator
 
 
+@pytest.mark.parametrize("uploaded", [False, True], ids=["inlined", "uploaded"])
 def test_a_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
-    pipeline: Pipeline,
+    pipeline: Pipeline, uploaded: bool
 ) -> None:
     """The folder bucket: the bytes sent are those of the generation hashed; a rewrite in between makes the
     submission try again, which hashes and sends the new version (tests/support/reference_rewrite.py)."""
-    rewritten_between_hash_and_send(pipeline.ctx)
+    ctx = pipeline.context(inline_image_max_bytes=16) if uploaded else pipeline.ctx
+    rewritten_between_hash_and_send(ctx, uploaded=uploaded)

@@ -106,14 +106,17 @@ def test_cloud_deleted_cached_image_is_paid_for_again(deployment: Deployment) ->
     assert (recorded["item-00"]["run_id"], recorded["item-01"]["run_id"]) == (first.run_id, second.run_id)
 
 
+@pytest.mark.parametrize("uploaded", [False, True], ids=["inlined", "uploaded"])
 def test_cloud_storage_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
-    bucket_name: str, tmp_path: Path
+    bucket_name: str, tmp_path: Path, uploaded: bool
 ) -> None:
     """Cloud Storage (fake-gcs-server): the reference image is read at the generation hashed; rewritten in
     between, that generation is gone, the submission tries again and sends, and records, the new one."""
     with running_emulator(tmp_path / "emulator") as emulator:
         env = pipeline_env(tmp_path / "home", emulator.url, PROMPTDROP_BUCKET=f"gs://{bucket_name}")
-        rewritten_between_hash_and_send(build_context(Settings.from_env(env)))
+        if uploaded:
+            env["PROMPTDROP_INLINE_IMAGE_MAX_BYTES"] = "16"
+        rewritten_between_hash_and_send(build_context(Settings.from_env(env)), uploaded=uploaded)
 
 
 def test_cloud_native_file_references_only_this_bucket_or_the_files_api_and_hashed_by_content(

@@ -35,27 +35,44 @@ def png(colour: tuple[int, int, int]) -> bytes:
 
 
 class RewriteOnSend:
-    """The bucket, where the first whole read of ``name`` (the bytes inlined into a request) finds it
-    rewritten to ``new`` just before: the fault lands between the hash and the read."""
+    """The bucket, where the read of ``name`` for sending finds it rewritten to ``new`` just before: the
+    fault lands between the hash and the read. Inlined, that read is its first ``read_bytes``; uploaded to
+    the Files API, its second ``open_read`` (the first is the hash)."""
 
-    def __init__(self, inner: Any, name: str, new: bytes) -> None:
-        self.inner, self.name, self.new = inner, name, new
+    def __init__(self, inner: Any, name: str, new: bytes, *, uploaded: bool) -> None:
+        self.inner, self.name, self.new, self.uploaded = inner, name, new, uploaded
+        self.opened = 0
         self.fired = False
+        self.requests: list[bytes] = []  # each job's request file, as its launch reads it to send it
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.inner, attribute)
 
+    def _rewrite(self) -> None:
+        self.fired = True
+        self.inner.write_bytes(self.name, self.new, content_type="image/png")
+
     def read_bytes(self, name: str, **kwargs: Any) -> bytes:
-        if name == self.name and not self.fired:
-            self.fired = True
-            self.inner.write_bytes(name, self.new, content_type="image/png")
+        if name == self.name and not self.uploaded and not self.fired:
+            self._rewrite()
         data: bytes = self.inner.read_bytes(name, **kwargs)
         return data
 
+    def open_read(self, name: str, **kwargs: Any) -> Any:
+        if name.endswith("/requests.jsonl"):
+            self.requests.append(self.inner.read_bytes(name))
+        if name == self.name and self.uploaded:
+            self.opened += 1
+            if self.opened == 2 and not self.fired:
+                self._rewrite()
+        return self.inner.open_read(name, **kwargs)
 
-def rewritten_between_hash_and_send(ctx: Context) -> None:
+
+def rewritten_between_hash_and_send(ctx: Context, *, uploaded: bool = False) -> None:
     """Run one line with a reference image rewritten from red to blue between hash and read; assert that
-    the blue bytes are sent and the image made is recorded under blue's fingerprint (not red's)."""
+    the blue bytes are sent (inlined; ``uploaded``: through the Files API, when the context's
+    ``inline_image_max_bytes`` is below the image) and the image made is recorded under blue's fingerprint,
+    never red's."""
     red, blue = png((200, 10, 10)), png((10, 10, 200))
     ctx.blobs.write_bytes(REF, red, content_type="image/png")
     line_input = {"key": "poster", "prompt": "restyle", "images": [REF]}
@@ -65,7 +82,7 @@ def rewritten_between_hash_and_send(ctx: Context) -> None:
     assert isinstance(line, prompts.PromptRequest)
     red_print = ImageDigests(ctx).fingerprint(line, MODEL)
 
-    blobs = RewriteOnSend(ctx.blobs, REF, blue)
+    blobs = RewriteOnSend(ctx.blobs, REF, blue, uploaded=uploaded)
     hooked = dataclasses.replace(ctx, blobs=blobs)
     name = ctx.settings.inbox_prefix + "style.jsonl"
     ctx.blobs.write_bytes(name, orjson.dumps(line_input) + b"\n")
@@ -76,22 +93,24 @@ def rewritten_between_hash_and_send(ctx: Context) -> None:
     )
     assert receipt.run is not None
     run_id = receipt.run.run_id
-    sent: list[bytes] = []
     for _ in range(200):
         run = ctx.store.get_run(run_id)
         assert run is not None
-        if run.state is not RunState.RECEIVED and not sent:
-            for job in ctx.store.list_jobs(run_id):
-                for raw in ctx.blobs.read_bytes(job.request_object).splitlines():
-                    parts = orjson.loads(raw)["request"]["contents"][0]["parts"]
-                    sent += [base64.b64decode(p["inlineData"]["data"]) for p in parts if "inlineData" in p]
         if run.state.terminal:
             break
         poll.tick(hooked, run_ids=[run_id])
         time.sleep(0.05)  # a submission that failed transiently backs off (0.1 s in the tests)
+    sent = [
+        base64.b64decode(part["inlineData"]["data"])
+        for request_file in blobs.requests
+        for raw in request_file.splitlines()
+        for part in orjson.loads(raw)["request"]["contents"][0]["parts"]
+        if "inlineData" in part
+    ]
     assert blobs.fired, "the reference image was never read for sending"
     assert run.state is RunState.SUCCEEDED, run
-    assert sent == [blue]  # the live version, hashed again, not red's hash with blue's bytes
+    # The live version, hashed again, not red's hash with blue's bytes (an upload is checked by its record).
+    assert blobs.requests and set(sent) == (set() if uploaded else {blue})
     blue_print = ImageDigests(ctx).fingerprint(line, MODEL)
     assert red_print is not None and blue_print is not None and red_print != blue_print
     entry = ctx.paid_images.get(blue_print)
