@@ -680,6 +680,7 @@ class _LineParser:
 
         text_chars, image_parts = _count_contents(request.get("contents"))
         refs, slots, api_files = self._file_parts(request["contents"])
+        _no_file_in_system(request.get("systemInstruction"))
         system_chars = _count_system(request.get("systemInstruction"))
         generation = request.get("generationConfig", {})
         if not isinstance(generation, dict):
@@ -790,6 +791,15 @@ def _count_contents(contents: object) -> tuple[int, int]:
     if not has_text and not images:
         raise _Invalid("empty_prompt", "the request has no text and no image")
     return text_chars, images
+
+
+def _no_file_in_system(system: object) -> None:
+    """A file in the system instruction would be fetched with the deployment's key, unchecked: refused."""
+    parts = system.get("parts") if isinstance(system, dict) else None
+    if isinstance(parts, list) and any(isinstance(part, dict) and "fileData" in part for part in parts):
+        raise _Invalid(
+            "bad_image_ref", "request.systemInstruction must not hold fileData: put images in contents"
+        )
 
 
 def _count_system(system: object) -> int:

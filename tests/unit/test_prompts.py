@@ -1123,3 +1123,11 @@ def test_a_file_data_part_that_is_not_an_object_is_a_bad_image_ref() -> None:
     line = {"request": {"contents": [{"parts": [{"text": "a"}, {"fileData": "gs://own-bucket/a.png"}]}]}}
     parsed = parse_one(line)
     assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"
+
+
+def test_a_file_in_the_system_instruction_is_a_bad_image_ref() -> None:
+    """Files go in contents, where they are checked; one in the system instruction is refused."""
+    system = {"parts": [{"file_data": {"file_uri": "gs://own-bucket/a.png"}}]}
+    line = {"request": {"contents": [{"parts": [{"text": "a"}]}], "system_instruction": system}}
+    parsed = parse_one(line)
+    assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"
