@@ -6,6 +6,11 @@ key left out) and serialised canonically (sorted keys, no whitespace); reference
 content (a SHA-256 of the bytes and the MIME type), never by their path, so a renamed image still matches
 and an image changed in place does not. What does not change the image (the key, the batch priority,
 ``fresh``) is not part of it; a ``seed`` is part of the request, so a new seed is a new fingerprint.
+
+Who makes the image is part of it too (``maker_identity``): the bundled emulator's placeholders are never
+served to a run on the real API or on another endpoint, nor the reverse. The identity names the backend
+kind and endpoint, never a key: the same request on the same endpoint is the same image whichever key or
+project paid for it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,42 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 # Bumped when the canonical form changes, so old entries stop matching instead of matching wrongly.
-FINGERPRINT_VERSION = 1
+# 2: the maker (backend and endpoint) joined the form; entries of version 1 may hold emulator placeholders.
+FINGERPRINT_VERSION = 2
+
+GEMINI_API = "gemini-api"
+EMULATOR = "emulator"
+_GEMINI_API_HOST = "generativelanguage.googleapis.com"
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def maker_identity(backend: str, base_url: str | None) -> str:
+    """Who makes a line's image, as the cache tells images apart: ``"emulator"`` for any promptdrop
+    emulator (placeholders, whatever port it listens on), ``"gemini-api"`` for Google's endpoint, else
+    ``"gemini@<scheme://host[:port]/path>"`` for a gateway. Credentials, query and fragment of the URL are
+    left out (a key may hide there); host and scheme are lowercased, a default port and trailing '/' dropped.
+    """
+    if backend == EMULATOR:
+        return EMULATOR
+    if not base_url:
+        return GEMINI_API
+    parts = urlsplit(base_url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: keep the endpoint apart from every other
+        port = None
+    path = parts.path.rstrip("/")
+    if scheme == "https" and host == _GEMINI_API_HOST and port in {None, 443} and not path:
+        return GEMINI_API
+    where = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return f"gemini@{scheme}://{where}{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +65,14 @@ class ImageDigest:
     mime_type: str
 
 
-def canonical_request(model: str, request: Mapping[str, Any], images: Sequence[ImageDigest] = ()) -> bytes:
-    """The bytes the fingerprint hashes: model, request and reference images, canonically serialised."""
+def canonical_request(
+    model: str, request: Mapping[str, Any], images: Sequence[ImageDigest] = (), *, maker: str
+) -> bytes:
+    """The bytes the fingerprint hashes: maker, model, request and reference images, canonically serialised."""
     return orjson.dumps(
         {
             "v": FINGERPRINT_VERSION,
+            "maker": maker,
             "model": model.removeprefix("models/"),
             "request": request,
             # In order: the images are appended to the first content's parts in this order.
@@ -43,6 +82,9 @@ def canonical_request(model: str, request: Mapping[str, Any], images: Sequence[I
     )
 
 
-def request_fingerprint(model: str, request: Mapping[str, Any], images: Sequence[ImageDigest] = ()) -> str:
-    """SHA-256 (hex) of the canonical form of ``request`` on ``model`` (the model actually used)."""
-    return hashlib.sha256(canonical_request(model, request, images)).hexdigest()
+def request_fingerprint(
+    model: str, request: Mapping[str, Any], images: Sequence[ImageDigest] = (), *, maker: str
+) -> str:
+    """SHA-256 (hex) of the canonical form of ``request`` on ``model`` (the model actually used), made by
+    ``maker`` (``maker_identity``)."""
+    return hashlib.sha256(canonical_request(model, request, images, maker=maker)).hexdigest()

@@ -35,11 +35,16 @@ class BlobStore(Protocol):
 
     def stat(self, name: str) -> BlobInfo | None: ...
 
-    def open_read(self, name: str, *, start: int = 0) -> AbstractContextManager[BinaryIO]:
-        """Stream an object from byte ``start``. Raises NotFoundError."""
+    def open_read(
+        self, name: str, *, start: int = 0, generation: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        """Stream an object from byte ``start``. Raises NotFoundError; with ``generation``, streams that
+        generation or raises NotFoundError (another one is live, or the object is gone)."""
         ...
 
-    def read_bytes(self, name: str) -> bytes: ...
+    def read_bytes(self, name: str, *, generation: str | None = None) -> bytes:
+        """The whole object; ``generation`` as for ``open_read``."""
+        ...
 
     def open_write(
         self, name: str, *, content_type: str | None = None, metadata: Mapping[str, str] | None = None

@@ -113,6 +113,11 @@ class PromptRequest:
     priority: int = 0  # batch priority (a job holds lines of one model and one priority)
     fresh: bool = False  # submit even when the pay-once cache holds this request's image
     lane: Lane = "batch"  # "now": sent at once with generate_content instead of in a batch
+    # Native lines: where each of ``image_refs`` stands, (content, part) of its ``fileData`` part, which the
+    # image replaces; empty for simple lines, whose images are appended to the first content.
+    image_slots: tuple[tuple[int, int], ...] = ()
+    # Native lines: Files API files the request names (``files/<id>``); their bytes are not ours to hash.
+    api_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,11 @@ def _show(value: object) -> str:
     if isinstance(value, bool | int | float) or value is None:
         return repr(value)
     return f"a {type(value).__name__}"
+
+
+def _show_uri(uri: str) -> str:
+    """A URI for a message: longer than ``_show`` allows (people need to see which), still bounded."""
+    return repr(uri[:120] + ("..." if len(uri) > 120 else "")) if uri.isprintable() else "a string"
 
 
 def _opt_str(value: object, what: str, code: str) -> str | None:
@@ -285,6 +295,50 @@ def _check_image_count(model: str, spec: ModelSpec | None, images: int) -> None:
             "too_many_images",
             f"the request has {images} reference images; {model} takes at most {spec.max_input_images}",
         )
+
+
+_FILES_API_NAME: Final = re.compile(r"files/[a-z0-9][a-z0-9-]{0,39}")
+_FILES_API_URI: Final = re.compile(
+    r"https://generativelanguage\.googleapis\.com/v1(?:alpha|beta)?/(files/[a-z0-9][a-z0-9-]{0,39})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _FileReference:
+    """What a native ``fileData.fileUri`` names: an object of this bucket, or a Files API file."""
+
+    bucket_object: str | None = None  # relative object name, sent as the ``images`` field's are
+    api_file: str | None = None  # "files/<id>", passed on to the API as written
+
+
+def _file_reference(uri: object, bucket_name: str | None) -> _FileReference:
+    """Check a native request's ``fileData.fileUri``: ``gs://<this bucket>/<object>``, a Files API URI
+    (``https://generativelanguage.googleapis.com/v1beta/files/<id>``) or name (``files/<id>``); anything else
+    (another bucket, any other URL) is refused, saying what is accepted."""
+    if not isinstance(uri, str):
+        raise _Invalid("bad_image_ref", f"fileData.fileUri must be a string, not {_show(uri)}")
+    if uri.startswith("gs://"):
+        bucket, _, path = uri.removeprefix("gs://").partition("/")
+        if bucket_name is None or bucket != bucket_name:
+            where = f"gs://{bucket_name}/..." if bucket_name else "this deployment's bucket (gs://...)"
+            raise _Invalid(
+                "bad_image_ref",
+                f"fileData.fileUri {_show_uri(uri)} is not in {where}: only its objects are sent",
+            )
+        try:
+            return _FileReference(bucket_object=check_relative_path(path, what="image path"))
+        except UnsafeNameError as exc:
+            raise _Invalid("bad_image_ref", f"fileData.fileUri {_show_uri(uri)}: {exc}") from None
+    if _FILES_API_NAME.fullmatch(uri):
+        return _FileReference(api_file=uri)
+    match = _FILES_API_URI.fullmatch(uri)
+    if match:
+        return _FileReference(api_file=match.group(1))
+    raise _Invalid(
+        "bad_image_ref",
+        f"fileData.fileUri {_show_uri(uri)} must name an object of this deployment's bucket (gs://BUCKET/path) "
+        "or a Files API file (files/ID or https://generativelanguage.googleapis.com/v1beta/files/ID)",
+    )
 
 
 def _text_tokens(chars: int) -> int:
@@ -625,6 +679,8 @@ class _LineParser:
         form["request"] = request
 
         text_chars, image_parts = _count_contents(request.get("contents"))
+        refs, slots, api_files = self._file_parts(request["contents"])
+        _no_file_in_system(request.get("systemInstruction"))
         system_chars = _count_system(request.get("systemInstruction"))
         generation = request.get("generationConfig", {})
         if not isinstance(generation, dict):
@@ -644,7 +700,7 @@ class _LineParser:
             key=key,
             model=model,
             request=request,
-            image_refs=(),
+            image_refs=refs,
             image_size=_cost_size(size, spec),
             aspect_ratio=ratio,
             estimated_input_tokens=tokens,
@@ -652,7 +708,31 @@ class _LineParser:
             priority=self._priority(fields.get("priority")),
             fresh=self._fresh(fields.get("fresh")),
             lane=self._lane(fields.get("lane")),
+            image_slots=slots,
+            api_files=api_files,
         )
+
+    def _file_parts(
+        self, contents: list[dict[str, Any]]
+    ) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[str, ...]]:
+        """The request's ``fileData`` parts: (bucket objects, where each stands, Files API files)."""
+        refs: list[str] = []
+        slots: list[tuple[int, int]] = []
+        api_files: list[str] = []
+        for c, content in enumerate(contents):
+            for p, part in enumerate(content["parts"]):
+                if "fileData" not in part:
+                    continue
+                data = part["fileData"]
+                if not isinstance(data, dict):
+                    raise _Invalid("bad_image_ref", "a fileData part must be an object with a fileUri")
+                reference = _file_reference(data.get("fileUri"), self._options.bucket_name)
+                if reference.bucket_object is not None:
+                    refs.append(reference.bucket_object)
+                    slots.append((c, p))
+                elif reference.api_file is not None:
+                    api_files.append(reference.api_file)
+        return tuple(refs), tuple(slots), tuple(api_files)
 
     def _fill_native(self, request: dict[str, Any]) -> None:
         """Defaults fill only what the request leaves out (the rest is the user's own request)."""
@@ -711,6 +791,15 @@ def _count_contents(contents: object) -> tuple[int, int]:
     if not has_text and not images:
         raise _Invalid("empty_prompt", "the request has no text and no image")
     return text_chars, images
+
+
+def _no_file_in_system(system: object) -> None:
+    """A file in the system instruction would be fetched with the deployment's key, unchecked: refused."""
+    parts = system.get("parts") if isinstance(system, dict) else None
+    if isinstance(parts, list) and any(isinstance(part, dict) and "fileData" in part for part in parts):
+        raise _Invalid(
+            "bad_image_ref", "request.systemInstruction must not hold fileData: put images in contents"
+        )
 
 
 def _count_system(system: object) -> int:
@@ -816,10 +905,28 @@ def parse_prompt_items(
             yield RejectedLine(number, error, orjson.dumps(item))
 
 
-def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ()) -> bytes:
-    """The JSONL line ``{"key", "request"}`` (no newline), ``extra_parts`` appended to the first content."""
+def with_images(req: PromptRequest, image_parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The request with its reference images' parts (one per ``image_refs``, in order) in place: each in
+    place of its ``fileData`` part (native lines), else appended to the first content (simple lines)."""
     request = req.request
-    if extra_parts:
-        first, *rest = request["contents"]
-        request = {**request, "contents": [{**first, "parts": [*first["parts"], *extra_parts]}, *rest]}
-    return orjson.dumps({"key": req.key, "request": request})
+    if not image_parts:
+        return request
+    contents = [{**content, "parts": list(content["parts"])} for content in request["contents"]]
+    if req.image_slots:
+        for (c, p), part in zip(req.image_slots, image_parts, strict=True):
+            contents[c]["parts"][p] = part
+    else:
+        contents[0]["parts"].extend(image_parts)
+    return {**request, "contents": contents}
+
+
+def fingerprint_form(req: PromptRequest) -> dict[str, Any]:
+    """The request as the pay-once cache hashes it: each reference image a placeholder where it stands
+    (``{"referenceImage": n}``; its content is hashed beside, by number), never its path or URI."""
+    return with_images(req, [{"referenceImage": n} for n in range(len(req.image_refs))])
+
+
+def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ()) -> bytes:
+    """The JSONL line ``{"key", "request"}`` (no newline), with ``extra_parts``, the reference images'
+    parts, in place (``with_images``)."""
+    return orjson.dumps({"key": req.key, "request": with_images(req, extra_parts)})

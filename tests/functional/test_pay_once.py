@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import os
+import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,14 @@ from typer.testing import CliRunner
 
 from promptdrop import prompts
 from promptdrop.cli import app
+from promptdrop.emulator.launcher import SERVER_RECORD
 from promptdrop.models import model_spec
 from promptdrop.states import RunState
 from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
-from tests.functional.conftest import Pipeline, jsonl, read_jsonl
+from tests.functional.conftest import Pipeline, jsonl, pipeline_env, read_jsonl
+from tests.functional.test_cli import promptdrop
+from tests.support.reference_rewrite import rewritten_between_hash_and_send
 
 MODEL = "gemini-3-pro-image"
 
@@ -357,3 +364,67 @@ def test_a_now_line_paid_for_before_is_served_from_the_cache_not_sent(pipeline: 
     assert entries["a"]["cached_from"] == {"run_id": first.run_id, "key": "a"}
     assert entries["b"]["cached_from"] == {"run_id": first.run_id, "key": "b"}
     assert summary(pipeline, second)["cost"]["cached"] == 2
+
+
+@pytest.fixture
+def bundled_home(tmp_path: Path) -> Iterator[Path]:
+    """A home whose CLI starts its own background (bundled) emulator; stopped at the end if still there."""
+    home = tmp_path / "home"
+    yield home
+    record = home / "emulator" / SERVER_RECORD
+    if record.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orjson.loads(record.read_bytes())["pid"], signal.SIGTERM)
+
+
+def test_images_of_the_bundled_emulator_are_never_served_to_another_endpoint_nor_the_reverse(
+    tmp_path: Path, bundled_home: Path, emulator_factory: Any
+) -> None:
+    """`run --wait` on the bundled emulator, then the same file on a second endpoint with a key (the Gemini
+    backend): every line is sent there; a second run there is served from its own images; back on the
+    bundled emulator, the lines are served from the emulator's images, never the other endpoint's."""
+    bundled = {
+        "PATH": os.environ.get("PATH", ""),
+        "COLUMNS": "200",
+        **pipeline_env(bundled_home, ""),
+    }
+    del bundled["PROMPTDROP_GEMINI_BASE_URL"]  # the CLI starts the bundled emulator itself
+    second = emulator_factory("second-endpoint", require_key=True, api_key="second-endpoint-key")
+    gateway = {
+        **bundled,
+        "PROMPTDROP_BACKEND": "gemini",
+        "GEMINI_API_KEY": "second-endpoint-key",
+        "PROMPTDROP_GEMINI_BASE_URL": second.url,
+    }
+    lines = catalogue(4)
+    (tmp_path / "c.jsonl").write_bytes(jsonl(*lines))
+
+    def run(env: dict[str, str]) -> list[dict[str, Any]]:
+        done = promptdrop(env, "run", "c.jsonl", "--wait", cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, done.stderr
+        run_id = done.stdout.splitlines()[0].strip()
+        manifest = read_jsonl(bundled_home / "bucket" / "outputs" / run_id / "manifest.jsonl")
+        assert [e["status"] for e in manifest] == ["succeeded"] * len(lines)
+        return manifest
+
+    on_emulator = run(bundled)
+    assert not any("cached_from" in e for e in on_emulator)
+    on_gateway = run(gateway)
+    assert requests_sent(second) == len(lines)  # every line sent to the second endpoint
+    assert not any("cached_from" in e for e in on_gateway)
+    again = run(gateway)  # the same endpoint shares its entries, as before
+    assert requests_sent(second) == len(lines)
+    assert all("cached_from" in e for e in again)
+    paid_on_emulator = {e["image"].split("/")[1] for e in on_emulator}
+    back = run(bundled)
+    assert {e["cached_from"]["run_id"] for e in back} == paid_on_emulator
+
+
+@pytest.mark.parametrize("uploaded", [False, True], ids=["inlined", "uploaded"])
+def test_a_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
+    pipeline: Pipeline, uploaded: bool
+) -> None:
+    """The folder bucket: the bytes sent are those of the generation hashed; a rewrite in between makes the
+    submission try again, which hashes and sends the new version (tests/support/reference_rewrite.py)."""
+    ctx = pipeline.context(inline_image_max_bytes=16) if uploaded else pipeline.ctx
+    rewritten_between_hash_and_send(ctx, uploaded=uploaded)

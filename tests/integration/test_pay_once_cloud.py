@@ -3,6 +3,7 @@ server-side copies in Cloud Storage (fake-gcs-server), and the Gemini emulator c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,9 +11,13 @@ import pytest
 
 from promptdrop.adapters.firestore_cache import PAID_IMAGES
 from promptdrop.records import Run
+from promptdrop.settings import Settings
 from promptdrop.states import RunState
-from promptdrop.testing.emulator import RunningEmulator
+from promptdrop.testing.emulator import RunningEmulator, running_emulator
+from promptdrop.wiring import build_context
+from tests.functional.conftest import pipeline_env
 from tests.support.deployment import Deployment, FunctionApp
+from tests.support.reference_rewrite import png, rewritten_between_hash_and_send
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +104,57 @@ def test_cloud_deleted_cached_image_is_paid_for_again(deployment: Deployment) ->
         d.to_dict()["key"]: d.to_dict() for d in deployment.firestore.collection(PAID_IMAGES).stream()
     }
     assert (recorded["item-00"]["run_id"], recorded["item-01"]["run_id"]) == (first.run_id, second.run_id)
+
+
+@pytest.mark.parametrize("uploaded", [False, True], ids=["inlined", "uploaded"])
+def test_cloud_storage_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_as_one_version(
+    bucket_name: str, tmp_path: Path, uploaded: bool
+) -> None:
+    """Cloud Storage (fake-gcs-server): the reference image is read at the generation hashed; rewritten in
+    between, that generation is gone, the submission tries again and sends, and records, the new one."""
+    with running_emulator(tmp_path / "emulator") as emulator:
+        env = pipeline_env(tmp_path / "home", emulator.url, PROMPTDROP_BUCKET=f"gs://{bucket_name}")
+        if uploaded:
+            env["PROMPTDROP_INLINE_IMAGE_MAX_BYTES"] = "16"
+        rewritten_between_hash_and_send(build_context(Settings.from_env(env)), uploaded=uploaded)
+
+
+def test_cloud_native_file_references_only_this_bucket_or_the_files_api_and_hashed_by_content(
+    deployment: Deployment,
+) -> None:
+    """A native ``fileData.fileUri`` to another bucket or to any URL is invalid (``bad_image_ref``) and never
+    sent; one to this bucket is sent with the object's bytes in its place, and the cache knows it by those
+    bytes: re-dropped unchanged it is served, with the object rewritten it is paid for again."""
+    files, poller = deployment.app("on_prompt_file"), deployment.app("poll_jobs")
+    blob = deployment.storage.bucket(deployment.bucket).blob("refs/style.png")
+    blob.upload_from_string(png((200, 10, 10)), content_type="image/png")
+
+    def native(key: str, uri: str) -> dict[str, Any]:
+        part = {"file_data": {"file_uri": uri, "mime_type": "image/png"}}
+        return {"key": key, "request": {"contents": [{"parts": [{"text": "restyle"}, part]}]}}
+
+    lines = [
+        native("other-bucket", "gs://someone-elses-bucket/refs/style.png"),
+        native("any-url", "https://example.com/style.png"),
+        native("own-bucket", f"gs://{deployment.bucket}/refs/style.png"),
+    ]
+    first = drop(deployment, files, poller, lines)
+    entries = {e["key"]: e for e in deployment.read_jsonl(first.output_folder + "manifest.jsonl")}
+    assert {key: (e["status"], (e.get("error") or {}).get("code")) for key, e in entries.items()} == {
+        "other-bucket": ("invalid", "bad_image_ref"),
+        "any-url": ("invalid", "bad_image_ref"),
+        "own-bucket": ("succeeded", None),
+    }
+    assert "someone-elses-bucket" in entries["other-bucket"]["error"]["message"]
+    assert requests_sent(deployment.emulator) == 1
+
+    again = drop(deployment, files, poller, lines)
+    served = {e["key"]: e for e in deployment.read_jsonl(again.output_folder + "manifest.jsonl")}
+    assert served["own-bucket"]["cached_from"] == {"run_id": first.run_id, "key": "own-bucket"}
+    assert requests_sent(deployment.emulator) == 1
+
+    blob.upload_from_string(png((10, 10, 200)), content_type="image/png")  # same URI, new content
+    third = drop(deployment, files, poller, lines)
+    paid = {e["key"]: e for e in deployment.read_jsonl(third.output_folder + "manifest.jsonl")}
+    assert paid["own-bucket"]["status"] == "succeeded" and "cached_from" not in paid["own-bucket"]
+    assert requests_sent(deployment.emulator) == 2

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from promptdrop import prompts
-from promptdrop.fingerprint import ImageDigest, request_fingerprint
+from promptdrop.fingerprint import ImageDigest, maker_identity, request_fingerprint
 
 OPTIONS = prompts.ParseOptions(default_model="gemini-3-pro-image")
 CAT = ImageDigest("a" * 64, "image/png")
@@ -24,7 +24,7 @@ def parsed(*lines: dict[str, Any]) -> list[prompts.PromptRequest]:
 
 
 def fp(line: prompts.PromptRequest, images: tuple[ImageDigest, ...] = ()) -> str:
-    return request_fingerprint(line.model, line.request, images)
+    return request_fingerprint(line.model, line.request, images, maker="emulator")
 
 
 def test_the_key_priority_and_fresh_do_not_change_the_fingerprint() -> None:
@@ -74,10 +74,10 @@ def test_anything_the_model_sees_changes_the_fingerprint(changed: dict[str, Any]
 def test_the_model_actually_used_is_part_of_it() -> None:
     """The same request on another model (e.g. a replacement) is another image."""
     (line,) = parsed({"prompt": "a cat"})
-    assert request_fingerprint("gemini-3-pro-image", line.request) != request_fingerprint(
-        "gemini-2.5-flash-image", line.request
+    assert request_fingerprint("gemini-3-pro-image", line.request, maker="emulator") != request_fingerprint(
+        "gemini-2.5-flash-image", line.request, maker="emulator"
     )
-    assert request_fingerprint("models/gemini-3-pro-image", line.request) == fp(line)
+    assert request_fingerprint("models/gemini-3-pro-image", line.request, maker="emulator") == fp(line)
 
 
 def test_reference_images_count_by_content_and_order_not_path() -> None:
@@ -89,3 +89,62 @@ def test_reference_images_count_by_content_and_order_not_path() -> None:
     assert fp(a, (CAT,)) == fp(b, (CAT,))
     assert fp(a, (CAT,)) != fp(a, (DOG,))
     assert fp(a, (CAT, DOG)) != fp(a, (DOG, CAT))
+
+
+@pytest.mark.parametrize(
+    ("backend", "base_url", "identity"),
+    [
+        ("emulator", None, "emulator"),
+        ("emulator", "http://127.0.0.1:41234", "emulator"),  # any port the bundled emulator gets
+        ("gemini", None, "gemini-api"),
+        ("gemini", "https://generativelanguage.googleapis.com", "gemini-api"),
+        ("gemini", "HTTPS://GenerativeLanguage.googleapis.com:443/", "gemini-api"),
+        ("gemini", "http://127.0.0.1:8080", "gemini@http://127.0.0.1:8080"),
+        ("gemini", "https://gw.example.com:443/gemini/", "gemini@https://gw.example.com/gemini"),
+        ("gemini", "https://user:s3cret@gw.example.com/g?key=s3cret#x", "gemini@https://gw.example.com/g"),
+    ],
+)
+def test_the_maker_names_backend_and_endpoint_never_a_secret(
+    backend: str, base_url: str | None, identity: str
+) -> None:
+    """Emulators are one maker; the real API is one maker whatever the key; a gateway is its own endpoint,
+    written without credentials, query or fragment."""
+    assert maker_identity(backend, base_url) == identity
+
+
+def test_the_same_request_from_another_maker_is_another_image() -> None:
+    """An emulator's placeholder never stands for an image of the real API or of a gateway, nor the reverse."""
+    (line,) = parsed({"prompt": "a cat"})
+    prints = {
+        request_fingerprint(line.model, line.request, maker=maker)
+        for maker in (
+            "emulator",
+            "gemini-api",
+            "gemini@http://127.0.0.1:8080",
+            "gemini@http://127.0.0.1:8081",
+        )
+    }
+    assert len(prints) == 4
+
+
+def test_a_native_file_in_the_bucket_counts_by_content_not_by_its_uri() -> None:
+    """Two URIs to objects with the same bytes are one request; the same URI to new bytes is another. A
+    native line naming its bucket image at the end of the first content is the simple line with ``images``."""
+    options = prompts.ParseOptions(default_model="gemini-3-pro-image", bucket_name="own")
+
+    def native(uri: str) -> prompts.PromptRequest:
+        part = {"fileData": {"fileUri": uri, "mimeType": "image/png"}}
+        request = {"contents": [{"role": "user", "parts": [{"text": "a cat"}, part]}]}
+        line = orjson.dumps({"request": {**request, "generationConfig": {"responseModalities": ["IMAGE"]}}})
+        (parsed,) = prompts.parse_prompt_file(io.BytesIO(line), "jsonl", options)
+        assert isinstance(parsed, prompts.PromptRequest), parsed
+        return parsed
+
+    def fingerprint(line: prompts.PromptRequest, images: tuple[ImageDigest, ...]) -> str:
+        return request_fingerprint(line.model, prompts.fingerprint_form(line), images, maker="emulator")
+
+    one, renamed = native("gs://own/refs/cat.png"), native("gs://own/elsewhere/cat-copy.png")
+    assert fingerprint(one, (CAT,)) == fingerprint(renamed, (CAT,))
+    assert fingerprint(one, (CAT,)) != fingerprint(one, (DOG,))
+    (simple,) = parsed({"prompt": "a cat", "images": ["refs/cat.png"]})
+    assert fingerprint(simple, (CAT,)) == fingerprint(one, (CAT,))

@@ -19,6 +19,7 @@ from promptdrop.prompts import (
     PromptRequest,
     RejectedLine,
     detect_format,
+    fingerprint_form,
     parse_defaults,
     parse_prompt_file,
     parse_prompt_items,
@@ -370,7 +371,12 @@ SNAKE_NATIVE = {
                 "parts": [
                     {"text": "restyle"},
                     {"inline_data": {"mime_type": "image/png", "data": "iVBORw0KGgo="}},
-                    {"file_data": {"file_uri": "https://example.invalid/files/x", "mime_type": "image/jpeg"}},
+                    {
+                        "file_data": {
+                            "file_uri": "https://generativelanguage.googleapis.com/v1beta/files/x",
+                            "mime_type": "image/jpeg",
+                        }
+                    },
                 ],
             }
         ],
@@ -410,7 +416,12 @@ CAMEL_NATIVE_REQUEST = {
             "parts": [
                 {"text": "restyle"},
                 {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
-                {"fileData": {"fileUri": "https://example.invalid/files/x", "mimeType": "image/jpeg"}},
+                {
+                    "fileData": {
+                        "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/x",
+                        "mimeType": "image/jpeg",
+                    }
+                },
             ],
         }
     ],
@@ -644,7 +655,7 @@ INVALID_CASES = [
     ),
     (
         "native-fifteen-images-on-pro",
-        {"request": {"contents": [{"parts": [{"text": "a"}] + [{"fileData": {"fileUri": "f"}}] * 15}]}},
+        {"request": {"contents": [{"parts": [{"text": "a"}] + [{"fileData": {"fileUri": "files/f"}}] * 15}]}},
         "too_many_images",
         "15 reference images",
     ),
@@ -1040,5 +1051,83 @@ def test_a_line_runs_in_the_batch_lane_unless_it_or_the_defaults_say_now() -> No
 def test_the_documented_maximum_of_reference_images_is_allowed() -> None:
     """Exactly the maximum passes (the line fails only beyond it)."""
     assert valid({"prompt": "a", "model": FLASH_25, "images": ["a.png", "b.png", "c.png"]}).image_refs
-    parts = [{"text": "a"}] + [{"fileData": {"fileUri": "f"}}] * 14
+    parts = [{"text": "a"}] + [{"fileData": {"fileUri": "files/f"}}] * 14
     assert valid({"request": {"contents": [{"parts": parts}]}}).model == PRO
+
+
+# --- native file references ------------------------------------------------------------------------------
+
+
+def native_with_file(uri: str, *, snake: bool = False) -> dict[str, Any]:
+    part = (
+        {"file_data": {"file_uri": uri}} if snake else {"fileData": {"fileUri": uri, "mimeType": "image/png"}}
+    )
+    return {
+        "key": "n",
+        "request": {"contents": [{"parts": [{"text": "restyle"}, part, {"text": "in blue"}]}]},
+    }
+
+
+@pytest.mark.parametrize("snake", [False, True], ids=["camelCase", "snake_case"])
+def test_a_native_file_in_this_bucket_becomes_a_reference_image_in_its_place(snake: bool) -> None:
+    """``gs://<this bucket>/path`` is an object of the bucket, sent like ``images`` (inlined or uploaded)
+    where the fileData part stood; the cache hashes its content in that place, not the URI."""
+    req = valid(native_with_file("gs://own-bucket/refs/style.png", snake=snake))
+    assert (req.image_refs, req.image_slots, req.api_files) == (("refs/style.png",), ((0, 1),), ())
+    inline = {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}
+    sent = orjson.loads(request_line(req, [inline]))["request"]["contents"][0]["parts"]
+    assert sent == [{"text": "restyle"}, inline, {"text": "in blue"}]
+    hashed = fingerprint_form(req)["contents"][0]["parts"]
+    assert hashed == [{"text": "restyle"}, {"referenceImage": 0}, {"text": "in blue"}]
+    assert b"gs://" not in orjson.dumps(fingerprint_form(req))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["files/abc-123", "https://generativelanguage.googleapis.com/v1beta/files/abc-123"],
+)
+def test_a_native_files_api_file_is_passed_on(uri: str) -> None:
+    """A Files API file (name or URI) is the API's to resolve: sent as written, listed in ``api_files``."""
+    req = valid(native_with_file(uri))
+    assert (req.image_refs, req.api_files) == ((), ("files/abc-123",))
+    assert orjson.loads(request_line(req))["request"] == req.request
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("gs://other-bucket/refs/style.png", "is not in gs://own-bucket/..."),
+        ("gs://own-bucket/../secrets.png", "gs://own-bucket/../secrets.png"),
+        ("https://example.com/cat.png", "must name an object of this deployment's bucket"),
+        ("https://generativelanguage.googleapis.com.evil.example/v1beta/files/abc", "Files API file"),
+        ("http://generativelanguage.googleapis.com/v1beta/files/abc", "Files API file"),
+        ("refs/style.png", "gs://BUCKET/path"),
+        ("https://www.youtube.com/watch?v=x", "must name"),
+    ],
+)
+def test_any_other_native_file_uri_is_a_bad_image_ref(uri: str, said: str) -> None:
+    """Another bucket, any other URL, a bare path: invalid, ``bad_image_ref``, with what is accepted."""
+    parsed = parse_one(native_with_file(uri))
+    assert isinstance(parsed, InvalidLine)
+    assert parsed.error.code == "bad_image_ref"
+    assert said in parsed.error.message
+
+
+def test_a_native_gs_uri_is_refused_where_the_bucket_is_a_folder() -> None:
+    """The local path has no Cloud Storage bucket: no gs:// URI is this bucket's."""
+    parsed = parse_one(native_with_file("gs://own-bucket/refs/style.png"), ParseOptions(default_model=PRO))
+    assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"
+
+
+def test_a_file_data_part_that_is_not_an_object_is_a_bad_image_ref() -> None:
+    line = {"request": {"contents": [{"parts": [{"text": "a"}, {"fileData": "gs://own-bucket/a.png"}]}]}}
+    parsed = parse_one(line)
+    assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"
+
+
+def test_a_file_in_the_system_instruction_is_a_bad_image_ref() -> None:
+    """Files go in contents, where they are checked; one in the system instruction is refused."""
+    system = {"parts": [{"file_data": {"file_uri": "gs://own-bucket/a.png"}}]}
+    line = {"request": {"contents": [{"parts": [{"text": "a"}]}], "system_instruction": system}}
+    parsed = parse_one(line)
+    assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"

@@ -357,8 +357,9 @@ class GcsBlobStore:
     def url(self) -> str:
         return f"gs://{self._name}"
 
-    def _blob(self, name: str) -> Blob:
-        return self._bucket.blob(check_relative_path(name, what="object name"))
+    def _blob(self, name: str, generation: str | None = None) -> Blob:
+        pinned = None if generation is None else int(generation)
+        return self._bucket.blob(check_relative_path(name, what="object name"), generation=pinned)
 
     def _where(self, name: str) -> str:
         return f"{self.url}/{name}"
@@ -370,10 +371,11 @@ class GcsBlobStore:
         return None if found is None else _info(found)
 
     @contextmanager
-    def _open_read(self, name: str, start: int) -> Iterator[BinaryIO]:
-        blob = self._blob(name)
+    def _open_read(self, name: str, start: int, generation: str | None) -> Iterator[BinaryIO]:
+        blob = self._blob(name, generation)
         with _storage_errors(self._where(name)):
-            # Pins the generation (later ranged reads ask for it) and says where the object ends.
+            # Pins the generation (later ranged reads ask for it) and says where the object ends; asked for
+            # a generation no longer kept, it is a 404.
             blob.reload(**self._call)
         raw = _ObjectReader(
             blob,
@@ -388,11 +390,13 @@ class GcsBlobStore:
         with io.BufferedReader(raw) as reader:
             yield cast(BinaryIO, reader)
 
-    def open_read(self, name: str, *, start: int = 0) -> AbstractContextManager[BinaryIO]:
-        return self._open_read(name, start)
+    def open_read(
+        self, name: str, *, start: int = 0, generation: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(name, start, generation)
 
-    def read_bytes(self, name: str) -> bytes:
-        blob = self._blob(name)
+    def read_bytes(self, name: str, *, generation: str | None = None) -> bytes:
+        blob = self._blob(name, generation)
         with _storage_errors(self._where(name)):
             return bytes(blob.download_as_bytes(**self._call))
 

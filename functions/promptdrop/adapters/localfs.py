@@ -169,8 +169,12 @@ class LocalBlobStore:
                 return row.info(name)
             return self._record(conn, name, current, content_type=None, metadata={})
 
-    def open_read(self, name: str, *, start: int = 0) -> BinaryIO:
-        """Open object ``name`` positioned at byte ``start``; the file object is its own context manager."""
+    def open_read(self, name: str, *, start: int = 0, generation: str | None = None) -> BinaryIO:
+        """Open object ``name`` positioned at byte ``start``; the file object is its own context manager.
+
+        A folder keeps one version of a file: with ``generation``, the file opened must be that generation
+        (the open handle pins the file; a rename over it later does not change what it reads), else
+        NotFoundError."""
         path = self.path_of(name)
         try:
             handle = path.open("rb")
@@ -178,13 +182,29 @@ class LocalBlobStore:
             raise NotFoundError(f"no object {name} in {self._root}") from exc
         except OSError as exc:
             raise TransientError(f"cannot read object {name}: {exc}") from exc
+        if generation is not None and not self._is_generation(name, handle, generation):
+            handle.close()
+            raise NotFoundError(f"object {name} is no longer generation {generation}")
         if start:
             handle.seek(start)
         return handle
 
-    def read_bytes(self, name: str) -> bytes:
-        with self.open_read(name) as handle:
-            return handle.read()
+    def _is_generation(self, name: str, handle: BinaryIO, generation: str) -> bool:
+        """Whether the open ``handle`` reads generation ``generation`` of ``name`` (and is still whole)."""
+        opened = os.fstat(handle.fileno())
+        info = self.stat(name)
+        pinned = _Fingerprint(opened.st_size, opened.st_mtime_ns, opened.st_ino)
+        return (
+            info is not None and info.generation == generation and _fingerprint(self.path_of(name)) == pinned
+        )
+
+    def read_bytes(self, name: str, *, generation: str | None = None) -> bytes:
+        with self.open_read(name, generation=generation) as handle:
+            data = handle.read()
+            # Written in place while read (by hand: the store always renames): not that generation whole.
+            if generation is not None and not self._is_generation(name, handle, generation):
+                raise NotFoundError(f"object {name} changed while being read")
+            return data
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
         """Objects whose names start with ``prefix``, recursively, sorted by name."""

@@ -40,10 +40,10 @@ import orjson
 from promptdrop import gallery
 from promptdrop.cost import CostTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PreconditionFailedError
-from promptdrop.fingerprint import ImageDigest, request_fingerprint
+from promptdrop.fingerprint import ImageDigest, maker_identity, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
 from promptdrop.ports import BlobInfo, PaidImage
-from promptdrop.prompts import PromptRequest
+from promptdrop.prompts import PromptRequest, fingerprint_form
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.leases import renew
@@ -66,11 +66,22 @@ def enabled(ctx: Context, run: Run) -> bool:
 
 
 class ImageDigests:
-    """Reference images by content, each object hashed once per generation (a run may reuse one often)."""
+    """Reference images by content, each object hashed once per generation (a run may reuse one often).
+
+    The generation hashed is kept (``pinned``): submission reads the image it sends at that generation, so
+    the bytes sent are the bytes the fingerprint names, never a version written in between.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._known: dict[tuple[str, str], ImageDigest] = {}
+        self._pinned: dict[str, str] = {}  # object name -> the generation hashed last
+        settings = ctx.settings
+        # Who makes the image, per lane (the now lane may have an endpoint of its own).
+        self._makers: dict[str, str] = {
+            "batch": maker_identity(settings.backend, settings.gemini_base_url),
+            "now": maker_identity(settings.backend, settings.now_base_url or settings.gemini_base_url),
+        }
 
     def of(self, name: str) -> ImageDigest | None:
         """None when the object does not exist (submission then refuses the line)."""
@@ -79,25 +90,41 @@ class ImageDigests:
             return None
         known = self._known.get((name, info.generation))
         if known is not None:
+            self._pinned[name] = info.generation
             return known
         digest = hashlib.sha256()
         try:
-            with self.ctx.blobs.open_read(name) as stream:
+            # That generation: the bytes hashed are those of the generation recorded beside them.
+            with self.ctx.blobs.open_read(name, generation=info.generation) as stream:
                 while block := stream.read(_HASH_BLOCK):
                     digest.update(block)
         except NotFoundError:
-            return None
+            return None  # overwritten or deleted since the stat: hashed again by the next look
         # The MIME type as submission sends it (the object's content type, else guessed from the name).
         mime = info.content_type or mimetypes.guess_type(name)[0] or ""
         self._known[(name, info.generation)] = ImageDigest(digest.hexdigest(), mime)
+        self._pinned[name] = info.generation
         return self._known[(name, info.generation)]
 
+    def pinned(self, name: str) -> str | None:
+        """The generation of ``name`` that ``of`` hashed last, if it hashed one."""
+        return self._pinned.get(name)
+
+    def maker(self, line: PromptRequest) -> str:
+        """Who makes this line's image (``fingerprint.maker_identity``), by the lane it runs in."""
+        return self._makers[line.lane]
+
     def fingerprint(self, line: PromptRequest, model: str) -> str | None:
-        """The line's request fingerprint on ``model``; None when a reference image is missing."""
+        """The line's request fingerprint on ``model``; None when a reference image is missing (submission
+        refuses the line) or the request names a Files API file, whose bytes are not ours to hash: such a
+        line is always sent, never served or recorded."""
+        if line.api_files:
+            return None
         images = [self.of(ref) for ref in line.image_refs]
         if any(image is None for image in images):
             return None
-        return request_fingerprint(model, line.request, [image for image in images if image is not None])
+        present = [image for image in images if image is not None]
+        return request_fingerprint(model, fingerprint_form(line), present, maker=self.maker(line))
 
 
 def usable(ctx: Context, entry: PaidImage) -> bool:
@@ -210,7 +237,7 @@ class CacheSplit:
         if not self.ctx.settings.cache:
             return False  # nothing will be recorded: no fingerprint needed
         fingerprint = self.digests.fingerprint(line, model)
-        if fingerprint is not None:  # None: a missing reference image, which submission refuses
+        if fingerprint is not None:  # None: a missing reference image (refused), or a Files API file
             self._submitted.append(_Submitted(line.key, fingerprint, line.fresh or self.run.fresh))
         return False
 

@@ -17,13 +17,13 @@ from typing import Any
 
 from promptdrop import prompts
 from promptdrop.cost import LaneMoney, LaneTally
-from promptdrop.errors import OutOfTimeError, PermanentError, TransientError
+from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
-from promptdrop.usecases.cache import CacheSplit
+from promptdrop.usecases.cache import CacheSplit, ImageDigests
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
@@ -173,7 +173,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
     choose = ModelChooser(ctx)
     plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
     planner = ChunkPlanner(ctx, run, attempt=1)
-    references = _ReferenceImages(ctx, run, deadline)
+    references = _ReferenceImages(ctx, run, deadline, plan.cache.digests)
     now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
@@ -274,8 +274,8 @@ class _ReferenceImages:
     KEEP_EVERY = 16
     REUSE_SECONDS = 40 * 3600.0
 
-    def __init__(self, ctx: Context, run: Run, deadline: float | None) -> None:
-        self.ctx, self.deadline = ctx, deadline
+    def __init__(self, ctx: Context, run: Run, deadline: float | None, digests: ImageDigests) -> None:
+        self.ctx, self.deadline, self.digests = ctx, deadline, digests
         self.layout = ctx.layout(run.run_id)
         self._uploaded: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
@@ -301,25 +301,37 @@ class _ReferenceImages:
         info = self.ctx.blobs.stat(ref)
         if info is None:
             raise _Refused(LineError("bad_image_ref", f"reference image {ref} does not exist in the bucket"))
+        # The generation the line's fingerprint hashed (the cache on), else the one just seen: the bytes
+        # sent are that generation's, or the submission is tried again (``_changed``) and hashes anew.
+        generation = self.digests.pinned(ref) or info.generation
+        if info.generation != generation:
+            raise _changed(ref, generation)
         mime = info.content_type or mimetypes.guess_type(ref)[0] or ""
         if not mime.startswith("image/"):
             raise _Refused(
                 LineError("bad_image_ref", f"reference {ref} is not an image ({mime or 'unknown type'})")
             )
         if info.size <= self.ctx.settings.inline_image_max_bytes:
-            data = base64.b64encode(self.ctx.blobs.read_bytes(ref)).decode("ascii")
+            try:
+                raw = self.ctx.blobs.read_bytes(ref, generation=generation)
+            except NotFoundError:
+                raise _changed(ref, generation) from None
+            data = base64.b64encode(raw).decode("ascii")
             return {"inlineData": {"mimeType": mime, "data": data}}
-        part = self._uploaded.get((ref, info.generation))
+        part = self._uploaded.get((ref, generation))
         if part is None:
-            with self.ctx.blobs.open_read(ref) as stream:
-                uploaded = self.ctx.backend.upload_file(
-                    stream, size=info.size, display_name=PurePosixPath(ref).name, mime_type=mime
-                )
+            try:
+                with self.ctx.blobs.open_read(ref, generation=generation) as stream:
+                    uploaded = self.ctx.backend.upload_file(
+                        stream, size=info.size, display_name=PurePosixPath(ref).name, mime_type=mime
+                    )
+            except NotFoundError:
+                raise _changed(ref, generation) from None
             part = {"fileData": {"fileUri": uploaded.uri, "mimeType": mime}}
-            self._uploaded[(ref, info.generation)] = part
+            self._uploaded[(ref, generation)] = part
             record = {
                 "ref": ref,
-                "generation": info.generation,
+                "generation": generation,
                 "part": part,
                 "uploaded_at": self.ctx.clock(),
             }
@@ -330,3 +342,12 @@ class _ReferenceImages:
             if out_of_time:
                 raise OutOfTimeError(f"reference uploads paused after {ref}")
         return part
+
+
+def _changed(ref: str, generation: str) -> TransientError:
+    """A reference image rewritten (or deleted) between its hash and its read: the submission is tried
+    again, which hashes the live version and sends that one."""
+    return TransientError(
+        f"reference image {ref} changed while the run was being submitted (generation {generation} was "
+        "hashed); submitting again"
+    )
