@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +35,7 @@ from rich.table import Table
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
-from promptdrop.cost import CostTally, LaneTally
+from promptdrop.cost import CapEstimate, CostTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
@@ -43,7 +43,7 @@ from promptdrop.errors import ConfigurationError, PreconditionFailedError, Promp
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
-from promptdrop.models import predict_choice
+from promptdrop.models import ModelChoice, choose_model, predict_choice, served_by_schedule
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
@@ -236,8 +236,19 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     return receipt.run
 
 
+def _predicted_choice(settings: Settings) -> Callable[[str], ModelChoice]:
+    """What a run's lines will run on, as far as the dry run can tell without asking the API: the bundled
+    emulator serves exactly the table's current models, so there the prediction is the run's own choice."""
+    today = datetime.now(UTC).date()
+    if settings.backend == "emulator":
+        return lambda model: choose_model(
+            model, lambda m: served_by_schedule(m, today), policy=settings.retired_models, today=today
+        )
+    return lambda model: predict_choice(model, policy=settings.retired_models, today=today)
+
+
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
-    tally = LaneTally()
+    money = CapEstimate()  # the figure the run's budget cap is held against, computed the same way
     saved = CostTally()
     valid = invalid = now_lines = cached = 0
     try:
@@ -247,13 +258,13 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
         return 2
     digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
-    today = datetime.now(UTC).date()
+    choose = _predicted_choice(settings)
     noticed: set[str] = set()
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
-                # Predicted from the model table; the run itself asks the API (models.get).
-                choice = predict_choice(line.model, policy=settings.retired_models, today=today)
+                # Predicted; the run itself asks the API (models.get).
+                choice = choose(line.model)
                 if line.model not in noticed:
                     noticed.add(line.model)
                     if choice.notice or choice.code:
@@ -264,20 +275,22 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     continue
                 valid += 1
                 now_lines += line.lane == "now"
-                tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
+                money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
                 if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
                     cached += 1
                     saved.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
-    lanes = tally.total
+    lanes = money.total
     batch = lanes.batch
     out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
     out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
     out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
     out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
-    out.print(f"estimated total: {_money(lanes.total)}")
+    out.print(f"estimated total: {_money(money.amount)}")
+    if (notice := money.notice()) is not None:
+        out.print(f"note: {notice}")
     # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
     out.print(
         f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
@@ -290,7 +303,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
         )
         refused = 1
     cap = settings.max_cost_usd
-    if cap is not None and lanes.total is not None and lanes.total > cap:
+    if cap is not None and money.amount > cap:
         out.print(f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${cap}: it would be refused[/red]")
         refused = 1
     return refused or (0 if valid else 1)
