@@ -7,6 +7,7 @@ Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -43,7 +45,7 @@ from promptdrop.errors import ConfigurationError, PreconditionFailedError, Promp
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
-from promptdrop.models import ModelChoice, choose_model, predict_choice, served_by_schedule
+from promptdrop.models import ModelChoice, choose_model, model_spec, predict_choice, served_by_schedule
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
@@ -65,11 +67,16 @@ err = Console(stderr=True)
 log = logging.getLogger("promptdrop.cli")
 
 
+def _print_configuration_error(exc: ConfigurationError) -> None:
+    # One line whatever the terminal's width, the values as given (never read as markup).
+    err.print(f"[red]configuration error:[/red] {escape(str(exc))}", soft_wrap=True)
+
+
 def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -89,7 +96,7 @@ def _context(settings: Settings) -> Context:
     try:
         return build_context(settings, _launch_emulator)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -240,11 +247,21 @@ def _predicted_choice(settings: Settings) -> Callable[[str], ModelChoice]:
     """What a run's lines will run on, as far as the dry run can tell without asking the API: the bundled
     emulator serves exactly the table's current models, so there the prediction is the run's own choice."""
     today = datetime.now(UTC).date()
-    if settings.backend == "emulator":
-        return lambda model: choose_model(
+    if settings.backend != "emulator":
+        return lambda model: predict_choice(model, policy=settings.retired_models, today=today)
+
+    def emulated(model: str) -> ModelChoice:
+        choice = choose_model(
             model, lambda m: served_by_schedule(m, today), policy=settings.retired_models, today=today
         )
-    return lambda model: predict_choice(model, policy=settings.retired_models, today=today)
+        if choice.code == "unknown_model" and model_spec(model) is None:
+            message = (
+                f"{choice.requested} is not in promptdrop's model table, so the emulator does not serve it"
+            )
+            return dataclasses.replace(choice, message=message)
+        return choice
+
+    return emulated
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
@@ -254,7 +271,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     try:
         ctx = build_context(settings)  # the bucket and the cache; no backend is built
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         return 2
     digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
