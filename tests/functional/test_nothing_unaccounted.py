@@ -13,6 +13,7 @@ from promptdrop.states import RunState
 from promptdrop.usecases import cache, poll, receive
 from tests.functional.conftest import Pipeline, jsonl
 from tests.functional.test_pay_once import catalogue, requests_sent, run_file
+from tests.functional.test_pipeline import _noise_png
 
 
 def unaccounted(pipeline: Pipeline, run: Run) -> list[str]:
@@ -75,3 +76,29 @@ def test_a_run_cancelled_between_cache_decision_blocks_leaves_no_copied_image(
     }
     assert unaccounted(pipeline, run) == []
     assert requests_sent(pipeline.emulator) == 25  # the first run's only
+
+
+def test_a_run_cancelled_while_its_reference_uploads_are_paused_leaves_no_copied_image(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three cached lines copied, then two lines' large reference images uploading when the time ran out
+    (the run stays RECEIVED); cancelled then, the run leaves none of the three copies behind."""
+    run_file(pipeline, "mix.jsonl", catalogue(3))
+    monkeypatch.setattr(receive, "SUBMIT_ON_CLAIM_SECONDS", 0.0)
+    ctx = pipeline.context(inline_image_max_bytes=1024)  # every reference goes through the Files API
+    refs = [f"refs/photo-{n}.png" for n in range(2)]
+    for n, ref in enumerate(refs):
+        ctx.blobs.write_bytes(ref, _noise_png(64, seed=n), content_type="image/png")
+    restyled = [{"key": f"restyle-{n}", "prompt": "restyle", "images": [ref]} for n, ref in enumerate(refs)]
+    receipt = pipeline.drop("mix.jsonl", jsonl(*catalogue(3), *restyled), ctx)
+    assert receipt.run is not None and receipt.run.state is RunState.RECEIVED  # paused after one upload
+    run_id = receipt.run.run_id
+    assert len(list((pipeline.bucket / receipt.run.output_folder / "images").iterdir())) == 3
+
+    ctx.store.update_run(run_id, {"cancel_requested": True})
+    poll.tick(ctx, run_ids=[run_id])
+    run = ctx.store.get_run(run_id)
+
+    assert run is not None and run.state is RunState.CANCELLED
+    assert unaccounted(pipeline, run) == []
+    assert requests_sent(pipeline.emulator) == 3  # the first run's only
