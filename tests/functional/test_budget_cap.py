@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from promptdrop.models import BATCH_DISCOUNT, model_spec
-from tests.functional.conftest import jsonl
+from tests.functional.conftest import jsonl, read_jsonl
 from tests.functional.test_cli import batches, cli_env, outputs, promptdrop
 
 POSTERS = [
@@ -43,7 +43,7 @@ def test_an_unpriced_line_counts_at_the_highest_known_price_and_the_cap_refuses_
     """Cap $0.01, twenty 4K lines plus a line on a model without a price (and a line on a typo'd model):
     the run is FAILED with the reason, the unpriced line counted at gemini-3-pro-image's 1K batch price (the
     highest known for 1K), the typo counted at nothing; no request reaches the emulator, and the dry run
-    printed the same figure."""
+    printed the same figure; the typo'd line ends `invalid` (`unknown_model`), the others `budget_exceeded`."""
     emulator = emulator_factory()
     home = tmp_path / "home"
     env = cli_env(home, emulator, PROMPTDROP_MAX_COST_USD="0.01")
@@ -78,6 +78,10 @@ def test_an_unpriced_line_counts_at_the_highest_known_price_and_the_cap_refuses_
     )
     assert note in reason
     assert "reason: estimated cost" in done.stdout
+    entries = {entry["key"]: entry for entry in read_jsonl(outputs(home, run_id) / "manifest.jsonl")}
+    assert {entries[line["key"]]["error"]["code"] for line in [*POSTERS, UNPRICED]} == {"budget_exceeded"}
+    if TYPO in extra:  # decided before the estimate: it ends invalid, not over the budget
+        assert (entries["typo"]["status"], entries["typo"]["error"]["code"]) == ("invalid", "unknown_model")
     # Nothing reached the emulator: no batch, no generate call.
     assert batches(emulator) == []
     assert emulator.server.generated == 0

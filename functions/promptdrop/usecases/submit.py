@@ -67,7 +67,7 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
     choose = ModelChooser(ctx)
     try:
         # Both caps are decided before anything is copied from the cache or sent.
-        money = _screen(ctx, run, choose)
+        money, unserved = _screen(ctx, run, choose)
     except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
         return fail_refused(ctx, run, refused.error)
     notice = money.notice()
@@ -80,6 +80,7 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
             f"PROMPTDROP_MAX_COST_USD=${cap:.4f}; nothing was submitted" + (f"; {notice}" if notice else "")
         )
         run = ctx.store.update_run(run.run_id, {"cost": _estimate_cost(money.known).model_dump()})
+        write_refused(ctx, ctx.layout(run.run_id), unserved)  # they end invalid, not over the budget
         return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     if notice:
         log.info("estimate: %s", notice, extra={"run_id": run.run_id})
@@ -135,13 +136,15 @@ def _estimate_cost(money: LaneMoney) -> Cost:
     )
 
 
-def _screen(ctx: Context, run: Run, choose: ModelChooser) -> CapEstimate:
-    """The estimate the budget cap is held against, after the now-lane cap (``_RunRefused``).
+def _screen(ctx: Context, run: Run, choose: ModelChooser) -> tuple[CapEstimate, list[Outcome]]:
+    """The estimate the budget cap is held against, after the now-lane cap (``_RunRefused``), and the lines
+    refused for their model.
 
-    Lines whose model the API does not serve will end ``invalid`` and count nothing; a line whose model has
-    no known price counts at the highest known price for its size, so no line turns the cap off.
+    Lines whose model the API does not serve end ``invalid`` and count nothing; a line whose model has no
+    known price counts at the highest known price for its size, so no line turns the cap off.
     """
     money = CapEstimate()
+    unserved: list[Outcome] = []
     now_asked = 0
     with parsed_input(ctx, run) as lines:
         for line in lines:
@@ -151,10 +154,20 @@ def _screen(ctx: Context, run: Run, choose: ModelChooser) -> CapEstimate:
                 now_asked += 1
                 if now_asked > ctx.settings.max_now_lines:
                     raise _RunRefused(_now_cap_error(ctx, line))
-            model = choose(line.model).model
-            if model is not None:
-                money.add(line.lane, model, line.image_size, line.estimated_input_tokens)
-    return money
+            choice = choose(line.model)
+            if choice.model is None:
+                unserved.append(_invalid(line, _model_error(choice)))
+            else:
+                money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
+    return money, unserved
+
+
+def _model_error(choice: ModelChoice) -> LineError:
+    return LineError(choice.code or "unknown_model", choice.message or "")
+
+
+def _invalid(line: PromptRequest, error: LineError) -> Outcome:
+    return Outcome.failure(line.key, error, attempt=0, model=line.model, status="invalid")
 
 
 def _now_cap_error(ctx: Context, line: PromptRequest) -> LineError:
@@ -212,7 +225,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                     # The API decides what is served; a retired id runs on its replacement, or is refused.
                     choice = choose(line.model)
                     if choice.model is None:
-                        raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
+                        raise _Refused(_model_error(choice))
                     model = choice.model
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
@@ -229,11 +242,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                         )
                 except _Refused as refused:
                     plan.counts.invalid += 1
-                    plan.refused.append(
-                        Outcome.failure(
-                            line.key, refused.error, attempt=0, model=line.model, status="invalid"
-                        )
-                    )
+                    plan.refused.append(_invalid(line, refused.error))
                     continue
                 plan.counts.valid += 1
                 plan.counts.now += line.lane == "now"
