@@ -150,8 +150,11 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
 def _drop_unaccounted(ctx: Context, folder: str, kept: set[str]) -> None:
     """Delete the images (and their thumbnails) under ``folder`` that are not the image of a line that
     succeeded: every image a run leaves has a ``succeeded`` manifest entry."""
-    thumbs = {thumb_name(folder, image) for image in kept}
+    thumbs = {name for image in kept if (name := thumb_name(folder, image)) is not None}
     for sub, keep in (("images/", kept), ("thumbs/", thumbs)):
+        if not keep:  # the usual case (every line refused or cancelled): the folder at once
+            ctx.blobs.delete_prefix(folder + sub)
+            continue
         for info in list(ctx.blobs.list(folder + sub)):
             if info.name not in keep:
                 ctx.blobs.delete(info.name)
