@@ -94,9 +94,7 @@ class Settings(BaseModel):
     max_line_bytes: NonNegativeInt = 20 * MiB
     max_file_bytes: NonNegativeInt = 2 * GiB
     max_requests_per_job: NonNegativeInt = 10_000
-    max_job_bytes: int = Field(
-        default=1900 * MiB, ge=0, le=FILE_MAX_BYTES
-    )  # the Files API takes 2 GB per file
+    max_job_bytes: int = Field(default=1900 * MiB, ge=0, le=FILE_MAX_BYTES)  # the Files API: 2 GB a file
     max_enqueued_tokens: NonNegativeInt = 2_000_000  # Tier 1 enqueued-token limit of the image models
     max_jobs_in_flight: NonNegativeInt = 50  # the API allows 100 concurrent batch jobs per project
     inline_image_max_bytes: NonNegativeInt = 4 * MiB  # larger reference images go through the Files API
@@ -117,26 +115,22 @@ class Settings(BaseModel):
     # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
     results_part_bytes: NonNegativeInt = 64 * MiB
     poll_interval: NonNegativeFloat = 10.0  # seconds between `serve` ticks
-    submit_retry_base: NonNegativeFloat = (
-        30.0  # seconds; backoff base for a submission that failed transiently
-    )
+    # Seconds; backoff base for a submission that failed transiently.
+    submit_retry_base: NonNegativeFloat = 30.0
     # The pay-once cache: a line whose request was paid for before is served from that image (README "Pay
     # once per image"); "off" submits every line. Images older than cache_days are not reused.
     cache: bool = True
     cache_days: float = Field(default=30.0, gt=0)
     thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
     gallery_page_size: NonNegativeInt = 500  # cards per gallery page
-    emulator_image_scale: NonNegativeFloat = (
-        1.0  # the bundled emulator draws images at this fraction of real size
-    )
-    emulator_idle: NonNegativeFloat = (
-        900.0  # seconds; the background emulator the CLI starts stops after this idle time
-    )
+    # The bundled emulator draws images at this fraction of real size.
+    emulator_image_scale: NonNegativeFloat = 1.0
+    # Seconds; the background emulator the CLI starts stops after this idle time.
+    emulator_idle: NonNegativeFloat = 900.0
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False  # the CLI logs at INFO instead of WARNING
-    api_timeout: NonNegativeFloat = (
-        120.0  # seconds per Gemini API call; a create unanswered this long may still land
-    )
+    # Seconds per Gemini API call; a create unanswered this long may still land.
+    api_timeout: NonNegativeFloat = 120.0
     # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
     # be landing at the server); meanwhile it is looked up by display name.
     create_margin: NonNegativeFloat = 60.0
@@ -152,9 +146,8 @@ class Settings(BaseModel):
     # running job only every webhook_poll_seconds, the net for a lost delivery; "off" polls every tick.
     webhooks: Literal["on", "off"] = "off"
     webhook_secret: SecretStr | None = None  # the "whsec_..." signing secret the API returned on create
-    webhook_poll_seconds: NonNegativeFloat = (
-        900.0  # with webhooks on: a running job is still polled this often
-    )
+    # With webhooks on: a running job is still polled this often.
+    webhook_poll_seconds: NonNegativeFloat = 900.0
     webhook_max_bytes: NonNegativeInt = 64 * 1024  # a delivery body over this is refused (400) unread
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
