@@ -104,3 +104,30 @@ def test_a_cap_above_the_estimate_with_an_unpriced_line_lets_the_run_through(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCEEDED" in done.stdout
     assert len(batches(emulator)) >= 1
+
+
+def test_a_served_model_the_table_lacks_counts_at_the_highest_known_price(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """A model the API serves that promptdrop's table lacks has no price: with a cap a hair under the
+    run's figure (its line at gemini-3-pro-image's 2K batch price), the run is refused and nothing sent."""
+    emulator = emulator_factory(serve_models=("gemini-9-imaginary-image",))
+    home = tmp_path / "home"
+    line = {
+        "key": "new",
+        "prompt": "a model from next year",
+        "model": "gemini-9-imaginary-image",
+        "image_size": "2K",
+    }
+    figure = batch_price("gemini-3-pro-image", line)
+    env = cli_env(home, emulator, PROMPTDROP_MAX_COST_USD=f"{figure - 0.0001:.4f}")
+    prompt_file = tmp_path / "next.jsonl"
+    prompt_file.write_bytes(jsonl(line))
+
+    done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"estimated cost ${figure:.4f} exceeds the budget cap" in done.stdout
+    assert "1 on gemini-9-imaginary-image at $0.0672 per 2K image (batch) plus input" in done.stdout
+    assert batches(emulator) == []
+    assert emulator.server.generated == 0
