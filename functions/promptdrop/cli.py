@@ -7,13 +7,14 @@ Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CA
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,7 +37,7 @@ from rich.table import Table
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
-from promptdrop.cost import CostTally, LaneTally
+from promptdrop.cost import CapEstimate, CostTally
 from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
@@ -43,7 +45,7 @@ from promptdrop.errors import ConfigurationError, PreconditionFailedError, Promp
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
-from promptdrop.models import predict_choice
+from promptdrop.models import ModelChoice, choose_model, model_spec, predict_choice, served_by_schedule
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
@@ -65,11 +67,16 @@ err = Console(stderr=True)
 log = logging.getLogger("promptdrop.cli")
 
 
+def _print_configuration_error(exc: ConfigurationError) -> None:
+    # One line whatever the terminal's width, the values as given (never read as markup).
+    err.print(f"[red]configuration error:[/red] {escape(str(exc))}", soft_wrap=True)
+
+
 def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -89,7 +96,7 @@ def _context(settings: Settings) -> Context:
     try:
         return build_context(settings, _launch_emulator)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -236,24 +243,45 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     return receipt.run
 
 
+def _predicted_choice(settings: Settings) -> Callable[[str], ModelChoice]:
+    """What a run's lines will run on, as far as the dry run can tell without asking the API: the bundled
+    emulator serves exactly the table's current models, so there the prediction is the run's own choice."""
+    today = datetime.now(UTC).date()
+    if settings.backend != "emulator":
+        return lambda model: predict_choice(model, policy=settings.retired_models, today=today)
+
+    def emulated(model: str) -> ModelChoice:
+        choice = choose_model(
+            model, lambda m: served_by_schedule(m, today), policy=settings.retired_models, today=today
+        )
+        if choice.code == "unknown_model" and model_spec(model) is None:
+            message = (
+                f"{choice.requested} is not in promptdrop's model table, so the emulator does not serve it"
+            )
+            return dataclasses.replace(choice, message=message)
+        return choice
+
+    return emulated
+
+
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
-    tally = LaneTally()
+    money = CapEstimate()  # the figure the run's budget cap is held against, computed the same way
     saved = CostTally()
     valid = invalid = now_lines = cached = 0
     try:
         ctx = build_context(settings)  # the bucket and the cache; no backend is built
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
+        _print_configuration_error(exc)
         return 2
     digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
-    today = datetime.now(UTC).date()
+    choose = _predicted_choice(settings)
     noticed: set[str] = set()
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
-                # Predicted from the model table; the run itself asks the API (models.get).
-                choice = predict_choice(line.model, policy=settings.retired_models, today=today)
+                # Predicted; the run itself asks the API (models.get).
+                choice = choose(line.model)
                 if line.model not in noticed:
                     noticed.add(line.model)
                     if choice.notice or choice.code:
@@ -264,20 +292,22 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     continue
                 valid += 1
                 now_lines += line.lane == "now"
-                tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
+                money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
                 if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
                     cached += 1
                     saved.add_estimate(choice.model, line.image_size, line.estimated_input_tokens)
             else:
                 invalid += 1
                 err.print(f"line {line.line}: [red]{line.error.code}[/red] {line.error.message}")
-    lanes = tally.total
+    lanes = money.total
     batch = lanes.batch
     out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
     out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
     out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
     out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
-    out.print(f"estimated total: {_money(lanes.total)}")
+    out.print(f"estimated total: {_money(money.amount)}")
+    if (notice := money.notice()) is not None:
+        out.print(f"note: {notice}")
     # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
     out.print(
         f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
@@ -290,7 +320,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
         )
         refused = 1
     cap = settings.max_cost_usd
-    if cap is not None and lanes.total is not None and lanes.total > cap:
+    if cap is not None and money.amount > cap:
         out.print(f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${cap}: it would be refused[/red]")
         refused = 1
     return refused or (0 if valid else 1)

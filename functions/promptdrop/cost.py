@@ -2,13 +2,17 @@
 
 Rates come from the one table in ``models.py``; the Batch API bills half of each. A model missing from the
 table (or listed without confirmed prices) costs ``None``: a total that includes one is ``None`` too, never a partial guess.
+The budget cap alone counts such a line at the highest known price for its image size (``CapEstimate``), so
+an unpriced line can never turn the cap off.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
 
-from promptdrop.models import BATCH_DISCOUNT, model_spec
+from promptdrop.models import BATCH_DISCOUNT, MODELS, model_spec
 from promptdrop.outcomes import Usage
 
 _PER_MILLION = 1_000_000
@@ -53,6 +57,15 @@ def estimate_request(model: str, image_size: str, input_tokens: int) -> Money:
         return Money(batch=None, interactive=None)
     interactive = image + input_tokens * spec.rates.text_input / _PER_MILLION
     return Money(batch=interactive * BATCH_DISCOUNT, interactive=interactive)
+
+
+def ceiling_request(image_size: str, input_tokens: int) -> Money:
+    """The most a priced model of the table bills for one image of ``image_size`` plus ``input_tokens`` of
+    input: what a line whose own model has no known price counts as against the budget cap."""
+    priced = [spec for spec in MODELS.values() if spec.rates is not None]
+    sized = [spec for spec in priced if image_size in spec.image_tokens] or priced
+    amounts = (estimate_request(spec.name, image_size, input_tokens) for spec in sized)
+    return max(amounts, key=lambda money: money.interactive or 0.0)
 
 
 class CostTally:
@@ -120,6 +133,65 @@ class LaneTally:
     def add_estimate(self, lane: str, model: str, image_size: str, input_tokens: int) -> None:
         self._lane(lane).add_estimate(model, image_size, input_tokens)
 
+    def add_money(self, lane: str, money: Money) -> None:
+        self._lane(lane).add_money(money)
+
     @property
     def total(self) -> LaneMoney:
         return LaneMoney(batch=self._batch.total, now=self._now.total.interactive)
+
+
+class CapEstimate:
+    """A run's estimate as the budget cap holds it, never unknown: each line at its model's price, and a line
+    whose model has no known price at the highest known price for its image size (``ceiling_request``), in
+    its lane (batch lines at the batch price, now lines at the interactive one). ``known`` is the estimate
+    from known prices only (None as soon as one is unknown), as the run records it."""
+
+    def __init__(self) -> None:
+        self._counted = LaneTally()
+        self._known = LaneTally()
+        self._unpriced: Counter[tuple[str, str, str]] = Counter()  # (model, lane, size) -> lines
+
+    def add(self, lane: str, model: str, image_size: str, input_tokens: int) -> None:
+        money = estimate_request(model, image_size, input_tokens)
+        self._known.add_money(lane, money)
+        if money.batch is None:
+            money = ceiling_request(image_size, input_tokens)
+            self._unpriced[(model, lane, image_size)] += 1
+        self._counted.add_money(lane, money)
+
+    @property
+    def total(self) -> LaneMoney:
+        """What the budget cap is held against (every part known)."""
+        return self._counted.total
+
+    @property
+    def amount(self) -> float:
+        """The total in USD; infinite if it could not be worked out (the table lists no priced model), so a
+        cap still refuses."""
+        total = self.total.total
+        return math.inf if total is None else total
+
+    @property
+    def known(self) -> LaneMoney:
+        return self._known.total
+
+    @property
+    def unpriced(self) -> int:
+        return sum(self._unpriced.values())
+
+    def notice(self) -> str | None:
+        """How many lines were counted at which price, for the estimate's readers; None when every line
+        had its own price."""
+        if not self._unpriced:
+            return None
+        parts = []
+        for (model, lane, size), lines in sorted(self._unpriced.items()):
+            image = ceiling_request(size, 0)
+            price = image.interactive if lane == "now" else image.batch
+            where = "now lane, interactive" if lane == "now" else "batch"
+            parts.append(f"{lines} on {model} at ${price:.4f} per {size} image ({where}) plus input")
+        return (
+            f"{self.unpriced} line(s) without a known price counted at the highest known price for their "
+            "image size: " + "; ".join(parts)
+        )

@@ -10,9 +10,17 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    SecretStr,
+    ValidationError,
+)
 
 from promptdrop.api_limits import FILE_MAX_BYTES
 from promptdrop.errors import ConfigurationError
@@ -27,12 +35,39 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"36h"`` or ``"2d"``."""
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"36h"`` or ``"2d"``; None for anything else."""
     match = _DURATION.match(text)
     if not match:
-        raise ConfigurationError(f"not a duration: {text!r} (use seconds, or a number with s/m/h/d)")
+        return None
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+# Fields read with parse_duration (seconds, or a number with a unit).
+_DURATIONS = frozenset(
+    {
+        "job_deadline",
+        "lease_seconds",
+        "harvest_time_budget",
+        "poll_interval",
+        "submit_retry_base",
+        "emulator_idle",
+        "api_timeout",
+        "create_margin",
+        "webhook_poll_seconds",
+    }
+)
+_SECRETS = frozenset({"api_key", "webhook_secret"})
+# The expected form of the values that a field's type alone does not say (the rest: _expected_form).
+_FORMS = {
+    "max_cost_usd": "a non-negative amount in USD such as 25 or 12.50",
+    "store": "sqlite:///PATH, firestore or firestore://PROJECT/DATABASE",
+    "gemini_base_url": "an http:// or https:// URL",
+    "now_base_url": "an http:// or https:// URL",
+    "inbox_prefix": "a folder prefix that ends with '/' and does not start with one, such as inbox/",
+    "output_prefix": "a folder prefix that ends with '/' and does not start with one, such as outputs/",
+    "max_job_bytes": f"a whole number of bytes from 0 to {FILE_MAX_BYTES} (the Files API takes 2 GB per file)",
+}
 
 
 class Settings(BaseModel):
@@ -53,52 +88,56 @@ class Settings(BaseModel):
     inbox_prefix: str = "inbox/"
     output_prefix: str = "outputs/"
     events_topic: str | None = None
-    max_cost_usd: float | None = None
-    max_attempts: int = 3  # batch submissions per line; in the now lane, the most sends of a line
-    job_deadline: float = 36 * 3600.0  # seconds; the API expires jobs at 48 h
-    max_line_bytes: int = 20 * MiB
-    max_file_bytes: int = 2 * GiB
-    max_requests_per_job: int = 10_000
-    max_job_bytes: int = 1900 * MiB  # the Files API takes 2 GB per file
-    max_enqueued_tokens: int = 2_000_000  # Tier 1 enqueued-token limit of the image models
-    max_jobs_in_flight: int = 50  # the API allows 100 concurrent batch jobs per project
-    inline_image_max_bytes: int = 4 * MiB  # larger reference images go through the Files API
-    upload_concurrency: int = 16
+    max_cost_usd: NonNegativeFloat | None = None
+    max_attempts: int = Field(default=3, ge=1)  # batch submissions per line; in the now lane, the most sends of a line
+    job_deadline: NonNegativeFloat = 36 * 3600.0  # seconds; the API expires jobs at 48 h
+    max_line_bytes: NonNegativeInt = 20 * MiB
+    max_file_bytes: NonNegativeInt = 2 * GiB
+    max_requests_per_job: NonNegativeInt = 10_000
+    max_job_bytes: int = Field(default=1900 * MiB, ge=0, le=FILE_MAX_BYTES)  # the Files API: 2 GB a file
+    max_enqueued_tokens: NonNegativeInt = 2_000_000  # Tier 1 enqueued-token limit of the image models
+    max_jobs_in_flight: NonNegativeInt = 50  # the API allows 100 concurrent batch jobs per project
+    inline_image_max_bytes: NonNegativeInt = 4 * MiB  # larger reference images go through the Files API
+    upload_concurrency: NonNegativeInt = 16
     # Bytes of decoded images one process holds queued or being written, across all the runs of a tick,
     # and how many runs a tick advances at once: together they bound the poller's memory (PERFORMANCE.md).
-    harvest_memory_budget: int = 256 * MiB
-    tick_concurrency: int = 4
+    harvest_memory_budget: NonNegativeInt = 256 * MiB
+    tick_concurrency: NonNegativeInt = 4
     # The Files API keeps 20 GB per project: inputs of jobs not yet harvested stay below this, leaving room
     # for the results files waiting to be harvested.
-    max_input_bytes_in_flight: int = 10 * GiB
+    max_input_bytes_in_flight: NonNegativeInt = 10 * GiB
     # A trigger (file, message) submits what it claimed only up to this size; larger files are claimed and
     # left to the poller, so the trigger answers within seconds (no 429/504 that would dead-letter it).
-    submit_on_claim_max_bytes: int = 16 * MiB
-    lease_seconds: float = 300.0
-    harvest_time_budget: float = 0.0  # seconds per invocation; 0 = no budget (local)
+    submit_on_claim_max_bytes: NonNegativeInt = 16 * MiB
+    lease_seconds: NonNegativeFloat = 300.0
+    harvest_time_budget: NonNegativeFloat = 0.0  # seconds per invocation; 0 = no budget (local)
     # A results file is copied into the bucket in parts of this size, each recorded when whole: the unit
     # of work a time budget can cut off (at 50 MB/s a 64 MiB part takes under 2 s).
-    results_part_bytes: int = 64 * MiB
-    poll_interval: float = 10.0  # seconds between `serve` ticks
-    submit_retry_base: float = 30.0  # seconds; backoff base for a submission that failed transiently
+    results_part_bytes: NonNegativeInt = 64 * MiB
+    poll_interval: NonNegativeFloat = 10.0  # seconds between `serve` ticks
+    # Seconds; backoff base for a submission that failed transiently.
+    submit_retry_base: NonNegativeFloat = 30.0
     # The pay-once cache: a line whose request was paid for before is served from that image (README "Pay
     # once per image"); "off" submits every line. Images older than cache_days are not reused.
     cache: bool = True
     cache_days: float = Field(default=30.0, gt=0)
     thumbnails: bool = True  # small WebP beside each image for the gallery page ("off" to skip)
-    gallery_page_size: int = 500  # cards per gallery page
-    emulator_image_scale: float = 1.0  # the bundled emulator draws images at this fraction of real size
-    emulator_idle: float = 900.0  # seconds; the background emulator the CLI starts stops after this idle time
+    gallery_page_size: NonNegativeInt = 500  # cards per gallery page
+    # The bundled emulator draws images at this fraction of real size.
+    emulator_image_scale: NonNegativeFloat = 1.0
+    # Seconds; the background emulator the CLI starts stops after this idle time.
+    emulator_idle: NonNegativeFloat = 900.0
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False  # the CLI logs at INFO instead of WARNING
-    api_timeout: float = 120.0  # seconds per Gemini API call; a create unanswered this long may still land
+    # Seconds per Gemini API call; a create unanswered this long may still land.
+    api_timeout: NonNegativeFloat = 120.0
     # A create whose answer was lost is not sent again until api_timeout plus this has passed (it may still
     # be landing at the server); meanwhile it is looked up by display name.
-    create_margin: float = 60.0
+    create_margin: NonNegativeFloat = 60.0
     # The now lane (lines with "lane": "now", sent at once with generate_content at the standard price).
-    max_now_lines: int = 50  # a run asking for more now lines is refused before any call
-    now_concurrency: int = 4  # generate_content calls in flight per process
-    now_chunk_lines: int = 20  # now lines per chunk (one Pub/Sub message each in the cloud)
+    max_now_lines: NonNegativeInt = 50  # a run asking for more now lines is refused before any call
+    now_concurrency: NonNegativeInt = 4  # generate_content calls in flight per process
+    now_chunk_lines: NonNegativeInt = 20  # now lines per chunk (one Pub/Sub message each in the cloud)
     # Pub/Sub topic the now chunks are published to (the cloud: worked by on_now_chunk); unset, whoever
     # advances the run sends them itself (the CLI, serve).
     now_topic: str | None = None
@@ -107,8 +146,9 @@ class Settings(BaseModel):
     # running job only every webhook_poll_seconds, the net for a lost delivery; "off" polls every tick.
     webhooks: Literal["on", "off"] = "off"
     webhook_secret: SecretStr | None = None  # the "whsec_..." signing secret the API returned on create
-    webhook_poll_seconds: float = 900.0  # with webhooks on: a running job is still polled this often
-    webhook_max_bytes: int = 64 * 1024  # a delivery body over this is refused (400) unread
+    # With webhooks on: a running job is still polled this often.
+    webhook_poll_seconds: NonNegativeFloat = 900.0
+    webhook_max_bytes: NonNegativeInt = 64 * 1024  # a delivery body over this is refused (400) unread
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
 
     @property
@@ -149,11 +189,13 @@ class Settings(BaseModel):
         """In a real deployment refuse local defaults: no silent fallback (DESIGN reliability rule 8)."""
         problems = []
         if not self.bucket_is_gcs:
-            problems.append("PROMPTDROP_BUCKET must be gs://NAME")
+            problems.append(f"PROMPTDROP_BUCKET must be gs://NAME, not {self.bucket!r}")
         if not self.store_is_firestore:
-            problems.append("PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE")
+            problems.append(
+                f"PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE, not {self.store!r}"
+            )
         if self.backend != "gemini":
-            problems.append("PROMPTDROP_BACKEND must be gemini")
+            problems.append(f"PROMPTDROP_BACKEND must be gemini, not {self.backend!r}")
         if self.api_key is None:
             problems.append("GEMINI_API_KEY must be set (from Secret Manager)")
         if problems:
@@ -164,24 +206,18 @@ class Settings(BaseModel):
         """Build settings from ``PROMPTDROP_*`` variables (and ``GEMINI_API_KEY``, ``K_SERVICE``)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
+        problems: list[str] = []
         for name in cls.model_fields:
             if name in {"api_key", "in_cloud"}:
                 continue
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            if name in {
-                "job_deadline",
-                "lease_seconds",
-                "harvest_time_budget",
-                "poll_interval",
-                "submit_retry_base",
-                "emulator_idle",
-                "api_timeout",
-                "create_margin",
-                "webhook_poll_seconds",
-            }:
-                values[name] = parse_duration(raw)
+            if name in _DURATIONS:
+                seconds = parse_duration(raw)
+                if seconds is None:
+                    problems.append(_problem(name, raw))
+                values[name] = seconds
             else:
                 values[name] = raw
         key = env.get("GEMINI_API_KEY")
@@ -194,21 +230,70 @@ class Settings(BaseModel):
         home = Path(str(values.get("home", cls.model_fields["home"].default)))
         values.setdefault("bucket", str(home / "bucket"))
         values.setdefault("store", f"sqlite:///{home / 'state.db'}")
+        if problems:  # durations: said before pydantic would add its own word on the None
+            raise ConfigurationError("; ".join(problems))
         try:
             settings = cls.model_validate(values)
         except ValidationError as exc:
-            # Never echo values: one of them may be the API key.
-            fields = ", ".join(ENV_PREFIX + str(e["loc"][0]).upper() for e in exc.errors())
-            raise ConfigurationError(f"invalid configuration in {fields}") from None
-        for prefix in (settings.inbox_prefix, settings.output_prefix):
-            if not prefix.endswith("/") or prefix.startswith("/"):
-                raise ConfigurationError(f"prefix {prefix!r} must end with '/' and not start with one")
-        if settings.max_job_bytes > FILE_MAX_BYTES:
-            raise ConfigurationError(
-                f"PROMPTDROP_MAX_JOB_BYTES must be at most {FILE_MAX_BYTES}: the Files API takes 2 GB per file"
-            )
+            failed = dict.fromkeys(str(e["loc"][0]) for e in exc.errors())
+            raise ConfigurationError("; ".join(_problem(name, values.get(name)) for name in failed)) from None
+        problems = [_problem(name, getattr(settings, name)) for name in _bad_forms(settings)]
+        if problems:
+            raise ConfigurationError("; ".join(problems))
         if settings.output_prefix.startswith(settings.inbox_prefix) or settings.inbox_prefix.startswith(
             settings.output_prefix
         ):
-            raise ConfigurationError("PROMPTDROP_OUTPUT_PREFIX must not overlap PROMPTDROP_INBOX_PREFIX")
+            raise ConfigurationError(
+                f"PROMPTDROP_OUTPUT_PREFIX={settings.output_prefix!r} and "
+                f"PROMPTDROP_INBOX_PREFIX={settings.inbox_prefix!r}: expected two prefixes that do not "
+                "overlap, such as outputs/ and inbox/"
+            )
         return settings
+
+
+def _bad_forms(settings: Settings) -> list[str]:
+    """The string fields whose value has not the form they need (their type alone cannot say)."""
+    bad = [
+        name
+        for name in ("inbox_prefix", "output_prefix")
+        if not getattr(settings, name).endswith("/") or getattr(settings, name).startswith("/")
+    ]
+    if not (settings.store_is_firestore or settings.store.startswith("sqlite:///")):
+        bad.append("store")
+    for name in ("gemini_base_url", "now_base_url"):
+        url = getattr(settings, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            bad.append(name)
+    return bad
+
+
+def _problem(name: str, value: object) -> str:
+    """``PROMPTDROP_X='value': expected <form>``: the variable, what it was given, and what it takes."""
+    shown = "(hidden)" if name in _SECRETS else repr(value if isinstance(value, str) else str(value))
+    return f"{ENV_PREFIX}{name.upper()}={shown}: expected {_expected_form(name)}"
+
+
+def _expected_form(name: str) -> str:
+    """What a field takes, from its type, bounds and default (or ``_FORMS`` where those do not say)."""
+    if name in _FORMS:
+        return _FORMS[name]
+    if name in _DURATIONS:
+        return "a duration in seconds, or a number with s, m, h or d, such as 90, 15m or 36h"
+    field = Settings.model_fields[name]
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        *first, last = (str(arg) for arg in get_args(annotation))
+        return f"{', '.join(first)} or {last}"
+    if annotation is bool:
+        return "on or off (also true/false, yes/no, 1/0)"
+    kind = "a whole number" if annotation is int else "a number"
+    for bound in field.metadata:  # pydantic's Ge / Gt / Le constraints
+        if (low := getattr(bound, "ge", None)) is not None:
+            kind += f" of {low} or more"
+        if (above := getattr(bound, "gt", None)) is not None:
+            kind += f" above {above}"
+        if (high := getattr(bound, "le", None)) is not None:
+            kind += f" up to {high}"
+    default = field.default
+    example = int(default) if isinstance(default, float) and default.is_integer() else default
+    return f"{kind}, such as {example}"

@@ -137,7 +137,8 @@ def test_a_model_still_served_after_its_shutdown_date_runs_as_asked_with_a_notic
 def test_dry_run_predicts_replacements_from_the_table_without_calling_the_api(
     tmp_path: Path, emulator_factory: Any
 ) -> None:
-    """`run --dry-run` says what the run would do with retired ids, and creates nothing at the API."""
+    """`run --dry-run` says what the run would do with retired ids, and creates nothing at the API; an id
+    the table lacks is one the bundled emulator does not serve (the run would end it `unknown_model`)."""
     emulator = emulator_factory()
     env = cli_env(tmp_path / "home", emulator)
     (tmp_path / "boats.jsonl").write_bytes(FIVE_MODELS)
@@ -146,11 +147,12 @@ def test_dry_run_predicts_replacements_from_the_table_without_calling_the_api(
     assert f"{PRO_PREVIEW} was shut down on 2026-06-25: its lines run on {PRO}" in done.stderr
     assert f"{FLASH_PREVIEW} was shut down on 2026-06-25: its lines run on {FLASH}" in done.stderr
     assert f"{UNKNOWN} is not in promptdrop's model table" in done.stderr
-    assert "5 valid, 0 invalid" in done.stdout
+    assert "line 5: unknown_model" in done.stderr
+    assert "4 valid, 1 invalid" in done.stdout
     refuse = promptdrop(
         {**env, "PROMPTDROP_RETIRED_MODELS": "refuse"}, "run", "boats.jsonl", "--dry-run", cwd=tmp_path
     )
-    assert "3 valid, 2 invalid" in refuse.stdout and "retired_model" in refuse.stderr
+    assert "2 valid, 3 invalid" in refuse.stdout and "retired_model" in refuse.stderr
     assert batches(emulator) == []
 
 

@@ -7,9 +7,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from promptdrop import prompts
-from promptdrop.cost import LaneMoney, LaneTally
 from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError
-from promptdrop.prompts import ParseOptions, PromptRequest
+from promptdrop.prompts import ParseOptions
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.usecases.context import Context
@@ -63,14 +62,3 @@ def stage_input(ctx: Context, run: Run) -> None:
         ctx.blobs.copy(source.object, run.input_object, if_source_generation=source.generation)
     except (NotFoundError, PreconditionFailedError) as exc:  # gone or replaced meanwhile
         raise PermanentError(f"{source.object} was deleted or replaced before it could be read") from exc
-
-
-def estimate(ctx: Context, run: Run) -> LaneMoney:
-    """The run's cost estimate from its staged input: batch lines at the batch price, now lines at the
-    interactive price."""
-    tally = LaneTally()
-    with parsed_input(ctx, run) as lines:
-        for line in lines:
-            if isinstance(line, PromptRequest):
-                tally.add_estimate(line.lane, line.model, line.image_size, line.estimated_input_tokens)
-    return tally.total

@@ -16,6 +16,7 @@ import orjson
 
 from promptdrop import manifest
 from promptdrop.cost import CostTally, LaneTally
+from promptdrop.gallery import thumb_name
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
@@ -46,6 +47,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     cached = 0
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
+    kept: set[str] = set()  # the images of lines that succeeded
     with (
         ctx.blobs.open_write(layout.manifest, content_type="application/jsonl") as out_manifest,
         ctx.blobs.open_write(layout.errors, content_type="application/jsonl") as out_errors,
@@ -82,6 +84,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                 if outcome.status != "invalid" and line.lane == "now":
                     counts.now += 1
                 if outcome.status == "succeeded":
+                    kept.add(outcome.image or "")
                     counts.succeeded += 1
                     counts.valid += 1
                 else:
@@ -99,6 +102,9 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         ctx.blobs.delete(layout.errors)
     if not rejected_written:
         ctx.blobs.delete(layout.rejected)
+    if run.state is RunState.RECEIVED:
+        # Refused or cancelled before submission: images the cache copied meanwhile serve no line.
+        _drop_unaccounted(ctx, layout.folder, kept)
     # Every image of the run is written whole by now (the harvest flushes before its checkpoints).
     cache.fill(ctx, run, outcomes)
 
@@ -139,6 +145,19 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
         extra={"run_id": run.run_id},
     )
     return final
+
+
+def _drop_unaccounted(ctx: Context, folder: str, kept: set[str]) -> None:
+    """Delete the images (and their thumbnails) under ``folder`` that are not the image of a line that
+    succeeded: every image a run leaves has a ``succeeded`` manifest entry."""
+    thumbs = {name for image in kept if (name := thumb_name(folder, image)) is not None}
+    for sub, keep in (("images/", kept), ("thumbs/", thumbs)):
+        if not keep:  # the usual case (every line refused or cancelled): the folder at once
+            ctx.blobs.delete_prefix(folder + sub)
+            continue
+        for info in list(ctx.blobs.list(folder + sub)):
+            if info.name not in keep:
+                ctx.blobs.delete(info.name)
 
 
 def _end(

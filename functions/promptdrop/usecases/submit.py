@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from promptdrop import prompts
-from promptdrop.cost import LaneMoney, LaneTally
+from promptdrop.cost import CapEstimate, LaneMoney, LaneTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
@@ -26,7 +26,7 @@ from promptdrop.states import RunState
 from promptdrop.usecases.cache import CacheSplit, ImageDigests
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
-from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
+from promptdrop.usecases.inputs import parse_options, parsed_input, stage_input
 from promptdrop.usecases.settle import fail_refused, fail_unusable
 from promptdrop.usecases.workfiles import read_records, write_records, write_refused
 
@@ -64,24 +64,31 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         parse_options(ctx.settings, run.source.defaults)
     except PermanentError as exc:
         return fail_unusable(ctx, run, str(exc))
-    if ctx.settings.max_cost_usd is not None:
-        money = estimate(ctx, run)
-        if money.total is not None and money.total > ctx.settings.max_cost_usd:
-            split = f" (now lines ${money.now:.4f} at the interactive price)" if money.now else ""
-            reason = (
-                f"estimated cost ${money.total:.4f}{split} exceeds the budget cap "
-                f"PROMPTDROP_MAX_COST_USD=${ctx.settings.max_cost_usd:.4f}; nothing was submitted"
-            )
-            cost = _estimate_cost(money)
-            run = ctx.store.update_run(run.run_id, {"cost": cost.model_dump()})
-            return fail_refused(ctx, run, LineError("budget_exceeded", reason))
+    choose = ModelChooser(ctx)
     try:
-        plan = _write_chunks(ctx, run, deadline)
+        # Both caps are decided before anything is copied from the cache or sent.
+        money, unserved = _screen(ctx, run, choose)
+    except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
+        return fail_refused(ctx, run, refused.error)
+    notice = money.notice()
+    cap = ctx.settings.max_cost_usd
+    if cap is not None and money.amount > cap:
+        now = money.total.now
+        split = f" (now lines ${now:.4f} at the interactive price)" if now else ""
+        reason = (
+            f"estimated cost ${money.amount:.4f}{split} exceeds the budget cap "
+            f"PROMPTDROP_MAX_COST_USD=${cap:.4f}; nothing was submitted" + (f"; {notice}" if notice else "")
+        )
+        run = ctx.store.update_run(run.run_id, {"cost": _estimate_cost(money.known).model_dump()})
+        write_refused(ctx, ctx.layout(run.run_id), unserved)  # they end invalid, not over the budget
+        return fail_refused(ctx, run, LineError("budget_exceeded", reason))
+    if notice:
+        log.info("estimate: %s", notice, extra={"run_id": run.run_id})
+    try:
+        plan = _write_chunks(ctx, run, deadline, choose)
     except OutOfTimeError as paused:
         log.info("%s; the next tick goes on", paused, extra={"run_id": run.run_id})
         return run
-    except _RunRefused as refused:  # too many now lines: the whole run, before any line is sent
-        return fail_refused(ctx, run, refused.error)
     for job in plan.jobs:
         ctx.store.create_job(job)
     for choice in plan.models.values():
@@ -129,6 +136,40 @@ def _estimate_cost(money: LaneMoney) -> Cost:
     )
 
 
+def _screen(ctx: Context, run: Run, choose: ModelChooser) -> tuple[CapEstimate, list[Outcome]]:
+    """The estimate the budget cap is held against, after the now-lane cap (``_RunRefused``), and the lines
+    refused for their model.
+
+    Lines whose model the API does not serve end ``invalid`` and count nothing; a line whose model has no
+    known price counts at the highest known price for its size, so no line turns the cap off.
+    """
+    money = CapEstimate()
+    unserved: list[Outcome] = []
+    now_asked = 0
+    with parsed_input(ctx, run) as lines:
+        for line in lines:
+            if not isinstance(line, PromptRequest):
+                continue
+            if line.lane == "now":
+                now_asked += 1
+                if now_asked > ctx.settings.max_now_lines:
+                    raise _RunRefused(_now_cap_error(ctx, line))
+            choice = choose(line.model)
+            if choice.model is None:
+                unserved.append(_invalid(line, _model_error(choice)))
+            else:
+                money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
+    return money, unserved
+
+
+def _model_error(choice: ModelChoice) -> LineError:
+    return LineError(choice.code or "unknown_model", choice.message or "")
+
+
+def _invalid(line: PromptRequest, error: LineError) -> Outcome:
+    return Outcome.failure(line.key, error, attempt=0, model=line.model, status="invalid")
+
+
 def _now_cap_error(ctx: Context, line: PromptRequest) -> LineError:
     cap = ctx.settings.max_now_lines
     return LineError(
@@ -168,13 +209,11 @@ class _Plan:
     models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
-def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
+def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelChooser) -> _Plan:
     plan = _Plan(cache=CacheSplit(ctx, run))
-    choose = ModelChooser(ctx)
     plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
     planner = ChunkPlanner(ctx, run, attempt=1)
     references = _ReferenceImages(ctx, run, deadline, plan.cache.digests)
-    now_asked = 0
     try:
         with parsed_input(ctx, run) as lines:
             for line in lines:
@@ -182,16 +221,11 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
                 if not isinstance(line, PromptRequest):
                     plan.counts.invalid += 1
                     continue
-                if line.lane == "now":
-                    # Counted before anything is done for the line (no reference image is uploaded).
-                    now_asked += 1
-                    if now_asked > ctx.settings.max_now_lines:
-                        raise _RunRefused(_now_cap_error(ctx, line))
                 try:
                     # The API decides what is served; a retired id runs on its replacement, or is refused.
                     choice = choose(line.model)
                     if choice.model is None:
-                        raise _Refused(LineError(choice.code or "unknown_model", choice.message or ""))
+                        raise _Refused(_model_error(choice))
                     model = choice.model
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
@@ -208,11 +242,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
                         )
                 except _Refused as refused:
                     plan.counts.invalid += 1
-                    plan.refused.append(
-                        Outcome.failure(
-                            line.key, refused.error, attempt=0, model=line.model, status="invalid"
-                        )
-                    )
+                    plan.refused.append(_invalid(line, refused.error))
                     continue
                 plan.counts.valid += 1
                 plan.counts.now += line.lane == "now"
