@@ -10,12 +10,14 @@ outputs (the event is at least once).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import orjson
 
 from promptdrop import manifest
 from promptdrop.cost import CostTally, LaneTally
+from promptdrop.logs import LINE_OUTCOMES, RUN_ENDED, metric_fields
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
@@ -44,6 +46,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     tally = LaneTally()
     saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
     cached = 0
+    problems: Counter[str] = Counter()  # outcome codes of the lines that did not succeed
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
     with (
@@ -94,6 +97,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                         orjson.dumps(manifest.error_line(line.input_form, entry["error"])) + b"\n"
                     )
                     errors_written += 1
+            if entry.get("error"):
+                problems[entry["error"]["code"]] += 1
             out_manifest.write(orjson.dumps(entry) + b"\n")
     if not errors_written:
         ctx.blobs.delete(layout.errors)
@@ -128,6 +133,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "reason": manifest.final_reason(state, counts, refused=refused.message if refused else None),
         },
         lambda: parsed_input(ctx, run),
+        problems,
     )
     log.info(
         "run %s: %d succeeded, %d failed, %d invalid of %d lines",
@@ -147,6 +153,7 @@ def _end(
     jobs: list[Job],
     update: dict[str, Any],
     lines: gallery.InputOpener | None = None,
+    problems: Counter[str] | None = None,
 ) -> Run:
     """Gallery, summary and event, then the terminal state (only from an active state), then the scratch files.
 
@@ -160,11 +167,31 @@ def _end(
         mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
     )
     final = ctx.store.update_run(run.run_id, changes, if_states=RUN_ACTIVE)
+    _log_end(final, problems or Counter())
     delete_work(ctx, run.run_id)
     # Writes of images, thumbnails or pages that a kill cut off left temporaries beside the outputs; the run
     # has ended (fenced), so nothing may still be writing them.
     ctx.blobs.sweep_interrupted(ctx.layout(run.run_id).folder)
     return final
+
+
+def _log_end(run: Run, problems: Counter[str]) -> None:
+    """The structured lines the deployment's metrics count: the run's end, and its lines by problem code."""
+    cost = run.cost
+    billed = None if cost.batch is None or cost.now is None else round(cost.batch + cost.now, 6)
+    fields = metric_fields(
+        RUN_ENDED,
+        state=run.state.value,
+        lines=run.counts.lines,
+        succeeded=run.counts.succeeded,
+        failed=run.counts.failed,
+        invalid=run.counts.invalid,
+        cost_usd=billed,
+    )
+    log.info("run ended: %s", run.state.value, extra={"run_id": run.run_id, **fields})
+    for code, count in sorted(problems.items()):
+        extra = {"run_id": run.run_id, **metric_fields(LINE_OUTCOMES, code=code, count=count)}
+        log.info("%d line(s) ended %s", count, code, extra=extra)
 
 
 def _announce(ctx: Context, final: Run, jobs: list[Job], lines: gallery.InputOpener | None = None) -> None:
