@@ -199,3 +199,20 @@ variable "webhook_secret_version" {
     error_message = "webhook_secret_version must be a version number such as \"3\", not an alias like \"latest\"."
   }
 }
+
+variable "alert_email" {
+  description = "Where the alert policies (infra/monitoring.tf) send their notifications. Empty: only the log-based metrics are created (no channel, no policy, no dashboard)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alert_email == "" || can(regex("^[^@\\s]+@[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be empty or one e-mail address."
+  }
+}
+
+variable "alert_function_errors_per_minute" {
+  description = "Alert when the functions log more ERROR lines than this per minute, averaged over 10 minutes."
+  type        = number
+  default     = 1
+}
