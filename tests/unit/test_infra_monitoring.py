@@ -36,7 +36,9 @@ def test_only_the_metrics_exist_without_an_alert_email() -> None:
             if kind == "google_logging_metric":
                 assert "count" not in body, f"{kind}.{name} must exist whatever alert_email says"
             else:
-                assert body.get("count") == "${local.alerts}", f"{kind}.{name} must be counted by local.alerts"
+                assert body.get("count") == "${local.alerts}", (
+                    f"{kind}.{name} must be counted by local.alerts"
+                )
 
 
 def test_each_alert_policy_notifies_the_email_channel_and_says_what_to_do() -> None:
@@ -44,7 +46,9 @@ def test_each_alert_policy_notifies_the_email_channel_and_says_what_to_do() -> N
     policies = _resources()["google_monitoring_alert_policy"]
     assert set(policies) == {"run_overdue", "dead_letters", "function_errors"}
     for name, body in policies.items():
-        assert body["notification_channels"] == ["${google_monitoring_notification_channel.email[0].id}"], name
+        assert body["notification_channels"] == ["${google_monitoring_notification_channel.email[0].id}"], (
+            name
+        )
         assert body["documentation"][0]["content"], name
     dead = policies["dead_letters"]["conditions"][0]["condition_threshold"][0]["filter"]
     assert "google_pubsub_subscription.dead_letter.name" in dead
