@@ -54,6 +54,9 @@ class Settings(BaseModel):
     output_prefix: str = "outputs/"
     events_topic: str | None = None
     max_cost_usd: float | None = None
+    # Spend caps across runs, per UTC day and month (usecases/spending.py): a run over one waits in RECEIVED.
+    max_spend_usd_per_day: float | None = Field(default=None, ge=0)
+    max_spend_usd_per_month: float | None = Field(default=None, ge=0)
     max_attempts: int = 3
     job_deadline: float = 36 * 3600.0  # seconds; the API expires jobs at 48 h
     max_line_bytes: int = 20 * MiB

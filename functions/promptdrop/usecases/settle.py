@@ -22,7 +22,7 @@ from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RUN_ACTIVE, RunState
-from promptdrop.usecases import cache, gallery
+from promptdrop.usecases import cache, gallery, spending
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import parsed_input
 from promptdrop.usecases.workfiles import delete_work, load_outcomes
@@ -163,6 +163,8 @@ def _end(
     _announce(ctx, final, jobs, lines)
     # Before the end is recorded: scratch that a crash leaves behind now expires from the run's end.
     ctx.blobs.mark_ended(ctx.layout(run.run_id).work, final.finished_at or ctx.clock())
+    # Before the end is recorded: a crash here settles again, and the ledger entry is replaced, not added.
+    spending.settle(ctx, final)
     changes = final.model_dump(
         mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
     )

@@ -23,6 +23,7 @@ from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
+from promptdrop.usecases import spending
 from promptdrop.usecases.cache import CacheSplit
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
@@ -75,6 +76,12 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
             cost = _estimate_cost(money)
             run = ctx.store.update_run(run.run_id, {"cost": cost.model_dump()})
             return fail_refused(ctx, run, LineError("budget_exceeded", reason))
+    if spending.caps(ctx):
+        # A waiting run keeps its estimate, so a run checked again at every tick is not parsed again.
+        amount = run.cost.estimate if run.cost.estimate is not None else estimate(ctx, run).total
+        waiting = spending.reserve(ctx, run, _spend_amount(amount))
+        if waiting is not None:
+            return waiting
     try:
         plan = _write_chunks(ctx, run, deadline)
     except OutOfTimeError as paused:
@@ -118,6 +125,12 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         extra={"run_id": run.run_id},
     )
     return run
+
+
+def _spend_amount(estimate: float | None) -> float:
+    """What a run reserves against the period caps. An estimate that is unknown (a model without a price)
+    must not pass the caps for free: it is refused by any cap until it can be priced."""
+    return float("inf") if estimate is None else estimate
 
 
 def _estimate_cost(money: LaneMoney) -> Cost:

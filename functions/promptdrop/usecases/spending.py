@@ -1,0 +1,78 @@
+"""Spend caps across runs (``PROMPTDROP_MAX_SPEND_USD_PER_DAY`` / ``..._PER_MONTH``; rules in ``spend.py``).
+
+Submission reserves the run's estimate in the ledger of each capped UTC period before anything is sent;
+settle replaces the reservation with what the run was billed (batch plus now lane; lines served from the
+pay-once cache cost nothing). A run the caps do not allow waits in ``RECEIVED`` with the reason and is
+checked again at every tick (one store transaction: its estimate is kept on the run, so a waiting run is not
+parsed again), so it goes on by itself at the next tick after the period turns or the cap is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from promptdrop import spend
+from promptdrop.records import Run
+from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def caps(ctx: Context, now: float | None = None) -> list[spend.SpendCap]:
+    settings = ctx.settings
+    return spend.caps_at(
+        ctx.clock() if now is None else now,
+        per_day=settings.max_spend_usd_per_day,
+        per_month=settings.max_spend_usd_per_month,
+    )
+
+
+def reserve(ctx: Context, run: Run, amount: float) -> Run | None:
+    """Reserve ``amount`` for the run in every capped period. None when reserved (or no cap is set); else
+    the run, still RECEIVED, with the reason and its next check."""
+    in_force = caps(ctx)
+    if not in_force:
+        return None
+    # The periods go on the run first: settle then always knows which ledgers to correct, even after a
+    # crash between the two writes (settling a period the run never reserved in writes its cost there).
+    run = ctx.store.update_run(run.run_id, {"spend_periods": spend.period_keys_of(in_force)})
+    refused = ctx.store.reserve_spend(run.run_id, amount, in_force)
+    if refused is None:
+        return None
+    reason = refused.reason()
+    log.warning(reason, extra={"run_id": run.run_id})
+    estimate = run.cost.model_copy(update={"estimate": amount})
+    return ctx.store.update_run(
+        run.run_id,
+        {
+            "reason": reason,
+            "cost": estimate.model_dump(),
+            "next_attempt_at": ctx.clock(),  # due again at the next tick
+        },
+    )
+
+
+def settle(ctx: Context, run: Run) -> None:
+    """Replace the run's reservations with what it was billed (its estimate where a price is unknown)."""
+    if not run.spend_periods:
+        return
+    cost = run.cost
+    billed = None if cost.batch is None or cost.now is None else cost.batch + cost.now
+    amount = billed if billed is not None else (cost.estimate or 0.0)
+    ctx.store.settle_spend(run.run_id, run.spend_periods, amount)
+
+
+@dataclass(frozen=True, slots=True)
+class CapStatus:
+    cap: spend.SpendCap
+    spent: float
+
+
+def status(ctx: Context) -> list[CapStatus]:
+    """Each cap in force now, and what its period holds (settled costs plus open reservations)."""
+    in_force = caps(ctx)
+    if not in_force:
+        return []
+    spent = ctx.store.spent(spend.period_keys_of(in_force))
+    return [CapStatus(cap, spent.get(cap.key, 0.0)) for cap in in_force]
