@@ -116,19 +116,22 @@ variable "functions" {
 variable "settings" {
   description = "Optional promptdrop settings passed to every function as PROMPTDROP_* variables; null keeps the code's default."
   type = object({
-    model                = optional(string)
-    retired_models       = optional(string) # "upgrade" (default) or "refuse"
-    priority             = optional(number)
-    max_cost_usd         = optional(number)
-    max_attempts         = optional(number)
-    job_deadline         = optional(string) # e.g. "36h"
-    max_jobs_in_flight   = optional(number)
-    max_file_bytes       = optional(number)
-    max_line_bytes       = optional(number)
-    max_enqueued_tokens  = optional(number)
-    max_requests_per_job = optional(number)
-    upload_concurrency   = optional(number)
-    gemini_base_url      = optional(string)
+    model          = optional(string)
+    retired_models = optional(string) # "upgrade" (default) or "refuse"
+    priority       = optional(number)
+    max_cost_usd   = optional(number)
+    # Spend caps across runs (UTC day and month): a run over one waits until the period turns.
+    max_spend_usd_per_day   = optional(number)
+    max_spend_usd_per_month = optional(number)
+    max_attempts            = optional(number)
+    job_deadline            = optional(string) # e.g. "36h"
+    max_jobs_in_flight      = optional(number)
+    max_file_bytes          = optional(number)
+    max_line_bytes          = optional(number)
+    max_enqueued_tokens     = optional(number)
+    max_requests_per_job    = optional(number)
+    upload_concurrency      = optional(number)
+    gemini_base_url         = optional(string)
     # The now lane (issue 16).
     max_now_lines   = optional(number)
     now_concurrency = optional(number)

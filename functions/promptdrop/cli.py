@@ -32,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from promptdrop import logs, prompts
+from promptdrop import logs, prompts, spend
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.cost import CostTally, LaneTally
@@ -44,6 +44,7 @@ from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
 from promptdrop.models import predict_choice
+from promptdrop.ports import JobStore
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
@@ -489,6 +490,7 @@ def status(
                 _money(r.cost.batch or r.cost.estimate),
             )
         out.print(table)
+        _print_spend(settings, store)
         return
     record = store.get_run(run_id)
     if record is None:
@@ -528,6 +530,19 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def _print_spend(settings: Settings, store: JobStore) -> None:
+    """Today's and this month's spend (settled costs plus reservations) against the caps in force."""
+    caps = spend.caps_at(
+        time.time(), per_day=settings.max_spend_usd_per_day, per_month=settings.max_spend_usd_per_month
+    )
+    spent = store.spent(spend.period_keys_of(caps)) if caps else {}
+    for cap in caps:
+        out.print(
+            f"spend {cap.period} {cap.label}: {_money(spent.get(cap.key, 0.0))} of {_money(cap.limit)} "
+            f"({cap.variable})"
+        )
 
 
 def _cache_would_serve(settings: Settings, record: Run) -> int | None:
