@@ -95,6 +95,25 @@ resource "google_logging_metric" "runs_overdue" {
   depends_on = [google_project_service.apis]
 }
 
+resource "google_logging_metric" "spend_near_cap" {
+  name        = "${var.name_prefix}/spend_near_cap"
+  description = "Submissions that found a period's spend ledger at 80% or more of its cap (PROMPTDROP_MAX_SPEND_USD_PER_DAY / _PER_MONTH), by period."
+  filter      = "${local.function_logs} AND jsonPayload.event=\"spend_near_cap\""
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+    labels {
+      key        = "period"
+      value_type = "STRING"
+    }
+  }
+  label_extractors = {
+    period = "EXTRACT(jsonPayload.period)"
+  }
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_logging_metric" "function_errors" {
   name        = "${var.name_prefix}/function_errors"
   description = "ERROR lines (and worse) logged by the functions."
@@ -166,6 +185,31 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   }
 }
 
+resource "google_monitoring_alert_policy" "spend_near_cap" {
+  count                 = local.alerts
+  display_name          = "${var.name_prefix}: spend above 80% of a cap"
+  combiner              = "OR"
+  notification_channels = [google_monitoring_notification_channel.email[0].id]
+  documentation {
+    content   = "A day's or month's spend (settled costs plus reservations) reached 80% of PROMPTDROP_MAX_SPEND_USD_PER_DAY / _PER_MONTH. Runs past the cap wait in RECEIVED until the period turns or the cap is raised (settings.max_spend_usd_per_day / _per_month); `promptdrop status` shows the spend."
+    mime_type = "text/markdown"
+  }
+  conditions {
+    display_name = "spend_near_cap > 0"
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.spend_near_cap.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+}
+
 resource "google_monitoring_alert_policy" "function_errors" {
   count                 = local.alerts
   display_name          = "${var.name_prefix}: functions logging errors"
@@ -202,6 +246,7 @@ resource "google_monitoring_dashboard" "operations" {
           { title = "Runs ended, by state", metric = google_logging_metric.runs_ended.name, aligner = "ALIGN_SUM", group = "metric.label.state", resource = "cloud_run_revision" },
           { title = "Failed and invalid lines, by code", metric = google_logging_metric.line_outcomes.name, aligner = "ALIGN_DELTA", group = "metric.label.code", resource = "cloud_run_revision" },
           { title = "Spend per run (USD)", metric = google_logging_metric.spend.name, aligner = "ALIGN_DELTA", group = "metric.label.state", resource = "cloud_run_revision" },
+          { title = "Spend near a cap", metric = google_logging_metric.spend_near_cap.name, aligner = "ALIGN_SUM", group = "metric.label.period", resource = "cloud_run_revision" },
           { title = "Runs overdue", metric = google_logging_metric.runs_overdue.name, aligner = "ALIGN_SUM", group = "", resource = "cloud_run_revision" },
           { title = "Function errors", metric = google_logging_metric.function_errors.name, aligner = "ALIGN_SUM", group = "", resource = "cloud_run_revision" },
           ] : {

@@ -22,6 +22,9 @@ _secrets: set[str] = set()
 RUN_ENDED = "run_ended"  # a run reached a terminal state: state, lines by status, cost_usd
 LINE_OUTCOMES = "line_outcomes"  # at a run's end, one line per outcome code: code, count
 RUN_OVERDUE = "run_overdue"  # a run still active an hour past the longest a run may take
+SPEND_NEAR_CAP = (
+    "spend_near_cap"  # a period's ledger holds 80% or more of its spend cap: period, spent, limit
+)
 _EVENT_FIELDS = "_promptdrop_fields"
 
 

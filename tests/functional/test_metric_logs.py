@@ -105,9 +105,20 @@ def test_every_metric_reads_fields_a_log_line_of_the_code_carries(
     assert late.run is not None and not late.run.state.terminal
     future = poll.overdue_at(late.run, pipeline.ctx.settings) + 5
     poll.tick(dataclasses.replace(pipeline.ctx, clock=lambda: future))
+    # A day capped at $0.08: a one-line run (about $0.067) takes it past 80%.
+    capped = pipeline.context(max_spend_usd_per_day=0.08)
+    near = pipeline.drop("near.jsonl", jsonl({"prompt": "a kite", "key": "k"}), capped)
+    assert near.run is not None and near.run.spend_periods
 
     metrics = _metrics()
-    assert {"runs_ended", "spend", "line_outcomes", "runs_overdue", "function_errors"} <= set(metrics)
+    assert {
+        "runs_ended",
+        "spend",
+        "line_outcomes",
+        "runs_overdue",
+        "function_errors",
+        "spend_near_cap",
+    } <= set(metrics)
     logging.getLogger("promptdrop.test").error("an error line, as any function may log")
     for name, body in metrics.items():
         matching = [line for line in captured.lines if _matches(line, body["filter"])]

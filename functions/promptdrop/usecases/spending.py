@@ -13,10 +13,14 @@ import logging
 from dataclasses import dataclass
 
 from promptdrop import spend
+from promptdrop.logs import SPEND_NEAR_CAP, metric_fields
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
 
 log = logging.getLogger(__name__)
+
+# A period whose ledger holds this share of its cap is reported (the deployment's spend alert counts it).
+NEAR_CAP_SHARE = 0.8
 
 
 def caps(ctx: Context, now: float | None = None) -> list[spend.SpendCap]:
@@ -38,6 +42,7 @@ def reserve(ctx: Context, run: Run, amount: float) -> Run | None:
     # crash between the two writes (settling a period the run never reserved in writes its cost there).
     run = ctx.store.update_run(run.run_id, {"spend_periods": spend.period_keys_of(in_force)})
     refused = ctx.store.reserve_spend(run.run_id, amount, in_force)
+    _report_near_caps(ctx, run, in_force)
     if refused is None:
         return None
     reason = refused.reason()
@@ -51,6 +56,22 @@ def reserve(ctx: Context, run: Run, amount: float) -> Run | None:
             "next_attempt_at": ctx.clock(),  # due again at the next tick
         },
     )
+
+
+def _report_near_caps(ctx: Context, run: Run, in_force: list[spend.SpendCap]) -> None:
+    spent = ctx.store.spent(spend.period_keys_of(in_force))
+    for cap in in_force:
+        held = spent.get(cap.key, 0.0)
+        if held >= NEAR_CAP_SHARE * cap.limit:
+            fields = metric_fields(SPEND_NEAR_CAP, period=cap.period, spent=round(held, 4), limit=cap.limit)
+            log.warning(
+                "%s holds $%.4f of %s=$%.2f",
+                cap.label,
+                held,
+                cap.variable,
+                cap.limit,
+                extra={"run_id": run.run_id, **fields},
+            )
 
 
 def settle(ctx: Context, run: Run) -> None:
