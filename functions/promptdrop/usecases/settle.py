@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from promptdrop import manifest
-from promptdrop.cost import CostTally, LaneTally
+from promptdrop.cost import CostTally, LaneTally, ModelTally
 from promptdrop.logs import LINE_OUTCOMES, RUN_ENDED, metric_fields
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
@@ -47,6 +47,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
     cached = 0
     problems: Counter[str] = Counter()  # outcome codes of the lines that did not succeed
+    by_model = ModelTally()
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
     with (
@@ -82,6 +83,14 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                         saved_by_cache.add_usage(outcome.model, Usage(**outcome.usage))
                 elif outcome.usage and outcome.model:
                     tally.add_usage(line.lane, outcome.model, Usage(**outcome.usage))
+                if outcome.status != "invalid" and (outcome.model or line.model):
+                    by_model.add(
+                        outcome.model or line.model or "",
+                        lane=line.lane,
+                        usage=Usage(**outcome.usage) if outcome.usage else None,
+                        succeeded=outcome.status == "succeeded",
+                        cached=outcome.cached_from is not None,
+                    )
                 if outcome.status != "invalid" and line.lane == "now":
                     counts.now += 1
                 if outcome.status == "succeeded":
@@ -131,6 +140,7 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "counts": counts,
             "cost": cost,
             "reason": manifest.final_reason(state, counts, refused=refused.message if refused else None),
+            "by_model": by_model.to_json(),
         },
         lambda: parsed_input(ctx, run),
         problems,
@@ -166,7 +176,8 @@ def _end(
     # Before the end is recorded: a crash here settles again, and the ledger entry is replaced, not added.
     spending.settle(ctx, final)
     changes = final.model_dump(
-        mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
+        mode="json",
+        include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at", "by_model"},
     )
     final = ctx.store.update_run(run.run_id, changes, if_states=RUN_ACTIVE)
     _log_end(final, problems or Counter())
