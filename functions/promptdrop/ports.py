@@ -61,8 +61,11 @@ class BlobStore(Protocol):
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_generation: str | None = None,
     ) -> bool:
-        """Write atomically. With ``if_absent`` return False (and change nothing) if the object exists."""
+        """Write atomically. With ``if_absent`` return False (and change nothing) if the object exists; with
+        ``if_generation``, write only over that generation of the object (a read-modify-write), else raise
+        PreconditionFailedError and change nothing."""
         ...
 
     def list(self, prefix: str) -> Iterator[BlobInfo]: ...

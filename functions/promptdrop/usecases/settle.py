@@ -211,6 +211,7 @@ def _announce(ctx: Context, final: Run, jobs: list[Job], lines: gallery.InputOpe
     """Write the gallery page and summary.json for a run that is ending, then publish the run event (at least
     once). ``lines`` opens the parsed input, for the page's prompts (none for an unusable file)."""
     gallery.publish(ctx, final, jobs, lines)
+    gallery.list_run(ctx, final)
     layout = ctx.layout(final.run_id)
     summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
     ctx.blobs.write_bytes(

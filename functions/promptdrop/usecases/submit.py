@@ -17,13 +17,13 @@ from typing import Any
 
 from promptdrop import prompts
 from promptdrop.cost import LaneMoney, LaneTally
-from promptdrop.errors import OutOfTimeError, PermanentError, TransientError
+from promptdrop.errors import OutOfTimeError, PermanentError, PromptdropError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
-from promptdrop.usecases import spending
+from promptdrop.usecases import gallery, spending
 from promptdrop.usecases.cache import CacheSplit
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
@@ -116,6 +116,10 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         },
         if_states=[RunState.RECEIVED],
     )
+    try:
+        gallery.list_run(ctx, run)
+    except PromptdropError as exc:  # only the page of all runs: its row is written again at the run's end
+        log.warning("page of all runs not updated: %s", exc, extra={"run_id": run.run_id})
     log.info(
         "submitted %d valid of %d lines (%d in the now lane) in %d job(s)",
         plan.counts.valid,
