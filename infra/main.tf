@@ -106,23 +106,25 @@ locals {
     MALLOC_ARENA_MAX = "2"
   }
   tunable_env = {
-    PROMPTDROP_MODEL                = var.settings.model
-    PROMPTDROP_RETIRED_MODELS       = var.settings.retired_models
-    PROMPTDROP_PRIORITY             = var.settings.priority
-    PROMPTDROP_MAX_COST_USD         = var.settings.max_cost_usd
-    PROMPTDROP_MAX_ATTEMPTS         = var.settings.max_attempts
-    PROMPTDROP_JOB_DEADLINE         = var.settings.job_deadline
-    PROMPTDROP_MAX_JOBS_IN_FLIGHT   = var.settings.max_jobs_in_flight
-    PROMPTDROP_MAX_FILE_BYTES       = var.settings.max_file_bytes
-    PROMPTDROP_MAX_LINE_BYTES       = var.settings.max_line_bytes
-    PROMPTDROP_MAX_ENQUEUED_TOKENS  = var.settings.max_enqueued_tokens
-    PROMPTDROP_MAX_REQUESTS_PER_JOB = var.settings.max_requests_per_job
-    PROMPTDROP_UPLOAD_CONCURRENCY   = var.settings.upload_concurrency
-    PROMPTDROP_GEMINI_BASE_URL      = var.settings.gemini_base_url
-    PROMPTDROP_MAX_NOW_LINES        = var.settings.max_now_lines
-    PROMPTDROP_NOW_CONCURRENCY      = var.settings.now_concurrency
-    PROMPTDROP_NOW_CHUNK_LINES      = var.settings.now_chunk_lines
-    PROMPTDROP_NOW_BASE_URL         = var.settings.now_base_url
+    PROMPTDROP_MODEL                   = var.settings.model
+    PROMPTDROP_RETIRED_MODELS          = var.settings.retired_models
+    PROMPTDROP_PRIORITY                = var.settings.priority
+    PROMPTDROP_MAX_COST_USD            = var.settings.max_cost_usd
+    PROMPTDROP_MAX_SPEND_USD_PER_DAY   = var.settings.max_spend_usd_per_day
+    PROMPTDROP_MAX_SPEND_USD_PER_MONTH = var.settings.max_spend_usd_per_month
+    PROMPTDROP_MAX_ATTEMPTS            = var.settings.max_attempts
+    PROMPTDROP_JOB_DEADLINE            = var.settings.job_deadline
+    PROMPTDROP_MAX_JOBS_IN_FLIGHT      = var.settings.max_jobs_in_flight
+    PROMPTDROP_MAX_FILE_BYTES          = var.settings.max_file_bytes
+    PROMPTDROP_MAX_LINE_BYTES          = var.settings.max_line_bytes
+    PROMPTDROP_MAX_ENQUEUED_TOKENS     = var.settings.max_enqueued_tokens
+    PROMPTDROP_MAX_REQUESTS_PER_JOB    = var.settings.max_requests_per_job
+    PROMPTDROP_UPLOAD_CONCURRENCY      = var.settings.upload_concurrency
+    PROMPTDROP_GEMINI_BASE_URL         = var.settings.gemini_base_url
+    PROMPTDROP_MAX_NOW_LINES           = var.settings.max_now_lines
+    PROMPTDROP_NOW_CONCURRENCY         = var.settings.now_concurrency
+    PROMPTDROP_NOW_CHUNK_LINES         = var.settings.now_chunk_lines
+    PROMPTDROP_NOW_BASE_URL            = var.settings.now_base_url
   }
   # Every function learns whether webhooks are on: with them, the poller polls each job only every
   # webhook_poll_seconds (the net for lost deliveries) instead of on every tick.
@@ -142,6 +144,7 @@ locals {
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",

@@ -116,19 +116,22 @@ variable "functions" {
 variable "settings" {
   description = "Optional promptdrop settings passed to every function as PROMPTDROP_* variables; null keeps the code's default."
   type = object({
-    model                = optional(string)
-    retired_models       = optional(string) # "upgrade" (default) or "refuse"
-    priority             = optional(number)
-    max_cost_usd         = optional(number)
-    max_attempts         = optional(number)
-    job_deadline         = optional(string) # e.g. "36h"
-    max_jobs_in_flight   = optional(number)
-    max_file_bytes       = optional(number)
-    max_line_bytes       = optional(number)
-    max_enqueued_tokens  = optional(number)
-    max_requests_per_job = optional(number)
-    upload_concurrency   = optional(number)
-    gemini_base_url      = optional(string)
+    model          = optional(string)
+    retired_models = optional(string) # "upgrade" (default) or "refuse"
+    priority       = optional(number)
+    max_cost_usd   = optional(number)
+    # Spend caps across runs (UTC day and month): a run over one waits until the period turns.
+    max_spend_usd_per_day   = optional(number)
+    max_spend_usd_per_month = optional(number)
+    max_attempts            = optional(number)
+    job_deadline            = optional(string) # e.g. "36h"
+    max_jobs_in_flight      = optional(number)
+    max_file_bytes          = optional(number)
+    max_line_bytes          = optional(number)
+    max_enqueued_tokens     = optional(number)
+    max_requests_per_job    = optional(number)
+    upload_concurrency      = optional(number)
+    gemini_base_url         = optional(string)
     # The now lane (issue 16).
     max_now_lines   = optional(number)
     now_concurrency = optional(number)
@@ -198,4 +201,21 @@ variable "webhook_secret_version" {
     condition     = var.webhook_secret_version == null || can(regex("^[1-9][0-9]*$", var.webhook_secret_version))
     error_message = "webhook_secret_version must be a version number such as \"3\", not an alias like \"latest\"."
   }
+}
+
+variable "alert_email" {
+  description = "Where the alert policies (infra/monitoring.tf) send their notifications. Empty: only the log-based metrics are created (no channel, no policy, no dashboard)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alert_email == "" || can(regex("^[^@\\s]+@[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be empty or one e-mail address."
+  }
+}
+
+variable "alert_function_errors_per_minute" {
+  description = "Alert when the functions log more ERROR lines than this per minute, averaged over 10 minutes."
+  type        = number
+  default     = 1
 }

@@ -34,7 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from promptdrop import logs, prompts
+from promptdrop import logs, prompts, reporting, spend
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.cost import CapEstimate, CostTally
@@ -46,9 +46,10 @@ from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
 from promptdrop.models import ModelChoice, choose_model, model_spec, predict_choice, served_by_schedule
+from promptdrop.ports import JobStore
 from promptdrop.records import Run
-from promptdrop.settings import Settings
-from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
+from promptdrop.settings import Settings, parse_duration
+from promptdrop.states import RUN_ACTIVE, RUN_TERMINAL, JobPhase, RunState
 from promptdrop.usecases import cache, poll, receive, webhook
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import extract_results
@@ -102,6 +103,10 @@ def _context(settings: Settings) -> Context:
 
 def _exit_code(state: RunState) -> int:
     return 0 if state in (RunState.SUCCEEDED, RunState.PARTIAL) else 1
+
+
+# `report` reads at most this many ended runs (a year of a busy deployment: 100 runs a day).
+REPORT_MAX_RUNS = 50_000
 
 
 def _money(value: float | None) -> str:
@@ -519,6 +524,7 @@ def status(
                 _money(r.cost.batch or r.cost.estimate),
             )
         out.print(table)
+        _print_spend(settings, store)
         return
     record = store.get_run(run_id)
     if record is None:
@@ -558,6 +564,19 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def _print_spend(settings: Settings, store: JobStore) -> None:
+    """Today's and this month's spend (settled costs plus reservations) against the caps in force."""
+    caps = spend.caps_at(
+        time.time(), per_day=settings.max_spend_usd_per_day, per_month=settings.max_spend_usd_per_month
+    )
+    spent = store.spent(spend.period_keys_of(caps)) if caps else {}
+    for cap in caps:
+        out.print(
+            f"spend {cap.period} {cap.label}: {_money(spent.get(cap.key, 0.0))} of {_money(cap.limit)} "
+            f"({cap.variable})"
+        )
 
 
 def _cache_would_serve(settings: Settings, record: Run) -> int | None:
@@ -652,6 +671,39 @@ def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> 
     state = final.state.value if final else "unknown"
     out.print(f"{run_id}: cancel requested; state {state}")
     raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str, typer.Option(help="How far back: runs that ended in the last 30d, 12h, ...")
+    ] = "30d",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """What the runs that ended cost, per UTC day and model: lines, images, batch and now cost, savings."""
+    settings = _settings()
+    window = parse_duration(since)
+    if window is None:
+        err.print(f"error: --since {since!r}: expected a duration such as 30d, 12h or 90m", markup=False)
+        raise typer.Exit(2)
+    ended = job_store(settings).list_runs(RUN_TERMINAL, limit=REPORT_MAX_RUNS)
+    table_rows = [row.to_json() for row in reporting.rows(ended, since=time.time() - window)]
+    if as_json:
+        out.print_json(orjson.dumps({"since": since, "rows": table_rows}).decode())
+        return
+    table = Table(
+        "day", "model", "runs", "lines", "images", "cached", "batch", "now", "saved", "saved by cache"
+    )
+    for row in table_rows:
+        table.add_row(
+            row["day"],
+            row["model"],
+            *(str(row[name]) for name in ("runs", "lines", "images", "cached")),
+            *(_money(row[name]) for name in ("batch", "now", "saved", "saved_by_cache")),
+        )
+    out.print(table)
+    if not table_rows:
+        out.print(f"no run ended in the last {since}")
 
 
 @app.command()

@@ -195,3 +195,47 @@ class CapEstimate:
             f"{self.unpriced} line(s) without a known price counted at the highest known price for their "
             "image size: " + "; ".join(parts)
         )
+
+
+class ModelTally:
+    """A run's use of each model, for ``summary.json``'s ``by_model`` and ``promptdrop report``: lines that
+    ran on it, images delivered, lines served from the pay-once cache, and money like the run's totals
+    (batch lane at the batch price and at the interactive one, now lane, what the cache saved). A money
+    figure of a model without a price is None."""
+
+    _MONEY = ("batch", "interactive", "now", "saved_by_cache")
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, float | int | None]] = {}
+
+    def add(self, model: str, *, lane: str, usage: Usage | None, succeeded: bool, cached: bool) -> None:
+        row = self._models.setdefault(
+            model, {"lines": 0, "images": 0, "cached": 0, **dict.fromkeys(self._MONEY, 0.0)}
+        )
+        row["lines"] = int(row["lines"] or 0) + 1
+        row["images"] = int(row["images"] or 0) + int(succeeded)
+        row["cached"] = int(row["cached"] or 0) + int(cached)
+        if usage is None:
+            return
+        batch, interactive = usage_cost(model, usage, batch=True), usage_cost(model, usage, batch=False)
+        if cached:
+            self._add(row, "saved_by_cache", batch)
+        elif lane == "now":
+            self._add(row, "now", interactive)
+        else:
+            self._add(row, "batch", batch)
+            self._add(row, "interactive", interactive)
+
+    @staticmethod
+    def _add(row: dict[str, float | int | None], name: str, amount: float | None) -> None:
+        current = row[name]
+        row[name] = None if current is None or amount is None else float(current) + amount
+
+    def to_json(self) -> dict[str, dict[str, float | int | None]]:
+        return {
+            model: {
+                name: round(value, _DIGITS) if isinstance(value, float) else value
+                for name, value in row.items()
+            }
+            for model, row in sorted(self._models.items())
+        }

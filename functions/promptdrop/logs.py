@@ -1,6 +1,9 @@
 """Logging set-up: JSON lines with Cloud Logging fields in the cloud, plain text locally.
 
 Library modules only call ``logging.getLogger(__name__)`` and pass ``extra={"run_id": ..., "job": ...}``.
+Lines the deployment's log-based metrics read also pass ``extra=metric_fields(EVENT, ...)``: an ``event`` name
+and flat fields that the JSON line carries at its top level (``jsonPayload.event``, ``jsonPayload.state``, ...);
+infra/monitoring.tf filters on them and tests/unit/test_infra_monitoring.py ties each filter to a call here.
 A filter scrubs known secrets from every record as a last line of defence: no log line may carry the key.
 """
 
@@ -14,6 +17,20 @@ import orjson
 
 _SEVERITY = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARNING", "ERROR": "ERROR", "CRITICAL": "CRITICAL"}
 _secrets: set[str] = set()
+
+# The structured events the deployment's log-based metrics count (infra/monitoring.tf).
+RUN_ENDED = "run_ended"  # a run reached a terminal state: state, lines by status, cost_usd
+LINE_OUTCOMES = "line_outcomes"  # at a run's end, one line per outcome code: code, count
+RUN_OVERDUE = "run_overdue"  # a run still active an hour past the longest a run may take
+SPEND_NEAR_CAP = (
+    "spend_near_cap"  # a period's ledger holds 80% or more of its spend cap: period, spent, limit
+)
+_EVENT_FIELDS = "_promptdrop_fields"
+
+
+def metric_fields(event: str, **fields: str | int | float | None) -> dict[str, Any]:
+    """``extra=`` for a log line a metric reads: the event name and its flat fields (JSON top level)."""
+    return {_EVENT_FIELDS: {"event": event, **fields}}
 
 
 def register_secret(value: str | None) -> None:
@@ -42,6 +59,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = value
+        for name, value in (getattr(record, _EVENT_FIELDS, None) or {}).items():
+            entry.setdefault(name, value)
         labels = {f: str(entry[f]) for f in ("run_id", "job") if f in entry}
         if labels:
             entry["logging.googleapis.com/labels"] = labels

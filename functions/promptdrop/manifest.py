@@ -172,6 +172,9 @@ def summary(run: Run, jobs: list[Job], *, bucket_url: str) -> dict[str, Any]:
         ],
         # Batches that shared a job's display name (a create that landed late): kept one, cancelled these.
         "duplicates_cancelled": [name for job in jobs for name in job.duplicates],
+        # Per model the run's lines ran on: lines, images, cached lines, and money as in "cost" (None where
+        # the model has no price); `promptdrop report` adds these up.
+        "by_model": run.by_model,
         # By lane: batch, interactive and saved are the batch lane's (the saving counts batch lines only);
         # now is the now lane's lines at the interactive price; total is both.
         "cost": {

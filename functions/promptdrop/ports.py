@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from promptdrop.records import Job, Run
+from promptdrop.spend import SpendCap, SpendRefusal
 from promptdrop.states import JobPhase, JobState, RunState
 
 
@@ -65,8 +66,11 @@ class BlobStore(Protocol):
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_generation: str | None = None,
     ) -> bool:
-        """Write atomically. With ``if_absent`` return False (and change nothing) if the object exists."""
+        """Write atomically. With ``if_absent`` return False (and change nothing) if the object exists; with
+        ``if_generation``, write only over that generation of the object (a read-modify-write), else raise
+        PreconditionFailedError and change nothing."""
         ...
 
     def list(self, prefix: str) -> Iterator[BlobInfo]: ...
@@ -171,6 +175,20 @@ class JobStore(Protocol):
 
     def release_lease(self, run_id: str, owner: str) -> None:
         """Give the run's lease back if we hold it; a missing run is fine."""
+        ...
+
+    def reserve_spend(self, run_id: str, amount: float, caps: Sequence[SpendCap]) -> SpendRefusal | None:
+        """Reserve ``amount`` USD for the run in each capped period's ledger, in one transaction, unless it
+        would pass a cap (``spend.refusal``): then change nothing and say which. Reserving again replaces
+        the run's own entry."""
+        ...
+
+    def settle_spend(self, run_id: str, periods: Sequence[str], amount: float) -> None:
+        """Replace the run's reservation in these periods' ledgers with what it was billed."""
+        ...
+
+    def spent(self, periods: Sequence[str]) -> dict[str, float]:
+        """What each period's ledger holds: settled costs plus open reservations, by period key."""
         ...
 
 

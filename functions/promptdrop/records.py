@@ -89,6 +89,14 @@ class Run(_Record):
     # before its first batch: replacements of retired ids, refusals, shutdown notices.
     model_choices: list[dict[str, Any]] = Field(default_factory=list)
     lease: Lease = Field(default_factory=Lease)  # who works on the run (and its jobs) now
+    # What the run did on each model (cost.ModelTally.to_json()), written at settle: summary.json's
+    # by_model and `promptdrop report` read it.
+    by_model: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The spend ledgers (spend.py period keys) the run reserved its estimate in; settle corrects them.
+    spend_periods: list[str] = Field(default_factory=list)
+    # The amount a run waiting for a spend cap would reserve (its cap estimate), so later ticks check it
+    # without parsing the file again; None once reserved.
+    spend_waiting: float | None = None
 
 
 class Job(_Record):

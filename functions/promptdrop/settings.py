@@ -89,7 +89,12 @@ class Settings(BaseModel):
     output_prefix: str = "outputs/"
     events_topic: str | None = None
     max_cost_usd: NonNegativeFloat | None = None
-    max_attempts: int = Field(default=3, ge=1)  # batch submissions per line; in the now lane, the most sends of a line
+    # Spend caps across runs, per UTC day and month (usecases/spending.py): a run over one waits in RECEIVED.
+    max_spend_usd_per_day: NonNegativeFloat | None = None
+    max_spend_usd_per_month: NonNegativeFloat | None = None
+    max_attempts: int = Field(
+        default=3, ge=1
+    )  # batch submissions per line; in the now lane, the most sends of a line
     job_deadline: NonNegativeFloat = 36 * 3600.0  # seconds; the API expires jobs at 48 h
     max_line_bytes: NonNegativeInt = 20 * MiB
     max_file_bytes: NonNegativeInt = 2 * GiB

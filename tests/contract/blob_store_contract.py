@@ -81,6 +81,22 @@ class BlobStoreContract:
         assert store.write_bytes("x.txt", b"new and longer") is True
         assert store.read_bytes("x.txt") == b"new and longer"
 
+    def test_write_if_generation_replaces_only_that_generation(self, store: BlobStore) -> None:
+        """A read-modify-write: the write over the generation read lands; one over a stale generation (another
+        writer came between) raises PreconditionFailedError and leaves the other writer's bytes."""
+        store.write_bytes("index.jsonl", b"one\n")
+        first = store.stat("index.jsonl")
+        assert first is not None
+        assert store.write_bytes("index.jsonl", b"one\ntwo\n", if_generation=first.generation) is True
+        second = store.stat("index.jsonl")
+        assert second is not None and second.generation != first.generation
+        with pytest.raises(PreconditionFailedError):
+            store.write_bytes("index.jsonl", b"one\nthree\n", if_generation=first.generation)
+        assert store.read_bytes("index.jsonl") == b"one\ntwo\n"
+        with pytest.raises(PreconditionFailedError):
+            store.write_bytes("missing.jsonl", b"x", if_generation=first.generation)
+        assert store.stat("missing.jsonl") is None
+
     @pytest.mark.parametrize(("existing", "expected"), [(None, True), (b"first", False)])
     def test_write_if_absent(self, store: BlobStore, existing: bytes | None, expected: bool) -> None:
         """if_absent writes only when the object is missing and otherwise changes nothing."""

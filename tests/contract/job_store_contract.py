@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import pytest
 
+from promptdrop import spend
 from promptdrop.errors import NotFoundError, PreconditionFailedError, TransientError
 from promptdrop.ports import JobStore
 from promptdrop.records import Counts, Job, Lease, Run, RunSource
@@ -402,6 +403,46 @@ class JobStoreContract:
         started, refusals = self._start_all([job_store] * 6, cap=4)
         assert sum(job is not None for job in started) == 4
         assert refusals == 0
+
+    # Spend ledger
+
+    def test_spend_reservations_count_until_settled_and_count_once_per_run(self, job_store: JobStore) -> None:
+        """A reservation counts in each capped period; reserving again replaces it; settle replaces it by
+        the billed cost; a reservation that would pass a cap changes nothing and names the cap."""
+        caps = spend.caps_at(T0, per_day=1.0, per_month=5.0)
+        day, month = spend.period_keys_of(caps)
+        assert job_store.reserve_spend("run-a", 0.6, caps) is None
+        assert job_store.reserve_spend("run-a", 0.7, caps) is None  # redone: replaces, never adds
+        assert job_store.spent([day, month]) == {day: pytest.approx(0.7), month: pytest.approx(0.7)}
+        refused = job_store.reserve_spend("run-b", 0.4, caps)
+        assert refused is not None and refused.cap.period == "day"
+        assert refused.spent == pytest.approx(0.7) and refused.amount == pytest.approx(0.4)
+        assert job_store.spent([day]) == {day: pytest.approx(0.7)}  # nothing reserved for run-b
+        job_store.settle_spend("run-a", [day, month], 0.25)
+        assert job_store.spent([day, month]) == {day: pytest.approx(0.25), month: pytest.approx(0.25)}
+        assert job_store.reserve_spend("run-b", 0.4, caps) is None
+        assert job_store.spent([day, "day-1999-01-01"]) == {day: pytest.approx(0.65), "day-1999-01-01": 0.0}
+
+    def test_parallel_reservations_in_separate_processes_never_pass_a_spend_cap(
+        self, separate_stores: Callable[[int], list[JobStore]]
+    ) -> None:
+        """Three workers with their own connections reserve $0.40 each at once under a $1 daily cap:
+        exactly two get it, and the ledger holds their two reservations."""
+        stores = separate_stores(3)
+        caps = spend.caps_at(T0, per_day=1.0, per_month=None)
+
+        def reserve(index: int) -> spend.SpendRefusal | None:
+            for attempt in range(50):
+                try:
+                    return stores[index].reserve_spend(f"run-{index}", 0.4, caps)
+                except TransientError:  # contention: the next tick asks again
+                    time.sleep(0.01 * (attempt % 10))
+            raise AssertionError(f"run-{index} was refused 50 times")
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            refusals = list(pool.map(reserve, range(len(stores))))
+        assert sum(refused is None for refused in refusals) == 2
+        assert stores[0].spent(spend.period_keys_of(caps)) == {caps[0].key: pytest.approx(0.8)}
 
     # Queries
 

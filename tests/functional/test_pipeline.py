@@ -153,7 +153,9 @@ def test_adversarial_file_one_entry_per_line_and_nothing_outside_the_run_folder(
     assert all("error" in e for e in errors)
 
     created = _bucket_files(pipeline.bucket) - before
-    outside = [f for f in created if not f.startswith(run.output_folder) and f != "inbox/adversarial.jsonl"]
+    # Beside the run's folder: only the page of all runs and its index object (DESIGN, bucket layout).
+    shared = {"inbox/adversarial.jsonl", "outputs/index.html", "outputs/runs.jsonl"}
+    outside = [f for f in created if not f.startswith(run.output_folder) and f not in shared]
     assert outside == []
     assert not (pipeline.bucket.parent / "escape.png").exists()
 

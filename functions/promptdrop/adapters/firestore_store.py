@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import BaseModel
 
+from promptdrop import spend
 from promptdrop import store_rules as rules
 from promptdrop.errors import (
     ConfigurationError,
@@ -41,6 +42,8 @@ JOBS = "jobs"
 # One document counts the jobs in flight (CREATING or ACTIVE) and their tokens, changed in the transaction
 # that moves a job in or out of flight: the caps are then one read of one document, never a query.
 COUNTERS = "counters"
+# One document per capped period (spend.py): {"runs": {run_id: {"amount", "settled"}}}.
+SPEND = "spend"
 IN_FLIGHT_COUNTER = "in_flight"
 # The composite indexes this store's queries need (production Firestore refuses the queries without them;
 # infra/main.tf creates them and tests/unit/test_infra_consistency.py checks it does):
@@ -162,6 +165,7 @@ class FirestoreJobStore:
         self._runs = self._client.collection(RUNS)
         self._jobs = self._client.collection(JOBS)
         self._in_flight = self._client.collection(COUNTERS).document(IN_FLIGHT_COUNTER)
+        self._spend = self._client.collection(SPEND)
         self._attempts = transaction_attempts
         # Every job start and end changes the one in-flight counter document. The runs a tick advances at
         # once (threads of this process) would each hold it in a transaction and wound one another (the
@@ -370,6 +374,38 @@ class FirestoreJobStore:
                 transaction.update(reference, {"lease": lease})
 
         self._transact(give_back, f"releasing the lease of run {run_id}")
+
+    # Spend ledger (spend.py)
+
+    def reserve_spend(
+        self, run_id: str, amount: float, caps: Sequence[spend.SpendCap]
+    ) -> spend.SpendRefusal | None:
+        def reserve(transaction: firestore.Transaction) -> spend.SpendRefusal | None:
+            # Every read before any write (Firestore's rule); a concurrent reservation aborts and retries us.
+            ledgers = {cap.key: self._ledger(cap.key, transaction) for cap in caps}
+            refused = spend.refusal(ledgers, caps, run_id, amount)
+            if refused is None:
+                for cap in caps:
+                    line = spend.entry(amount, settled=False)
+                    transaction.set(self._spend.document(cap.key), {"runs": {run_id: line}}, merge=True)
+            return refused
+
+        result: spend.SpendRefusal | None = self._transact(reserve, f"reserving spend for run {run_id}")
+        return result
+
+    def settle_spend(self, run_id: str, periods: Sequence[str], amount: float) -> None:
+        line = spend.entry(amount, settled=True)
+        with firestore_errors(f"settling the spend of run {run_id}"):
+            for period in periods:
+                self._spend.document(period).set({"runs": {run_id: line}}, merge=True, **self._call)
+
+    def spent(self, periods: Sequence[str]) -> dict[str, float]:
+        with firestore_errors("reading the spend ledger"):
+            return {period: spend.total(self._ledger(period)) for period in periods}
+
+    def _ledger(self, period: str, transaction: firestore.Transaction | None = None) -> dict[str, Any]:
+        snapshot = self._spend.document(period).get(transaction=transaction, **self._call)
+        return dict((snapshot.to_dict() or {}).get("runs") or {}) if snapshot.exists else {}
 
     # Shared
 

@@ -445,6 +445,7 @@ class GcsBlobStore:
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_generation: str | None = None,
     ) -> bool:
         blob = self._blob(name)
         blob.metadata = dict(metadata) if metadata else None
@@ -455,10 +456,16 @@ class GcsBlobStore:
             # A retry after a lost response to our own create also answers 412: for markers and claims,
             # "someone wrote it" is then still true.
             options["if_generation_match"] = 0
+        elif if_generation is not None:
+            options["if_generation_match"] = int(if_generation)
         with _storage_errors(self._where(name)):
             try:
                 blob.upload_from_string(data, **options)
             except api_exceptions.PreconditionFailed:
+                if if_generation is not None:
+                    raise PreconditionFailedError(
+                        f"{self._where(name)} is not generation {if_generation}"
+                    ) from None
                 if not if_absent:
                     raise
                 return False

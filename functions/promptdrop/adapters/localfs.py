@@ -240,13 +240,22 @@ class LocalBlobStore:
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_generation: str | None = None,
     ) -> bool:
         path = self.path_of(name)
         with self._temporary(name, path) as (temporary, handle):
             with _write_errors(name):
                 handle.write(data)
                 handle.close()
-            return self._publish(name, path, temporary, content_type, metadata, if_absent=if_absent)
+            return self._publish(
+                name,
+                path,
+                temporary,
+                content_type,
+                metadata,
+                if_absent=if_absent,
+                if_generation=if_generation,
+            )
 
     def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
         """Copy bytes, content type and metadata; the copy gets a generation of its own.
@@ -366,9 +375,19 @@ class LocalBlobStore:
         metadata: Mapping[str, str] | None,
         *,
         if_absent: bool,
+        if_generation: str | None = None,
     ) -> bool:
         """Move the finished temporary file into place and give the object its new generation."""
         with self._transaction() as conn, _write_errors(name):
+            if if_generation is not None:
+                row, seen = self._row(conn, name), _fingerprint(path)
+                live = (
+                    row.generation
+                    if row is not None and seen is not None and row.fingerprint == seen
+                    else None
+                )
+                if live is None or str(live) != if_generation:
+                    raise PreconditionFailedError(f"object {name} is not generation {if_generation} any more")
             if if_absent:
                 try:
                     os.link(temporary, path)

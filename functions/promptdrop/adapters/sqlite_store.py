@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
+from promptdrop import spend
 from promptdrop import store_rules as rules
 from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError, TransientError
 from promptdrop.records import Job, Run
@@ -116,7 +117,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (run_id, attempt, chunk);
-CREATE INDEX IF NOT EXISTS jobs_by_phase ON jobs (phase)
+CREATE INDEX IF NOT EXISTS jobs_by_phase ON jobs (phase);
+CREATE TABLE IF NOT EXISTS spend (
+    period TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    amount REAL NOT NULL,
+    settled INTEGER NOT NULL,
+    PRIMARY KEY (period, run_id)
+)
 """
 
 RecordT = TypeVar("RecordT", Run, Job)
@@ -293,6 +301,42 @@ class SqliteJobStore:
                 return None
             self._save(conn, _JOBS, job)
         return job
+
+    # Spend ledger (spend.py): one row per (period, run)
+
+    def reserve_spend(
+        self, run_id: str, amount: float, caps: Sequence[spend.SpendCap]
+    ) -> spend.SpendRefusal | None:
+        # BEGIN IMMEDIATE: no other process reserves between the sums read and the rows written.
+        with self._transaction() as conn:
+            ledgers = {cap.key: self._ledger(conn, cap.key) for cap in caps}
+            refused = spend.refusal(ledgers, caps, run_id, amount)
+            if refused is None:
+                for cap in caps:
+                    self._put_spend(conn, cap.key, run_id, spend.entry(amount, settled=False))
+        return refused
+
+    def settle_spend(self, run_id: str, periods: Sequence[str], amount: float) -> None:
+        with self._transaction() as conn:
+            for period in periods:
+                self._put_spend(conn, period, run_id, spend.entry(amount, settled=True))
+
+    def spent(self, periods: Sequence[str]) -> dict[str, float]:
+        with self._reading() as conn:
+            return {period: spend.total(self._ledger(conn, period)) for period in periods}
+
+    @staticmethod
+    def _ledger(conn: sqlite3.Connection, period: str) -> dict[str, dict[str, Any]]:
+        rows = conn.execute("SELECT run_id, amount, settled FROM spend WHERE period = ?", [period])
+        return {run_id: {"amount": amount, "settled": bool(settled)} for run_id, amount, settled in rows}
+
+    @staticmethod
+    def _put_spend(conn: sqlite3.Connection, period: str, run_id: str, line: Mapping[str, Any]) -> None:
+        conn.execute(
+            "INSERT INTO spend (period, run_id, amount, settled) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (period, run_id) DO UPDATE SET amount = excluded.amount, settled = excluded.settled",
+            [period, run_id, line["amount"], int(line["settled"])],
+        )
 
     @staticmethod
     def _in_flight(conn: sqlite3.Connection) -> rules.InFlight:

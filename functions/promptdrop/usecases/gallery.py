@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from promptdrop import gallery, manifest, thumbnails
-from promptdrop.errors import NotFoundError, PromptdropError
+from promptdrop import gallery, manifest, runs_page, thumbnails
+from promptdrop.errors import NotFoundError, PreconditionFailedError, PromptdropError, TransientError
 from promptdrop.layout import RunLayout
 from promptdrop.ports import BlobStore
 from promptdrop.prompts import ParsedLine
@@ -120,3 +120,40 @@ def publish(ctx: Context, run: Run, jobs: list[Job], lines: InputOpener | None =
             if gallery.is_page_name(relative) and relative not in written:
                 ctx.blobs.delete(info.name)
     log.info("gallery: %d page(s)", len(written), extra={"run_id": run.run_id})
+
+
+# Read-modify-writes of the runs index that may lose to another run's at once before this one gives up
+# (each loss means another writer made progress; the page is written again at the next run's end anyway).
+_INDEX_ATTEMPTS = 20
+
+
+def list_run(ctx: Context, run: Run) -> None:
+    """Put the run's row into the index of all runs (``<outputs>/runs.jsonl``) and rewrite the page of all
+    runs (``<outputs>/index.html``, ``runs-N.html``) from it. The index object is replaced only over the
+    generation read, so two runs ending at once both keep their rows; no run's summary is read."""
+    prefix = ctx.settings.output_prefix
+    name = prefix + runs_page.INDEX_OBJECT
+    new = runs_page.row(run)
+    for _ in range(_INDEX_ATTEMPTS):
+        info = ctx.blobs.stat(name)
+        try:
+            current = b"" if info is None else ctx.blobs.read_bytes(name)
+        except NotFoundError:
+            continue
+        data, rows = runs_page.upsert(current, new)
+        try:
+            if info is None:
+                if not ctx.blobs.write_bytes(name, data, content_type="application/jsonl", if_absent=True):
+                    continue
+            else:
+                ctx.blobs.write_bytes(
+                    name, data, content_type="application/jsonl", if_generation=info.generation
+                )
+        except PreconditionFailedError:
+            continue
+        for page, text in runs_page.render_pages(rows, total=len(rows)):
+            ctx.blobs.write_bytes(prefix + page, text.encode(), content_type=HTML)
+        return
+    raise TransientError(
+        f"{name}: {_INDEX_ATTEMPTS} other writers came first; the run's row is written again later"
+    )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from promptdrop.errors import NotFoundError, PreconditionFailedError
 from promptdrop.ports import JobStore
 from promptdrop.records import Job, Run
+from promptdrop.spend import SpendCap, SpendRefusal
 from promptdrop.states import JobPhase, RunState
 from promptdrop.usecases.context import Context, default_owner, owner_is_dead_local_process
 
@@ -93,6 +94,17 @@ class FencedStore:
 
     def release_lease(self, run_id: str, owner: str) -> None:
         self._store.release_lease(run_id, owner)
+
+    # The spend ledger is keyed by run id (a second reservation replaces the first): nothing to fence.
+
+    def reserve_spend(self, run_id: str, amount: float, caps: Sequence[SpendCap]) -> SpendRefusal | None:
+        return self._store.reserve_spend(run_id, amount, caps)
+
+    def settle_spend(self, run_id: str, periods: Sequence[str], amount: float) -> None:
+        self._store.settle_spend(run_id, periods, amount)
+
+    def spent(self, periods: Sequence[str]) -> dict[str, float]:
+        return self._store.spent(periods)
 
 
 def own_turn(ctx: Context) -> Context:

@@ -7,13 +7,28 @@ reported for that run alone.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from promptdrop.logs import RUN_OVERDUE, metric_fields
+from promptdrop.records import Run
+from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE
 from promptdrop.usecases.advance import advance_run
 from promptdrop.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+# How long past the longest a run may take (every attempt running to its job deadline) an active run is
+# reported as overdue: the alert "a run not terminal an hour after its deadline" counts these lines.
+OVERDUE_GRACE_SECONDS = 3600.0
+
+
+def overdue_at(run: Run, settings: Settings) -> float:
+    """When an active run is overdue: each attempt may run to its job deadline, then an hour's grace."""
+    return run.created_at + settings.max_attempts * settings.job_deadline + OVERDUE_GRACE_SECONDS
 
 
 @dataclass
@@ -29,7 +44,12 @@ class TickReport:
 def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float | None = None) -> TickReport:
     """Advance every active run (or just ``run_ids``). Runs are worked on concurrently, each under its lease."""
     report = TickReport()
-    wanted = list(run_ids) if run_ids is not None else [run.run_id for run in ctx.store.list_runs(RUN_ACTIVE)]
+    if run_ids is None:
+        active = ctx.store.list_runs(RUN_ACTIVE)
+        _report_overdue(ctx, active)
+        wanted = [run.run_id for run in active]
+    else:
+        wanted = list(run_ids)
     report.runs_seen = len(wanted)
     if not wanted:
         return report
@@ -48,3 +68,17 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
             report.runs_advanced.append(result.run_id)
     report.out_of_time = deadline is not None and ctx.clock() >= deadline
     return report
+
+
+def _report_overdue(ctx: Context, runs: Iterable[Run]) -> None:
+    now = ctx.clock()
+    for run in runs:
+        late = now - overdue_at(run, ctx.settings)
+        if late > 0:
+            fields = metric_fields(RUN_OVERDUE, state=run.state.value, late_seconds=round(late))
+            log.warning(
+                "run still %s %.0f s past its longest life",
+                run.state.value,
+                late,
+                extra={"run_id": run.run_id, **fields},
+            )

@@ -10,18 +10,20 @@ outputs (the event is at least once).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import orjson
 
 from promptdrop import manifest
-from promptdrop.cost import CostTally, LaneTally
+from promptdrop.cost import CostTally, LaneTally, ModelTally
 from promptdrop.gallery import thumb_name
+from promptdrop.logs import LINE_OUTCOMES, RUN_ENDED, metric_fields
 from promptdrop.outcomes import LineError, Outcome, Usage
 from promptdrop.prompts import InvalidLine, PromptRequest, RejectedLine
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RUN_ACTIVE, RunState
-from promptdrop.usecases import cache, gallery
+from promptdrop.usecases import cache, gallery, spending
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import parsed_input
 from promptdrop.usecases.workfiles import delete_work, load_outcomes
@@ -45,6 +47,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     tally = LaneTally()
     saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
     cached = 0
+    problems: Counter[str] = Counter()  # outcome codes of the lines that did not succeed
+    by_model = ModelTally()
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
     kept: set[str] = set()  # the images of lines that succeeded
@@ -81,6 +85,14 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                         saved_by_cache.add_usage(outcome.model, Usage(**outcome.usage))
                 elif outcome.usage and outcome.model:
                     tally.add_usage(line.lane, outcome.model, Usage(**outcome.usage))
+                if outcome.status != "invalid" and (outcome.model or line.model):
+                    by_model.add(
+                        outcome.model or line.model or "",
+                        lane=line.lane,
+                        usage=Usage(**outcome.usage) if outcome.usage else None,
+                        succeeded=outcome.status == "succeeded",
+                        cached=outcome.cached_from is not None,
+                    )
                 if outcome.status != "invalid" and line.lane == "now":
                     counts.now += 1
                 if outcome.status == "succeeded":
@@ -97,6 +109,8 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
                         orjson.dumps(manifest.error_line(line.input_form, entry["error"])) + b"\n"
                     )
                     errors_written += 1
+            if entry.get("error"):
+                problems[entry["error"]["code"]] += 1
             out_manifest.write(orjson.dumps(entry) + b"\n")
     if not errors_written:
         ctx.blobs.delete(layout.errors)
@@ -132,8 +146,10 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
             "counts": counts,
             "cost": cost,
             "reason": manifest.final_reason(state, counts, refused=refused.message if refused else None),
+            "by_model": by_model.to_json(),
         },
         lambda: parsed_input(ctx, run),
+        problems,
     )
     log.info(
         "run %s: %d succeeded, %d failed, %d invalid of %d lines",
@@ -166,6 +182,7 @@ def _end(
     jobs: list[Job],
     update: dict[str, Any],
     lines: gallery.InputOpener | None = None,
+    problems: Counter[str] | None = None,
 ) -> Run:
     """Gallery, summary and event, then the terminal state (only from an active state), then the scratch files.
 
@@ -175,10 +192,14 @@ def _end(
     _announce(ctx, final, jobs, lines)
     # Before the end is recorded: scratch that a crash leaves behind now expires from the run's end.
     ctx.blobs.mark_ended(ctx.layout(run.run_id).work, final.finished_at or ctx.clock())
+    # Before the end is recorded: a crash here settles again, and the ledger entry is replaced, not added.
+    spending.settle(ctx, final)
     changes = final.model_dump(
-        mode="json", include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at"}
+        mode="json",
+        include={"state", "counts", "cost", "reason", "finished_at", "next_attempt_at", "by_model"},
     )
     final = ctx.store.update_run(run.run_id, changes, if_states=RUN_ACTIVE)
+    _log_end(final, problems or Counter())
     delete_work(ctx, run.run_id)
     # Writes of images, thumbnails or pages that a kill cut off left temporaries beside the outputs; the run
     # has ended (fenced), so nothing may still be writing them.
@@ -186,10 +207,30 @@ def _end(
     return final
 
 
+def _log_end(run: Run, problems: Counter[str]) -> None:
+    """The structured lines the deployment's metrics count: the run's end, and its lines by problem code."""
+    cost = run.cost
+    billed = None if cost.batch is None or cost.now is None else round(cost.batch + cost.now, 6)
+    fields = metric_fields(
+        RUN_ENDED,
+        state=run.state.value,
+        lines=run.counts.lines,
+        succeeded=run.counts.succeeded,
+        failed=run.counts.failed,
+        invalid=run.counts.invalid,
+        cost_usd=billed,
+    )
+    log.info("run ended: %s", run.state.value, extra={"run_id": run.run_id, **fields})
+    for code, count in sorted(problems.items()):
+        extra = {"run_id": run.run_id, **metric_fields(LINE_OUTCOMES, code=code, count=count)}
+        log.info("%d line(s) ended %s", count, code, extra=extra)
+
+
 def _announce(ctx: Context, final: Run, jobs: list[Job], lines: gallery.InputOpener | None = None) -> None:
     """Write the gallery page and summary.json for a run that is ending, then publish the run event (at least
     once). ``lines`` opens the parsed input, for the page's prompts (none for an unusable file)."""
     gallery.publish(ctx, final, jobs, lines)
+    gallery.list_run(ctx, final)
     layout = ctx.layout(final.run_id)
     summary = manifest.summary(final, jobs, bucket_url=ctx.blobs.url)
     ctx.blobs.write_bytes(

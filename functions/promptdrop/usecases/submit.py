@@ -17,12 +17,13 @@ from typing import Any
 
 from promptdrop import prompts
 from promptdrop.cost import CapEstimate, LaneMoney, LaneTally
-from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, TransientError
+from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PromptdropError, TransientError
 from promptdrop.models import ModelChoice, choose_model
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
+from promptdrop.usecases import gallery, spending
 from promptdrop.usecases.cache import CacheSplit, ImageDigests
 from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
 from promptdrop.usecases.context import Context
@@ -64,6 +65,8 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         parse_options(ctx.settings, run.source.defaults)
     except PermanentError as exc:
         return fail_unusable(ctx, run, str(exc))
+    if spending.still_waiting(ctx, run):  # over a spend cap at the last check: not parsed again
+        return run
     choose = ModelChooser(ctx)
     try:
         # Both caps are decided before anything is copied from the cache or sent.
@@ -84,6 +87,9 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         return fail_refused(ctx, run, LineError("budget_exceeded", reason))
     if notice:
         log.info("estimate: %s", notice, extra={"run_id": run.run_id})
+    waiting = spending.reserve(ctx, run, money.amount)
+    if waiting is not None:
+        return waiting
     try:
         plan = _write_chunks(ctx, run, deadline, choose)
     except OutOfTimeError as paused:
@@ -116,6 +122,10 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         },
         if_states=[RunState.RECEIVED],
     )
+    try:
+        gallery.list_run(ctx, run)
+    except PromptdropError as exc:  # only the page of all runs: its row is written again at the run's end
+        log.warning("page of all runs not updated: %s", exc, extra={"run_id": run.run_id})
     log.info(
         "submitted %d valid of %d lines (%d in the now lane) in %d job(s)",
         plan.counts.valid,
