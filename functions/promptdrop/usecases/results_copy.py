@@ -27,6 +27,11 @@ from promptdrop.usecases.leases import renew
 
 log = logging.getLogger(__name__)
 
+# An invocation keeps at least this many bytes before it stops for time. Stopping throws away what the
+# connection already had in flight (socket buffers: tens of kB on a small file); a call whose deadline had
+# already passed when it began would otherwise keep one block and throw the rest away on every tick.
+MIN_PROGRESS_BYTES = 128 * 1024
+
 
 class _OutOfTime(Exception):
     """Raised from inside the download to stop it (the part being written is then kept, short)."""
@@ -43,6 +48,7 @@ class _PartWriter(io.RawIOBase):
         self._stack = contextlib.ExitStack()
         self._out: BinaryIO | None = None
         self._filled = 0
+        self._taken = 0  # bytes this call kept
 
     def writable(self) -> bool:
         return True
@@ -62,7 +68,12 @@ class _PartWriter(io.RawIOBase):
             taken += len(piece)
             if self._filled == self.part_bytes:
                 self._close_part()
-        if self.deadline is not None and self.ctx.clock() >= self.deadline:
+        self._taken += taken
+        if (
+            self.deadline is not None
+            and self._taken >= MIN_PROGRESS_BYTES
+            and self.ctx.clock() >= self.deadline
+        ):
             # The connection is closed first (no more bytes fetched to be thrown away), then ``keep``.
             raise _OutOfTime
         return taken
