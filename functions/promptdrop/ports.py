@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+from promptdrop.models import ServedModels
 from promptdrop.records import Job, Run
 from promptdrop.states import JobPhase, JobState, RunState
 
@@ -213,8 +214,8 @@ class BatchBackend(Protocol):
         """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
         ...
 
-    def model_served(self, model: str) -> bool:
-        """Whether the API serves this model id for batches (``models.get``; 404 -> False).
+    def served_models(self) -> ServedModels:
+        """The model ids the API serves now and their ``supportedGenerationMethods`` (``models.list``).
 
         Raises TransientError when it cannot tell: a verdict is never made from a failed call.
         """

@@ -530,13 +530,14 @@ class _Handler(BaseHTTPRequestHandler):
         engine = self.server.engine
         if not engine.serves(params["model"]):
             raise model_not_found(params["model"], params["ver"], "generateContent")
-        return _json(model_json(params["model"]))
+        return _json(model_json(params["model"], batch=engine.serves_batch(params["model"])))
 
     def _route_model_list(self, params: dict[str, str]) -> _Reply:
         size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
         models = sorted(self.server.engine.served_models(), reverse=True)  # paginate wants descending keys
         page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
-        body: dict[str, object] = {"models": [model_json(m) for m in page]}
+        engine = self.server.engine
+        body: dict[str, object] = {"models": [model_json(m, batch=engine.serves_batch(m)) for m in page]}
         if token:
             body["nextPageToken"] = token
         return _json(body)

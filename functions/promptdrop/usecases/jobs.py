@@ -63,7 +63,7 @@ def launch_queued_jobs(ctx: Context, run: Run, jobs: list[Job], deadline: float 
             job = ctx.store.start_job(
                 queued.job_id,
                 max_jobs=settings.max_jobs_in_flight,
-                max_tokens=settings.max_enqueued_tokens,
+                max_tokens=settings.enqueued_token_budget(queued.model),
                 max_input_bytes=settings.max_input_bytes_in_flight,
             )
         except PreconditionFailedError:
