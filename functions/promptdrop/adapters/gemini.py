@@ -35,6 +35,7 @@ from promptdrop.errors import (
     BackendTransientError,
     ConfigurationError,
     NotFoundError,
+    QuotaExceededError,
 )
 from promptdrop.models import ServedModels
 from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration
@@ -104,7 +105,7 @@ def translate_error(exc: Exception, action: str, *, creating: bool = False, secr
             f": {server_message}" if server_message else ""
         )
         if code == 429:
-            error_type = BackendTransientError
+            error_type = QuotaExceededError
         elif creating and (code == 408 or not 400 <= code < 500):
             error_type = AmbiguousCreateError
         elif code == 404:

@@ -81,6 +81,9 @@ class Context:
     # Where the now lane's chunks are published (one message each) to be worked by another function;
     # None: whoever advances a run sends its now lines itself.
     now_dispatch: Notifier | None = None
+    # Enqueued tokens per model this process aims for after the API refused a create with 429 while we were
+    # under our own count (lowered, never raised: a fresh process starts from the tier's quota again).
+    enqueued_targets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend_holder is None:
