@@ -20,8 +20,11 @@ LONG = "a lighthouse on a cliff at dusk, " * 1800
 
 def _jobs_per_model(pipeline: Pipeline, tier: str) -> dict[str, list[int]]:
     ctx = pipeline.context(tier=int(tier))
+    counts = {PRO: 140, FLASH: 70}  # ~2.2M and ~1.1M tokens
     lines = [
-        {"key": f"{model}-{i}", "prompt": LONG, "model": model} for model in (PRO, FLASH) for i in range(70)
+        {"key": f"{model}-{i}", "prompt": f"{LONG} {i}", "model": model}
+        for model, n in counts.items()
+        for i in range(n)
     ]
     receipt = pipeline.drop(f"tier{tier}.jsonl", jsonl(*lines), ctx)
     assert receipt.run is not None
@@ -33,14 +36,14 @@ def _jobs_per_model(pipeline: Pipeline, tier: str) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("tier", ["1", "2"])
 def test_jobs_split_by_each_models_quota_at_the_tier(pipeline: Pipeline, tier: str) -> None:
-    """Tier 1: 3.1 Flash Image's 1,000,000 splits its 70 lines in two jobs, Pro's 2,000,000 keeps one; Tier 2
-    (250M / 270M) keeps one job each."""
+    """Tier 1: 3.1 Flash Image's 1,000,000 and Pro's 2,000,000 split their ~1.05M and ~2.1M tokens in two
+    jobs each; Tier 2 (250M / 270M) keeps one job each (one 2,000,000 for every model split Pro at every tier)."""
     tokens = _jobs_per_model(pipeline, tier)
     total = {model: sum(parts) for model, parts in tokens.items()}
-    assert 1_000_000 < total[FLASH] < 2_000_000 and total[PRO] < 2_000_000
+    assert 1_000_000 < total[FLASH] < 2_000_000 < total[PRO] < 4_000_000
     for model, parts in tokens.items():
         assert all(part <= enqueued_token_budget(model, int(tier)) for part in parts)  # type: ignore[arg-type]
-    expected = {"1": {FLASH: 2, PRO: 1}, "2": {FLASH: 1, PRO: 1}}[tier]
+    expected = {"1": {FLASH: 2, PRO: 2}, "2": {FLASH: 1, PRO: 1}}[tier]
     assert {model: len(parts) for model, parts in tokens.items()} == expected
 
 
