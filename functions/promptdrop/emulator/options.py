@@ -82,6 +82,9 @@ class EmulatorOptions:
     webhook_drop_rate: float = 0.0  # fraction of deliveries never sent (a lost push)
     webhook_duplicate_rate: float = 0.0  # fraction sent twice with the same webhook-id
     webhook_delay_seconds: float = 0.0  # every delivery waits this long before its first try
+    # A registered webhook becomes disabled_due_to_failed_deliveries after this many deliveries in a row were
+    # given up (0: never), and gets no pushes until it is updated back to enabled.
+    webhook_disable_after: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -267,6 +270,12 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--webhook-delay-seconds", type=float, default=0.0, help="delay every delivery's first try"
     )
+    parser.add_argument(
+        "--webhook-disable-after",
+        type=int,
+        default=0,
+        help="disable a registered webhook after this many given-up deliveries in a row (default 0: never)",
+    )
     return parser
 
 
@@ -302,4 +311,5 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         webhook_drop_rate=args.webhook_drop_rate,
         webhook_duplicate_rate=args.webhook_duplicate_rate,
         webhook_delay_seconds=args.webhook_delay_seconds,
+        webhook_disable_after=args.webhook_disable_after,
     )

@@ -67,6 +67,7 @@ ROUTES: Final = [
     ("POST", rf"/{_VERSION}/webhooks", "webhook_create"),
     ("GET", rf"/{_VERSION}/webhooks", "webhook_list"),
     ("GET", rf"/{_VERSION}/webhooks/{_ID}", "webhook_get"),
+    ("PATCH", rf"/{_VERSION}/webhooks/{_ID}", "webhook_update"),
     ("DELETE", rf"/{_VERSION}/webhooks/{_ID}", "webhook_delete"),
     ("POST", rf"/{_VERSION}/webhooks/{_ID}:rotateSigningSecret", "webhook_rotate"),
 ]
@@ -603,6 +604,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_webhook_get(self, params: dict[str, str]) -> _Reply:
         return _json(self.server.hooks.get(params["id"]))
+
+    def _route_webhook_update(self, params: dict[str, str]) -> _Reply:
+        mask = self._query.get("update_mask") or self._query.get("updateMask")
+        return _json(self.server.hooks.update(params["id"], self._json_body(), mask))
 
     def _route_webhook_rotate(self, params: dict[str, str]) -> _Reply:
         return _json({"secret": self.server.hooks.rotate(params["id"], self._json_body())})
