@@ -196,6 +196,17 @@ class BatchInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookStatus:
+    """A static webhook as ``webhooks.list`` shows it (``state``: enabled, disabled, or
+    disabled_due_to_failed_deliveries, when the API stopped pushing after failed deliveries)."""
+
+    id: str
+    uri: str
+    state: str
+    events: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookRegistration:
     """A static webhook just created: its id, and the ``whsec_`` secret its deliveries are signed with."""
 
@@ -253,6 +264,10 @@ class BatchBackend(Protocol):
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Remove a static webhook; a missing one is fine."""
+        ...
+
+    def list_webhooks(self) -> list[WebhookStatus]:
+        """Every static webhook of the project (``webhooks.list``, every page)."""
         ...
 
 

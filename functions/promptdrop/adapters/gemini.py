@@ -38,7 +38,7 @@ from promptdrop.errors import (
     QuotaExceededError,
 )
 from promptdrop.models import ServedModels
-from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration
+from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration, WebhookStatus
 from promptdrop.rpc import HTTP_STATUS_NAMES
 from promptdrop.settings import Settings
 from promptdrop.states import JobState
@@ -515,6 +515,27 @@ class GeminiBackend:
             if getattr(exc, "status_code", None) == 404:
                 return
             raise _webhook_error(f"delete webhook {webhook_id}", exc) from None
+
+    def list_webhooks(self) -> list[WebhookStatus]:
+        found: list[WebhookStatus] = []
+        token: str | None = None
+        try:
+            while True:
+                page = self._client.webhooks.list(page_size=LIST_PAGE_SIZE, page_token=token)
+                for hook in page.webhooks or []:
+                    found.append(
+                        WebhookStatus(
+                            id=str(hook.id or ""),
+                            uri=str(hook.uri or ""),
+                            state=str(hook.state or "enabled"),
+                            events=tuple(str(e) for e in hook.subscribed_events or ()),
+                        )
+                    )
+                token = page.next_page_token
+                if not token:
+                    return found
+        except Exception as exc:
+            raise _webhook_error("list webhooks", exc) from None
 
 
 def _webhook_error(action: str, exc: Exception) -> BackendError:

@@ -64,6 +64,14 @@ class Lazy(Generic[T]):
 
 
 @dataclass
+class WebhookHealth:
+    """What the last look at the project's webhooks found (shared by every copy of a context)."""
+
+    checked_at: float | None = None
+    healthy: bool = True  # until a look says otherwise
+
+
+@dataclass
 class Context:
     settings: Settings
     blobs: BlobStore
@@ -84,6 +92,8 @@ class Context:
     # Enqueued tokens per model this process aims for after the API refused a create with 429 while we were
     # under our own count (lowered, never raised: a fresh process starts from the tier's quota again).
     enqueued_targets: dict[str, int] = field(default_factory=dict)
+    # With webhooks on: whether the project still has an enabled batch webhook, asked at most hourly.
+    webhook_health: WebhookHealth = field(default_factory=WebhookHealth)
 
     def __post_init__(self) -> None:
         if self.backend_holder is None:

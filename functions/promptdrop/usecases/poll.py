@@ -7,13 +7,17 @@ reported for that run alone.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Final
 
+from promptdrop.errors import TransientError
 from promptdrop.states import RUN_ACTIVE
 from promptdrop.usecases.advance import advance_run
 from promptdrop.usecases.context import Context
+from promptdrop.webhooks import BATCH_EVENTS
 
 
 @dataclass
@@ -29,6 +33,7 @@ class TickReport:
 def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float | None = None) -> TickReport:
     """Advance every active run (or just ``run_ids``). Runs are worked on concurrently, each under its lease."""
     report = TickReport()
+    check_webhooks(ctx)
     wanted = list(run_ids) if run_ids is not None else [run.run_id for run in ctx.store.list_runs(RUN_ACTIVE)]
     report.runs_seen = len(wanted)
     if not wanted:
@@ -48,3 +53,40 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
             report.runs_advanced.append(result.run_id)
     report.out_of_time = deadline is not None and ctx.clock() >= deadline
     return report
+
+
+log = logging.getLogger(__name__)
+
+# The project's webhooks are looked at no more often than this (per process).
+WEBHOOK_CHECK_SECONDS: Final = 3600.0
+
+
+def check_webhooks(ctx: Context) -> bool:
+    """With webhooks on: whether an enabled webhook still sends batch events, looked at most once an hour.
+
+    The API disables a webhook after repeated failed deliveries and then stops pushing, silently: while none
+    is enabled, jobs are polled every tick (the no-webhook interval) and a warning is logged at each look.
+    A failed look keeps the last verdict.
+    """
+    health = ctx.webhook_health
+    if not ctx.settings.webhooks_on:
+        return True
+    now = ctx.clock()
+    if health.checked_at is not None and now - health.checked_at < WEBHOOK_CHECK_SECONDS:
+        return health.healthy
+    try:
+        hooks = ctx.backend.list_webhooks()
+    except TransientError as exc:
+        log.info("could not look at the webhooks (%s); keeping the last verdict", exc)
+        return health.healthy
+    health.checked_at = now
+    ours = [hook for hook in hooks if set(hook.events) & set(BATCH_EVENTS)]
+    health.healthy = any(hook.state == "enabled" for hook in ours)
+    if not health.healthy:
+        states = ", ".join(f"{hook.id}: {hook.state}" for hook in ours) or "none registered"
+        log.warning(
+            "no enabled Gemini webhook sends batch events (%s): pushes have stopped, so jobs are polled every "
+            "tick until it is enabled again (scripts/deploy re-enables it)",
+            states,
+        )
+    return health.healthy
