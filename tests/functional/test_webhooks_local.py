@@ -23,7 +23,7 @@ from promptdrop.emulator.options import EmulatorOptions, argument_parser, option
 from promptdrop.testing.emulator import RunningEmulator, create_inline, wait_until_done
 from promptdrop.webhooks import SignatureError, Verifier
 from tests.functional.conftest import jsonl
-from tests.functional.test_cli import CLI, cli_env, outputs, promptdrop
+from tests.functional.test_cli import CLI, cli_env, outputs, promptdrop, promptdrop_started
 
 SECRET = "whsec_" + base64.b64encode(b"local-webhook-test-secret-93ab").decode()
 
@@ -187,14 +187,7 @@ def test_a_batch_cancelled_push_ends_the_job_without_a_poll(tmp_path: Path, emul
     env = cli_env(home, emulator, PROMPTDROP_WEBHOOK_POLL_SECONDS="3600", PROMPTDROP_MAX_ATTEMPTS="1")
     prompt_file = tmp_path / "fruit.jsonl"
     prompt_file.write_bytes(jsonl(*PROMPTS))
-    process = subprocess.Popen(
-        [*CLI, "run", str(prompt_file), "--wait", "--webhook-port", "0"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = promptdrop_started(env, "run", str(prompt_file), "--wait", "--webhook-port", "0", cwd=tmp_path)
     try:
         client = emulator.client()
         deadline = time.monotonic() + 60
