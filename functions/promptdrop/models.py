@@ -62,11 +62,14 @@ Tier = Literal[1, 2, 3]
 
 GENERATE: Final = "generateContent"
 BATCH_GENERATE: Final = "batchGenerateContent"
-# The text models Google serves for batch (§1/§3 of the reference: gemini-2.5-flash in every batch example;
-# the current Flash and Pro ids): the emulator answers them with text, because SDK users batch text too.
+# The text models Google serves for batch: gemini-2.5-flash in every batch example of Google's guide and blog,
+# gemini-3.5-flash (Google's model page: stable, "Batch API: Supported"; preview id gemini-3-flash-preview),
+# gemini-2.5-pro and gemini-3.1-pro-preview (the Pro ids of Google's model list as last read). The emulator
+# serves them answering text, because SDK users batch text too.
 TEXT_MODELS: Final = (
     "gemini-2.5-flash",
     "gemini-2.5-pro",
+    "gemini-3.5-flash",
     "gemini-3-flash-preview",
     "gemini-3.1-pro-preview",
 )
