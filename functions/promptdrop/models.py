@@ -467,16 +467,12 @@ def _follow(
         )
     walk.seen.add(current)
     if spec is None or spec.replacement is None or spec.replacement in walk.seen:
-        why = (
-            f"the Gemini API does not serve model {requested!r} (models.list)"
-            if current == requested
-            else f"{requested} is no longer served and the API serves none of its replacements"
-        )
-        return (
-            _unknown(requested, served, why)
-            if current == requested
-            else ModelChoice(requested, None, code="unknown_model", message=why, shutdown=shutdown)
-        )
+        if current == requested:
+            return _unknown(
+                requested, served, f"the Gemini API does not serve model {requested!r} (models.list)"
+            )
+        why = f"{requested} is no longer served and the API serves none of its replacements"
+        return ModelChoice(requested, None, code="unknown_model", message=why, shutdown=shutdown)
     if spec.alias_of is not None:
         if policy == "refuse":
             return ModelChoice(
