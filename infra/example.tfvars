@@ -34,8 +34,10 @@ region     = "us-central1"
 
 # PROMPTDROP_* settings for the functions (null keeps the code's default; see the README's table).
 # settings = {
-#   model        = "gemini-3-pro-image"   # a retired *-preview id runs on its replacement
-#   retired_models = "upgrade"            # or "refuse": lines on a retired id become invalid
+#   model        = "gemini-3-pro-image"   # a retired *-preview id runs on its GA id
+#   retired_models = "aliases"            # "upgrade": successors too; "refuse": not even aliases
+#   model_map    = "gemini-3.1-flash-image=gemini-nano-banana-2.1"
+#   tier         = 1                      # billing tier: each model's enqueued-token quota
 #   priority     = 0
 #   max_cost_usd = 25
 #   max_attempts = 3

@@ -108,6 +108,8 @@ locals {
   tunable_env = {
     PROMPTDROP_MODEL                   = var.settings.model
     PROMPTDROP_RETIRED_MODELS          = var.settings.retired_models
+    PROMPTDROP_MODEL_MAP               = var.settings.model_map
+    PROMPTDROP_TIER                    = var.settings.tier
     PROMPTDROP_PRIORITY                = var.settings.priority
     PROMPTDROP_MAX_COST_USD            = var.settings.max_cost_usd
     PROMPTDROP_MAX_SPEND_USD_PER_DAY   = var.settings.max_spend_usd_per_day

@@ -117,7 +117,9 @@ variable "settings" {
   description = "Optional promptdrop settings passed to every function as PROMPTDROP_* variables; null keeps the code's default."
   type = object({
     model          = optional(string)
-    retired_models = optional(string) # "upgrade" (default) or "refuse"
+    retired_models = optional(string) # "aliases" (default), "upgrade" or "refuse"
+    model_map      = optional(string) # "FROM=TO,...", e.g. "gemini-3.1-flash-image=gemini-nano-banana-2.1"
+    tier           = optional(number) # the project's billing tier, 1 (default), 2 or 3: enqueued-token quotas
     priority       = optional(number)
     max_cost_usd   = optional(number)
     # Spend caps across runs (UTC day and month): a run over one waits until the period turns.

@@ -33,14 +33,21 @@ from google.genai.webhooks import RevocationBehavior, Webhook, WebhookSubscribed
 
 from promptdrop.settings import Settings
 
-# The batch events (google.genai.webhooks.WebhookSubscribedEvent); a cancelled batch has none.
-BATCH_EVENTS: tuple[WebhookSubscribedEvent, ...] = ("batch.succeeded", "batch.failed", "batch.expired")
+# The batch events: google.genai.webhooks.WebhookSubscribedEvent's, and batch.cancelled from the webhooks
+# guide (2026-09-24), which the SDK's literal does not list yet (it takes any string).
+BATCH_EVENTS: tuple[WebhookSubscribedEvent, ...] = (
+    "batch.succeeded",
+    "batch.failed",
+    "batch.expired",
+    "batch.cancelled",
+)
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix every signing secret has, not a secret)
 # On rotation Gemini signs with the old and the new secret for 24 hours: receivers still holding the old
 # one keep verifying until the new revision has replaced them.
 ROTATION: RevocationBehavior = "revoke_previous_secrets_after_h24"
 PAGE_SIZE = 100
-Outcome = Literal["created", "rotated", "unchanged"]
+Outcome = Literal["created", "rotated", "re-enabled", "unchanged"]
+ENABLED = "enabled"
 
 
 class RegistrationError(Exception):
@@ -65,6 +72,10 @@ class WebhookApi(Protocol):
     ) -> Webhook: ...
 
     def delete(self, id: str) -> object: ...
+
+    def update(
+        self, id: str, *, update_mask: str | None = ..., state: Literal["enabled"] | None = ...
+    ) -> object: ...
 
     def rotate_signing_secret(
         self, id: str, *, revocation_behavior: RevocationBehavior | None = ...
@@ -129,6 +140,15 @@ def register(
     """Make one webhook point at ``uri`` with the batch events; store a secret it returns (see the module)."""
     mine = pointing_at(api, uri)
     if len(mine) == 1 and set(mine[0].subscribed_events) == set(BATCH_EVENTS) and mine[0].id:
+        if mine[0].state not in (None, ENABLED):
+            # Disabled (after failed deliveries, pushes stop silently): enable it again, same secret.
+            api.update(mine[0].id, update_mask="state", state=ENABLED)
+            print(
+                f"deploy: webhook {mine[0].id} was {mine[0].state}: re-enabled, batch events go to {uri} again",
+                file=sys.stderr,
+            )
+            if not rotate:
+                return "re-enabled"
         if not rotate:
             print(f"deploy: webhook {mine[0].id} already sends batch events to {uri}", file=sys.stderr)
             return "unchanged"

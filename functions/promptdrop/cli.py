@@ -7,14 +7,13 @@ Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CA
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,7 +44,15 @@ from promptdrop.errors import ConfigurationError, PreconditionFailedError, Promp
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
-from promptdrop.models import ModelChoice, choose_model, model_spec, predict_choice, served_by_schedule
+from promptdrop.models import (
+    BATCH_GENERATE,
+    MODELS,
+    ServedModels,
+    lane_problem,
+    model_spec,
+    predict_choice,
+    served_by_schedule,
+)
 from promptdrop.ports import JobStore
 from promptdrop.records import Run
 from promptdrop.settings import Settings, parse_duration
@@ -248,53 +255,43 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     return receipt.run
 
 
-def _predicted_choice(settings: Settings) -> Callable[[str], ModelChoice]:
-    """What a run's lines will run on, as far as the dry run can tell without asking the API: the bundled
-    emulator serves exactly the table's current models, so there the prediction is the run's own choice."""
-    today = datetime.now(UTC).date()
-    if settings.backend != "emulator":
-        return lambda model: predict_choice(model, policy=settings.retired_models, today=today)
-
-    def emulated(model: str) -> ModelChoice:
-        choice = choose_model(
-            model, lambda m: served_by_schedule(m, today), policy=settings.retired_models, today=today
-        )
-        if choice.code == "unknown_model" and model_spec(model) is None:
-            message = (
-                f"{choice.requested} is not in promptdrop's model table, so the emulator does not serve it"
-            )
-            return dataclasses.replace(choice, message=message)
-        return choice
-
-    return emulated
-
-
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
     money = CapEstimate()  # the figure the run's budget cap is held against, computed the same way
     saved = CostTally()
     valid = invalid = now_lines = cached = 0
     try:
-        ctx = build_context(settings)  # the bucket and the cache; no backend is built
+        ctx = build_context(settings, _launch_emulator)  # the backend is built only when asked for
     except ConfigurationError as exc:
         _print_configuration_error(exc)
         return 2
     digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
-    choose = _predicted_choice(settings)
+    today = datetime.now(UTC).date()
     noticed: set[str] = set()
+    served = _served_or_table(ctx)
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
-                # Predicted; the run itself asks the API (models.get).
-                choice = choose(line.model)
+                # As the run will decide it: from what the API serves (or the table, offline).
+                choice = predict_choice(
+                    line.model,
+                    policy=settings.retired_models,
+                    today=today,
+                    model_map=settings.model_mapping,
+                    served=served,
+                )
                 if line.model not in noticed:
                     noticed.add(line.model)
-                    if choice.notice or choice.code:
-                        err.print(f"[yellow]model notice:[/yellow] {choice.notice or choice.message}")
-                if choice.model is None:
+                    if choice.notice:
+                        err.print(f"[yellow]model notice:[/yellow] {choice.notice}")
+                problem = (choice.code, choice.message) if choice.model is None else None
+                if problem is None and served is not None:
+                    problem = lane_problem(choice.model or "", served, line.lane)
+                if problem is not None:
                     invalid += 1
-                    err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
+                    err.print(f"line {line.line}: [red]{problem[0]}[/red] {problem[1]}")
                     continue
+                assert choice.model is not None
                 valid += 1
                 now_lines += line.lane == "now"
                 money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
@@ -329,6 +326,18 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
         out.print(f"[red]over the budget cap PROMPTDROP_MAX_COST_USD=${cap}: it would be refused[/red]")
         refused = 1
     return refused or (0 if valid else 1)
+
+
+def _served_or_table(ctx: Context) -> ServedModels | None:
+    """What the API (or the emulator) serves; None offline (the table predicts then), said so."""
+    try:
+        return ctx.backend.served_models()
+    except PromptdropError as exc:
+        err.print(
+            f"[yellow]could not ask the API which models it serves ({exc}): model checks below are "
+            "predicted from promptdrop's model table[/yellow]"
+        )
+        return None
 
 
 def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
@@ -593,7 +602,9 @@ def _cache_would_serve(settings: Settings, record: Run) -> int | None:
         options = parse_options(settings, record.source.defaults)
         for line in prompts.parse_prompt_file(stream, record.source.format, options):
             if isinstance(line, prompts.PromptRequest):
-                model = predict_choice(line.model, policy=settings.retired_models, today=today).model
+                model = predict_choice(
+                    line.model, policy=settings.retired_models, today=today, model_map=settings.model_mapping
+                ).model
                 count += model is not None and cache.would_serve(
                     ctx, digests, line, model, fresh=record.fresh
                 )
@@ -726,6 +737,95 @@ def extract(
         f"of {counts['lines']} lines -> {out_dir}/images, {out_dir}/manifest.jsonl"
     )
     raise typer.Exit(0 if counts["succeeded"] else 1)
+
+
+# `promptdrop models` ------------------------------------------------------------------------------------
+
+
+def _model_row(name: str, served: ServedModels | None) -> dict[str, Any]:
+    """One model as `promptdrop models --json` shows it: what the API says, and what the table knows."""
+    spec = model_spec(name)
+    if served is not None:
+        batch: bool | None = served.supports(name, BATCH_GENERATE)
+    else:
+        batch = spec.batch if spec else None
+    prices = (
+        {
+            size: {
+                "batch": spec.image_cost(size, batch=True),
+                "interactive": spec.image_cost(size, batch=False),
+            }
+            for size in spec.image_sizes
+        }
+        if spec
+        else {}
+    )
+    return {
+        "model": name,
+        "in_table": spec is not None,
+        "batch": batch,  # None: unknown (offline, and the table has it unconfirmed)
+        "methods": sorted(served.methods.get(name, ())) if served is not None else None,
+        "image_sizes": list(spec.image_sizes) if spec else None,
+        "price_per_image": prices or None,  # USD; None inside: no confirmed figure
+        "aspect_ratios": list(spec.aspect_ratios) if spec else None,
+        "max_reference_images": spec.max_input_images if spec else None,
+        "released": spec.released.isoformat() if spec and spec.released else None,
+        "deprecated": spec.deprecated.isoformat() if spec and spec.deprecated else None,
+        "shutdown": spec.shutdown.isoformat() if spec and spec.shutdown else None,
+        "alias_of": spec.alias_of if spec else None,
+        "successor": spec.successor if spec else None,
+        "note": spec.note if spec else None,
+    }
+
+
+@app.command("models")
+def models_command(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout")] = False,
+) -> None:
+    """The models the API serves now: batch or not, prices per image, sizes, ratios, lifecycle."""
+    settings = _settings()
+    ctx = _context(settings)
+    served = _served_or_table(ctx)
+    if served is None:
+        today = datetime.now(UTC).date()
+        names = [name for name in MODELS if served_by_schedule(name, today)]
+    else:
+        names = sorted(served.methods)
+    rows = [_model_row(name, served) for name in names]
+    if as_json:
+        source = served.source if served is not None else "table"
+        out.print_json(data={"source": source, "models": rows})
+        return
+    table = Table(
+        "model", "batch", "sizes", "batch $/image", "interactive $/image", "ratios", "refs", "lifecycle"
+    )
+    for row in rows:
+        prices = row["price_per_image"] or {}
+        lifecycle = ", ".join(
+            f"{label} {row[key]}"
+            for key, label in (
+                ("deprecated", "deprecated"),
+                ("shutdown", "shutdown"),
+                ("successor", "->"),
+                ("alias_of", "alias of"),
+            )
+            if row[key]
+        )
+        table.add_row(
+            row["model"] + ("" if row["in_table"] else " (not in table)"),
+            {True: "yes", False: "no", None: "?"}[row["batch"]],
+            ",".join(row["image_sizes"] or ["?"]),
+            " ".join(f"{size}:{_price(p['batch'])}" for size, p in prices.items()) or "?",
+            " ".join(f"{size}:{_price(p['interactive'])}" for size, p in prices.items()) or "?",
+            str(len(row["aspect_ratios"])) if row["aspect_ratios"] else "?",
+            str(row["max_reference_images"] or "?"),
+            lifecycle or "-",
+        )
+    out.print(table)
+
+
+def _price(value: float | None) -> str:
+    return "?" if value is None else f"${value:.4f}"
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -56,6 +56,10 @@ class OutOfTimeError(PromptdropError):
     """A long step stopped at its deadline, after keeping what it had done; the next call goes on from there."""
 
 
+class QuotaExceededError(BackendTransientError):
+    """The API answered 429 (RESOURCE_EXHAUSTED): a quota or rate limit, nothing was created."""
+
+
 class AmbiguousCreateError(BackendTransientError):
     """``batches.create`` failed in a way that may still have created the job (timeout, 5xx).
 

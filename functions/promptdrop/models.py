@@ -1,40 +1,78 @@
-"""The one table of image models: what each accepts, what an image bills, and each id's lifecycle.
+"""The one table of image models: what each accepts, what an image bills, each id's lifecycle and quota.
 
-Validation, the emulator, the cost code and model replacement all read this table. Rates are interactive
-USD per million tokens; the Batch API bills half of each. A model missing here is still usable when the API
-serves it, but its cost is ``None`` (unknown), never a guess; so is the cost of a listed model whose prices
-could not be confirmed (``rates=None``).
+Validation, the emulator, the cost code and model choice all read this table, but it is hints: what is
+served is asked of the API (``models.list``), and a served model missing here still runs, with the checks
+it cannot make skipped and its cost ``None`` (unknown), never a guess; so is the cost of a size whose token
+count no page gives, or of a model whose prices could not be confirmed (``rates=None``).
 
-Sources (checked 2026-11-30; ``shared/reference/gemini-batch-api.md`` §4.3, §7 and §11.1):
+Rates are interactive USD per million tokens; the Batch API bills half of each. An **alias** is the same
+model under another id (a preview id and its GA id): its lines follow it. A **successor** is a different
+model Google points to (other price, look and quality): lines are moved to it only when asked
+(``PROMPTDROP_RETIRED_MODELS=upgrade`` or ``PROMPTDROP_MODEL_MAP``).
+
+Sources (checked 2026-12-07; ``shared/reference/gemini-batch-api.md`` §4.3, §7, §11.1, §12.1, §12.2; the
+``search`` of Google's and third parties' pages found no Google page newer than those):
 - gemini-3-pro-image (GA 2026-05-28; its preview id shut down 2026-06-25): 1120 image tokens at 1K/2K and
   2000 at 4K at $120/M ($0.134 / $0.24 per image; $0.067 / $0.12 in batch), text input $2/M.
 - gemini-3.1-flash-image (GA 2026-05-28; preview shut down 2026-06-25): 747/1120/1680/2520 tokens at
-  512/1K/2K/4K at $60/M ($0.045 / $0.067 / $0.101 / $0.151), text input $0.5/M.
-- gemini-3.1-flash-lite-image: 1K only, the standard and the extreme ratios (14), 65,536 input tokens
-  (Google's model page). Its price is not on Google's pricing page (only third-party figures), so its
-  cost is unknown; its image tokens (1120, as the other 1K images) only feed the enqueued-token budget.
-- gemini-2.5-flash-image: 1290 tokens at 1K at $30/M ($0.039); earliest shutdown 2026-10-02.
-- Reference images per request ("Maximum images per prompt", Google's Vertex AI model pages, the same
-  models): 14 for gemini-3-pro-image(-preview) and gemini-3.1-flash-image(-preview), 3 for
-  gemini-2.5-flash-image; none documented for gemini-3.1-flash-lite-image (not checked there).
-The dates are "earliest possible shutdown" as announced; whether an id is still served is asked of the API
-(``models.get``) before a run's first batch: this table only says what replaces a retired id.
+  512/1K/2K/4K at $60/M ($0.045 / $0.067 / $0.101 / $0.151), text input $0.5/M. Deprecated 2026-10-06,
+  successor gemini-nano-banana-2.1 (changelog, §12.1). Shutdown: third parties (LiteLLM discussion #44983,
+  skills.sh "nanobanana") say 2026-10-29; no Google page gives it, so it is unknown here.
+- gemini-nano-banana-2.1 (GA 2026-10-06, §12.1): 1K/2K/4K (512 refused), the 14 ratios, 14 reference
+  images. $30/M image output, $1.50/M text input, $7.50/M text output per third-party release notes
+  (LiteLLM discussion #44983: "$0.0336 per 1K image" -> 1120 tokens at 1K; inference.sh: "$0.0336-$0.1134
+  per image (1K-4K)" -> 3780 tokens at 4K). No page gives the 2K count: its 2K cost is unknown. Whether the
+  Gemini API takes it in batch is not confirmed on Google's pages (listed for Vertex batch): the API's
+  ``supportedGenerationMethods`` decide.
+- gemini-3.1-flash-lite-image (GA 2026-06-30): 1K only, the 14 ratios, 65,536 input tokens (Google's
+  model page). Its price is only on third-party pages (one, unconfirmed), so its cost is unknown; its image
+  tokens (1120, as the other 1K images) only feed the enqueued-token budget.
+- gemini-2.5-flash-image: 1290 tokens at 1K at $30/M ($0.039). Changelog 2026-09-18: 2.5 models are
+  limited to projects that already used them and are not deprecated until further notice (the 2026-10-02
+  shutdown this table carried before was wrong).
+- Reference images per request ("Maximum images per prompt", Google's Vertex AI model pages): 14 for
+  gemini-3-pro-image and gemini-3.1-flash-image, 3 for gemini-2.5-flash-image; none documented for
+  gemini-3.1-flash-lite-image.
+- Enqueued-token quotas per tier (rate-limits page, 2026-08-18, §12.2): Tier 1 1,000,000 for 3.1 Flash
+  Image and 2,000,000 for 3 Pro Image and Flash-Lite Image; Tier 2 250M / 270M / 270M; Tier 3 750M / 1B /
+  1B. None given for gemini-nano-banana-2.1 or gemini-2.5-flash-image: they get the smallest figure of
+  their tier (``enqueued_token_budget``), so a job never overshoots a quota we do not know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date
 from types import MappingProxyType
 from typing import Final, Literal
+
+from promptdrop.errors import ConfigurationError
 
 BATCH_DISCOUNT: Final = 0.5
 
 STANDARD_RATIOS: Final = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 EXTREME_RATIOS: Final = ("1:4", "4:1", "1:8", "8:1")
 
-RetiredPolicy = Literal["upgrade", "refuse"]
+# What lines on an id the API no longer serves do: "aliases" follow an alias (the same model under its new
+# id) and refuse a successor (a different model); "upgrade" follows both; "refuse" follows neither.
+RetiredPolicy = Literal["aliases", "upgrade", "refuse"]
+Tier = Literal[1, 2, 3]
+
+GENERATE: Final = "generateContent"
+BATCH_GENERATE: Final = "batchGenerateContent"
+# The text models Google serves for batch: gemini-2.5-flash in every batch example of Google's guide and blog,
+# gemini-3.5-flash (Google's model page: stable, "Batch API: Supported"; preview id gemini-3-flash-preview),
+# gemini-2.5-pro and gemini-3.1-pro-preview (the Pro ids of Google's model list as last read). The emulator
+# serves them answering text, because SDK users batch text too.
+TEXT_MODELS: Final = (
+    "gemini-2.5-flash",
+    "gemini-2.5-pro",
+    "gemini-3.5-flash",
+    "gemini-3-flash-preview",
+    "gemini-3.1-pro-preview",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,41 +87,56 @@ class Rates:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """What one image model id accepts, what it costs, and when it is (or was) served."""
+    """What one image model id accepts, what it costs, when it is (or was) served, and what replaces it."""
 
     name: str
     aspect_ratios: tuple[str, ...]
-    # imageSize class -> output image tokens billed per image.
+    # imageSize class -> output image tokens billed per image; a size it accepts but no page gives a
+    # count for is in ``sizes`` only (its cost is unknown).
     image_tokens: MappingProxyType[str, int]
     default_size: str
-    rates: Rates | None  # None: not confirmed on Google's pricing page, so cost is unknown
+    rates: Rates | None  # None: not confirmed, so cost is unknown
     max_input_tokens: int
     # Tokens one reference (input) image costs, for the estimate.
     input_image_tokens: int = 560
     # Reference images (image parts) one request may carry; None: no documented maximum.
     max_input_images: int | None = None
     released: date | None = None
-    shutdown: date | None = None  # earliest announced shutdown
-    replacement: str | None = None  # the id that takes over its lines once it is no longer served
+    deprecated: date | None = None  # when Google announced its end
+    shutdown: date | None = None  # earliest announced shutdown; None: none announced (or no official date)
+    alias_of: str | None = None  # the same model under its current id (preview -> GA)
+    successor: str | None = None  # the different model Google points to
+    batch: bool | None = True  # takes batchGenerateContent on the Gemini API; None: unconfirmed
+    # Enqueued-token quota per tier 1/2/3 (rate-limits page); None: no figure published.
+    enqueued_tokens: tuple[int, int, int] | None = None
+    extra_sizes: tuple[str, ...] = ()  # accepted sizes without a published token count
+    note: str | None = None
 
     @property
     def image_sizes(self) -> tuple[str, ...]:
-        return tuple(self.image_tokens)
+        known = tuple(self.image_tokens)
+        return known + tuple(s for s in self.extra_sizes if s not in known)
 
     def tokens_for(self, size: str) -> int:
-        """Output image tokens of one image of this size class (the default size's for an unknown one)."""
-        return self.image_tokens.get(size, self.image_tokens[self.default_size])
+        """Output image tokens of one image of this size class, for the enqueued-token budget: the largest
+        known count when this size has none (a budget must not be undercounted)."""
+        return self.image_tokens.get(size) or max(self.image_tokens.values())
 
     def image_cost(self, size: str, *, batch: bool) -> float | None:
-        """USD for one output image of this size class; None when the price is unknown."""
-        if self.rates is None:
+        """USD for one output image of this size class; None when its price or token count is unknown."""
+        tokens = self.image_tokens.get(size)
+        if self.rates is None or tokens is None:
             return None
-        price = self.tokens_for(size) * self.rates.image_output / 1_000_000
+        price = tokens * self.rates.image_output / 1_000_000
         return price * BATCH_DISCOUNT if batch else price
 
     def retired_on(self, today: date) -> bool:
         """The announced shutdown date has come."""
         return self.shutdown is not None and self.shutdown <= today
+
+    @property
+    def replacement(self) -> str | None:
+        return self.alias_of or self.successor
 
 
 def _spec(
@@ -96,6 +149,7 @@ def _spec(
     max_input_images: int | None,
     released: date | None = None,
     default_size: str = "1K",
+    enqueued_tokens: tuple[int, int, int] | None = None,
 ) -> ModelSpec:
     return ModelSpec(
         name=name,
@@ -106,12 +160,15 @@ def _spec(
         max_input_tokens=max_input_tokens,
         max_input_images=max_input_images,
         released=released,
+        enqueued_tokens=enqueued_tokens,
     )
 
 
-def _retired(spec: ModelSpec, name: str, *, shutdown: date, replacement: str) -> ModelSpec:
-    """A retired id with the capabilities and prices of the model that replaced it."""
-    return replace(spec, name=name, released=None, shutdown=shutdown, replacement=replacement)
+def _alias(spec: ModelSpec, name: str, *, shutdown: date) -> ModelSpec:
+    """An old id of the same model: its capabilities, prices and quota."""
+    return replace(
+        spec, name=name, released=None, shutdown=shutdown, alias_of=spec.name, successor=None, deprecated=None
+    )
 
 
 _PRO_IMAGE = _spec(
@@ -122,15 +179,36 @@ _PRO_IMAGE = _spec(
     max_input_tokens=65_536,
     max_input_images=14,
     released=date(2026, 5, 28),
+    enqueued_tokens=(2_000_000, 270_000_000, 1_000_000_000),
 )
-_FLASH_31_IMAGE = _spec(
-    "gemini-3.1-flash-image",
-    STANDARD_RATIOS + EXTREME_RATIOS,
-    {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
-    Rates(text_input=0.5, image_input=0.5, text_output=3.0, image_output=60.0),
-    max_input_tokens=65_536,
-    max_input_images=14,
-    released=date(2026, 5, 28),
+_NANO_BANANA_21 = replace(
+    _spec(
+        "gemini-nano-banana-2.1",
+        STANDARD_RATIOS + EXTREME_RATIOS,
+        {"1K": 1120, "4K": 3780},  # third-party per-image prices at $30/M (docstring); 2K: no count found
+        # Third-party release notes (docstring); image input at the text input rate, as every other model.
+        Rates(text_input=1.5, image_input=1.5, text_output=7.5, image_output=30.0),
+        max_input_tokens=65_536,  # assumed as its predecessor's: only a bound for the line check
+        max_input_images=14,
+        released=date(2026, 10, 6),
+    ),
+    extra_sizes=("2K",),
+    batch=None,  # Gemini API batch not confirmed on Google's pages
+)
+_FLASH_31_IMAGE = replace(
+    _spec(
+        "gemini-3.1-flash-image",
+        STANDARD_RATIOS + EXTREME_RATIOS,
+        {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+        Rates(text_input=0.5, image_input=0.5, text_output=3.0, image_output=60.0),
+        max_input_tokens=65_536,
+        max_input_images=14,
+        released=date(2026, 5, 28),
+        enqueued_tokens=(1_000_000, 250_000_000, 750_000_000),
+    ),
+    deprecated=date(2026, 10, 6),
+    successor=_NANO_BANANA_21.name,
+    note="shutdown 2026-10-29 per third parties; no Google page gives a date",
 )
 _FLASH_LITE_31_IMAGE = _spec(
     "gemini-3.1-flash-lite-image",
@@ -139,6 +217,8 @@ _FLASH_LITE_31_IMAGE = _spec(
     None,
     max_input_tokens=65_536,
     max_input_images=None,
+    released=date(2026, 6, 30),
+    enqueued_tokens=(2_000_000, 270_000_000, 1_000_000_000),
 )
 _FLASH_25_IMAGE = replace(
     _spec(
@@ -149,8 +229,7 @@ _FLASH_25_IMAGE = replace(
         max_input_tokens=32_768,
         max_input_images=3,
     ),
-    shutdown=date(2026, 10, 2),
-    replacement="gemini-3.1-flash-image",
+    note="limited to projects that already used it; not deprecated until further notice (changelog 2026-09-18)",
 )
 _PREVIEW_SHUTDOWN: Final = date(2026, 6, 25)
 
@@ -159,21 +238,12 @@ MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
         spec.name: spec
         for spec in (
             _PRO_IMAGE,
+            _NANO_BANANA_21,
             _FLASH_31_IMAGE,
             _FLASH_LITE_31_IMAGE,
             _FLASH_25_IMAGE,
-            _retired(
-                _PRO_IMAGE,
-                "gemini-3-pro-image-preview",
-                shutdown=_PREVIEW_SHUTDOWN,
-                replacement="gemini-3-pro-image",
-            ),
-            _retired(
-                _FLASH_31_IMAGE,
-                "gemini-3.1-flash-image-preview",
-                shutdown=_PREVIEW_SHUTDOWN,
-                replacement="gemini-3.1-flash-image",
-            ),
+            _alias(_PRO_IMAGE, "gemini-3-pro-image-preview", shutdown=_PREVIEW_SHUTDOWN),
+            _alias(_FLASH_31_IMAGE, "gemini-3.1-flash-image-preview", shutdown=_PREVIEW_SHUTDOWN),
         )
     }
 )
@@ -197,12 +267,75 @@ def served_by_schedule(model: str, today: date) -> bool:
     return spec is not None and not spec.retired_on(today)
 
 
+def enqueued_token_budget(model: str, tier: Tier) -> int:
+    """The model's enqueued-token quota at this tier; the smallest of the tier's published figures for a
+    model without one (a job that fits it fits every image model's quota)."""
+    spec = model_spec(model)
+    if spec is not None and spec.enqueued_tokens is not None:
+        return spec.enqueued_tokens[tier - 1]
+    return min(s.enqueued_tokens[tier - 1] for s in MODELS.values() if s.enqueued_tokens is not None)
+
+
+def batch_price_text(model: str) -> str:
+    """``"$0.0168 per 1K image in batch"`` (the default size), or that it is unknown."""
+    spec = model_spec(model)
+    cost = spec.image_cost(spec.default_size, batch=True) if spec else None
+    size = spec.default_size if spec else "1K"
+    return f"${cost:.4f} per {size} image in batch" if cost is not None else "batch price unknown"
+
+
+def parse_model_map(text: str) -> dict[str, str]:
+    """``PROMPTDROP_MODEL_MAP``: ``"old=new,other=newer"`` -> ``{"old": "new", "other": "newer"}``."""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        source, sep, target = (side.strip() for side in item.partition("="))
+        if not sep or not source or not target:
+            raise ConfigurationError(
+                f"PROMPTDROP_MODEL_MAP={text!r}: expected comma-separated FROM=TO model ids, "
+                f"e.g. gemini-3.1-flash-image=gemini-nano-banana-2.1 (bad item {item!r})"
+            )
+        mapping[bare_model_id(source)] = bare_model_id(target)
+    return mapping
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModels:
+    """What the API serves (``models.list``): id -> its ``supportedGenerationMethods``.
+
+    ``source`` says where the answer came from ("api", or "table" when predicted offline).
+    """
+
+    methods: Mapping[str, frozenset[str]]
+    source: str = "api"
+
+    def serves(self, model: str) -> bool:
+        return bare_model_id(model) in self.methods
+
+    def supports(self, model: str, method: str) -> bool:
+        return method in self.methods.get(bare_model_id(model), frozenset())
+
+    def closest(self, model: str) -> str | None:
+        """The served id nearest to a mistyped one (difflib), if any is close."""
+        found = difflib.get_close_matches(bare_model_id(model), list(self.methods), n=1, cutoff=0.75)
+        return found[0] if found else None
+
+    @classmethod
+    def from_table(cls, today: date, extra: Iterable[str] = ()) -> ServedModels:
+        """The table's prediction: ids not past their shutdown (batch unless the table knows it is not)."""
+        methods: dict[str, frozenset[str]] = {}
+        for name in [*(n for n in MODELS if served_by_schedule(n, today)), *extra]:
+            spec = model_spec(name)
+            batch = spec is None or spec.batch is not False
+            methods[name] = frozenset({GENERATE, "countTokens"} | ({BATCH_GENERATE} if batch else set()))
+        return cls(methods, source="table")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelChoice:
     """What a run does with the lines that ask for one model id.
 
     ``model`` is the id the lines run on (None: they are refused with ``code``/``message``); ``notice`` is
-    said once per run to people (a replacement, or a shutdown that has come but not yet happened).
+    said once per run to people (a replacement, a deprecation, a model the table lacks).
     """
 
     requested: str
@@ -239,72 +372,166 @@ class ModelChoice:
         )
 
 
-def choose_model(
-    requested: str, served: Callable[[str], bool], *, policy: RetiredPolicy, today: date
-) -> ModelChoice:
-    """Decide what lines asking for ``requested`` run on. ``served`` asks the API (models.get).
+def _when(spec: ModelSpec) -> str:
+    return f"on {spec.shutdown}" if spec.shutdown else "(no official shutdown date)"
 
-    The API decides what is served; the table only says what replaces an id that is not. A served id runs
-    as asked (with a notice once its announced shutdown has come); an unserved id with a replacement runs
-    on it (``upgrade``) or is refused as ``retired_model`` (``refuse``); anything else is ``unknown_model``.
+
+def _deprecation_notice(spec: ModelSpec, today: date) -> str | None:
+    """For a model still served: its announced end, or None when none is announced."""
+    if spec.retired_on(today):
+        end = f"its announced shutdown date {spec.shutdown} has passed"
+    elif spec.deprecated is not None or spec.shutdown is not None:
+        since = f" since {spec.deprecated}" if spec.deprecated else ""
+        end = f"deprecated{since}, shutdown " + (
+            f"on {spec.shutdown}" if spec.shutdown else "announced, no date"
+        )
+    else:
+        return None
+    move = f": move to {spec.replacement}" if spec.replacement else ""
+    return f"{spec.name} is still served, but {end}{move}"
+
+
+def _unknown(requested: str, served: ServedModels, why: str) -> ModelChoice:
+    guess = served.closest(requested)
+    hint = f"; did you mean {guess}?" if guess else ""
+    return ModelChoice(requested, None, code="unknown_model", message=f"{why}{hint}")
+
+
+@dataclass
+class _Walk:
+    """Ids visited while following aliases and successors (a loop in the table ends the walk)."""
+
+    seen: set[str] = field(default_factory=set)
+    upgraded: bool = False  # a successor was taken on the way (not only aliases)
+
+
+def choose_model(
+    requested: str,
+    served: ServedModels,
+    *,
+    policy: RetiredPolicy,
+    today: date,
+    model_map: Mapping[str, str] | None = None,
+) -> ModelChoice:
+    """Decide what lines asking for ``requested`` run on, from what the API serves.
+
+    ``PROMPTDROP_MODEL_MAP`` is applied first (the user's choice). A served id runs as asked (with a notice
+    when it is deprecated or missing from the table). An unserved alias runs on its target (unless
+    ``refuse``); an unserved model with a successor is refused as ``retired_model`` naming the successor and
+    both batch prices, unless ``upgrade``. Anything else is ``unknown_model``, with the closest served id.
     """
     bare = bare_model_id(requested)
-    spec = model_spec(bare)
-    if served(bare):
-        if spec is not None and spec.retired_on(today):
-            notice = f"{bare} is still served, but its announced shutdown date {spec.shutdown} has passed" + (
-                f": move to {spec.replacement}" if spec.replacement else ""
+    mapped = (model_map or {}).get(bare)
+    if mapped is not None:
+        if not served.serves(mapped):
+            return _unknown(
+                bare, served, f"PROMPTDROP_MODEL_MAP sends {bare} to {mapped}, which the API does not serve"
             )
-            return ModelChoice(bare, bare, notice=notice, shutdown=spec.shutdown)
-        return ModelChoice(bare, bare)
-    if spec is None or spec.replacement is None:
+        return ModelChoice(bare, mapped, notice=f"{bare} runs on {mapped} (PROMPTDROP_MODEL_MAP)")
+    return _follow(bare, bare, served, policy=policy, today=today, walk=_Walk())
+
+
+def _follow(
+    requested: str, current: str, served: ServedModels, *, policy: RetiredPolicy, today: date, walk: _Walk
+) -> ModelChoice:
+    spec = model_spec(current)
+    first = model_spec(requested)
+    shutdown = first.shutdown if first else None
+    if served.serves(current):
+        if current == requested:
+            if spec is None:
+                return ModelChoice(
+                    requested,
+                    requested,
+                    notice=f"{requested} is served but not in promptdrop's model table: its checks are skipped "
+                    "and its cost is unknown",
+                )
+            notice = _deprecation_notice(spec, today)
+            return ModelChoice(
+                requested, requested, notice=notice, shutdown=spec.shutdown if notice else None
+            )
+        assert first is not None  # only an id in the table leads elsewhere
+        if not walk.upgraded:
+            return ModelChoice(
+                requested,
+                current,
+                notice=f"{requested} was shut down {_when(first)}: its lines run on {current}",
+                shutdown=shutdown,
+            )
         return ModelChoice(
-            bare,
-            None,
-            code="unknown_model",
-            message=f"the Gemini API does not serve model {bare!r} (models.get: not found)",
+            requested,
+            current,
+            notice=f"{requested} is no longer served: its lines run on {current}, a different model "
+            "(PROMPTDROP_RETIRED_MODELS=upgrade)",
+            shutdown=shutdown,
         )
-    when = f"on {spec.shutdown}" if spec.shutdown else "by Google"
-    if policy == "refuse":
+    walk.seen.add(current)
+    if spec is None or spec.replacement is None or spec.replacement in walk.seen:
+        if current == requested:
+            return _unknown(
+                requested, served, f"the Gemini API does not serve model {requested!r} (models.list)"
+            )
+        why = f"{requested} is no longer served and the API serves none of its replacements"
+        return ModelChoice(requested, None, code="unknown_model", message=why, shutdown=shutdown)
+    if spec.alias_of is not None:
+        if policy == "refuse":
+            return ModelChoice(
+                requested,
+                None,
+                code="retired_model",
+                message=f"{current} was shut down {_when(spec)}; it is now {spec.alias_of} "
+                "(PROMPTDROP_RETIRED_MODELS=refuse, so it was not replaced)",
+                shutdown=shutdown,
+            )
+        return _follow(requested, spec.alias_of, served, policy=policy, today=today, walk=walk)
+    successor = spec.successor
+    assert successor is not None
+    if policy != "upgrade":
+        since = f" (deprecated {spec.deprecated})" if spec.deprecated else ""
         return ModelChoice(
-            bare,
+            requested,
             None,
             code="retired_model",
-            message=(
-                f"{bare} was shut down {when}; use {spec.replacement} "
-                "(PROMPTDROP_RETIRED_MODELS=refuse, so it was not replaced)"
-            ),
-            shutdown=spec.shutdown,
+            message=f"{current} is no longer served{since}; Google's successor is {successor}, a different "
+            f"model: {current} cost {batch_price_text(current)}, {successor} costs {batch_price_text(successor)}. "
+            f"To run these lines on it: PROMPTDROP_RETIRED_MODELS=upgrade or "
+            f"PROMPTDROP_MODEL_MAP={requested}={successor}",
+            shutdown=shutdown,
         )
-    # Follow the chain of replacements to the first id the API serves.
-    target: str | None = spec.replacement
-    seen = {bare}
-    while target is not None and target not in seen:
-        if served(target):
-            return ModelChoice(
-                bare,
-                target,
-                notice=f"{bare} was shut down {when}: its lines run on {target}",
-                shutdown=spec.shutdown,
+    walk.upgraded = True
+    return _follow(requested, successor, served, policy=policy, today=today, walk=walk)
+
+
+def lane_problem(model: str, served: ServedModels, lane: str) -> tuple[str, str] | None:
+    """(code, message) when the served model cannot take this lane's calls (``supportedGenerationMethods``)."""
+    if lane == "now":
+        if not served.supports(model, GENERATE):
+            return (
+                "no_generate",
+                f"{model} does not take generateContent calls, so the now lane cannot send it",
             )
-        seen.add(target)
-        next_spec = model_spec(target)
-        target = next_spec.replacement if next_spec else None
-    return ModelChoice(
-        bare,
-        None,
-        code="unknown_model",
-        message=f"{bare} was shut down {when} and the API serves none of its replacements",
-        shutdown=spec.shutdown,
-    )
-
-
-def predict_choice(requested: str, *, policy: RetiredPolicy, today: date) -> ModelChoice:
-    """The choice the table alone predicts (for ``run --dry-run``, which asks the API nothing)."""
-    bare = bare_model_id(requested)
-    if model_spec(bare) is None:
-        # Not ours to judge without the API: it runs if the API serves it (cost unknown).
-        return ModelChoice(
-            bare, bare, notice=f"{bare} is not in promptdrop's model table: its cost is unknown"
+        return None
+    if not served.supports(model, BATCH_GENERATE):
+        return (
+            "no_batch",
+            f"{model} does not take batch requests (models.list: no batchGenerateContent); "
+            'send these lines in the now lane ("lane": "now", at the interactive price)',
         )
-    return choose_model(bare, lambda m: served_by_schedule(m, today), policy=policy, today=today)
+    return None
+
+
+def predict_choice(
+    requested: str,
+    *,
+    policy: RetiredPolicy,
+    today: date,
+    model_map: Mapping[str, str] | None = None,
+    served: ServedModels | None = None,
+) -> ModelChoice:
+    """The choice ``run --dry-run`` shows: from what the API serves when it could be asked, else from the
+    table (an id the table lacks is assumed served then: it runs if the API serves it, cost unknown)."""
+    if served is None:
+        bare = bare_model_id(requested)
+        mapped = (model_map or {}).get(bare, bare)
+        served = ServedModels.from_table(today, () if model_spec(mapped) else (mapped,))
+    return choose_model(requested, served, policy=policy, today=today, model_map=model_map)

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+from promptdrop.models import ServedModels
 from promptdrop.records import Job, Run
 from promptdrop.spend import SpendCap, SpendRefusal
 from promptdrop.states import JobPhase, JobState, RunState
@@ -218,6 +219,17 @@ class BatchInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookStatus:
+    """A static webhook as ``webhooks.list`` shows it (``state``: enabled, disabled, or
+    disabled_due_to_failed_deliveries, when the API stopped pushing after failed deliveries)."""
+
+    id: str
+    uri: str
+    state: str
+    events: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookRegistration:
     """A static webhook just created: its id, and the ``whsec_`` secret its deliveries are signed with."""
 
@@ -236,8 +248,8 @@ class BatchBackend(Protocol):
         """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
         ...
 
-    def model_served(self, model: str) -> bool:
-        """Whether the API serves this model id for batches (``models.get``; 404 -> False).
+    def served_models(self) -> ServedModels:
+        """The model ids the API serves now and their ``supportedGenerationMethods`` (``models.list``).
 
         Raises TransientError when it cannot tell: a verdict is never made from a failed call.
         """
@@ -278,6 +290,10 @@ class BatchBackend(Protocol):
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Remove a static webhook; a missing one is fine."""
+        ...
+
+    def list_webhooks(self) -> list[WebhookStatus]:
+        """Every static webhook of the project (``webhooks.list``, every page)."""
         ...
 
 

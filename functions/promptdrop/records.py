@@ -148,6 +148,9 @@ class Job(_Record):
     # CREATING was looked up or created again (bounded, so a job cannot stay CREATING forever).
     create_sent_at: float | None = None
     recoveries: int = 0
+    # A create refused with 429 (a quota): the job went back to QUEUED and is not launched before this time.
+    not_before: float | None = None
+    quota_refusals: int = 0
     duplicates: list[str] = Field(default_factory=list)  # batches sharing our display name, cancelled
     retryable: int = 0  # lines of this job that failed retryably (counted by the harvest)
     # A retry attempt's job count, on each of its jobs (0 on the first attempt): fewer recorded means the

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Literal, cast, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -24,7 +24,7 @@ from pydantic import (
 
 from promptdrop.api_limits import FILE_MAX_BYTES
 from promptdrop.errors import ConfigurationError
-from promptdrop.models import DEFAULT_MODEL, RetiredPolicy
+from promptdrop.models import DEFAULT_MODEL, RetiredPolicy, Tier, enqueued_token_budget, parse_model_map
 
 ENV_PREFIX = "PROMPTDROP_"
 
@@ -82,8 +82,14 @@ class Settings(BaseModel):
     api_key: SecretStr | None = None  # GEMINI_API_KEY
     gemini_base_url: str | None = None
     model: str = DEFAULT_MODEL
-    # A retired model id (the API no longer serves it) runs on its replacement, or its lines are refused.
-    retired_models: RetiredPolicy = "upgrade"
+    # Lines on an id the API no longer serves: "aliases" follow an alias (the same model, e.g. preview -> GA)
+    # and refuse a successor (a different model); "upgrade" follows both; "refuse" neither (models.py).
+    retired_models: RetiredPolicy = "aliases"
+    # "FROM=TO,...": lines asking for FROM run on TO (the user's own choice of a successor, without a release).
+    model_map: str = ""
+    tier: int = Field(
+        default=1, ge=1, le=3
+    )  # the project's billing tier: picks each model's enqueued-token quota
     priority: int = 0  # batch priority (higher runs first) for lines and files that set none
     inbox_prefix: str = "inbox/"
     output_prefix: str = "outputs/"
@@ -100,7 +106,8 @@ class Settings(BaseModel):
     max_file_bytes: NonNegativeInt = 2 * GiB
     max_requests_per_job: NonNegativeInt = 10_000
     max_job_bytes: int = Field(default=1900 * MiB, ge=0, le=FILE_MAX_BYTES)  # the Files API: 2 GB a file
-    max_enqueued_tokens: NonNegativeInt = 2_000_000  # Tier 1 enqueued-token limit of the image models
+    # Enqueued tokens per job and in flight; unset: each model's quota at PROMPTDROP_TIER (models.py).
+    max_enqueued_tokens: NonNegativeInt | None = None
     max_jobs_in_flight: NonNegativeInt = 50  # the API allows 100 concurrent batch jobs per project
     inline_image_max_bytes: NonNegativeInt = 4 * MiB  # larger reference images go through the Files API
     upload_concurrency: NonNegativeInt = 16
@@ -155,6 +162,16 @@ class Settings(BaseModel):
     webhook_poll_seconds: NonNegativeFloat = 900.0
     webhook_max_bytes: NonNegativeInt = 64 * 1024  # a delivery body over this is refused (400) unread
     in_cloud: bool = False  # K_SERVICE is set: a real Cloud Functions deployment
+
+    @property
+    def model_mapping(self) -> dict[str, str]:
+        return parse_model_map(self.model_map)
+
+    def enqueued_token_budget(self, model: str) -> int:
+        """Enqueued tokens one model's jobs may hold: PROMPTDROP_MAX_ENQUEUED_TOKENS, else its tier quota."""
+        if self.max_enqueued_tokens is not None:
+            return self.max_enqueued_tokens
+        return enqueued_token_budget(model, cast(Tier, self.tier))
 
     @property
     def webhooks_on(self) -> bool:
@@ -245,6 +262,7 @@ class Settings(BaseModel):
         problems = [_problem(name, getattr(settings, name)) for name in _bad_forms(settings)]
         if problems:
             raise ConfigurationError("; ".join(problems))
+        settings.model_mapping  # noqa: B018 - refuses a malformed PROMPTDROP_MODEL_MAP at start
         if settings.output_prefix.startswith(settings.inbox_prefix) or settings.inbox_prefix.startswith(
             settings.output_prefix
         ):

@@ -23,8 +23,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from promptdrop.errors import ConfigurationError, InputError
 
-# The events promptdrop subscribes to (the SDK's WebhookSubscribedEvent values for batches).
-BATCH_EVENTS: Final = ("batch.succeeded", "batch.failed", "batch.expired")
+# The events promptdrop subscribes to: the SDK's WebhookSubscribedEvent values for batches, and the
+# batch.cancelled the webhooks guide adds (2026-09-24; the API reference and SDK do not list it yet).
+BATCH_EVENTS: Final = ("batch.succeeded", "batch.failed", "batch.expired", "batch.cancelled")
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - the prefix, not a secret
 
 
@@ -43,6 +44,9 @@ class BatchEvent:
     delivery_id: str  # the webhook-id header: the same for every retry of one delivery
     type: str
     batch_name: str  # "batches/<id>"
+    # batch.failed carries why (the guide's error_code / error_message); for the log only.
+    error_code: str | None = None
+    error_message: str | None = None
 
 
 class Verifier:
@@ -105,7 +109,14 @@ def parse_event(payload: Any, delivery_id: str) -> BatchEvent | None:
     raw = data.get("id") or data.get("name") or payload.get("name")
     if not isinstance(raw, str):
         raise BodyError("a batch event without data.id")
-    return BatchEvent(delivery_id=delivery_id, type=event_type, batch_name=normalize_batch_name(raw))
+    code, message = data.get("error_code"), data.get("error_message")
+    return BatchEvent(
+        delivery_id=delivery_id,
+        type=event_type,
+        batch_name=normalize_batch_name(raw),
+        error_code=str(code)[:100] if code is not None else None,
+        error_message=str(message)[:500] if message is not None else None,
+    )
 
 
 def event_body(event_type: str, batch_name: str, *, timestamp: str, **data: Any) -> dict[str, Any]:

@@ -42,6 +42,13 @@ def promptdrop(
     )
 
 
+def promptdrop_started(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[str]:
+    """Start the real CLI in the background (text pipes): the caller talks to it and waits for it."""
+    return subprocess.Popen(
+        [*CLI, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def batches(emulator: RunningEmulator) -> list[Any]:
     """Every batch job the emulator holds (the client stays alive while the pager runs)."""
     client = emulator.client()
@@ -115,14 +122,7 @@ def test_run_wait_exits_1_when_the_run_is_cancelled(tmp_path: Path, emulator_fac
     prompt_file = tmp_path / "slow.jsonl"
     prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
 
-    waiting = subprocess.Popen(
-        [*CLI, "run", str(prompt_file), "--wait"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    waiting = promptdrop_started(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
     try:
         assert waiting.stdout is not None
         run_id = waiting.stdout.readline().strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from google.genai import errors, types
 
 from promptdrop.adapters.gemini import GeminiBackend
 from promptdrop.emulator.server import is_real_mime_type
-from promptdrop.models import MODELS
+from promptdrop.errors import BackendTransientError
+from promptdrop.models import BATCH_GENERATE, MODELS, TEXT_MODELS
 from promptdrop.testing.emulator import running_emulator, upload_jsonl
 
 GA = "gemini-3-pro-image"
@@ -32,6 +34,7 @@ def test_models_get_and_list_serve_current_ids_and_refuse_retired_ones(tmp_path:
             assert f"models/{missing} is not found for API version v1beta" in str(caught.value.message)
         listed = {m.name for m in client.models.list(config={"page_size": 2})}
         served = {f"models/{name}" for name, spec in MODELS.items() if spec.shutdown is None}
+        served |= {f"models/{name}" for name in TEXT_MODELS}
         assert listed == served  # paged 2 at a time; no retired id among them
 
 
@@ -145,15 +148,56 @@ def test_response_header_names_keep_their_canonical_case_on_the_wire(tmp_path: P
         assert not {name for name in names if name.lower() == b"content-type" and name != b"Content-Type"}
 
 
-def test_backend_model_check_caches_its_verdict(tmp_path: Path) -> None:
-    """GeminiBackend.model_served asks models.get once per id and process window, then answers from memory."""
-    with running_emulator(tmp_path / "emu") as emu:
+def test_models_option_serves_exactly_those_ids_with_their_methods(tmp_path: Path) -> None:
+    """--models shuts every other id down; --no-batch-models lists one without batchGenerateContent."""
+    with running_emulator(
+        tmp_path / "emu", models=(GA, "gemini-nano-banana-2.1", "brand-new-image"), no_batch_models=(GA,)
+    ) as emu:
+        client = emu.client()
+        methods = {
+            m.name: set(m.supported_actions or ()) for m in client.models.list(config={"page_size": 1})
+        }
+        assert set(methods) == {f"models/{GA}", "models/gemini-nano-banana-2.1", "models/brand-new-image"}
+        assert BATCH_GENERATE not in methods[f"models/{GA}"] and "generateContent" in methods[f"models/{GA}"]
+        assert BATCH_GENERATE in methods["models/gemini-nano-banana-2.1"]
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.get(model="gemini-3.1-flash-image")
+        assert caught.value.code == 404
+        with pytest.raises(errors.ClientError) as caught:
+            client.batches.create(model=GA, src=[types.InlinedRequest(contents="x")])
+        assert caught.value.code == 404
+
+
+def test_text_models_answer_text_in_batch(tmp_path: Path) -> None:
+    """gemini-2.5-flash (served by Google for batch) answers a batch of text requests with text."""
+    with running_emulator(tmp_path / "emu", pending_seconds=0.05, running_seconds=0.05) as emu:
+        client = emu.client()
+        job = client.batches.create(model="gemini-2.5-flash", src=[types.InlinedRequest(contents="hello")])
+        assert job.name is not None
+        for _ in range(200):
+            job = client.batches.get(name=job.name)
+            if job.done:
+                break
+            time.sleep(0.05)
+        assert job.dest is not None and job.dest.inlined_responses
+        response = job.dest.inlined_responses[0].response
+        assert response is not None and response.text is not None and "hello" in response.text
+        assert not any(part.inline_data for part in response.candidates[0].content.parts)  # type: ignore[index,union-attr]
+
+
+def test_backend_lists_served_models_once_per_process_window(tmp_path: Path) -> None:
+    """GeminiBackend.served_models reads every page of models.list once, then answers from memory; a failed
+    call is never a verdict."""
+    with running_emulator(tmp_path / "emu", models=(GA, "gemini-nano-banana-2.1")) as emu:
         backend = GeminiBackend(emu.api_key, base_url=emu.url, retry_attempts=1)
-        assert backend.model_served(GA) is True
-        assert backend.model_served(f"models/{RETIRED}") is False
-    # The emulator is gone: cached verdicts still answer, an id never asked cannot be decided.
-    assert backend.model_served(GA) is True
-    assert backend.model_served(RETIRED) is False
-    with pytest.raises(Exception, match=r"get model gemini-3\.1-flash-image failed"):
-        backend.model_served("gemini-3.1-flash-image")
-    backend.close()
+        served = backend.served_models()
+        assert set(served.methods) == {GA, "gemini-nano-banana-2.1"} and served.supports(GA, BATCH_GENERATE)
+    # The emulator is gone: the cached answer still serves this process (another backend on it too).
+    assert backend.served_models() is served
+    again = GeminiBackend(emu.api_key, base_url=emu.url, retry_attempts=1)
+    assert again.served_models() is served
+    gone = GeminiBackend(emu.api_key, base_url=emu.url + "/elsewhere", retry_attempts=1)
+    with pytest.raises(BackendTransientError, match="list models failed"):
+        gone.served_models()
+    for each in (backend, again, gone):
+        each.close()

@@ -24,136 +24,177 @@ from tests.functional.test_cli import batches, cli_env, outputs, promptdrop, sta
 
 PRO, PRO_PREVIEW = "gemini-3-pro-image", "gemini-3-pro-image-preview"
 FLASH, FLASH_PREVIEW = "gemini-3.1-flash-image", "gemini-3.1-flash-image-preview"
-UNKNOWN = "gemini-9-imaginary-image"
+NANO = "gemini-nano-banana-2.1"
+TYPO = "gemini-3-pro-imge"
+UNTABLED = "gemini-4-image-exp"  # served by the (emulated) API, missing from promptdrop's table
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-FIVE_MODELS = jsonl(
+# Google today: Pro Image, Nano Banana 2.1 and a model our table lacks; 3.1 Flash Image no longer served.
+SERVED_TODAY = (PRO, NANO, UNTABLED)
+SIX_LINES = jsonl(
     {"key": "default", "prompt": "a lighthouse"},
-    {"key": "pro-preview", "prompt": "a harbour", "model": PRO_PREVIEW},
-    {"key": "flash-preview", "prompt": "a sailboat", "model": FLASH_PREVIEW},
     {"key": "flash", "prompt": "a buoy", "model": FLASH},
-    {"key": "mystery", "prompt": "a gull", "model": UNKNOWN},
+    {"key": "pro-preview", "prompt": "a harbour", "model": PRO_PREVIEW},
+    {"key": "nano", "prompt": "a sailboat", "model": NANO},
+    {"key": "typo", "prompt": "a gull", "model": TYPO},
+    {"key": "untabled", "prompt": "a pier", "model": UNTABLED},
 )
 
 
-def _run_five(tmp_path: Path, emulator_factory: Any, **env: str) -> tuple[dict[str, Any], str, Any]:
-    emulator = emulator_factory(pending_seconds=0.1, running_seconds=0.1)
+def _run(
+    tmp_path: Path, emulator: Any, data: bytes = SIX_LINES, **env: str
+) -> tuple[dict[str, Any], dict[str, Any], str, dict[str, str]]:
     home = tmp_path / "home"
     environment = cli_env(home, emulator, **env)
-    (tmp_path / "boats.jsonl").write_bytes(FIVE_MODELS)
+    (tmp_path / "boats.jsonl").write_bytes(data)
     done = promptdrop(environment, "run", "boats.jsonl", "--wait", cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr  # PARTIAL exits 0
     run_id = done.stdout.split()[0]
     summary = json.loads((outputs(home, run_id) / "summary.json").read_bytes())
     manifest = {entry["key"]: entry for entry in read_jsonl(outputs(home, run_id) / "manifest.jsonl")}
-    assert summary["state"] == "PARTIAL"
-    return {"summary": summary, "manifest": manifest, "env": environment}, done.stderr, emulator
+    return summary, manifest, done.stderr, environment
 
 
-def test_retired_ids_run_on_their_replacement_and_unknown_ids_are_invalid(
-    tmp_path: Path, emulator_factory: Any
-) -> None:
-    """Default, two retired previews and a GA id run on GA ids; an unknown id is invalid and gets no batch."""
-    result, stderr, emulator = _run_five(tmp_path, emulator_factory)
-    manifest, summary = result["manifest"], result["summary"]
+def _today(emulator_factory: Any) -> Any:
+    return emulator_factory(pending_seconds=0.1, running_seconds=0.1, models=SERVED_TODAY)
+
+
+def test_models_as_google_serves_them_today(tmp_path: Path, emulator_factory: Any) -> None:
+    """Aliases follow, successors are offered, typos get a suggestion, a model the table lacks runs unpriced."""
+    emulator = _today(emulator_factory)
+    summary, manifest, stderr, env = _run(tmp_path, emulator)
     assert DEFAULT_MODEL == PRO
-    expected = {
-        "default": (PRO, None),
-        "pro-preview": (PRO, PRO_PREVIEW),
-        "flash-preview": (FLASH, FLASH_PREVIEW),
-        "flash": (FLASH, None),
-    }
+    assert summary["state"] == "PARTIAL"
+    expected = {"default": (PRO, None), "pro-preview": (PRO, PRO_PREVIEW), "nano": (NANO, None)}
+    expected["untabled"] = (UNTABLED, None)
     for key, (model, requested) in expected.items():
         entry = manifest[key]
         assert entry["status"] == "succeeded", entry
-        assert entry["model"] == model
-        assert entry.get("requested_model") == requested
-        assert ("requested_model" in entry) == (requested is not None)
-    mystery = manifest["mystery"]
-    assert mystery["status"] == "invalid" and mystery["error"]["code"] == "unknown_model"
-    assert mystery["model"] == UNKNOWN and mystery["image"] is None
-    # Jobs only on GA ids, at promptdrop and at the (emulated) API; nothing was created for the unknown id.
-    assert {job["model"] for job in summary["jobs"]} == {PRO, FLASH}
-    assert {job.model.removeprefix("models/") for job in batches(emulator)} == {PRO, FLASH}
-    assert sorted(summary["model_replacements"], key=lambda r: r["requested"]) == [
-        {"requested": PRO_PREVIEW, "model": PRO, "shutdown": "2026-06-25"},
-        {"requested": FLASH_PREVIEW, "model": FLASH, "shutdown": "2026-06-25"},
+        assert (entry["model"], entry.get("requested_model")) == (model, requested)
+    # Nano Banana 2.1 is priced from the table; the model the table lacks is not (cost unknown).
+    priced = [manifest[key] for key in ("default", "pro-preview", "nano")]
+    assert billed([manifest["nano"]], NANO)[0] > 0
+    assert summary["cost"]["batch"] is None and summary["cost"]["estimate"] is None
+    # The same run without the table-less line costs what its priced lines used, nano at its own rates.
+    assert billed(priced, PRO)[0] > billed([manifest["nano"]], NANO)[0]
+    # 3.1 Flash Image is no longer served: its successor is a different model, offered with both prices.
+    flash = manifest["flash"]
+    assert (flash["status"], flash["error"]["code"]) == ("invalid", "retired_model")
+    assert NANO in flash["error"]["message"]
+    assert "$0.0336 per 1K image in batch" in flash["error"]["message"]  # 3.1 Flash Image's
+    assert "$0.0168 per 1K image in batch" in flash["error"]["message"]  # Nano Banana 2.1's
+    typo = manifest["typo"]
+    assert (typo["status"], typo["error"]["code"]) == ("invalid", "unknown_model")
+    assert f"did you mean {PRO}?" in typo["error"]["message"]
+    # Jobs only on served ids; the notices say what was decided, once per id, and `status` repeats them.
+    assert {job.model.removeprefix("models/") for job in batches(emulator)} == {PRO, NANO, UNTABLED}
+    assert summary["model_replacements"] == [
+        {"requested": PRO_PREVIEW, "model": PRO, "shutdown": "2026-06-25"}
     ]
-    # One notice per replaced id, with the replacement and the shutdown date; `status` says it again.
-    for retired, replacement in ((PRO_PREVIEW, PRO), (FLASH_PREVIEW, FLASH)):
-        notice = f"{retired} was shut down on 2026-06-25: its lines run on {replacement}"
-        assert stderr.count(notice) >= 1, stderr
-        status = promptdrop(result["env"], "status", summary["run_id"], cwd=tmp_path)
-        assert status.stderr.count(notice) == 1, status.stderr
-    # Cost is that of the ids the lines ran on (both are priced in the table), each at its own rates.
-    batch, interactive = billed(list(manifest.values()), summary["model"])
-    assert (summary["cost"]["batch"], summary["cost"]["interactive"]) == pytest.approx(
-        (batch, interactive), abs=1e-6
-    )
+    assert f"{PRO_PREVIEW} was shut down on 2026-06-25: its lines run on {PRO}" in stderr
+    assert any(UNTABLED in notice and "cost is unknown" in notice for notice in summary["model_notices"])
+    status = promptdrop(env, "status", summary["run_id"], cwd=tmp_path)
+    assert status.stderr.count(f"its lines run on {PRO}") == 1, status.stderr
 
 
-def test_refuse_policy_makes_retired_lines_invalid(tmp_path: Path, emulator_factory: Any) -> None:
-    """PROMPTDROP_RETIRED_MODELS=refuse: the two retired lines are invalid (retired_model), naming the replacement."""
-    result, _, emulator = _run_five(tmp_path, emulator_factory, PROMPTDROP_RETIRED_MODELS="refuse")
-    manifest = result["manifest"]
-    for key, replacement in (("pro-preview", PRO), ("flash-preview", FLASH)):
-        entry = manifest[key]
-        assert entry["status"] == "invalid" and entry["error"]["code"] == "retired_model"
-        assert replacement in entry["error"]["message"]
-        assert "requested_model" not in entry
-    assert manifest["mystery"]["error"]["code"] == "unknown_model"
-    assert [manifest[k]["status"] for k in ("default", "flash")] == ["succeeded", "succeeded"]
-    assert result["summary"]["model_replacements"] == []
-    assert {job.model.removeprefix("models/") for job in batches(emulator)} == {PRO, FLASH}
-    # errors.jsonl carries the refused lines back, model as asked, so the user can fix and re-drop them.
-    errors = {
-        e["key"]: e
-        for e in read_jsonl(outputs(tmp_path / "home", result["summary"]["run_id"]) / "errors.jsonl")
-    }
-    assert errors["pro-preview"]["model"] == PRO_PREVIEW
-
-
-def test_a_model_still_served_after_its_shutdown_date_runs_as_asked_with_a_notice(
+def test_upgrade_runs_lines_of_a_retired_model_on_its_successor(
     tmp_path: Path, emulator_factory: Any
 ) -> None:
-    """gemini-2.5-flash-image is past its announced shutdown; while the API serves it, it runs as asked."""
+    """PROMPTDROP_RETIRED_MODELS=upgrade: the 3.1 Flash Image line succeeds on gemini-nano-banana-2.1."""
+    emulator = _today(emulator_factory)
+    data = jsonl({"key": "flash", "prompt": "a buoy", "model": FLASH})
+    summary, manifest, stderr, _ = _run(tmp_path, emulator, data, PROMPTDROP_RETIRED_MODELS="upgrade")
+    entry = manifest["flash"]
+    assert (entry["status"], entry["model"], entry["requested_model"]) == ("succeeded", NANO, FLASH)
+    assert summary["state"] == "SUCCEEDED"
+    assert f"its lines run on {NANO}, a different model" in stderr
+
+
+def test_model_map_is_the_users_choice(tmp_path: Path, emulator_factory: Any) -> None:
+    """PROMPTDROP_MODEL_MAP=gemini-3.1-flash-image=gemini-nano-banana-2.1 without the upgrade policy."""
+    emulator = _today(emulator_factory)
+    data = jsonl({"key": "flash", "prompt": "a buoy", "model": FLASH})
+    _, manifest, _, _ = _run(tmp_path, emulator, data, PROMPTDROP_MODEL_MAP=f"{FLASH}={NANO}")
+    assert (manifest["flash"]["model"], manifest["flash"]["requested_model"]) == (NANO, FLASH)
+
+
+def test_refuse_policy_refuses_aliases_too(tmp_path: Path, emulator_factory: Any) -> None:
+    """PROMPTDROP_RETIRED_MODELS=refuse: the preview line is invalid (retired_model), naming its GA id."""
+    emulator = _today(emulator_factory)
+    _, manifest, _, _ = _run(tmp_path, emulator, PROMPTDROP_RETIRED_MODELS="refuse")
+    entry = manifest["pro-preview"]
+    assert entry["status"] == "invalid" and entry["error"]["code"] == "retired_model"
+    assert PRO in entry["error"]["message"] and "requested_model" not in entry
+    assert manifest["default"]["status"] == "succeeded"
+
+
+def test_a_deprecated_model_still_served_runs_as_asked_with_a_notice(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """3.1 Flash Image while Google still serves it: it runs, and every face says it is deprecated."""
+    emulator = emulator_factory(pending_seconds=0.1, running_seconds=0.1)  # the table's current ids
+    data = jsonl({"key": "k", "prompt": "x", "model": FLASH})
+    summary, manifest, stderr, env = _run(tmp_path, emulator, data)
+    entry = manifest["k"]
+    assert entry["status"] == "succeeded" and entry["model"] == FLASH and "requested_model" not in entry
+    notice = f"{FLASH} is still served, but deprecated since 2026-10-06, shutdown announced, no date: move to {NANO}"
+    assert notice in stderr
+    assert summary["model_notices"] == [notice]
+    assert promptdrop(env, "status", summary["run_id"], cwd=tmp_path).stderr.count(notice) == 1
+    dry = promptdrop(env, "run", "boats.jsonl", "--dry-run", cwd=tmp_path)
+    assert notice in dry.stderr
+
+
+def test_no_batch_model_is_invalid_naming_the_now_lane(tmp_path: Path, emulator_factory: Any) -> None:
+    """A served model without batchGenerateContent: batch lines are invalid (no_batch), now lines run."""
     emulator = emulator_factory(
-        pending_seconds=0.1, running_seconds=0.1, serve_models=("gemini-2.5-flash-image",)
+        pending_seconds=0.1, running_seconds=0.1, models=SERVED_TODAY, no_batch_models=(NANO,)
     )
-    home = tmp_path / "home"
-    env = cli_env(home, emulator)
-    (tmp_path / "old.jsonl").write_bytes(
-        jsonl({"key": "k", "prompt": "x", "model": "gemini-2.5-flash-image"})
+    data = jsonl(
+        {"key": "batch", "prompt": "a buoy", "model": NANO},
+        {"key": "now", "prompt": "a boat", "model": NANO, "lane": "now"},
     )
-    done = promptdrop(env, "run", "old.jsonl", "--wait", cwd=tmp_path, timeout=120)
-    assert done.returncode == 0, done.stderr
-    run_id = done.stdout.split()[0]
-    [entry] = read_jsonl(outputs(home, run_id) / "manifest.jsonl")
-    assert entry["status"] == "succeeded" and entry["model"] == "gemini-2.5-flash-image"
-    assert "requested_model" not in entry
-    assert "its announced shutdown date 2026-10-02 has passed: move to gemini-3.1-flash-image" in done.stderr
-
-
-def test_dry_run_predicts_replacements_from_the_table_without_calling_the_api(
-    tmp_path: Path, emulator_factory: Any
-) -> None:
-    """`run --dry-run` says what the run would do with retired ids, and creates nothing at the API; an id
-    the table lacks is one the bundled emulator does not serve (the run would end it `unknown_model`)."""
-    emulator = emulator_factory()
-    env = cli_env(tmp_path / "home", emulator)
-    (tmp_path / "boats.jsonl").write_bytes(FIVE_MODELS)
-    done = promptdrop(env, "run", "boats.jsonl", "--dry-run", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert f"{PRO_PREVIEW} was shut down on 2026-06-25: its lines run on {PRO}" in done.stderr
-    assert f"{FLASH_PREVIEW} was shut down on 2026-06-25: its lines run on {FLASH}" in done.stderr
-    assert f"{UNKNOWN} is not in promptdrop's model table" in done.stderr
-    assert "line 5: unknown_model" in done.stderr
-    assert "4 valid, 1 invalid" in done.stdout
-    refuse = promptdrop(
-        {**env, "PROMPTDROP_RETIRED_MODELS": "refuse"}, "run", "boats.jsonl", "--dry-run", cwd=tmp_path
-    )
-    assert "2 valid, 3 invalid" in refuse.stdout and "retired_model" in refuse.stderr
+    _summary, manifest, _, _ = _run(tmp_path, emulator, data)
+    assert (manifest["batch"]["status"], manifest["batch"]["error"]["code"]) == ("invalid", "no_batch")
+    assert '"lane": "now"' in manifest["batch"]["error"]["message"]
+    assert manifest["now"]["status"] == "succeeded" and manifest["now"]["model"] == NANO
     assert batches(emulator) == []
+
+
+def test_dry_run_asks_the_api_and_shows_how_lines_will_end(tmp_path: Path, emulator_factory: Any) -> None:
+    """`run --dry-run` asks the emulator what it serves: the typo and the Flash line end as the run would."""
+    emulator = _today(emulator_factory)
+    env = cli_env(tmp_path / "home", emulator)
+    (tmp_path / "boats.jsonl").write_bytes(SIX_LINES)
+    done = promptdrop(env, "run", "boats.jsonl", "--dry-run", cwd=tmp_path)
+    assert "4 valid, 2 invalid" in done.stdout, done.stdout + done.stderr
+    assert "line 5: unknown_model" in done.stderr and f"did you mean {PRO}?" in done.stderr
+    assert "line 2: retired_model" in done.stderr and NANO in done.stderr
+    assert "predicted from promptdrop's model table" not in done.stderr
+    assert batches(emulator) == []
+    # Offline (nothing listens there): the table predicts, and says so.
+    offline = {**env, "PROMPTDROP_GEMINI_BASE_URL": "http://127.0.0.1:9", "PROMPTDROP_API_TIMEOUT": "2"}
+    guessed = promptdrop(offline, "run", "boats.jsonl", "--dry-run", cwd=tmp_path)
+    assert "predicted from promptdrop's model table" in guessed.stderr, guessed.stderr
+
+
+def test_models_command_lists_what_is_served_with_prices(tmp_path: Path, emulator_factory: Any) -> None:
+    """`promptdrop models --json`: Nano Banana 2.1 with its batch price per 1K image, and the unknown one."""
+    emulator = _today(emulator_factory)
+    env = cli_env(tmp_path / "home", emulator)
+    done = promptdrop(env, "models", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    rows = {row["model"]: row for row in listing["models"]}
+    assert listing["source"] == "api" and set(rows) == set(SERVED_TODAY)
+    nano = rows[NANO]
+    assert nano["batch"] is True and nano["image_sizes"] == ["1K", "4K", "2K"]
+    assert nano["price_per_image"]["1K"]["batch"] == pytest.approx(0.0168)
+    assert nano["price_per_image"]["2K"]["batch"] is None  # no published token count
+    assert nano["max_reference_images"] == 14 and len(nano["aspect_ratios"]) == 14
+    assert rows[UNTABLED]["in_table"] is False and rows[UNTABLED]["price_per_image"] is None
+    text = promptdrop(env, "models", cwd=tmp_path)
+    assert NANO in text.stdout and "$0.0168" in text.stdout
 
 
 def test_priority_reaches_the_batch_and_splits_jobs(tmp_path: Path, emulator_factory: Any) -> None:
@@ -248,10 +289,12 @@ def test_background_emulator_stops_after_its_idle_time_and_the_next_run_restarts
 
 
 def test_the_model_table_lists_current_ids_with_lifecycle() -> None:
-    """GA ids are current; the retired previews name their replacement and the 2026-06-25 shutdown."""
-    for retired, replacement in ((PRO_PREVIEW, PRO), (FLASH_PREVIEW, FLASH)):
+    """Preview ids are aliases of their GA ids; 3.1 Flash Image is deprecated with a successor, no date."""
+    for retired, target in ((PRO_PREVIEW, PRO), (FLASH_PREVIEW, FLASH)):
         spec = MODELS[retired]
-        assert spec.replacement == replacement and str(spec.shutdown) == "2026-06-25"
-        assert MODELS[replacement].shutdown is None
+        assert spec.alias_of == target and spec.successor is None and str(spec.shutdown) == "2026-06-25"
+    flash = MODELS[FLASH]
+    assert (flash.successor, str(flash.deprecated), flash.shutdown) == (NANO, "2026-10-06", None)
+    assert MODELS[PRO].shutdown is None and MODELS[NANO].successor is None
     lite = MODELS["gemini-3.1-flash-lite-image"]
     assert lite.image_sizes == ("1K",) and lite.rates is None  # price not on Google's page: cost unknown

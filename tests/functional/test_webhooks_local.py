@@ -23,7 +23,7 @@ from promptdrop.emulator.options import EmulatorOptions, argument_parser, option
 from promptdrop.testing.emulator import RunningEmulator, create_inline, wait_until_done
 from promptdrop.webhooks import SignatureError, Verifier
 from tests.functional.conftest import jsonl
-from tests.functional.test_cli import CLI, cli_env, outputs, promptdrop
+from tests.functional.test_cli import CLI, cli_env, outputs, promptdrop, promptdrop_started
 
 SECRET = "whsec_" + base64.b64encode(b"local-webhook-test-secret-93ab").decode()
 
@@ -166,17 +166,48 @@ def test_an_ended_batch_is_delivered_signed_to_flag_urls_and_registered_webhooks
             assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
 
 
-def test_a_cancelled_batch_sends_nothing(emulator_factory: Any) -> None:
-    """As on the real API there is no event for a cancelled batch."""
+def test_a_cancelled_batch_sends_batch_cancelled(emulator_factory: Any) -> None:
+    """The webhooks guide (2026-09-24) adds batch.cancelled: a cancelled batch is pushed like the other ends."""
     with receiver() as (inbox, listener):
         emulator = emulator_factory(pending_seconds=30, webhook_urls=(listener.url,), webhook_secret=SECRET)
         client = emulator.client()
         name = create_inline(client, "a red kite")
         client.batches.cancel(name=name)
         wait_until_done(client, name)
-        time.sleep(0.3)
-        assert inbox.got == []
-        assert emulator.server.stats()["webhooks"]["events"] == 0
+        ((headers, body),) = inbox.wait_for(1)
+        payload = Verifier(SECRET).verify(body, headers, max_bytes=65536)
+        assert (payload["type"], payload["data"]["id"]) == ("batch.cancelled", name)
+
+
+def test_a_batch_cancelled_push_ends_the_job_without_a_poll(tmp_path: Path, emulator_factory: Any) -> None:
+    """A batch cancelled at the API (by hand, in the console) while `run --wait` listens: the push ends its
+    job at once, with polling backed off to an hour (the only batches.get is the push's)."""
+    emulator = emulator_factory(pending_seconds=60)
+    home = tmp_path / "home"
+    env = cli_env(home, emulator, PROMPTDROP_WEBHOOK_POLL_SECONDS="3600", PROMPTDROP_MAX_ATTEMPTS="1")
+    prompt_file = tmp_path / "fruit.jsonl"
+    prompt_file.write_bytes(jsonl(*PROMPTS))
+    process = promptdrop_started(env, "run", str(prompt_file), "--wait", "--webhook-port", "0", cwd=tmp_path)
+    try:
+        client = emulator.client()
+        deadline = time.monotonic() + 60
+        while not (jobs := list(client.batches.list(config={"page_size": 10}))):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert jobs[0].name is not None
+        client.batches.cancel(name=jobs[0].name)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert time.monotonic() - started < 30, stderr
+    run_id = stdout.splitlines()[0].strip()
+    summary = orjson.loads((outputs(home, run_id) / "summary.json").read_bytes())
+    assert summary["jobs"][0]["state"] == "JOB_STATE_CANCELLED", summary
+    stats = emulator.server.stats()
+    assert stats["webhooks"]["delivered"] == 1
+    assert stats["calls_by_route"]["get"] == 1
 
 
 def test_a_refused_delivery_is_retried_with_the_same_id_and_a_fresh_signature(emulator_factory: Any) -> None:

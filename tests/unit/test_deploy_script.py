@@ -39,7 +39,7 @@ FUNCTIONS = {"file": "promptdrop-on-prompt-file", "poller": "promptdrop-poll-job
 SIGNING = "promptdrop-webhook-signing-secret"
 WEBHOOK = "promptdrop-on-batch-webhook"
 WEBHOOK_URL = f"https://{WEBHOOK}-abc-uc.a.run.app"
-BATCH_EVENTS = ["batch.succeeded", "batch.failed", "batch.expired"]
+BATCH_EVENTS = ["batch.succeeded", "batch.failed", "batch.expired", "batch.cancelled"]
 
 _COMMON = """
 import json, os, re, sys

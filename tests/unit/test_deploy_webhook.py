@@ -9,6 +9,7 @@ test_deploy_script.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from scripts import deploy_webhook
 from scripts.deploy_webhook import BATCH_EVENTS, RegistrationError, register, remove, sdk_client
 
 from promptdrop.settings import Settings
-from promptdrop.testing.emulator import RunningEmulator, running_emulator
+from promptdrop.testing.emulator import RunningEmulator, create_inline, running_emulator
 
 KEY = "AIza-webhook-test-key-1c9e"
 URI = "https://promptdrop-on-batch-webhook-abc-uc.a.run.app"
@@ -180,3 +181,38 @@ def test_a_wrong_key_is_refused_and_nothing_is_created(emulator: RunningEmulator
         register(wrong.webhooks, Versions(), uri=URI, signing_secret=SIGNING, name="promptdrop")
     wrong.close()
     assert not registered(sdk)
+
+
+def test_a_webhook_disabled_after_failed_deliveries_is_re_enabled(tmp_path: Path) -> None:
+    """Gemini disables a webhook whose deliveries keep failing, and pushes stop silently: a deploy re-run
+    enables it again (same webhook, same secret) and says so, instead of reporting it "unchanged"."""
+    dead = "http://127.0.0.1:9/hook"  # nothing listens: every delivery fails at once
+    options = {
+        "webhook_attempts": 1,
+        "webhook_disable_after": 1,
+        "pending_seconds": 0.05,
+        "running_seconds": 0.05,
+    }
+    with running_emulator(tmp_path / "emu", api_key=KEY, require_key=True, **options) as served:
+        client = sdk_client(KEY, Settings(gemini_base_url=served.url))
+        store = Versions()
+        assert (
+            register(client.webhooks, store, uri=dead, signing_secret=SIGNING, name="promptdrop") == "created"
+        )
+        name = create_inline(client, "a red kite")
+        deadline = time.monotonic() + 20
+        while registered(client)[0].state != "disabled_due_to_failed_deliveries":
+            assert time.monotonic() < deadline, registered(client)
+            time.sleep(0.05)
+        (before,) = registered(client)
+        assert client.batches.get(name=name).done
+        outcome = register(client.webhooks, store, uri=dead, signing_secret=SIGNING, name="promptdrop")
+        assert outcome == "re-enabled"
+        (after,) = registered(client)
+        assert (after.id, after.state) == (before.id, "enabled")
+        assert len(store.added[SIGNING]) == 1  # the stored secret still signs: nothing new to pin
+        assert (
+            register(client.webhooks, store, uri=dead, signing_secret=SIGNING, name="promptdrop")
+            == "unchanged"
+        )
+        client.close()

@@ -23,6 +23,7 @@ from promptdrop.errors import (
     BackendTransientError,
     ConfigurationError,
     NotFoundError,
+    QuotaExceededError,
 )
 from promptdrop.ports import BatchInfo
 from promptdrop.settings import Settings
@@ -243,7 +244,7 @@ TRANSLATION_CASES: list[tuple[str, Exception, bool, type[BackendError]]] = [
     ("403 on get", _api_error(403, "PERMISSION_DENIED"), False, BackendPermanentError),
     ("404 on get", _api_error(404, "NOT_FOUND"), False, BackendNotFoundError),
     ("408 on get", _api_error(408, "DEADLINE_EXCEEDED"), False, BackendTransientError),
-    ("429 on get", _api_error(429, "RESOURCE_EXHAUSTED"), False, BackendTransientError),
+    ("429 on get", _api_error(429, "RESOURCE_EXHAUSTED"), False, QuotaExceededError),
     ("500 on get", _api_error(500, "INTERNAL"), False, BackendTransientError),
     ("503 on get", _api_error(503, "UNAVAILABLE"), False, BackendTransientError),
     ("read timeout on get", READ_TIMEOUT, False, BackendTransientError),
@@ -251,7 +252,7 @@ TRANSLATION_CASES: list[tuple[str, Exception, bool, type[BackendError]]] = [
     ("unparseable body on get", genai_errors.UnknownApiResponseError("bad"), False, BackendTransientError),
     ("400 on create: refused, no job", _api_error(400, "INVALID_ARGUMENT"), True, BackendPermanentError),
     ("404 on create: unknown model", _api_error(404, "NOT_FOUND"), True, BackendNotFoundError),
-    ("429 on create: refused, no job", _api_error(429, "RESOURCE_EXHAUSTED"), True, BackendTransientError),
+    ("429 on create: refused, no job", _api_error(429, "RESOURCE_EXHAUSTED"), True, QuotaExceededError),
     ("408 on create: may exist", _api_error(408, "DEADLINE_EXCEEDED"), True, AmbiguousCreateError),
     ("500 on create: may exist", _api_error(500, "INTERNAL"), True, AmbiguousCreateError),
     ("504 on create: may exist", _api_error(504, "DEADLINE_EXCEEDED"), True, AmbiguousCreateError),

@@ -1,4 +1,4 @@
-"""The model table's lifecycle and the choice of what a run's lines run on (pure: the API is a callable)."""
+"""The model table, and the choice of what a run's lines run on (pure: what the API serves is a value)."""
 
 from __future__ import annotations
 
@@ -8,54 +8,61 @@ from pathlib import Path
 
 import pytest
 
-from promptdrop.errors import BackendTransientError
+from promptdrop.errors import ConfigurationError
 from promptdrop.models import (
+    BATCH_GENERATE,
+    GENERATE,
     MODELS,
     ModelChoice,
+    ServedModels,
     choose_model,
+    enqueued_token_budget,
+    lane_problem,
     model_spec,
+    parse_model_map,
     predict_choice,
     served_by_schedule,
 )
+from promptdrop.settings import Settings
 
-TODAY = date(2026, 11, 30)
+TODAY = date(2026, 12, 7)
 REPO = Path(__file__).resolve().parents[2]
+PRO, PRO_PREVIEW = "gemini-3-pro-image", "gemini-3-pro-image-preview"
+FLASH, FLASH_PREVIEW = "gemini-3.1-flash-image", "gemini-3.1-flash-image-preview"
+NANO = "gemini-nano-banana-2.1"
 
 
-def api_serving(*ids: str):  # type: ignore[no-untyped-def]
-    calls: list[str] = []
-
-    def served(model: str) -> bool:
-        calls.append(model)
-        return model in ids
-
-    served.calls = calls  # type: ignore[attr-defined]
-    return served
+def api_serving(*ids: str, batch: bool = True) -> ServedModels:
+    methods = frozenset({GENERATE, BATCH_GENERATE} if batch else {GENERATE})
+    return ServedModels({model: methods for model in ids})
 
 
 @pytest.mark.parametrize(
     ("requested", "serving", "policy", "model", "code"),
     [
         # Served: runs as asked, whatever the table says.
-        ("gemini-3-pro-image", ("gemini-3-pro-image",), "upgrade", "gemini-3-pro-image", None),
-        ("models/gemini-3-pro-image", ("gemini-3-pro-image",), "upgrade", "gemini-3-pro-image", None),
-        ("brand-new-image", ("brand-new-image",), "upgrade", "brand-new-image", None),
-        # Retired and not served: the replacement, or refused.
-        ("gemini-3-pro-image-preview", ("gemini-3-pro-image",), "upgrade", "gemini-3-pro-image", None),
-        (
-            "gemini-3.1-flash-image-preview",
-            ("gemini-3.1-flash-image",),
-            "upgrade",
-            "gemini-3.1-flash-image",
-            None,
-        ),
-        ("gemini-3-pro-image-preview", ("gemini-3-pro-image",), "refuse", None, "retired_model"),
-        ("gemini-2.5-flash-image", ("gemini-3.1-flash-image",), "upgrade", "gemini-3.1-flash-image", None),
-        # Not served and no replacement known: unknown.
-        ("gemini-9-imaginary-image", ("gemini-3-pro-image",), "upgrade", None, "unknown_model"),
-        ("gemini-3-pro-image", (), "upgrade", None, "unknown_model"),
-        # A replacement the API does not serve either is no way out.
-        ("gemini-3-pro-image-preview", (), "upgrade", None, "unknown_model"),
+        (PRO, (PRO,), "aliases", PRO, None),
+        (f"models/{PRO}", (PRO,), "aliases", PRO, None),
+        ("brand-new-image", ("brand-new-image",), "aliases", "brand-new-image", None),
+        (FLASH, (FLASH, NANO), "aliases", FLASH, None),  # deprecated but served
+        # An alias no longer served follows its target (not under "refuse").
+        (PRO_PREVIEW, (PRO,), "aliases", PRO, None),
+        (PRO_PREVIEW, (PRO,), "upgrade", PRO, None),
+        (PRO_PREVIEW, (PRO,), "refuse", None, "retired_model"),
+        (FLASH_PREVIEW, (FLASH,), "aliases", FLASH, None),
+        # A model no longer served with a successor: offered, taken only under "upgrade".
+        (FLASH, (PRO, NANO), "aliases", None, "retired_model"),
+        (FLASH, (PRO, NANO), "refuse", None, "retired_model"),
+        (FLASH, (PRO, NANO), "upgrade", NANO, None),
+        (FLASH_PREVIEW, (NANO,), "aliases", None, "retired_model"),  # alias, then a successor
+        (FLASH_PREVIEW, (NANO,), "upgrade", NANO, None),
+        # Not served and nothing to follow: unknown.
+        ("gemini-9-imaginary-image", (PRO,), "aliases", None, "unknown_model"),
+        (PRO, (), "aliases", None, "unknown_model"),
+        (PRO_PREVIEW, (), "aliases", None, "unknown_model"),
+        (FLASH, (PRO,), "upgrade", None, "unknown_model"),  # its successor is not served either
+        # 2.5 Flash Image is not deprecated: not served means unknown, never a successor.
+        ("gemini-2.5-flash-image", (FLASH,), "upgrade", None, "unknown_model"),
     ],
 )
 def test_choose_model(
@@ -67,81 +74,135 @@ def test_choose_model(
     assert (choice.message is not None) == (code is not None)
 
 
-def test_a_replacement_says_so_with_the_shutdown_date() -> None:
-    choice = choose_model(
-        "gemini-3-pro-image-preview", api_serving("gemini-3-pro-image"), policy="upgrade", today=TODAY
-    )
+def test_an_alias_says_so_with_the_shutdown_date() -> None:
+    choice = choose_model(PRO_PREVIEW, api_serving(PRO), policy="aliases", today=TODAY)
     assert choice.replaced and str(choice.shutdown) == "2026-06-25"
+    assert choice.notice == f"{PRO_PREVIEW} was shut down on 2026-06-25: its lines run on {PRO}"
+
+
+def test_a_successor_is_offered_with_both_batch_prices() -> None:
+    choice = choose_model(FLASH, api_serving(PRO, NANO), policy="aliases", today=TODAY)
+    assert choice.message is not None
+    assert f"successor is {NANO}" in choice.message
     assert (
-        choice.notice
-        == "gemini-3-pro-image-preview was shut down on 2026-06-25: its lines run on gemini-3-pro-image"
+        "$0.0336 per 1K image in batch" in choice.message
+        and "$0.0168 per 1K image in batch" in choice.message
     )
+    assert "PROMPTDROP_RETIRED_MODELS=upgrade" in choice.message
+    assert f"PROMPTDROP_MODEL_MAP={FLASH}={NANO}" in choice.message
 
 
-def test_served_past_its_shutdown_runs_as_asked_with_a_notice() -> None:
-    choice = choose_model(
-        "gemini-2.5-flash-image", api_serving("gemini-2.5-flash-image"), policy="refuse", today=TODAY
+def test_a_typo_gets_the_closest_served_id() -> None:
+    choice = choose_model("gemini-3-pro-imge", api_serving(PRO, NANO), policy="aliases", today=TODAY)
+    assert choice.code == "unknown_model" and choice.message is not None
+    assert choice.message.endswith(f"did you mean {PRO}?")
+    far = choose_model("dall-e-3", api_serving(PRO, NANO), policy="aliases", today=TODAY)
+    assert far.message is not None and "did you mean" not in far.message
+
+
+def test_the_model_map_is_applied_first() -> None:
+    mapping = parse_model_map(f" {FLASH}={NANO} , a=b")
+    assert mapping == {FLASH: NANO, "a": "b"}
+    choice = choose_model(FLASH, api_serving(FLASH, NANO), policy="refuse", today=TODAY, model_map=mapping)
+    assert (choice.model, choice.replaced) == (NANO, True)
+    unserved = choose_model("a", api_serving(PRO), policy="aliases", today=TODAY, model_map=mapping)
+    assert unserved.code == "unknown_model"
+    for bad in ("x", "=y", "x="):
+        with pytest.raises(ConfigurationError, match="PROMPTDROP_MODEL_MAP"):
+            parse_model_map(bad)
+    with pytest.raises(ConfigurationError, match="PROMPTDROP_MODEL_MAP"):
+        Settings.from_env({"PROMPTDROP_MODEL_MAP": "nonsense"})
+
+
+def test_a_deprecated_model_still_served_runs_with_a_notice() -> None:
+    choice = choose_model(FLASH, api_serving(FLASH, NANO), policy="refuse", today=TODAY)
+    assert choice.model == FLASH and not choice.replaced and choice.code is None
+    assert choice.notice == (
+        f"{FLASH} is still served, but deprecated since 2026-10-06, shutdown announced, no date: move to {NANO}"
     )
-    assert choice.model == "gemini-2.5-flash-image" and not choice.replaced and choice.code is None
-    assert choice.notice is not None and "2026-10-02 has passed" in choice.notice
-    before = choose_model(
-        "gemini-2.5-flash-image",
-        api_serving("gemini-2.5-flash-image"),
-        policy="upgrade",
-        today=date(2026, 9, 1),
+    assert choose_model(PRO, api_serving(PRO), policy="aliases", today=TODAY).notice is None
+    untabled = choose_model("new-image", api_serving("new-image"), policy="aliases", today=TODAY)
+    assert untabled.notice is not None and "cost is unknown" in untabled.notice
+
+
+def test_lanes_need_their_method() -> None:
+    """A batch line needs batchGenerateContent (else no_batch, naming the now lane); a now line needs generate."""
+    served = api_serving(NANO, batch=False)
+    problem = lane_problem(NANO, served, "batch")
+    assert problem is not None and problem[0] == "no_batch" and '"lane": "now"' in problem[1]
+    assert lane_problem(NANO, served, "now") is None
+    assert lane_problem(NANO, ServedModels({NANO: frozenset({BATCH_GENERATE})}), "now") == (
+        "no_generate",
+        f"{NANO} does not take generateContent calls, so the now lane cannot send it",
     )
-    assert before.notice is None
-
-
-def test_a_failed_check_is_never_a_verdict() -> None:
-    """A transient models.get failure propagates (the run backs off); it never becomes unknown_model."""
-
-    def flaky(model: str) -> bool:
-        raise BackendTransientError("get model failed: HTTP 503")
-
-    with pytest.raises(BackendTransientError):
-        choose_model("gemini-3-pro-image", flaky, policy="upgrade", today=TODAY)
 
 
 def test_choice_round_trips_through_the_run_record() -> None:
-    choice = choose_model(
-        "gemini-3-pro-image-preview", api_serving("gemini-3-pro-image"), policy="upgrade", today=TODAY
-    )
+    choice = choose_model(PRO_PREVIEW, api_serving(PRO), policy="aliases", today=TODAY)
     assert ModelChoice.from_json(choice.to_json()) == choice
 
 
 def test_predict_from_the_table_alone() -> None:
-    """`run --dry-run` predicts without the API: the table's schedule stands for it."""
-    assert (
-        predict_choice("gemini-3-pro-image-preview", policy="upgrade", today=TODAY).model
-        == "gemini-3-pro-image"
-    )
-    assert predict_choice("gemini-3-pro-image-preview", policy="refuse", today=TODAY).code == "retired_model"
-    unknown = predict_choice("someone-elses-model", policy="upgrade", today=TODAY)
+    """Offline `run --dry-run`: the table's schedule stands for the API; an id it lacks is assumed served."""
+    assert predict_choice(PRO_PREVIEW, policy="aliases", today=TODAY).model == PRO
+    assert predict_choice(PRO_PREVIEW, policy="refuse", today=TODAY).code == "retired_model"
+    unknown = predict_choice("someone-elses-model", policy="aliases", today=TODAY)
     assert unknown.model == "someone-elses-model" and unknown.notice is not None
-    assert served_by_schedule("gemini-3-pro-image", TODAY)
-    assert not served_by_schedule("gemini-3-pro-image-preview", TODAY)
-    assert served_by_schedule("gemini-3-pro-image-preview", date(2026, 6, 24))
+    assert served_by_schedule(PRO, TODAY) and served_by_schedule(FLASH, TODAY)
+    assert not served_by_schedule(PRO_PREVIEW, TODAY)
+    assert served_by_schedule(PRO_PREVIEW, date(2026, 6, 24))
 
 
-def test_table_prices_match_the_documented_per_image_figures() -> None:
-    """$0.134 / $0.24 per 1K-2K / 4K image on gemini-3-pro-image (half in batch); the lite model's is unknown."""
-    pro = MODELS["gemini-3-pro-image"]
+def test_table_prices_match_the_published_per_image_figures() -> None:
+    """Per image, interactive (batch is half): the figures the pages give, and unknown where they give none."""
+    pro, flash, nano = MODELS[PRO], MODELS[FLASH], MODELS[NANO]
     assert round(pro.image_cost("1K", batch=False) or 0, 4) == 0.1344
     assert round(pro.image_cost("4K", batch=False) or 0, 2) == 0.24
     assert round(pro.image_cost("2K", batch=True) or 0, 4) == 0.0672
+    assert round(flash.image_cost("1K", batch=False) or 0, 4) == 0.0672
+    assert round(flash.image_cost("512", batch=False) or 0, 4) == 0.0448
+    # Nano Banana 2.1: $30/M image output; $0.0336 per 1K image and $0.1134 per 4K (third-party notes).
+    assert round(nano.image_cost("1K", batch=False) or 0, 4) == 0.0336
+    assert round(nano.image_cost("4K", batch=False) or 0, 4) == 0.1134
+    assert round(nano.image_cost("1K", batch=True) or 0, 4) == 0.0168
+    assert nano.image_cost("2K", batch=True) is None  # accepted, no published token count
+    assert nano.image_sizes == ("1K", "4K", "2K") and "512" not in nano.image_sizes
+    assert len(nano.aspect_ratios) == 14 and nano.max_input_images == 14 and nano.batch is None
+    assert str(nano.released) == "2026-10-06"
     assert MODELS["gemini-3.1-flash-lite-image"].image_cost("1K", batch=True) is None
-    # Retired ids keep their replacement's capabilities, so their lines validate the same way.
-    assert model_spec("gemini-3-pro-image-preview").aspect_ratios == pro.aspect_ratios  # type: ignore[union-attr]
+    flash_25 = MODELS["gemini-2.5-flash-image"]
+    assert flash_25.shutdown is None and flash_25.successor is None and flash_25.deprecated is None
+    # Aliases keep their target's capabilities, so their lines validate the same way.
+    assert model_spec(PRO_PREVIEW).aspect_ratios == pro.aspect_ratios  # type: ignore[union-attr]
+
+
+def test_enqueued_token_budgets_per_model_and_tier() -> None:
+    """Rate-limits page: Tier 1 1M (Flash) / 2M (Pro, Flash-Lite); Tier 2 250M/270M; Tier 3 750M/1B."""
+    lite = "gemini-3.1-flash-lite-image"
+    assert [enqueued_token_budget(FLASH, t) for t in (1, 2, 3)] == [1_000_000, 250_000_000, 750_000_000]
+    assert [enqueued_token_budget(PRO, t) for t in (1, 2, 3)] == [2_000_000, 270_000_000, 1_000_000_000]
+    assert [enqueued_token_budget(lite, t) for t in (1, 2, 3)] == [2_000_000, 270_000_000, 1_000_000_000]
+    assert enqueued_token_budget(PRO_PREVIEW, 1) == 2_000_000  # an alias has its target's quota
+    # No published figure: the smallest of the tier.
+    assert [enqueued_token_budget(NANO, t) for t in (1, 2, 3)] == [1_000_000, 250_000_000, 750_000_000]
+    settings = Settings.from_env({"PROMPTDROP_TIER": "2"})
+    assert settings.enqueued_token_budget(PRO) == 270_000_000
+    assert Settings.from_env({"PROMPTDROP_MAX_ENQUEUED_TOKENS": "5"}).enqueued_token_budget(PRO) == 5
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({"PROMPTDROP_TIER": "4"})
 
 
 def test_retired_ids_appear_only_in_the_table_tests_and_notes() -> None:
-    """`git grep image-preview`: the lifecycle table, tests, and the docs that explain the replacement."""
-    found = subprocess.run(
-        ["git", "grep", "-l", "image-preview", "--", ".", ":!tests"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    assert set(found) <= {"functions/promptdrop/models.py", "README.md", "docs/MODELS.md"}, found
+    """`git grep`: retired and deprecated ids live in the table, tests, and the docs that explain them."""
+    for retired in ("image-preview", FLASH):
+        found = subprocess.run(
+            ["git", "grep", "-l", retired, "--", ".", ":!tests"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert set(found) <= {"functions/promptdrop/models.py", "README.md", "docs/MODELS.md"}, (
+            retired,
+            found,
+        )

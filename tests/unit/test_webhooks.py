@@ -11,6 +11,7 @@ import pytest
 from promptdrop.errors import ConfigurationError
 from promptdrop.settings import Settings
 from promptdrop.webhooks import (
+    BATCH_EVENTS,
     BatchEvent,
     BodyError,
     SignatureError,
@@ -97,7 +98,19 @@ def test_a_malformed_secret_is_a_configuration_error_that_does_not_echo_it(secre
 )
 def test_batch_events_name_their_batch_in_either_spelling(payload: dict[str, object], expected: str) -> None:
     event = parse_event(payload, "msg_9")
-    assert event == BatchEvent(delivery_id="msg_9", type=str(payload["type"]), batch_name=expected)
+    assert event is not None
+    assert (event.delivery_id, event.type, event.batch_name) == ("msg_9", str(payload["type"]), expected)
+
+
+def test_a_failed_batch_event_carries_its_error_fields_and_cancelled_is_a_batch_event() -> None:
+    """The guide's batch.failed error_code / error_message (for the log) and its new batch.cancelled."""
+    failed = parse_event(
+        {"type": "batch.failed", "data": {"id": "abc", "error_code": 13, "error_message": "internal"}}, "m"
+    )
+    assert failed == BatchEvent("m", "batch.failed", "batches/abc", error_code="13", error_message="internal")
+    cancelled = parse_event({"type": "batch.cancelled", "data": {"id": "abc"}}, "m")
+    assert cancelled == BatchEvent("m", "batch.cancelled", "batches/abc")
+    assert "batch.cancelled" in BATCH_EVENTS
 
 
 def test_other_events_are_none_and_broken_bodies_are_body_errors() -> None:

@@ -35,8 +35,10 @@ from promptdrop.errors import (
     BackendTransientError,
     ConfigurationError,
     NotFoundError,
+    QuotaExceededError,
 )
-from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration
+from promptdrop.models import ServedModels
+from promptdrop.ports import BatchInfo, UploadedFile, WebhookRegistration, WebhookStatus
 from promptdrop.rpc import HTTP_STATUS_NAMES
 from promptdrop.settings import Settings
 from promptdrop.states import JobState
@@ -47,9 +49,13 @@ GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 DOWNLOAD_CHUNK = 1024 * 1024
 LIST_PAGE_SIZE = 100
 MAX_SERVER_MESSAGE_CHARS = 500
-# How long a models.get verdict is reused by this process: a run checks each model before its first batch,
-# and a warm function instance submits many runs.
-MODEL_CACHE_SECONDS = 600.0
+# How long a models.list answer is reused by this process (every backend on the same endpoint and key): a
+# run asks before its first batch, and a warm function instance submits many runs.
+MODEL_CACHE_SECONDS = 300.0
+_SERVED_CACHE: dict[
+    tuple[str, int], tuple[ServedModels, float]
+] = {}  # (endpoint, key hash) -> (answer, expiry)
+_SERVED_LOCK = threading.Lock()
 
 _BATCH_NAME = re.compile(r"batches/[^/?#\s]+")
 # The Files API answers 403 "You do not have permission to access the File ... or it may not exist" for a
@@ -99,7 +105,7 @@ def translate_error(exc: Exception, action: str, *, creating: bool = False, secr
             f": {server_message}" if server_message else ""
         )
         if code == 429:
-            error_type = BackendTransientError
+            error_type = QuotaExceededError
         elif creating and (code == 408 or not 400 <= code < 500):
             error_type = AmbiguousCreateError
         elif code == 404:
@@ -231,8 +237,6 @@ class GeminiBackend:
         self._owns_client = client is None
         self._base_url = (base_url or GEMINI_BASE_URL).rstrip("/")
         self._timeout_s = timeout_s
-        self._served: dict[str, tuple[bool, float]] = {}  # model -> (served, expires at, monotonic)
-        self._served_lock = threading.Lock()
         retry = types.HttpRetryOptions(
             attempts=retry_attempts,
             initial_delay=initial_delay,
@@ -329,26 +333,25 @@ class GeminiBackend:
             job = self._client.batches.create(model=model, src=file_name, config=config)
         return _batch_info_from_job(job)
 
-    def model_served(self, model: str) -> bool:
-        """``models.get``: False for 404 (or a model that cannot batch), cached for MODEL_CACHE_SECONDS."""
-        bare = model.removeprefix("models/")
+    def served_models(self) -> ServedModels:
+        """``models.list``, every page: the ids served and their ``supportedGenerationMethods``.
+
+        Cached for MODEL_CACHE_SECONDS per process; a failed call raises (TransientError) and is not cached.
+        """
+        cache_key = (self._base_url, hash(self._secret))
         now = time.monotonic()
-        with self._served_lock:
-            cached = self._served.get(bare)
+        with _SERVED_LOCK:
+            cached = _SERVED_CACHE.get(cache_key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        with self._translated_errors(f"get model {bare}"):
-            try:
-                info = self._client.models.get(model=f"models/{bare}")
-            except genai_errors.ClientError as exc:
-                if exc.code != 404:
-                    raise
-                served = False
-            else:
-                actions = info.supported_actions
-                served = not actions or "batchGenerateContent" in actions
-        with self._served_lock:
-            self._served[bare] = (served, now + MODEL_CACHE_SECONDS)
+        methods: dict[str, frozenset[str]] = {}
+        with self._translated_errors("list models"):
+            for info in self._client.models.list(config=types.ListModelsConfig(page_size=LIST_PAGE_SIZE)):
+                if info.name:
+                    methods[info.name.removeprefix("models/")] = frozenset(info.supported_actions or ())
+        served = ServedModels(methods)
+        with _SERVED_LOCK:
+            _SERVED_CACHE[cache_key] = (served, now + MODEL_CACHE_SECONDS)
         return served
 
     def generate_content(
@@ -523,6 +526,27 @@ class GeminiBackend:
             if getattr(exc, "status_code", None) == 404:
                 return
             raise _webhook_error(f"delete webhook {webhook_id}", exc) from None
+
+    def list_webhooks(self) -> list[WebhookStatus]:
+        found: list[WebhookStatus] = []
+        token: str | None = None
+        try:
+            while True:
+                page = self._client.webhooks.list(page_size=LIST_PAGE_SIZE, page_token=token)
+                for hook in page.webhooks or []:
+                    found.append(
+                        WebhookStatus(
+                            id=str(hook.id or ""),
+                            uri=str(hook.uri or ""),
+                            state=str(hook.state or "enabled"),
+                            events=tuple(str(e) for e in hook.subscribed_events or ()),
+                        )
+                    )
+                token = page.next_page_token
+                if not token:
+                    return found
+        except Exception as exc:
+            raise _webhook_error("list webhooks", exc) from None
 
 
 def _webhook_error(action: str, exc: Exception) -> BackendError:

@@ -15,7 +15,7 @@ from typing import Final
 
 from promptdrop.emulator.images import MIME_TYPES, image_dimensions, render_image
 from promptdrop.emulator.wire import camel_keys, decode_base64, encode_base64
-from promptdrop.models import model_spec
+from promptdrop.models import TEXT_MODELS, bare_model_id, model_spec
 from promptdrop.rpc import rpc_status
 
 UNKNOWN_MODEL_IMAGE_TOKENS: Final = 1290
@@ -175,6 +175,8 @@ def answer(raw_request: object, model: str, *, image_scale: float, response_id: 
         return Answer(error=status_error(3, "request must be a JSON object"))
     request = camel_keys(raw_request)
     assert isinstance(request, dict)
+    if bare_model_id(model) in TEXT_MODELS:
+        return _text_answer(request, model, response_id)
     try:
         prompt, texts = prompt_texts(request)
         settings = image_request(request, model)
@@ -220,6 +222,19 @@ def answer(raw_request: object, model: str, *, image_scale: float, response_id: 
     text_tokens = sum(_tokens(str(part["text"])) for part in parts if "text" in part)
     candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
     usage = _usage(prompt_tokens, image_tokens, text_tokens, input_tokens)
+    return Answer(response={"candidates": [candidate], "usageMetadata": usage, **envelope})
+
+
+def _text_answer(request: dict[str, object], model: str, response_id: str) -> Answer:
+    """A text model's answer: text only, as Google's text models answer a batch of text requests."""
+    try:
+        prompt, texts = prompt_texts(request)
+    except InvalidRequest as exc:
+        return Answer(error=status_error(3, str(exc)))
+    text = f"A reply from {bare_model_id(model)} to: {prompt[:60]}"
+    candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}
+    usage = _usage(_tokens(texts), 0, _tokens(text), 0)
+    envelope = {"modelVersion": bare_model_id(model), "responseId": response_id}
     return Answer(response={"candidates": [candidate], "usageMetadata": usage, **envelope})
 
 

@@ -24,11 +24,26 @@ from typing import Final
 
 import orjson
 
-from promptdrop.emulator.answers import Answer, answer, job_marker, response_id, status_error
+from promptdrop.emulator.answers import (
+    UNKNOWN_MODEL_IMAGE_TOKENS,
+    Answer,
+    answer,
+    job_marker,
+    response_id,
+    status_error,
+)
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339, unknown_fields_error
-from promptdrop.models import MODELS, bare_model_id, model_spec, served_by_schedule
+from promptdrop.models import (
+    BATCH_GENERATE,
+    GENERATE,
+    MODELS,
+    TEXT_MODELS,
+    bare_model_id,
+    model_spec,
+    served_by_schedule,
+)
 from promptdrop.request_schema import UnknownField, unknown_fields
 from promptdrop.rpc import rpc_status
 from promptdrop.streams import iter_lines
@@ -199,9 +214,10 @@ def model_not_found(model: str, version: str, method: str) -> ApiError:
     )
 
 
-def model_json(model: str) -> dict[str, object]:
+def model_json(model: str, *, batch: bool = True) -> dict[str, object]:
     """The ``Model`` resource of ``models.get`` / ``models.list`` for a served id."""
     bare = bare_model_id(model)
+    methods = [GENERATE, "countTokens"] + ([BATCH_GENERATE] if batch else [])
     spec = model_spec(bare)
     return {
         "name": f"models/{bare}",
@@ -211,8 +227,14 @@ def model_json(model: str) -> dict[str, object]:
         "description": f"{bare} as served by the promptdrop emulator",
         "inputTokenLimit": spec.max_input_tokens if spec else 65_536,
         "outputTokenLimit": 32_768,
-        "supportedGenerationMethods": ["generateContent", "countTokens", "batchGenerateContent"],
+        "supportedGenerationMethods": methods,
     }
+
+
+def _job_tokens(job: BatchRecord) -> int:
+    """A job's enqueued tokens as the emulator counts them: one default-size image per request."""
+    spec = model_spec(job.model)
+    return job.request_count * (spec.tokens_for(spec.default_size) if spec else UNKNOWN_MODEL_IMAGE_TOKENS)
 
 
 class Engine:
@@ -267,13 +289,18 @@ class Engine:
         return datetime.fromtimestamp(self._clock(), UTC).date()
 
     def serves(self, model: str) -> bool:
-        """Served: listed in the table and not past its shutdown date, or named by ``serve_models``."""
-        bare = bare_model_id(model)
-        return bare in self.options.serve_models or served_by_schedule(bare, self.today())
+        """Served: ``models`` when given, else the table's ids not past their shutdown date, the text
+        models and ``serve_models``."""
+        return bare_model_id(model) in self.served_models()
+
+    def serves_batch(self, model: str) -> bool:
+        return self.serves(model) and bare_model_id(model) not in self.options.no_batch_models
 
     def served_models(self) -> list[str]:
+        if self.options.models is not None:
+            return list(self.options.models)
         today = self.today()
-        listed = [name for name in MODELS if served_by_schedule(name, today)]
+        listed = [name for name in MODELS if served_by_schedule(name, today)] + list(TEXT_MODELS)
         return listed + [name for name in self.options.serve_models if name not in listed]
 
     @property
@@ -314,7 +341,7 @@ class Engine:
 
     def create_batch(self, model: str, body: object, *, version: str = "v1beta") -> BatchRecord:
         """Create a job from a ``batchGenerateContent`` body (any key spelling)."""
-        if not self.serves(model):
+        if not self.serves_batch(model):
             raise model_not_found(model, version, "batchGenerateContent")
         normalized = camel_keys(body)
         batch = normalized.get("batch") if isinstance(normalized, dict) else None
@@ -352,9 +379,24 @@ class Engine:
             if active >= self.options.max_active_jobs:
                 (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
                 raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
+            limit = self.options.enqueued_token_limit
+            if limit and self._enqueued_tokens(job.model) + _job_tokens(job) > limit:
+                (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
+                raise ApiError(
+                    429,
+                    f"Enqueued token limit exceeded for {bare_model_id(job.model)} (limit {limit}); "
+                    "try again later.",
+                    "RESOURCE_EXHAUSTED",
+                )
             self._save(job)
             self._lock.notify_all()
         return job
+
+    def _enqueued_tokens(self, model: str) -> int:
+        """Tokens the model's PENDING/RUNNING jobs hold (called with the lock held)."""
+        return sum(
+            _job_tokens(j) for j in self._jobs.values() if j.state in ACTIVE_STATES and j.model == model
+        )
 
     def get_batch(self, batch_id: str) -> BatchRecord:
         with self._lock:

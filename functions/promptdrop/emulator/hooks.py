@@ -37,15 +37,18 @@ from promptdrop.webhooks import BATCH_EVENTS, Verifier, event_body
 
 logger = logging.getLogger(__name__)
 
-# Batch end states -> the event the API sends (no event for a cancelled batch).
+# Batch end states -> the event the API sends (the webhooks guide of 2026-09-24 adds batch.cancelled).
 EVENT_OF_STATE: Final = {
     "BATCH_STATE_SUCCEEDED": "batch.succeeded",
     "BATCH_STATE_FAILED": "batch.failed",
     "BATCH_STATE_EXPIRED": "batch.expired",
+    "BATCH_STATE_CANCELLED": "batch.cancelled",
 }
+WEBHOOK_STATES: Final = frozenset({"enabled", "disabled", "disabled_due_to_failed_deliveries"})
 KNOWN_EVENTS: Final = frozenset(
     {
         *BATCH_EVENTS,
+        "interaction.cancelled",
         "interaction.requires_action",
         "interaction.completed",
         "interaction.failed",
@@ -95,6 +98,7 @@ class Registered:
     update_time: float
     name: str | None = None
     state: str = "enabled"
+    failed_deliveries: int = 0  # given up in a row; webhook_disable_after of them disable it
 
     @classmethod
     def from_saved(cls, item: dict[str, Any]) -> Registered:
@@ -248,6 +252,33 @@ class Hooks:
             self._save()
         return secret
 
+    def update(self, hook_id: str, body: Any, update_mask: str | None) -> dict[str, Any]:
+        """PATCH: ``state`` (enabled again after failed deliveries, or disabled), ``uri``, ``subscribed_events``."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a Webhook object")
+        fields = (
+            [f.strip() for f in update_mask.split(",")] if update_mask else [k for k in body if k != "id"]
+        )
+        with self._lock:
+            hook = self.registered.get(hook_id)
+            if hook is None:
+                raise ApiError(404, f"Webhook {hook_id} not found.")
+            for name in fields:
+                key = {"subscribedEvents": "subscribed_events"}.get(name, name)
+                value = body.get(key, body.get(name))
+                if key == "state" and value in WEBHOOK_STATES:
+                    hook.state = str(value)
+                    hook.failed_deliveries = 0
+                elif key == "uri" and isinstance(value, str) and value.startswith(("http://", "https://")):
+                    hook.uri = value
+                elif key == "subscribed_events" and isinstance(value, list) and set(value) <= KNOWN_EVENTS:
+                    hook.subscribed_events = [str(e) for e in value]
+                else:
+                    raise ApiError(400, f"cannot update {name!r} to {value!r}")
+            hook.update_time = self._clock()
+            self._save()
+            return hook.to_json(now=self._clock())
+
     def get(self, hook_id: str) -> dict[str, Any]:
         with self._lock:
             hook = self.registered.get(hook_id)
@@ -290,7 +321,11 @@ class Hooks:
         if self._options.webhook_secret:
             targets += [(uri, None) for uri in self._options.webhook_urls]
         with self._lock:
-            targets += [(h.uri, h.id) for h in self.registered.values() if event_type in h.subscribed_events]
+            targets += [
+                (h.uri, h.id)
+                for h in self.registered.values()
+                if event_type in h.subscribed_events and h.state == "enabled"  # a disabled one gets nothing
+            ]
             self.counts["events"] += 1
             now = self._clock()
             for uri, target in targets:
@@ -334,8 +369,11 @@ class Hooks:
 
     def _after(self, item: _Attempt, ok: bool) -> None:
         options = self._options
+        hook = self.registered.get(item.target) if item.target else None
         if ok:
             self.counts["delivered"] += 1
+            if hook is not None:
+                hook.failed_deliveries = 0
             return
         self.counts["failed_attempts"] += 1
         if item.attempt >= options.webhook_attempts:
@@ -343,6 +381,13 @@ class Hooks:
             logger.warning(
                 "webhook %s to %s given up after %d attempts", item.delivery_id, item.uri, item.attempt
             )
+            if hook is not None and options.webhook_disable_after:
+                hook.failed_deliveries += 1
+                if hook.failed_deliveries >= options.webhook_disable_after and hook.state == "enabled":
+                    # As the API does: pushes stop, silently, until the webhook is updated back to enabled.
+                    hook.state = "disabled_due_to_failed_deliveries"
+                    hook.update_time = self._clock()
+                    self._save()
             return
         delay = options.webhook_retry_seconds * 2 ** (item.attempt - 1)
         self._push(

@@ -62,6 +62,13 @@ class EmulatorOptions:
     # Model ids served beyond the table's (those not past their shutdown date), e.g. to stand for a model
     # the real API still serves after its announced shutdown, or one our table lacks.
     serve_models: tuple[str, ...] = ()
+    # Exactly the ids served (None: the table's current ones, the text models and serve_models), so a test
+    # can shut a model down; and ids served without batchGenerateContent (models.list says so).
+    models: tuple[str, ...] | None = None
+    no_batch_models: tuple[str, ...] = ()
+    # A create is answered 429 RESOURCE_EXHAUSTED once the PENDING/RUNNING jobs of its model would hold more
+    # than this many enqueued tokens (0: no limit); each request counts as one default-size image.
+    enqueued_token_limit: int = 0
     # Throttle file downloads to this many bytes per second (0: as fast as the disk), so a test can make a
     # results copy outlast a function's time budget.
     download_bytes_per_second: float = 0.0
@@ -75,6 +82,9 @@ class EmulatorOptions:
     webhook_drop_rate: float = 0.0  # fraction of deliveries never sent (a lost push)
     webhook_duplicate_rate: float = 0.0  # fraction sent twice with the same webhook-id
     webhook_delay_seconds: float = 0.0  # every delivery waits this long before its first try
+    # A registered webhook becomes disabled_due_to_failed_deliveries after this many deliveries in a row were
+    # given up (0: never), and gets no pushes until it is updated back to enabled.
+    webhook_disable_after: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -110,6 +120,8 @@ class EmulatorOptions:
             raise ValueError("workers must be at least 1")
         if self.image_scale <= 0:
             raise ValueError("image_scale must be positive")
+        if self.enqueued_token_limit < 0:
+            raise ValueError("enqueued_token_limit must not be negative")
         if self.inline_responses_max < 0 or self.max_active_jobs < 1:
             raise ValueError("inline_responses_max must be >= 0 and max_active_jobs >= 1")
         if not self.fault_codes or any(code < 400 or code > 599 for code in self.fault_codes):
@@ -211,6 +223,24 @@ def argument_parser() -> argparse.ArgumentParser:
         help="model ids to serve besides the table's current ones (e.g. a retired id still served)",
     )
     parser.add_argument(
+        "--models",
+        type=_name_list,
+        default=None,
+        help="serve exactly these model ids (default: the table's current ones and the text models)",
+    )
+    parser.add_argument(
+        "--no-batch-models",
+        type=_name_list,
+        default=(),
+        help="model ids served without batchGenerateContent (a batch on them gets 404)",
+    )
+    parser.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=0,
+        help="answer a create 429 past this many enqueued tokens per model (default 0: no limit)",
+    )
+    parser.add_argument(
         "--webhook-url",
         dest="webhook_urls",
         action="append",
@@ -240,6 +270,12 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--webhook-delay-seconds", type=float, default=0.0, help="delay every delivery's first try"
     )
+    parser.add_argument(
+        "--webhook-disable-after",
+        type=int,
+        default=0,
+        help="disable a registered webhook after this many given-up deliveries in a row (default 0: never)",
+    )
     return parser
 
 
@@ -263,6 +299,9 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         fault_seed=args.fault_seed,
         idle_seconds=args.idle_seconds,
         serve_models=tuple(args.serve_models),
+        models=tuple(args.models) if args.models is not None else None,
+        no_batch_models=tuple(args.no_batch_models),
+        enqueued_token_limit=args.enqueued_token_limit,
         download_bytes_per_second=args.download_bytes_per_second,
         webhook_urls=tuple(args.webhook_urls),
         webhook_secret=args.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV) or None,
@@ -272,4 +311,5 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         webhook_drop_rate=args.webhook_drop_rate,
         webhook_duplicate_rate=args.webhook_duplicate_rate,
         webhook_delay_seconds=args.webhook_delay_seconds,
+        webhook_disable_after=args.webhook_disable_after,
     )

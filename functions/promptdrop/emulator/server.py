@@ -67,6 +67,7 @@ ROUTES: Final = [
     ("POST", rf"/{_VERSION}/webhooks", "webhook_create"),
     ("GET", rf"/{_VERSION}/webhooks", "webhook_list"),
     ("GET", rf"/{_VERSION}/webhooks/{_ID}", "webhook_get"),
+    ("PATCH", rf"/{_VERSION}/webhooks/{_ID}", "webhook_update"),
     ("DELETE", rf"/{_VERSION}/webhooks/{_ID}", "webhook_delete"),
     ("POST", rf"/{_VERSION}/webhooks/{_ID}:rotateSigningSecret", "webhook_rotate"),
 ]
@@ -563,13 +564,14 @@ class _Handler(BaseHTTPRequestHandler):
         engine = self.server.engine
         if not engine.serves(params["model"]):
             raise model_not_found(params["model"], params["ver"], "generateContent")
-        return _json(model_json(params["model"]))
+        return _json(model_json(params["model"], batch=engine.serves_batch(params["model"])))
 
     def _route_model_list(self, params: dict[str, str]) -> _Reply:
         size = page_size(self._query.get("pageSize"), default=50, maximum=1000)
         models = sorted(self.server.engine.served_models(), reverse=True)  # paginate wants descending keys
         page, token = paginate(models, lambda m: m, size, self._query.get("pageToken"))
-        body: dict[str, object] = {"models": [model_json(m) for m in page]}
+        engine = self.server.engine
+        body: dict[str, object] = {"models": [model_json(m, batch=engine.serves_batch(m)) for m in page]}
         if token:
             body["nextPageToken"] = token
         return _json(body)
@@ -635,6 +637,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_webhook_get(self, params: dict[str, str]) -> _Reply:
         return _json(self.server.hooks.get(params["id"]))
+
+    def _route_webhook_update(self, params: dict[str, str]) -> _Reply:
+        mask = self._query.get("update_mask") or self._query.get("updateMask")
+        return _json(self.server.hooks.update(params["id"], self._json_body(), mask))
 
     def _route_webhook_rotate(self, params: dict[str, str]) -> _Reply:
         return _json({"secret": self.server.hooks.rotate(params["id"], self._json_body())})

@@ -139,7 +139,8 @@ def _drive(
             done=done,
             work_now=work_now,
             redispatch_after=2 * ctx.settings.lease_seconds,
-            poll_every=ctx.settings.job_poll_interval,
+            # A disabled webhook pushes nothing: poll every tick until it is enabled again.
+            poll_every=ctx.settings.job_poll_interval if ctx.webhook_health.healthy else 0.0,
             wake=news.keys(),
         )
         if step.final:

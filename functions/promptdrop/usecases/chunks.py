@@ -67,7 +67,7 @@ class _ChunkWriter:
         return self.count == 0 or (
             self.count < settings.max_requests_per_job
             and self.bytes + size <= settings.max_job_bytes
-            and self.tokens + tokens <= settings.max_enqueued_tokens
+            and self.tokens + tokens <= settings.enqueued_token_budget(self.model)
         )
 
     def add(self, key: str, line: int, request_line: bytes, tokens: int) -> None:

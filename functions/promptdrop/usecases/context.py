@@ -64,6 +64,14 @@ class Lazy(Generic[T]):
 
 
 @dataclass
+class WebhookHealth:
+    """What the last look at the project's webhooks found (shared by every copy of a context)."""
+
+    checked_at: float | None = None
+    healthy: bool = True  # until a look says otherwise
+
+
+@dataclass
 class Context:
     settings: Settings
     blobs: BlobStore
@@ -81,6 +89,11 @@ class Context:
     # Where the now lane's chunks are published (one message each) to be worked by another function;
     # None: whoever advances a run sends its now lines itself.
     now_dispatch: Notifier | None = None
+    # Enqueued tokens per model this process aims for after the API refused a create with 429 while we were
+    # under our own count (lowered, never raised: a fresh process starts from the tier's quota again).
+    enqueued_targets: dict[str, int] = field(default_factory=dict)
+    # With webhooks on: whether the project still has an enabled batch webhook, asked at most hourly.
+    webhook_health: WebhookHealth = field(default_factory=WebhookHealth)
 
     def __post_init__(self) -> None:
         if self.backend_holder is None:

@@ -21,6 +21,7 @@ from promptdrop.errors import (
     NotFoundError,
     PermanentError,
     PreconditionFailedError,
+    QuotaExceededError,
     TransientError,
 )
 from promptdrop.lifecycle import attempt_cut_off
@@ -53,6 +54,8 @@ def launch_queued_jobs(ctx: Context, run: Run, jobs: list[Job], deadline: float 
     """
     settings = ctx.settings
     for queued in jobs:
+        if queued.not_before is not None and ctx.clock() < queued.not_before:
+            continue  # backing off after a 429 on its create
         if deadline is not None and ctx.clock() + queued.request_bytes / UPLOAD_BYTES_PER_SECOND > deadline:
             # An upload cut off by the function's time limit would be lost: the next tick launches it.
             log.info(
@@ -65,7 +68,10 @@ def launch_queued_jobs(ctx: Context, run: Run, jobs: list[Job], deadline: float 
             job = ctx.store.start_job(
                 queued.job_id,
                 max_jobs=settings.max_jobs_in_flight,
-                max_tokens=settings.max_enqueued_tokens,
+                max_tokens=min(
+                    settings.enqueued_token_budget(queued.model),
+                    ctx.enqueued_targets.get(queued.model, settings.enqueued_token_budget(queued.model)),
+                ),
                 max_input_bytes=settings.max_input_bytes_in_flight,
             )
         except PreconditionFailedError:
@@ -96,6 +102,9 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
     except AmbiguousCreateError as exc:
         log.warning("create may or may not have happened (%s); will look it up", exc, extra=extra)
         return
+    except QuotaExceededError as exc:
+        _quota_refused(ctx, run, job, exc)
+        return
     except TransientError as exc:
         # Refused before the server took it (429 and the like): nothing can land, so no waiting.
         ctx.store.update_job(job.job_id, {"create_sent_at": None})
@@ -105,6 +114,45 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
         _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"create refused: {exc}")
         return
     _adopt(ctx, run, job, info)
+
+
+def _quota_refused(ctx: Context, run: Run, job: Job, exc: QuotaExceededError) -> None:
+    """A 429 on create although we were under our own enqueued-token count: the API's real room is smaller
+    (other work of the project, python-genai #1901). Aim lower for this model (what the API holds of this
+    run now, else half the aim), put the job back in the queue and try it again after a backoff."""
+    budget = ctx.settings.enqueued_token_budget(job.model)
+    aim = ctx.enqueued_targets.get(job.model, budget)
+    held = sum(
+        other.estimated_tokens
+        for other in ctx.store.list_jobs(run.run_id)
+        if other.job_id != job.job_id
+        and other.model == job.model
+        and other.lane == "batch"
+        and other.phase in (JobPhase.CREATING, JobPhase.ACTIVE)
+    )
+    lowered = max(1, min(aim, held) if held else aim // 2)
+    ctx.enqueued_targets[job.model] = lowered
+    delay = ctx.settings.submit_retry_base * 2 ** min(job.quota_refusals, 6)
+    ctx.store.update_job(
+        job.job_id,
+        {
+            "phase": JobPhase.QUEUED.value,
+            "create_sent_at": None,
+            "not_before": ctx.clock() + delay,
+            "quota_refusals": job.quota_refusals + 1,
+        },
+        if_phases=[JobPhase.CREATING],
+    )
+    log.warning(
+        "create refused with 429 while under our enqueued-token count (%s); aiming at %d enqueued tokens "
+        "for %s from now (was %d), job back in the queue for %.1f s",
+        exc,
+        lowered,
+        job.model,
+        aim,
+        delay,
+        extra={"run_id": run.run_id, "job": job.job_id},
+    )
 
 
 def _upload_input(ctx: Context, job: Job) -> Job:

@@ -11,13 +11,16 @@ import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Final
 
+from promptdrop.errors import TransientError
 from promptdrop.logs import RUN_OVERDUE, metric_fields
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE
 from promptdrop.usecases.advance import advance_run
 from promptdrop.usecases.context import Context
+from promptdrop.webhooks import BATCH_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class TickReport:
 def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float | None = None) -> TickReport:
     """Advance every active run (or just ``run_ids``). Runs are worked on concurrently, each under its lease."""
     report = TickReport()
+    check_webhooks(ctx)
     if run_ids is None:
         active = ctx.store.list_runs(RUN_ACTIVE)
         _report_overdue(ctx, active)
@@ -82,3 +86,40 @@ def _report_overdue(ctx: Context, runs: Iterable[Run]) -> None:
                 late,
                 extra={"run_id": run.run_id, **fields},
             )
+
+
+# The project's webhooks are looked at no more often than this (per process).
+WEBHOOK_CHECK_SECONDS: Final = 3600.0
+
+
+def check_webhooks(ctx: Context) -> bool:
+    """With webhooks on: whether the batch webhooks the API shows are still enabled, looked at most hourly.
+
+    The API disables a webhook after repeated failed deliveries and then stops pushing, silently: while every
+    batch webhook is disabled, jobs are polled every tick (the no-webhook interval) and a warning is logged
+    at each look. A failed look keeps the last verdict.
+    """
+    health = ctx.webhook_health
+    if not ctx.settings.webhooks_on:
+        return True
+    now = ctx.clock()
+    if health.checked_at is not None and now - health.checked_at < WEBHOOK_CHECK_SECONDS:
+        return health.healthy
+    try:
+        hooks = ctx.backend.list_webhooks()
+    except TransientError as exc:
+        log.info("could not look at the webhooks (%s); keeping the last verdict", exc)
+        return health.healthy
+    health.checked_at = now
+    ours = [hook for hook in hooks if set(hook.events) & set(BATCH_EVENTS)]
+    # None registered through the API (pushes configured elsewhere, e.g. the emulator's --webhook-url): we
+    # cannot tell, so the pushes are trusted; only a webhook the API shows disabled is a verdict.
+    health.healthy = not ours or any(hook.state == "enabled" for hook in ours)
+    if not health.healthy:
+        states = ", ".join(f"{hook.id}: {hook.state}" for hook in ours)
+        log.warning(
+            "no enabled Gemini webhook sends batch events (%s): pushes have stopped, so jobs are polled every "
+            "tick until it is enabled again (scripts/deploy re-enables it)",
+            states,
+        )
+    return health.healthy

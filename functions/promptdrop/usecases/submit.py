@@ -18,7 +18,7 @@ from typing import Any
 from promptdrop import prompts
 from promptdrop.cost import CapEstimate, LaneMoney, LaneTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PromptdropError, TransientError
-from promptdrop.models import ModelChoice, choose_model
+from promptdrop.models import ModelChoice, ServedModels, choose_model, lane_problem
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
@@ -99,8 +99,8 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         ctx.store.create_job(job)
     for choice in plan.models.values():
         if choice.notice or choice.code:
-            # Said to people by `run`/`status` and in summary.json; logged for the Cloud deployment.
-            log.info(
+            # Said to people by `run`/`status` and in summary.json; a warning in the Cloud deployment's log.
+            log.warning(
                 "model %s: %s",
                 choice.requested,
                 choice.notice or choice.message,
@@ -190,23 +190,37 @@ def _now_cap_error(ctx: Context, line: PromptRequest) -> LineError:
 
 
 class ModelChooser:
-    """What a run's lines run on, per model id they ask for: asked of the API once per id (``models.get``)."""
+    """What a run's lines run on, per model id they ask for, from what the API serves (``models.list``, asked
+    once per run and cached per process); a line whose lane the model cannot take is refused."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.choices: dict[str, ModelChoice] = {}
+        self._served: ServedModels | None = None
+
+    @property
+    def served(self) -> ServedModels:
+        if self._served is None:
+            self._served = self.ctx.backend.served_models()
+        return self._served
 
     def __call__(self, requested: str) -> ModelChoice:
         choice = self.choices.get(requested)
         if choice is None:
+            settings = self.ctx.settings
             choice = choose_model(
                 requested,
-                self.ctx.backend.model_served,
-                policy=self.ctx.settings.retired_models,
+                self.served,
+                policy=settings.retired_models,
                 today=datetime.fromtimestamp(self.ctx.clock(), UTC).date(),
+                model_map=settings.model_mapping,
             )
             self.choices[requested] = choice
         return choice
+
+    def lane_error(self, model: str, lane: str) -> LineError | None:
+        problem = lane_problem(model, self.served, lane)
+        return LineError(*problem) if problem else None
 
 
 @dataclass
@@ -237,6 +251,8 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                     if choice.model is None:
                         raise _Refused(_model_error(choice))
                     model = choice.model
+                    if lane_error := choose.lane_error(model, line.lane):
+                        raise _Refused(lane_error)
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
                         continue

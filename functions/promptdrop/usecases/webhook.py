@@ -76,6 +76,15 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 def batch_event(ctx: Context, event: BatchEvent, *, deadline: float | None = None) -> Reply:
     """Advance the run whose batch the event names. Raises TransientError when the sender should retry."""
+    if event.error_code is not None or event.error_message is not None:
+        log.warning(
+            "webhook %s: %s says %s failed: %s %s",
+            event.delivery_id,
+            event.type,
+            event.batch_name,
+            event.error_code or "",
+            event.error_message or "",
+        )
     try:
         info = ctx.backend.get_batch(event.batch_name)
     except (BackendPermanentError, NotFoundError) as exc:
