@@ -36,7 +36,7 @@ region     = "us-central1"
 # settings = {
 #   model        = "gemini-3-pro-image"   # a retired *-preview id runs on its GA id
 #   retired_models = "aliases"            # "upgrade": successors too; "refuse": not even aliases
-#   model_map    = "gemini-3.1-flash-image=gemini-nano-banana-2.1"
+#   model_map    = "OLD-ID=NEW-ID"   # run lines of a deprecated model on its successor (README, Models)
 #   tier         = 1                      # billing tier: each model's enqueued-token quota
 #   priority     = 0
 #   max_cost_usd = 25

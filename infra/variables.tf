@@ -118,7 +118,7 @@ variable "settings" {
   type = object({
     model          = optional(string)
     retired_models = optional(string) # "aliases" (default), "upgrade" or "refuse"
-    model_map      = optional(string) # "FROM=TO,...", e.g. "gemini-3.1-flash-image=gemini-nano-banana-2.1"
+    model_map      = optional(string) # "FROM=TO,...": lines on FROM run on TO (README, "Models")
     tier           = optional(number) # the project's billing tier, 1 (default), 2 or 3: enqueued-token quotas
     priority       = optional(number)
     max_cost_usd   = optional(number)
