@@ -1,0 +1,122 @@
+"""Pay once across unfinished runs: a line whose request another run is paying for now waits for that run
+(local path: folder bucket, SQLite, the emulator over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from promptdrop.cli import app
+from promptdrop.records import Run
+from promptdrop.settings import Settings
+from promptdrop.states import RunState
+from promptdrop.usecases import poll
+from promptdrop.wiring import build_context
+from tests.functional.conftest import Pipeline, jsonl, pipeline_env
+from tests.functional.test_pay_once import catalogue, requests_sent
+
+
+def _drop(pipeline: Pipeline, name: str, lines: list[dict[str, Any]]) -> Run:
+    receipt = pipeline.drop(name, jsonl(*lines))
+    assert receipt.run is not None
+    run = pipeline.ctx.store.get_run(receipt.run.run_id)
+    assert run is not None
+    return run
+
+
+def _images(pipeline: Pipeline, run: Run) -> list[str]:
+    return sorted(path.name for path in (pipeline.outputs(run) / "images").iterdir())
+
+
+@pytest.fixture
+def slow_pipeline(tmp_path: Path, emulator_factory: Any) -> Pipeline:
+    """Batches stay pending for 4 s: a run is cancelled before its batch can have made any image."""
+    emulator = emulator_factory(pending_seconds=4.0, running_seconds=1.0)
+    home = tmp_path / "home"
+    env = pipeline_env(home, emulator.url)
+    return Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+
+
+def test_an_edited_redrop_while_the_first_run_runs_sends_only_the_edited_lines(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 lines submitted; the file re-dropped with 2 edits before the first run ends: the second run sends
+    the 2, its 18 others wait and are then served from the first run's images. 22 requests in all."""
+    first = _drop(pipeline, "catalogue.jsonl", catalogue(20))
+    assert first.state is RunState.SUBMITTED
+    second = _drop(pipeline, "catalogue.jsonl", catalogue(20, edited=frozenset({3, 11})))
+    assert (second.state, second.waiting, second.waiting_on) == (RunState.SUBMITTED, 18, [first.run_id])
+    assert requests_sent(pipeline.emulator) == 22
+
+    # `status` says what waits, and for which run.
+    for name, value in pipeline.env.items():
+        monkeypatch.setenv(name, value)
+    status = CliRunner().invoke(app, ["status", second.run_id])
+    assert f"waiting: 18 line(s) wait for run(s) paying for them now: {first.run_id}" in status.output
+
+    # The second run does not end while its lines wait, whatever its own jobs do.
+    for _ in range(8):
+        poll.tick(pipeline.ctx, run_ids=[second.run_id])
+    waiting = pipeline.ctx.store.get_run(second.run_id)
+    assert waiting is not None and not waiting.state.terminal and waiting.waiting == 18
+
+    first = pipeline.finish(first.run_id)
+    second = pipeline.finish(second.run_id)
+    assert (first.state, second.state) == (RunState.SUCCEEDED, RunState.SUCCEEDED)
+    assert requests_sent(pipeline.emulator) == 22
+    assert len(_images(pipeline, first)) == len(_images(pipeline, second)) == 20
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    paid = sorted(key for key, e in entries.items() if "cached_from" not in e)
+    assert paid == ["item-03", "item-11"]
+    for key, entry in entries.items():
+        assert entry["status"] == "succeeded"
+        if key not in paid:
+            assert entry["cached_from"] == {"run_id": first.run_id, "key": key}
+    assert second.cost.cached == 18 and second.waiting == 0
+
+
+def test_a_cancelled_payer_leaves_the_waiting_lines_to_the_waiting_run(slow_pipeline: Pipeline) -> None:
+    """The first run is cancelled before its batch made anything: the second sends its 18 waiting lines
+    itself (one new chunk) and still ends with 20 images, none served from the cancelled run."""
+    pipeline = slow_pipeline
+    first = _drop(pipeline, "catalogue.jsonl", catalogue(20))
+    second = _drop(pipeline, "catalogue.jsonl", catalogue(20, edited=frozenset({3, 11})))
+    assert second.waiting == 18
+    pipeline.ctx.store.update_run(first.run_id, {"cancel_requested": True})
+    first = pipeline.finish(first.run_id)
+    assert first.state is RunState.CANCELLED
+    assert not (pipeline.outputs(first) / "images").exists()
+
+    second = pipeline.finish(second.run_id)
+    assert second.state is RunState.SUCCEEDED
+    assert len(_images(pipeline, second)) == 20
+    assert not any("cached_from" in e for e in pipeline.manifest(second))
+    assert requests_sent(pipeline.emulator) == 20 + 2 + 18
+    # The lines it sent are its own now: a third drop is served wholly from its images.
+    third = pipeline.finish(
+        _drop(pipeline, "catalogue.jsonl", catalogue(20, edited=frozenset({3, 11}))).run_id
+    )
+    assert requests_sent(pipeline.emulator) == 40
+    assert {e["cached_from"]["run_id"] for e in pipeline.manifest(third)} == {second.run_id}
+
+
+def test_a_run_whose_lines_all_wait_creates_no_job_and_now_lines_wait_too(pipeline: Pipeline) -> None:
+    """Both lanes: the same file dropped twice while the first run's batch runs (its now lines answered
+    already): the second run sends nothing, creates no job, and is served once the first ends."""
+    lines = [*catalogue(4), {"key": "urgent-a", "prompt": "red kite", "lane": "now"}]
+    lines.append({"key": "urgent-b", "prompt": "blue boat", "lane": "now"})
+    first = _drop(pipeline, "both.jsonl", lines)
+    assert first.state is RunState.HARVESTING  # the now lines are answered, the batch runs
+    second = _drop(pipeline, "both.jsonl", lines)
+    assert second.waiting == 6
+    assert pipeline.ctx.store.list_jobs(second.run_id) == []
+    first = pipeline.finish(first.run_id)
+    second = pipeline.finish(second.run_id)
+    assert second.state is RunState.SUCCEEDED
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (2, 4)
+    assert pipeline.ctx.store.list_jobs(second.run_id) == []
+    assert {e["cached_from"]["run_id"] for e in pipeline.manifest(second)} == {first.run_id}
+    assert len(_images(pipeline, second)) == 6
