@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from promptdrop.cli import app
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RunState
-from promptdrop.usecases import poll
+from promptdrop.usecases.advance import advance_run
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, jsonl, pipeline_env
 from tests.functional.test_pay_once import catalogue, requests_sent
@@ -57,9 +58,11 @@ def test_an_edited_redrop_while_the_first_run_runs_sends_only_the_edited_lines(
     status = CliRunner().invoke(app, ["status", second.run_id])
     assert f"waiting: 18 line(s) wait for run(s) paying for them now: {first.run_id}" in status.output
 
-    # The second run does not end while its lines wait, whatever its own jobs do.
+    # The second run does not end while its lines wait, whatever its own jobs do (advanced alone: a
+    # tick would move the first run too).
     for _ in range(8):
-        poll.tick(pipeline.ctx, run_ids=[second.run_id])
+        advance_run(pipeline.ctx, second.run_id)
+        time.sleep(0.5)
     waiting = pipeline.ctx.store.get_run(second.run_id)
     assert waiting is not None and not waiting.state.terminal and waiting.waiting == 18
 
@@ -120,3 +123,16 @@ def test_a_run_whose_lines_all_wait_creates_no_job_and_now_lines_wait_too(pipeli
     assert pipeline.ctx.store.list_jobs(second.run_id) == []
     assert {e["cached_from"]["run_id"] for e in pipeline.manifest(second)} == {first.run_id}
     assert len(_images(pipeline, second)) == 6
+
+
+def test_following_the_waiting_run_alone_moves_the_run_it_waits_for(pipeline: Pipeline) -> None:
+    """`run --wait` on a re-drop with no `serve` running ticks only that run: the run it waits for is
+    moved along with it, so both end (the waiting run would otherwise wait for ever)."""
+    first = _drop(pipeline, "a.jsonl", catalogue(3))
+    second = _drop(pipeline, "a.jsonl", catalogue(3))
+    assert second.waiting == 3
+    second = pipeline.finish(second.run_id)
+    assert second.state is RunState.SUCCEEDED
+    done = pipeline.ctx.store.get_run(first.run_id)
+    assert done is not None and done.state is RunState.SUCCEEDED
+    assert requests_sent(pipeline.emulator) == 3

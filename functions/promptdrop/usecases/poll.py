@@ -29,7 +29,10 @@ class TickReport:
 def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float | None = None) -> TickReport:
     """Advance every active run (or just ``run_ids``). Runs are worked on concurrently, each under its lease."""
     report = TickReport()
-    wanted = list(run_ids) if run_ids is not None else [run.run_id for run in ctx.store.list_runs(RUN_ACTIVE)]
+    if run_ids is None:
+        wanted = [run.run_id for run in ctx.store.list_runs(RUN_ACTIVE)]
+    else:
+        wanted = with_payers(ctx, run_ids)
     report.runs_seen = len(wanted)
     if not wanted:
         return report
@@ -48,3 +51,13 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
             report.runs_advanced.append(result.run_id)
     report.out_of_time = deadline is not None and ctx.clock() >= deadline
     return report
+
+
+def with_payers(ctx: Context, run_ids: Iterable[str]) -> list[str]:
+    """The runs asked for and the runs they wait for, and so on: a run whose lines wait ends only after
+    those runs, so whoever follows it (`run --wait` with no `serve` running) moves them too."""
+    wanted = list(dict.fromkeys(run_ids))
+    for run_id in wanted:  # grows while it is walked: each run is read once
+        run = ctx.store.get_run(run_id)
+        wanted += [payer for payer in (run.waiting_on if run else []) if payer not in wanted]
+    return wanted
