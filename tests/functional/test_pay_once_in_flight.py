@@ -136,3 +136,23 @@ def test_following_the_waiting_run_alone_moves_the_run_it_waits_for(pipeline: Pi
     done = pipeline.ctx.store.get_run(first.run_id)
     assert done is not None and done.state is RunState.SUCCEEDED
     assert requests_sent(pipeline.emulator) == 3
+
+
+def test_now_lines_whose_payer_left_no_usable_image_are_sent_by_the_waiting_run(pipeline: Pipeline) -> None:
+    """The run waited for ends, but the images of its now lines are gone: the waiting run sends those two
+    now lines itself (generate calls counted at the emulator) and serves the batch lines."""
+    lines = [*catalogue(3), {"key": "urgent-a", "prompt": "red kite", "lane": "now"}]
+    lines.append({"key": "urgent-b", "prompt": "blue boat", "lane": "now"})
+    first = _drop(pipeline, "mixed.jsonl", lines)
+    second = _drop(pipeline, "mixed.jsonl", lines)
+    assert (second.waiting, pipeline.emulator.server.generated) == (5, 2)
+    first = pipeline.finish(first.run_id)
+    for key in ("urgent-a", "urgent-b"):
+        (pipeline.outputs(first) / "images" / f"{key}.png").unlink()
+    second = pipeline.finish(second.run_id)
+    assert second.state is RunState.SUCCEEDED
+    assert (pipeline.emulator.server.generated, requests_sent(pipeline.emulator)) == (4, 3)
+    entries = {e["key"]: e for e in pipeline.manifest(second)}
+    assert sorted(key for key, e in entries.items() if "cached_from" not in e) == ["urgent-a", "urgent-b"]
+    assert entries["urgent-a"]["lane"] == "now" and entries["urgent-a"]["status"] == "succeeded"
+    assert len(_images(pipeline, second)) == 5
