@@ -3,48 +3,17 @@ it (claims in the Firestore collection ``in_flight``), through the functions und
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from google.cloud import firestore, pubsub_v1, storage
 
 from promptdrop.adapters.firestore_cache import IN_FLIGHT
 from promptdrop.records import Run
 from promptdrop.states import RunState
-from promptdrop.testing.cloud import LocalCloud
 from tests.integration.test_pay_once_cloud import catalogue, jsonl, requests_sent
-from tests.support.deployment import Deployment, FunctionApp, deployment_for
+from tests.support.deployment import Deployment, FunctionApp
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def slow_deployment(
-    cloud: LocalCloud,
-    bucket_name: str,
-    storage_client: storage.Client,
-    firestore_db: firestore.Client,
-    publisher: pubsub_v1.PublisherClient,
-    subscriber: pubsub_v1.SubscriberClient,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Deployment]:
-    """Batches stay pending for 5 s: a run is cancelled before its batch can have made any image."""
-    with deployment_for(
-        cloud,
-        bucket_name,
-        storage_client,
-        firestore_db,
-        publisher,
-        subscriber,
-        tmp_path,
-        monkeypatch,
-        pending_seconds=5.0,
-        running_seconds=1.0,
-    ) as deployed:
-        yield deployed
 
 
 def claim(deployment: Deployment, files: FunctionApp, lines: list[dict[str, Any]]) -> Run:
@@ -84,12 +53,12 @@ def test_cloud_edited_redrop_while_the_first_batch_runs_sends_only_the_edits(dep
     assert list(deployment.firestore.collection(IN_FLIGHT).stream()) == []
 
 
-def test_cloud_cancelled_payer_leaves_the_waiting_lines_to_the_waiting_run(
-    slow_deployment: Deployment,
-) -> None:
-    """The first run is cancelled before its batch made anything: the second sends the 18 lines itself."""
-    deployment = slow_deployment
-    files, poller = deployment.app("on_prompt_file"), deployment.app("poll_jobs")
+def test_cloud_cancelled_payer_leaves_the_waiting_lines_to_the_waiting_run(deployment: Deployment) -> None:
+    """The first run is cancelled before its batch made anything (batches stay pending 5 s): the second
+    sends the 18 lines itself."""
+    slow = deployment.start_emulator("slow", pending_seconds=5.0, running_seconds=1.0)
+    files = deployment.app("on_prompt_file", PROMPTDROP_GEMINI_BASE_URL=slow.url)
+    poller = deployment.app("poll_jobs", PROMPTDROP_GEMINI_BASE_URL=slow.url)
     first = claim(deployment, files, catalogue(20))
     second = claim(deployment, files, catalogue(20, edited=frozenset({3, 11})))
     deployment.store.update_run(first.run_id, {"cancel_requested": True})
@@ -100,4 +69,4 @@ def test_cloud_cancelled_payer_leaves_the_waiting_lines_to_the_waiting_run(
     assert len(images(deployment, second)) == 20
     manifest = deployment.read_jsonl(second.output_folder + "manifest.jsonl")
     assert not any("cached_from" in e for e in manifest)
-    assert requests_sent(deployment.emulator) == 20 + 2 + 18
+    assert requests_sent(slow) == 20 + 2 + 18

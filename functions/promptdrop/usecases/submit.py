@@ -24,7 +24,7 @@ from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
 from promptdrop.usecases.cache import CacheSplit
-from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
+from promptdrop.usecases.chunks import ChunkPlanner
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import estimate, parse_options, parsed_input, stage_input
 from promptdrop.usecases.settle import fail_refused, fail_unusable
@@ -210,15 +210,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None) -> _Plan:
                 plan.counts.valid += 1
                 plan.counts.now += line.lane == "now"
                 plan.cost.add_estimate(line.lane, model, line.image_size, line.estimated_input_tokens)
-                planner.add(
-                    model,
-                    line.key,
-                    line.line,
-                    request_line,
-                    request_tokens(line),
-                    priority=line.priority,
-                    lane=line.lane,
-                )
+                planner.add_line(model, line, request_line)
         references.keep()
         plan.jobs = planner.finish()
         plan.models = choose.choices
@@ -261,15 +253,7 @@ def plan_lines(ctx: Context, run: Run, models: Mapping[str, str], planner: Chunk
                     Outcome.failure(line.key, exc.error, attempt=0, model=line.model, status="invalid")
                 )
                 continue
-            planner.add(
-                models[line.key],
-                line.key,
-                line.line,
-                request_line,
-                request_tokens(line),
-                priority=line.priority,
-                lane=line.lane,
-            )
+            planner.add_line(models[line.key], line, request_line)
     references.keep()
     return refused
 
