@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,47 @@ def test_now_lines_whose_payer_left_no_usable_image_are_sent_by_the_waiting_run(
     assert sorted(key for key, e in entries.items() if "cached_from" not in e) == ["urgent-a", "urgent-b"]
     assert entries["urgent-a"]["lane"] == "now" and entries["urgent-a"]["status"] == "succeeded"
     assert len(_images(pipeline, second)) == 5
+
+
+class _Killed(Exception):
+    """A process killed mid-step: the writes so far stay, the rest never happen."""
+
+
+class _KillOnSecondCreate:
+    """A job store that 'dies' once, creating the second job of the waiting lines sent later (attempt 1,
+    chunk 2 and on: the run's own chunk is 0)."""
+
+    def __init__(self, inner: Any, run_id: str) -> None:
+        self.inner, self.run_id, self.created, self.fired = inner, run_id, 0, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def create_job(self, job: Any, **options: Any) -> bool:
+        if job.run_id == self.run_id and job.chunk > 0:
+            self.created += 1
+            if self.created == 2 and not self.fired:
+                self.fired = True
+                raise _Killed(job.job_id)
+        return bool(self.inner.create_job(job, **options))
+
+
+def test_a_kill_while_creating_the_chunks_of_lines_sent_after_waiting_sends_each_line_once(
+    slow_pipeline: Pipeline,
+) -> None:
+    """The lines the waiting run sends itself go in two chunks; a kill after the first is created: the
+    next step finishes the same round (its record written before any job), so no line gets a second chunk."""
+    pipeline = slow_pipeline
+    ctx = pipeline.context(max_requests_per_job=10)
+    first = pipeline.drop("catalogue.jsonl", jsonl(*catalogue(20)), ctx).run
+    second = pipeline.drop("catalogue.jsonl", jsonl(*catalogue(20, edited=frozenset({3, 11}))), ctx).run
+    assert first is not None and second is not None
+    ctx.store.update_run(first.run_id, {"cancel_requested": True})
+    assert pipeline.finish(first.run_id, ctx).state is RunState.CANCELLED
+    killing = _KillOnSecondCreate(ctx.store, second.run_id)
+    done = pipeline.finish(second.run_id, dataclasses.replace(ctx, store=killing))
+    assert killing.fired and done.state is RunState.SUCCEEDED
+    jobs = ctx.store.list_jobs(second.run_id)
+    assert sorted(job.request_count for job in jobs) == [2, 8, 10]
+    assert len(pipeline.manifest(done)) == 20 and len(_images(pipeline, done)) == 20
+    assert requests_sent(pipeline.emulator) == 20 + 2 + 18
