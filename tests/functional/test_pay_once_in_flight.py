@@ -15,6 +15,7 @@ from promptdrop.cli import app
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RunState
+from promptdrop.usecases import inflight
 from promptdrop.usecases.advance import advance_run
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, jsonl, pipeline_env
@@ -200,4 +201,26 @@ def test_a_kill_while_creating_the_chunks_of_lines_sent_after_waiting_sends_each
     jobs = ctx.store.list_jobs(second.run_id)
     assert sorted(job.request_count for job in jobs) == [2, 8, 10]
     assert len(pipeline.manifest(done)) == 20 and len(_images(pipeline, done)) == 20
+    assert requests_sent(pipeline.emulator) == 20 + 2 + 18
+
+
+def test_many_waiting_lines_are_resolved_in_rounds_and_sent_ones_in_their_own_chunks(
+    slow_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds of at most ROUND_LINES (5 here): the 18 lines of a cancelled payer are sent in 4 rounds, each
+    its own chunk, every line once; a call whose time is up stops after one round (the next goes on)."""
+    monkeypatch.setattr(inflight, "ROUND_LINES", 5)
+    pipeline = slow_pipeline
+    first = _drop(pipeline, "catalogue.jsonl", catalogue(20))
+    second = _drop(pipeline, "catalogue.jsonl", catalogue(20, edited=frozenset({3, 11})))
+    pipeline.ctx.store.update_run(first.run_id, {"cancel_requested": True})
+    assert pipeline.finish(first.run_id).state is RunState.CANCELLED
+    advance_run(pipeline.ctx, second.run_id, deadline=pipeline.ctx.clock())  # out of time: one round
+    one_round = pipeline.ctx.store.get_run(second.run_id)
+    assert one_round is not None and (one_round.wait_rounds, one_round.waiting) == (1, 13)
+    done = pipeline.finish(second.run_id)
+    assert done.state is RunState.SUCCEEDED and done.wait_rounds == 4
+    sizes = [job.request_count for job in pipeline.ctx.store.list_jobs(second.run_id)]
+    assert sizes == [2, 5, 5, 5, 3]
+    assert len(_images(pipeline, done)) == 20
     assert requests_sent(pipeline.emulator) == 20 + 2 + 18

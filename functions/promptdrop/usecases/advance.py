@@ -156,7 +156,7 @@ def _drive(
             case Action.CANCEL_JOBS:
                 batch_jobs.cancel_jobs(ctx, run, selected)
             case Action.RESOLVE_WAITING:
-                inflight.resolve_waiting(ctx, run, jobs)
+                inflight.resolve_waiting(ctx, run, jobs, deadline)
             case Action.RECOVER:
                 for job in selected:
                     batch_jobs.recover_creating(ctx, run, job)

@@ -5,6 +5,9 @@ flight. Each advance of the waiting run looks at the runs it waits for (``Run.wa
 ended, its waiting lines are resolved in a round: served from the image it paid for, like a cache hit
 (``cached_from`` names it), or, when it ended without one (failed, cancelled, expired), sent by this run
 in new chunks of its latest attempt (its first when it has no job), their requests claimed as in flight.
+A round holds at most ``ROUND_LINES`` lines (their images copied many at a time), and a call goes on to
+the next round while its time lasts, so a re-dropped catalogue of 100,000 waiting lines is served over a
+few invocations, none cut off by the function's time limit.
 
 Crash safety: a round's decision is written whole (``wait_round``) before any of its jobs is created; a
 round cut off after that is finished from the record (the chunks are deterministic, jobs created if
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from promptdrop.outcomes import Outcome
@@ -24,16 +28,36 @@ from promptdrop.states import RUN_ACTIVE
 from promptdrop.usecases import cache
 from promptdrop.usecases.chunks import ChunkPlanner
 from promptdrop.usecases.context import Context
+from promptdrop.usecases.leases import renew
 from promptdrop.usecases.submit import plan_lines
 from promptdrop.usecases.workfiles import read_records, write_records
 
 log = logging.getLogger(__name__)
 
+# Waiting lines per round: a few seconds of copies (many at a time), so a round fits one invocation and a
+# cut-off one redoes little; a call goes on to the next round while its time lasts.
+ROUND_LINES = 2000
 
-def resolve_waiting(ctx: Context, run: Run, jobs: Sequence[Job]) -> int:
-    """Resolve the waiting lines whose payer has ended; returns how many (0: every payer still runs)."""
-    if not run.waiting:
-        return 0
+
+def resolve_waiting(ctx: Context, run: Run, jobs: Sequence[Job], deadline: float | None = None) -> int:
+    """Resolve the waiting lines whose payer has ended, a round of at most ``ROUND_LINES`` at a time while
+    the time lasts; returns how many (0: every payer still runs)."""
+    total = 0
+    while run.waiting:
+        resolved = _resolve_round(ctx, run, jobs)
+        total += resolved
+        if not resolved or (deadline is not None and ctx.clock() >= deadline):
+            break
+        renew(ctx, run.run_id)
+        current = ctx.store.get_run(run.run_id)
+        if current is None:
+            break
+        run, jobs = current, ctx.store.list_jobs(run.run_id)
+    return total
+
+
+def _resolve_round(ctx: Context, run: Run, jobs: Sequence[Job]) -> int:
+    """One round: decide (or take the decision a cut-off call wrote), create its jobs, count it done."""
     layout = ctx.layout(run.run_id)
     number = run.wait_rounds
     record = read_records(ctx, layout.wait_round(number))
@@ -47,7 +71,8 @@ def resolve_waiting(ctx: Context, run: Run, jobs: Sequence[Job]) -> int:
         )
     pending = [w for w in cache.read_waiting(ctx, layout.waiting) or [] if w.key not in resolved]
     if record is None:
-        record = _decide(ctx, run, jobs, [w for w in pending if w.payer.run_id in ended])
+        ready = [w for w in pending if w.payer.run_id in ended][:ROUND_LINES]
+        record = _decide(ctx, run, jobs, ready)
         if len(record) == 1:  # nothing of theirs left: only the payers' list is stale
             payers = sorted({w.payer.run_id for w in pending})
             ctx.store.update_run(run.run_id, {"waiting_on": payers}, if_states=RUN_ACTIVE)
@@ -98,8 +123,11 @@ def _decide(ctx: Context, run: Run, jobs: Sequence[Job], ready: list[cache.Waiti
     split = cache.CacheSplit(ctx, run)
     entries: list[dict[str, Any]] = []
     to_send: dict[str, str] = {}
-    for waiting in ready:
-        served = split.serve_paid(waiting.key, waiting.payer.fingerprint)
+    with ThreadPoolExecutor(
+        max(1, ctx.settings.upload_concurrency), thread_name_prefix="promptdrop-cache"
+    ) as pool:
+        copies = list(pool.map(lambda w: split.serve_paid(w.key, w.payer.fingerprint), ready))
+    for waiting, served in zip(ready, copies, strict=True):
         if served is not None:
             entries.append({"key": waiting.key, "outcome": served.to_json()})
         else:
