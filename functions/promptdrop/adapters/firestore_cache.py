@@ -81,6 +81,18 @@ class FirestorePaidImageCache:
 
     def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
         reference = self._in_flight.document(marker.fingerprint)
+        what = f"claiming in-flight request {marker.fingerprint[:12]}"
+        if replacing is None:  # the common case, one call: create, else read who holds it
+            with firestore_errors(what):
+                try:
+                    reference.create(marker.to_json(), **self._call)
+                    return marker
+                except api_exceptions.AlreadyExists:
+                    pass
+            current = self.in_flight(marker.fingerprint)
+            if current is not None:
+                return current
+            # Released between the two calls: claimed in a transaction below.
 
         def claim(transaction: firestore.Transaction) -> InFlight:
             snapshot = reference.get(transaction=transaction, **self._call)
@@ -91,7 +103,7 @@ class FirestorePaidImageCache:
             transaction.set(reference, marker.to_json())
             return marker
 
-        with firestore_errors(f"claiming in-flight request {marker.fingerprint[:12]}"):
+        with firestore_errors(what):
             result: InFlight = firestore.transactional(claim)(self._client.transaction())
         return result
 
