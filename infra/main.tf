@@ -19,6 +19,7 @@ locals {
     "/_work/submit-outcomes.jsonl",
     "/_work/cached-outcomes.jsonl",
     "/_work/fingerprints.jsonl",
+    "/_work/waiting.jsonl",
     "/requests.jsonl",
     "/keys.jsonl",
     "/results.jsonl",

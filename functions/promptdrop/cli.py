@@ -562,6 +562,11 @@ def status(
             )
         elif (would := _cache_would_serve(settings, record)) is not None:
             out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
+        if record.waiting:
+            out.print(
+                f"waiting: {record.waiting} line(s) wait for run(s) paying for them now: "
+                f"{', '.join(record.waiting_on)} (served from their images, or sent once they end)"
+            )
         if record.state.terminal:
             out.print(
                 f"gallery: {gallery_location(settings, record.run_id)}  (promptdrop open {record.run_id})"

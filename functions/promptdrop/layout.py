@@ -67,6 +67,15 @@ class RunLayout:
         return f"{self.work}reference-uploads/part-{block:06d}.jsonl"
 
     @property
+    def waiting(self) -> str:
+        """Lines that wait for another unfinished run paying for the same request (decided at submission)."""
+        return self.work + "waiting.jsonl"
+
+    def wait_round(self, part: int) -> str:
+        """One round of waiting lines resolved (served from the payer's image, or sent by this run)."""
+        return f"{self.work}waited/round-{part:06d}.jsonl"
+
+    @property
     def fingerprints(self) -> str:
         """Request fingerprints of the submitted lines: what the cache records once they succeed."""
         return self.work + "fingerprints.jsonl"

@@ -8,6 +8,9 @@ message, the poller, ``serve``, ``run --wait``) goes through that one loop.
         |  \\--transient failure: backoff, submit again                       CANCELLED (on request)
         \\--unusable input, budget cap, cancel before submission --> FAILED | CANCELLED
 
+    waiting lines (their request in flight in an older run): --resolve_waiting, once that run ended-->
+        served from its image, or sent in new chunks; the run neither retries nor settles while any wait
+
     job: QUEUED --launch--> CREATING --create/adopt--> ACTIVE --ends--> HARVESTING --harvest--> DONE
                  (in-flight cap)   \\--refused / gave up--------------------^
 
@@ -41,6 +44,9 @@ class Action(StrEnum):
     LAUNCH = "launch"  # QUEUED jobs: create batches while the in-flight caps allow
     WORK_NOW = "work_now"  # now-lane jobs: send their unanswered lines with generate_content, checkpointed
     DISPATCH_NOW = "dispatch_now"  # now-lane jobs to hand over: one message per chunk to the now topic
+    # Lines waiting for another run paying for the same request: served from its image, or sent by this run
+    # once it has ended without one (once per call: usually every payer is still running).
+    RESOLVE_WAITING = "resolve_waiting"
     RETRY = "retry"  # every job done, retryable lines left and attempts left: a new attempt (or the
     # newest attempt's creation was cut off: its missing jobs created)
     SETTLE = "settle"  # every job done: manifest, summary, event, terminal state
@@ -166,6 +172,11 @@ def next_step(
         to_cancel = tuple(job.job_id for job in jobs if needs_cancel(job))
         if to_cancel:
             return Step(Action.CANCEL_JOBS, to_cancel)
+    # Before the launch, so the chunks of lines it sends go out in the same call. A cancelled run stops
+    # waiting: its waiting lines end cancelled.
+    waiting = run.waiting > 0 and not run.cancel_requested
+    if waiting and Action.RESOLVE_WAITING not in done:
+        return Step(Action.RESOLVE_WAITING)
     due = tuple(
         job_id
         for job_id in ids(JobPhase.ACTIVE)
@@ -185,8 +196,8 @@ def next_step(
     now_step = _now_lane_step(jobs, now, done, work_now, redispatch_after)
     if now_step is not None and not run.cancel_requested:
         return now_step
-    if any(job.phase is not JobPhase.DONE for job in jobs):
-        return Step(Action.WAIT)
+    if any(job.phase is not JobPhase.DONE for job in jobs) or waiting:
+        return Step(Action.WAIT)  # a run with waiting lines neither retries nor settles before they resolve
     if not run.cancel_requested and retryable_left(jobs, max_attempts):
         return Step(Action.RETRY)
     return Step(Action.SETTLE)

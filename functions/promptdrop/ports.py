@@ -346,8 +346,26 @@ class PaidImage:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A request being paid for now: the unfinished run (and its line) that sent it. Another run with the
+    same request waits for that run instead of sending it again; the marker goes when the run settles."""
+
+    fingerprint: str
+    run_id: str
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "run_id": self.run_id, "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InFlight:
+        return cls(fingerprint=str(data["fingerprint"]), run_id=str(data["run_id"]), key=str(data["key"]))
+
+
 class PaidImageCache(Protocol):
-    """Request fingerprint -> the image paid for (SQLite table ``paid_images``, or Firestore collection)."""
+    """Request fingerprint -> the image paid for (SQLite table ``paid_images``, or Firestore collection),
+    and the requests in flight (table or collection ``in_flight``)."""
 
     def get(self, fingerprint: str) -> PaidImage | None: ...
 
@@ -355,6 +373,18 @@ class PaidImageCache(Protocol):
         """Create the entry if there is none (atomic: of two runs settling at once, the first wins); with
         ``replacing``, overwrite that entry if it is still the one stored (a stale or superseded one).
         False when another entry is stored."""
+        ...
+
+    def in_flight(self, fingerprint: str) -> InFlight | None: ...
+
+    def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
+        """Store ``marker`` if no marker is stored for its fingerprint (atomic: of two runs submitting the
+        same line at once, one becomes the payer); with ``replacing``, also over that marker if it is still
+        the one stored (its run has ended). Returns the marker stored after the call (``marker`` if won)."""
+        ...
+
+    def release_in_flight(self, marker: InFlight) -> None:
+        """Delete ``marker`` if it is still the one stored."""
         ...
 
 

@@ -84,6 +84,11 @@ class Run(_Record):
     submit_attempts: int = 0
     next_attempt_at: float = 0.0
     cancel_requested: bool = False
+    # Lines waiting for other unfinished runs that are paying for the same requests (the pay-once cache's
+    # in-flight rule), and those runs; served or sent once they end (usecases/inflight.py).
+    waiting: int = 0
+    waiting_on: list[str] = Field(default_factory=list)
+    wait_rounds: int = 0  # rounds of waiting lines resolved so far
     fresh: bool = False  # `run --fresh`: every line is submitted, none served from the pay-once cache
     # What the run did with each model id its lines asked for (models.ModelChoice.to_json()), decided
     # before its first batch: replacements of retired ids, refusals, shutdown notices.

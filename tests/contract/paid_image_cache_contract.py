@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from promptdrop.ports import PaidImage, PaidImageCache
+from promptdrop.ports import InFlight, PaidImage, PaidImageCache
 
 FINGERPRINT = "ab" * 32
 
@@ -96,3 +96,43 @@ class PaidImageCacheContract:
         assert won.count(True) == 1
         stored = caches[0].get(FINGERPRINT)
         assert stored is not None and stored.run_id == f"run-{won.index(True)}"
+
+    def test_an_in_flight_claim_is_created_once_and_names_its_holder(
+        self, paid_images: PaidImageCache
+    ) -> None:
+        """The first claim wins; a second run's claim changes nothing and is told who holds it."""
+        first, second = InFlight(FINGERPRINT, "run-a", "cat"), InFlight(FINGERPRINT, "run-b", "kitten")
+        assert paid_images.in_flight(FINGERPRINT) is None
+        assert paid_images.claim_in_flight(first) == first
+        assert paid_images.claim_in_flight(second) == first
+        assert paid_images.in_flight(FINGERPRINT) == first
+
+    def test_a_claim_is_taken_over_only_from_the_holder_named(self, paid_images: PaidImageCache) -> None:
+        """Replacing the claim of a run that ended works while it is still stored, not over another."""
+        ended, taker, late = (InFlight(FINGERPRINT, run, "cat") for run in ("run-a", "run-b", "run-c"))
+        paid_images.claim_in_flight(ended)
+        assert paid_images.claim_in_flight(taker, replacing=ended) == taker
+        assert paid_images.claim_in_flight(late, replacing=ended) == taker
+        assert paid_images.in_flight(FINGERPRINT) == taker
+
+    def test_release_deletes_only_the_runs_own_claim(self, paid_images: PaidImageCache) -> None:
+        """A run releases its claim; releasing a claim another run holds (or none) changes nothing."""
+        mine, theirs = InFlight(FINGERPRINT, "run-a", "cat"), InFlight(FINGERPRINT, "run-b", "cat")
+        paid_images.claim_in_flight(mine)
+        paid_images.release_in_flight(theirs)
+        assert paid_images.in_flight(FINGERPRINT) == mine
+        paid_images.release_in_flight(mine)
+        assert paid_images.in_flight(FINGERPRINT) is None
+        paid_images.release_in_flight(mine)  # again: nothing to do
+        assert paid_images.claim_in_flight(theirs) == theirs
+
+    def test_racing_claims_have_one_payer(
+        self, separate_caches: Callable[[int], list[PaidImageCache]]
+    ) -> None:
+        """Runs submitting the same line at once: exactly one becomes the payer, and all are told which."""
+        caches = separate_caches(self.RACERS)
+        claims = [InFlight(FINGERPRINT, f"run-{i}", "cat") for i in range(len(caches))]
+        with ThreadPoolExecutor(len(caches)) as pool:
+            holders = list(pool.map(lambda i: caches[i].claim_in_flight(claims[i]), range(len(caches))))
+        assert len(set(holders)) == 1
+        assert holders[0] in claims and caches[0].in_flight(FINGERPRINT) == holders[0]

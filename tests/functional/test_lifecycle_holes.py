@@ -347,7 +347,8 @@ def test_hole5_a_raw_oserror_in_one_run_does_not_stop_the_others(
 ) -> None:
     """A full disk while harvesting one run is logged with its id; the tick goes on and the other run ends."""
     good = pipeline.drop("good.jsonl", TWO)
-    bad = pipeline.drop("bad.jsonl", TWO)
+    # Other prompts: the same ones would wait for the good run's images instead of being harvested.
+    bad = pipeline.drop("bad.jsonl", jsonl({"key": "a", "prompt": "three"}, {"key": "b", "prompt": "four"}))
     assert good.run is not None and bad.run is not None
     bad_id = bad.run.run_id
 

@@ -199,22 +199,24 @@ def test_run_fresh_submits_every_line_and_dry_run_shows_the_cache(
     assert not any("cached_from" in e for e in manifest)
 
 
-def test_two_runs_with_the_same_new_line_both_submit_and_the_first_to_settle_fills(
-    pipeline: Pipeline,
-) -> None:
-    """No waiting on each other: both pay; the cache then names the run that settled first."""
+def test_two_runs_with_the_same_new_line_pay_once_and_the_cache_names_the_payer(pipeline: Pipeline) -> None:
+    """The second run's lines wait for the first run, which has them in flight: 2 requests, not 4; the
+    cache then names the first run, and the second and a third are served from its images."""
     lines = catalogue(2)
     one = pipeline.drop("one.jsonl", jsonl(*lines)).run
     two = pipeline.drop("two.jsonl", jsonl(*lines)).run
     assert one is not None and two is not None
-    assert requests_sent(pipeline.emulator) == 4  # both submitted at their claim, before either settled
-    pipeline.finish(two.run_id)
+    assert requests_sent(pipeline.emulator) == 2  # the first run's, at its claim; the second sent none
+    fingerprint = _fingerprint_of(pipeline, one.run_id, "item-00")
     pipeline.finish(one.run_id)
-    entry = pipeline.ctx.paid_images.get(_fingerprint_of(pipeline, two.run_id, "item-00"))
-    assert entry is not None and entry.run_id == two.run_id
+    pipeline.finish(two.run_id)
+    entry = pipeline.ctx.paid_images.get(fingerprint)
+    assert entry is not None and entry.run_id == one.run_id
+    assert pipeline.ctx.paid_images.in_flight(fingerprint) is None  # released when the first settled
     third = run_file(pipeline, "three.jsonl", lines)
-    assert requests_sent(pipeline.emulator) == 4
-    assert {e["cached_from"]["run_id"] for e in pipeline.manifest(third)} == {two.run_id}
+    assert requests_sent(pipeline.emulator) == 2
+    for run in (two, third):
+        assert {e["cached_from"]["run_id"] for e in pipeline.manifest(run)} == {one.run_id}
 
 
 def _fingerprint_of(pipeline: Pipeline, run_id: str, key: str) -> str:

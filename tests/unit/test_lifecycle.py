@@ -323,3 +323,39 @@ def test_only_the_due_jobs_are_refreshed_and_the_others_still_harvest() -> None:
         current, jobs, now=NOW, max_attempts=3, poll_every=POLL_EVERY, done=frozenset({Action.REFRESH})
     )
     assert second == Step(Action.HARVEST, ("r-a1-c0002",))
+
+
+# A run with lines waiting for another run that has their requests in flight: after the resolve pass
+# (once per call) it behaves as its jobs say, except that it neither retries nor settles.
+WAITING_AFTER_RESOLVE: dict[JobPhase | None, Action] = {
+    None: Action.WAIT,  # every line waits: no job, nothing to settle yet
+    JobPhase.QUEUED: Action.LAUNCH,
+    JobPhase.CREATING: Action.RECOVER,
+    JobPhase.ACTIVE: Action.REFRESH,
+    JobPhase.HARVESTING: Action.HARVEST,
+    JobPhase.DONE: Action.WAIT,
+}
+
+
+@pytest.mark.parametrize("state", ACTIVE_STATES)
+@pytest.mark.parametrize(("phase", "expected"), WAITING_AFTER_RESOLVE.items(), ids=str)
+def test_waiting_lines_are_resolved_first_and_hold_the_settle(
+    state: RunState, phase: JobPhase | None, expected: Action
+) -> None:
+    """Waiting lines: resolve_waiting once per call, before the launch; then no settle while any wait."""
+    jobs = [] if phase is None else [job(phase)]
+    waiting = run(state, waiting=3, waiting_on=["older-run"])
+    assert step(waiting, jobs).action is Action.RESOLVE_WAITING
+    assert step(waiting, jobs, frozenset({Action.RESOLVE_WAITING})).action is expected
+
+
+def test_waiting_lines_hold_a_retry_too_and_a_cancel_stops_the_waiting() -> None:
+    """Retryable lines wait with the run (the lines it sends join the latest attempt, retried together);
+    a cancelled run does not resolve its waiting lines and settles once its jobs are done."""
+    failed = job(JobPhase.DONE, retryable=2)
+    resolved = frozenset({Action.RESOLVE_WAITING})
+    assert step(run(RunState.HARVESTING, waiting=1), [failed], resolved).action is Action.WAIT
+    assert step(run(RunState.HARVESTING, waiting=0), [failed], resolved).action is Action.RETRY
+    cancelled = run(RunState.SUBMITTED, waiting=5, cancel_requested=True)
+    assert step(cancelled, []).action is Action.SETTLE
+    assert step(cancelled, [job(JobPhase.QUEUED)]).action is Action.CANCEL_JOBS

@@ -2,7 +2,8 @@
 
 A new entry is ``document.create()`` (refused when the document exists), so of two runs settling the same
 new line at once the first one's image is kept; replacing a stale entry reads and writes it in one
-transaction, conditional on it still being the stale one.
+transaction, conditional on it still being the stale one. Collection ``in_flight`` holds a document per
+request an unfinished run is paying for now (``InFlight``), claimed the same way.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from google.api_core.retry import Retry
 from google.cloud import firestore
 
 from promptdrop.adapters.firestore_store import DEFAULT_DATABASE, firestore_errors, parse_store_url
-from promptdrop.ports import PaidImage
+from promptdrop.ports import InFlight, PaidImage
 
 PAID_IMAGES = "paid_images"
+IN_FLIGHT = "in_flight"
 
 
 class FirestorePaidImageCache:
@@ -34,6 +36,7 @@ class FirestorePaidImageCache:
     ) -> None:
         self._client = client if client is not None else firestore.Client(project=project, database=database)
         self._entries = self._client.collection(PAID_IMAGES)
+        self._in_flight = self._client.collection(IN_FLIGHT)
         self._call: dict[str, Any] = {"retry": retry, "timeout": timeout}
 
     @classmethod
@@ -70,3 +73,47 @@ class FirestorePaidImageCache:
         with firestore_errors(what):
             result: bool = firestore.transactional(swap)(self._client.transaction())
         return result
+
+    def in_flight(self, fingerprint: str) -> InFlight | None:
+        with firestore_errors(f"reading in-flight request {fingerprint[:12]}"):
+            snapshot = self._in_flight.document(fingerprint).get(**self._call)
+        return InFlight.from_json(snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
+        reference = self._in_flight.document(marker.fingerprint)
+        what = f"claiming in-flight request {marker.fingerprint[:12]}"
+        if replacing is None:  # the common case, one call: create, else read who holds it
+            with firestore_errors(what):
+                try:
+                    reference.create(marker.to_json(), **self._call)
+                    return marker
+                except api_exceptions.AlreadyExists:
+                    pass
+            current = self.in_flight(marker.fingerprint)
+            if current is not None:
+                return current
+            # Released between the two calls: claimed in a transaction below.
+
+        def claim(transaction: firestore.Transaction) -> InFlight:
+            snapshot = reference.get(transaction=transaction, **self._call)
+            if snapshot.exists:
+                current = InFlight.from_json(snapshot.to_dict() or {})
+                if current != replacing:
+                    return current
+            transaction.set(reference, marker.to_json())
+            return marker
+
+        with firestore_errors(what):
+            result: InFlight = firestore.transactional(claim)(self._client.transaction())
+        return result
+
+    def release_in_flight(self, marker: InFlight) -> None:
+        reference = self._in_flight.document(marker.fingerprint)
+
+        def release(transaction: firestore.Transaction) -> None:
+            snapshot = reference.get(transaction=transaction, **self._call)
+            if snapshot.exists and InFlight.from_json(snapshot.to_dict() or {}) == marker:
+                transaction.delete(reference)
+
+        with firestore_errors(f"releasing in-flight request {marker.fingerprint[:12]}"):
+            firestore.transactional(release)(self._client.transaction())

@@ -2,7 +2,8 @@
 
 A row per request fingerprint holds the ``PaidImage`` as JSON. The conditional writes of ``put`` run
 inside ``BEGIN IMMEDIATE`` (the database's write lock), so of two processes settling the same new line at
-once exactly one entry is stored.
+once exactly one entry is stored. Table ``in_flight`` holds a row per request an unfinished run is paying
+for now (``InFlight``), claimed the same way.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from promptdrop.adapters.sqlite_store import (
     translate_sqlite_errors,
     write_transaction,
 )
-from promptdrop.ports import PaidImage
+from promptdrop.ports import InFlight, PaidImage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS paid_images (
     fingerprint TEXT PRIMARY KEY,
     doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS in_flight (
+    fingerprint TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL
 )
 """
 
@@ -70,3 +76,31 @@ class SqlitePaidImageCache:
                 return False
             conn.execute("UPDATE paid_images SET doc = ? WHERE fingerprint = ?", (doc, entry.fingerprint))
             return True
+
+    def in_flight(self, fingerprint: str) -> InFlight | None:
+        with self._lock, translate_sqlite_errors(self._path):
+            row = self._connection.execute(
+                "SELECT run_id, key FROM in_flight WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else InFlight(fingerprint, row[0], row[1])
+
+    def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT run_id, key FROM in_flight WHERE fingerprint = ?", (marker.fingerprint,)
+            ).fetchone()
+            current = None if row is None else InFlight(marker.fingerprint, row[0], row[1])
+            if current is not None and current != replacing:
+                return current
+            conn.execute(
+                "INSERT OR REPLACE INTO in_flight (fingerprint, run_id, key) VALUES (?, ?, ?)",
+                (marker.fingerprint, marker.run_id, marker.key),
+            )
+            return marker
+
+    def release_in_flight(self, marker: InFlight) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM in_flight WHERE fingerprint = ? AND run_id = ? AND key = ?",
+                (marker.fingerprint, marker.run_id, marker.key),
+            )

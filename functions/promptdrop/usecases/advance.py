@@ -17,8 +17,8 @@ from promptdrop.lifecycle import Action, next_step
 from promptdrop.ports import BatchInfo
 from promptdrop.records import Run
 from promptdrop.states import RunState
+from promptdrop.usecases import inflight, leases, now_lane
 from promptdrop.usecases import jobs as batch_jobs
-from promptdrop.usecases import leases, now_lane
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.harvest import harvest_job
 from promptdrop.usecases.settle import cancel_unsubmitted, settle_run
@@ -156,6 +156,8 @@ def _drive(
                 cancel_unsubmitted(ctx, run)
             case Action.CANCEL_JOBS:
                 batch_jobs.cancel_jobs(ctx, run, selected)
+            case Action.RESOLVE_WAITING:
+                inflight.resolve_waiting(ctx, run, jobs, deadline)
             case Action.RECOVER:
                 for job in selected:
                     batch_jobs.recover_creating(ctx, run, job)

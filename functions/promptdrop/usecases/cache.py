@@ -18,6 +18,14 @@ line, more than one function invocation (540 s) may hold. So the decision is mad
 blocks the deadline is checked, and ``OutOfTimeError`` hands the rest to the next tick, which starts after
 the last whole part.
 
+In flight: a request paid for by another unfinished run is not sent again. A line that is not served
+claims its fingerprint as in flight (``InFlight``, create-if-absent, so of two runs submitting the same
+line at once one becomes the payer); when another unfinished run, created before this one, holds it, the
+line waits (kept in ``waiting.jsonl`` with that run's id) instead of being sent. Waiting only on older
+runs keeps two runs deciding at once from waiting on each other. ``usecases.inflight`` resolves the
+waiting lines once their payer has ended: served from its image like a hit, else sent by this run. Settle
+releases the run's claims after ``fill``, so a waiting run that finds no claim finds the image.
+
 An entry is used only if its image is still the very object that was recorded (same generation and size:
 never one half-written, rewritten or deleted since) and younger than ``PROMPTDROP_CACHE_DAYS``; an unusable
 entry is replaced by the next run that pays for the same request.
@@ -34,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import orjson
 
@@ -42,7 +51,7 @@ from promptdrop.cost import CostTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PreconditionFailedError
 from promptdrop.fingerprint import ImageDigest, maker_identity, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
-from promptdrop.ports import BlobInfo, PaidImage
+from promptdrop.ports import BlobInfo, InFlight, PaidImage
 from promptdrop.prompts import PromptRequest, fingerprint_form
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
@@ -150,6 +159,43 @@ def would_serve(ctx: Context, digests: ImageDigests, line: PromptRequest, model:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """A line that waits for another unfinished run paying for the same request (``payer``)."""
+
+    key: str
+    model: str
+    payer: InFlight
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "model": self.model, "payer": self.payer.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Waiting:
+        return cls(key=str(data["key"]), model=str(data["model"]), payer=InFlight.from_json(data["payer"]))
+
+
+def read_waiting(ctx: Context, name: str) -> list[Waiting] | None:
+    records = read_records(ctx, name)
+    return None if records is None else [Waiting.from_json(record) for record in records]
+
+
+def unfinished(ctx: Context, run_id: str) -> bool:
+    run = ctx.store.get_run(run_id)
+    return run is not None and not run.state.terminal
+
+
+def claim(ctx: Context, marker: InFlight) -> InFlight:
+    """Claim ``marker``'s request as in flight for its run; returns who holds it now. A claim left by a run
+    that has ended (a crash before its settle released it) is taken over."""
+    holder = ctx.paid_images.claim_in_flight(marker)
+    for _ in range(3):  # each turn either wins or finds a newer holder
+        if holder.run_id == marker.run_id or unfinished(ctx, holder.run_id):
+            break
+        holder = ctx.paid_images.claim_in_flight(marker, replacing=holder)
+    return holder
+
+
+@dataclass(frozen=True, slots=True)
 class _Submitted:
     key: str
     fingerprint: str
@@ -164,10 +210,15 @@ class CacheSplit:
         self.layout = ctx.layout(run.run_id)
         self.digests = ImageDigests(ctx)
         self.served: list[Outcome] = []
+        self.waits: list[Waiting] = []  # lines that wait for another run paying for the same request
         self.saved = CostTally()
         self._submitted: list[_Submitted] = []
         self._decided = _read_outcomes(ctx, self.layout.cached_outcomes)  # an earlier try's decision
         self._reused = self._decided is not None
+        self._waiting = (
+            {w.key: w for w in (read_waiting(ctx, self.layout.waiting) or [])} if self._reused else {}
+        )
+        self._payers: dict[str, bool] = {}  # run id -> whether lines of this run may wait for it
 
     def prepare(self, lines: Iterable[tuple[PromptRequest, str]], deadline: float | None = None) -> None:
         """Decide which lines are served: look each up and copy the images of those served,
@@ -183,8 +234,8 @@ class CacheSplit:
         block = self._read_parts()
         workers = max(1, self.ctx.settings.upload_concurrency)
         with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
-            window: deque[Future[Outcome | None]] = deque()  # bounded: the input is streamed
-            in_block: list[Outcome] = []
+            window: deque[Future[Outcome | Waiting | None]] = deque()  # bounded: the input is streamed
+            in_block: list[Outcome | Waiting] = []
 
             def drain(until: int) -> None:
                 while window and (len(window) > until or window[0].done()):
@@ -213,27 +264,38 @@ class CacheSplit:
     def _read_parts(self) -> int:
         """Take the outcomes of the blocks an earlier call decided; returns the first block left to decide."""
         block = 0
-        while (part := _read_outcomes(self.ctx, self.layout.cache_decided_part(block))) is not None:
-            self._keep(part.values())
+        while (part := read_records(self.ctx, self.layout.cache_decided_part(block))) is not None:
+            self._keep(
+                Waiting.from_json(record["waits"]) if "waits" in record else Outcome.from_json(record)
+                for record in part
+            )
             block += 1
         if block:
             log.info("cache decision goes on after %d block(s)", block, extra=self._log)
         return block
 
-    def _write_part(self, block: int, outcomes: list[Outcome]) -> None:
-        write_records(self.ctx, self.layout.cache_decided_part(block), (o.to_json() for o in outcomes))
-        self._keep(outcomes)
-        outcomes.clear()
+    def _write_part(self, block: int, decided: list[Outcome | Waiting]) -> None:
+        records = ({"waits": d.to_json()} if isinstance(d, Waiting) else d.to_json() for d in decided)
+        write_records(self.ctx, self.layout.cache_decided_part(block), records)
+        self._keep(decided)
+        decided.clear()
 
-    def _keep(self, outcomes: Iterable[Outcome]) -> None:
+    def _keep(self, decided: Iterable[Outcome | Waiting]) -> None:
         assert self._decided is not None
-        for outcome in outcomes:
-            self._decided[outcome.key] = outcome
+        for item in decided:
+            if isinstance(item, Waiting):
+                self._waiting[item.key] = item
+            else:
+                self._decided[item.key] = item
 
     def serve(self, line: PromptRequest, model: str) -> bool:
-        """True when the line is served from the cache (decided by ``prepare``): it is not to be submitted."""
+        """True when the line is served from the cache or waits for another run paying for it (decided by
+        ``prepare``): it is not to be submitted."""
         if self._decided and line.key in self._decided:
             return self._served(self._decided[line.key])
+        if line.key in self._waiting:
+            self.waits.append(self._waiting[line.key])
+            return True
         if not self.ctx.settings.cache:
             return False  # nothing will be recorded: no fingerprint needed
         fingerprint = self.digests.fingerprint(line, model)
@@ -241,9 +303,35 @@ class CacheSplit:
             self._submitted.append(_Submitted(line.key, fingerprint, line.fresh or self.run.fresh))
         return False
 
-    def _serve_from_cache(self, line: PromptRequest, model: str) -> Outcome | None:
+    def _serve_from_cache(self, line: PromptRequest, model: str) -> Outcome | Waiting | None:
+        """Served (a copy), waits for an older unfinished run that sent the same request, or None: sent
+        by this run, its request claimed as in flight."""
         fingerprint = self.digests.fingerprint(line, model)
-        return None if fingerprint is None else self._copy(line, fingerprint)
+        if fingerprint is None:
+            return None
+        served = self._copy(line.key, fingerprint)
+        if served is not None:
+            return served
+        marker = InFlight(fingerprint, self.run.run_id, line.key)
+        holder = claim(self.ctx, marker)
+        if holder.run_id == self.run.run_id:
+            # A payer that settled between the look-up and the claim recorded its image first.
+            served = self._copy(line.key, fingerprint)
+            if served is not None and holder == marker:
+                self.ctx.paid_images.release_in_flight(marker)
+            return served
+        return Waiting(line.key, model, holder) if self._may_wait_for(holder.run_id) else None
+
+    def _may_wait_for(self, run_id: str) -> bool:
+        """Only for an unfinished run created before this one: two runs never wait for each other."""
+        if run_id not in self._payers:
+            payer = self.ctx.store.get_run(run_id)
+            self._payers[run_id] = (
+                payer is not None
+                and not payer.state.terminal
+                and (payer.created_at, payer.run_id) < (self.run.created_at, self.run.run_id)
+            )
+        return self._payers[run_id]
 
     def _served(self, outcome: Outcome) -> bool:
         self.served.append(outcome)
@@ -251,12 +339,17 @@ class CacheSplit:
             self.saved.add_usage(outcome.model, Usage(**outcome.usage))
         return True
 
-    def _copy(self, line: PromptRequest, fingerprint: str) -> Outcome | None:
+    def serve_paid(self, key: str, fingerprint: str) -> Outcome | None:
+        """The line ``key`` served from the image paid for ``fingerprint``, if one is usable (a waiting
+        line whose payer has ended); None: there is none, the line is to be sent."""
+        return self._copy(key, fingerprint)
+
+    def _copy(self, key: str, fingerprint: str) -> Outcome | None:
         entry = lookup(self.ctx, fingerprint)
         if entry is None:
             return None
         extension = PurePosixPath(entry.image).suffix.removeprefix(".")
-        destination = self.layout.image(line.key, extension)
+        destination = self.layout.image(key, extension)
         try:
             # That generation or nothing: an image rewritten or deleted since the check is never served.
             self.ctx.blobs.copy(entry.image, destination, if_source_generation=entry.generation)
@@ -265,7 +358,7 @@ class CacheSplit:
             return None
         self._copy_thumbnail(entry.image, destination)
         return Outcome(
-            key=line.key,
+            key=key,
             status="succeeded",
             attempt=0,
             model=entry.model,
@@ -294,11 +387,15 @@ class CacheSplit:
     def finish(self) -> None:
         """Record the decision (before any job is recorded) and the fingerprints of the submitted lines."""
         if not self._reused:
+            # The waiting lines first: a decision found whole is reused with them.
+            write_records(self.ctx, self.layout.waiting, (w.to_json() for w in self.waits))
             write_records(self.ctx, self.layout.cached_outcomes, (o.to_json() for o in self.served))
         submitted = ({"key": s.key, "fingerprint": s.fingerprint, "fresh": s.fresh} for s in self._submitted)
         write_records(self.ctx, self.layout.fingerprints, submitted)
         if self.served:
             log.info("%d line(s) served from the pay-once cache", len(self.served), extra=self._log)
+        if self.waits:
+            log.info("%d line(s) wait for runs paying for them now", len(self.waits), extra=self._log)
 
 
 def _run_folder(image: str) -> str:
@@ -355,8 +452,31 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
                 )
     except PermanentError as exc:
         log.warning("the pay-once cache was not filled: %s", exc, extra={"run_id": run.run_id})
+    _release(ctx, run, submitted.values())
     ctx.blobs.delete(layout.fingerprints)
     return written
+
+
+def _release(ctx: Context, run: Run, submitted: Iterable[Mapping[str, Any]]) -> None:
+    """The run's requests are no longer in flight: after ``fill``, so a run waiting for one of them that
+    finds no claim finds its image (or knows there is none)."""
+    if not enabled(ctx, run):
+        return
+    markers = [
+        InFlight(item["fingerprint"], run.run_id, item["key"]) for item in submitted if not item.get("fresh")
+    ]
+    workers = max(1, ctx.settings.upload_concurrency)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
+            for start in range(0, len(markers), _FILL_ROUND * workers):
+                renew(ctx, run.run_id)
+                list(
+                    pool.map(
+                        ctx.paid_images.release_in_flight, markers[start : start + _FILL_ROUND * workers]
+                    )
+                )
+    except PermanentError as exc:  # a claim left behind is taken over once this run has ended
+        log.warning("in-flight claims not released: %s", exc, extra={"run_id": run.run_id})
 
 
 def _entry(ctx: Context, run: Run, outcome: Outcome, info: BlobInfo, fingerprint: str) -> PaidImage:

@@ -137,6 +137,18 @@ class ChunkPlanner:
             self.open[group] = writer
         writer.add(key, line, request_line, tokens)
 
+    def add_line(self, model: str, line: PromptRequest, request_line: bytes) -> None:
+        """A prompt line as sent (``request_line``), on ``model``, in its lane and priority."""
+        self.add(
+            model,
+            line.key,
+            line.line,
+            request_line,
+            request_tokens(line),
+            priority=line.priority,
+            lane=line.lane,
+        )
+
     def finish(self) -> list[Job]:
         for writer in self.open.values():
             self.jobs.append(writer.close())

@@ -53,7 +53,7 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
         _report_overdue(ctx, active)
         wanted = [run.run_id for run in active]
     else:
-        wanted = list(run_ids)
+        wanted = with_payers(ctx, run_ids)
     report.runs_seen = len(wanted)
     if not wanted:
         return report
@@ -72,6 +72,16 @@ def tick(ctx: Context, *, run_ids: Iterable[str] | None = None, deadline: float 
             report.runs_advanced.append(result.run_id)
     report.out_of_time = deadline is not None and ctx.clock() >= deadline
     return report
+
+
+def with_payers(ctx: Context, run_ids: Iterable[str]) -> list[str]:
+    """The runs asked for and the runs they wait for, and so on: a run whose lines wait ends only after
+    those runs, so whoever follows it (`run --wait` with no `serve` running) moves them too."""
+    wanted = list(dict.fromkeys(run_ids))
+    for run_id in wanted:  # grows while it is walked: each run is read once
+        run = ctx.store.get_run(run_id)
+        wanted += [payer for payer in (run.waiting_on if run else []) if payer not in wanted]
+    return wanted
 
 
 def _report_overdue(ctx: Context, runs: Iterable[Run]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -25,7 +25,7 @@ from promptdrop.records import Cost, Counts, Job, Run
 from promptdrop.states import RunState
 from promptdrop.usecases import gallery, spending
 from promptdrop.usecases.cache import CacheSplit, ImageDigests
-from promptdrop.usecases.chunks import ChunkPlanner, request_tokens
+from promptdrop.usecases.chunks import ChunkPlanner
 from promptdrop.usecases.context import Context
 from promptdrop.usecases.inputs import parse_options, parsed_input, stage_input
 from promptdrop.usecases.settle import fail_refused, fail_unusable
@@ -119,6 +119,8 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
             .model_dump(),
             "reason": None,
             "next_attempt_at": 0.0,
+            "waiting": len(plan.cache.waits),
+            "waiting_on": sorted({w.payer.run_id for w in plan.cache.waits}),
         },
         if_states=[RunState.RECEIVED],
     )
@@ -256,16 +258,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
                         continue
-                    parts = references.parts(line)
-                    request_line = prompts.request_line(line, parts)
-                    if len(request_line) > ctx.settings.max_line_bytes:
-                        raise _Refused(
-                            LineError(
-                                "request_too_large",
-                                f"the request with its reference images is {len(request_line)} bytes, over "
-                                f"PROMPTDROP_MAX_LINE_BYTES={ctx.settings.max_line_bytes}",
-                            )
-                        )
+                    request_line = _request_line(ctx, references, line)
                 except _Refused as refused:
                     plan.counts.invalid += 1
                     plan.refused.append(_invalid(line, refused.error))
@@ -273,15 +266,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                 plan.counts.valid += 1
                 plan.counts.now += line.lane == "now"
                 plan.cost.add_estimate(line.lane, model, line.image_size, line.estimated_input_tokens)
-                planner.add(
-                    model,
-                    line.key,
-                    line.line,
-                    request_line,
-                    request_tokens(line),
-                    priority=line.priority,
-                    lane=line.lane,
-                )
+                planner.add_line(model, line, request_line)
         references.keep()
         plan.jobs = planner.finish()
         plan.models = choose.choices
@@ -291,6 +276,42 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
         raise
     write_refused(ctx, ctx.layout(run.run_id), plan.refused)
     return plan
+
+
+def _request_line(ctx: Context, references: _ReferenceImages, line: PromptRequest) -> bytes:
+    """The line as sent, its reference images inline or uploaded; refused when too large."""
+    request_line = prompts.request_line(line, references.parts(line))
+    if len(request_line) > ctx.settings.max_line_bytes:
+        raise _Refused(
+            LineError(
+                "request_too_large",
+                f"the request with its reference images is {len(request_line)} bytes, over "
+                f"PROMPTDROP_MAX_LINE_BYTES={ctx.settings.max_line_bytes}",
+            )
+        )
+    return request_line
+
+
+def plan_lines(ctx: Context, run: Run, models: Mapping[str, str], planner: ChunkPlanner) -> list[Outcome]:
+    """Add the run's lines named in ``models`` (key -> the model decided at submission) to ``planner``, in
+    input order (lines that waited for another run and are now sent by this one). Returns the lines
+    refused (a reference image gone, a request too large) as ``invalid`` outcomes."""
+    references = _ReferenceImages(ctx, run, None, ImageDigests(ctx))
+    refused: list[Outcome] = []
+    with parsed_input(ctx, run) as lines:
+        for line in lines:
+            if not isinstance(line, PromptRequest) or line.key not in models:
+                continue
+            try:
+                request_line = _request_line(ctx, references, line)
+            except _Refused as exc:
+                refused.append(
+                    Outcome.failure(line.key, exc.error, attempt=0, model=line.model, status="invalid")
+                )
+                continue
+            planner.add_line(models[line.key], line, request_line)
+    references.keep()
+    return refused
 
 
 def _cacheable(ctx: Context, run: Run, choose: ModelChooser) -> Iterator[tuple[PromptRequest, str]]:

@@ -3,6 +3,7 @@ the lines refused at submission, and their removal when the run ends."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -69,7 +70,7 @@ def write_refused(ctx: Context, layout: RunLayout, refused: Iterable[Outcome]) -
 
 def load_outcomes(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Outcome]:
     """key -> its latest outcome (a later attempt replaces an earlier one); the lines refused or served from the
-    pay-once cache at submission included."""
+    pay-once cache at submission, and the waiting lines served since, included."""
     layout = ctx.layout(run.run_id)
     outcomes: dict[str, Outcome] = {}
     for name in (layout.cached_outcomes, layout.submit_outcomes):
@@ -78,6 +79,14 @@ def load_outcomes(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Outcome]
                 outcomes[outcome.key] = outcome
         except NotFoundError:
             pass
+    # Lines that waited for another run, served from its image (or refused when sent): round by round.
+    for number in itertools.count():
+        records = read_records(ctx, layout.wait_round(number))
+        if records is None:
+            break
+        for record in records:
+            if "outcome" in record:
+                outcomes[record["key"]] = Outcome.from_json(record["outcome"])
     for job in sorted(jobs, key=lambda j: (j.attempt, j.chunk)):
         for outcome in iter_job_outcomes(ctx, layout, job):
             outcomes[outcome.key] = outcome
