@@ -7,6 +7,7 @@ Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CA
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -172,9 +173,15 @@ def run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Submit every line, even those the pay-once cache holds")
     ] = False,
+    new: Annotated[
+        bool,
+        typer.Option("--new", help="Start a new run even when an unfinished run has the same bytes"),
+    ] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP + " With --wait.")] = None,
 ) -> None:
-    """Put FILE into the inbox and submit it; print the run id."""
+    """Put FILE into the inbox and submit it; print the run id.
+
+    When an unfinished run was started from the same bytes, this attaches to it instead (--new: a new run)."""
     settings = _settings()
     receiving = wait and (webhook_port is not None or settings.webhooks_on)
     if receiving:
@@ -197,16 +204,70 @@ def run(
             except (PromptdropError, OSError) as exc:
                 err.print(f"[red]cannot receive webhooks:[/red] {exc}")
                 raise typer.Exit(2) from None
-        run_record = _submit(ctx, file, fresh=fresh)
+        run_record = None if new else _attach(ctx, file, fmt, fresh=fresh)
+        if run_record is None:
+            run_record = _submit(ctx, file, fresh=fresh)
         if not wait:
             err.print(
-                f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
-                "(and keep `promptdrop serve` running, or use --wait)"
+                f"state {run_record.state.value}; follow it to its end with "
+                f"`promptdrop wait {run_record.run_id}` (or keep `promptdrop serve` running)"
             )
             raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
-        final = _wait(ctx, run_record.run_id, pushed)
+        final = _follow(ctx, run_record.run_id, pushed)
     _print_result(ctx, final)
     raise typer.Exit(_exit_code(final.state))
+
+
+@app.command("wait")
+def wait_for(run_id: Annotated[str, typer.Argument(help="The run to follow")]) -> None:
+    """Follow an existing run to its end with a progress bar (exit code as `run --wait`)."""
+    settings = _settings()
+    ctx = _context(settings)
+    record = ctx.store.get_run(run_id)
+    if record is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    final = record if record.state.terminal else _follow(ctx, run_id)
+    _print_result(ctx, final)
+    raise typer.Exit(_exit_code(final.state))
+
+
+def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> Run | None:
+    """The unfinished run started from FILE's exact bytes, its id printed; None when there is none."""
+    digest = hashlib.sha256()
+    with file.open("rb") as source:
+        while block := source.read(4 * 1024 * 1024):
+            digest.update(block)
+    try:
+        twin = receive.unfinished_twin(ctx, file.stat().st_size, digest.hexdigest(), fmt, fresh=fresh)
+    except PromptdropError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if twin is not None:
+        out.print(twin.run_id, highlight=False)
+        err.print(
+            f"attached to unfinished run {twin.run_id} ({twin.state.value}), started from the same bytes; "
+            "nothing submitted again (--new starts another run)"
+        )
+    return twin
+
+
+def _follow(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
+    """``_wait``; Ctrl-C leaves the run going and says how to follow it again (exit 130)."""
+    try:
+        return _wait(ctx, run_id, pushed)
+    except KeyboardInterrupt:
+        where = (
+            "its batch jobs on the Gemini API"
+            if ctx.settings.backend == "gemini"
+            else "its batch jobs at the bundled emulator, in the background"
+        )
+        err.print(
+            f"\ninterrupted: run {run_id} goes on ({where}); "
+            f"follow it with `promptdrop wait {run_id}`",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
 
 
 def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:

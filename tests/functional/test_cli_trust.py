@@ -1,0 +1,111 @@
+"""The CLI a new user can trust (issues 20 and 22): a subprocess, output piped, at 80 columns."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.functional.conftest import jsonl
+from tests.functional.test_cli import CLI, GOOD, GOOD_2, batches, cli_env, promptdrop, status_json
+from tests.functional.test_pay_once import requests_sent
+
+
+def narrow_env(home: Path, emulator: Any, **extra: str) -> dict[str, str]:
+    """A piped CLI at 80 columns, as a user's `| tee` or CI log sees it."""
+    return {**cli_env(home, emulator, **extra), "COLUMNS": "80"}
+
+
+def _interrupted_run_wait(env: dict[str, str], prompt_file: Path, emulator: Any, cwd: Path) -> tuple[str, str, int]:
+    """Start `run FILE --wait`, press Ctrl-C once its batch exists: (run id, stderr, exit code)."""
+    waiting = subprocess.Popen(
+        [*CLI, "run", str(prompt_file), "--wait"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        run_id = waiting.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while not batches(emulator) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # into the wait loop
+        waiting.send_signal(signal.SIGINT)
+        _, errors = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    return run_id, errors, waiting.returncode
+
+
+def test_ctrl_c_during_run_wait_says_the_run_goes_on_and_how_to_follow_it(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """SIGINT during `run --wait`: the run id, that it goes on, `promptdrop wait RUN`; exit 130."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    env = narrow_env(tmp_path / "home", emulator)
+    prompt_file = tmp_path / "slow.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
+
+    run_id, errors, code = _interrupted_run_wait(env, prompt_file, emulator, tmp_path)
+
+    assert code == 130, errors
+    flat = " ".join(errors.split())
+    assert f"run {run_id} goes on" in flat
+    assert f"promptdrop wait {run_id}" in flat
+    assert status_json(env, tmp_path, run_id)["state"] in {"SUBMITTED", "RUNNING"}
+
+
+def test_run_again_after_an_interrupt_attaches_and_pays_once(tmp_path: Path, emulator_factory: Any) -> None:
+    """Ctrl-C, then `run FILE --wait` on the same bytes: attached to the first run, which ends; the emulator
+    got each request once. `wait RUN` on the ended run prints its result; `--new` makes a second run."""
+    emulator = emulator_factory(pending_seconds=3.0)
+    env = narrow_env(tmp_path / "home", emulator)
+    prompt_file = tmp_path / "twice.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
+    first, errors, code = _interrupted_run_wait(env, prompt_file, emulator, tmp_path)
+    assert code == 130, errors
+
+    again = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].strip() == first
+    assert f"attached to unfinished run {first}" in " ".join(again.stderr.split())
+    assert "SUCCEEDED" in again.stdout
+    assert len(batches(emulator)) == 1 and requests_sent(emulator) == 2
+    assert [r["run_id"] for r in status_json(env, tmp_path)] == [first]
+
+    followed = promptdrop(env, "wait", first, cwd=tmp_path)
+    assert followed.returncode == 0 and "SUCCEEDED" in followed.stdout, followed.stderr
+
+    # A finished run is not attached to: the file is a new run (served from the cache).
+    fresh = promptdrop(env, "run", str(prompt_file), "--new", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() != first
+
+
+def test_new_starts_a_second_run_while_the_first_is_unfinished(tmp_path: Path, emulator_factory: Any) -> None:
+    """`run FILE` twice on the same bytes: one run; `--new`: a second run with its own batch."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    env = narrow_env(tmp_path / "home", emulator)
+    prompt_file = tmp_path / "same.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
+
+    first = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
+    second = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert second.stdout.strip() == first.stdout.strip()
+    assert "attached" in second.stderr and "--new" in second.stderr
+    assert len(batches(emulator)) == 1
+
+    third = promptdrop(env, "run", str(prompt_file), "--new", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() != first.stdout.strip()
+    assert "attached" not in third.stderr
+    assert len(status_json(env, tmp_path)) == 2
