@@ -11,10 +11,11 @@ import hashlib
 import logging
 import os
 import sys
+import textwrap
 import threading
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +32,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
@@ -44,7 +44,7 @@ from promptdrop.errors import ConfigurationError, PreconditionFailedError, Promp
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import summary as run_summary
-from promptdrop.models import predict_choice
+from promptdrop.models import model_spec, predict_choice
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
@@ -62,7 +62,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a command to copy stays on one line
 log = logging.getLogger("promptdrop.cli")
 
 
@@ -98,8 +98,36 @@ def _exit_code(state: RunState) -> int:
     return 0 if state in (RunState.SUCCEEDED, RunState.PARTIAL) else 1
 
 
-def _money(value: float | None) -> str:
-    return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
+def _money(value: float | None, why: str) -> str:
+    """A dollar figure, or "unknown" with ``why`` (never a guess at the reason)."""
+    return f"unknown ({why})" if value is None else f"${value:,.4f}"
+
+
+def _price_why(models: Iterable[str]) -> str:
+    """Why a cost over these models is unknown: the first one without a published price."""
+    for model in models:
+        spec = model_spec(model)
+        if spec is None:
+            return f"{model} is not in the price table"
+        if spec.rates is None:
+            return f"{model}'s price is not published"
+    return "no price recorded"
+
+
+def _run_models(run_record: Run) -> list[str]:
+    chosen = [str(choice["model"]) for choice in run_record.model_choices if choice.get("model")]
+    return chosen or [run_record.model]
+
+
+def _cost_why(run_record: Run) -> str:
+    """Why a run's figure is unknown: it has not ended yet, or a model of it has no published price."""
+    return _price_why(_run_models(run_record)) if run_record.state.terminal else "not finished yet"
+
+
+def _estimate_why(run_record: Run) -> str:
+    if run_record.state is RunState.RECEIVED:
+        return "not estimated until submitted"
+    return _price_why(_run_models(run_record))
 
 
 def _print_model_notices(run_record: Run) -> None:
@@ -263,8 +291,7 @@ def _follow(ctx: Context, run_id: str, pushed: threading.Event | None = None) ->
             else "its batch jobs at the bundled emulator, in the background"
         )
         err.print(
-            f"\ninterrupted: run {run_id} goes on ({where}); "
-            f"follow it with `promptdrop wait {run_id}`",
+            f"\ninterrupted: run {run_id} goes on ({where}); follow it with `promptdrop wait {run_id}`",
             highlight=False,
         )
         raise typer.Exit(130) from None
@@ -310,6 +337,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     options = parse_options(settings)
     today = datetime.now(UTC).date()
     noticed: set[str] = set()
+    unpriced: set[str] = set()
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
@@ -324,6 +352,9 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
                     continue
                 valid += 1
+                spec = model_spec(choice.model)
+                if spec is None or spec.rates is None:
+                    unpriced.add(choice.model)
                 now_lines += line.lane == "now"
                 tally.add_estimate(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
                 if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
@@ -335,13 +366,16 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     lanes = tally.total
     batch = lanes.batch
     out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
-    out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
-    out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
-    out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
-    out.print(f"estimated total: {_money(lanes.total)}")
+    why = _price_why(sorted(unpriced))
+    out.print(f"estimated batch cost: {_money(batch.batch, why)} ({valid - now_lines} batch line(s))")
+    out.print(
+        f"same work on the interactive API: {_money(batch.interactive, why)} (saves {_money(batch.saved, why)})"
+    )
+    out.print(f"estimated now cost: {_money(lanes.now, why)} ({now_lines} now line(s), interactive price)")
+    out.print(f"estimated total: {_money(lanes.total, why)}")
     # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
     out.print(
-        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
+        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch, why)}"
     )
     refused = 0
     if now_lines > settings.max_now_lines:
@@ -417,11 +451,12 @@ def _print_result(ctx: Context, run_record: Run) -> None:
         out.print(f"reason: {run_record.reason}")
     _print_model_notices(run_record)
     cost = run_record.cost
+    why = _cost_why(run_record)
     out.print(
-        f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
-        f"saved {_money(cost.saved)})"
+        f"cost: {_money(cost.batch, why)} batch (interactive would be {_money(cost.interactive, why)}, "
+        f"saved {_money(cost.saved, why)})"
         + (
-            f"; now lane {_money(cost.now)} ({run_record.counts.now} line(s), interactive price)"
+            f"; now lane {_money(cost.now, why)} ({run_record.counts.now} line(s), interactive price)"
             if run_record.counts.now
             else ""
         )
@@ -538,18 +573,8 @@ def status(
                 orjson.dumps([r.model_dump(mode="json", exclude={"lease"}) for r in runs]).decode()
             )
             return
-        table = Table("run", "state", "lines", "ok", "failed", "invalid", "cost (batch)")
-        for r in runs:
-            table.add_row(
-                r.run_id,
-                r.state.value,
-                str(r.counts.lines),
-                str(r.counts.succeeded),
-                str(r.counts.failed),
-                str(r.counts.invalid),
-                _money(r.cost.batch or r.cost.estimate),
-            )
-        out.print(table)
+        for line in _runs_table(runs, out.width):
+            out.print(line, markup=False, highlight=False)
         return
     record = store.get_run(run_id)
     if record is None:
@@ -567,14 +592,16 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
+        why = _cost_why(record)
         out.print(
-            f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
-            + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
+            f"cost: estimate {_money(record.cost.estimate, _estimate_why(record))}, "
+            f"batch {_money(record.cost.batch, why)}"
+            + (f", now {_money(record.cost.now, why)} ({c.now} now lines)" if c.now else "")
         )
         if record.state is not RunState.RECEIVED:
             out.print(
                 f"cache: {record.cost.cached} line(s) served from the pay-once cache "
-                f"(saved {_money(record.cost.saved_by_cache)})"
+                f"(saved {_money(record.cost.saved_by_cache, _price_why(_run_models(record)))})"
             )
         elif (would := _cache_would_serve(settings, record)) is not None:
             out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
@@ -589,6 +616,40 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+
+
+def _runs_table(runs: list[Run], width: int) -> list[str]:
+    """The runs as aligned columns. Ids never cut, whatever the width: every cell stays whole on its line
+    but the cost, the last column, which folds into what is left (never narrower than 20 characters: a
+    line wider than the terminal beats a cut id)."""
+    header = ["run", "state", "lines", "ok", "failed", "invalid", "cost (batch)"]
+    rows = [header]
+    for r in runs:
+        if r.state.terminal:
+            cost = _money(r.cost.batch, _cost_why(r))
+        elif r.cost.estimate is not None:
+            cost = f"~${r.cost.estimate:,.4f} (estimate)"
+        else:
+            cost = "not estimated yet" if r.state is RunState.RECEIVED else _money(None, _estimate_why(r))
+        counts = r.counts
+        rows.append(
+            [r.run_id, r.state.value]
+            + [str(n) for n in (counts.lines, counts.succeeded, counts.failed, counts.invalid)]
+            + [cost]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    room = max(width - indent, 20)
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if 2 <= i <= 5 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        folded = textwrap.wrap(row[-1], room) or [""]
+        lines.append("  ".join([*cells, folded[0]]).rstrip())
+        lines.extend(" " * indent + part for part in folded[1:])
+    return lines
 
 
 def _cache_would_serve(settings: Settings, record: Run) -> int | None:

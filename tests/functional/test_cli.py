@@ -293,7 +293,7 @@ def test_run_then_status_then_serve_see_the_same_jobs(tmp_path: Path, emulator_f
     submitted = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     run_id = submitted.stdout.strip()
-    assert "promptdrop status " + run_id in " ".join(submitted.stderr.split())
+    assert "promptdrop wait " + run_id in " ".join(submitted.stderr.split())
 
     before = status_json(env, tmp_path, run_id)
     assert before["state"] == "SUBMITTED"

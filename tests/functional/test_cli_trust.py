@@ -109,3 +109,55 @@ def test_new_starts_a_second_run_while_the_first_is_unfinished(tmp_path: Path, e
     assert third.stdout.strip() != first.stdout.strip()
     assert "attached" not in third.stderr
     assert len(status_json(env, tmp_path)) == 2
+
+
+def test_ids_stay_whole_at_80_columns_piped(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 1: a long run id is printed whole by `run`, `status` and the follow hint; each run of the
+    table is one row (a RECEIVED run's cost cell does not wrap)."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    env = narrow_env(tmp_path / "home", emulator)
+    prompt_file = tmp_path / "catalogue-of-winter-products-for-the-shop.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2))
+
+    submitted = promptdrop(env, "run", str(prompt_file), cwd=tmp_path)
+    held = promptdrop(
+        {**env, "PROMPTDROP_SUBMIT_ON_CLAIM_MAX_BYTES": "1"}, "run", str(prompt_file), "--new", cwd=tmp_path
+    )
+    listed = promptdrop(env, "status", cwd=tmp_path)
+
+    ids = [submitted.stdout.strip(), held.stdout.strip()]
+    assert all(len(run_id) > 45 for run_id in ids), ids
+    assert f"`promptdrop wait {ids[0]}`" in submitted.stderr.splitlines()[-1]
+    rows = listed.stdout.splitlines()
+    assert len(rows) == 3, listed.stdout  # the header and one line per run
+    for run_id, state in zip(ids, ["SUBMITTED", "RECEIVED"], strict=True):
+        (row,) = [row for row in rows if run_id in row]
+        assert state in row
+        assert ("$" if state == "SUBMITTED" else "not estimated yet") in row
+    one = promptdrop(env, "status", ids[0], cwd=tmp_path)
+    assert ids[0] in one.stdout.splitlines()[0]
+    assert any(line.split()[0].startswith(ids[0] + "-") for line in one.stdout.splitlines()[1:] if line.strip())
+
+
+def test_every_unknown_cost_says_why(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 2: an unfinished run of a priced model: "not finished yet", never "not in the price
+    table"; a finished run of a model without a published price says so."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    env = narrow_env(tmp_path / "home", emulator)
+    slow = tmp_path / "slow.jsonl"
+    slow.write_bytes(jsonl({**GOOD, "model": "gemini-3-pro-image"}))
+    run_id = promptdrop(env, "run", str(slow), cwd=tmp_path).stdout.strip()
+
+    shown = promptdrop(env, "status", run_id, cwd=tmp_path).stdout
+
+    assert "batch unknown (not finished yet)" in shown
+    assert "price table" not in shown
+
+    quick = emulator_factory("quick")
+    env = narrow_env(tmp_path / "home2", quick)
+    lite = tmp_path / "lite.jsonl"
+    lite.write_bytes(jsonl({**GOOD, "model": "gemini-3.1-flash-lite-image"}))
+    done = promptdrop(env, "run", str(lite), "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "unknown (gemini-3.1-flash-lite-image's price is not published)" in done.stdout
+    assert "not in the price table" not in done.stdout
