@@ -64,6 +64,7 @@ app = typer.Typer(
 out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
 err = Console(stderr=True, soft_wrap=True)  # a command to copy stays on one line
 log = logging.getLogger("promptdrop.cli")
+PROBLEMS_PAGE = "problems.html"  # the gallery's page of failed and invalid lines
 
 
 def _settings() -> Settings:
@@ -232,9 +233,10 @@ def run(
             except (PromptdropError, OSError) as exc:
                 err.print(f"[red]cannot receive webhooks:[/red] {exc}")
                 raise typer.Exit(2) from None
-        run_record = None if new else _attach(ctx, file, fmt, fresh=fresh)
-        if run_record is None:
-            run_record = _submit(ctx, file, fresh=fresh)
+        attached = None if new else _attach(ctx, file, fmt, fresh=fresh)
+        run_record = attached or _submit(ctx, file, fresh=fresh)
+        # Model notices are printed once: at submission when the run got that far, else at its end.
+        noticed = attached is None and bool(run_record.model_choices)
         if not wait:
             err.print(
                 f"state {run_record.state.value}; follow it to its end with "
@@ -242,7 +244,7 @@ def run(
             )
             raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
         final = _follow(ctx, run_record.run_id, pushed)
-    _print_result(ctx, final)
+    _print_result(ctx, final, notices=not noticed)
     raise typer.Exit(_exit_code(final.state))
 
 
@@ -440,7 +442,10 @@ def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> R
                 pushed.clear()
 
 
-def _print_result(ctx: Context, run_record: Run) -> None:
+def _print_result(ctx: Context, run_record: Run, *, notices: bool = True) -> None:
+    """The run's end: counts, one line per kind of problem, cost and cache, then where each output is.
+
+    ``notices``: the model notices, unless they were printed when the run was submitted."""
     layout = ctx.layout(run_record.run_id)
     counts = run_record.counts
     out.print(
@@ -448,8 +453,12 @@ def _print_result(ctx: Context, run_record: Run) -> None:
         f"{counts.invalid} invalid of {counts.lines} lines"
     )
     if run_record.reason:
-        out.print(f"reason: {run_record.reason}")
-    _print_model_notices(run_record)
+        out.print(f"reason: {run_record.reason}", highlight=False)
+    problems = _problems(ctx, layout) if counts.failed or counts.invalid else {}
+    for (status, code), (count, example) in sorted(problems.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        out.print(f"  {count} {status}: {code}  ({example})", markup=False, highlight=False)
+    if notices:
+        _print_model_notices(run_record)
     cost = run_record.cost
     why = _cost_why(run_record)
     out.print(
@@ -461,11 +470,53 @@ def _print_result(ctx: Context, run_record: Run) -> None:
             else ""
         )
     )
+    if cost.cached:
+        out.print(
+            f"cache: {cost.cached} line(s) served from the pay-once cache, not paid again "
+            f"(saved {_money(cost.saved_by_cache, _price_why(_run_models(run_record)))})"
+        )
     base = ctx.blobs.url.rstrip("/") + "/"
-    out.print(f"images:   {base}{layout.folder}images/")
-    out.print(f"manifest: {base}{layout.manifest}")
-    out.print(f"summary:  {base}{layout.summary}")
-    out.print(f"gallery:  {gallery_location(ctx.settings, run_record.run_id)}  (promptdrop open)")
+    if counts.succeeded:  # no images/ folder is written without an image
+        out.print(f"images:   {base}{layout.folder}images/", highlight=False)
+    for label, name in (
+        ("manifest", layout.manifest),
+        ("summary", layout.summary),
+        ("errors", layout.errors),
+        ("rejected", layout.rejected),
+    ):
+        if ctx.blobs.stat(name) is not None:
+            out.print(f"{label + ':':<9} {base}{name}", highlight=False)
+    if ctx.blobs.stat(layout.folder + PROBLEMS_PAGE) is not None:
+        out.print(
+            f"problems: {gallery_location(ctx.settings, run_record.run_id, PROBLEMS_PAGE)}", highlight=False
+        )
+    if ctx.blobs.stat(layout.gallery) is not None:
+        out.print(
+            f"gallery:  {gallery_location(ctx.settings, run_record.run_id)}  (promptdrop open)",
+            highlight=False,
+        )
+
+
+def _problems(ctx: Context, layout: RunLayout) -> dict[tuple[str, str], tuple[int, str]]:
+    """(status, reason code) -> (lines, the first one's line number and message), from the manifest."""
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    if ctx.blobs.stat(layout.manifest) is None:
+        return found
+    with ctx.blobs.open_read(layout.manifest) as stream:
+        for raw in stream:
+            entry = orjson.loads(raw)
+            if entry.get("status") == "succeeded":
+                continue
+            error = entry.get("error") or {}
+            kind = (str(entry.get("status")), str(error.get("code") or "unknown"))
+            count, example = found.get(kind, (0, ""))
+            if not example:
+                message = str(error.get("message") or "")
+                example = f"first: line {entry.get('line')}: " + textwrap.shorten(
+                    message, 100, placeholder="..."
+                )
+            found[kind] = (count + 1, example)
+    return found
 
 
 @app.command()
@@ -673,9 +724,9 @@ def _cache_would_serve(settings: Settings, record: Run) -> int | None:
     return count
 
 
-def gallery_location(settings: Settings, run_id: str) -> str:
+def gallery_location(settings: Settings, run_id: str, page: str = "index.html") -> str:
     """Where a run's gallery page opens: the local file, or the Cloud Storage authenticated browser URL."""
-    name = RunLayout.of(settings.output_prefix, run_id).gallery
+    name = RunLayout.of(settings.output_prefix, run_id).folder + page
     if settings.bucket_is_gcs:
         return f"https://storage.cloud.google.com/{settings.bucket_name}/{quote(name)}"
     return str((Path(settings.bucket) / name).resolve())

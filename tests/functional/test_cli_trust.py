@@ -161,3 +161,32 @@ def test_every_unknown_cost_says_why(tmp_path: Path, emulator_factory: Any) -> N
     assert done.returncode == 0, done.stderr
     assert "unknown (gemini-3.1-flash-lite-image's price is not published)" in done.stdout
     assert "not in the price table" not in done.stdout
+
+
+def test_run_wait_ends_with_one_line_per_problem_and_where_to_look(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 4: counts by reason code, the paths of errors.jsonl and the problems page (which
+    exist), the model notice printed once, and no images/ path when no image was made."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    lines = [{"key": f"ok{i}", "prompt": f"fine {i}"} for i in range(3)]
+    lines += [{"key": f"r{i}", "prompt": "odd", "aspect_ratio": "5:7"} for i in range(15)]
+    lines += [{"key": f"m{i}", "prompt": "typo", "model": "gemini-3-pro-imge"} for i in range(2)]
+    prompt_file = tmp_path / "mixed.jsonl"
+    prompt_file.write_bytes(jsonl(*lines))
+
+    done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout.splitlines()
+    assert any(line.strip().startswith("15 invalid: bad_aspect_ratio") for line in shown), done.stdout
+    assert any(line.strip().startswith("2 invalid: unknown_model") for line in shown), done.stdout
+    paths = dict(line.split(None, 1) for line in shown if line.split(None, 1)[0] in {"errors:", "problems:"})
+    assert Path(paths["errors:"]).is_file() and Path(paths["problems:"].strip()).is_file()
+    assert (done.stdout + done.stderr).count("model gemini-3-pro-imge:") == 1
+
+    bad_only = tmp_path / "bad.jsonl"
+    bad_only.write_bytes(jsonl(*lines[3:5]))
+    failed = promptdrop(env, "run", str(bad_only), "--wait", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "images:" not in failed.stdout
