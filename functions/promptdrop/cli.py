@@ -234,6 +234,8 @@ def run(
                 err.print(f"[red]cannot receive webhooks:[/red] {exc}")
                 raise typer.Exit(2) from None
         attached = None if new else _attach(ctx, file, fmt, fresh=fresh)
+        if attached is None:
+            _copy_references(ctx, file, fmt)
         run_record = attached or _submit(ctx, file, fresh=fresh)
         # Model notices are printed once: at submission when the run got that far, else at its end.
         noticed = attached is None and bool(run_record.model_choices)
@@ -280,6 +282,47 @@ def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -
             "nothing submitted again (--new starts another run)"
         )
     return twin
+
+
+def _reference_source(file: Path, name: str) -> Path:
+    """The file of this machine a local run's reference image ``name`` comes from: beside the prompt file
+    (relative paths), or the absolute path it was written as (``LOCAL_FILES_PREFIX`` + the path)."""
+    if name.startswith(prompts.LOCAL_FILES_PREFIX):
+        return Path("/" + name.removeprefix(prompts.LOCAL_FILES_PREFIX))
+    return file.parent / name
+
+
+def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) -> set[str]:
+    names: set[str] = set()
+    with file.open("rb") as stream:
+        for line in prompts.parse_prompt_file(stream, fmt, parse_options(settings)):
+            if isinstance(line, prompts.PromptRequest):
+                names.update(line.image_refs)
+    return names
+
+
+def _copy_references(ctx: Context, file: Path, fmt: prompts.LineFormat) -> None:
+    """A local run's reference images are read from the bucket: copy the ones found on this machine there
+    (the bucket's own copy is kept when no such file exists)."""
+    if ctx.settings.bucket_is_gcs:
+        return
+    copied = []
+    for name in sorted(_reference_names(ctx.settings, file, fmt)):
+        source = _reference_source(file, name)
+        if not source.is_file():
+            continue
+        data = source.read_bytes()
+        info = ctx.blobs.stat(name)
+        if info is not None and info.size == len(data) and ctx.blobs.read_bytes(name) == data:
+            continue
+        with ctx.blobs.open_write(name) as target:
+            target.write(data)
+        copied.append(name)
+    if copied:
+        err.print(
+            f"copied {len(copied)} reference image(s) into the local bucket {ctx.blobs.url}: {', '.join(copied)}",
+            highlight=False,
+        )
 
 
 def _follow(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
@@ -352,6 +395,21 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                 if choice.model is None:
                     invalid += 1
                     err.print(f"line {line.line}: [red]{choice.code}[/red] {choice.message}")
+                    continue
+                missing = [
+                    ref
+                    for ref in line.image_refs
+                    if not (not settings.bucket_is_gcs and _reference_source(file, ref).is_file())
+                    and ctx.blobs.stat(ref) is None
+                ]
+                if missing:
+                    invalid += 1
+                    where = "not" if settings.bucket_is_gcs else f"neither beside {file.name} nor"
+                    err.print(
+                        f"line {line.line}: [red]bad_image_ref[/red] reference image {missing[0]} is "
+                        f"{where} in the bucket {ctx.blobs.url}",
+                        highlight=False,
+                    )
                     continue
                 valid += 1
                 spec = model_spec(choice.model)

@@ -95,6 +95,12 @@ class ParseOptions:
     max_line_bytes: int = 20 * 1024 * 1024
     bucket_name: str | None = None  # own bucket: "gs://<bucket_name>/path" image refs are accepted
     default_priority: int = 0  # batch priority for lines and files that set none
+    # A local bucket: an absolute image path names a file of this machine, found in the bucket under
+    # LOCAL_FILES_PREFIX + the path (`promptdrop run` copies it there).
+    local_paths: bool = False
+
+
+LOCAL_FILES_PREFIX: Final = "local-files/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +534,14 @@ class _LineParser:
                 raise _Invalid("bad_image_ref", f"image {_show(ref)} is not in this deployment's bucket")
         elif "://" in ref:
             raise _Invalid("bad_image_ref", f"image {_show(ref)} must be a path in this deployment's bucket")
+        elif ref.startswith("/"):
+            if not self._options.local_paths:
+                raise _Invalid(
+                    "bad_image_ref",
+                    f"image {_show(ref)} is a path on someone's machine: in the cloud, name an object of "
+                    "this bucket (a path relative to the bucket, or gs://BUCKET/PATH)",
+                )
+            path = LOCAL_FILES_PREFIX + ref.lstrip("/")
         try:
             return check_relative_path(path, what="image path")
         except UnsafeNameError as exc:

@@ -18,7 +18,9 @@ def narrow_env(home: Path, emulator: Any, **extra: str) -> dict[str, str]:
     return {**cli_env(home, emulator, **extra), "COLUMNS": "80"}
 
 
-def _interrupted_run_wait(env: dict[str, str], prompt_file: Path, emulator: Any, cwd: Path) -> tuple[str, str, int]:
+def _interrupted_run_wait(
+    env: dict[str, str], prompt_file: Path, emulator: Any, cwd: Path
+) -> tuple[str, str, int]:
     """Start `run FILE --wait`, press Ctrl-C once its batch exists: (run id, stderr, exit code)."""
     waiting = subprocess.Popen(
         [*CLI, "run", str(prompt_file), "--wait"],
@@ -136,7 +138,9 @@ def test_ids_stay_whole_at_80_columns_piped(tmp_path: Path, emulator_factory: An
         assert ("$" if state == "SUBMITTED" else "not estimated yet") in row
     one = promptdrop(env, "status", ids[0], cwd=tmp_path)
     assert ids[0] in one.stdout.splitlines()[0]
-    assert any(line.split()[0].startswith(ids[0] + "-") for line in one.stdout.splitlines()[1:] if line.strip())
+    assert any(
+        line.split()[0].startswith(ids[0] + "-") for line in one.stdout.splitlines()[1:] if line.strip()
+    )
 
 
 def test_every_unknown_cost_says_why(tmp_path: Path, emulator_factory: Any) -> None:
@@ -163,7 +167,9 @@ def test_every_unknown_cost_says_why(tmp_path: Path, emulator_factory: Any) -> N
     assert "not in the price table" not in done.stdout
 
 
-def test_run_wait_ends_with_one_line_per_problem_and_where_to_look(tmp_path: Path, emulator_factory: Any) -> None:
+def test_run_wait_ends_with_one_line_per_problem_and_where_to_look(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
     """issue 22 item 4: counts by reason code, the paths of errors.jsonl and the problems page (which
     exist), the model notice printed once, and no images/ path when no image was made."""
     emulator = emulator_factory()
@@ -190,3 +196,43 @@ def test_run_wait_ends_with_one_line_per_problem_and_where_to_look(tmp_path: Pat
     failed = promptdrop(env, "run", str(bad_only), "--wait", cwd=tmp_path)
     assert failed.returncode == 1
     assert "images:" not in failed.stdout
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+def test_reference_images_beside_the_prompt_file_are_copied_into_the_local_bucket(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """issue 22 item 3: `refs/style.png` beside the prompt file and an absolute path both work locally (the
+    run says it copied them into the local bucket); `--dry-run` flags a reference that is nowhere."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    project = tmp_path / "project"
+    (project / "refs").mkdir(parents=True)
+    (project / "refs" / "style.png").write_bytes(PNG)
+    elsewhere = tmp_path / "elsewhere" / "logo.png"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(PNG + b"logo")
+    prompt_file = project / "styled.jsonl"
+    prompt_file.write_bytes(
+        jsonl(
+            {"key": "rel", "prompt": "in this style", "images": ["refs/style.png"]},
+            {"key": "abs", "prompt": "with this logo", "images": [str(elsewhere)]},
+        )
+    )
+
+    checked = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+    assert checked.returncode == 0 and "2 valid, 0 invalid" in checked.stdout, checked.stderr
+    done = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCEEDED: 2 succeeded" in done.stdout
+    assert "copied 2 reference image(s) into the local bucket" in done.stderr
+    assert (home / "bucket" / "refs" / "style.png").read_bytes() == PNG
+
+    (project / "missing.jsonl").write_bytes(jsonl({"prompt": "x", "images": ["refs/gone.png"]}))
+    missing = promptdrop(env, "run", str(project / "missing.jsonl"), "--dry-run", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "reference image refs/gone.png is neither beside missing.jsonl nor in the bucket" in missing.stderr
