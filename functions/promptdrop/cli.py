@@ -682,8 +682,12 @@ def status(
                 orjson.dumps([r.model_dump(mode="json", exclude={"lease"}) for r in runs]).decode()
             )
             return
-        for line in _runs_table(runs, out.width):
-            out.print(line, markup=False, highlight=False)
+        if runs:
+            for line in _runs_table(runs, out.width):
+                out.print(line, markup=False, highlight=False)
+        else:
+            out.print("no runs yet: start one with `promptdrop run FILE`")
+        _print_state_folder(settings)
         return
     record = store.get_run(run_id)
     if record is None:
@@ -725,6 +729,17 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+        _print_state_folder(settings)
+
+
+def _print_state_folder(settings: Settings) -> None:
+    """Where this CLI keeps its runs: the same folder from any working directory (PROMPTDROP_HOME)."""
+    if settings.bucket_is_gcs and settings.store_is_firestore:
+        out.print(f"bucket: {settings.bucket}; store: {settings.store}", highlight=False)
+        return
+    out.print(f"state folder: {settings.home.resolve()} (PROMPTDROP_HOME)", highlight=False)
+    if not settings.bucket_is_gcs:
+        out.print(f"local bucket: {Path(settings.bucket).resolve()}", highlight=False)
 
 
 def _runs_table(runs: list[Run], width: int) -> list[str]:

@@ -236,3 +236,31 @@ def test_reference_images_beside_the_prompt_file_are_copied_into_the_local_bucke
     missing = promptdrop(env, "run", str(project / "missing.jsonl"), "--dry-run", cwd=tmp_path)
     assert missing.returncode == 1
     assert "reference image refs/gone.png is neither beside missing.jsonl nor in the bucket" in missing.stderr
+
+
+def test_one_state_folder_per_user_from_any_folder(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 5: without PROMPTDROP_HOME the runs live in the user's data folder: `status` from another
+    folder sees them, shows that path and creates nothing there; an existing ./.promptdrop keeps working."""
+    emulator = emulator_factory()
+    env = narrow_env(tmp_path / "unused", emulator, HOME=str(tmp_path / "user"))
+    del env["PROMPTDROP_HOME"]
+    here, there, legacy = (tmp_path / name for name in ("here", "there", "legacy"))
+    for folder in (here, there, legacy):
+        folder.mkdir()
+    (here / "one.jsonl").write_bytes(jsonl(GOOD))
+
+    done = promptdrop(env, "run", "one.jsonl", "--wait", cwd=here)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.splitlines()[0].strip()
+    elsewhere = promptdrop(env, "status", cwd=there)
+
+    data = tmp_path / "user" / ".local" / "share" / "promptdrop"
+    assert run_id in elsewhere.stdout
+    assert f"state folder: {data}" in elsewhere.stdout
+    assert list(there.iterdir()) == [] and not (here / ".promptdrop").exists()
+    assert (data / "bucket" / "outputs" / run_id / "images" / "apple.png").is_file()
+
+    (legacy / ".promptdrop").mkdir()
+    old = promptdrop(env, "status", cwd=legacy)
+    assert run_id not in old.stdout and "no runs yet" in old.stdout
+    assert f"state folder: {legacy / '.promptdrop'}" in old.stdout
