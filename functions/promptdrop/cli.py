@@ -141,7 +141,7 @@ def _print_model_notices(run_record: Run) -> None:
 
 
 WEBHOOK_PORT_HELP = (
-    "Receive Gemini's batch webhooks on this port (0: any free port), loopback unless --webhook-host; "
+    "Receive Gemini's batch webhooks on this port (0: any free port), on loopback; "
     "the bundled emulator is told to deliver there. Turns PROMPTDROP_WEBHOOKS on for this process."
 )
 
@@ -585,7 +585,7 @@ def serve(
     once: Annotated[bool, typer.Option("--once", help="One scan and one tick, then exit")] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP)] = None,
     webhook_host: Annotated[
-        str, typer.Option(help="Address the webhook listener binds (default loopback)")
+        str, typer.Option(help="Address the webhook listener binds instead of loopback")
     ] = "127.0.0.1",
 ) -> None:
     """Watch the local inbox and poll jobs on an interval: the local twin of the deployment."""
@@ -892,10 +892,19 @@ def extract(
     raise typer.Exit(0 if counts["succeeded"] else 1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help is the emulator's own: its real options
+)
 def emulator(ctx: typer.Context) -> None:
-    """Run the bundled Gemini Batch API emulator (see `promptdrop emulator --help`)."""
-    raise typer.Exit(emulator_main(list(ctx.args)))
+    """Run the bundled Gemini Batch API emulator in the foreground (all options: `promptdrop emulator --help`).
+
+    Its data folder is the state folder's `emulator/` unless --data-dir names another; when an emulator
+    already serves that folder, its URL and process id are printed (exit 0)."""
+    args = list(ctx.args)
+    if not any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in args):
+        args = ["--data-dir", str(_settings().emulator_dir), *args]
+    raise typer.Exit(emulator_main(args))
 
 
 def main() -> None:  # pragma: no cover - console entry point

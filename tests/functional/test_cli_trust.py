@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from tests.functional.conftest import jsonl
 from tests.functional.test_cli import CLI, GOOD, GOOD_2, batches, cli_env, promptdrop, status_json
@@ -264,3 +267,29 @@ def test_one_state_folder_per_user_from_any_folder(tmp_path: Path, emulator_fact
     old = promptdrop(env, "status", cwd=legacy)
     assert run_id not in old.stdout and "no runs yet" in old.stdout
     assert f"state folder: {legacy / '.promptdrop'}" in old.stdout
+
+
+def test_emulator_command_shows_its_options_and_reports_the_one_already_serving(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """issue 22 item 7: `emulator --help` lists the real flags; after a `run` started the background emulator,
+    `promptdrop emulator --port 0` prints that one's URL and PID and exits 0; `run --help` offers no
+    option that `run` refuses."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    del env["PROMPTDROP_GEMINI_BASE_URL"]  # the CLI's own background emulator
+    helped = promptdrop(env, "emulator", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "--pending-seconds" in helped.stdout, helped.stdout + helped.stderr
+    assert "--webhook-host" not in promptdrop(env, "run", "--help", cwd=tmp_path).stdout
+
+    (tmp_path / "one.jsonl").write_bytes(jsonl(GOOD))
+    started = promptdrop(env, "run", "one.jsonl", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    record = orjson.loads((home / "emulator" / "server.json").read_bytes())
+    try:
+        again = promptdrop(env, "emulator", "--port", "0", cwd=tmp_path, timeout=20)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert record["url"] in again.stdout and f"pid {record['pid']}" in again.stdout
+    finally:
+        os.kill(record["pid"], signal.SIGTERM)  # the background emulator this test's `run` started
