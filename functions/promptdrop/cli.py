@@ -1,7 +1,7 @@
-"""The `promptdrop` command line: run, serve, status, open, cancel, extract, emulator.
+"""The `promptdrop` command line: run, wait, serve, status, open, cancel, extract, emulator.
 
-Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CANCELLED (and errors),
-2 for a usage or configuration error.
+Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL (and a cancel that was recorded), 1 for
+FAILED or CANCELLED (and errors), 2 for a usage or configuration error, 130 when Ctrl-C stops a wait.
 """
 
 from __future__ import annotations
@@ -867,7 +867,8 @@ def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> 
     final = ctx.store.get_run(run_id)
     state = final.state.value if final else "unknown"
     out.print(f"{run_id}: cancel requested; state {state}")
-    raise typer.Exit(1)
+    # The cancel is recorded (the poller finishes one not yet CANCELLED): it did what was asked.
+    raise typer.Exit(0)
 
 
 @app.command()

@@ -252,7 +252,10 @@ def _check_ratio_form(value: object) -> str | None:
     ratio = _opt_str(value, "aspect_ratio", "bad_aspect_ratio")
     if ratio is None or ratio in KNOWN_RATIOS:
         return ratio
-    raise _Invalid("bad_aspect_ratio", f"aspect_ratio {_show(ratio)} is not a known ratio such as '16:9'")
+    raise _Invalid(
+        "bad_aspect_ratio",
+        f"aspect_ratio {_show(ratio)} is not one of {', '.join(STANDARD_RATIOS + EXTREME_RATIOS)}",
+    )
 
 
 def _check_modalities(value: object) -> tuple[str, ...] | None:
@@ -281,7 +284,10 @@ def _check_for_model(model: str, spec: ModelSpec | None, ratio: str | None, size
             "bad_image_size", f"{model} accepts image_size {', '.join(spec.image_sizes)}, not {size!r}"
         )
     if ratio is not None and ratio not in spec.aspect_ratios:
-        raise _Invalid("bad_aspect_ratio", f"{model} does not accept aspect_ratio {ratio!r}")
+        raise _Invalid(
+            "bad_aspect_ratio",
+            f"{model} does not accept aspect_ratio {ratio!r}; it takes {', '.join(spec.aspect_ratios)}",
+        )
 
 
 def _check_image_count(model: str, spec: ModelSpec | None, images: int) -> None:

@@ -293,3 +293,28 @@ def test_emulator_command_shows_its_options_and_reports_the_one_already_serving(
         assert record["url"] in again.stdout and f"pid {record['pid']}" in again.stdout
     finally:
         os.kill(record["pid"], signal.SIGTERM)  # the background emulator this test's `run` started
+
+
+def test_smaller_things_a_user_meets(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 10: the ratio error lists the valid ratios; a 1 MB invalid prompt does not make 1 MB
+    gallery pages (the manifest keeps the line whole); a successful cancel exits 0."""
+    emulator = emulator_factory(pending_seconds=120.0)
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    huge = "a very long prompt " * 55_000  # over 1 MB
+    prompt_file = tmp_path / "small.jsonl"
+    prompt_file.write_bytes(
+        jsonl(GOOD, {"key": "odd", "prompt": "x", "aspect_ratio": "5:7"}, {"key": "huge", "prompt": huge})
+    )
+
+    checked = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+    assert "1:1, 2:3, 3:2" in checked.stderr and "21:9" in checked.stderr, checked.stderr
+    run_id = promptdrop(env, "run", str(prompt_file), cwd=tmp_path).stdout.strip()
+    cancelled = promptdrop(env, "cancel", run_id, cwd=tmp_path)
+
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert status_json(env, tmp_path, run_id)["state"] == "CANCELLED"
+    folder = home / "bucket" / "outputs" / run_id
+    for page in ("index.html", "problems.html"):
+        assert (folder / page).stat().st_size < 50_000, page
+    assert "more characters" in (folder / "problems.html").read_text()
