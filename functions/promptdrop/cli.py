@@ -37,9 +37,8 @@ from promptdrop import logs, prompts
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.cost import CostTally, LaneTally
-from promptdrop.emulator import EmulatorOptions
-from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
+from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
@@ -905,7 +904,10 @@ def emulator(ctx: typer.Context) -> None:
     args = list(ctx.args)
     if not any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in args):
         args = ["--data-dir", str(_settings().emulator_dir), *args]
-    raise typer.Exit(emulator_main(args))
+    # The emulator's own process (same pid, same signals): the CLI never imports the server, so every other
+    # command starts without it.
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "promptdrop.emulator", *args])  # noqa: S606 - no shell: argv as given
 
 
 def main() -> None:  # pragma: no cover - console entry point
