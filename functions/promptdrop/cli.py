@@ -24,6 +24,7 @@ from urllib.parse import quote
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -192,7 +193,8 @@ def _with_webhooks(settings: Settings) -> Settings:
 @app.command()
 def run(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl or .txt file")
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl, .txt or .csv file"),
     ],
     wait: Annotated[
         bool, typer.Option("--wait", help="Drive the run to its end with a progress bar")
@@ -205,6 +207,13 @@ def run(
         bool,
         typer.Option("--new", help="Start a new run even when an unfinished run has the same bytes"),
     ] = False,
+    as_is: Annotated[
+        bool,
+        typer.Option(
+            "--as-is",
+            help="Read FILE as its extension says, even when it looks like a CSV (.txt) or a JSON array (.json)",
+        ),
+    ] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP + " With --wait.")] = None,
 ) -> None:
     """Put FILE into the inbox and submit it; print the run id.
@@ -214,14 +223,10 @@ def run(
     receiving = wait and (webhook_port is not None or settings.webhooks_on)
     if receiving:
         settings = _with_webhooks(settings)
-    fmt = prompts.detect_format(file.name)
-    if fmt is None:
-        err.print(
-            f"[red]{file.name}: not a prompt file[/red] (use .jsonl, one JSON object per line, or .txt)"
-        )
-        raise typer.Exit(2)
+    origin = file
+    file, fmt = _prompt_file(settings, file, as_is=as_is)
     if dry_run:
-        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh))
+        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh, origin=origin))
     ctx = _context(settings)
     with contextlib.ExitStack() as stack:
         pushed = None
@@ -234,7 +239,7 @@ def run(
                 raise typer.Exit(2) from None
         attached = None if new else _attach(ctx, file, fmt, fresh=fresh)
         if attached is None:
-            _copy_references(ctx, file, fmt)
+            _copy_references(ctx, file, fmt, origin)
         run_record = attached or _submit(ctx, file, fresh=fresh)
         # Model notices are printed once: at submission when the run got that far, else at its end.
         noticed = attached is None and bool(run_record.model_choices)
@@ -283,12 +288,44 @@ def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -
     return twin
 
 
-def _reference_source(file: Path, name: str) -> Path:
+def _prompt_file(settings: Settings, file: Path, *, as_is: bool) -> tuple[Path, prompts.LineFormat]:
+    """The file to submit and its format: a .csv is converted to JSONL (in the state folder); a file that
+    is not what its extension says is refused (exit 2) unless ``as_is``."""
+    fmt = prompts.detect_format(file.name)
+    if fmt is None and file.suffix.lower() == ".csv":
+        data = file.read_bytes()
+        target = settings.home / "converted" / hashlib.sha256(data).hexdigest()[:16] / f"{file.stem}.jsonl"
+        try:
+            converted = b"".join(prompts.csv_as_jsonl(data.decode("utf-8-sig").splitlines(keepends=True)))
+        except (PromptdropError, UnicodeDecodeError) as exc:
+            err.print(f"[red]{file.name}: not a prompt file[/red]: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(converted)
+        err.print(f"{file.name}: read as CSV, one line per row (its JSONL form: {target})", highlight=False)
+        return target, "jsonl"
+    if fmt is None:
+        err.print(
+            f"[red]{file.name}: not a prompt file[/red] "
+            "(use .jsonl, one JSON object per line, .txt, one prompt per line, or .csv with a prompt column)"
+        )
+        raise typer.Exit(2)
+    with file.open("rb") as stream:
+        problem = None if as_is else prompts.shape_problem(stream.read(64 * 1024), fmt)
+    if problem is not None:
+        err.print(
+            f"[red]{escape(file.name)}[/red] {escape(problem)} (--as-is reads it as it is)", highlight=False
+        )
+        raise typer.Exit(2)
+    return file, fmt
+
+
+def _reference_source(origin: Path, name: str) -> Path:
     """The file of this machine a local run's reference image ``name`` comes from: beside the prompt file
     (relative paths), or the absolute path it was written as (``LOCAL_FILES_PREFIX`` + the path)."""
     if name.startswith(prompts.LOCAL_FILES_PREFIX):
         return Path("/" + name.removeprefix(prompts.LOCAL_FILES_PREFIX))
-    return file.parent / name
+    return origin.parent / name
 
 
 def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) -> set[str]:
@@ -300,14 +337,14 @@ def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) ->
     return names
 
 
-def _copy_references(ctx: Context, file: Path, fmt: prompts.LineFormat) -> None:
+def _copy_references(ctx: Context, file: Path, fmt: prompts.LineFormat, origin: Path) -> None:
     """A local run's reference images are read from the bucket: copy the ones found on this machine there
     (the bucket's own copy is kept when no such file exists)."""
     if ctx.settings.bucket_is_gcs:
         return
     copied = []
     for name in sorted(_reference_names(ctx.settings, file, fmt)):
-        source = _reference_source(file, name)
+        source = _reference_source(origin, name)
         if not source.is_file():
             continue
         data = source.read_bytes()
@@ -368,7 +405,7 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     return receipt.run
 
 
-def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
+def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool, origin: Path) -> int:
     tally = LaneTally()
     saved = CostTally()
     valid = invalid = now_lines = cached = 0
@@ -398,12 +435,12 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                 missing = [
                     ref
                     for ref in line.image_refs
-                    if not (not settings.bucket_is_gcs and _reference_source(file, ref).is_file())
+                    if not (not settings.bucket_is_gcs and _reference_source(origin, ref).is_file())
                     and ctx.blobs.stat(ref) is None
                 ]
                 if missing:
                     invalid += 1
-                    where = "not" if settings.bucket_is_gcs else f"neither beside {file.name} nor"
+                    where = "not" if settings.bucket_is_gcs else f"neither beside {origin.name} nor"
                     err.print(
                         f"line {line.line}: [red]bad_image_ref[/red] reference image {missing[0]} is "
                         f"{where} in the bucket {ctx.blobs.url}",

@@ -13,6 +13,7 @@ defaults the user did not mean (another size, ratio or model) would spend money 
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -793,7 +794,12 @@ def parse_prompt_file(stream: BinaryIO, fmt: LineFormat, options: ParseOptions) 
                 continue
             if not isinstance(obj, dict):
                 yield RejectedLine(
-                    number, LineError("not_an_object", "the line is JSON but not an object"), raw
+                    number,
+                    LineError(
+                        "not_an_object",
+                        "the line is JSON but not an object (a prompt file is JSONL: one JSON object per line)",
+                    ),
+                    raw,
                 )
             elif was_first and "defaults" in obj:
                 problem = _defaults_line(parser, number, obj)
@@ -843,3 +849,67 @@ def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ())
         first, *rest = request["contents"]
         request = {**request, "contents": [{**first, "parts": [*first["parts"], *extra_parts]}, *rest]}
     return orjson.dumps({"key": req.key, "request": request})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files that are not what their extension says, and CSV
+
+
+_HEADER_CELL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The README's one-line converter of a JSON array file to JSONL.
+JSON_ARRAY_CONVERTER: Final = "python -c 'import json,sys; [print(json.dumps(o)) for o in json.load(sys.stdin)]' < FILE.json > FILE.jsonl"
+
+
+def shape_problem(head: bytes, fmt: LineFormat) -> str | None:
+    """Why the start of a file says it is not what its extension claims (a JSON array in a .json/.jsonl, a
+    CSV header in a .txt: every line would be billed as a prompt), or None."""
+    text = head.removeprefix(_BOM).lstrip()
+    if fmt == "jsonl" and text.startswith(b"["):
+        return (
+            "is a JSON array, but prompt files are JSONL (one JSON object per line); convert it with "
+            + JSON_ARRAY_CONVERTER
+        )
+    if fmt == "txt":
+        first = text.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+        cells = [cell.strip() for cell in first.split(",")]
+        if len(cells) >= 2 and all(_HEADER_CELL.fullmatch(cell) for cell in cells):
+            return (
+                f"starts with what looks like a CSV header ({first!r}), and every line of a .txt file is billed "
+                "as a prompt; name it .csv (its `prompt` column is read as rows) or convert it to .jsonl"
+            )
+    return None
+
+
+_CSV_INTEGERS: Final = frozenset({"priority", "seed"})
+
+
+def csv_as_jsonl(rows: Iterable[str]) -> Iterator[bytes]:
+    """A CSV prompt file's lines as JSONL lines: one object per row, its columns the simple-line fields
+    (`prompt`, `key`, `aspect_ratio`...; `images` separated by ';'); empty cells are left out. The header
+    becomes a blank line, so line numbers stay the CSV's (for rows on one line)."""
+    reader = csv.DictReader(rows)
+    names = [name.strip() for name in reader.fieldnames or []]
+    if "prompt" not in names:
+        raise InputError(
+            f"a .csv prompt file needs a `prompt` column (columns found: {', '.join(names) or 'none'})"
+        )
+    yield b"\n"
+    for row in reader:
+        line: dict[str, Any] = {}
+        for name, cell in row.items():
+            if name is None:  # more cells than the header names: kept, so the line says what is wrong
+                line["extra_cells"] = cell
+                continue
+            value = cell.strip() if isinstance(cell, str) else ""
+            if not value:
+                continue
+            name = name.strip()
+            if name in _CSV_INTEGERS and re.fullmatch(r"-?\d+", value):
+                line[name] = int(value)
+            elif name == "fresh" and value.lower() in {"true", "false"}:
+                line[name] = value.lower() == "true"
+            elif name == "images":
+                line[name] = [part.strip() for part in value.split(";") if part.strip()]
+            else:
+                line[name] = value
+        yield orjson.dumps(line) + b"\n"

@@ -318,3 +318,35 @@ def test_smaller_things_a_user_meets(tmp_path: Path, emulator_factory: Any) -> N
     for page in ("index.html", "problems.html"):
         assert (folder / page).stat().st_size < 50_000, page
     assert "more characters" in (folder / "problems.html").read_text()
+
+
+def test_input_formats_say_what_they_are(tmp_path: Path, emulator_factory: Any) -> None:
+    """issue 22 item 9: a CSV renamed .txt and a pretty-printed JSON array are refused (exit 2, nothing
+    submitted) with what to do; --as-is reads them anyway; a .csv with a prompt column is read as rows."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    renamed = tmp_path / "sheet.txt"
+    renamed.write_text("key,prompt,aspect_ratio\nmug,a mug,1:1\n")
+    array = tmp_path / "pretty.json"
+    array.write_text('[\n  {"prompt": "a cat"},\n  {"prompt": "a dog"}\n]\n')
+    table = tmp_path / "table.csv"
+    table.write_text('key,prompt,aspect_ratio,priority\nmug,"a mug, on a table",4:3,2\npear,a pear,,\n')
+
+    header = promptdrop(env, "run", str(renamed), cwd=tmp_path)
+    json_array = promptdrop(env, "run", str(array), cwd=tmp_path)
+    assert (header.returncode, json_array.returncode) == (2, 2)
+    assert "looks like a CSV header" in header.stderr and ".csv" in header.stderr
+    assert "JSON array" in json_array.stderr and "json.load(sys.stdin)" in json_array.stderr
+    assert batches(emulator) == [] and not (home / "bucket" / "inbox").exists()
+    forced = promptdrop(env, "run", str(renamed), "--as-is", "--dry-run", cwd=tmp_path)
+    assert forced.returncode == 0 and "2 valid" in forced.stdout, forced.stderr
+
+    done = promptdrop(env, "run", str(table), "--wait", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "SUCCEEDED: 2 succeeded" in done.stdout
+    run_id = done.stdout.splitlines()[0].strip()
+    assert run_id.startswith("table-")
+    images = sorted(p.name for p in (home / "bucket" / "outputs" / run_id / "images").iterdir())
+    assert images == ["mug.png", "pear.png"]

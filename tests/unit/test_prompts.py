@@ -1057,3 +1057,9 @@ def test_the_documented_maximum_of_reference_images_is_allowed() -> None:
     assert valid({"prompt": "a", "model": FLASH_25, "images": ["a.png", "b.png", "c.png"]}).image_refs
     parts = [{"text": "a"}] + [{"fileData": {"fileUri": "f"}}] * 14
     assert valid({"request": {"contents": [{"parts": parts}]}}).model == PRO
+
+
+def test_a_json_line_that_is_not_an_object_says_that_jsonl_is_expected() -> None:
+    (line,) = parse(b'["a cat", "a dog"]\n')
+    assert isinstance(line, RejectedLine) and line.error.code == "not_an_object"
+    assert "one JSON object per line" in line.error.message
