@@ -487,12 +487,15 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     return refused or (0 if valid else 1)
 
 
-def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
-    done = total = 0
-    for job in ctx.store.list_jobs(run_id):
+def _progress_numbers(ctx: Context, run_record: Run) -> tuple[int, int]:
+    """Lines done of the run's lines: those served from the cache and the invalid ones count from the start,
+    then each first-attempt job's finished requests."""
+    done = run_record.cost.cached + run_record.counts.invalid
+    submitted = 0
+    for job in ctx.store.list_jobs(run_record.run_id):
         if job.attempt != 1:
             continue
-        total += job.request_count
+        submitted += job.request_count
         if job.phase is JobPhase.DONE:
             done += job.request_count
         else:
@@ -500,7 +503,10 @@ def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
                 job.request_count,
                 job.stats.get("successfulRequestCount", 0) + job.stats.get("failedRequestCount", 0),
             )
-    return done, total
+    total = run_record.counts.lines or submitted
+    if run_record.state.terminal:
+        done = total
+    return min(done, total), total
 
 
 def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
@@ -524,7 +530,7 @@ def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> R
             current = ctx.store.get_run(run_id)
             if current is None:
                 raise PromptdropError(f"run {run_id} disappeared from the store")
-            done, total = _progress_numbers(ctx, run_id)
+            done, total = _progress_numbers(ctx, current)
             progress.update(
                 task, description=f"{run_id} {current.state.value}", completed=done, total=total or None
             )

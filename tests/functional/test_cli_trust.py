@@ -350,3 +350,30 @@ def test_input_formats_say_what_they_are(tmp_path: Path, emulator_factory: Any) 
     assert run_id.startswith("table-")
     images = sorted(p.name for p in (home / "bucket" / "outputs" / run_id / "images").iterdir())
     assert images == ["mug.png", "pear.png"]
+
+
+def test_a_rerun_from_the_cache_shows_its_saving_counts_its_lines_and_links_its_images(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """issue 22 item 8: a re-run served wholly from the cache prints the lines served and the money saved
+    (run --wait and status), its progress bar counts them (3/3, not 0/?), and its images are hard links."""
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    prompt_file = tmp_path / "again.jsonl"
+    prompt_file.write_bytes(jsonl(GOOD, GOOD_2, {"key": "plum", "prompt": "a plum"}))
+    first = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    second = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    assert "cache: 3 line(s) served from the pay-once cache, not paid again (saved $" in second.stdout
+    assert "3/3" in second.stderr and "0/?" not in second.stderr
+    assert requests_sent(emulator) == 3
+    ids = [done.stdout.splitlines()[0].strip() for done in (first, second)]
+    shown = promptdrop(env, "status", ids[1], cwd=tmp_path).stdout
+    assert "cache: 3 line(s) served from the pay-once cache (saved $" in shown
+    for name in ("apple.png", "pear.png", "plum.png"):
+        paid, served = (home / "bucket" / "outputs" / run_id / "images" / name for run_id in ids)
+        assert served.stat().st_ino == paid.stat().st_ino and served.read_bytes() == paid.read_bytes()
