@@ -257,15 +257,20 @@ def run(
 @app.command("wait")
 def wait_for(run_id: Annotated[str, typer.Argument(help="The run to follow")]) -> None:
     """Follow an existing run to its end with a progress bar (exit code as `run --wait`)."""
-    settings = _settings()
-    ctx = _context(settings)
+    ctx, record = _run_in_context(run_id)
+    final = record if record.state.terminal else _follow(ctx, run_id)
+    _print_result(ctx, final)
+    raise typer.Exit(_exit_code(final.state))
+
+
+def _run_in_context(run_id: str) -> tuple[Context, Run]:
+    """The context a command on one run works in, and that run (exit 1 when there is no such run)."""
+    ctx = _context(_settings())
     record = ctx.store.get_run(run_id)
     if record is None:
         err.print(f"no run {run_id}")
         raise typer.Exit(1)
-    final = record if record.state.terminal else _follow(ctx, run_id)
-    _print_result(ctx, final)
-    raise typer.Exit(_exit_code(final.state))
+    return ctx, record
 
 
 def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> Run | None:
@@ -892,12 +897,7 @@ def open_gallery(
 @app.command()
 def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> None:
     """Cancel a run: its batch jobs are cancelled and every unfinished line is reported as cancelled."""
-    settings = _settings()
-    ctx = _context(settings)
-    record = ctx.store.get_run(run_id)
-    if record is None:
-        err.print(f"no run {run_id}")
-        raise typer.Exit(1)
+    ctx, record = _run_in_context(run_id)
     if record.state.terminal:
         out.print(f"{run_id} already ended: {record.state.value}")
         raise typer.Exit(_exit_code(record.state))
