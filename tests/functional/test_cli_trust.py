@@ -133,7 +133,9 @@ def test_ids_stay_whole_at_80_columns_piped(tmp_path: Path, emulator_factory: An
     ids = [submitted.stdout.strip(), held.stdout.strip()]
     assert all(len(run_id) > 45 for run_id in ids), ids
     assert f"`promptdrop wait {ids[0]}`" in submitted.stderr.splitlines()[-1]
-    rows = listed.stdout.splitlines()
+    rows = [
+        row for row in listed.stdout.splitlines() if not row.startswith(("state folder:", "local bucket:"))
+    ]
     assert len(rows) == 3, listed.stdout  # the header and one line per run
     for run_id, state in zip(ids, ["SUBMITTED", "RECEIVED"], strict=True):
         (row,) = [row for row in rows if run_id in row]
