@@ -99,8 +99,8 @@ def _exit_code(state: RunState) -> int:
     return 0 if state in (RunState.SUCCEEDED, RunState.PARTIAL) else 1
 
 
-def _money(value: float | None, why: str) -> str:
-    """A dollar figure, or "unknown" with ``why`` (never a guess at the reason)."""
+def _money(value: float | None, why: str = "no price recorded") -> str:
+    """A dollar figure, or "unknown" with ``why``: callers that can tell say which reason (never a guess)."""
     return f"unknown ({why})" if value is None else f"${value:,.4f}"
 
 
