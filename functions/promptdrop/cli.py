@@ -335,11 +335,23 @@ def _reference_source(origin: Path, name: str) -> Path:
 
 def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) -> set[str]:
     names: set[str] = set()
+    if not _mentions(file, b'"images"'):  # most files have none: no second parse of a big file
+        return names
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, parse_options(settings)):
             if isinstance(line, prompts.PromptRequest):
                 names.update(line.image_refs)
     return names
+
+
+def _mentions(file: Path, needle: bytes) -> bool:
+    carry = b""
+    with file.open("rb") as stream:
+        while block := stream.read(4 * 1024 * 1024):
+            if needle in carry + block:
+                return True
+            carry = block[-len(needle) :]
+    return False
 
 
 def _copy_references(ctx: Context, file: Path, fmt: prompts.LineFormat, origin: Path) -> None:
