@@ -22,11 +22,12 @@ def narrow_env(home: Path, emulator: Any, **extra: str) -> dict[str, str]:
 
 
 def _interrupted_run_wait(
-    env: dict[str, str], prompt_file: Path, emulator: Any, cwd: Path
+    env: dict[str, str], prompt_file: Path, emulator: Any, cwd: Path, *args: str
 ) -> tuple[str, str, int]:
-    """Start `run FILE --wait`, press Ctrl-C once its batch exists: (run id, stderr, exit code)."""
+    """Start `run FILE --wait` (or the command ``args``), press Ctrl-C once a batch exists: (the first line
+    of stdout, which is the run id for `run`, stderr, exit code)."""
     waiting = subprocess.Popen(
-        [*CLI, "run", str(prompt_file), "--wait"],
+        [*CLI, *(args or ("run", str(prompt_file), "--wait"))],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -34,12 +35,14 @@ def _interrupted_run_wait(
         text=True,
     )
     try:
-        assert waiting.stdout is not None
-        run_id = waiting.stdout.readline().strip()
+        assert waiting.stdout is not None and waiting.stderr is not None
+        # `run` prints the run id first; `wait` prints nothing on stdout before the end, so its first
+        # line on stderr (the emulator notice, printed as it builds its context) says it is started.
+        run_id = waiting.stdout.readline().strip() if not args else waiting.stderr.readline() and args[-1]
         deadline = time.monotonic() + 30
         while not batches(emulator) and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)  # into the wait loop
+        time.sleep(1.0)  # into the wait loop
         waiting.send_signal(signal.SIGINT)
         _, errors = waiting.communicate(timeout=30)
     finally:
@@ -65,6 +68,11 @@ def test_ctrl_c_during_run_wait_says_the_run_goes_on_and_how_to_follow_it(
     assert f"run {run_id} goes on" in flat
     assert f"promptdrop wait {run_id}" in flat
     assert status_json(env, tmp_path, run_id)["state"] in {"SUBMITTED", "RUNNING"}
+
+    _, errors, code = _interrupted_run_wait(env, prompt_file, emulator, tmp_path, "wait", run_id)
+    assert code == 130, errors
+    assert f"promptdrop wait {run_id}" in " ".join(errors.split())
+    assert len(batches(emulator)) == 1
 
 
 def test_run_again_after_an_interrupt_attaches_and_pays_once(tmp_path: Path, emulator_factory: Any) -> None:
