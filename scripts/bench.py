@@ -23,6 +23,9 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
 (f) thumbnails: the same harvest with the gallery's thumbnails on and off (``PROMPTDROP_THUMBNAILS``), on
     the 1,000-image file: the wall time and peak RSS they add. Sections (a), (c), (d) and the memory check
     measure the harvest itself, thumbnails off, so that their figures compare with the floor.
+(h) startup: the CLI's start-up time, `promptdrop --help` and `promptdrop status` (an empty state folder),
+    each a fresh process, the median of 10 (``--startup-from DIR`` times the package in DIR/functions
+    instead, e.g. an export of main, for a before/after figure).
 (g) cache: the pay-once cache's decision for a re-dropped file whose every line was paid for before
     (``submit.submit_run`` after the claim: per line a store read, an object stat and two server-side
     copies, image and thumbnail), in fake-gcs-server behind the same 50 ms proxy, one line at a time
@@ -41,6 +44,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -844,7 +848,42 @@ def machine() -> dict[str, Any]:
     }
 
 
-SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache")
+def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str, Any]:
+    """Wall time of whole CLI processes (interpreter, imports, the command), median of ``runs`` each."""
+    functions = (source or REPO) / "functions"
+    figures: dict[str, Any] = {"package": str(functions)}
+    with scratch(work, "startup-home") as home:
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(functions), **local_env(home)}
+        for name, argv in (("help", ["--help"]), ("status", ["status"])):
+            seconds, cpu = [], []
+            for _ in range(runs):
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                began = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, "-m", "promptdrop.cli", *argv],
+                    env=env,
+                    cwd=work,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                seconds.append(time.perf_counter() - began)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU time too: the wall time of a 0.3 s process moves with whatever else the cores run.
+                cpu.append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
+            figures[name] = {
+                "median_seconds": round(statistics.median(seconds), 3),
+                "median_cpu_seconds": round(statistics.median(cpu), 3),
+                "seconds": seconds,
+            }
+            log(
+                f"  promptdrop {' '.join(argv)}: median {statistics.median(seconds):.3f} s wall, "
+                f"{statistics.median(cpu):.3f} s CPU, of {runs}"
+            )
+    return figures
+
+
+SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -862,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submit-lines", default="10000,100000", help="prompt-file sizes for submit (e)")
     parser.add_argument("--thumb-images", type=int, default=1000, help="result lines for thumbnails (f)")
     parser.add_argument("--cache-lines", type=int, default=2000, help="re-dropped lines for the cache (g)")
+    parser.add_argument(
+        "--startup-from", type=Path, default=None, help="(h): time the CLI of this checkout instead"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the naive approach: one)")
     parser.add_argument("--work", type=Path, default=REPO / ".bench", help="scratch folder (emptied first)")
     parser.add_argument("--json", type=Path, default=None, help="figures as JSON (default WORK/results.json)")
@@ -933,8 +975,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         results.update(bench_cache(work, args.cache_lines, max(50, args.cache_lines // 10), args.runs))
 
+    startup = None
+    if "startup" in sections:
+        log("(h) CLI start-up: median of 10 fresh processes each")
+        startup = bench_startup(work, 10, args.startup_from)
+
     elapsed = time.monotonic() - began
     report = build_report(results, flat, submit_sizes, machine(), elapsed)
+    if startup is not None:
+        report["startup"] = startup
+        report["table"] += (
+            f"\n\nCLI start-up (median of 10, wall / CPU): `--help` {startup['help']['median_seconds']:.3f} s / "
+            f"{startup['help']['median_cpu_seconds']:.3f} s, `status` {startup['status']['median_seconds']:.3f} s / "
+            f"{startup['status']['median_cpu_seconds']:.3f} s"
+        )
     print(report["table"])
     out = args.json or work / "results.json"
     out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2) + "\n")

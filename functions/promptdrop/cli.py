@@ -1,19 +1,21 @@
-"""The `promptdrop` command line: run, serve, status, open, cancel, extract, emulator.
+"""The `promptdrop` command line: run, wait, serve, status, open, cancel, extract, emulator.
 
-Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL, 1 for FAILED or CANCELLED (and errors),
-2 for a usage or configuration error.
+Exit codes (DESIGN "Lifecycle"): 0 for SUCCEEDED and PARTIAL (and a cancel that was recorded), 1 for
+FAILED or CANCELLED (and errors), 2 for a usage or configuration error, 130 when Ctrl-C stops a wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
+import textwrap
 import threading
 import time
 import webbrowser
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,15 +33,13 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from promptdrop import logs, prompts, reporting, spend
 from promptdrop.adapters.localfs import LocalBlobStore
 from promptdrop.adapters.webhook_listener import WebhookListener
 from promptdrop.cost import CapEstimate, CostTally
-from promptdrop.emulator import EmulatorOptions
-from promptdrop.emulator import main as emulator_main
 from promptdrop.emulator.launcher import ensure_emulator
+from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
 from promptdrop.events import StorageObject
 from promptdrop.layout import RunLayout
@@ -71,8 +71,9 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a command to copy stays on one line
 log = logging.getLogger("promptdrop.cli")
+PROBLEMS_PAGE = "problems.html"  # the gallery's page of failed and invalid lines
 
 
 def _print_configuration_error(exc: ConfigurationError) -> None:
@@ -116,8 +117,36 @@ def _exit_code(state: RunState) -> int:
 REPORT_MAX_RUNS = 50_000
 
 
-def _money(value: float | None) -> str:
-    return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
+def _money(value: float | None, why: str = "no price recorded") -> str:
+    """A dollar figure, or "unknown" with ``why``: callers that can tell say which reason (never a guess)."""
+    return f"unknown ({why})" if value is None else f"${value:,.4f}"
+
+
+def _price_why(models: Iterable[str]) -> str:
+    """Why a cost over these models is unknown: the first one without a published price."""
+    for model in models:
+        spec = model_spec(model)
+        if spec is None:
+            return f"{model} is not in the price table"
+        if spec.rates is None:
+            return f"{model}'s price is not published"
+    return "no price recorded"
+
+
+def _run_models(run_record: Run) -> list[str]:
+    chosen = [str(choice["model"]) for choice in run_record.model_choices if choice.get("model")]
+    return chosen or [run_record.model]
+
+
+def _cost_why(run_record: Run) -> str:
+    """Why a run's figure is unknown: it has not ended yet, or a model of it has no published price."""
+    return _price_why(_run_models(run_record)) if run_record.state.terminal else "not finished yet"
+
+
+def _estimate_why(run_record: Run) -> str:
+    if run_record.state is RunState.RECEIVED:
+        return "not estimated until submitted"
+    return _price_why(_run_models(run_record))
 
 
 def _print_model_notices(run_record: Run) -> None:
@@ -130,7 +159,7 @@ def _print_model_notices(run_record: Run) -> None:
 
 
 WEBHOOK_PORT_HELP = (
-    "Receive Gemini's batch webhooks on this port (0: any free port), loopback unless --webhook-host; "
+    "Receive Gemini's batch webhooks on this port (0: any free port), on loopback; "
     "the bundled emulator is told to deliver there. Turns PROMPTDROP_WEBHOOKS on for this process."
 )
 
@@ -182,7 +211,8 @@ def _with_webhooks(settings: Settings) -> Settings:
 @app.command()
 def run(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl or .txt file")
+        Path,
+        typer.Argument(exists=True, dir_okay=False, readable=True, help="A .jsonl, .txt or .csv file"),
     ],
     wait: Annotated[
         bool, typer.Option("--wait", help="Drive the run to its end with a progress bar")
@@ -191,21 +221,30 @@ def run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Submit every line, even those the pay-once cache holds")
     ] = False,
+    new: Annotated[
+        bool,
+        typer.Option("--new", help="Start a new run even when an unfinished run has the same bytes"),
+    ] = False,
+    as_is: Annotated[
+        bool,
+        typer.Option(
+            "--as-is",
+            help="Read FILE as its extension says, even when it looks like a CSV (.txt) or a JSON array (.json)",
+        ),
+    ] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP + " With --wait.")] = None,
 ) -> None:
-    """Put FILE into the inbox and submit it; print the run id."""
+    """Put FILE into the inbox and submit it; print the run id.
+
+    When an unfinished run was started from the same bytes, this attaches to it instead (--new: a new run)."""
     settings = _settings()
     receiving = wait and (webhook_port is not None or settings.webhooks_on)
     if receiving:
         settings = _with_webhooks(settings)
-    fmt = prompts.detect_format(file.name)
-    if fmt is None:
-        err.print(
-            f"[red]{file.name}: not a prompt file[/red] (use .jsonl, one JSON object per line, or .txt)"
-        )
-        raise typer.Exit(2)
+    origin = file
+    file, fmt = _prompt_file(settings, file, as_is=as_is)
     if dry_run:
-        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh))
+        raise typer.Exit(_dry_run(settings, file, fmt, fresh=fresh, origin=origin))
     ctx = _context(settings)
     with contextlib.ExitStack() as stack:
         pushed = None
@@ -216,16 +255,162 @@ def run(
             except (PromptdropError, OSError) as exc:
                 err.print(f"[red]cannot receive webhooks:[/red] {exc}")
                 raise typer.Exit(2) from None
-        run_record = _submit(ctx, file, fresh=fresh)
+        attached = None if new else _attach(ctx, file, fmt, fresh=fresh)
+        if attached is None:
+            _copy_references(ctx, file, fmt, origin)
+        run_record = attached or _submit(ctx, file, fresh=fresh)
+        # Model notices are printed once: at submission when the run got that far, else at its end.
+        noticed = attached is None and bool(run_record.model_choices)
         if not wait:
             err.print(
-                f"state {run_record.state.value}; follow with `promptdrop status {run_record.run_id}` "
-                "(and keep `promptdrop serve` running, or use --wait)"
+                f"state {run_record.state.value}; follow it to its end with "
+                f"`promptdrop wait {run_record.run_id}` (or keep `promptdrop serve` running)"
             )
             raise typer.Exit(1 if run_record.state in (RunState.FAILED, RunState.CANCELLED) else 0)
-        final = _wait(ctx, run_record.run_id, pushed)
+        final = _follow(ctx, run_record.run_id, pushed)
+    _print_result(ctx, final, notices=not noticed)
+    raise typer.Exit(_exit_code(final.state))
+
+
+@app.command("wait")
+def wait_for(run_id: Annotated[str, typer.Argument(help="The run to follow")]) -> None:
+    """Follow an existing run to its end with a progress bar (exit code as `run --wait`)."""
+    ctx, record = _run_in_context(run_id)
+    final = record if record.state.terminal else _follow(ctx, run_id)
     _print_result(ctx, final)
     raise typer.Exit(_exit_code(final.state))
+
+
+def _run_in_context(run_id: str) -> tuple[Context, Run]:
+    """The context a command on one run works in, and that run (exit 1 when there is no such run)."""
+    ctx = _context(_settings())
+    record = ctx.store.get_run(run_id)
+    if record is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    return ctx, record
+
+
+def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> Run | None:
+    """The unfinished run started from FILE's exact bytes, its id printed; None when there is none."""
+    digest = hashlib.sha256()
+    with file.open("rb") as source:
+        while block := source.read(4 * 1024 * 1024):
+            digest.update(block)
+    try:
+        twin = receive.unfinished_twin(ctx, file.stat().st_size, digest.hexdigest(), fmt, fresh=fresh)
+    except PromptdropError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if twin is not None:
+        out.print(twin.run_id, highlight=False)
+        err.print(
+            f"attached to unfinished run {twin.run_id} ({twin.state.value}), started from the same bytes; "
+            "nothing submitted again (--new starts another run)"
+        )
+    return twin
+
+
+def _prompt_file(settings: Settings, file: Path, *, as_is: bool) -> tuple[Path, prompts.LineFormat]:
+    """The file to submit and its format: a .csv is converted to JSONL (in the state folder); a file that
+    is not what its extension says is refused (exit 2) unless ``as_is``."""
+    fmt = prompts.detect_format(file.name)
+    if fmt is None and file.suffix.lower() == ".csv":
+        data = file.read_bytes()
+        target = settings.home / "converted" / hashlib.sha256(data).hexdigest()[:16] / f"{file.stem}.jsonl"
+        try:
+            converted = b"".join(prompts.csv_as_jsonl(data.decode("utf-8-sig").splitlines(keepends=True)))
+        except (PromptdropError, UnicodeDecodeError) as exc:
+            err.print(f"[red]{file.name}: not a prompt file[/red]: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(converted)
+        err.print(f"{file.name}: read as CSV, one line per row (its JSONL form: {target})", highlight=False)
+        return target, "jsonl"
+    if fmt is None:
+        err.print(
+            f"[red]{file.name}: not a prompt file[/red] "
+            "(use .jsonl, one JSON object per line, .txt, one prompt per line, or .csv with a prompt column)"
+        )
+        raise typer.Exit(2)
+    with file.open("rb") as stream:
+        problem = None if as_is else prompts.shape_problem(stream.read(64 * 1024), fmt)
+    if problem is not None:
+        err.print(
+            f"[red]{escape(file.name)}[/red] {escape(problem)} (--as-is reads it as it is)", highlight=False
+        )
+        raise typer.Exit(2)
+    return file, fmt
+
+
+def _reference_source(origin: Path, name: str) -> Path:
+    """The file of this machine a local run's reference image ``name`` comes from: beside the prompt file
+    (relative paths), or the absolute path it was written as (``LOCAL_FILES_PREFIX`` + the path)."""
+    if name.startswith(prompts.LOCAL_FILES_PREFIX):
+        return Path("/" + name.removeprefix(prompts.LOCAL_FILES_PREFIX))
+    return origin.parent / name
+
+
+def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) -> set[str]:
+    names: set[str] = set()
+    if not _mentions(file, b'"images"'):  # most files have none: no second parse of a big file
+        return names
+    with file.open("rb") as stream:
+        for line in prompts.parse_prompt_file(stream, fmt, parse_options(settings)):
+            if isinstance(line, prompts.PromptRequest):
+                names.update(line.image_refs)
+    return names
+
+
+def _mentions(file: Path, needle: bytes) -> bool:
+    carry = b""
+    with file.open("rb") as stream:
+        while block := stream.read(4 * 1024 * 1024):
+            if needle in carry + block:
+                return True
+            carry = block[-len(needle) :]
+    return False
+
+
+def _copy_references(ctx: Context, file: Path, fmt: prompts.LineFormat, origin: Path) -> None:
+    """A local run's reference images are read from the bucket: copy the ones found on this machine there
+    (the bucket's own copy is kept when no such file exists)."""
+    if ctx.settings.bucket_is_gcs:
+        return
+    copied = []
+    for name in sorted(_reference_names(ctx.settings, file, fmt)):
+        source = _reference_source(origin, name)
+        if not source.is_file():
+            continue
+        data = source.read_bytes()
+        info = ctx.blobs.stat(name)
+        if info is not None and info.size == len(data) and ctx.blobs.read_bytes(name) == data:
+            continue
+        with ctx.blobs.open_write(name) as target:
+            target.write(data)
+        copied.append(name)
+    if copied:
+        err.print(
+            f"copied {len(copied)} reference image(s) into the local bucket {ctx.blobs.url}: {', '.join(copied)}",
+            highlight=False,
+        )
+
+
+def _follow(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
+    """``_wait``; Ctrl-C leaves the run going and says how to follow it again (exit 130)."""
+    try:
+        return _wait(ctx, run_id, pushed)
+    except KeyboardInterrupt:
+        where = (
+            "its batch jobs on the Gemini API"
+            if ctx.settings.backend == "gemini"
+            else "its batch jobs at the bundled emulator, in the background"
+        )
+        err.print(
+            f"\ninterrupted: run {run_id} goes on ({where}); follow it with `promptdrop wait {run_id}`",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
 
 
 def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
@@ -255,7 +440,7 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     return receipt.run
 
 
-def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> int:
+def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool, origin: Path) -> int:
     money = CapEstimate()  # the figure the run's budget cap is held against, computed the same way
     saved = CostTally()
     valid = invalid = now_lines = cached = 0
@@ -269,6 +454,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     today = datetime.now(UTC).date()
     noticed: set[str] = set()
     served = _served_or_table(ctx)
+    unpriced: set[str] = set()
     with file.open("rb") as stream:
         for line in prompts.parse_prompt_file(stream, fmt, options):
             if isinstance(line, prompts.PromptRequest):
@@ -291,8 +477,26 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     invalid += 1
                     err.print(f"line {line.line}: [red]{problem[0]}[/red] {problem[1]}")
                     continue
+                missing = [
+                    ref
+                    for ref in line.image_refs
+                    if not (not settings.bucket_is_gcs and _reference_source(origin, ref).is_file())
+                    and ctx.blobs.stat(ref) is None
+                ]
+                if missing:
+                    invalid += 1
+                    where = "not" if settings.bucket_is_gcs else f"neither beside {origin.name} nor"
+                    err.print(
+                        f"line {line.line}: [red]bad_image_ref[/red] reference image {missing[0]} is "
+                        f"{where} in the bucket {ctx.blobs.url}",
+                        highlight=False,
+                    )
+                    continue
                 assert choice.model is not None
                 valid += 1
+                spec = model_spec(choice.model)
+                if spec is None or spec.rates is None:
+                    unpriced.add(choice.model)
                 now_lines += line.lane == "now"
                 money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
                 if cache.would_serve(ctx, digests, line, choice.model, fresh=fresh):
@@ -304,15 +508,18 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     lanes = money.total
     batch = lanes.batch
     out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
-    out.print(f"estimated batch cost: {_money(batch.batch)} ({valid - now_lines} batch line(s))")
-    out.print(f"same work on the interactive API: {_money(batch.interactive)} (saves {_money(batch.saved)})")
-    out.print(f"estimated now cost: {_money(lanes.now)} ({now_lines} now line(s), interactive price)")
+    why = _price_why(sorted(unpriced))
+    out.print(f"estimated batch cost: {_money(batch.batch, why)} ({valid - now_lines} batch line(s))")
+    out.print(
+        f"same work on the interactive API: {_money(batch.interactive, why)} (saves {_money(batch.saved, why)})"
+    )
+    out.print(f"estimated now cost: {_money(lanes.now, why)} ({now_lines} now line(s), interactive price)")
     out.print(f"estimated total: {_money(money.amount)}")
     if (notice := money.notice()) is not None:
         out.print(f"note: {notice}")
     # Counted above too, as the budget cap counts them: it is checked before the cache is asked.
     out.print(
-        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch)}"
+        f"{cached} line(s) served from the pay-once cache: not submitted, saving {_money(saved.total.batch, why)}"
     )
     refused = 0
     if now_lines > settings.max_now_lines:
@@ -340,12 +547,15 @@ def _served_or_table(ctx: Context) -> ServedModels | None:
         return None
 
 
-def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
-    done = total = 0
-    for job in ctx.store.list_jobs(run_id):
+def _progress_numbers(ctx: Context, run_record: Run) -> tuple[int, int]:
+    """Lines done of the run's lines: those served from the cache and the invalid ones count from the start,
+    then each first-attempt job's finished requests."""
+    done = run_record.cost.cached + run_record.counts.invalid
+    submitted = 0
+    for job in ctx.store.list_jobs(run_record.run_id):
         if job.attempt != 1:
             continue
-        total += job.request_count
+        submitted += job.request_count
         if job.phase is JobPhase.DONE:
             done += job.request_count
         else:
@@ -353,7 +563,10 @@ def _progress_numbers(ctx: Context, run_id: str) -> tuple[int, int]:
                 job.request_count,
                 job.stats.get("successfulRequestCount", 0) + job.stats.get("failedRequestCount", 0),
             )
-    return done, total
+    total = run_record.counts.lines or submitted
+    if run_record.state.terminal:
+        done = total
+    return min(done, total), total
 
 
 def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
@@ -377,7 +590,7 @@ def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> R
             current = ctx.store.get_run(run_id)
             if current is None:
                 raise PromptdropError(f"run {run_id} disappeared from the store")
-            done, total = _progress_numbers(ctx, run_id)
+            done, total = _progress_numbers(ctx, current)
             progress.update(
                 task, description=f"{run_id} {current.state.value}", completed=done, total=total or None
             )
@@ -389,7 +602,10 @@ def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> R
                 pushed.clear()
 
 
-def _print_result(ctx: Context, run_record: Run) -> None:
+def _print_result(ctx: Context, run_record: Run, *, notices: bool = True) -> None:
+    """The run's end: counts, one line per kind of problem, cost and cache, then where each output is.
+
+    ``notices``: the model notices, unless they were printed when the run was submitted."""
     layout = ctx.layout(run_record.run_id)
     counts = run_record.counts
     out.print(
@@ -397,23 +613,70 @@ def _print_result(ctx: Context, run_record: Run) -> None:
         f"{counts.invalid} invalid of {counts.lines} lines"
     )
     if run_record.reason:
-        out.print(f"reason: {run_record.reason}")
-    _print_model_notices(run_record)
+        out.print(f"reason: {run_record.reason}", highlight=False)
+    problems = _problems(ctx, layout) if counts.failed or counts.invalid else {}
+    for (status, code), (count, example) in sorted(problems.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        out.print(f"  {count} {status}: {code}  ({example})", markup=False, highlight=False)
+    if notices:
+        _print_model_notices(run_record)
     cost = run_record.cost
+    why = _cost_why(run_record)
     out.print(
-        f"cost: {_money(cost.batch)} batch (interactive would be {_money(cost.interactive)}, "
-        f"saved {_money(cost.saved)})"
+        f"cost: {_money(cost.batch, why)} batch (interactive would be {_money(cost.interactive, why)}, "
+        f"saved {_money(cost.saved, why)})"
         + (
-            f"; now lane {_money(cost.now)} ({run_record.counts.now} line(s), interactive price)"
+            f"; now lane {_money(cost.now, why)} ({run_record.counts.now} line(s), interactive price)"
             if run_record.counts.now
             else ""
         )
     )
+    if cost.cached:
+        out.print(
+            f"cache: {cost.cached} line(s) served from the pay-once cache, not paid again "
+            f"(saved {_money(cost.saved_by_cache, _price_why(_run_models(run_record)))})"
+        )
     base = ctx.blobs.url.rstrip("/") + "/"
-    out.print(f"images:   {base}{layout.folder}images/")
-    out.print(f"manifest: {base}{layout.manifest}")
-    out.print(f"summary:  {base}{layout.summary}")
-    out.print(f"gallery:  {gallery_location(ctx.settings, run_record.run_id)}  (promptdrop open)")
+    if counts.succeeded:  # no images/ folder is written without an image
+        out.print(f"images:   {base}{layout.folder}images/", highlight=False)
+    for label, name in (
+        ("manifest", layout.manifest),
+        ("summary", layout.summary),
+        ("errors", layout.errors),
+        ("rejected", layout.rejected),
+    ):
+        if ctx.blobs.stat(name) is not None:
+            out.print(f"{label + ':':<9} {base}{name}", highlight=False)
+    if ctx.blobs.stat(layout.folder + PROBLEMS_PAGE) is not None:
+        out.print(
+            f"problems: {gallery_location(ctx.settings, run_record.run_id, PROBLEMS_PAGE)}", highlight=False
+        )
+    if ctx.blobs.stat(layout.gallery) is not None:
+        out.print(
+            f"gallery:  {gallery_location(ctx.settings, run_record.run_id)}  (promptdrop open)",
+            highlight=False,
+        )
+
+
+def _problems(ctx: Context, layout: RunLayout) -> dict[tuple[str, str], tuple[int, str]]:
+    """(status, reason code) -> (lines, the first one's line number and message), from the manifest."""
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    if ctx.blobs.stat(layout.manifest) is None:
+        return found
+    with ctx.blobs.open_read(layout.manifest) as stream:
+        for raw in stream:
+            entry = orjson.loads(raw)
+            if entry.get("status") == "succeeded":
+                continue
+            error = entry.get("error") or {}
+            kind = (str(entry.get("status")), str(error.get("code") or "unknown"))
+            count, example = found.get(kind, (0, ""))
+            if not example:
+                message = str(error.get("message") or "")
+                example = f"first: line {entry.get('line')}: " + textwrap.shorten(
+                    message, 100, placeholder="..."
+                )
+            found[kind] = (count + 1, example)
+    return found
 
 
 @app.command()
@@ -424,7 +687,7 @@ def serve(
     once: Annotated[bool, typer.Option("--once", help="One scan and one tick, then exit")] = False,
     webhook_port: Annotated[int | None, typer.Option(help=WEBHOOK_PORT_HELP)] = None,
     webhook_host: Annotated[
-        str, typer.Option(help="Address the webhook listener binds (default loopback)")
+        str, typer.Option(help="Address the webhook listener binds instead of loopback")
     ] = "127.0.0.1",
 ) -> None:
     """Watch the local inbox and poll jobs on an interval: the local twin of the deployment."""
@@ -521,18 +784,12 @@ def status(
                 orjson.dumps([r.model_dump(mode="json", exclude={"lease"}) for r in runs]).decode()
             )
             return
-        table = Table("run", "state", "lines", "ok", "failed", "invalid", "cost (batch)")
-        for r in runs:
-            table.add_row(
-                r.run_id,
-                r.state.value,
-                str(r.counts.lines),
-                str(r.counts.succeeded),
-                str(r.counts.failed),
-                str(r.counts.invalid),
-                _money(r.cost.batch or r.cost.estimate),
-            )
-        out.print(table)
+        if runs:
+            for line in _runs_table(runs, out.width):
+                out.print(line, markup=False, highlight=False)
+        else:
+            out.print("no runs yet: start one with `promptdrop run FILE`")
+        _print_state_folder(settings)
         _print_spend(settings, store)
         return
     record = store.get_run(run_id)
@@ -551,14 +808,16 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
+        why = _cost_why(record)
         out.print(
-            f"cost: estimate {_money(record.cost.estimate)}, batch {_money(record.cost.batch)}"
-            + (f", now {_money(record.cost.now)} ({c.now} now lines)" if c.now else "")
+            f"cost: estimate {_money(record.cost.estimate, _estimate_why(record))}, "
+            f"batch {_money(record.cost.batch, why)}"
+            + (f", now {_money(record.cost.now, why)} ({c.now} now lines)" if c.now else "")
         )
         if record.state is not RunState.RECEIVED:
             out.print(
                 f"cache: {record.cost.cached} line(s) served from the pay-once cache "
-                f"(saved {_money(record.cost.saved_by_cache)})"
+                f"(saved {_money(record.cost.saved_by_cache, _price_why(_run_models(record)))})"
             )
         elif (would := _cache_would_serve(settings, record)) is not None:
             out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
@@ -578,6 +837,62 @@ def status(
                 f"  {job.job_id}  {job.batch_name or '-'}  {job.phase.value}  {job.state.value}  "
                 f"{job.request_count} requests"
             )
+        _print_state_folder(settings)
+
+
+def _print_state_folder(settings: Settings) -> None:
+    """Where this CLI keeps its runs: the same folder from any working directory (PROMPTDROP_HOME)."""
+    if settings.bucket_is_gcs and settings.store_is_firestore:
+        out.print(f"bucket: {settings.bucket}; store: {settings.store}", highlight=False)
+        return
+    out.print(f"state folder: {settings.home.resolve()} (PROMPTDROP_HOME)", highlight=False)
+    if not settings.bucket_is_gcs:
+        out.print(f"local bucket: {Path(settings.bucket).resolve()}", highlight=False)
+
+
+def _runs_table(runs: list[Run], width: int) -> list[str]:
+    """The runs as aligned columns; the cost, the last column, folds (``_aligned``)."""
+    header = ["run", "state", "lines", "ok", "failed", "invalid", "cost (batch)"]
+    rows = [header]
+    for r in runs:
+        if r.state.terminal:
+            cost = _money(r.cost.batch, _cost_why(r))
+        elif r.cost.estimate is not None:
+            cost = f"~${r.cost.estimate:,.4f} (estimate)"
+        else:
+            cost = "not estimated yet" if r.state is RunState.RECEIVED else _money(None, _estimate_why(r))
+        counts = r.counts
+        rows.append(
+            [r.run_id, r.state.value]
+            + [str(n) for n in (counts.lines, counts.succeeded, counts.failed, counts.invalid)]
+            + [cost]
+        )
+    return _aligned(rows, width, numeric={2, 3, 4, 5})
+
+
+def _aligned(rows: list[list[str]], width: int, *, numeric: Container[int] = ()) -> list[str]:
+    """Rows (the header first) as aligned columns. Ids never cut, whatever the width: every cell stays whole
+    on its line but the last column's, which folds into what is left (never narrower than 20 characters: a
+    line wider than the terminal beats a cut id). Columns in ``numeric`` are right-aligned."""
+    columns = len(rows[0])
+    widths = [max(len(row[i]) for row in rows) for i in range(columns - 1)]
+    indent = sum(widths) + 2 * len(widths)
+    room = max(width - indent, 20)
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        folded = textwrap.wrap(row[-1], room) or [""]
+        lines.append("  ".join([*cells, folded[0]]).rstrip())
+        lines.extend(" " * indent + part for part in folded[1:])
+    return lines
+
+
+def _print_rows(rows: list[list[str]], *, numeric: Container[int] = ()) -> None:
+    for line in _aligned(rows, out.width, numeric=numeric):
+        out.print(line, markup=False, highlight=False)
 
 
 def _print_spend(settings: Settings, store: JobStore) -> None:
@@ -616,9 +931,9 @@ def _cache_would_serve(settings: Settings, record: Run) -> int | None:
     return count
 
 
-def gallery_location(settings: Settings, run_id: str) -> str:
+def gallery_location(settings: Settings, run_id: str, page: str = "index.html") -> str:
     """Where a run's gallery page opens: the local file, or the Cloud Storage authenticated browser URL."""
-    name = RunLayout.of(settings.output_prefix, run_id).gallery
+    name = RunLayout.of(settings.output_prefix, run_id).folder + page
     if settings.bucket_is_gcs:
         return f"https://storage.cloud.google.com/{settings.bucket_name}/{quote(name)}"
     return str((Path(settings.bucket) / name).resolve())
@@ -669,12 +984,7 @@ def open_gallery(
 @app.command()
 def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> None:
     """Cancel a run: its batch jobs are cancelled and every unfinished line is reported as cancelled."""
-    settings = _settings()
-    ctx = _context(settings)
-    record = ctx.store.get_run(run_id)
-    if record is None:
-        err.print(f"no run {run_id}")
-        raise typer.Exit(1)
+    ctx, record = _run_in_context(run_id)
     if record.state.terminal:
         out.print(f"{run_id} already ended: {record.state.value}")
         raise typer.Exit(_exit_code(record.state))
@@ -686,7 +996,8 @@ def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> 
     final = ctx.store.get_run(run_id)
     state = final.state.value if final else "unknown"
     out.print(f"{run_id}: cancel requested; state {state}")
-    raise typer.Exit(1)
+    # The cancel is recorded (the poller finishes one not yet CANCELLED): it did what was asked.
+    raise typer.Exit(0)
 
 
 @app.command()
@@ -707,17 +1018,17 @@ def report(
     if as_json:
         out.print_json(orjson.dumps({"since": since, "rows": table_rows}).decode())
         return
-    table = Table(
-        "day", "model", "runs", "lines", "images", "cached", "batch", "now", "saved", "saved by cache"
-    )
+    rows = [["day", "model", "runs", "lines", "images", "cached", "batch", "now", "saved", "saved by cache"]]
     for row in table_rows:
-        table.add_row(
-            row["day"],
-            row["model"],
-            *(str(row[name]) for name in ("runs", "lines", "images", "cached")),
-            *(_money(row[name]) for name in ("batch", "now", "saved", "saved_by_cache")),
+        rows.append(
+            [row["day"], row["model"]]
+            + [str(row[name]) for name in ("runs", "lines", "images", "cached")]
+            + [
+                _money(row[name], _price_why([row["model"]]))
+                for name in ("batch", "now", "saved", "saved_by_cache")
+            ]
         )
-    out.print(table)
+    _print_rows(rows, numeric={2, 3, 4, 5})
     if not table_rows:
         out.print(f"no run ended in the last {since}")
 
@@ -801,9 +1112,9 @@ def models_command(
         source = served.source if served is not None else "table"
         out.print_json(data={"source": source, "models": rows})
         return
-    table = Table(
-        "model", "batch", "sizes", "batch $/image", "interactive $/image", "ratios", "refs", "lifecycle"
-    )
+    table = [
+        ["model", "batch", "sizes", "batch $/image", "interactive $/image", "ratios", "refs", "lifecycle"]
+    ]
     for row in rows:
         prices = row["price_per_image"] or {}
         lifecycle = ", ".join(
@@ -816,17 +1127,19 @@ def models_command(
             )
             if row[key]
         )
-        table.add_row(
-            row["model"] + ("" if row["in_table"] else " (not in table)"),
-            {True: "yes", False: "no", None: "?"}[row["batch"]],
-            ",".join(row["image_sizes"] or ["?"]),
-            " ".join(f"{size}:{_price(p['batch'])}" for size, p in prices.items()) or "?",
-            " ".join(f"{size}:{_price(p['interactive'])}" for size, p in prices.items()) or "?",
-            str(len(row["aspect_ratios"])) if row["aspect_ratios"] else "?",
-            str(row["max_reference_images"] or "?"),
-            lifecycle or "-",
+        table.append(
+            [
+                row["model"] + ("" if row["in_table"] else " (not in table)"),
+                {True: "yes", False: "no", None: "?"}[row["batch"]],
+                ",".join(row["image_sizes"] or ["?"]),
+                " ".join(f"{size}:{_price(p['batch'])}" for size, p in prices.items()) or "?",
+                " ".join(f"{size}:{_price(p['interactive'])}" for size, p in prices.items()) or "?",
+                str(len(row["aspect_ratios"])) if row["aspect_ratios"] else "?",
+                str(row["max_reference_images"] or "?"),
+                lifecycle or "-",
+            ]
         )
-    out.print(table)
+    _print_rows(table, numeric={5, 6})
 
 
 def _price(value: float | None) -> str:
@@ -834,9 +1147,22 @@ def _price(value: float | None) -> str:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help is the emulator's own: its real options
+)
 def emulator(ctx: typer.Context) -> None:
-    """Run the bundled Gemini Batch API emulator (see `promptdrop emulator --help`)."""
-    raise typer.Exit(emulator_main(list(ctx.args)))
+    """Run the bundled Gemini Batch API emulator in the foreground (all options: `promptdrop emulator --help`).
+
+    Its data folder is the state folder's `emulator/` unless --data-dir names another; when an emulator
+    already serves that folder, its URL and process id are printed (exit 0)."""
+    args = list(ctx.args)
+    if not any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in args):
+        args = ["--data-dir", str(_settings().emulator_dir), *args]
+    # The emulator's own process (same pid, same signals): the CLI never imports the server, so every other
+    # command starts without it.
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "promptdrop.emulator", *args])  # noqa: S606 - no shell: argv as given
 
 
 def main() -> None:  # pragma: no cover - console entry point

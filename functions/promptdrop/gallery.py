@@ -21,6 +21,7 @@ from promptdrop.prompts import InvalidLine, ParsedLine, PromptRequest, RejectedL
 THUMB_EXTENSION: Final = "webp"
 THUMB_MIME_TYPE: Final = "image/webp"
 DEFAULT_PAGE_SIZE: Final = 500
+PROMPT_SHOWN_CHARS: Final = 400
 PAGE_STEMS: Final = ("index", "problems")  # every page is <stem>.html or <page|problems>-N.html
 STATUSES: Final = ("succeeded", "failed", "invalid")
 
@@ -104,6 +105,13 @@ def _prompt_of(line: ParsedLine | None) -> str | None:
     return None
 
 
+def _shortened(prompt: str | None) -> str | None:
+    """A page shows the start of a long prompt (a 5 MB one would make a 5 MB page); the manifest has it whole."""
+    if prompt is None or len(prompt) <= PROMPT_SHOWN_CHARS:
+        return prompt
+    return f"{prompt[:PROMPT_SHOWN_CHARS]}… ({len(prompt) - PROMPT_SHOWN_CHARS:,} more characters)"
+
+
 def _form_field(line: InvalidLine, name: str) -> str | None:
     value = (line.input_form or {}).get(name)
     return value if isinstance(value, str) else None
@@ -139,7 +147,7 @@ def card(entry: Mapping[str, Any], line: ParsedLine | None, *, folder: str, thum
         line=int(entry.get("line") or 0),
         key=entry.get("key"),
         status=status if status in STATUSES else "invalid",
-        prompt=_prompt_of(line),
+        prompt=_shortened(_prompt_of(line)),
         image_size=image_size,
         aspect_ratio=aspect_ratio,
         model=model,

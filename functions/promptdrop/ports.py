@@ -84,9 +84,13 @@ class BlobStore(Protocol):
         """Delete every object under ``prefix``, scratch files of interrupted writes included."""
         ...
 
-    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
+    def copy(
+        self, source: str, destination: str, *, if_source_generation: str | None = None, share: bool = False
+    ) -> None:
         """Copy an object. Raises NotFoundError; with ``if_source_generation``, copies that generation or
-        nothing (NotFoundError when it is gone, PreconditionFailedError when another one is live)."""
+        nothing (NotFoundError when it is gone, PreconditionFailedError when another one is live).
+        ``share``: the copy may share storage with the source (a hard link in a local folder), for objects
+        written once and never edited in place (images served from the pay-once cache)."""
         ...
 
     def sweep_interrupted(self, prefix: str) -> None:

@@ -13,6 +13,7 @@ defaults the user did not mean (another size, ratio or model) would spend money 
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -95,6 +96,12 @@ class ParseOptions:
     max_line_bytes: int = 20 * 1024 * 1024
     bucket_name: str | None = None  # own bucket: "gs://<bucket_name>/path" image refs are accepted
     default_priority: int = 0  # batch priority for lines and files that set none
+    # A local bucket: an absolute image path names a file of this machine, found in the bucket under
+    # LOCAL_FILES_PREFIX + the path (`promptdrop run` copies it there).
+    local_paths: bool = False
+
+
+LOCAL_FILES_PREFIX: Final = "local-files/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +263,10 @@ def _check_ratio_form(value: object) -> str | None:
     ratio = _opt_str(value, "aspect_ratio", "bad_aspect_ratio")
     if ratio is None or ratio in KNOWN_RATIOS:
         return ratio
-    raise _Invalid("bad_aspect_ratio", f"aspect_ratio {_show(ratio)} is not a known ratio such as '16:9'")
+    raise _Invalid(
+        "bad_aspect_ratio",
+        f"aspect_ratio {_show(ratio)} is not one of {', '.join(STANDARD_RATIOS + EXTREME_RATIOS)}",
+    )
 
 
 def _check_modalities(value: object) -> tuple[str, ...] | None:
@@ -285,7 +295,10 @@ def _check_for_model(model: str, spec: ModelSpec | None, ratio: str | None, size
             "bad_image_size", f"{model} accepts image_size {', '.join(spec.image_sizes)}, not {size!r}"
         )
     if ratio is not None and ratio not in spec.aspect_ratios:
-        raise _Invalid("bad_aspect_ratio", f"{model} does not accept aspect_ratio {ratio!r}")
+        raise _Invalid(
+            "bad_aspect_ratio",
+            f"{model} does not accept aspect_ratio {ratio!r}; it takes {', '.join(spec.aspect_ratios)}",
+        )
 
 
 def _check_image_count(model: str, spec: ModelSpec | None, images: int) -> None:
@@ -582,6 +595,14 @@ class _LineParser:
                 raise _Invalid("bad_image_ref", f"image {_show(ref)} is not in this deployment's bucket")
         elif "://" in ref:
             raise _Invalid("bad_image_ref", f"image {_show(ref)} must be a path in this deployment's bucket")
+        elif ref.startswith("/"):
+            if not self._options.local_paths:
+                raise _Invalid(
+                    "bad_image_ref",
+                    f"image {_show(ref)} is a path on someone's machine: in the cloud, name an object of "
+                    "this bucket (a path relative to the bucket, or gs://BUCKET/PATH)",
+                )
+            path = LOCAL_FILES_PREFIX + ref.lstrip("/")
         try:
             return check_relative_path(path, what="image path")
         except UnsafeNameError as exc:
@@ -862,7 +883,12 @@ def parse_prompt_file(stream: BinaryIO, fmt: LineFormat, options: ParseOptions) 
                 continue
             if not isinstance(obj, dict):
                 yield RejectedLine(
-                    number, LineError("not_an_object", "the line is JSON but not an object"), raw
+                    number,
+                    LineError(
+                        "not_an_object",
+                        "the line is JSON but not an object (a prompt file is JSONL: one JSON object per line)",
+                    ),
+                    raw,
                 )
             elif was_first and "defaults" in obj:
                 problem = _defaults_line(parser, number, obj)
@@ -930,3 +956,67 @@ def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ())
     """The JSONL line ``{"key", "request"}`` (no newline), with ``extra_parts``, the reference images'
     parts, in place (``with_images``)."""
     return orjson.dumps({"key": req.key, "request": with_images(req, extra_parts)})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files that are not what their extension says, and CSV
+
+
+_HEADER_CELL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The README's one-line converter of a JSON array file to JSONL.
+JSON_ARRAY_CONVERTER: Final = "python -c 'import json,sys; [print(json.dumps(o)) for o in json.load(sys.stdin)]' < FILE.json > FILE.jsonl"
+
+
+def shape_problem(head: bytes, fmt: LineFormat) -> str | None:
+    """Why the start of a file says it is not what its extension claims (a JSON array in a .json/.jsonl, a
+    CSV header in a .txt: every line would be billed as a prompt), or None."""
+    text = head.removeprefix(_BOM).lstrip()
+    if fmt == "jsonl" and text.startswith(b"["):
+        return (
+            "is a JSON array, but prompt files are JSONL (one JSON object per line); convert it with "
+            + JSON_ARRAY_CONVERTER
+        )
+    if fmt == "txt":
+        first = text.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+        cells = [cell.strip() for cell in first.split(",")]
+        if len(cells) >= 2 and all(_HEADER_CELL.fullmatch(cell) for cell in cells):
+            return (
+                f"starts with what looks like a CSV header ({first!r}), and every line of a .txt file is billed "
+                "as a prompt; name it .csv (its `prompt` column is read as rows) or convert it to .jsonl"
+            )
+    return None
+
+
+_CSV_INTEGERS: Final = frozenset({"priority", "seed"})
+
+
+def csv_as_jsonl(rows: Iterable[str]) -> Iterator[bytes]:
+    """A CSV prompt file's lines as JSONL lines: one object per row, its columns the simple-line fields
+    (`prompt`, `key`, `aspect_ratio`...; `images` separated by ';'); empty cells are left out. The header
+    becomes a blank line, so line numbers stay the CSV's (for rows on one line)."""
+    reader = csv.DictReader(rows)
+    names = [name.strip() for name in reader.fieldnames or []]
+    if "prompt" not in names:
+        raise InputError(
+            f"a .csv prompt file needs a `prompt` column (columns found: {', '.join(names) or 'none'})"
+        )
+    yield b"\n"
+    for row in reader:
+        line: dict[str, Any] = {}
+        for name, cell in row.items():
+            if name is None:  # more cells than the header names: kept, so the line says what is wrong
+                line["extra_cells"] = cell
+                continue
+            value = cell.strip() if isinstance(cell, str) else ""
+            if not value:
+                continue
+            name = name.strip()
+            if name in _CSV_INTEGERS and re.fullmatch(r"-?\d+", value):
+                line[name] = int(value)
+            elif name == "fresh" and value.lower() in {"true", "false"}:
+                line[name] = value.lower() == "true"
+            elif name == "images":
+                line[name] = [part.strip() for part in value.split(";") if part.strip()]
+            else:
+                line[name] = value
+        yield orjson.dumps(line) + b"\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast, get_args, get_origin
@@ -70,12 +71,29 @@ _FORMS = {
 }
 
 
+LEGACY_HOME = Path(
+    ".promptdrop"
+)  # the state folder of earlier versions: used when the current folder has one
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """The per-user state folder: ``./.promptdrop`` when it exists (earlier versions made it there), else the
+    platform's data directory (``$XDG_DATA_HOME/promptdrop``, ``~/.local/share/promptdrop``; macOS
+    ``~/Library/Application Support/promptdrop``), so every folder sees the same runs."""
+    if LEGACY_HOME.is_dir():
+        return LEGACY_HOME
+    user = Path(env.get("HOME") or Path.home())
+    if sys.platform == "darwin":
+        return user / "Library" / "Application Support" / "promptdrop"
+    return Path(env.get("XDG_DATA_HOME") or user / ".local" / "share") / "promptdrop"
+
+
 class Settings(BaseModel):
     """Deployment-wide configuration. Field ``x`` is read from ``PROMPTDROP_X`` unless noted."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    home: Path = Path(".promptdrop")  # local state folder: emulator data, events log
+    home: Path = LEGACY_HOME  # local state folder (PROMPTDROP_HOME); from_env: default_home()
     bucket: str = ""  # gs://NAME or a local folder; default <home>/bucket
     store: str = ""  # sqlite:///PATH or firestore[://PROJECT/DATABASE]; default sqlite <home>/state.db
     backend: Literal["gemini", "emulator"] = "emulator"
@@ -249,6 +267,8 @@ class Settings(BaseModel):
         if "backend" not in values:
             values["backend"] = "gemini" if key else "emulator"
         values.update(overrides)
+        if "home" not in values and not values["in_cloud"]:
+            values["home"] = default_home(env)
         home = Path(str(values.get("home", cls.model_fields["home"].default)))
         values.setdefault("bucket", str(home / "bucket"))
         values.setdefault("store", f"sqlite:///{home / 'state.db'}")

@@ -295,6 +295,24 @@ class BlobStoreContract:
         store.copy("inbox/p.jsonl", "staged/p.jsonl", if_source_generation=second.generation)
         assert store.read_bytes("staged/p.jsonl") == b"second\n"
 
+    def test_shared_copy_is_a_copy_of_that_generation(self, store: BlobStore) -> None:
+        """``share`` (a hard link locally): the same bytes, type and metadata, a generation of its own, the
+        source's generation or nothing; replacing the source later leaves the copy as it was."""
+        store.write_bytes("images/a.png", b"png", content_type="image/png", metadata={"m": "1"})
+        first = store.stat("images/a.png")
+        assert first is not None
+        store.copy("images/a.png", "other/images/a.png", if_source_generation=first.generation, share=True)
+        copied = store.stat("other/images/a.png")
+        assert copied is not None
+        assert (copied.size, copied.content_type, dict(copied.metadata)) == (3, "image/png", {"m": "1"})
+        store.write_bytes("images/a.png", b"png2")
+        with pytest.raises((NotFoundError, PreconditionFailedError)):
+            store.copy("images/a.png", "third/a.png", if_source_generation=first.generation, share=True)
+        assert store.stat("third/a.png") is None
+        assert store.read_bytes("other/images/a.png") == b"png"
+        with pytest.raises(NotFoundError):
+            store.copy("missing.png", "x.png", share=True)
+
     def test_delete_prefix_removes_everything_under_it(self, store: BlobStore) -> None:
         """delete_prefix empties a folder, nested objects included, and leaves its neighbours alone."""
         for name in ("run/_work/a.jsonl", "run/_work/jobs/j/b.jsonl", "run/manifest.jsonl"):

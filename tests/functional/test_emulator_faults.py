@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from google.genai import errors, types
 
-from promptdrop.emulator import EmulatorOptions
+from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.testing.emulator import create_inline, running_emulator, wait_until_done
 
 MODEL = "gemini-3-pro-image"

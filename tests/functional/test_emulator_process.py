@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from promptdrop.emulator import EmulatorOptions
 from promptdrop.emulator.launcher import SERVER_RECORD, ensure_emulator
+from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.testing.emulator import running_emulator
 
 REPO = Path(__file__).resolve().parents[2]

@@ -346,6 +346,16 @@ def test_simple_lines_become_requests(
     assert (parsed.model, parsed.image_size, parsed.aspect_ratio) == (model, size, ratio)
 
 
+def test_an_absolute_image_path_names_a_local_file_under_its_bucket_prefix() -> None:
+    """A local bucket (``local_paths``): `/home/me/logo.png` is read from ``local-files/home/me/logo.png``,
+    where `promptdrop run` copies it; `..` is still refused."""
+    local = ParseOptions(default_model=PRO, local_paths=True)
+    line = valid({"prompt": "a", "images": ["/home/me/logo.png"]}, local)
+    assert line.image_refs == ("local-files/home/me/logo.png",)
+    refused = parse_one({"prompt": "a", "images": ["/home/../etc/passwd"]}, local)
+    assert isinstance(refused, InvalidLine) and refused.error.code == "bad_image_ref"
+
+
 def test_simple_line_estimated_tokens_count_text_and_reference_images() -> None:
     """Text is ceil(chars/4) tokens (prompt and system), each reference image the model's image tokens."""
     parsed = valid({"prompt": "x" * 10, "system": "y" * 3, "images": ["a.png", "gs://own-bucket/b/c.png"]})
@@ -564,7 +574,12 @@ INVALID_CASES = [
         "bad_image_ref",
         "segment",
     ),
-    ("image-absolute", {"prompt": "a", "images": ["/etc/passwd"]}, "bad_image_ref", "'/'"),
+    (
+        "image-absolute",
+        {"prompt": "a", "images": ["/etc/passwd"]},
+        "bad_image_ref",
+        "in the cloud, name an object",
+    ),
     ("images-not-list", {"prompt": "a", "images": "a.png"}, "bad_image_ref", "list"),
     ("modalities-text-only", {"prompt": "a", "modalities": ["TEXT"]}, "bad_modalities", "IMAGE"),
     ("modalities-lowercase", {"prompt": "a", "modalities": ["image"]}, "bad_modalities", "uppercase"),
@@ -1131,3 +1146,9 @@ def test_a_file_in_the_system_instruction_is_a_bad_image_ref() -> None:
     line = {"request": {"contents": [{"parts": [{"text": "a"}]}], "system_instruction": system}}
     parsed = parse_one(line)
     assert isinstance(parsed, InvalidLine) and parsed.error.code == "bad_image_ref"
+
+
+def test_a_json_line_that_is_not_an_object_says_that_jsonl_is_expected() -> None:
+    (line,) = parse(b'["a cat", "a dog"]\n')
+    assert isinstance(line, RejectedLine) and line.error.code == "not_an_object"
+    assert "one JSON object per line" in line.error.message

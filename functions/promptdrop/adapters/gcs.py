@@ -505,7 +505,10 @@ class GcsBlobStore:
         for info in list(self.list(prefix)):
             self.delete(info.name)
 
-    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
+    def copy(
+        self, source: str, destination: str, *, if_source_generation: str | None = None, share: bool = False
+    ) -> None:
+        # ``share`` changes nothing here: a rewrite is server-side, no bytes pass through this process.
         # With a generation, the rewrite reads exactly that generation of the source (sourceGeneration), and
         # the precondition refuses it if the live object is another one by now: that generation or nothing.
         generation = None if if_source_generation is None else int(if_source_generation)

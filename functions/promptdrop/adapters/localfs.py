@@ -257,14 +257,20 @@ class LocalBlobStore:
                 if_generation=if_generation,
             )
 
-    def copy(self, source: str, destination: str, *, if_source_generation: str | None = None) -> None:
+    def copy(
+        self, source: str, destination: str, *, if_source_generation: str | None = None, share: bool = False
+    ) -> None:
         """Copy bytes, content type and metadata; the copy gets a generation of its own.
 
-        A real copy rather than a hard link, so that a file edited in place by hand changes one object only.
-        With ``if_source_generation``, the bytes copied are those of that generation or nothing is copied.
+        A real copy rather than a hard link, so that a file edited in place by hand changes one object only;
+        with ``share`` a hard link when the filesystem allows one (a re-run served from the cache takes no
+        room), a copy otherwise. With ``if_source_generation``, the bytes copied are those of that
+        generation or nothing is copied.
         """
         source_path = self.path_of(source)
         path = self.path_of(destination)
+        if share and self._link(source, source_path, destination, path, if_source_generation):
+            return
         with self._temporary(destination, path) as (temporary, handle):
             with self.open_read(source) as reader, _write_errors(destination):
                 # The open handle pins one file; the object's generation is known for the file at the path.
@@ -280,6 +286,35 @@ class LocalBlobStore:
                 shutil.copyfileobj(reader, handle, _COPY_BUFFER)
                 handle.close()
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
+
+    def _link(
+        self, source: str, source_path: Path, destination: str, path: Path, if_source_generation: str | None
+    ) -> bool:
+        """``copy`` as a hard link of the source's file; False when the filesystem refuses links."""
+        info = self.stat(source)
+        if info is None:
+            raise NotFoundError(f"object {source} does not exist")
+        if if_source_generation is not None and info.generation != if_source_generation:
+            raise PreconditionFailedError(
+                f"object {source} is generation {info.generation}, not {if_source_generation}"
+            )
+        temporary = path.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}")
+        with _write_errors(destination):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source_path, temporary)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"object {source} does not exist") from exc
+        except OSError:  # another device, a filesystem without hard links: copy the bytes instead
+            return False
+        try:
+            # The file linked must be the generation checked: one replaced in between is refused.
+            if _fingerprint(temporary) != _fingerprint(source_path) or self.stat(source) != info:
+                raise PreconditionFailedError(f"object {source} changed while being copied")
+            self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return True
 
     def delete_prefix(self, prefix: str) -> None:
         """Every object under ``prefix``, the scratch files of interrupted writes (which ``list`` hides) too.

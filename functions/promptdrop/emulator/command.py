@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from promptdrop.emulator.launcher import remove_server_record, write_server_record
+from promptdrop.emulator.launcher import remove_server_record, serving, write_server_record
 from promptdrop.emulator.options import argument_parser, options_from_args
 from promptdrop.emulator.server import EmulatorServer
 from promptdrop.errors import ConfigurationError
@@ -23,12 +23,22 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    running = serving(Path(args.data_dir))
+    if running is not None:
+        # What the user wants is an emulator for this folder: there is one, say where.
+        url, pid = running
+        print(
+            f"promptdrop emulator: already serving {Path(args.data_dir).resolve()} at {url} (pid {pid}); "
+            "use that one, or start a second one on another folder with --data-dir",
+            flush=True,
+        )
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = EmulatorServer(Path(args.data_dir), options, host=args.host, port=args.port)
     try:
         server.start()
     except (ConfigurationError, OSError) as exc:
-        print(f"promptdrop emulator: {exc}", file=sys.stderr)
+        print(f"promptdrop emulator: {exc} (a second one needs its own folder: --data-dir)", file=sys.stderr)
         return 1
     stop = threading.Event()
 

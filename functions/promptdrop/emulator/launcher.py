@@ -47,6 +47,12 @@ def remove_server_record(data_dir: Path) -> None:
 
 def serving_url(data_dir: Path) -> str | None:
     """The URL of a live emulator serving ``data_dir``, or None."""
+    found = serving(data_dir)
+    return found[0] if found else None
+
+
+def serving(data_dir: Path) -> tuple[str, int | None] | None:
+    """The URL and process id of a live emulator serving ``data_dir``, or None."""
     try:
         record = orjson.loads((data_dir / SERVER_RECORD).read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
@@ -60,7 +66,10 @@ def serving_url(data_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     same_folder = Path(str(health.get("data_dir"))).resolve() == data_dir.resolve()
-    return url if health.get("status") == "ok" and same_folder else None
+    if health.get("status") != "ok" or not same_folder:
+        return None
+    pid = record.get("pid")
+    return url, pid if isinstance(pid, int) else None
 
 
 def _log_tail(log: Path, lines: int = 20) -> str:

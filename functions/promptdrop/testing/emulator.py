@@ -23,7 +23,8 @@ from typing import Any
 from google import genai
 from google.genai import types
 
-from promptdrop.emulator import EmulatorOptions, EmulatorServer
+from promptdrop.emulator.options import EmulatorOptions
+from promptdrop.emulator.server import EmulatorServer
 
 TEST_API_KEY = "test-key-for-the-emulator"
 TEST_DEFAULTS: dict[str, Any] = {"pending_seconds": 0.0, "running_seconds": 0.0, "image_scale": 0.0625}

@@ -352,7 +352,7 @@ class CacheSplit:
         destination = self.layout.image(key, extension)
         try:
             # That generation or nothing: an image rewritten or deleted since the check is never served.
-            self.ctx.blobs.copy(entry.image, destination, if_source_generation=entry.generation)
+            self.ctx.blobs.copy(entry.image, destination, if_source_generation=entry.generation, share=True)
         except (NotFoundError, PreconditionFailedError) as exc:
             log.info("cached image %s went away (%s); submitting", entry.image, exc, extra=self._log)
             return None
@@ -378,7 +378,7 @@ class CacheSplit:
         if source is None or target is None:
             return
         with contextlib.suppress(NotFoundError, PreconditionFailedError):
-            self.ctx.blobs.copy(source, target)
+            self.ctx.blobs.copy(source, target, share=True)
 
     @property
     def _log(self) -> dict[str, str]:

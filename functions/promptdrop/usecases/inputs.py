@@ -25,6 +25,7 @@ def parse_options(settings: Settings, message_defaults: Mapping[str, Any] | None
         max_line_bytes=settings.max_line_bytes,
         bucket_name=settings.bucket_name if settings.bucket_is_gcs else None,
         default_priority=settings.priority,
+        local_paths=not settings.bucket_is_gcs,
     )
 
 

@@ -9,6 +9,7 @@ one is used, so a second upload is never mistaken for the first. After the claim
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from promptdrop import prompts
 from promptdrop.events import NowChunk, StorageObject
 from promptdrop.names import candidate_run_ids, file_claim_key, message_claim_key
 from promptdrop.records import Run, RunSource
-from promptdrop.states import JobPhase, RunState
+from promptdrop.states import RUN_ACTIVE, JobPhase, RunState
 from promptdrop.usecases.advance import advance_run
 from promptdrop.usecases.context import Context
 
@@ -68,6 +69,34 @@ def receive_file(ctx: Context, obj: StorageObject, *, fresh: bool = False) -> Re
     if obj.size == 0:
         return Receipt(None, False, f"{obj.name} is empty (uploaders send a zero-byte object first)")
     return _receive_object(ctx, obj, "file", fresh=fresh)
+
+
+def unfinished_twin(
+    ctx: Context, size: int, digest: str, fmt: Literal["jsonl", "txt"], *, fresh: bool = False
+) -> Run | None:
+    """The newest unfinished file run whose input has exactly these bytes (``size``, sha256 ``digest``),
+    format and ``fresh`` choice: the CLI attaches to it rather than paying for the same lines twice."""
+    runs = sorted(ctx.store.list_runs(RUN_ACTIVE), key=lambda r: r.created_at, reverse=True)
+    for run in runs:
+        if run.source.kind != "file" or run.source.format != fmt or run.fresh != fresh:
+            continue
+        # The run's own copy once made; the inbox object until then.
+        for name in (run.input_object, run.source.object):
+            info = ctx.blobs.stat(name) if name else None
+            if info is None or name is None:
+                continue
+            if info.size == size and _sha256(ctx, name) == digest:
+                return run
+            break
+    return None
+
+
+def _sha256(ctx: Context, name: str) -> str:
+    digest = hashlib.sha256()
+    with ctx.blobs.open_read(name) as stream:
+        while block := stream.read(4 * 1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def receive_uri(ctx: Context, obj: StorageObject) -> Receipt:
