@@ -1146,7 +1146,6 @@ def _price(value: float | None) -> str:
     return "?" if value is None else f"${value:.4f}"
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,  # --help is the emulator's own: its real options

@@ -99,8 +99,10 @@ def submit_run(ctx: Context, run: Run, deadline: float | None = None) -> Run:
         ctx.store.create_job(job)
     for choice in plan.models.values():
         if choice.notice or choice.code:
-            # Said to people by `run`/`status` and in summary.json; a warning in the Cloud deployment's log.
-            log.warning(
+            # Said to people by `run`/`status` and in summary.json; a warning in the structured (Cloud) log,
+            # where nobody reads the CLI's notice (at the terminal the CLI prints it once itself).
+            log.log(
+                logging.WARNING if ctx.settings.log_format == "json" else logging.INFO,
                 "model %s: %s",
                 choice.requested,
                 choice.notice or choice.message,
