@@ -212,6 +212,19 @@ footer{padding:8px 24px 24px;color:var(--mute);font-size:12px}
 """
 
 
+def page_head(title: str, css: str) -> str:
+    """The start of a static page up to ``<body>``: escaped title, inline CSS, and a policy that forbids any
+    script (defence in depth: the pages need none, so none may run even if something slipped through)."""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'none'; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'\">"
+        f"<title>{_e(title)}</title><style>{css}</style></head><body>"
+    )
+
+
 def _header(summary: Mapping[str, Any]) -> str:
     counts = summary.get("counts") or {}
     cost = summary.get("cost") or {}
@@ -308,14 +321,7 @@ def render_page(
     pager = _pager(stem, number, has_next, pages)
     title = f"{summary.get('run_id', 'run')} · {summary.get('state', '')}"
     return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        # Defence in depth: the page needs no script, so none may run even if something slipped through.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'none'; object-src 'none'; "
-        "base-uri 'none'; form-action 'none'\">"
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f'{_header(summary)}<nav class="series">{"".join(series)}</nav>{pager}'
+        page_head(title, _CSS) + f'{_header(summary)}<nav class="series">{"".join(series)}</nav>{pager}'
         f'{radios}<nav class="filters">{labels}</nav><main>{body}</main>{pager}'
         f"<footer>promptdrop gallery · {len(cards)} card(s) on this page</footer></body></html>\n"
     )

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import orjson
 
+from promptdrop.gallery import page_head
 from promptdrop.records import Run
 
 INDEX_OBJECT: Final = "runs.jsonl"
@@ -145,13 +146,8 @@ def render_page(rows: list[Mapping[str, Any]], *, number: int, pages: int, total
     pager = f"<nav>{''.join(links)}<span>page {number} of {pages}</span></nav>"
     body = "".join(_row_html(r) for r in rows) or '<tr><td colspan="12">No runs yet.</td></tr>'
     return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'none'; object-src 'none'; "
-        "base-uri 'none'; form-action 'none'\">"
-        f"<title>promptdrop runs · page {number}</title><style>{_CSS}</style></head><body>"
-        f'<header><h1>promptdrop runs</h1><p class="facts">{total} run(s), newest first</p></header>{pager}'
+        page_head(f"promptdrop runs · page {number}", _CSS)
+        + f'<header><h1>promptdrop runs</h1><p class="facts">{total} run(s), newest first</p></header>{pager}'
         "<table><thead><tr><th>run</th><th>state</th><th>lines</th><th>succeeded</th><th>failed</th>"
         "<th>invalid</th><th>batch</th><th>now</th><th>from cache (saved)</th><th>models</th>"
         f"<th>started (UTC)</th><th>ended (UTC)</th></tr></thead><tbody>{body}</tbody></table>{pager}"
