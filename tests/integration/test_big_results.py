@@ -170,7 +170,7 @@ def test_a_download_slower_than_one_part_per_budget_keeps_what_each_invocation_f
     deployment: Deployment,
 ) -> None:
     """Parts of 64 MiB at 120 kB/s with a 1 s budget: each tick stops at its deadline and keeps the bytes it
-    fetched as a shorter part, so the copy moves on every tick, no tick runs far past its budget, and the
+    fetched as a shorter part, so the copy moves on every tick, no tick copies the bulk of the file, and the
     file is downloaded at most 1.2 times."""
     emulator = deployment.start_emulator("slower", download_bytes_per_second=SLOW_RATE, image_scale=0.5)
     run, job, size = _submitted(deployment, emulator)
@@ -180,8 +180,10 @@ def test_a_download_slower_than_one_part_per_budget_keeps_what_each_invocation_f
     progress, slowest = _copy_ticks(deployment, poller, job.job_id)
     copy_ticks = len(progress)
     assert copy_ticks >= 4 and progress == sorted(progress) and len(set(progress)) == copy_ticks
-    # The copy took several ticks, none of them the whole download (about size / SLOW_RATE seconds).
-    assert slowest < size / SLOW_RATE / 2, (slowest, size / SLOW_RATE)
+    # The copy took several ticks, none of them the whole download. Counted in bytes, not seconds: on a
+    # loaded machine a tick's wall time says little (a tick ran 5.7 s of a 7.1 s download under load).
+    steps = [after - before for before, after in zip([0, *progress], progress, strict=False)]
+    assert max(steps) < size / 2, (steps, size)
     deployment.finish(poller, run.run_id)
     _assert_complete(deployment, run.run_id)
     finished = deployment.jobs(run.run_id)[0]
