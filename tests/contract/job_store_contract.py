@@ -453,7 +453,9 @@ class JobStoreContract:
         assert take("now_spend", 0.134, 0.30, T0, 600.0) == 0.0
         assert take("now_spend", 0.134, 0.30, T0 + 10, 600.0) == 0.0
         assert take("now_spend", 0.134, 0.30, T0 + 20, 600.0) == pytest.approx(580.0)
-        assert take("now_spend", 0.134, 0.30, T0 + 30, 600.0) == pytest.approx(570.0)  # the refusal took nothing
+        assert take("now_spend", 0.134, 0.30, T0 + 30, 600.0) == pytest.approx(
+            570.0
+        )  # the refusal took nothing
         assert take("other", 0.134, 0.30, T0 + 30, 600.0) == 0.0
         assert take("now_spend", 0.134, 0.30, T0 + 600.5, 600.0) == 0.0
         assert take("now_spend", 0.134, 0.30, T0 + 601, 600.0) == pytest.approx(9.0)
