@@ -13,7 +13,7 @@ from google.cloud import pubsub_v1
 from promptdrop import pacing
 from promptdrop.states import RunState
 from promptdrop.testing.cloud import pull
-from tests.integration.test_now_lane_cloud import _now_topic, _push_body
+from tests.integration.test_now_lane_cloud import _now_topic, _push_body, now_env
 from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
@@ -32,13 +32,8 @@ def test_two_instances_pace_their_now_calls_under_one_spend_window(
     (two calls of $0.134): two calls per window in all (not two per instance), and both runs end."""
     monkeypatch.setattr(pacing, "SPEND_WINDOW_SECONDS", WINDOW)
     emulator = deployment.start_emulator("paced-now")
-    now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
-    env = {
-        "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
-        "PROMPTDROP_NOW_TOPIC": now_topic,
-        "PROMPTDROP_NOW_CHUNK_LINES": "3",
-        "PROMPTDROP_NOW_SPEND_PER_10_MIN": "0.30",
-    }
+    topic, now_subscription = _now_topic(deployment, publisher, subscriber)
+    env = now_env(emulator.url, topic, PROMPTDROP_NOW_CHUNK_LINES="3", PROMPTDROP_NOW_SPEND_PER_10_MIN="0.30")
     files = deployment.app("on_prompt_file", **env)
     for name in ("a", "b"):  # two runs: one run's chunks take turns under its lease, two runs' do not
         lines = [
@@ -51,7 +46,7 @@ def test_two_instances_pace_their_now_calls_under_one_spend_window(
     statuses: dict[int, int] = {}
 
     def work(index: int) -> None:
-        statuses[index] = instances[index].push(_push_body(messages[index]), now_topic)
+        statuses[index] = instances[index].push(_push_body(messages[index]), topic)
 
     workers = [threading.Thread(target=work, args=(index,)) for index in range(len(messages))]
     for worker in workers:
