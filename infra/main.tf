@@ -128,6 +128,7 @@ locals {
     PROMPTDROP_NOW_CONCURRENCY         = var.settings.now_concurrency
     PROMPTDROP_NOW_CHUNK_LINES         = var.settings.now_chunk_lines
     PROMPTDROP_NOW_BASE_URL            = var.settings.now_base_url
+    PROMPTDROP_NOW_SPEND_PER_10_MIN    = var.settings.now_spend_per_10_min
   }
   # Every function learns whether webhooks are on: with them, the poller polls each job only every
   # webhook_poll_seconds (the net for lost deliveries) instead of on every tick.

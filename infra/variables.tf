@@ -139,6 +139,8 @@ variable "settings" {
     now_concurrency = optional(number)
     now_chunk_lines = optional(number)
     now_base_url    = optional(string) # default: gemini_base_url
+    # USD the now lane may spend per rolling 10 minutes (default: the tier's spend-based rate limit; 0: off).
+    now_spend_per_10_min = optional(number)
   })
   default = {}
 }

@@ -37,6 +37,12 @@ Sources (checked 2026-12-07; ``shared/reference/gemini-batch-api.md`` §4.3, §7
   Image and 2,000,000 for 3 Pro Image and Flash-Lite Image; Tier 2 250M / 270M / 270M; Tier 3 750M / 1B /
   1B. None given for gemini-nano-banana-2.1 or gemini-2.5-flash-image: they get the smallest figure of
   their tier (``enqueued_token_budget``), so a job never overshoots a quota we do not know.
+- Spend-based rate limits per rolling 10 minutes (``NOW_SPEND_PER_10_MIN``): $10 / $50 / $200 for Tiers
+  1/2/3 per the reference (§12.2, rate-limits page, 2026-08-18), answered 429 RESOURCE_EXHAUSTED. Checked
+  2026-12-07 with the ``search`` tool: the stored copy of ai.google.dev/gemini-api/docs/rate-limits
+  ("Spend-based rate limits", the zh-CN rendering; the English one was not stored) gives $10 for Tier 1 and
+  $200 for Tier 3 but $200 for Tier 2. Tier 2 is unconfirmed: the lower $50 is kept (pacing under a limit
+  lower than Google's only spreads calls more; above it, calls would be refused).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ EXTREME_RATIOS: Final = ("1:4", "4:1", "1:8", "8:1")
 # id) and refuse a successor (a different model); "upgrade" follows both; "refuse" follows neither.
 RetiredPolicy = Literal["aliases", "upgrade", "refuse"]
 Tier = Literal[1, 2, 3]
+# USD of interactive calls a project may spend per rolling 10 minutes at tier 1/2/3 (sources above).
+NOW_SPEND_PER_10_MIN: Final[tuple[float, float, float]] = (10.0, 50.0, 200.0)
 
 GENERATE: Final = "generateContent"
 BATCH_GENERATE: Final = "batchGenerateContent"

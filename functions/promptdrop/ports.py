@@ -196,6 +196,12 @@ class JobStore(Protocol):
         """What each period's ledger holds: settled costs plus open reservations, by period key."""
         ...
 
+    def take_spend_window(self, key: str, amount: float, limit: float, now: float, window: float) -> float:
+        """Take ``amount`` USD from the rolling window ``key`` (one record, in one transaction: every process
+        shares it) if it fits under ``limit`` (``pacing.window_take``): 0.0. Else change nothing and return
+        the seconds until it would fit."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class UploadedFile:

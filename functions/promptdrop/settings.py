@@ -25,7 +25,14 @@ from pydantic import (
 
 from promptdrop.api_limits import FILE_MAX_BYTES
 from promptdrop.errors import ConfigurationError
-from promptdrop.models import DEFAULT_MODEL, RetiredPolicy, Tier, enqueued_token_budget, parse_model_map
+from promptdrop.models import (
+    DEFAULT_MODEL,
+    NOW_SPEND_PER_10_MIN,
+    RetiredPolicy,
+    Tier,
+    enqueued_token_budget,
+    parse_model_map,
+)
 
 ENV_PREFIX = "PROMPTDROP_"
 
@@ -168,6 +175,9 @@ class Settings(BaseModel):
     max_now_lines: NonNegativeInt = 50  # a run asking for more now lines is refused before any call
     now_concurrency: NonNegativeInt = 4  # generate_content calls in flight per process
     now_chunk_lines: NonNegativeInt = 20  # now lines per chunk (one Pub/Sub message each in the cloud)
+    # USD the now lane's calls may spend per rolling 10 minutes, across every process (usecases/now_lane.py);
+    # unset: the tier's spend-based rate limit (models.NOW_SPEND_PER_10_MIN); 0: not paced.
+    now_spend_per_10_min: NonNegativeFloat | None = None
     # Pub/Sub topic the now chunks are published to (the cloud: worked by on_now_chunk); unset, whoever
     # advances the run sends them itself (the CLI, serve).
     now_topic: str | None = None
@@ -190,6 +200,13 @@ class Settings(BaseModel):
         if self.max_enqueued_tokens is not None:
             return self.max_enqueued_tokens
         return enqueued_token_budget(model, cast(Tier, self.tier))
+
+    @property
+    def now_spend_limit(self) -> float:
+        """USD per rolling 10 minutes the now lane paces itself under (0: not paced)."""
+        if self.now_spend_per_10_min is not None:
+            return self.now_spend_per_10_min
+        return NOW_SPEND_PER_10_MIN[self.tier - 1]
 
     @property
     def webhooks_on(self) -> bool:

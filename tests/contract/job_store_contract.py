@@ -444,6 +444,41 @@ class JobStoreContract:
         assert sum(refused is None for refused in refusals) == 2
         assert stores[0].spent(spend.period_keys_of(caps)) == {caps[0].key: pytest.approx(0.8)}
 
+    # The now lane's spend window
+
+    def test_the_spend_window_takes_what_fits_and_says_when_the_rest_will(self, job_store: JobStore) -> None:
+        """Under $0.30 per 600 s: two $0.134 calls are taken, a third waits until the first leaves the
+        window (and taking nothing meanwhile); past that, it is taken; another key is its own window."""
+        take = job_store.take_spend_window
+        assert take("now_spend", 0.134, 0.30, T0, 600.0) == 0.0
+        assert take("now_spend", 0.134, 0.30, T0 + 10, 600.0) == 0.0
+        assert take("now_spend", 0.134, 0.30, T0 + 20, 600.0) == pytest.approx(580.0)
+        assert take("now_spend", 0.134, 0.30, T0 + 30, 600.0) == pytest.approx(
+            570.0
+        )  # the refusal took nothing
+        assert take("other", 0.134, 0.30, T0 + 30, 600.0) == 0.0
+        assert take("now_spend", 0.134, 0.30, T0 + 600.5, 600.0) == 0.0
+        assert take("now_spend", 0.134, 0.30, T0 + 601, 600.0) == pytest.approx(9.0)
+
+    def test_parallel_takes_in_separate_processes_never_pass_the_spend_window(
+        self, separate_stores: Callable[[int], list[JobStore]]
+    ) -> None:
+        """Three workers with their own connections take $0.134 each at once from a $0.30 window: exactly
+        two are let go, the third is told to wait."""
+        stores = separate_stores(3)
+
+        def take(index: int) -> float:
+            for attempt in range(50):
+                try:
+                    return stores[index].take_spend_window("now_spend", 0.134, 0.30, T0, 600.0)
+                except TransientError:  # contention: asked again
+                    time.sleep(0.01 * (attempt % 10))
+            raise AssertionError(f"worker {index} was refused 50 times")
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            waits = list(pool.map(take, range(len(stores))))
+        assert sorted(waits)[:2] == [0.0, 0.0] and sorted(waits)[2] == pytest.approx(600.0)
+
     # Queries
 
     def test_list_runs_oldest_update_first_and_filtered(self, job_store: JobStore) -> None:

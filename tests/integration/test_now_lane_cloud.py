@@ -35,13 +35,13 @@ def test_now_chunks_survive_an_instance_cut_off_mid_lane(
 ) -> None:
     emulator = deployment.start_emulator("slow-now", generate_seconds=0.4, running_seconds=1.0)
     now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
-    env = {
-        "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
-        "PROMPTDROP_NOW_TOPIC": now_topic,
-        "PROMPTDROP_NOW_CHUNK_LINES": "3",
-        "PROMPTDROP_NOW_CONCURRENCY": str(CONCURRENCY),
-        "PROMPTDROP_LEASE_SECONDS": "2",
-    }
+    env = now_env(
+        emulator.url,
+        now_topic,
+        PROMPTDROP_NOW_CHUNK_LINES="3",
+        PROMPTDROP_NOW_CONCURRENCY=str(CONCURRENCY),
+        PROMPTDROP_LEASE_SECONDS="2",
+    )
     lines = [{"key": f"b{i}", "prompt": f"batch picture {i}"} for i in range(2)]
     lines += [{"key": f"n{i}", "prompt": f"urgent picture {i}", "lane": "now"} for i in range(NOW_LINES)]
     files = deployment.app("on_prompt_file", **env)
@@ -107,13 +107,13 @@ def test_a_now_chunk_never_answered_in_time_ends_after_max_attempts_sends_per_li
     once), then fails no_answer, the chunk is done and the run ends; later redeliveries send nothing."""
     emulator = deployment.start_emulator("late-now", generate_seconds=2.5)
     now_topic, now_subscription = _now_topic(deployment, publisher, subscriber)
-    env = {
-        "PROMPTDROP_GEMINI_BASE_URL": emulator.url,
-        "PROMPTDROP_NOW_TOPIC": now_topic,
-        "PROMPTDROP_API_TIMEOUT": "1",
-        "PROMPTDROP_MAX_ATTEMPTS": "3",
-        "PROMPTDROP_NOW_CONCURRENCY": "2",
-    }
+    env = now_env(
+        emulator.url,
+        now_topic,
+        PROMPTDROP_API_TIMEOUT="1",
+        PROMPTDROP_MAX_ATTEMPTS="3",
+        PROMPTDROP_NOW_CONCURRENCY="2",
+    )
     lines = [{"key": f"n{i}", "prompt": f"urgent picture {i}", "lane": "now"} for i in range(2)]
     files = deployment.app("on_prompt_file", **env)
     assert files.post(deployment.notification("inbox/late.jsonl", jsonl(*lines))) == 200
@@ -143,6 +143,11 @@ def test_a_now_chunk_never_answered_in_time_ends_after_max_attempts_sends_per_li
     poller = deployment.app("poll_jobs", **env)
     assert poller.post(eventarc.scheduler_tick()) == 200
     assert emulator.server.stats()["calls_by_route"] == calls
+
+
+def now_env(emulator_url: str, now_topic: str, **settings: str) -> dict[str, str]:
+    """The functions' environment for the now lane: the emulator, the now topic, and ``settings``."""
+    return {"PROMPTDROP_GEMINI_BASE_URL": emulator_url, "PROMPTDROP_NOW_TOPIC": now_topic, **settings}
 
 
 def _now_topic(

@@ -185,6 +185,8 @@ def test_options_round_trip_through_flags_without_the_key() -> None:
         stall_rate=0.1,
         stall_seconds=2.0,
         fault_seed=7,
+        generate_refusals=2,
+        generate_retry_seconds=3.5,
     )
     argv = options.to_argv()
     assert "secret" not in argv

@@ -23,7 +23,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import BaseModel
 
-from promptdrop import spend
+from promptdrop import pacing, spend
 from promptdrop import store_rules as rules
 from promptdrop.errors import (
     ConfigurationError,
@@ -402,6 +402,23 @@ class FirestoreJobStore:
     def spent(self, periods: Sequence[str]) -> dict[str, float]:
         with firestore_errors("reading the spend ledger"):
             return {period: spend.total(self._ledger(period)) for period in periods}
+
+    def take_spend_window(self, key: str, amount: float, limit: float, now: float, window: float) -> float:
+        # One document (counters/<key>) read and written in a transaction: every instance paces under the
+        # same window; two takes at once abort one, which retries on what the other wrote.
+        document = self._client.collection(COUNTERS).document(key)
+
+        def take(transaction: firestore.Transaction) -> float:
+            snapshot = document.get(transaction=transaction, **self._call)
+            stored = (snapshot.to_dict() or {}).get("entries") or [] if snapshot.exists else []
+            entries = [(float(item["at"]), float(item["usd"])) for item in stored]
+            kept, wait = pacing.window_take(entries, amount, limit, now, window)
+            if wait == 0.0:
+                transaction.set(document, {"entries": [{"at": at, "usd": usd} for at, usd in kept]})
+            return wait
+
+        result: float = self._transact(take, f"taking from the spend window {key}")
+        return result
 
     def _ledger(self, period: str, transaction: firestore.Transaction | None = None) -> dict[str, Any]:
         snapshot = self._spend.document(period).get(transaction=transaction, **self._call)

@@ -387,13 +387,17 @@ class GeminiBackend:
         except genai_errors.APIError as exc:
             code = int(exc.code or 0)
             message = str(translate_error(exc, action, secret=self._secret))
-            return {
-                "error": {
-                    "code": code,
-                    "status": exc.status or HTTP_STATUS_NAMES.get(code),
-                    "message": message,
-                }
+            error: dict[str, Any] = {
+                "code": code,
+                "status": exc.status or HTTP_STATUS_NAMES.get(code),
+                "message": message,
             }
+            # The SDK keeps the JSON body in ``details``: its google.rpc details (RetryInfo) travel on, as the
+            # now lane waits as a 429's RetryInfo says.
+            body = exc.details.get("error") if isinstance(exc.details, dict) else None
+            if isinstance(body, dict) and isinstance(body.get("details"), list):
+                error["details"] = body["details"]
+            return {"error": error}
         except _SDK_FAILURES as exc:
             raise translate_error(exc, action, secret=self._secret) from exc
         body = response.model_dump(

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from promptdrop import spend
+from promptdrop import pacing, spend
 from promptdrop import store_rules as rules
 from promptdrop.errors import NotFoundError, PermanentError, PreconditionFailedError, TransientError
 from promptdrop.records import Job, Run
@@ -124,6 +124,10 @@ CREATE TABLE IF NOT EXISTS spend (
     amount REAL NOT NULL,
     settled INTEGER NOT NULL,
     PRIMARY KEY (period, run_id)
+);
+CREATE TABLE IF NOT EXISTS rate_windows (
+    key TEXT PRIMARY KEY,
+    entries TEXT NOT NULL
 )
 """
 
@@ -324,6 +328,20 @@ class SqliteJobStore:
     def spent(self, periods: Sequence[str]) -> dict[str, float]:
         with self._reading() as conn:
             return {period: spend.total(self._ledger(conn, period)) for period in periods}
+
+    def take_spend_window(self, key: str, amount: float, limit: float, now: float, window: float) -> float:
+        # BEGIN IMMEDIATE: no other process takes from the window between the read and the write.
+        with self._transaction() as conn:
+            row = conn.execute("SELECT entries FROM rate_windows WHERE key = ?", [key]).fetchone()
+            entries = [(float(at), float(usd)) for at, usd in orjson.loads(row[0])] if row else []
+            kept, wait = pacing.window_take(entries, amount, limit, now, window)
+            if wait == 0.0:
+                conn.execute(
+                    "INSERT INTO rate_windows (key, entries) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET entries = excluded.entries",
+                    [key, orjson.dumps(kept).decode()],
+                )
+        return wait
 
     @staticmethod
     def _ledger(conn: sqlite3.Connection, period: str) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,14 @@ from promptdrop.emulator.answers import (
 )
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
 from promptdrop.emulator.options import EmulatorOptions
-from promptdrop.emulator.wire import ApiError, camel_keys, int64, rfc3339, unknown_fields_error
+from promptdrop.emulator.wire import (
+    ApiError,
+    camel_keys,
+    int64,
+    rfc3339,
+    spend_limit_error,
+    unknown_fields_error,
+)
 from promptdrop.models import (
     BATCH_GENERATE,
     GENERATE,
@@ -251,6 +258,7 @@ class Engine:
         self._jobs: dict[str, BatchRecord] = {}
         self._in_pool: set[str] = set()
         self._generated = 0  # generateContent calls answered (their response ids)
+        self._generate_refused = 0  # generateContent calls answered 429 (generate_refusals)
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._scheduler: threading.Thread | None = None
@@ -320,6 +328,11 @@ class Engine:
         markers, same image), after ``generate_seconds``; an error line becomes the HTTP error it stands for."""
         if not self.serves(model):
             raise model_not_found(model, version, "generateContent")
+        with self._lock:
+            refuse = self._generate_refused < self.options.generate_refusals
+            self._generate_refused += refuse
+        if refuse:
+            raise spend_limit_error(self.options.generate_retry_seconds)
         if self._stopping.wait(self.options.generate_seconds):
             raise ApiError(503, "The service is currently unavailable.")
         if isinstance(body, dict):

@@ -45,6 +45,10 @@ class EmulatorOptions:
     pending_seconds: float = 1.0
     running_seconds: float = 2.0
     generate_seconds: float = 0.0  # how long a generateContent call (the now lane) takes to answer
+    # The first N generateContent calls are answered 429 RESOURCE_EXHAUSTED (a spend-based rate limit), with
+    # a google.rpc.RetryInfo of generate_retry_seconds (0: without RetryInfo), and not billed.
+    generate_refusals: int = 0
+    generate_retry_seconds: float = 2.0
     workers: int = 2
     image_scale: float = 1.0
     inline_responses_max: int = 0
@@ -91,6 +95,7 @@ class EmulatorOptions:
             "pending_seconds",
             "running_seconds",
             "generate_seconds",
+            "generate_retry_seconds",
             "stall_seconds",
             "idle_seconds",
             "download_bytes_per_second",
@@ -120,6 +125,8 @@ class EmulatorOptions:
             raise ValueError("workers must be at least 1")
         if self.image_scale <= 0:
             raise ValueError("image_scale must be positive")
+        if self.generate_refusals < 0:
+            raise ValueError("generate_refusals must not be negative")
         if self.enqueued_token_limit < 0:
             raise ValueError("enqueued_token_limit must not be negative")
         if self.inline_responses_max < 0 or self.max_active_jobs < 1:
@@ -175,6 +182,18 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--running-seconds", type=float, default=2.0, help="time a job stays RUNNING")
     parser.add_argument(
         "--generate-seconds", type=float, default=0.0, help="time a generateContent call takes to answer"
+    )
+    parser.add_argument(
+        "--generate-refusals",
+        type=int,
+        default=0,
+        help="answer the first N generateContent calls 429 RESOURCE_EXHAUSTED (default 0)",
+    )
+    parser.add_argument(
+        "--generate-retry-seconds",
+        type=float,
+        default=2.0,
+        help="the RetryInfo retryDelay of those 429s (default 2; 0: no RetryInfo)",
     )
     parser.add_argument("--workers", type=int, default=2, help="threads that run jobs")
     parser.add_argument("--image-scale", type=float, default=1.0, help="scale image sizes (e.g. 0.0625)")
@@ -286,6 +305,8 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         pending_seconds=args.pending_seconds,
         running_seconds=args.running_seconds,
         generate_seconds=args.generate_seconds,
+        generate_refusals=args.generate_refusals,
+        generate_retry_seconds=args.generate_retry_seconds,
         workers=args.workers,
         image_scale=args.image_scale,
         inline_responses_max=args.inline_responses_max,

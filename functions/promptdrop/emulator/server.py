@@ -216,6 +216,7 @@ class _HttpServer(ThreadingHTTPServer):
         self.hooks = hooks
         self.calls_by_route: dict[str, int] = {}  # answered calls by route name (GET /stats shows them)
         self.cut_by_route: dict[str, int] = {}  # calls done whose caller had gone before the answer
+        self.generate_arrivals: list[float] = []  # time.monotonic() of each generateContent call's arrival
         self.data_dir = data_dir
         self.stopping = threading.Event()
         self.faults = FaultInjector(engine.options, self.stopping)
@@ -235,6 +236,12 @@ class _HttpServer(ThreadingHTTPServer):
     def count_call(self, route: str) -> None:
         with self._counter_lock:
             self.calls_by_route[route] = self.calls_by_route.get(route, 0) + 1
+            if route == "generate":
+                self.generate_arrivals.append(time.monotonic())
+
+    def arrivals(self) -> list[float]:
+        with self._counter_lock:
+            return list(self.generate_arrivals)
 
     def count_cut(self, route: str) -> None:
         with self._counter_lock:
@@ -765,6 +772,13 @@ class EmulatorServer:
     def generated(self) -> int:
         """generateContent calls answered since start (the now lane's calls)."""
         return self._engine.generated if self._engine is not None else 0
+
+    @property
+    def generate_arrivals(self) -> list[float]:
+        """When each generateContent call arrived (``time.monotonic()``, refused ones too): tests see pacing."""
+        if self._httpd is None:
+            return []
+        return self._httpd.arrivals()
 
     @property
     def faults_injected(self) -> int:

@@ -47,6 +47,8 @@ class ApiError(Exception):
 
 
 BAD_REQUEST_TYPE: Final = "type.googleapis.com/google.rpc.BadRequest"
+RETRY_INFO_TYPE: Final = "type.googleapis.com/google.rpc.RetryInfo"
+RATE_LIMITS_URL: Final = "https://ai.google.dev/gemini-api/docs/rate-limits"
 
 
 def unknown_fields_error(unknown: Sequence[UnknownField], prefix: str = "") -> ApiError:
@@ -64,6 +66,23 @@ def unknown_fields_error(unknown: Sequence[UnknownField], prefix: str = "") -> A
         "\n".join(field.api_message() for field in located),
         "INVALID_ARGUMENT",
         [{"@type": BAD_REQUEST_TYPE, "fieldViolations": violations}],
+    )
+
+
+def spend_limit_error(retry_seconds: float) -> ApiError:
+    """The API's 429 for a spend-based rate limit: RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo``
+    (``retryDelay`` a Duration in JSON, "2s"), none when ``retry_seconds`` is 0."""
+    details: list[dict[str, object]] = [
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"url": RATE_LIMITS_URL}]}
+    ]
+    if retry_seconds:
+        details.append({"@type": RETRY_INFO_TYPE, "retryDelay": f"{retry_seconds:g}s"})
+    return ApiError(
+        429,
+        "You exceeded your current quota (spend-based rate limit per 10 minutes); please retry later. "
+        f"For more information on this error, head to: {RATE_LIMITS_URL}.",
+        "RESOURCE_EXHAUSTED",
+        details,
     )
 
 

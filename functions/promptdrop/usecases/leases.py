@@ -106,6 +106,9 @@ class FencedStore:
     def spent(self, periods: Sequence[str]) -> dict[str, float]:
         return self._store.spent(periods)
 
+    def take_spend_window(self, key: str, amount: float, limit: float, now: float, window: float) -> float:
+        return self._store.take_spend_window(key, amount, limit, now, window)
+
 
 def own_turn(ctx: Context) -> Context:
     """The context for one call that works under a lease, with an owner id of its own.

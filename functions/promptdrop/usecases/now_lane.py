@@ -13,6 +13,12 @@ line sent ``max_attempts`` times over the run's attempts is not sent again: it f
 clear refusal (429, 503: the API did not take the call) is sent again here after a pause, and not counted.
 Each call's timeout is cut to the time budget left, so a chunk never runs past its function's time.
 
+Calls are paced under Google's spend-based rate limit: before each send, its interactive price is taken from
+one rolling 10-minute window in the job store (``pacing``; ``PROMPTDROP_NOW_SPEND_PER_10_MIN``, default the
+tier's figure), shared by every process and function instance; a call that would pass it waits there. A 429
+that comes anyway waits as its ``RetryInfo`` says (and holds this call's other sends as long), or, without
+one, 1, 2, 4, 8 s. A wait that would outlast the time budget pauses the chunk: the next advance goes on.
+
 In the cloud, ``dispatch_now_jobs`` hands each chunk over as one message on the now topic instead; the
 ``on_now_chunk`` function then advances the run with ``work_now`` (``lifecycle.next_step`` decides both).
 """
@@ -31,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from promptdrop import results
+from promptdrop import pacing, results
 from promptdrop.errors import TransientError
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.records import Job, Run
@@ -49,7 +55,8 @@ log = logging.getLogger(__name__)
 # API, and the cloud's budget (480 s) leaves 60 s more before the function's limit (540 s).
 CALL_MARGIN_SECONDS = 30.0
 # Answers by which the API says it did not take the call (rate limit, overloaded): the line is sent again
-# in this call after a pause (doubled each time), and that send is not counted as one it may bill.
+# in this call after the pause its RetryInfo asks for (else one doubled each time), and that send is not
+# counted as one it may bill.
 REFUSED_HTTP_CODES = frozenset({429, 503})
 REFUSED_TRIES = 5  # tries of a refused line in one call (as many as the SDK's own retries)
 REFUSED_FIRST_PAUSE = 1.0  # seconds
@@ -90,6 +97,17 @@ def _refused(answer: dict[str, Any]) -> bool:
     """The API answered that it did not take the call (the error's code is the HTTP status here)."""
     error = answer.get("error")
     return isinstance(error, dict) and error.get("code") in REFUSED_HTTP_CODES
+
+
+def _spend_wait(ctx: Context, model: str, request: dict[str, Any]) -> float:
+    """Seconds before this call fits the spend window (0.0: its price was taken from the window now)."""
+    limit = ctx.settings.now_spend_limit
+    if not limit:
+        return 0.0
+    price = pacing.call_price(model, request)
+    return ctx.store.take_spend_window(
+        pacing.NOW_SPEND_KEY, price, limit, ctx.clock(), pacing.SPEND_WINDOW_SECONDS
+    )
 
 
 def _no_answer(line: _Line, job: Job, sends: int, settings: Settings) -> Outcome:
@@ -144,6 +162,7 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
         # Refused lines waiting to be sent again: (monotonic time due, order, line).
         paused: list[tuple[float, int, _Line]] = []
         order = itertools.count()
+        hold_until = 0.0  # monotonic: a 429's RetryInfo holds every send of this call until then
 
         def used(line: _Line) -> int:
             return earlier.get(line.number, 0) + sends.get(line.number, 0)
@@ -172,6 +191,19 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
             )
             calls[call] = line
 
+        def dispatch(line: _Line) -> None:
+            """Send the line now, or park it until a RetryInfo's hold ends and its price fits the window."""
+            nonlocal out_of_time
+            held = hold_until - time.monotonic()
+            wait_for = held if held > 0 else _spend_wait(ctx, job.model, line.request)
+            if wait_for <= 0:
+                send(line)
+            elif fits(wait_for):
+                log.info("now line %s waits %.1f s (spend rate, RetryInfo)", line.key, wait_for, extra=extra)
+                heapq.heappush(paused, (time.monotonic() + wait_for, next(order), line))
+            else:
+                out_of_time = True  # the next call sends it
+
         def send_next() -> None:
             nonlocal out_of_time
             while True:
@@ -184,7 +216,7 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
                 key, request = item
                 line = _Line(key, str(numbers.get(key, key)), request)
                 if used(line) < limit:
-                    send(line)
+                    dispatch(line)
                     return
                 # Its sends were used up by calls whose answers were lost (a kill right after them).
                 record(_no_answer(line, job, used(line), settings))
@@ -195,7 +227,7 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
             if paused and len(calls) < concurrency and paused[0][0] <= time.monotonic():
                 line = heapq.heappop(paused)[2]
                 if fits():
-                    send(line)
+                    dispatch(line)
                 else:
                     out_of_time = True  # the next call sends it
                 continue
@@ -222,7 +254,12 @@ def work_now_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> bo
                 if _refused(answer):
                     count(line, -1)  # the API did not take this call: not a send it may bill
                     line.refused += 1
-                    wait_for = min(REFUSED_FIRST_PAUSE * 2 ** (line.refused - 1), REFUSED_MAX_PAUSE)
+                    asked = pacing.retry_delay(answer["error"])
+                    if asked is None:
+                        wait_for = min(REFUSED_FIRST_PAUSE * 2 ** (line.refused - 1), REFUSED_MAX_PAUSE)
+                    else:  # a project-wide limit: every other send of this call waits as long
+                        wait_for = asked
+                        hold_until = max(hold_until, time.monotonic() + asked)
                     if line.refused < REFUSED_TRIES and no_answer is None:
                         if fits(wait_for):
                             heapq.heappush(paused, (time.monotonic() + wait_for, next(order), line))
