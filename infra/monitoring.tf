@@ -114,6 +114,18 @@ resource "google_logging_metric" "spend_near_cap" {
   depends_on = [google_project_service.apis]
 }
 
+resource "google_logging_metric" "webhook_disabled" {
+  name        = "${var.name_prefix}/webhook_disabled"
+  description = "Hourly looks of the poller that found every batch webhook of ours disabled by the API (pushes stopped; jobs are polled every tick meanwhile)."
+  filter      = "${local.function_logs} AND jsonPayload.event=\"webhook_disabled\""
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+  }
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_logging_metric" "function_errors" {
   name        = "${var.name_prefix}/function_errors"
   description = "ERROR lines (and worse) logged by the functions."
@@ -210,6 +222,31 @@ resource "google_monitoring_alert_policy" "spend_near_cap" {
   }
 }
 
+resource "google_monitoring_alert_policy" "webhook_disabled" {
+  count                 = local.alerts
+  display_name          = "${var.name_prefix}: the Gemini batch webhook is disabled"
+  combiner              = "OR"
+  notification_channels = [google_monitoring_notification_channel.email[0].id]
+  documentation {
+    content   = "The Gemini API disabled our batch webhook after failed deliveries: no pushes arrive, and the poller polls every job at each tick (slower to notice, more API calls). Find why deliveries failed (the webhook function's logs), then `scripts/deploy` re-enables it (docs/DEPLOY.md)."
+    mime_type = "text/markdown"
+  }
+  conditions {
+    display_name = "webhook_disabled > 0"
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.webhook_disabled.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "3600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+}
+
 resource "google_monitoring_alert_policy" "function_errors" {
   count                 = local.alerts
   display_name          = "${var.name_prefix}: functions logging errors"
@@ -248,6 +285,7 @@ resource "google_monitoring_dashboard" "operations" {
           { title = "Spend per run (USD)", metric = google_logging_metric.spend.name, aligner = "ALIGN_DELTA", group = "metric.label.state", resource = "cloud_run_revision" },
           { title = "Spend near a cap", metric = google_logging_metric.spend_near_cap.name, aligner = "ALIGN_SUM", group = "metric.label.period", resource = "cloud_run_revision" },
           { title = "Runs overdue", metric = google_logging_metric.runs_overdue.name, aligner = "ALIGN_SUM", group = "", resource = "cloud_run_revision" },
+          { title = "Webhook found disabled", metric = google_logging_metric.webhook_disabled.name, aligner = "ALIGN_SUM", group = "", resource = "cloud_run_revision" },
           { title = "Function errors", metric = google_logging_metric.function_errors.name, aligner = "ALIGN_SUM", group = "", resource = "cloud_run_revision" },
           ] : {
           xPos   = (index % 2) * 6

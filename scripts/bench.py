@@ -883,7 +883,7 @@ def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str
     return figures
 
 
-SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup")
+SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup", "runs-page", "overhead")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -980,6 +980,12 @@ def main(argv: list[str] | None = None) -> int:
         log("(h) CLI start-up: median of 10 fresh processes each")
         startup = bench_startup(work, 10, args.startup_from)
 
+    issue24: dict[str, Any] = {}
+    if {"runs-page", "overhead"} & sections:  # issue 24's, in scripts/bench_overhead.py with their tables
+        import bench_overhead
+
+        issue24 = bench_overhead.run_sections(work, sections, args.quick)
+
     elapsed = time.monotonic() - began
     report = build_report(results, flat, submit_sizes, machine(), elapsed)
     if startup is not None:
@@ -989,6 +995,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{startup['help']['median_cpu_seconds']:.3f} s, `status` {startup['status']['median_seconds']:.3f} s / "
             f"{startup['status']['median_cpu_seconds']:.3f} s"
         )
+    for name, section in issue24.items():
+        report[name] = section
+        report["table"] += f"\n\n{name}:\n\n{section['table']}"
     print(report["table"])
     out = args.json or work / "results.json"
     out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2) + "\n")

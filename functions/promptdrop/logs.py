@@ -25,6 +25,7 @@ RUN_OVERDUE = "run_overdue"  # a run still active an hour past the longest a run
 SPEND_NEAR_CAP = (
     "spend_near_cap"  # a period's ledger holds 80% or more of its spend cap: period, spent, limit
 )
+WEBHOOK_DISABLED = "webhook_disabled"  # the poller saw every batch webhook of ours disabled: states
 _EVENT_FIELDS = "_promptdrop_fields"
 
 

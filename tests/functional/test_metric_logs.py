@@ -2,7 +2,7 @@
 
 A whole run goes through the use cases with the JSON formatter the functions use, a tick finds an overdue
 run, and every metric's filter, label extractors and value extractor are evaluated against the captured
-JSON lines: each metric must match at least one line, and each field it reads must be there with the type
+JSON lines (with a spend cap nearly reached and a webhook the API disabled): each metric must match at least one line, and each field it reads must be there with the type
 it needs.
 """
 
@@ -90,7 +90,8 @@ def _matches(line: dict[str, Any], filter_text: str) -> bool:
 def test_every_metric_reads_fields_a_log_line_of_the_code_carries(
     pipeline: Pipeline, captured: _Capture
 ) -> None:
-    """A run with failed and invalid lines, then an overdue run seen by a tick: each metric matches a line."""
+    """A run with failed and invalid lines, an overdue run seen by a tick, spend near a cap and a disabled
+    webhook: each metric matches a line."""
     data = jsonl(
         {"prompt": "a lighthouse at dusk", "key": "ok"},
         {"prompt": "[[emulator:safety]] blocked", "key": "blocked"},
@@ -109,6 +110,12 @@ def test_every_metric_reads_fields_a_log_line_of_the_code_carries(
     capped = pipeline.context(max_spend_usd_per_day=0.08)
     near = pipeline.drop("near.jsonl", jsonl({"prompt": "a kite", "key": "k"}), capped)
     assert near.run is not None and near.run.spend_periods
+    # The API disabled our batch webhook after failed deliveries: the poller's look says so.
+    hooked = pipeline.context(webhooks="on")
+    hook = hooked.backend.create_webhook("http://127.0.0.1:9/hook", events=("batch.succeeded",), name="pd")
+    client = pipeline.emulator.client()  # held: the SDK closes a client it collects
+    client.webhooks.update(id=hook.id, update_mask="state", state="disabled_due_to_failed_deliveries")
+    assert poll.check_webhooks(hooked) is False
 
     metrics = _metrics()
     assert {
@@ -118,6 +125,7 @@ def test_every_metric_reads_fields_a_log_line_of_the_code_carries(
         "runs_overdue",
         "function_errors",
         "spend_near_cap",
+        "webhook_disabled",
     } <= set(metrics)
     logging.getLogger("promptdrop.test").error("an error line, as any function may log")
     for name, body in metrics.items():
@@ -148,3 +156,7 @@ def test_every_metric_reads_fields_a_log_line_of_the_code_carries(
     assert codes == {"safety": 1, "bad_aspect_ratio": 1}
     overdue = [line for line in captured.lines if line.get("event") == "run_overdue"]
     assert [line["run_id"] for line in overdue] == [late.run.run_id]
+    disabled = [line for line in captured.lines if line.get("event") == "webhook_disabled"]
+    assert [(line["severity"], line["webhooks"]) for line in disabled] == [
+        ("WARNING", f"{hook.id}: disabled_due_to_failed_deliveries")
+    ]

@@ -42,9 +42,16 @@ def test_only_the_metrics_exist_without_an_alert_email() -> None:
 
 
 def test_each_alert_policy_notifies_the_email_channel_and_says_what_to_do() -> None:
-    """A run stuck past its deadline, dead letters, function errors, spend near a cap: each with what to do."""
+    """A run stuck past its deadline, dead letters, function errors, spend near a cap, the webhook disabled:
+    each with what to do."""
     policies = _resources()["google_monitoring_alert_policy"]
-    assert set(policies) == {"run_overdue", "dead_letters", "function_errors", "spend_near_cap"}
+    assert set(policies) == {
+        "run_overdue",
+        "dead_letters",
+        "function_errors",
+        "spend_near_cap",
+        "webhook_disabled",
+    }
     for name, body in policies.items():
         assert body["notification_channels"] == ["${google_monitoring_notification_channel.email[0].id}"], (
             name

@@ -134,21 +134,21 @@ def fenced(ctx: Context) -> Context:
 
 def acquire(ctx: Context, run_id: str) -> bool:
     """Take the run's lease (free, expired, ours, or held by a local process that no longer exists)."""
-    # A plain read first: a lease another worker holds is refused without a transaction, so the workers
-    # that keep asking (overlapping ticks, webhook retries, redelivered chunks) do not contend on the
-    # run's document (Firestore sustains about one write a second per document).
+    if ctx.settings.store_is_firestore:
+        # Firestore's acquire_lease is a compare-and-set that reads the run first and refuses a lease held
+        # by another worker without writing, so the workers that keep asking (overlapping ticks, webhook
+        # retries) never contend on the run's document; a plain read before it would be a second document
+        # read, billed, at every tick of every active run. Many hosts: only expiry tells a holder is gone.
+        return ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock())
+    # A plain read first: a lease another worker holds is refused without taking SQLite's write lock.
     current = ctx.store.get_run(run_id)
     if current is None:
         raise NotFoundError(f"run {run_id} does not exist")
     held_by_other = current.lease.owner not in (None, ctx.owner) and current.lease.expires > ctx.clock()
-    if held_by_other and (
-        ctx.settings.store_is_firestore or not owner_is_dead_local_process(current.lease.owner or "")
-    ):
+    if held_by_other and not owner_is_dead_local_process(current.lease.owner or ""):
         return False
     if ctx.store.acquire_lease(run_id, ctx.owner, ctx.settings.lease_seconds, ctx.clock()):
         return True
-    if ctx.settings.store_is_firestore:
-        return False  # many hosts: only expiry can tell that a holder is gone
     # On one machine a killed `serve` need not block its runs until the lease expires: a holder
     # process on this host that no longer exists is gone for sure.
     run = ctx.store.get_run(run_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from promptdrop.errors import TransientError
-from promptdrop.logs import RUN_OVERDUE, metric_fields
+from promptdrop.logs import RUN_OVERDUE, WEBHOOK_DISABLED, metric_fields
 from promptdrop.records import Run
 from promptdrop.settings import Settings
 from promptdrop.states import RUN_ACTIVE
@@ -131,5 +131,6 @@ def check_webhooks(ctx: Context) -> bool:
             "no enabled Gemini webhook sends batch events (%s): pushes have stopped, so jobs are polled every "
             "tick until it is enabled again (scripts/deploy re-enables it)",
             states,
+            extra=metric_fields(WEBHOOK_DISABLED, webhooks=states),
         )
     return health.healthy
