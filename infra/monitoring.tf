@@ -148,25 +148,63 @@ resource "google_monitoring_notification_channel" "email" {
   depends_on = [google_project_service.apis]
 }
 
-resource "google_monitoring_alert_policy" "run_overdue" {
-  count                 = local.alerts
-  display_name          = "${var.name_prefix}: a run is not terminal an hour after its deadline"
+# The alerts on our own log-based metrics: any count in the period (or, for errors, a rate over it).
+locals {
+  log_metric_alerts = {
+    run_overdue = {
+      title     = "a run is not terminal an hour after its deadline"
+      metric    = google_logging_metric.runs_overdue.name
+      doc       = "A run is still active an hour past the longest it may take. `promptdrop status RUN_ID` (with PROMPTDROP_STORE=firestore) shows its jobs; the log line carries its run_id."
+      period    = "600s"
+      aligner   = "ALIGN_SUM"
+      threshold = 0
+    }
+    spend_near_cap = {
+      title     = "spend above 80% of a cap"
+      metric    = google_logging_metric.spend_near_cap.name
+      doc       = "A day's or month's spend (settled costs plus reservations) reached 80% of PROMPTDROP_MAX_SPEND_USD_PER_DAY / _PER_MONTH. Runs past the cap wait in RECEIVED until the period turns or the cap is raised (settings.max_spend_usd_per_day / _per_month); `promptdrop status` shows the spend."
+      period    = "600s"
+      aligner   = "ALIGN_SUM"
+      threshold = 0
+    }
+    webhook_disabled = {
+      title     = "the Gemini batch webhook is disabled"
+      metric    = google_logging_metric.webhook_disabled.name
+      doc       = "The Gemini API disabled our batch webhook after failed deliveries: no pushes arrive, and the poller polls every job at each tick (slower to notice, more API calls). Find why deliveries failed (the webhook function's logs), then `scripts/deploy` re-enables it (docs/DEPLOY.md)."
+      period    = "3600s"
+      aligner   = "ALIGN_SUM"
+      threshold = 0
+    }
+    function_errors = {
+      title     = "functions logging errors"
+      metric    = google_logging_metric.function_errors.name
+      doc       = "The functions logged more than ${var.alert_function_errors_per_minute} ERROR line(s) a minute over 10 minutes. Each line carries run_id and job."
+      period    = "600s"
+      aligner   = "ALIGN_RATE"
+      threshold = var.alert_function_errors_per_minute / 60
+    }
+  }
+}
+
+resource "google_monitoring_alert_policy" "log_metric" {
+  for_each              = local.alerts == 1 ? local.log_metric_alerts : {}
+  display_name          = "${var.name_prefix}: ${each.value.title}"
   combiner              = "OR"
   notification_channels = [google_monitoring_notification_channel.email[0].id]
   documentation {
-    content   = "A run is still active an hour past the longest it may take. `promptdrop status RUN_ID` (with PROMPTDROP_STORE=firestore) shows its jobs; the log line carries its run_id."
+    content   = each.value.doc
     mime_type = "text/markdown"
   }
   conditions {
-    display_name = "runs_overdue > 0"
+    display_name = "${each.key} above ${each.value.threshold}"
     condition_threshold {
-      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.runs_overdue.name}\""
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${each.value.metric}\""
       comparison      = "COMPARISON_GT"
-      threshold_value = 0
+      threshold_value = each.value.threshold
       duration        = "0s"
       aggregations {
-        alignment_period     = "600s"
-        per_series_aligner   = "ALIGN_SUM"
+        alignment_period     = each.value.period
+        per_series_aligner   = each.value.aligner
         cross_series_reducer = "REDUCE_SUM"
       }
     }
@@ -192,81 +230,6 @@ resource "google_monitoring_alert_policy" "dead_letters" {
       aggregations {
         alignment_period   = "300s"
         per_series_aligner = "ALIGN_MAX"
-      }
-    }
-  }
-}
-
-resource "google_monitoring_alert_policy" "spend_near_cap" {
-  count                 = local.alerts
-  display_name          = "${var.name_prefix}: spend above 80% of a cap"
-  combiner              = "OR"
-  notification_channels = [google_monitoring_notification_channel.email[0].id]
-  documentation {
-    content   = "A day's or month's spend (settled costs plus reservations) reached 80% of PROMPTDROP_MAX_SPEND_USD_PER_DAY / _PER_MONTH. Runs past the cap wait in RECEIVED until the period turns or the cap is raised (settings.max_spend_usd_per_day / _per_month); `promptdrop status` shows the spend."
-    mime_type = "text/markdown"
-  }
-  conditions {
-    display_name = "spend_near_cap > 0"
-    condition_threshold {
-      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.spend_near_cap.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "600s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-    }
-  }
-}
-
-resource "google_monitoring_alert_policy" "webhook_disabled" {
-  count                 = local.alerts
-  display_name          = "${var.name_prefix}: the Gemini batch webhook is disabled"
-  combiner              = "OR"
-  notification_channels = [google_monitoring_notification_channel.email[0].id]
-  documentation {
-    content   = "The Gemini API disabled our batch webhook after failed deliveries: no pushes arrive, and the poller polls every job at each tick (slower to notice, more API calls). Find why deliveries failed (the webhook function's logs), then `scripts/deploy` re-enables it (docs/DEPLOY.md)."
-    mime_type = "text/markdown"
-  }
-  conditions {
-    display_name = "webhook_disabled > 0"
-    condition_threshold {
-      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.webhook_disabled.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = 0
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "3600s"
-        per_series_aligner   = "ALIGN_SUM"
-        cross_series_reducer = "REDUCE_SUM"
-      }
-    }
-  }
-}
-
-resource "google_monitoring_alert_policy" "function_errors" {
-  count                 = local.alerts
-  display_name          = "${var.name_prefix}: functions logging errors"
-  combiner              = "OR"
-  notification_channels = [google_monitoring_notification_channel.email[0].id]
-  documentation {
-    content   = "The functions logged more than ${var.alert_function_errors_per_minute} ERROR line(s) a minute over 10 minutes. Each line carries run_id and job."
-    mime_type = "text/markdown"
-  }
-  conditions {
-    display_name = "function errors per minute"
-    condition_threshold {
-      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.function_errors.name}\""
-      comparison      = "COMPARISON_GT"
-      threshold_value = var.alert_function_errors_per_minute / 60
-      duration        = "0s"
-      aggregations {
-        alignment_period     = "600s"
-        per_series_aligner   = "ALIGN_RATE"
-        cross_series_reducer = "REDUCE_SUM"
       }
     }
   }

@@ -481,9 +481,12 @@ def worker_main(name: str, raw_args: str) -> int:
 # The parent: data, servers, children, the table
 
 
-def run_worker(name: str, args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one worker in a fresh process and return its figures."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, json.dumps(args)]
+def run_worker(
+    name: str, args: dict[str, Any], env: dict[str, str] | None = None, *, script: str = __file__
+) -> dict[str, Any]:
+    """Run one worker (of ``script``: this file, or a section's module) in a fresh process and return its
+    figures."""
+    argv = [sys.executable, str(Path(script).resolve()), "--worker", name, json.dumps(args)]
     # Never the caller's bucket, store or API key: only what the benchmark sets.
     inherited = {
         key: value

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import bench
 from bench import BUCKET, LATENCY, MODEL, REPO, FakeGcs, local_env, log, peak_rss_mb, scratch
 
 RUNS_PAGE_RUNS = 600
@@ -41,18 +40,7 @@ RUNS_PAGE_RUNS = 600
 
 def run_worker(name: str, args: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     """One worker of this module in a fresh process (never the caller's PROMPTDROP_* or API key)."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name, json.dumps(args)]
-    inherited = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PROMPTDROP_") and key not in {"GEMINI_API_KEY", "GOOGLE_API_KEY"}
-    }
-    done = subprocess.run(
-        argv, env={**inherited, **(env or {})}, capture_output=True, text=True, check=False, cwd=REPO
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return bench.run_worker(name, args, env, script=__file__)
 
 
 # List prices (USD), Tier-1 / US regions, without free tiers; docs/PERFORMANCE.md cites each source.

@@ -35,6 +35,10 @@ def test_only_the_metrics_exist_without_an_alert_email() -> None:
         for name, body in named.items():
             if kind == "google_logging_metric":
                 assert "count" not in body, f"{kind}.{name} must exist whatever alert_email says"
+            elif "for_each" in body:
+                assert body["for_each"].replace(" ", "") == "${local.alerts==1?local.log_metric_alerts:{}}", (
+                    f"{kind}.{name} must be empty unless local.alerts"
+                )
             else:
                 assert body.get("count") == "${local.alerts}", (
                     f"{kind}.{name} must be counted by local.alerts"
@@ -45,13 +49,14 @@ def test_each_alert_policy_notifies_the_email_channel_and_says_what_to_do() -> N
     """A run stuck past its deadline, dead letters, function errors, spend near a cap, the webhook disabled:
     each with what to do."""
     policies = _resources()["google_monitoring_alert_policy"]
-    assert set(policies) == {
-        "run_overdue",
-        "dead_letters",
-        "function_errors",
-        "spend_near_cap",
-        "webhook_disabled",
-    }
+    assert set(policies) == {"dead_letters", "log_metric"}
+    locals_ = {k: v for entry in _parsed()["locals"] for k, v in entry.items()}
+    alerts = locals_["log_metric_alerts"]
+    assert set(alerts) == {"run_overdue", "function_errors", "spend_near_cap", "webhook_disabled"}
+    for name, alert in alerts.items():
+        assert alert["doc"] and alert["title"], name
+        metric = alert["metric"].removeprefix("${google_logging_metric.").removesuffix(".name}")
+        assert metric in _resources()["google_logging_metric"], (name, metric)
     for name, body in policies.items():
         assert body["notification_channels"] == ["${google_monitoring_notification_channel.email[0].id}"], (
             name
