@@ -53,9 +53,8 @@ class GcsAccess:
             )
         with self._lock:
             if self._client is None:
-                self._client = storage.Client(
-                    project="promptdrop-emulator", credentials=AnonymousCredentials()
-                )
+                anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+                self._client = storage.Client(project="promptdrop-emulator", credentials=anonymous)
             return self._client
 
     @contextmanager
