@@ -66,6 +66,7 @@ _FORMS = {
     "gemini_base_url": "an http:// or https:// URL",
     "now_base_url": "an http:// or https:// URL",
     "vertex_base_url": "an http:// or https:// URL",
+    "vertex_location": "global, us, eu or a region such as us-central1",
     "inbox_prefix": "a folder prefix that ends with '/' and does not start with one, such as inbox/",
     "output_prefix": "a folder prefix that ends with '/' and does not start with one, such as outputs/",
     "max_job_bytes": f"a whole number of bytes from 0 to {FILE_MAX_BYTES} (the Files API takes 2 GB per file)",
@@ -317,6 +318,8 @@ def _bad_forms(settings: Settings) -> list[str]:
     ]
     if not (settings.store_is_firestore or settings.store.startswith("sqlite:///")):
         bad.append("store")
+    if not re.fullmatch(r"[a-z]+(?:-[a-z]+[0-9]+)?", settings.vertex_location):
+        bad.append("vertex_location")
     for name in ("gemini_base_url", "now_base_url", "vertex_base_url"):
         url = getattr(settings, name)
         if url is not None and not url.startswith(("http://", "https://")):
