@@ -95,17 +95,8 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
     file_name = job.file_name
     assert file_name is not None
     job = ctx.store.update_job(job.job_id, {"create_sent_at": ctx.clock()})
-    output_uri = None
-    if ctx.backend.bucket_input:
-        output_uri = f"{ctx.blobs.url}/{ctx.layout(run.run_id).job_predictions(job.job_id)}"
     try:
-        info = ctx.backend.create_batch(
-            model=job.model,
-            file_name=file_name,
-            display_name=job.job_id,
-            priority=job.priority,
-            output_uri=output_uri,
-        )
+        info = _send_create(ctx, run, job, file_name)
     except AmbiguousCreateError as exc:
         log.warning("create may or may not have happened (%s); will look it up", exc, extra=extra)
         return
@@ -121,6 +112,18 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
         _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"create refused: {exc}")
         return
     _adopt(ctx, run, job, info)
+
+
+def _send_create(ctx: Context, run: Run, job: Job, file_name: str) -> BatchInfo:
+    """The create call; a backend that reads the bucket is told where to write (the job's scratch)."""
+    if not ctx.backend.bucket_input:
+        return ctx.backend.create_batch(
+            model=job.model, file_name=file_name, display_name=job.job_id, priority=job.priority
+        )
+    output_uri = f"{ctx.blobs.url}/{ctx.layout(run.run_id).job_predictions(job.job_id)}"
+    return ctx.backend.create_batch(
+        model=job.model, file_name=file_name, display_name=job.job_id, output_uri=output_uri
+    )
 
 
 def _quota_refused(ctx: Context, run: Run, job: Job, exc: QuotaExceededError) -> None:
