@@ -957,10 +957,8 @@ def test_backend_vertex_enables_vertex_ai_grants_its_roles_and_deploys_no_key_or
     for name, deployed in functions_of(vertex).items():
         assert "secret_environment_variables" not in block(deployed, "service_config"), name
     for name, deployed in functions_of(tf).items():
-        assert (
-            block(block(deployed, "service_config"), "secret_environment_variables")["key"]
-            == "GEMINI_API_KEY"
-        )
+        secret = block(block(deployed, "service_config"), "secret_environment_variables")
+        assert secret["key"] == "GEMINI_API_KEY", name
 
     assert instances(vertex, FUNCTION, WEBHOOK) == set()
     assert WEBHOOK not in vertex.map_keys("${local.function_identities}")
