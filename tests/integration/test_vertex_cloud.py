@@ -8,14 +8,19 @@ there (no results download), joined to lines by the key each request carries in 
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
 import orjson
 import pytest
 
+from promptdrop.adapters.vertex import VertexBackend
 from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.states import RunState
+from promptdrop.testing import eventarc
 from promptdrop.testing.emulator import RunningEmulator
+from promptdrop.usecases import harvest
 from tests.support.deployment import Deployment, FunctionApp
 from tests.support.reference_rewrite import png
 
@@ -104,6 +109,7 @@ def test_vertex_prediction_that_lost_its_label_fails_alone_with_a_reason(deploym
     files, poller = vertex_apps(deployment, emulator, PROMPTDROP_MAX_ATTEMPTS="1")
     lines = [
         {"key": "plain", "prompt": "a red bicycle"},
+        {"key": "urgent", "prompt": "a blue kite", "lane": "now"},  # generateContent on the Vertex client
         {"key": "Shelf/Big.Lamp", "prompt": "a brass lamp"},  # not a label value: carried hashed
         {"key": "lost", "prompt": "a green kettle [[emulator:label=lost]]"},
     ]
@@ -114,7 +120,45 @@ def test_vertex_prediction_that_lost_its_label_fails_alone_with_a_reason(deploym
     assert run.state is RunState.PARTIAL
     manifest = {entry["key"]: entry for entry in deployment.read_jsonl(run.output_folder + "manifest.jsonl")}
     assert manifest["plain"]["status"] == manifest["Shelf/Big.Lamp"]["status"] == "succeeded"
+    assert manifest["urgent"]["status"] == "succeeded" and emulator.server.generated == 1
     assert manifest["lost"]["status"] == "failed"
     assert manifest["lost"]["error"]["code"] == "missing_result"
     assert VERTEX_LABEL in manifest["lost"]["error"]["message"]
-    assert len(deployment.images(run)) == 2
+    assert len(deployment.images(run)) == 3
+
+
+def test_vertex_harvest_cut_by_its_time_budget_resumes_across_prediction_files_writing_each_image_once(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tick harvests one checkpoint (3 lines) of predictions spread over 3 files (4, 4 and 2 lines) and
+    stops; the next resumes at its byte offset, across file boundaries; no image is written twice."""
+    monkeypatch.setattr(harvest, "CHECKPOINT_LINES", 3)
+    emulator = deployment.start_emulator("vertex", prediction_files=3)
+    files, _ = vertex_apps(deployment, emulator)
+    keys = [f"kite-{n:02d}" for n in range(10)]
+    prompts = jsonl(*({"key": key, "prompt": f"kite number {key}"} for key in keys))
+    assert files.post(deployment.notification("inbox/many.jsonl", prompts)) == 200
+    run = deployment.only_run()
+    (job,) = deployment.jobs(run.run_id)
+    assert job.batch_name is not None
+    vertex = VertexBackend(deployment.project, base_url=emulator.url)
+    deadline = time.monotonic() + 30
+    while not vertex.get_batch(job.batch_name).done:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _, poller = vertex_apps(deployment, emulator, PROMPTDROP_HARVEST_TIME_BUDGET="0.001")
+
+    snapshots: list[dict[str, int]] = []
+    for _ in range(10):
+        assert poller.post(eventarc.scheduler_tick()) == 200
+        snapshots.append(deployment.images(run))
+        if (current := deployment.store.get_run(run.run_id)) is not None and current.state.terminal:
+            break
+    assert [len(images) for images in snapshots] == [3, 6, 9, 10]
+    for earlier, later in itertools.pairwise(snapshots):
+        assert {name: later[name] for name in earlier} == earlier  # same generation: not rewritten
+    assert current is not None and current.state is RunState.SUCCEEDED
+    (job,) = deployment.jobs(run.run_id)
+    assert len(job.prediction_files) == 3
+    manifest = deployment.read_jsonl(run.output_folder + "manifest.jsonl")
+    assert [entry["key"] for entry in manifest] == keys
