@@ -419,10 +419,11 @@ class Engine:
             priority=priority,
         )
         with self._lock:
-            active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
-            if active >= self.options.max_active_jobs:
+            try:
+                self._check_room()
+            except ApiError:
                 (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
-                raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
+                raise
             limit = self.options.enqueued_token_limit
             if limit and self._enqueued_tokens(job.model) + _job_tokens(job) > limit:
                 (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
@@ -484,12 +485,16 @@ class Engine:
             vertex_output=prefix.rstrip("/"),
         )
         with self._lock:
-            active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
-            if active >= self.options.max_active_jobs:
-                raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
+            self._check_room()
             self._save(job)
             self._lock.notify_all()
         return job
+
+    def _check_room(self) -> None:
+        """429 when the unfinished jobs are at the API's concurrent-batch limit (called with the lock held)."""
+        active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
+        if active >= self.options.max_active_jobs:
+            raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
 
     def _enqueued_tokens(self, model: str) -> int:
         """Tokens the model's PENDING/RUNNING jobs hold (called with the lock held)."""
