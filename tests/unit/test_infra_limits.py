@@ -131,7 +131,9 @@ def test_functions_read_the_pinned_key_version_and_refuse_to_deploy_without_one(
     assert secret["key"] == "GEMINI_API_KEY"
     assert secret["version"] == "${var.gemini_api_key_version}"
     preconditions = one(function, "lifecycle")["precondition"]
-    assert any(p["condition"] == "${local.vertex || var.gemini_api_key_version != null}" for p in preconditions)
+    assert any(
+        p["condition"] == "${local.vertex || var.gemini_api_key_version != null}" for p in preconditions
+    )
     # scripts/deploy passes the version it pins: tests/unit/test_deploy_script.py.
 
 
