@@ -14,8 +14,11 @@ from typing import Any
 
 import orjson
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
 
-from promptdrop.adapters.vertex import VertexBackend
+from promptdrop.adapters.vertex import EmulatorCredentials, VertexBackend
 from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.states import RunState
 from promptdrop.testing import eventarc
@@ -162,3 +165,37 @@ def test_vertex_harvest_cut_by_its_time_budget_resumes_across_prediction_files_w
     assert len(job.prediction_files) == 3
     manifest = deployment.read_jsonl(run.output_folder + "manifest.jsonl")
     assert [entry["key"] for entry in manifest] == keys
+
+
+def test_sdk_in_vertex_mode_creates_lists_cancels_and_deletes_batch_prediction_jobs_on_the_emulator(
+    deployment: Deployment,
+) -> None:
+    """google-genai with vertexai=True and anonymous credentials, pointed at the emulator: every batch route
+    it uses (create, get, list, cancel, delete), the job reading its input from fake-gcs-server."""
+    emulator = deployment.start_emulator("vertex", pending_seconds=60.0)
+    deployment.upload("in/requests.jsonl", jsonl({"request": {"contents": [{"parts": [{"text": "a cat"}]}]}}))
+    client = genai.Client(
+        vertexai=True,
+        project=deployment.project,
+        location="global",
+        credentials=EmulatorCredentials(),
+        http_options=types.HttpOptions(base_url=emulator.url),
+    )
+    job = client.batches.create(
+        model="gemini-3-pro-image",
+        src=f"gs://{deployment.bucket}/in/requests.jsonl",
+        config=types.CreateBatchJobConfig(dest=f"gs://{deployment.bucket}/out", display_name="sdk-check"),
+    )
+    assert job.name and job.name.startswith(
+        f"projects/{deployment.project}/locations/global/batchPredictionJobs/"
+    )
+    assert job.state == types.JobState.JOB_STATE_PENDING
+    assert [listed.name for listed in client.batches.list(config={"page_size": 10})] == [job.name]
+    client.batches.cancel(name=job.name)
+    assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_CANCELLED
+    client.batches.delete(name=job.name)
+    with pytest.raises(genai_errors.ClientError) as gone:
+        client.batches.get(name=job.name)
+    assert gone.value.code == 404
+    calls: dict[str, int] = emulator.server.stats()["calls_by_route"]  # type: ignore[assignment]
+    assert calls == {"create": 1, "list": 1, "cancel": 1, "get": 2, "delete": 1}

@@ -29,7 +29,7 @@ from promptdrop.states import JobState
 VERTEX_API_VERSION = "v1beta1"
 
 
-class _EmulatorCredentials(AnonymousCredentials):
+class EmulatorCredentials(AnonymousCredentials):
     """Anonymous credentials the SDK can send: it asks every credential for a bearer token, and plain
     ``AnonymousCredentials`` has none and refuses to refresh."""
 
@@ -94,7 +94,7 @@ class VertexBackend(GeminiBackend):
             project=project,
             location=location,
             # An emulator takes any token; the real endpoint gets Application Default Credentials.
-            credentials=_EmulatorCredentials() if base_url else None,
+            credentials=EmulatorCredentials() if base_url else None,
             http_options=types.HttpOptions(
                 base_url=base_url,
                 api_version=VERTEX_API_VERSION,
