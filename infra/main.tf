@@ -50,6 +50,7 @@ locals {
       entry_point = "on_prompt_file"
       description = "Starts a run for each prompt file finalized under the inbox prefix."
       sizing      = var.functions.file
+      api_key     = var.backend == "gemini" # GEMINI_API_KEY from Secret Manager
       # Fed by the push subscription google_pubsub_subscription.file, not by an Eventarc trigger.
       tick_trigger = false
     }
@@ -58,6 +59,7 @@ locals {
       entry_point = "on_prompt_message"
       description = "Starts a run for each message on the requests topic."
       sizing      = var.functions.message
+      api_key     = var.backend == "gemini" # GEMINI_API_KEY from Secret Manager
       # Fed by the push subscription google_pubsub_subscription.message, not by an Eventarc trigger.
       tick_trigger = false
     }
@@ -66,6 +68,7 @@ locals {
       entry_point = "poll_jobs"
       description = "On each scheduler tick: submits, polls and harvests batch jobs."
       sizing      = var.functions.poller
+      api_key     = var.backend == "gemini" # GEMINI_API_KEY from Secret Manager
       # Triggered through Eventarc by the scheduler's messages on the tick topic.
       tick_trigger = true
     }
@@ -75,9 +78,13 @@ locals {
       entry_point  = "on_now_chunk"
       description  = "Sends the now-lane lines of a run's chunk with generate_content, each answer checkpointed."
       sizing       = var.functions.now
+      api_key      = var.backend == "gemini" # GEMINI_API_KEY from Secret Manager
       tick_trigger = false
     }
   }
+
+  # Vertex AI batch (var.backend = "vertex"): no API key, no Files API, no webhooks (README "Backends").
+  vertex = var.backend == "vertex"
 
   # The webhook receiver (var.webhooks): an HTTP function, not in local.functions because it differs from
   # the CloudEvent functions in trigger, ingress and secrets. It shares their identity grants.
@@ -93,7 +100,9 @@ locals {
   fixed_env = {
     PROMPTDROP_BUCKET              = "gs://${google_storage_bucket.data.name}"
     PROMPTDROP_STORE               = "firestore://${var.project_id}/${google_firestore_database.main.name}"
-    PROMPTDROP_BACKEND             = "gemini"
+    PROMPTDROP_BACKEND             = var.backend
+    PROMPTDROP_VERTEX_PROJECT      = var.project_id
+    PROMPTDROP_VERTEX_LOCATION     = var.vertex_location
     PROMPTDROP_INBOX_PREFIX        = var.inbox_prefix
     PROMPTDROP_OUTPUT_PREFIX       = var.output_prefix
     PROMPTDROP_EVENTS_TOPIC        = google_pubsub_topic.events.id
@@ -138,7 +147,7 @@ locals {
   }
   function_env = merge(local.fixed_env, local.webhook_env, { for name, value in local.tunable_env : name => tostring(value) if value != null })
 
-  apis = toset([
+  apis = toset(concat(local.vertex ? ["aiplatform.googleapis.com"] : [], [
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -153,7 +162,7 @@ locals {
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
-  ])
+  ]))
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,6 +564,8 @@ resource "google_pubsub_topic_iam_member" "function_publishes_now_chunks" {
 # version with gcloud, so the value never passes through Terraform state.
 
 resource "google_secret_manager_secret" "gemini_api_key" {
+  count = local.vertex ? 0 : 1 # Vertex AI authenticates as the service accounts: no key
+
   secret_id = "${var.name_prefix}-gemini-api-key"
   replication {
     auto {}
@@ -594,6 +605,44 @@ resource "google_storage_bucket_iam_member" "function_objects" {
   member = google_service_account.function[each.key].member
 }
 
+# Vertex AI (var.backend = "vertex"): the functions create, read and cancel batch jobs and call
+# generateContent; the Vertex AI service agent, which runs the jobs, reads their inputs (the chunk files in
+# each run's scratch, and reference images under the inbox prefix) and writes predictions into the scratch
+# only. Scratch is <output_prefix><run>/_work/: the condition extracts the run from that shape.
+resource "google_project_iam_member" "function_vertex" {
+  for_each = local.vertex ? local.function_identities : {}
+
+  project = var.project_id
+  role    = "roles/aiplatform.user"
+  member  = google_service_account.function[each.key].member
+}
+
+resource "google_storage_bucket_iam_member" "vertex_agent_reads_inputs" {
+  count = local.vertex ? 1 : 0
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
+  condition {
+    title       = "vertex-inputs"
+    description = "Batch inputs in run scratch, and reference images under the inbox prefix."
+    expression  = "resource.name.extract(\"projects/_/buckets/${google_storage_bucket.data.name}/objects/${var.output_prefix}{run}/_work/\") != \"\" || resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.data.name}/objects/${var.inbox_prefix}\")"
+  }
+}
+
+resource "google_storage_bucket_iam_member" "vertex_agent_writes_scratch" {
+  count = local.vertex ? 1 : 0
+
+  bucket = google_storage_bucket.data.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
+  condition {
+    title       = "vertex-predictions"
+    description = "Prediction files in run scratch only."
+    expression  = "resource.name.extract(\"projects/_/buckets/${google_storage_bucket.data.name}/objects/${var.output_prefix}{run}/_work/\") != \"\""
+  }
+}
+
 # Firestore user, limited to this database by an IAM condition on its resource name.
 resource "google_project_iam_member" "function_firestore" {
   for_each = local.function_identities
@@ -618,9 +667,9 @@ resource "google_pubsub_topic_iam_member" "function_publishes_events" {
 }
 
 resource "google_secret_manager_secret_iam_member" "function_reads_key" {
-  for_each = local.function_identities
+  for_each = local.vertex ? {} : local.function_identities
 
-  secret_id = google_secret_manager_secret.gemini_api_key.id
+  secret_id = google_secret_manager_secret.gemini_api_key[0].id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.function[each.key].member
 }
@@ -744,20 +793,28 @@ resource "google_cloudfunctions2_function" "function" {
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.function[each.key].email
     environment_variables            = local.function_env
-    secret_environment_variables {
-      key        = "GEMINI_API_KEY"
-      project_id = var.project_id
-      secret     = google_secret_manager_secret.gemini_api_key.secret_id
-      # Pinned: "latest" is read once at instance start, and the tick keeps the poller warm for ever, so
-      # it would keep a rotated key. A new version makes a new revision, whose instances read it.
-      version = var.gemini_api_key_version
+    # The API key, on the Gemini API only (each.value.api_key: local.functions says it per function).
+    dynamic "secret_environment_variables" {
+      for_each = each.value.api_key ? ["key"] : []
+      content {
+        key        = "GEMINI_API_KEY"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.gemini_api_key[0].secret_id
+        # Pinned: "latest" is read once at instance start, and the tick keeps the poller warm for ever, so
+        # it would keep a rotated key. A new version makes a new revision, whose instances read it.
+        version = var.gemini_api_key_version
+      }
     }
   }
 
   lifecycle {
     precondition {
-      condition     = var.gemini_api_key_version != null
+      condition     = local.vertex || var.gemini_api_key_version != null
       error_message = "gemini_api_key_version is not set: scripts/deploy passes the version of the API key it pins."
+    }
+    precondition {
+      condition     = !(local.vertex && var.webhooks)
+      error_message = "backend = vertex sends no webhooks: set webhooks = false (its jobs are polled)."
     }
   }
 
@@ -865,7 +922,7 @@ resource "google_cloudfunctions2_function" "webhook" {
     secret_environment_variables {
       key        = "GEMINI_API_KEY"
       project_id = var.project_id
-      secret     = google_secret_manager_secret.gemini_api_key.secret_id
+      secret     = google_secret_manager_secret.gemini_api_key[0].secret_id
       version    = var.gemini_api_key_version
     }
     # Pinned for the same reason as the key: a rotated secret becomes a new version and a new revision.

@@ -64,7 +64,7 @@ output "webhook_secret_version" {
 
 output "gemini_api_key_secret" {
   description = "Secret Manager secret id that holds the Gemini API key (scripts/deploy adds its versions)."
-  value       = google_secret_manager_secret.gemini_api_key.secret_id
+  value       = one(google_secret_manager_secret.gemini_api_key[*].secret_id) # null with backend = vertex
 }
 
 output "firestore_database" {

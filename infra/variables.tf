@@ -179,6 +179,23 @@ variable "gemini_api_key_version" {
   }
 }
 
+variable "backend" {
+  description = "Where batches run (PROMPTDROP_BACKEND): gemini, the Gemini API (an API key in Secret Manager, inputs and results through the Files API, webhooks); or vertex, Vertex AI batch (reads its inputs from and writes its predictions to the data bucket, authenticates as the functions' service accounts, polling only: set webhooks = false)."
+  type        = string
+  default     = "gemini"
+
+  validation {
+    condition     = contains(["gemini", "vertex"], var.backend)
+    error_message = "backend must be gemini or vertex."
+  }
+}
+
+variable "vertex_location" {
+  description = "With backend = vertex, the Vertex AI location batches run in (PROMPTDROP_VERTEX_LOCATION): global, us, eu or a region; Google lists which image models take batch where."
+  type        = string
+  default     = "global"
+}
+
 variable "webhooks" {
   description = "Finish runs when Gemini says their batch ended: an HTTP function receives the signed batch webhooks (scripts/deploy registers it and stores its signing secret) and the poller polls each job only every webhook_poll_seconds, as the net for lost deliveries. false: polling only on every tick, no HTTP function, no registration."
   type        = bool

@@ -459,6 +459,42 @@ def worker_cache(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "cached": run.cost.cached, "lines": run.counts.lines}
 
 
+def worker_backend_harvest(args: dict[str, Any]) -> dict[str, Any]:
+    """The harvest of one finished job as each backend leaves it: ``gemini``, a results file in the Files API
+    (the bundled emulator the parent runs) copied into the bucket in parts, then harvested; ``vertex``, the
+    prediction files already in the bucket (Vertex AI wrote them there), harvested in place."""
+    from promptdrop.adapters.gemini import GeminiBackend
+    from promptdrop.usecases import harvest
+
+    ctx = _harvest_context()
+    layout = ctx.layout(RUN_ID)
+    run, job = _terminal_job(ctx, layout.job_results(JOB_ID), Path(args["keys"]).read_bytes())
+    if args["backend"] == "vertex":
+        names, sizes = [], []
+        for index, path in enumerate(args["predictions"]):
+            name = f"{layout.job_predictions(JOB_ID)}prediction-model-bench/predictions_{index + 1:05d}.jsonl"
+            target = ctx.blobs.path_of(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+            names.append(name)
+            sizes.append(Path(path).stat().st_size)
+        changes = {"prediction_files": names, "prediction_sizes": sizes, "results_copy_done": True}
+    else:
+        backend = GeminiBackend("bench-key", base_url=args["emulator_url"])
+        ctx.backend_factory = lambda: backend
+        changes = {"results_file": args["results_file"]}
+    job = ctx.store.update_job(job.job_id, {"results_object": None, **changes})
+    cpu = time.process_time()
+    start = time.perf_counter()
+    done = harvest.harvest_job(ctx, run, job, deadline=None)
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    if not done:
+        raise RuntimeError("the harvest did not finish")
+    written = len(list(ctx.blobs.list(layout.folder + "images/")))
+    return {"seconds": seconds, "cpu_seconds": cpu, "written": written}
+
+
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "floor": worker_floor,
     "naive": worker_naive,
@@ -468,6 +504,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "submit": worker_submit,
     "cache_seed": worker_cache_seed,
     "cache": worker_cache,
+    "backend_harvest": worker_backend_harvest,
 }
 
 
@@ -886,7 +923,93 @@ def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str
     return figures
 
 
-SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup", "runs-page", "overhead")
+def write_predictions(data: ResultsFile, folder: Path, files: int) -> list[str]:
+    """The same results as Vertex AI writes them: ``files`` prediction files, each line the request echoed with
+    the key in its labels, and the response (or, for an error, the status)."""
+    from promptdrop.names import VERTEX_LABEL, vertex_label
+
+    lines = data.path.read_bytes().splitlines()
+    per_file = -(-len(lines) // files)
+    paths = []
+    for index in range(files):
+        path = folder / f"predictions_{index + 1:05d}.jsonl"
+        with path.open("wb") as out:
+            for raw in lines[index * per_file : (index + 1) * per_file]:
+                item = json.loads(raw)
+                request = {"contents": [{"role": "user", "parts": [{"text": "bench"}]}]}
+                request["labels"] = {VERTEX_LABEL: vertex_label(item.pop("key"))}
+                error = item.pop("error", None)
+                status = "" if error is None else "Request failed: " + json.dumps({"error": error})
+                line = {
+                    "status": status,
+                    "processed_time": "2026-12-07T00:00:00Z",
+                    "request": request,
+                    **item,
+                }
+                out.write(json.dumps(line).encode() + b"\n")
+        paths.append(str(path))
+    return paths
+
+
+def bench_backends(work: Path, data: ResultsFile, runs: int) -> tuple[dict[str, Measure], list[str]]:
+    """(i) The harvest of the same results on each backend, interleaved run by run: the Gemini API's copy
+    from the Files API (the bundled emulator, in this process, so its memory is not the harvest's) then
+    harvest, against Vertex AI's prediction files (3 of them) harvested where they are. Returns the
+    measures and the table rows, the ratio included."""
+    from promptdrop.adapters.gemini import GeminiBackend
+    from promptdrop.emulator.options import EmulatorOptions
+    from promptdrop.emulator.server import EmulatorServer
+
+    predictions = write_predictions(data, work, 3)
+    sizes = {"gemini": data.size, "vertex": sum(Path(path).stat().st_size for path in predictions)}
+    found = {
+        name: Measure(f"backend-{name}", name, data.images, "images", sizes[name] / MiB, [], [])
+        for name in ("gemini", "vertex")
+    }
+    downloaded: list[int] = []
+    with EmulatorServer(work / "emulator", EmulatorOptions()) as server:
+        backend = GeminiBackend("bench-key", base_url=server.url)
+        for run in range(runs):
+            for name, measure in found.items():
+                args: dict[str, Any] = {
+                    "backend": name,
+                    "keys": str(data.keys_path),
+                    "predictions": predictions,
+                }
+                if name == "gemini":  # a fresh upload each run: the harvest deletes the results file
+                    with data.path.open("rb") as stream:
+                        uploaded = backend.upload_file(stream, size=data.size, display_name="bench-results")
+                    args |= {"results_file": uploaded.name, "emulator_url": server.url}
+                before = server.bytes_downloaded
+                with scratch(work, f"backend-{name}-{run}") as home:
+                    figures = run_worker("backend_harvest", args, local_env(home))
+                if name == "gemini":
+                    downloaded.append(server.bytes_downloaded - before)
+                measure.seconds.append(figures["seconds"])
+                measure.rss.append(figures["peak_rss_mb"])
+                measure.cpu.append(figures["cpu_seconds"])
+                log(
+                    f"  {name:6} run {run + 1}/{runs}: {figures['seconds']:.2f} s, {figures['peak_rss_mb']:.0f} MB"
+                )
+        backend.close()
+    gemini, vertex = found["gemini"], found["vertex"]
+    copied = max(downloaded) / MiB
+    rows = [
+        f"| (i) harvest, {m.label} backend{note} | {m.units} images, {m.mb:,.0f} MB | {m.wall:.2f} s "
+        f"| {m.units / m.wall:,.0f} images/s | {m.peak:.0f} MB | | |"
+        for m, note in (
+            (gemini, f": {copied:,.0f} MB copied from the Files API, then harvested"),
+            (vertex, ": 3 prediction files harvested in place, nothing copied"),
+        )
+    ]
+    rows.append(
+        f"| (i) Vertex AI / Gemini API | wall {vertex.wall / gemini.wall:.2f}x "
+        f"({gemini.wall / vertex.wall:.2f}x faster), peak RSS {vertex.peak / gemini.peak:.2f}x | | | | | |"
+    )
+    return found, rows
+
+
+SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup", "runs-page", "overhead", "backends")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -988,9 +1111,21 @@ def main(argv: list[str] | None = None) -> int:
         import bench_overhead
 
         issue24 = bench_overhead.run_sections(work, sections, args.quick)
+    backend_rows: list[str] = []
+    if "backends" in sections:
+        log(f"(i) harvest on each backend: {args.images} result lines")
+        data = write_results_file(work / "backends", args.images, images)
+        found, backend_rows = bench_backends(work / "backends", data, args.runs)
+        results.update(found)
+        shutil.rmtree(work / "backends")
 
     elapsed = time.monotonic() - began
     report = build_report(results, flat, submit_sizes, machine(), elapsed)
+    if backend_rows:
+        report["table"] += (
+            "\n\n| case | input | median wall | throughput | peak RSS | | |\n|---|---|---:|---:|---:|---:|---:|\n"
+        )
+        report["table"] += "\n".join(backend_rows)
     if startup is not None:
         report["startup"] = startup
         report["table"] += (

@@ -29,6 +29,7 @@ FINGERPRINT_VERSION = 2
 
 GEMINI_API = "gemini-api"
 EMULATOR = "emulator"
+VERTEX = "vertex"
 _GEMINI_API_HOST = "generativelanguage.googleapis.com"
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -36,13 +37,23 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 def maker_identity(backend: str, base_url: str | None) -> str:
     """Who makes a line's image, as the cache tells images apart: ``"emulator"`` for any promptdrop
     emulator (placeholders, whatever port it listens on), ``"gemini-api"`` for Google's endpoint, else
-    ``"gemini@<scheme://host[:port]/path>"`` for a gateway. Credentials, query and fragment of the URL are
+    ``"gemini@<scheme://host[:port]/path>"`` for a gateway; ``"vertex"`` (or ``"vertex@<url>"``) on Vertex AI. Credentials, query and fragment of the URL are
     left out (a key may hide there); host and scheme are lowercased, a default port and trailing '/' dropped.
     """
     if backend == EMULATOR:
         return EMULATOR
+    if backend == VERTEX:
+        # Vertex AI's images are kept apart from the Gemini API's, and any other Vertex endpoint (the
+        # bundled emulator in tests) from Google's: a placeholder is never served to a real run.
+        return VERTEX if not base_url else f"{VERTEX}@{_endpoint(base_url)}"
     if not base_url:
         return GEMINI_API
+    endpoint = _endpoint(base_url)
+    return GEMINI_API if endpoint == f"https://{_GEMINI_API_HOST}" else f"gemini@{endpoint}"
+
+
+def _endpoint(base_url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL, without credentials, query or fragment, normalised."""
     parts = urlsplit(base_url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
@@ -51,10 +62,8 @@ def maker_identity(backend: str, base_url: str | None) -> str:
     except ValueError:  # not a number: keep the endpoint apart from every other
         port = None
     path = parts.path.rstrip("/")
-    if scheme == "https" and host == _GEMINI_API_HOST and port in {None, 443} and not path:
-        return GEMINI_API
     where = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
-    return f"gemini@{scheme}://{where}{path}"
+    return f"{scheme}://{where}{path}"
 
 
 @dataclass(frozen=True, slots=True)

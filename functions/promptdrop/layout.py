@@ -100,6 +100,10 @@ class RunLayout:
         """One piece of a copied results file; the pieces read in order are the file."""
         return f"{self.job_folder(job_id)}results-{part:06d}.jsonl"
 
+    def job_predictions(self, job_id: str) -> str:
+        """Where a Vertex AI job writes its output folder (``prediction-model-*/predictions*.jsonl``)."""
+        return self.job_folder(job_id) + "predictions/"
+
     def job_outcomes(self, job_id: str, part: int) -> str:
         return f"{self.job_folder(job_id)}outcomes-{part:06d}.jsonl"
 

@@ -83,3 +83,21 @@ def file_claim_key(bucket: str, name: str, generation: str) -> str:
 
 def message_claim_key(topic_or_source: str, message_key: str) -> str:
     return f"message:{topic_or_source}/{message_key}"
+
+
+# Vertex AI label values: at most 63 characters of lowercase letters, digits, '_' and '-'.
+VERTEX_LABEL = "promptdrop-key"
+_VERTEX_LABEL_VALUE = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def vertex_label(key: str) -> str:
+    """The label value that carries ``key`` through a Vertex AI batch job (which has no ``key`` field).
+
+    A key that is a valid label value is carried as it is; any other is carried as ``h-`` and 40 hex digits
+    of its SHA-256 (a valid key never starts with ``h-`` and is 42 characters of hex at once only by a
+    collision the harvest would see as a repeated key). The harvest computes the same value for each key it
+    sent, so no mapping file is kept.
+    """
+    if _VERTEX_LABEL_VALUE.fullmatch(key) and not key.startswith("h-"):
+        return key
+    return "h-" + hashlib.sha256(key.encode()).hexdigest()[:40]

@@ -222,6 +222,8 @@ class BatchInfo:
     inlined_responses: list[dict[str, Any]] | None = None
     stats: Mapping[str, int] = field(default_factory=dict)  # requestCount, successfulRequestCount...
     error: str | None = None  # the Operation error message, when the job failed
+    # Vertex AI: the job's output directory (gs://...), where its predictions*.jsonl files are.
+    results_dir: str | None = None
 
     @property
     def done(self) -> bool:
@@ -248,14 +250,32 @@ class WebhookRegistration:
 
 
 class BatchBackend(Protocol):
-    """The Gemini Batch + Files API (real, or the bundled emulator over HTTP)."""
+    """The Gemini Batch + Files API (real, or the bundled emulator over HTTP), or Vertex AI batch.
+
+    ``bucket_input``: the backend reads each job's input where the submission wrote it in the bucket and
+    writes its results there too (Vertex AI), so nothing is uploaded and no results file is copied.
+    """
+
+    @property
+    def bucket_input(self) -> bool: ...
 
     def upload_file(
         self, source: BinaryIO, *, size: int, display_name: str, mime_type: str = "jsonl"
     ) -> UploadedFile: ...
 
-    def create_batch(self, *, model: str, file_name: str, display_name: str, priority: int = 0) -> BatchInfo:
-        """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway."""
+    def create_batch(
+        self,
+        *,
+        model: str,
+        file_name: str,
+        display_name: str,
+        priority: int = 0,
+        output_uri: str | None = None,
+    ) -> BatchInfo:
+        """One POST with SDK retries off. Raises AmbiguousCreateError when the job may exist anyway.
+
+        ``file_name``: a Files API name, or with ``bucket_input`` the input's ``gs://`` URI; ``output_uri``:
+        with ``bucket_input``, the ``gs://`` folder the job writes its predictions under."""
         ...
 
     def served_models(self) -> ServedModels:

@@ -952,10 +952,15 @@ def fingerprint_form(req: PromptRequest) -> dict[str, Any]:
     return with_images(req, [{"referenceImage": n} for n in range(len(req.image_refs))])
 
 
-def request_line(req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = ()) -> bytes:
+def request_line(
+    req: PromptRequest, extra_parts: Sequence[dict[str, Any]] = (), labels: Mapping[str, str] | None = None
+) -> bytes:
     """The JSONL line ``{"key", "request"}`` (no newline), with ``extra_parts``, the reference images'
-    parts, in place (``with_images``)."""
-    return orjson.dumps({"key": req.key, "request": with_images(req, extra_parts)})
+    parts, in place (``with_images``); ``labels`` go in the request (Vertex AI echoes them with its answer)."""
+    request = with_images(req, extra_parts)
+    if labels:
+        request = {**request, "labels": dict(labels)}
+    return orjson.dumps({"key": req.key, "request": request})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ class Job(_Record):
     request_count: int
     request_bytes: int
     estimated_tokens: int
-    file_name: str | None = None  # Files API name of the uploaded input
+    file_name: str | None = None  # Files API name of the uploaded input (Vertex AI: its gs:// URI)
     batch_name: str | None = None  # "batches/..."
     results_file: str | None = None  # "files/batch-..."
     results_object: str | None = None  # where inline results were written in the bucket (one object)
@@ -137,6 +137,10 @@ class Job(_Record):
     # fetched is kept, never fetched again) and the last.
     results_short_parts: dict[str, int] = Field(default_factory=dict)
     results_copy_done: bool = False  # the last part is written: the harvest may read the parts
+    # Vertex AI: the job's prediction files in the bucket and their sizes, read in order as one stream
+    # (listed once when the job ends, so a resumed harvest reads the same bytes at the same offsets).
+    prediction_files: list[str] = Field(default_factory=list)
+    prediction_sizes: list[int] = Field(default_factory=list)
     harvest_offset: int = 0  # byte offset in results_object up to which outcomes are written
     harvest_part: int = 0  # number of outcome parts written
     created_at: float

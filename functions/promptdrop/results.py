@@ -20,6 +20,7 @@ from typing import Any, Final
 import orjson
 
 from promptdrop.errors import PermanentError
+from promptdrop.names import VERTEX_LABEL
 from promptdrop.outcomes import ImageOutcome, LineError, Usage
 from promptdrop.rpc import CODES_BY_NAME, RETRYABLE_HTTP_CODES, RETRYABLE_RPC_CODES, RPC_NAMES
 
@@ -319,6 +320,29 @@ def parse_result_line(raw: bytes) -> ImageOutcome:
     if not isinstance(item, dict):
         raise ResultLineError("a result line is not a JSON object")
     key = item.get("key")
+    if key is None and isinstance(item.get("request"), Mapping):
+        key, item = _vertex_prediction(item)
     if key is not None and not isinstance(key, str):
         raise ResultLineError("a result line's key is not a string")
     return outcome_from_item(item, key, lifted)
+
+
+def _vertex_prediction(item: Mapping[str, Any]) -> tuple[object, Mapping[str, Any]]:
+    """A Vertex AI prediction line ``{status, processed_time, request, response?}``: the label its request
+    carries the key in (``names.vertex_label``, or None), and the line as a results line. A failed request
+    has no response and says why in ``status`` (text, with the google.rpc.Status JSON when there is one)."""
+    labels = item["request"].get("labels")
+    label = labels.get(VERTEX_LABEL) if isinstance(labels, Mapping) else None
+    status = item.get("status")
+    if "response" in item or "error" in item or not status:
+        return label, item
+    error: object = str(status)
+    start = error.find("{") if isinstance(error, str) else -1
+    if start >= 0:
+        try:
+            parsed = orjson.loads(str(status)[start:])
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, Mapping) and isinstance(parsed.get("error"), Mapping):
+            error = parsed["error"]
+    return label, {**item, "error": error}

@@ -72,6 +72,8 @@ _FORMS = {
     "store": "sqlite:///PATH, firestore or firestore://PROJECT/DATABASE",
     "gemini_base_url": "an http:// or https:// URL",
     "now_base_url": "an http:// or https:// URL",
+    "vertex_base_url": "an http:// or https:// URL",
+    "vertex_location": "global, us, eu or a region such as us-central1",
     "inbox_prefix": "a folder prefix that ends with '/' and does not start with one, such as inbox/",
     "output_prefix": "a folder prefix that ends with '/' and does not start with one, such as outputs/",
     "max_job_bytes": f"a whole number of bytes from 0 to {FILE_MAX_BYTES} (the Files API takes 2 GB per file)",
@@ -103,9 +105,14 @@ class Settings(BaseModel):
     home: Path = LEGACY_HOME  # local state folder (PROMPTDROP_HOME); from_env: default_home()
     bucket: str = ""  # gs://NAME or a local folder; default <home>/bucket
     store: str = ""  # sqlite:///PATH or firestore[://PROJECT/DATABASE]; default sqlite <home>/state.db
-    backend: Literal["gemini", "emulator"] = "emulator"
+    backend: Literal["gemini", "emulator", "vertex"] = "emulator"
     api_key: SecretStr | None = None  # GEMINI_API_KEY
     gemini_base_url: str | None = None
+    # Vertex AI batch (PROMPTDROP_BACKEND=vertex): reads its input from the bucket and writes its
+    # predictions there, with the service account's credentials (no API key, no Files API, no webhooks).
+    vertex_project: str | None = None
+    vertex_location: str = "global"
+    vertex_base_url: str | None = None  # another endpoint (the bundled emulator in tests)
     model: str = DEFAULT_MODEL
     # Lines on an id the API no longer serves: "aliases" follow an alias (the same model, e.g. preview -> GA)
     # and refuse a successor (a different model); "upgrade" follows both; "refuse" neither (models.py).
@@ -251,9 +258,12 @@ class Settings(BaseModel):
             problems.append(
                 f"PROMPTDROP_STORE must be firestore or firestore://PROJECT/DATABASE, not {self.store!r}"
             )
-        if self.backend != "gemini":
-            problems.append(f"PROMPTDROP_BACKEND must be gemini, not {self.backend!r}")
-        if self.api_key is None:
+        if self.backend not in ("gemini", "vertex"):
+            problems.append(f"PROMPTDROP_BACKEND must be gemini or vertex, not {self.backend!r}")
+        if self.backend == "vertex":
+            if not self.vertex_project:
+                problems.append("PROMPTDROP_VERTEX_PROJECT must be set with PROMPTDROP_BACKEND=vertex")
+        elif self.api_key is None:
             problems.append("GEMINI_API_KEY must be set (from Secret Manager)")
         if problems:
             raise ConfigurationError("refusing to start in the cloud: " + "; ".join(problems))
@@ -308,6 +318,11 @@ class Settings(BaseModel):
                 f"PROMPTDROP_INBOX_PREFIX={settings.inbox_prefix!r}: expected two prefixes that do not "
                 "overlap, such as outputs/ and inbox/"
             )
+        if settings.backend == "vertex" and settings.webhooks_on:
+            raise ConfigurationError(
+                "PROMPTDROP_WEBHOOKS=on with PROMPTDROP_BACKEND=vertex: Vertex AI batch sends no webhooks "
+                "(its jobs are polled); set PROMPTDROP_WEBHOOKS=off"
+            )
         return settings
 
 
@@ -320,7 +335,9 @@ def _bad_forms(settings: Settings) -> list[str]:
     ]
     if not (settings.store_is_firestore or settings.store.startswith("sqlite:///")):
         bad.append("store")
-    for name in ("gemini_base_url", "now_base_url"):
+    if not re.fullmatch(r"[a-z]+(?:-[a-z]+[0-9]+)?", settings.vertex_location):
+        bad.append("vertex_location")
+    for name in ("gemini_base_url", "now_base_url", "vertex_base_url"):
         url = getattr(settings, name)
         if url is not None and not url.startswith(("http://", "https://")):
             bad.append(name)

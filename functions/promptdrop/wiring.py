@@ -86,6 +86,10 @@ def now_dispatch(settings: Settings) -> Notifier | None:
 
 
 def backend(settings: Settings, emulator_launcher: EmulatorLauncher | None = None) -> BatchBackend:
+    if settings.backend == "vertex":
+        from promptdrop.adapters.vertex import VertexBackend  # heavy: see the module docstring
+
+        return VertexBackend.from_settings(settings)
     from promptdrop.adapters.gemini import GeminiBackend  # heavy: see the module docstring
 
     if settings.backend == "gemini":

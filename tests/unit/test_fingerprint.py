@@ -102,6 +102,9 @@ def test_reference_images_count_by_content_and_order_not_path() -> None:
         ("gemini", "http://127.0.0.1:8080", "gemini@http://127.0.0.1:8080"),
         ("gemini", "https://gw.example.com:443/gemini/", "gemini@https://gw.example.com/gemini"),
         ("gemini", "https://user:s3cret@gw.example.com/g?key=s3cret#x", "gemini@https://gw.example.com/g"),
+        # Vertex AI: its own maker, and an emulator serving its routes is never Google's Vertex AI.
+        ("vertex", None, "vertex"),
+        ("vertex", "http://127.0.0.1:41234/", "vertex@http://127.0.0.1:41234"),
     ],
 )
 def test_the_maker_names_backend_and_endpoint_never_a_secret(

@@ -103,6 +103,26 @@ class Terraform:
                 return resolved
             expression = resolved
 
+    def boolean(self, expression: Any) -> bool | None:
+        """A boolean expression's value with the variables' defaults: ``true``/``false``, ``var.x``/``local.x``
+        holding one, ``var.x == "literal"`` and ``!`` of those; None when it is not one of these forms."""
+        if isinstance(expression, bool):
+            return expression
+        text = str(expression).strip()
+        whole = re.fullmatch(r"\$\{(.*)\}", text, re.DOTALL)
+        inner = (whole.group(1) if whole else text).strip()
+        if inner.startswith("!"):
+            negated = self.boolean(inner[1:])
+            return None if negated is None else not negated
+        compared = re.fullmatch(r'(var|local)\.(\w+)\s*==\s*"([^"]*)"', inner)
+        if compared:
+            kind, name, literal = compared.groups()
+            return bool(self.value(f"${{{kind}.{name}}}") == literal)
+        named = re.fullmatch(r"(var|local)\.(\w+)", inner)
+        if named:
+            return self.boolean(self._lookup(*named.groups()))
+        return {"true": True, "false": False}.get(inner)
+
     def reference(self, inner: str) -> str:
         """What one interpolated expression stands for: ``var.x`` (its default), ``var.x.attribute`` (the
         object default or the type's ``optional(..., default)``), ``local.x``, ``tostring(...)``, and the
@@ -112,8 +132,10 @@ class Terraform:
         condition = _CONDITION.fullmatch(inner)
         if condition:
             kind, name, when_true, when_false = condition.groups()
-            chosen = when_true if self._lookup(kind, name) is True else when_false
+            chosen = when_true if self.boolean(f"{kind}.{name}") is True else when_false
             return chosen[1:-1] if chosen.startswith('"') else self.reference(chosen)
+        if inner.isdigit():
+            return inner
         call = re.fullmatch(r"tostring\((.+)\)", inner)
         if call:
             return self.reference(call.group(1))
@@ -154,10 +176,13 @@ class Terraform:
         local = re.fullmatch(r"local\.(\w+)", inner)
         if local:
             return self.map_keys(self.locals[local.group(1)])
-        condition = re.fullmatch(r"(var|local)\.(\w+)\s*\?\s*(\{.*?\})\s*:\s*(\{.*?\})", inner, re.DOTALL)
+        branch = r"(\{.*?\}|local\.\w+)"
+        condition = re.fullmatch(rf"(var|local)\.(\w+)\s*\?\s*{branch}\s*:\s*{branch}", inner, re.DOTALL)
         if condition:
             kind, name, when_true, when_false = condition.groups()
-            return self.map_keys(when_true if self._lookup(kind, name) is True else when_false)
+            return self.map_keys(when_true if self.boolean(f"{kind}.{name}") is True else when_false)
+        if re.fullmatch(r"\{\s*\}", inner):
+            return set()
         literal = re.fullmatch(r"\{((?:\s*\w+\s*=\s*\"[^\"]*\"\s*,?)*)\s*\}", inner)
         if literal:
             return set(re.findall(r"(\w+)\s*=", literal.group(1)))
@@ -271,7 +296,11 @@ def expand(body: Any, key: str, value: dict[str, Any]) -> Any:
 @cache
 def functions() -> dict[str, dict[str, Any]]:
     """The deployed functions by key of local.functions, each as its own resource body."""
-    tf = terraform()
+    return functions_of(terraform())
+
+
+def functions_of(tf: Terraform) -> dict[str, dict[str, Any]]:
+    """``functions()`` as deployed with ``tf``'s variables (``terraform().with_variables(...)``)."""
     declared = tf.resources.get(FUNCTION, {})
     assert sorted(declared) == sorted([FUNCTION_NAME, WEBHOOK]), (
         f"infra/ must declare {FUNCTION}.{FUNCTION_NAME} (for_each) and {FUNCTION}.{WEBHOOK} (count)"
@@ -279,7 +308,16 @@ def functions() -> dict[str, dict[str, Any]]:
     body = declared[FUNCTION_NAME]
     assert body["for_each"] == "${local.functions}"
     table = tf.locals["functions"]
-    return {key: expand(body, key, value) for key, value in table.items()}
+    # Boolean entries (a flag computed from the variables) are evaluated before the dynamic blocks are.
+    return {
+        key: expand(body, key, {name: _flag(tf, item) for name, item in value.items()})
+        for key, value in table.items()
+    }
+
+
+def _flag(tf: Terraform, item: Any) -> Any:
+    evaluated = tf.boolean(item) if isinstance(item, str) and "==" in item else None
+    return item if evaluated is None else evaluated
 
 
 def function(name: str) -> dict[str, Any]:
@@ -429,7 +467,7 @@ def test_functions_get_the_shared_environment_and_the_key_from_secret_manager() 
     grant = tf.resource("google_secret_manager_secret_iam_member", "function_reads_key")
     assert tf.text(grant["secret_id"]) in {secret_id, f"projects/{UNKNOWN}/secrets/{secret_id}"}
     assert grant["role"] == "roles/secretmanager.secretAccessor"
-    assert grant["for_each"] == "${local.function_identities}" and "each.key" in grant["member"]
+    assert "local.function_identities" in grant["for_each"] and "each.key" in grant["member"]
     assert tf.map_keys(grant["for_each"]) >= set(functions())
 
 
@@ -876,3 +914,79 @@ def test_webhook_identity_has_least_privilege() -> None:
     assert block(webhook_function(), "service_config")["service_account_email"] == (
         '${google_service_account.function["webhook"].email}'
     )
+
+
+# --- backend = "vertex" ---------------------------------------------------------------------------------
+
+
+def enabled_apis(tf: Terraform) -> set[str]:
+    """local.apis as deployed with ``tf``'s variables: ``toset(concat(local.flag ? [...] : [], [...]))``."""
+    text = str(tf.locals["apis"])
+    listed = set(re.findall(r'"([\w.-]+\.googleapis\.com)"', text))
+    for flag, items in re.findall(r"local\.(\w+)\s*\?\s*\[([^\]]*)\]\s*:\s*\[\]", text):
+        if tf.boolean(f"local.{flag}") is not True:
+            listed -= set(re.findall(r'"([^"]+)"', items))
+    return listed
+
+
+def instances(tf: Terraform, kind: str, name: str) -> set[str]:
+    """The instance keys of a resource (for_each) or "0" when its count is 1 (count)."""
+    body = tf.resource(kind, name)
+    if "for_each" in body:
+        return tf.map_keys(body["for_each"])
+    return {"0"} if tf.text(str(body["count"])) == "1" else set()
+
+
+def test_backend_vertex_enables_vertex_ai_grants_its_roles_and_deploys_no_key_or_webhook() -> None:
+    """backend = "vertex" (webhooks off, as its precondition demands): aiplatform.googleapis.com enabled,
+    roles/aiplatform.user for every function's account, the Vertex AI service agent reading inputs and writing
+    only into run scratch, no API-key secret (nor its grants, nor GEMINI_API_KEY on any function), no webhook
+    function; the functions read PROMPTDROP_BACKEND=vertex and pass the cloud readiness check without a key.
+    The default stays the Gemini API with none of these."""
+    tf = terraform()
+    assert tf.variables["backend"]["default"] == "gemini"
+    vertex = tf.with_variables(backend="vertex", webhooks=False)
+
+    assert "aiplatform.googleapis.com" in enabled_apis(vertex)
+    assert "aiplatform.googleapis.com" not in enabled_apis(tf)
+    assert enabled_apis(vertex) - enabled_apis(tf) == {"aiplatform.googleapis.com"}
+
+    assert instances(tf, "google_secret_manager_secret", "gemini_api_key") == {"0"}
+    assert instances(vertex, "google_secret_manager_secret", "gemini_api_key") == set()
+    assert instances(vertex, "google_secret_manager_secret_iam_member", "function_reads_key") == set()
+    for name, deployed in functions_of(vertex).items():
+        assert "secret_environment_variables" not in block(deployed, "service_config"), name
+    for name, deployed in functions_of(tf).items():
+        secret = block(block(deployed, "service_config"), "secret_environment_variables")
+        assert secret["key"] == "GEMINI_API_KEY", name
+
+    assert instances(vertex, FUNCTION, WEBHOOK) == set()
+    assert WEBHOOK not in vertex.map_keys("${local.function_identities}")
+    source = (INFRA / "main.tf").read_text()
+    assert "condition     = !(local.vertex && var.webhooks)" in source  # vertex with webhooks on: refused
+
+    role = tf.resource("google_project_iam_member", "function_vertex")
+    assert role["role"] == "roles/aiplatform.user" and "each.key" in role["member"]
+    assert instances(vertex, "google_project_iam_member", "function_vertex") == set(functions_of(vertex))
+    assert instances(tf, "google_project_iam_member", "function_vertex") == set()
+
+    scratch = f"/objects/{tf.text('${var.output_prefix}')}{{run}}/_work/"
+    inbox = f"/objects/{tf.text('${var.inbox_prefix}')}"
+    reads = tf.resource("google_storage_bucket_iam_member", "vertex_agent_reads_inputs")
+    writes = tf.resource("google_storage_bucket_iam_member", "vertex_agent_writes_scratch")
+    for grant, role_name in ((reads, "roles/storage.objectViewer"), (writes, "roles/storage.objectCreator")):
+        assert grant["role"] == role_name
+        assert "@gcp-sa-aiplatform.iam.gserviceaccount.com" in grant["member"]
+        assert tf.targets(grant["bucket"]) == {("google_storage_bucket", "data")}
+    assert instances(vertex, "google_storage_bucket_iam_member", "vertex_agent_reads_inputs") == {"0"}
+    assert instances(tf, "google_storage_bucket_iam_member", "vertex_agent_writes_scratch") == set()
+    read_condition = vertex.text(block(reads, "condition")["expression"])
+    write_condition = vertex.text(block(writes, "condition")["expression"])
+    assert scratch in read_condition and inbox in read_condition
+    assert scratch in write_condition and inbox not in write_condition  # predictions land in scratch only
+
+    env = function_env(vertex) | {"K_SERVICE": "promptdrop-poll-jobs"}
+    settings = Settings.from_env(env)
+    settings.require_cloud_ready()  # no GEMINI_API_KEY needed
+    assert settings.backend == "vertex" and settings.vertex_location == "global"
+    assert not settings.webhooks_on and Settings.from_env(function_env(tf)).backend == "gemini"

@@ -118,13 +118,22 @@ def test_the_key_version_variable_takes_a_number_never_an_alias(version: str, ac
 
 
 def test_functions_read_the_pinned_key_version_and_refuse_to_deploy_without_one() -> None:
-    """Each function's GEMINI_API_KEY names var.gemini_api_key_version, and a precondition requires it."""
+    """Each function's GEMINI_API_KEY names var.gemini_api_key_version, and a precondition requires it (on
+    the Gemini API: with backend = "vertex" the functions carry no key, test_infra_consistency.py)."""
     function = resource("google_cloudfunctions2_function", "function")
-    secret = one(one(function, "service_config"), "secret_environment_variables")
+    (dynamic,) = [
+        block["secret_environment_variables"]
+        for block in one(function, "service_config").get("dynamic", [])
+        if "secret_environment_variables" in block
+    ]
+    assert dynamic["for_each"] == '${each.value.api_key ? ["key"] : []}'
+    secret = one(dynamic, "content")
     assert secret["key"] == "GEMINI_API_KEY"
     assert secret["version"] == "${var.gemini_api_key_version}"
     preconditions = one(function, "lifecycle")["precondition"]
-    assert any(p["condition"] == "${var.gemini_api_key_version != null}" for p in preconditions)
+    assert any(
+        p["condition"] == "${local.vertex || var.gemini_api_key_version != null}" for p in preconditions
+    )
     # scripts/deploy passes the version it pins: tests/unit/test_deploy_script.py.
 
 

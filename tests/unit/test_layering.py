@@ -20,6 +20,7 @@ ALLOWED_INNER_IMPORTS = frozenset(
         ("promptdrop.wiring", "promptdrop.adapters.firestore_cache"),
         ("promptdrop.wiring", "promptdrop.adapters.pubsub"),
         ("promptdrop.wiring", "promptdrop.adapters.gemini"),
+        ("promptdrop.wiring", "promptdrop.adapters.vertex"),
     }
 )
 

@@ -8,7 +8,7 @@ from promptdrop.errors import ConfigurationError
 from promptdrop.settings import ENV_PREFIX, Settings
 
 # Fields any string is good for (names, paths, topics), and those not read from a PROMPTDROP_ variable.
-FREE_TEXT = {"home", "bucket", "model", "events_topic", "now_topic", "webhook_secret"}
+FREE_TEXT = {"home", "bucket", "model", "events_topic", "now_topic", "webhook_secret", "vertex_project"}
 NOT_READ = {"api_key", "in_cloud"}
 CHECKED = sorted(set(Settings.model_fields) - FREE_TEXT - NOT_READ)
 

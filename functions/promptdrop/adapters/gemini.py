@@ -318,7 +318,18 @@ class GeminiBackend:
             raise BackendTransientError(f"upload {display_name} failed: the server returned no file name")
         return UploadedFile(name=uploaded.name, uri=uploaded.uri or "")
 
-    def create_batch(self, *, model: str, file_name: str, display_name: str, priority: int = 0) -> BatchInfo:
+    bucket_input = False  # inputs go through the Files API, results come back through it
+    _info_from_job = staticmethod(_batch_info_from_job)
+
+    def create_batch(
+        self,
+        *,
+        model: str,
+        file_name: str,
+        display_name: str,
+        priority: int = 0,
+        output_uri: str | None = None,
+    ) -> BatchInfo:
         """One POST with the SDK's retries off: a retried create would make (and bill) a second job.
 
         ``priority`` has no SDK field; it rides in the body through ``extra_body`` (the batch resource's
@@ -419,7 +430,7 @@ class GeminiBackend:
                 if job.display_name == display_name
             ]
         matches.sort(key=lambda job: (job.create_time is None, job.create_time or datetime.min))
-        return [_batch_info_from_job(job) for job in matches]
+        return [self._info_from_job(job) for job in matches]
 
     def get_batch(self, name: str) -> BatchInfo:
         return batch_info_from_operation(self._get_operation_json(name))

@@ -22,6 +22,7 @@ UNKNOWN_MODEL_IMAGE_TOKENS: Final = 1290
 UNKNOWN_MODEL_INPUT_IMAGE_TOKENS: Final = 560
 _ERROR_MARKER = re.compile(r"\[\[emulator:error=(\d+)\]\]")
 _JOB_MARKER = re.compile(r"\[\[emulator:job=(expired|failed)\]\]")
+_LABEL_MARKER = re.compile(r"\[\[emulator:label=lost\]\]")
 
 
 class InvalidRequest(ValueError):
@@ -65,14 +66,23 @@ def prompt_texts(request: dict[str, object]) -> tuple[str, str]:
 
 def job_marker(request: object) -> str | None:
     """``"expired"`` or ``"failed"`` if the request asks for that job-level outcome, else None."""
+    match = _marker(request, _JOB_MARKER)
+    return match.group(1) if match else None
+
+
+def label_lost(request: object) -> bool:
+    """The request asks its Vertex AI prediction to come back without its labels (``[[emulator:label=lost]]``)."""
+    return _marker(request, _LABEL_MARKER) is not None
+
+
+def _marker(request: object, pattern: re.Pattern[str]) -> re.Match[str] | None:
     if not isinstance(request, dict):
         return None
     try:
         _, texts = prompt_texts(camel_keys(request))  # type: ignore[arg-type]
     except InvalidRequest:
         return None
-    match = _JOB_MARKER.search(texts)
-    return match.group(1) if match else None
+    return pattern.search(texts)
 
 
 def _reference_images(request: dict[str, object]) -> int:

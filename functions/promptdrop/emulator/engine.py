@@ -29,10 +29,12 @@ from promptdrop.emulator.answers import (
     Answer,
     answer,
     job_marker,
+    label_lost,
     response_id,
     status_error,
 )
 from promptdrop.emulator.files import FileStore, random_id, remove_stale_temporaries, write_json_atomically
+from promptdrop.emulator.gcs import GcsAccess, GcsObjectMissing, split_uri
 from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.emulator.wire import (
     ApiError,
@@ -120,9 +122,16 @@ class BatchRecord:
     inline_bytes: int = 0
     error: dict[str, object] | None = None
     priority: int = 0
+    # A Vertex AI job: "projects/P/locations/L", its gs:// inputs, output prefix and the folder it wrote.
+    vertex_parent: str | None = None
+    vertex_input: list[str] | None = None
+    vertex_output: str | None = None
+    output_dir: str | None = None
 
     @property
     def name(self) -> str:
+        if self.vertex_parent is not None:
+            return f"{self.vertex_parent}/batchPredictionJobs/{self.id}"
         return f"batches/{self.id}"
 
     @property
@@ -177,6 +186,40 @@ def operation_json(
     if job.error:
         operation["error"] = job.error
     return operation
+
+
+def vertex_job_json(job: BatchRecord) -> dict[str, object]:
+    """A ``BatchPredictionJob`` as Vertex AI answers it (create, get, list)."""
+    state = "JOB_STATE_" + job.state.removeprefix("BATCH_STATE_")
+    if job.state == SUCCEEDED and job.failed and job.succeeded:
+        state = "JOB_STATE_PARTIALLY_SUCCEEDED"
+    body: dict[str, object] = {
+        "name": job.name,
+        "displayName": job.display_name or "",
+        "model": "publishers/google/models/" + bare_model_id(job.model),
+        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": job.vertex_input or []}},
+        "outputConfig": {
+            "predictionsFormat": "jsonl",
+            "gcsDestination": {"outputUriPrefix": job.vertex_output or ""},
+        },
+        "state": state,
+        "createTime": rfc3339(job.create_time),
+        "updateTime": rfc3339(job.update_time),
+    }
+    if job.start_time is not None:
+        body["startTime"] = rfc3339(job.start_time)
+    if job.end_time is not None:
+        body["endTime"] = rfc3339(job.end_time)
+        body["completionStats"] = {
+            "successfulCount": int64(job.succeeded),
+            "failedCount": int64(job.failed),
+            "incompleteCount": int64(job.request_count - job.succeeded - job.failed),
+        }
+    if job.output_dir:
+        body["outputInfo"] = {"gcsOutputDirectory": job.output_dir}
+    if job.error:
+        body["error"] = job.error
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +295,7 @@ class Engine:
     ) -> None:
         self.options = options
         self.files = FileStore(data_dir, clock)
+        self.gcs = GcsAccess()
         self._dir = data_dir / "batches"
         self._clock = clock
         self._lock = threading.Condition()
@@ -388,10 +432,11 @@ class Engine:
             priority=priority,
         )
         with self._lock:
-            active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
-            if active >= self.options.max_active_jobs:
+            try:
+                self._check_room()
+            except ApiError:
                 (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
-                raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
+                raise
             limit = self.options.enqueued_token_limit
             if limit and self._enqueued_tokens(job.model) + _job_tokens(job) > limit:
                 (self._dir / f"{job_id}.requests.jsonl").unlink(missing_ok=True)
@@ -404,6 +449,65 @@ class Engine:
             self._save(job)
             self._lock.notify_all()
         return job
+
+    def create_vertex_batch(self, parent: str, body: object) -> BatchRecord:
+        """Create a Vertex AI ``BatchPredictionJob``: JSONL from gs:// in, predictions to gs:// out."""
+        normalized = camel_keys(body)
+        if not isinstance(normalized, dict):
+            raise ApiError(400, "body must be a BatchPredictionJob")
+        model = str(normalized.get("model") or "").rsplit("/", 1)[-1]
+        if not self.serves_batch(model):
+            raise model_not_found(model, "v1beta1", "batchPredictionJobs")
+        input_config = normalized.get("inputConfig") or {}
+        output_config = normalized.get("outputConfig") or {}
+        uris = (input_config.get("gcsSource") or {}).get("uris") if isinstance(input_config, dict) else None
+        prefix = (
+            (output_config.get("gcsDestination") or {}).get("outputUriPrefix")
+            if isinstance(output_config, dict)
+            else None
+        )
+        if not isinstance(uris, list) or not uris or not isinstance(prefix, str):
+            raise ApiError(
+                400, "inputConfig.gcsSource.uris and outputConfig.gcsDestination.outputUriPrefix are required"
+            )
+        if input_config.get("instancesFormat") != "jsonl":
+            raise ApiError(400, "inputConfig.instancesFormat must be jsonl", "INVALID_ARGUMENT")
+        for uri in [*uris, prefix + "/x"]:
+            split_uri(str(uri))
+        count = 0
+        try:
+            for uri in uris:
+                with self.gcs.open_read(str(uri)) as stream:
+                    count += sum(1 for raw in iter_lines(stream) if raw.strip())
+        except GcsObjectMissing as exc:
+            raise ApiError(400, str(exc), "INVALID_ARGUMENT") from exc
+        if count == 0:
+            raise ApiError(400, "the batch input holds no requests", "INVALID_ARGUMENT")
+        now = self._clock()
+        display_name = normalized.get("displayName")
+        job = BatchRecord(
+            id=str(int.from_bytes(os.urandom(7), "big")),  # Vertex job ids are numbers
+            model="models/" + model,
+            create_time=now,
+            update_time=now,
+            state=PENDING,
+            request_count=count,
+            display_name=str(display_name) if display_name else None,
+            vertex_parent=parent,
+            vertex_input=[str(uri) for uri in uris],
+            vertex_output=prefix.rstrip("/"),
+        )
+        with self._lock:
+            self._check_room()
+            self._save(job)
+            self._lock.notify_all()
+        return job
+
+    def _check_room(self) -> None:
+        """429 when the unfinished jobs are at the API's concurrent-batch limit (called with the lock held)."""
+        active = sum(1 for j in self._jobs.values() if j.state in ACTIVE_STATES)
+        if active >= self.options.max_active_jobs:
+            raise ApiError(429, f"Too many concurrent batch jobs (limit {self.options.max_active_jobs}).")
 
     def _enqueued_tokens(self, model: str) -> int:
         """Tokens the model's PENDING/RUNNING jobs hold (called with the lock held)."""
@@ -418,10 +522,11 @@ class Engine:
             raise ApiError(404, f"Batch batches/{batch_id} not found.")
         return job
 
-    def list_batches(self) -> list[BatchRecord]:
-        """Every job, newest first."""
+    def list_batches(self, parent: str | None = None) -> list[BatchRecord]:
+        """Every job of the Gemini API (``parent`` None) or of one Vertex AI location, newest first."""
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda j: j.sort_key, reverse=True)
+            jobs = [job for job in self._jobs.values() if job.vertex_parent == parent]
+        return sorted(jobs, key=lambda j: j.sort_key, reverse=True)
 
     def cancel_batch(self, batch_id: str) -> None:
         """Cancel an unfinished job (results not yet written are dropped); a finished job is left as it is."""
@@ -537,9 +642,15 @@ class Engine:
 
     def _run(self, job: BatchRecord) -> None:
         tmp = self._dir / f"{job.id}.out.tmp"
-        inline = job.source_file is None or job.request_count <= self.options.inline_responses_max
+        vertex = job.vertex_input is not None
+        inline = not vertex and (
+            job.source_file is None or job.request_count <= self.options.inline_responses_max
+        )
         try:
             outcome = self._answer_all(job, tmp, inline=inline)
+            if vertex and outcome.state == SUCCEEDED and not self._abandoned(job):
+                # Uploaded before the lock is taken: other calls go on meanwhile.
+                job.output_dir = self._write_predictions(job, tmp)
             with self._lock:
                 if not self._abandoned(job):
                     self._finish(job, tmp, outcome, inline=inline)
@@ -559,7 +670,9 @@ class Engine:
         if outcome.state != SUCCEEDED:
             self._end(job, outcome.state, outcome.error)
             return
-        if inline:
+        if job.vertex_input is not None:
+            pass  # the predictions are in the bucket already (_write_predictions)
+        elif inline:
             os.replace(tmp, self.inline_results_path(job))
             job.inline_count = outcome.succeeded + outcome.failed
             job.inline_bytes = outcome.item_bytes
@@ -567,6 +680,24 @@ class Engine:
             job.responses_file = self.files.add_generated(f"batch-{job.id}", tmp, RESULTS_MIME_TYPE).name
         job.succeeded, job.failed = outcome.succeeded, outcome.failed
         self._end(job, SUCCEEDED)
+
+    def _write_predictions(self, job: BatchRecord, tmp: Path) -> str:
+        """Upload a Vertex AI job's answers as ``prediction_files`` files of consecutive lines under
+        ``<prefix>/prediction-model-<time>/``, as Vertex writes them; returns that folder."""
+        stamp = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        folder = f"{job.vertex_output}/prediction-model-{stamp}"
+        lines = tmp.read_bytes().splitlines(keepends=True)
+        count = min(self.options.prediction_files, max(1, len(lines)))
+        size = -(-len(lines) // count)
+        for index in range(count):
+            name = "predictions.jsonl" if count == 1 else f"predictions_{index + 1:05d}.jsonl"
+            piece = tmp.with_suffix(f".{index}.part")
+            try:
+                piece.write_bytes(b"".join(lines[index * size : (index + 1) * size]))
+                self.gcs.upload(f"{folder}/{name}", piece)
+            finally:
+                piece.unlink(missing_ok=True)
+        return folder
 
     def _answer_all(self, job: BatchRecord, tmp: Path, *, inline: bool) -> _Outcome:
         """Answer every request into ``tmp``, one result item a line."""
@@ -581,15 +712,24 @@ class Engine:
                         return _Outcome(EXPIRED)
                     if marker == "failed":
                         return _Outcome(FAILED, error=JOB_FAILED_ERROR)
+                    request = line.request
+                    if job.vertex_input is not None and isinstance(request, dict):
+                        request = {k: v for k, v in request.items() if k != "labels"}
                     if line.problem is not None:
                         result = Answer(error=status_error(3, line.problem))
                     else:
                         result = answer(
-                            line.request,
+                            request,
                             job.model,
                             image_scale=self.options.image_scale,
                             response_id=response_id(job.id, index),
                         )
+                    if job.vertex_input is not None:
+                        encoded = orjson.dumps(self._prediction(line, result))
+                        out.write(encoded + b"\n")
+                        failed += result.error is not None
+                        succeeded += result.error is None
+                        continue
                     item: dict[str, object] = {}
                     if not inline and line.key is not None:
                         item["key"] = line.key
@@ -608,7 +748,34 @@ class Engine:
             return _Outcome(FAILED, error={"code": 5, "message": str(exc)})
         return _Outcome(SUCCEEDED, succeeded, failed, item_bytes)
 
+    def _prediction(self, line: _SourceLine, result: Answer) -> dict[str, object]:
+        """One Vertex AI prediction line: the request echoed (labels too, unless the marker drops them), and
+        the response, or in ``status`` why there is none."""
+        request = line.request
+        if label_lost(request) and isinstance(request, dict):
+            request = {k: v for k, v in request.items() if k != "labels"}
+        item: dict[str, object] = {
+            "status": "",
+            "processed_time": rfc3339(self._clock()),
+            "request": request,
+        }
+        if result.error is not None:
+            item["status"] = "Request failed: " + orjson.dumps({"error": result.error}).decode()
+        else:
+            item["response"] = result.response
+        return item
+
     def _source_lines(self, job: BatchRecord) -> Iterator[_SourceLine]:
+        if job.vertex_input is not None:
+            for uri in job.vertex_input:
+                try:
+                    with self.gcs.open_read(uri) as stream:
+                        for number, raw in enumerate(iter_lines(stream), start=1):
+                            if raw.strip():
+                                yield self._parse_file_line(number, raw)
+                except GcsObjectMissing as exc:
+                    raise _InputMissing(str(exc)) from exc
+            return
         if job.source_file is None:
             with (self._dir / f"{job.id}.requests.jsonl").open("rb") as stream:
                 for raw in iter_lines(stream):

@@ -89,6 +89,8 @@ class EmulatorOptions:
     # A registered webhook becomes disabled_due_to_failed_deliveries after this many deliveries in a row were
     # given up (0: never), and gets no pushes until it is updated back to enabled.
     webhook_disable_after: int = 0
+    # A Vertex AI job's output is split into this many predictions*.jsonl files (Vertex may write several).
+    prediction_files: int = 1
 
     def __post_init__(self) -> None:
         for name in (
@@ -121,8 +123,8 @@ class EmulatorOptions:
             raise ValueError("webhook URLs must be http:// or https://")
         if self.fault_rate + self.stall_rate + self.create_stall_rate > 1.0:
             raise ValueError("fault_rate + stall_rate + create_stall_rate must not exceed 1")
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
+        if self.workers < 1 or self.prediction_files < 1:
+            raise ValueError("workers and prediction_files must be at least 1")
         if self.image_scale <= 0:
             raise ValueError("image_scale must be positive")
         if self.generate_refusals < 0:
@@ -295,6 +297,12 @@ def argument_parser() -> argparse.ArgumentParser:
         default=0,
         help="disable a registered webhook after this many given-up deliveries in a row (default 0: never)",
     )
+    parser.add_argument(
+        "--prediction-files",
+        type=int,
+        default=1,
+        help="split a Vertex AI job's output into N predictions*.jsonl files (default 1)",
+    )
     return parser
 
 
@@ -333,4 +341,5 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         webhook_duplicate_rate=args.webhook_duplicate_rate,
         webhook_delay_seconds=args.webhook_delay_seconds,
         webhook_disable_after=args.webhook_disable_after,
+        prediction_files=args.prediction_files,
     )

@@ -28,7 +28,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from promptdrop.api_limits import BATCH_INLINE_MAX_BYTES, FILE_MAX_BYTES, GENERATE_MAX_BYTES
-from promptdrop.emulator.engine import BatchRecord, Engine, model_json, model_not_found, operation_json
+from promptdrop.emulator.engine import (
+    BatchRecord,
+    Engine,
+    model_json,
+    model_not_found,
+    operation_json,
+    vertex_job_json,
+)
 from promptdrop.emulator.files import COPY_CHUNK, file_json
 from promptdrop.emulator.hooks import Hooks
 from promptdrop.emulator.options import EmulatorOptions
@@ -45,10 +52,20 @@ _VERSION = r"(?P<ver>v1(?:alpha|beta)?)"
 _ID = r"(?P<id>[^/:]+)"
 _PREFIX = r"(?P<prefix>(?:/[^/]+)*?)"
 
-# (method, path pattern after an optional base path, route name). Names match options.FAULT_ROUTES.
+# Vertex AI's routes as the SDK builds them in vertexai mode (v1beta1 under a project and location).
+_VERTEX = r"(?P<ver>v1(?:beta1)?)/(?P<parent>projects/[^/]+/locations/[^/]+)"
+
+# (method, path pattern after an optional base path, route name). Names match options.FAULT_ROUTES; a
+# Vertex AI route shares the name (and so the faults and stalls) of the Gemini API route it stands for.
 ROUTES: Final = [
     ("GET", r"/health", "health"),
     ("GET", r"/stats", "stats"),
+    ("POST", rf"/{_VERTEX}/batchPredictionJobs", "create"),
+    ("GET", rf"/{_VERTEX}/batchPredictionJobs", "list"),
+    ("GET", rf"/{_VERTEX}/batchPredictionJobs/{_ID}", "get"),
+    ("POST", rf"/{_VERTEX}/batchPredictionJobs/{_ID}:cancel", "cancel"),
+    ("DELETE", rf"/{_VERTEX}/batchPredictionJobs/{_ID}", "delete"),
+    ("POST", rf"/{_VERTEX}/publishers/google/models/(?P<model>[^/:]+):generateContent", "generate"),
     ("POST", rf"/upload/{_VERSION}/files", "upload"),
     ("GET", rf"/download/{_VERSION}/files/{_ID}:download", "download"),
     ("GET", rf"/{_VERSION}/files/{_ID}:download", "download"),
@@ -356,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif is_chunk:
                 reply = self._upload_chunk(params)
             else:
-                self._authenticate()
+                self._authenticate(vertex="parent" in params)
                 self.server.count_call(name)
                 self.server.faults.apply(name, "{}:{}".format(*self.client_address[:2]))
                 try:
@@ -401,7 +418,14 @@ class _Handler(BaseHTTPRequestHandler):
             # The client stopped reading (a copy paused at its time budget, a killed worker): not our error.
             self.close_connection = True
 
-    def _authenticate(self) -> None:
+    def _authenticate(self, *, vertex: bool = False) -> None:
+        if vertex:
+            # Vertex AI takes an OAuth bearer token (the service account's); the emulator takes any.
+            if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                raise ApiError(
+                    401, "Request is missing required authentication credential.", "UNAUTHENTICATED"
+                )
+            return
         key = self.headers.get("x-goog-api-key") or self._query.get("key")
         if not key:
             raise ApiError(401, "Method doesn't allow unregistered callers: pass an API key.")
@@ -557,6 +581,10 @@ class _Handler(BaseHTTPRequestHandler):
     # Batches ---------------------------------------------------------------------------------------
 
     def _route_create(self, params: dict[str, str]) -> _Reply:
+        if "parent" in params:
+            return _json(
+                vertex_job_json(self.server.engine.create_vertex_batch(params["parent"], self._json_body()))
+            )
         job = self.server.engine.create_batch(params["model"], self._json_body(), version=params["ver"])
         return _json(operation_json(job))
 
@@ -585,6 +613,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_get(self, params: dict[str, str]) -> _Reply:
         engine = self.server.engine
+        if "parent" in params:
+            return _json(vertex_job_json(self._vertex_job(params)))
         job = engine.get_batch(params["id"])
         if job.inline_count is None or job.state != "BATCH_STATE_SUCCEEDED":
             return _json(operation_json(job))
@@ -609,10 +639,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_list(self, params: dict[str, str]) -> _Reply:
         size = page_size(self._query.get("pageSize"), default=10, maximum=100)
-        jobs = self.server.engine.list_batches()
+        jobs = self.server.engine.list_batches(params.get("parent"))
         page, token = paginate(jobs, lambda j: j.sort_key, size, self._query.get("pageToken"))
         body: dict[str, object] = {}
-        if page:
+        if page and "parent" in params:
+            body["batchPredictionJobs"] = [vertex_job_json(job) for job in page]
+        elif page:
             body["operations"] = [operation_json(job, listing=True) for job in page]
         if token:
             body["nextPageToken"] = token
@@ -620,13 +652,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_cancel(self, params: dict[str, str]) -> _Reply:
         self._json_body()
+        if "parent" in params:
+            self._vertex_job(params)
         self.server.engine.cancel_batch(params["id"])
         return _json({})
 
     def _route_delete(self, params: dict[str, str]) -> _Reply:
         self._json_body()
+        if "parent" in params:
+            job = self._vertex_job(params)
+            self.server.engine.delete_batch(params["id"])
+            # Vertex answers a delete with its long-running Operation, already done.
+            return _json({"name": f"{job.vertex_parent}/operations/{job.id}", "done": True})
         self.server.engine.delete_batch(params["id"])
         return _json({})
+
+    def _vertex_job(self, params: dict[str, str]) -> BatchRecord:
+        """The Vertex AI job named in the path, only under its own project and location."""
+        job = self.server.engine.get_batch(params["id"])
+        if job.vertex_parent != params["parent"]:
+            raise ApiError(
+                404, f"{params['parent']}/batchPredictionJobs/{params['id']} not found.", "NOT_FOUND"
+            )
+        return job
 
     # Webhooks ----------------------------------------------------------------------------------------
 

@@ -91,6 +91,9 @@ class ImageDigests:
             "batch": maker_identity(settings.backend, settings.gemini_base_url),
             "now": maker_identity(settings.backend, settings.now_base_url or settings.gemini_base_url),
         }
+        if settings.backend == "vertex":  # both lanes go to the one Vertex AI endpoint
+            vertex = maker_identity(settings.backend, settings.vertex_base_url)
+            self._makers = {"batch": vertex, "now": vertex}
 
     def of(self, name: str) -> ImageDigest | None:
         """None when the object does not exist (submission then refuses the line)."""

@@ -29,7 +29,7 @@ from promptdrop.errors import (
 )
 from promptdrop.layout import RunLayout
 from promptdrop.manifest import SCHEMA_VERSION
-from promptdrop.names import check_key
+from promptdrop.names import VERTEX_LABEL, check_key, vertex_label
 from promptdrop.outcomes import ImageOutcome, LineError, Outcome
 from promptdrop.ports import BlobStore
 from promptdrop.records import Job, Run
@@ -182,6 +182,12 @@ def _job_end_error(job: Job) -> LineError:
         return LineError("job_failed", f"the batch job failed: {job.error or 'no reason given'}", True)
     if job.state is JobState.JOB_STATE_CANCELLED:
         return LineError("job_cancelled", "the batch job was cancelled outside promptdrop", True)
+    if job.prediction_files:
+        return LineError(
+            "missing_result",
+            f"no prediction of the Vertex AI job carried this line's key in its labels ({VERTEX_LABEL})",
+            True,
+        )
     return LineError("missing_result", "the results file had no line for this key", True)
 
 
@@ -246,6 +252,8 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
 
     known = dict(iter_job_keys(ctx, layout, job))
     done_keys = {o.key for o in iter_job_outcomes(ctx, layout, job)}
+    # Vertex AI predictions carry the key in a label (names.vertex_label): label -> key for those we sent.
+    labels = {vertex_label(key): key for key in known} if job.prediction_files else None
     with ImageWriter(
         ctx.blobs, ctx.settings.upload_concurrency, ctx.image_budget, after_write=thumbnails_for(ctx, layout)
     ) as writer:
@@ -253,7 +261,8 @@ def harvest_job(ctx: Context, run: Run, job: Job, deadline: float | None) -> boo
         if (job.results_object or job.results_copy_done) and job.harvest_offset >= 0:
             offset = job.harvest_offset
             with _open_results(ctx, layout, job, offset) as stream:
-                for size, outcome in _harvest_lines(stream, job, layout, known, done_keys, writer, run):
+                lines = _harvest_lines(stream, job, layout, known, done_keys, writer, run, labels)
+                for size, outcome in lines:
                     offset += size
                     if outcome is not None:
                         done_keys.add(outcome.key)
@@ -293,6 +302,7 @@ def _harvest_lines(
     done: set[str],
     writer: ImageWriter,
     run: Run,
+    labels: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[int, Outcome | None]]:
     """``(bytes consumed, outcome or None)`` for each line of a results file, its image handed to ``writer``.
 
@@ -315,7 +325,7 @@ def _harvest_lines(
             # A line longer than expected is counted now, without waiting (waiting while holding could
             # deadlock the runs on each other): the budget is exceeded by that difference, once.
             held.resize(line_charge(size, writer))
-            found = _parse_line(raw, job, known, done, run)
+            found = _parse_line(raw, job, known, done, run, labels)
             del raw  # the decoded image is all that is needed from here on
         except BaseException:
             held.release()
@@ -333,9 +343,16 @@ def _harvest_lines(
 
 
 def _parse_line(
-    raw: bytes, job: Job, known: Mapping[str, int], done: set[str], run: Run
+    raw: bytes,
+    job: Job,
+    known: Mapping[str, int],
+    done: set[str],
+    run: Run,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, ImageOutcome] | None:
-    """A line's key and parsed answer, or None for a blank, unreadable or unattributable line."""
+    """A line's key and parsed answer, or None for a blank, unreadable or unattributable line.
+
+    ``labels``: label -> key, when the line carries its key in a label (Vertex AI)."""
     if _blank(raw):
         return None
     try:
@@ -346,6 +363,8 @@ def _parse_line(
         )
         return None
     key = parsed.key
+    if labels is not None and key is not None:
+        key = labels.get(key)
     if key is None or key not in known or key in done:
         # Join on key, never on order; a key we did not send (or a repeat) cannot be attributed.
         log.warning("result line with unknown or repeated key skipped", extra={"run_id": run.run_id})
@@ -386,9 +405,12 @@ def store_image(
 
 
 def _open_results(ctx: Context, layout: RunLayout, job: Job, start: int) -> AbstractContextManager[BinaryIO]:
-    """The job's results from byte ``start``: one object (inline answers), or the copied parts."""
+    """The job's results from byte ``start``: one object (inline answers), the prediction files, or the
+    copied parts."""
     if job.results_object:
         return ctx.blobs.open_read(job.results_object, start=start)
+    if job.prediction_files:  # Vertex AI wrote them into the bucket: read in place, never copied
+        return results_copy.open_parts(ctx.blobs, job.prediction_files, job.prediction_sizes, start)
     return results_copy.open_copied_results(ctx, layout, job, start)
 
 
@@ -407,7 +429,7 @@ def _cleanup_job(ctx: Context, job: Job) -> None:
                 log.warning("could not delete %s: %s", name, exc, extra={"run_id": job.run_id})
     if job.results_object:
         ctx.blobs.delete(job.results_object)
-    for name in results_copy.copied_part_names(ctx.layout(job.run_id), job):
+    for name in [*results_copy.copied_part_names(ctx.layout(job.run_id), job), *job.prediction_files]:
         ctx.blobs.delete(name)
 
 

@@ -96,9 +96,7 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
     assert file_name is not None
     job = ctx.store.update_job(job.job_id, {"create_sent_at": ctx.clock()})
     try:
-        info = ctx.backend.create_batch(
-            model=job.model, file_name=file_name, display_name=job.job_id, priority=job.priority
-        )
+        info = _send_create(ctx, run, job, file_name)
     except AmbiguousCreateError as exc:
         log.warning("create may or may not have happened (%s); will look it up", exc, extra=extra)
         return
@@ -114,6 +112,18 @@ def _create(ctx: Context, run: Run, job: Job) -> None:
         _record_job_end(ctx, run, job, None, JobState.JOB_STATE_FAILED, f"create refused: {exc}")
         return
     _adopt(ctx, run, job, info)
+
+
+def _send_create(ctx: Context, run: Run, job: Job, file_name: str) -> BatchInfo:
+    """The create call; a backend that reads the bucket is told where to write (the job's scratch)."""
+    if not ctx.backend.bucket_input:
+        return ctx.backend.create_batch(
+            model=job.model, file_name=file_name, display_name=job.job_id, priority=job.priority
+        )
+    output_uri = f"{ctx.blobs.url}/{ctx.layout(run.run_id).job_predictions(job.job_id)}"
+    return ctx.backend.create_batch(
+        model=job.model, file_name=file_name, display_name=job.job_id, output_uri=output_uri
+    )
 
 
 def _quota_refused(ctx: Context, run: Run, job: Job, exc: QuotaExceededError) -> None:
@@ -158,6 +168,8 @@ def _quota_refused(ctx: Context, run: Run, job: Job, exc: QuotaExceededError) ->
 def _upload_input(ctx: Context, job: Job) -> Job:
     if job.file_name is not None:
         return job
+    if ctx.backend.bucket_input:  # the chunk in the bucket is the job's input: nothing to upload
+        return ctx.store.update_job(job.job_id, {"file_name": f"{ctx.blobs.url}/{job.request_object}"})
     with ctx.blobs.open_read(job.request_object) as stream:
         uploaded = ctx.backend.upload_file(stream, size=job.request_bytes, display_name=job.job_id)
     return ctx.store.update_job(job.job_id, {"file_name": uploaded.name})
@@ -286,6 +298,8 @@ def _record_job_end(
         changes["stats"] = dict(info.stats)
         if info.results_file:
             changes["results_file"] = info.results_file
+        elif info.results_dir is not None:
+            changes.update(_predictions(ctx, info.results_dir))
         elif info.inlined_responses is not None:
             # Inline answers become a results file like any other, so one harvest path serves both.
             keys = job_keys(ctx, layout, job)
@@ -302,6 +316,21 @@ def _record_job_end(
     log.info(
         "batch job ended %s", state.value, extra={"run_id": run.run_id, "job": job.batch_name or job.job_id}
     )
+
+
+def _predictions(ctx: Context, results_dir: str) -> dict[str, object]:
+    """The prediction files a Vertex AI job wrote (read where they are: no copy), in name order."""
+    prefix = results_dir.removeprefix(ctx.blobs.url + "/").rstrip("/") + "/"
+    found = sorted(
+        (info.name, info.size)
+        for info in ctx.blobs.list(prefix)
+        if info.name.rsplit("/", 1)[-1].startswith("predictions") and info.name.endswith(".jsonl")
+    )
+    return {
+        "prediction_files": [name for name, _ in found],
+        "prediction_sizes": [size for _, size in found],
+        "results_copy_done": True,  # nothing to copy: the harvest reads them in place
+    }
 
 
 def cancel_jobs(ctx: Context, run: Run, jobs: list[Job]) -> None:

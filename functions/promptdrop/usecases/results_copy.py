@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, cast
 
 from promptdrop.layout import RunLayout
@@ -195,11 +196,19 @@ class _Parts(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def open_copied_results(ctx: Context, layout: RunLayout, job: Job, start: int) -> Iterator[BinaryIO]:
-    """Read a copied results file from byte ``start``."""
-    reader = _Parts(ctx.blobs, copied_part_names(layout, job), part_sizes(job), start)
+def open_parts(blobs: BlobStore, names: list[str], sizes: list[int], start: int) -> Iterator[BinaryIO]:
+    """Objects of these sizes read in order as one stream, from byte ``start`` of the whole: the parts of a
+    copied results file, or a Vertex AI job's prediction files where it wrote them."""
+    reader = _Parts(blobs, names, sizes, start)
     with contextlib.closing(reader):
         yield reader  # type: ignore[misc]
+
+
+def open_copied_results(
+    ctx: Context, layout: RunLayout, job: Job, start: int
+) -> AbstractContextManager[BinaryIO]:
+    """Read a copied results file from byte ``start``."""
+    return open_parts(ctx.blobs, copied_part_names(layout, job), part_sizes(job), start)
 
 
 def copied_part_names(layout: RunLayout, job: Job) -> list[str]:

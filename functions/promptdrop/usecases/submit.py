@@ -19,6 +19,7 @@ from promptdrop import prompts
 from promptdrop.cost import CapEstimate, LaneMoney, LaneTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PromptdropError, TransientError
 from promptdrop.models import ModelChoice, ServedModels, choose_model, lane_problem
+from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
 from promptdrop.records import Cost, Counts, Job, Run
@@ -282,7 +283,9 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
 
 def _request_line(ctx: Context, references: _ReferenceImages, line: PromptRequest) -> bytes:
     """The line as sent, its reference images inline or uploaded; refused when too large."""
-    request_line = prompts.request_line(line, references.parts(line))
+    # Vertex AI has no key field: the key rides in the request's labels, which its predictions echo.
+    labels = {VERTEX_LABEL: vertex_label(line.key)} if ctx.settings.backend == "vertex" else None
+    request_line = prompts.request_line(line, references.parts(line), labels)
     if len(request_line) > ctx.settings.max_line_bytes:
         raise _Refused(
             LineError(
@@ -397,6 +400,8 @@ class _ReferenceImages:
                 raise _changed(ref, generation) from None
             data = base64.b64encode(raw).decode("ascii")
             return {"inlineData": {"mimeType": mime, "data": data}}
+        if self.ctx.backend.bucket_input:  # Vertex AI reads a large image where it is: no upload, no expiry
+            return {"fileData": {"fileUri": f"{self.ctx.blobs.url}/{ref}", "mimeType": mime}}
         part = self._uploaded.get((ref, generation))
         if part is None:
             try:
