@@ -1009,7 +1009,18 @@ def bench_backends(work: Path, data: ResultsFile, runs: int) -> tuple[dict[str, 
     return found, rows
 
 
-SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup", "runs-page", "overhead", "backends")
+SECTIONS = (
+    "speed",
+    "gcs",
+    "submit",
+    "flat",
+    "thumbs",
+    "cache",
+    "startup",
+    "runs-page",
+    "overhead",
+    "backends",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
