@@ -883,7 +883,7 @@ def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str
     return figures
 
 
-SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup")
+SECTIONS = ("speed", "gcs", "submit", "flat", "thumbs", "cache", "startup", "scale", "cloud-scale")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -904,6 +904,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--startup-from", type=Path, default=None, help="(h): time the CLI of this checkout instead"
     )
+    parser.add_argument("--scale-lines", type=int, default=20_000, help="(i) lines of the local run")
+    parser.add_argument("--scale-runs", type=int, default=1, help="(i) runs of each variant")
+    parser.add_argument("--scale-from", type=Path, default=None, help="(i): run the package in DIR/functions")
+    parser.add_argument("--cloud-lines", type=int, default=2000, help="(j) lines through the local Cloud")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the naive approach: one)")
     parser.add_argument("--work", type=Path, default=REPO / ".bench", help="scratch folder (emptied first)")
     parser.add_argument("--json", type=Path, default=None, help="figures as JSON (default WORK/results.json)")
@@ -980,8 +984,13 @@ def main(argv: list[str] | None = None) -> int:
         log("(h) CLI start-up: median of 10 fresh processes each")
         startup = bench_startup(work, 10, args.startup_from)
 
+    scale = _scale_sections(sections, work, args)
+
     elapsed = time.monotonic() - began
     report = build_report(results, flat, submit_sizes, machine(), elapsed)
+    for name, (figures, table) in scale.items():
+        report[name] = figures
+        report["table"] += f"\n\n{table}"
     if startup is not None:
         report["startup"] = startup
         report["table"] += (
@@ -994,6 +1003,30 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2) + "\n")
     log(f"figures written to {out}; {elapsed / 60:.1f} minutes in all")
     return 0 if all(check["ok"] for check in report["checks"]) else 1
+
+
+def _scale_sections(sections: set[str], work: Path, args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    """(i) scale: a big local run phase by phase; (j) cloud-scale: a big file through the local Cloud."""
+    import bench_cloud_scale
+    import bench_scale
+
+    found: dict[str, tuple[Any, str]] = {}
+    if "scale" in sections:
+        lines = 1000 if args.quick else args.scale_lines
+        runs = 1 if args.quick else args.scale_runs
+        log(
+            f"(i) scale: `promptdrop run --wait`, {lines} lines, thumbnails and cache on vs off, {runs} run(s)"
+        )
+        figures = bench_scale.bench_scale(
+            work / "scale", lines, runs, write_prompt_file, log, args.scale_from
+        )
+        found["scale"] = (figures, bench_scale.table(figures))
+    if "cloud-scale" in sections:
+        lines = 200 if args.quick else args.cloud_lines
+        log(f"(j) cloud-scale: {lines} lines through the local Cloud, then re-dropped with 1% edited")
+        figures = bench_cloud_scale.bench_cloud_scale(work / "cloud-scale", lines, write_prompt_file, log)
+        found["cloud-scale"] = (figures, bench_cloud_scale.table(figures))
+    return found
 
 
 def build_report(
