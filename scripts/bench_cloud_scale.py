@@ -299,7 +299,8 @@ def _function_peaks(urls: dict[str, str]) -> dict[str, float]:
             target = argv[argv.index(b"--target") + 1].decode()
             port = argv[argv.index(b"--port") + 1].decode()
             if urls.get(target, "").rstrip("/").endswith(f":{port}"):
-                leaders[target] = int(entry.name)
+                # Its process group: the server and the worker it forked share the command line.
+                leaders[target] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
     return {target: round(_group_peak_mb(pid), 1) for target, pid in sorted(leaders.items())}
 
 

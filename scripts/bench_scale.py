@@ -184,7 +184,9 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (the benchmark needs Linux)")
 
 
-def _run_child(prompts: Path, home: Path, *, features: bool, source: Path) -> dict[str, Any]:
+def _run_child(
+    prompts: Path, home: Path, *, features: bool, source: Path, tier: int | None = None
+) -> dict[str, Any]:
     switch = "on" if features else "off"
     inherited = {
         key: value
@@ -201,6 +203,7 @@ def _run_child(prompts: Path, home: Path, *, features: bool, source: Path) -> di
         "PROMPTDROP_EMULATOR_IDLE": "300",
         "PROMPTDROP_THUMBNAILS": switch,
         "PROMPTDROP_CACHE": switch,
+        **({"PROMPTDROP_TIER": str(tier)} if tier else {}),
     }
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"prompts": str(prompts)})]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, cwd=home.parent)
@@ -226,17 +229,20 @@ def bench_scale(
     write_prompt_file: Callable[[Path, int], None],
     log: Callable[[str], None],
     source: Path | None = None,
+    tier: int | None = None,
+    variants: tuple[str, ...] = ("on", "off"),
 ) -> dict[str, Any]:
     """Both variants, ``runs`` times each, taking turns; the figures of each run and the medians.
-    ``source``: a checkout whose ``functions`` package runs instead of this one (a before/after figure)."""
+    ``source``: a checkout whose ``functions`` package runs instead of this one (a before/after figure);
+    ``tier``: PROMPTDROP_TIER for the runs (the enqueued-token quota that splits the file into jobs)."""
     work.mkdir(parents=True, exist_ok=True)
     prompts = work / f"scale-{lines}.jsonl"
     write_prompt_file(prompts, lines)
-    found: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    found: dict[str, list[dict[str, Any]]] = {switch: [] for switch in variants}
     for run in range(runs):
-        for switch in ("on", "off"):
+        for switch in variants:
             with _fresh(work / f"scale-home-{switch}") as home:
-                figures = _run_child(prompts, home, features=switch == "on", source=source or REPO)
+                figures = _run_child(prompts, home, features=switch == "on", source=source or REPO, tier=tier)
             found[switch].append(figures)
             log(
                 f"  thumbnails+cache {switch}, run {run + 1}/{runs}: {figures['seconds']:.1f} s, "
