@@ -31,6 +31,10 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
     copies, image and thumbnail), in fake-gcs-server behind the same 50 ms proxy, one line at a time
     (the naive loop) and ``PROMPTDROP_UPLOAD_CONCURRENCY`` 16 at a time; it says how long a 100,000-line
     re-drop takes, hence whether it fits one 540 s function invocation.
+(i) scale: 20,000 lines through `promptdrop run --wait` on the bundled emulator, phase by phase, thumbnails and
+    the cache on vs off (scripts/bench_scale.py; ``--scale-lines``, ``--scale-runs``, ``--scale-from``).
+(j) cloud-scale: a file dropped and re-dropped with 1% edited through the local Cloud stack, requests per
+    service counted (scripts/bench_cloud_scale.py; ``--cloud-lines``).
 """
 
 from __future__ import annotations
