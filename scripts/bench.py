@@ -31,6 +31,10 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
     copies, image and thumbnail), in fake-gcs-server behind the same 50 ms proxy, one line at a time
     (the naive loop) and ``PROMPTDROP_UPLOAD_CONCURRENCY`` 16 at a time; it says how long a 100,000-line
     re-drop takes, hence whether it fits one 540 s function invocation.
+(i) scale: 20,000 lines through `promptdrop run --wait` on the bundled emulator, phase by phase, thumbnails and
+    the cache on vs off (scripts/bench_scale.py; ``--scale-lines``, ``--scale-runs``, ``--scale-from``).
+(j) cloud-scale: a file dropped and re-dropped with 1% edited through the local Cloud stack, requests per
+    service counted (scripts/bench_cloud_scale.py; ``--cloud-lines``).
 """
 
 from __future__ import annotations
@@ -1020,6 +1024,8 @@ SECTIONS = (
     "runs-page",
     "overhead",
     "backends",
+    "scale",
+    "cloud-scale",
 )
 
 
@@ -1041,6 +1047,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--startup-from", type=Path, default=None, help="(h): time the CLI of this checkout instead"
     )
+    parser.add_argument("--scale-lines", type=int, default=20_000, help="(i) lines of the local run")
+    parser.add_argument("--scale-runs", type=int, default=1, help="(i) runs of each variant")
+    parser.add_argument("--scale-tier", type=int, default=None, help="(i) PROMPTDROP_TIER for the runs")
+    parser.add_argument("--scale-from", type=Path, default=None, help="(i): run the package in DIR/functions")
+    parser.add_argument("--cloud-lines", type=int, default=2000, help="(j) lines through the local Cloud")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the naive approach: one)")
     parser.add_argument("--work", type=Path, default=REPO / ".bench", help="scratch folder (emptied first)")
     parser.add_argument("--json", type=Path, default=None, help="figures as JSON (default WORK/results.json)")
@@ -1129,6 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
         found, backend_rows = bench_backends(work / "backends", data, args.runs)
         results.update(found)
         shutil.rmtree(work / "backends")
+    scale = _scale_sections(sections, work, args)
 
     elapsed = time.monotonic() - began
     report = build_report(results, flat, submit_sizes, machine(), elapsed)
@@ -1137,6 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
             "\n\n| case | input | median wall | throughput | peak RSS | | |\n|---|---|---:|---:|---:|---:|---:|\n"
         )
         report["table"] += "\n".join(backend_rows)
+    for name, (figures, table) in scale.items():
+        report[name] = figures
+        report["table"] += f"\n\n{table}"
     if startup is not None:
         report["startup"] = startup
         report["table"] += (
@@ -1152,6 +1167,30 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2) + "\n")
     log(f"figures written to {out}; {elapsed / 60:.1f} minutes in all")
     return 0 if all(check["ok"] for check in report["checks"]) else 1
+
+
+def _scale_sections(sections: set[str], work: Path, args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    """(i) scale: a big local run phase by phase; (j) cloud-scale: a big file through the local Cloud."""
+    import bench_cloud_scale
+    import bench_scale
+
+    found: dict[str, tuple[Any, str]] = {}
+    if "scale" in sections:
+        lines = 1000 if args.quick else args.scale_lines
+        runs = 1 if args.quick else args.scale_runs
+        log(
+            f"(i) scale: `promptdrop run --wait`, {lines} lines, thumbnails and cache on vs off, {runs} run(s)"
+        )
+        figures = bench_scale.bench_scale(
+            work / "scale", lines, runs, write_prompt_file, log, args.scale_from
+        )
+        found["scale"] = (figures, bench_scale.table(figures))
+    if "cloud-scale" in sections:
+        lines = 200 if args.quick else args.cloud_lines
+        log(f"(j) cloud-scale: {lines} lines through the local Cloud, then re-dropped with 1% edited")
+        figures = bench_cloud_scale.bench_cloud_scale(work / "cloud-scale", lines, write_prompt_file, log)
+        found["cloud-scale"] = (figures, bench_cloud_scale.table(figures))
+    return found
 
 
 def build_report(

@@ -183,11 +183,14 @@ def next_step(
         if refresh_due(run, by_id[job_id], now=now, poll_every=poll_every, wake=wake)
     )
     harvesting = tuple(job.job_id for job in jobs if job.phase is JobPhase.HARVESTING)  # both lanes
+    # LAUNCH before HARVEST: a job that ended gave its quota back, so the next one is created first and the
+    # API works on it while this call harvests (harvest first left the API idle for every harvest: with
+    # the tier's enqueued-token quota a big file runs job after job, scripts/bench --only scale).
     candidates = (
         (Action.RECOVER, ids(JobPhase.CREATING)),
         (Action.REFRESH, due),
-        (Action.HARVEST, harvesting),
         (Action.LAUNCH, () if run.cancel_requested else ids(JobPhase.QUEUED)),
+        (Action.HARVEST, harvesting),
     )
     for action, job_ids in candidates:
         if job_ids and not _passed(action, done):

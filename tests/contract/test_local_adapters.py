@@ -294,3 +294,27 @@ def test_sweep_interrupted_removes_temporaries_beside_outputs_and_keeps_the_outp
         "outputs/r/summary.json",
     ]
     assert store.read_bytes("outputs/r/images/a.png") == b"png"
+
+
+def test_list_reads_the_records_a_thousand_at_a_time(root: Path, store: LocalBlobStore) -> None:
+    """A listing reads its objects' records in a query per thousand names, not one per object (a 20,000-image
+    run's folders are listed at settle); an object rewritten behind the store's back still gets a new
+    generation there, as stat gives it."""
+    for index in range(2500):
+        store.write_bytes(f"run/images/{index:05d}.png", b"x")
+    store.write_bytes("run/other.txt", b"y")
+    (root / "run/images/00007.png").write_bytes(b"changed by hand")
+    before = store.stat("run/images/00008.png")
+    queries: list[str] = []
+    store._connection.set_trace_callback(queries.append)
+    try:
+        listed = list(store.list("run/images/"))
+    finally:
+        store._connection.set_trace_callback(None)
+    assert [info.name for info in listed] == [f"run/images/{index:05d}.png" for index in range(2500)]
+    # Three batches, and the changed object's stat (its row, again under the write lock, the counter).
+    assert len([q for q in queries if q.lstrip().upper().startswith("SELECT")]) <= 3 + 3
+    by_name = {info.name: info for info in listed}
+    assert by_name["run/images/00008.png"] == before
+    assert by_name["run/images/00007.png"].size == len(b"changed by hand")
+    assert by_name["run/images/00007.png"] == store.stat("run/images/00007.png")

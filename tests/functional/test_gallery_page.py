@@ -26,6 +26,7 @@ from promptdrop.states import RunState
 from promptdrop.usecases import gallery
 from promptdrop.usecases.gallery import Thumbnails
 from promptdrop.usecases.harvest import ImageWriter
+from promptdrop.usecases.inputs import parsed_input
 from promptdrop.wiring import build_context
 from tests.functional.conftest import Pipeline, jsonl, pipeline_env
 
@@ -250,3 +251,33 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (600, 300), "teal").save(out, format="PNG")
     return out.getvalue()
+
+
+def test_problem_pages_reuse_the_index_pass(pipeline: Pipeline) -> None:
+    """The input is parsed and the manifest read once for the index and problems pages alike (a second pass
+    was a third of a 20,000-line settle, scripts/bench --only scale); the problems page is the same either way."""
+    folder, _ = _demo_run(pipeline)
+    run = pipeline.ctx.store.get_run(folder.name)
+    assert run is not None and run.counts.failed + run.counts.invalid > 0
+    jobs = pipeline.ctx.store.list_jobs(run.run_id)
+    demo = (REPO / "examples" / "catalogue.jsonl").read_bytes()
+    demo += (REPO / "examples" / "emulator-extras.jsonl").read_bytes() + jsonl(*HOSTILE)
+    pipeline.ctx.blobs.write_bytes(run.input_object, demo)  # staged again, as before the settle deleted it
+    opened: list[str] = []
+    blobs = pipeline.ctx.blobs
+    original = blobs.open_read
+
+    def counted(name: str, **kwargs: Any) -> Any:
+        opened.append(name)
+        return original(name, **kwargs)
+
+    blobs.open_read = counted  # type: ignore[method-assign]
+    try:
+        gallery.publish(pipeline.ctx, run, jobs, lambda: parsed_input(pipeline.ctx, run))
+    finally:
+        blobs.open_read = original  # type: ignore[method-assign]
+    layout = pipeline.ctx.layout(run.run_id)
+    assert opened.count(run.input_object) == 1 and opened.count(layout.manifest) == 1
+    problems = (folder / "problems.html").read_text()
+    assert problems.count('<article class="card') == run.counts.failed + run.counts.invalid
+    assert html.escape(SCRIPT_PROMPT) in problems  # the invalid hostile line's card, with its prompt

@@ -359,3 +359,15 @@ def test_waiting_lines_hold_a_retry_too_and_a_cancel_stops_the_waiting() -> None
     cancelled = run(RunState.SUBMITTED, waiting=5, cancel_requested=True)
     assert step(cancelled, []).action is Action.SETTLE
     assert step(cancelled, [job(JobPhase.QUEUED)]).action is Action.CANCEL_JOBS
+
+
+def test_a_queued_job_is_launched_before_a_finished_one_is_harvested() -> None:
+    """The quota a job gave back when it ended is used at once: the next job is created first, so the API
+    works on it while the call harvests (scripts/bench --only scale: harvest first made a big file's jobs
+    run one after another with the CLI's harvests in between)."""
+    jobs = [job(JobPhase.HARVESTING, chunk=0), job(JobPhase.QUEUED, chunk=1)]
+    current = run(RunState.HARVESTING)
+    first = next_step(current, jobs, now=NOW, max_attempts=3)
+    assert first == Step(Action.LAUNCH, ("r-a1-c0001",))
+    second = next_step(current, jobs, now=NOW, max_attempts=3, done=frozenset({Action.LAUNCH}))
+    assert second == Step(Action.HARVEST, ("r-a1-c0000",))

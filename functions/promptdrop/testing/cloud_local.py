@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +194,19 @@ def function_argv(target: str, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def local_cloud(
-    project: str, bucket: str, state_dir: Path, tick_seconds: float, startup_timeout: float = 90.0
+    project: str,
+    bucket: str,
+    state_dir: Path,
+    tick_seconds: float,
+    startup_timeout: float = 90.0,
+    *,
+    image_scale: float = 0.25,
+    functions_reach: Callable[[CloudEndpoints], CloudEndpoints] | None = None,
 ) -> Iterator[Stack]:
-    """Start everything; on leaving the block (or a failure while starting) stop all of it."""
+    """Start everything; on leaving the block (or a failure while starting) stop all of it.
+
+    ``functions_reach``: the endpoints the functions are given instead of the servers' own (e.g. through
+    counting proxies, scripts/bench --only cloud-scale); the harness's own clients use the servers'."""
     from google.cloud import pubsub_v1, storage
 
     log_dir = state_dir / "logs"
@@ -226,7 +236,7 @@ def local_cloud(
                 "--running-seconds",
                 "1",
                 "--image-scale",
-                "0.25",
+                str(image_scale),
                 "--webhook-url",
                 f"http://127.0.0.1:{ports['on_batch_webhook']}/",
             ],
@@ -242,8 +252,9 @@ def local_cloud(
         storage.Client(project=project).create_bucket(bucket)
         for topic in CREATED_TOPICS:
             create_topic(endpoints.pubsub_host, project, topic)
+        reached = replace(stack, endpoints=functions_reach(endpoints)) if functions_reach else stack
         for target, port in ports.items():
-            processes.start(target, function_argv(target, port), stack.function_env(target))
+            processes.start(target, function_argv(target, port), reached.function_env(target))
         processes.wait_listening("gemini-emulator", gemini_port, deadline)
         for target, port in ports.items():
             processes.wait_listening(target, port, deadline)

@@ -91,6 +91,10 @@ def _cards(
                 yield item
 
 
+# At most this many problem cards are held in memory between the index pages and the problems pages.
+_PROBLEMS_KEPT = 2000
+
+
 def publish(ctx: Context, run: Run, jobs: list[Job], lines: InputOpener | None = None) -> None:
     """Write ``index.html`` (and ``page-N.html``, ``problems*.html``) of a run that is ending.
 
@@ -103,14 +107,30 @@ def publish(ctx: Context, run: Run, jobs: list[Job], lines: InputOpener | None =
     thumbs = {info.name for info in ctx.blobs.list(layout.folder + "thumbs/")}
     size = ctx.settings.gallery_page_size
     written: set[str] = set()
+    problems = run.counts.failed + run.counts.invalid
+    # The problem cards met on the index pages are kept for their own pages when they are few, so the input
+    # is not parsed (and the manifest read) a second time for them: a third of the settle of a big run.
+    kept: list[gallery.Card] | None = [] if problems <= _PROBLEMS_KEPT else None
+
+    def every(card: gallery.Card) -> bool:
+        if kept is not None and card.status != "succeeded":
+            kept.append(card)
+        return True
+
+    def is_problem(card: gallery.Card) -> bool:
+        return card.status != "succeeded"
+
     series: list[tuple[str, Callable[[gallery.Card], bool], int]] = [
-        ("index", lambda _: True, run.counts.lines),
-        ("problems", lambda c: c.status != "succeeded", run.counts.failed + run.counts.invalid),
+        ("index", every, run.counts.lines),
+        ("problems", is_problem, problems),
     ]
     for stem, keep, expected in series:
         if stem == "problems" and not expected:
             continue
-        cards = _cards(ctx, layout, thumbs, lines, keep)
+        if stem == "problems" and kept is not None:
+            cards: Iterator[gallery.Card] = iter(kept)
+        else:
+            cards = _cards(ctx, layout, thumbs, lines, keep)
         for name, page in gallery.render_pages(cards, summary, stem=stem, page_size=size, expected=expected):
             ctx.blobs.write_bytes(layout.folder + name, page.encode(), content_type=HTML)
             written.add(name)
