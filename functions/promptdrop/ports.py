@@ -106,7 +106,7 @@ class BlobStore(Protocol):
         written once and never edited in place (images served from the pay-once cache)."""
         ...
 
-    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> list[bool]:
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
         """Each order as ``copy`` would make it, in as few calls as the store allows (Cloud Storage: one
         batch request per ``COPY_BATCH`` orders); per order, True when copied, False when its source is gone
         or another generation is live (where ``copy`` raises NotFoundError or PreconditionFailedError).

@@ -8,7 +8,7 @@ import io
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from promptdrop import prompts
 from promptdrop.cli import app
 from promptdrop.emulator.launcher import SERVER_RECORD
 from promptdrop.models import model_spec
+from promptdrop.ports import CopyOrder
 from promptdrop.states import RunState
 from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
@@ -289,6 +290,10 @@ class _CountingCopies:
     def copy(self, source: str, destination: str, **options: Any) -> None:
         self.copies[destination] += 1
         self.inner.copy(source, destination, **options)
+
+    def copy_many(self, orders: Sequence[CopyOrder], **options: Any) -> Sequence[bool]:
+        self.copies.update(order.destination for order in orders)
+        return self.inner.copy_many(orders, **options)  # type: ignore[no-any-return]
 
 
 def test_a_cache_decision_too_long_for_one_call_goes_on_next_tick_and_copies_each_image_once(

@@ -526,13 +526,13 @@ class GcsBlobStore:
             while token is not None:
                 token, _, _ = destination_blob.rewrite(source_blob, token=token, **condition, **self._call)
 
-    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> list[bool]:
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
         done: list[bool] = []
         for start in range(0, len(orders), COPY_BATCH):
             done += self._copy_batch(orders[start : start + COPY_BATCH])
         return done
 
-    def _copy_batch(self, orders: Sequence[CopyOrder]) -> list[bool]:
+    def _copy_batch(self, orders: Sequence[CopyOrder]) -> Sequence[bool]:
         """Up to ``COPY_BATCH`` copies in one batch request of ``objects.copy`` calls (a copy inside one bucket
         completes in its one call, which a batch needs, unlike a rewrite). An order the batch did not settle
         (a 429 or 5xx of its own, or the whole batch lost) is made again on its own, with the retries."""
@@ -592,7 +592,7 @@ def batch_statuses(
     body = ("".join(parts) + f"--{boundary}--\r\n").encode()
     response = client._http.request(
         "POST",
-        f"{client._connection.API_BASE_URL}/batch/storage/v1",
+        f"{client.api_endpoint}/batch/storage/v1",
         data=body,
         headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
         timeout=timeout,
@@ -605,7 +605,9 @@ def _part_statuses(content_type: str, content: bytes, count: int) -> list[int | 
     """Each part's HTTP status by its ``Content-ID`` (``<response-call-N>``)."""
     message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + content)
     statuses: list[int | None] = [None] * count
-    for part in message.get_payload() if message.is_multipart() else []:
+    for part in message.walk():
+        if part is message:
+            continue
         content_id = str(part.get("Content-ID", "")).strip("<>")
         _, _, number = content_id.rpartition("call-")
         payload = part.get_payload(decode=False)

@@ -287,7 +287,7 @@ class LocalBlobStore:
                 handle.close()
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
 
-    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> list[bool]:
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
         """One ``copy`` each: a folder has no batch call, and a hard link costs no round trip."""
         done: list[bool] = []
         for order in orders:
