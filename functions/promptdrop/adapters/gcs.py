@@ -325,7 +325,8 @@ def widen_connection_pool(client: Client, connections: int) -> None:
     parallel uploads and read-ahead fetches would discard the rest and pay a new connection each time).
 
     ``Client._http`` (the authorized ``requests.Session``) is private, with no public way to size its pool:
-    this is the one place that touches it; tests/unit/test_private_surfaces.py fails loudly if it moves.
+    this and ``batch_statuses`` are the places that touch it; tests/unit/test_private_surfaces.py fails
+    loudly if it moves.
     """
     pool = HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
     for scheme in ("https://", "http://"):
@@ -536,7 +537,7 @@ class GcsBlobStore:
         """Up to ``COPY_BATCH`` copies in one batch request of ``objects.copy`` calls (a copy inside one bucket
         completes in its one call, which a batch needs, unlike a rewrite). An order the batch did not settle
         (a 429 or 5xx of its own, or the whole batch lost) is made again on its own, with the retries."""
-        calls = [_copy_call(self._name, order) for order in orders]
+        calls = [copy_call(self._name, order) for order in orders]
         try:
             statuses = batch_statuses(self._client, calls, self._timeout)
         except _LIBRARY_ERRORS as exc:
@@ -559,7 +560,7 @@ class GcsBlobStore:
         return done
 
 
-def _copy_call(bucket: str, order: CopyOrder) -> str:
+def copy_call(bucket: str, order: CopyOrder) -> str:
     """The ``objects.copy`` call of ``order`` as a batch part's request line."""
     source = quote(check_relative_path(order.source, what="object name"), safe="")
     destination = quote(check_relative_path(order.destination, what="object name"), safe="")
@@ -586,7 +587,7 @@ def batch_statuses(
     boundary = f"batch_{uuid.uuid4().hex}"
     parts = [
         f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <call-{index}>\r\n\r\n"
-        f"{call}\r\nContent-Length: 0\r\n\r\n"
+        f"{call}\r\nContent-Length: 0\r\n\r\n\r\n"  # the part ends with a blank line
         for index, call in enumerate(calls)
     ]
     body = ("".join(parts) + f"--{boundary}--\r\n").encode()

@@ -258,7 +258,7 @@ class CacheSplit:
             return
         block = self._read_parts()
         pending: list[tuple[PromptRequest, str]] = []  # the block's lines: the input is streamed
-        with ThreadPoolExecutor(_COPY_CALLS, thread_name_prefix="promptdrop-cache") as pool:
+        with ThreadPoolExecutor(_copy_calls(self.ctx), thread_name_prefix="promptdrop-cache") as pool:
             current = block
             for line, model in lines:
                 line_block = (line.line - 1) // DECIDE_BLOCK_LINES
@@ -373,7 +373,7 @@ class CacheSplit:
     def serve_paid(self, wanted: Mapping[str, str]) -> dict[str, Outcome]:
         """The lines of ``wanted`` (key -> fingerprint) served from the images paid for them, where one is
         usable (waiting lines whose payer has ended); a line left out is to be sent."""
-        with ThreadPoolExecutor(_COPY_CALLS, thread_name_prefix="promptdrop-cache") as pool:
+        with ThreadPoolExecutor(_copy_calls(self.ctx), thread_name_prefix="promptdrop-cache") as pool:
             return self._serve_many(pool, wanted)
 
     def _serve_many(self, pool: ThreadPoolExecutor, wanted: Mapping[str, str]) -> dict[str, Outcome]:
@@ -442,8 +442,13 @@ class CacheSplit:
             log.info("%d line(s) wait for runs paying for them now", len(self.waits), extra=self._log)
 
 
+def _copy_calls(ctx: Context) -> int:
+    """Copy calls at once: ``_COPY_CALLS``, fewer when ``PROMPTDROP_UPLOAD_CONCURRENCY`` allows fewer calls."""
+    return max(1, min(_COPY_CALLS, ctx.settings.upload_concurrency))
+
+
 def _copy_many(ctx: Context, pool: ThreadPoolExecutor, orders: Sequence[CopyOrder]) -> list[bool]:
-    """``BlobStore.copy_many`` of ``orders``, ``COPY_BATCH`` a call and ``_COPY_CALLS`` calls at once."""
+    """``BlobStore.copy_many`` of ``orders``, ``COPY_BATCH`` a call, as many calls at once as ``pool`` runs."""
     batches = [orders[start : start + COPY_BATCH] for start in range(0, len(orders), COPY_BATCH)]
     done: list[bool] = []
     for result in pool.map(lambda batch: ctx.blobs.copy_many(batch, share=True), batches):
