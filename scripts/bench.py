@@ -454,12 +454,18 @@ def worker_cache(args: dict[str, Any]) -> dict[str, Any]:
     ctx = build_context(Settings.from_env())
     run = _claimed_run(ctx, args["prompts"], args["name"])
     ctx.backend  # noqa: B018 - the SDK client is built before the clock starts, as in a warm function
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = submit.submit_run(ctx, run)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if run.state.value not in {"SUBMITTED", "SUCCEEDED", "PARTIAL"} or ctx.store.list_jobs(run.run_id):
         raise RuntimeError(f"a wholly cached re-drop should create no job: {run}")
-    return {"seconds": seconds, "cached": run.cost.cached, "lines": run.counts.lines}
+    return {"seconds": seconds, "cpu": cpu, "cached": run.cost.cached, "lines": run.counts.lines}
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -776,20 +782,29 @@ def bench_cache(work: Path, lines: int, runs: int) -> dict[str, Measure]:
             valid = lines - lines // 1000  # one line in a thousand is invalid
             key, what = "cache-16", "16 at a time, batched"
             found[key] = Measure("cache", what, lines, "lines", prompts.stat().st_size / MiB, [], [])
+            # Where the CPU goes (2 cores, shared): the decision's process, fake-gcs-server, the 50 ms proxy.
+            found["cache-16-server"] = Measure("cache", "fake-gcs-server CPU", lines, "lines", 0.0, [], [0.0])
+            found["cache-16-proxy"] = Measure("cache", "latency proxy CPU", lines, "lines", 0.0, [], [0.0])
             for run in range(runs):
                 env = {
                     **base,
                     "STORAGE_EMULATOR_HOST": server.proxy.url,
                     "PROMPTDROP_UPLOAD_CONCURRENCY": "16",
                 }
+                server_cpu, proxy_cpu = _process_cpu(server.process.pid), time.process_time()
                 figures = run_worker("cache", {"prompts": str(prompts), "name": f"{key}-{run}.jsonl"}, env)
+                found["cache-16-server"].seconds.append(_process_cpu(server.process.pid) - server_cpu)
+                found["cache-16-proxy"].seconds.append(time.process_time() - proxy_cpu)
+                found[key].cpu.append(figures["cpu"])
                 if figures["cached"] != valid:
                     raise RuntimeError(f"{what}: {figures['cached']} of {valid} lines served from the cache")
                 found[key].seconds.append(figures["seconds"])
                 found[key].rss.append(figures["peak_rss_mb"])
                 log(
                     f"  cache decision {what}, {lines} lines, run {run + 1}/{runs}: "
-                    f"{figures['seconds']:.2f} s ({lines / figures['seconds']:,.0f} lines/s)"
+                    f"{figures['seconds']:.2f} s ({lines / figures['seconds']:,.0f} lines/s); CPU: decision "
+                    f"{figures['cpu']:.1f} s, fake-gcs-server {found['cache-16-server'].seconds[-1]:.1f} s, "
+                    f"proxy {found['cache-16-proxy'].seconds[-1]:.1f} s"
                 )
         return found
     finally:
@@ -1108,6 +1123,12 @@ def build_report(
             f"| (g) cache decision, {m.label}, 50 ms | {m.units:,} lines, all paid before | {m.wall:.2f} s "
             f"| {per_second:,.0f} lines/s | {m.peak:.0f} MB | | |"
         )
+        if m.cpu and "cache-16-server" in results:
+            cpus = (statistics.median(m.cpu), results["cache-16-server"].wall, results["cache-16-proxy"].wall)
+            rows.append(
+                f"| (g) CPU per 1,000 lines | decision {cpus[0] / m.units * 1000:.2f} s, fake-gcs-server "
+                f"{cpus[1] / m.units * 1000:.2f} s, latency proxy {cpus[2] / m.units * 1000:.2f} s | | | | | |"
+            )
         # Extrapolated: blocks of 2,000 lines are decided one after another, each the same work.
         rows.append(
             f"| (g) so a 100,000-line re-drop | {100_000 / per_second:,.0f} s of decision (extrapolated from "
