@@ -12,8 +12,10 @@ are written whole (``cached-outcomes.jsonl``) before any job is recorded; a subm
 file exists decides again from where it stopped (copies are idempotent), one that finds it reuses it, so the
 chunks stay the same and every line still ends in exactly one manifest entry (settle joins on key).
 
-Time: a re-dropped catalogue of 100,000 lines takes a store read and two or three Cloud Storage calls per
-line, more than one function invocation (540 s) may hold. So the decision is made in blocks of
+Time: a re-dropped catalogue of 100,000 lines takes a store read and two server-side copies per line. They
+are batched per block (entries and claims read a few hundred a call, copies sent 100 to a Cloud Storage
+batch request, 16 requests at once), which fits such a file in one invocation; a bigger file or a slower
+service may not fit. So the decision is made in blocks of
 ``DECIDE_BLOCK_LINES`` input lines, each block's served outcomes written as a part when it is whole; between
 blocks the deadline is checked, and ``OutOfTimeError`` hands the rest to the next tick, which starts after
 the last whole part.
