@@ -27,10 +27,11 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
     each a fresh process, the median of 10 (``--startup-from DIR`` times the package in DIR/functions
     instead, e.g. an export of main, for a before/after figure).
 (g) cache: the pay-once cache's decision for a re-dropped file whose every line was paid for before
-    (``submit.submit_run`` after the claim: per line a store read, an object stat and two server-side
-    copies, image and thumbnail), in fake-gcs-server behind the same 50 ms proxy, one line at a time
-    (the naive loop) and ``PROMPTDROP_UPLOAD_CONCURRENCY`` 16 at a time; it says how long a 100,000-line
-    re-drop takes, hence whether it fits one 540 s function invocation.
+    (``submit.submit_run`` after the claim: per block of 2,000 lines the entries read in batches, the
+    images and their thumbnails copied server-side in batch requests of 100, up to 8 at once), 10,000
+    lines in fake-gcs-server behind the same 50 ms proxy, ``PROMPTDROP_UPLOAD_CONCURRENCY`` 16; it says
+    how long a 100,000-line re-drop takes (extrapolated: the blocks are decided one after another, each
+    the same work), hence whether it fits one invocation's 480 s budget.
 (i) scale: 20,000 lines through `promptdrop run --wait` on the bundled emulator, phase by phase, thumbnails and
     the cache on vs off (scripts/bench_scale.py; ``--scale-lines``, ``--scale-runs``, ``--scale-from``).
 (j) cloud-scale: a file dropped and re-dropped with 1% edited through the local Cloud stack, requests per
@@ -401,7 +402,10 @@ def _claimed_run(ctx: Any, source: str, name: str) -> Any:
 
 
 def worker_cache_seed(args: dict[str, Any]) -> dict[str, Any]:
-    """A paid image (a small PNG and its thumbnail) and its cache entry for every valid line of the file."""
+    """A paid image (a small PNG and its thumbnail) and its cache entry for every valid line of the file,
+    16 lines at a time (the seeding is not measured; one at a time it would take minutes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from promptdrop import gallery
     from promptdrop.ports import PaidImage
     from promptdrop.prompts import PromptRequest
@@ -414,35 +418,34 @@ def worker_cache_seed(args: dict[str, Any]) -> dict[str, Any]:
     run = _claimed_run(ctx, args["prompts"], "paid.jsonl")
     digests = ImageDigests(ctx)
     image, thumb = make_images(1)[0][:2048], b"RIFF-thumbnail"  # the bytes do not matter to a copy
-    seeded = 0
-    with parsed_input(ctx, run) as lines:
-        for line in lines:
-            if not isinstance(line, PromptRequest):
-                continue
-            name = ctx.layout(run.run_id).image(line.key, "png")
-            ctx.blobs.write_bytes(name, image, content_type="image/png")
-            thumb_name = gallery.thumb_name(ctx.layout(run.run_id).folder, name)
-            assert thumb_name is not None
-            ctx.blobs.write_bytes(thumb_name, thumb, content_type="image/webp")
-            info = ctx.blobs.stat(name)
-            fingerprint = digests.fingerprint(line, MODEL)
-            assert info is not None and fingerprint is not None
-            usage = {"prompt_tokens": 20, "output_tokens": 1120, "image_tokens": 1120}
-            entry = PaidImage(
-                fingerprint,
-                name,
-                info.generation,
-                info.size,
-                "image/png",
-                MODEL,
-                usage,
-                run.run_id,
-                line.key,
-                time.time(),
-            )
-            if not ctx.paid_images.put(entry):
-                raise RuntimeError(f"cache entry for {line.key} not written")
-            seeded += 1
+    usage = {"prompt_tokens": 20, "output_tokens": 1120, "image_tokens": 1120}
+
+    def seed(line: PromptRequest) -> None:
+        name = ctx.layout(run.run_id).image(line.key, "png")
+        ctx.blobs.write_bytes(name, image, content_type="image/png")
+        thumb_name = gallery.thumb_name(ctx.layout(run.run_id).folder, name)
+        assert thumb_name is not None
+        ctx.blobs.write_bytes(thumb_name, thumb, content_type="image/webp")
+        info = ctx.blobs.stat(name)
+        fingerprint = digests.fingerprint(line, MODEL)
+        assert info is not None and fingerprint is not None
+        entry = PaidImage(
+            fingerprint,
+            name,
+            info.generation,
+            info.size,
+            "image/png",
+            MODEL,
+            usage,
+            run.run_id,
+            line.key,
+            time.time(),
+        )
+        if not ctx.paid_images.put(entry):
+            raise RuntimeError(f"cache entry for {line.key} not written")
+
+    with parsed_input(ctx, run) as lines, ThreadPoolExecutor(16) as pool:
+        seeded = sum(1 for _ in pool.map(seed, (line for line in lines if isinstance(line, PromptRequest))))
     return {"seconds": 0.0, "seeded": seeded}
 
 
@@ -455,12 +458,18 @@ def worker_cache(args: dict[str, Any]) -> dict[str, Any]:
     ctx = build_context(Settings.from_env())
     run = _claimed_run(ctx, args["prompts"], args["name"])
     ctx.backend  # noqa: B018 - the SDK client is built before the clock starts, as in a warm function
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = submit.submit_run(ctx, run)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if run.state.value not in {"SUBMITTED", "SUCCEEDED", "PARTIAL"} or ctx.store.list_jobs(run.run_id):
         raise RuntimeError(f"a wholly cached re-drop should create no job: {run}")
-    return {"seconds": seconds, "cached": run.cost.cached, "lines": run.counts.lines}
+    return {"seconds": seconds, "cpu": cpu, "cached": run.cost.cached, "lines": run.counts.lines}
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_backend_harvest(args: dict[str, Any]) -> dict[str, Any]:
@@ -779,15 +788,21 @@ def _record(
     log(f"  {label:22} run {run + 1}/{runs}: {figures['seconds']:.2f} s, {figures['peak_rss_mb']:.0f} MB")
 
 
-def bench_cache(work: Path, lines: int, serial_lines: int, runs: int) -> dict[str, Measure]:
-    """The pay-once cache's decision for a wholly cached re-drop, serial and 16 at a time, behind 50 ms."""
+def bench_cache(work: Path, lines: int, runs: int) -> dict[str, Measure]:
+    """The pay-once cache's decision for a wholly cached re-drop behind 50 ms per request (the entries
+    read in batches, the copies in batch requests, PROMPTDROP_UPLOAD_CONCURRENCY 16)."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     from promptdrop.testing.emulator import running_emulator
 
     found: dict[str, Measure] = {}
-    server = FakeGcs(work / "fake-gcs")
+    # Objects in RAM where there is a tmpfs: the filesystem backend writes every copy through to the disk, one
+    # at a time (about 15 ms each here), which a server-side copy in Cloud Storage (a metadata change) does
+    # not; its memory backend scans every object on each read. Neither would measure the decision.
+    shm = Path("/dev/shm")  # noqa: S108 - a folder of our own in it, removed afterwards
+    folder = shm / f"promptdrop-bench-{os.getpid()}" if shm.is_dir() else work / "fake-gcs"
+    server = FakeGcs(folder)
     try:
         server.wait_ready()
         storage.Client(
@@ -803,40 +818,42 @@ def bench_cache(work: Path, lines: int, serial_lines: int, runs: int) -> dict[st
                 "PROMPTDROP_THUMBNAILS": "on",
                 "PROMPTDROP_SUBMIT_ON_CLAIM_MAX_BYTES": "0",  # claimed only: submission is what is timed
             }
-            # One paid file; the serial case re-drops its first lines (the naive loop is slow).
             prompts = home / f"prompts-{lines}.jsonl"
             write_prompt_file(prompts, lines)
-            head = home / f"prompts-{serial_lines}.jsonl"
-            head.write_bytes(b"".join(prompts.read_bytes().splitlines(keepends=True)[: serial_lines + 1]))
             log(f"  seeding {lines} paid images (and thumbnails)")
             run_worker("cache_seed", {"prompts": str(prompts)}, {**base, "STORAGE_EMULATOR_HOST": server.url})
             server.proxy.delay(LATENCY)
-            variants = [("cache-1", "one at a time", head, "1"), ("cache-16", "16 at a time", prompts, "16")]
-            for key, what, file, concurrency in variants:
-                count = len(file.read_bytes().splitlines()) - 1
-                valid = count - count // 1000  # one line in a thousand is invalid
-                found[key] = Measure("cache", what, count, "lines", file.stat().st_size / MiB, [], [])
-                for run in range(runs):
-                    env = {
-                        **base,
-                        "STORAGE_EMULATOR_HOST": server.proxy.url,
-                        "PROMPTDROP_UPLOAD_CONCURRENCY": concurrency,
-                    }
-                    figures = run_worker("cache", {"prompts": str(file), "name": f"{key}-{run}.jsonl"}, env)
-                    if figures["cached"] != valid:
-                        raise RuntimeError(
-                            f"{what}: {figures['cached']} of {valid} lines served from the cache"
-                        )
-                    found[key].seconds.append(figures["seconds"])
-                    found[key].rss.append(figures["peak_rss_mb"])
-                    log(
-                        f"  cache decision {what}, {count} lines, run {run + 1}/{runs}: "
-                        f"{figures['seconds']:.2f} s ({count / figures['seconds']:,.0f} lines/s)"
-                    )
+            valid = lines - lines // 1000  # one line in a thousand is invalid
+            key, what = "cache-16", "16 at a time, batched"
+            found[key] = Measure("cache", what, lines, "lines", prompts.stat().st_size / MiB, [], [])
+            # Where the CPU goes (2 cores, shared): the decision's process, fake-gcs-server, the 50 ms proxy.
+            found["cache-16-server"] = Measure("cache", "fake-gcs-server CPU", lines, "lines", 0.0, [], [0.0])
+            found["cache-16-proxy"] = Measure("cache", "latency proxy CPU", lines, "lines", 0.0, [], [0.0])
+            for run in range(runs):
+                env = {
+                    **base,
+                    "STORAGE_EMULATOR_HOST": server.proxy.url,
+                    "PROMPTDROP_UPLOAD_CONCURRENCY": "16",
+                }
+                server_cpu, proxy_cpu = _process_cpu(server.process.pid), time.process_time()
+                figures = run_worker("cache", {"prompts": str(prompts), "name": f"{key}-{run}.jsonl"}, env)
+                found["cache-16-server"].seconds.append(_process_cpu(server.process.pid) - server_cpu)
+                found["cache-16-proxy"].seconds.append(time.process_time() - proxy_cpu)
+                found[key].cpu.append(figures["cpu"])
+                if figures["cached"] != valid:
+                    raise RuntimeError(f"{what}: {figures['cached']} of {valid} lines served from the cache")
+                found[key].seconds.append(figures["seconds"])
+                found[key].rss.append(figures["peak_rss_mb"])
+                log(
+                    f"  cache decision {what}, {lines} lines, run {run + 1}/{runs}: "
+                    f"{figures['seconds']:.2f} s ({lines / figures['seconds']:,.0f} lines/s); CPU: decision "
+                    f"{figures['cpu']:.1f} s, fake-gcs-server {found['cache-16-server'].seconds[-1]:.1f} s, "
+                    f"proxy {found['cache-16-proxy'].seconds[-1]:.1f} s"
+                )
         return found
     finally:
         server.stop()
-        shutil.rmtree(work / "fake-gcs", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def bench_submit(work: Path, sizes: list[int], runs: int) -> dict[str, Measure]:
@@ -1043,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gcs-images", type=int, default=300, help="images for the Cloud Storage sweep (d)")
     parser.add_argument("--submit-lines", default="10000,100000", help="prompt-file sizes for submit (e)")
     parser.add_argument("--thumb-images", type=int, default=1000, help="result lines for thumbnails (f)")
-    parser.add_argument("--cache-lines", type=int, default=2000, help="re-dropped lines for the cache (g)")
+    parser.add_argument("--cache-lines", type=int, default=10000, help="re-dropped lines for the cache (g)")
     parser.add_argument(
         "--startup-from", type=Path, default=None, help="(h): time the CLI of this checkout instead"
     )
@@ -1121,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"(g) pay-once cache decision: {args.cache_lines} lines, behind {LATENCY * 1000:.0f} ms per request"
         )
-        results.update(bench_cache(work, args.cache_lines, max(50, args.cache_lines // 10), args.runs))
+        results.update(bench_cache(work, args.cache_lines, args.runs))
 
     startup = None
     if "startup" in sections:
@@ -1297,19 +1314,27 @@ def build_report(
             _check("CPU added per thumbnail", (cpu_on - cpu_off) / on.units * 1000, "<=", 25.0, " ms"),
         ]
     if "cache-16" in results:
-        serial, parallel = results["cache-1"], results["cache-16"]
-        for m in (serial, parallel):
-            rows.append(
-                f"| (g) cache decision, {m.label}, 50 ms | {m.units:,} lines, all paid before | {m.wall:.2f} s "
-                f"| {m.units / m.wall:,.0f} lines/s | {m.peak:.0f} MB | | |"
-            )
-        per_second = parallel.units / parallel.wall
+        m = results["cache-16"]
+        per_second = m.units / m.wall
         rows.append(
-            f"| (g) so a 100,000-line re-drop | {100_000 / per_second:,.0f} s of decision; "
-            f"{per_second * 540:,.0f} lines fit one 540 s invocation | | | | | |"
+            f"| (g) cache decision, {m.label}, 50 ms | {m.units:,} lines, all paid before | {m.wall:.2f} s "
+            f"| {per_second:,.0f} lines/s | {m.peak:.0f} MB | | |"
         )
-        speedup = (parallel.units / parallel.wall) / (serial.units / serial.wall)
-        checks.append(_check("cache decision, 16 at a time vs one at a time", speedup, ">=", 4.0, "x"))
+        if m.cpu and "cache-16-server" in results:
+            cpus = (statistics.median(m.cpu), results["cache-16-server"].wall, results["cache-16-proxy"].wall)
+            rows.append(
+                f"| (g) CPU per 1,000 lines | decision {cpus[0] / m.units * 1000:.2f} s, fake-gcs-server "
+                f"{cpus[1] / m.units * 1000:.2f} s, latency proxy {cpus[2] / m.units * 1000:.2f} s | | | | | |"
+            )
+        # Extrapolated: blocks of 2,000 lines are decided one after another, each the same work.
+        rows.append(
+            f"| (g) so a 100,000-line re-drop | {100_000 / per_second:,.0f} s of decision (extrapolated from "
+            f"{m.units:,} lines); {per_second * 480:,.0f} lines fit one invocation's 480 s | | | | | |"
+        )
+        checks += [
+            _check("cache decision, 50 ms per request", per_second, ">=", 1000.0, " lines/s"),
+            _check("100,000-line cached re-drop decided", 100_000 / per_second, "<=", 480.0, " s"),
+        ]
     checks.append(_check("whole benchmark", elapsed / 60, "<=", 15.0, " min"))
     lines = ["", *rows, "", "| target | measured | goal | |", "|---|---:|---:|---|"]
     lines += [

@@ -27,6 +27,19 @@ class BlobInfo:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class CopyOrder:
+    """One copy of ``BlobStore.copy_many``: as ``copy(source, destination, if_source_generation=...)``."""
+
+    source: str
+    destination: str
+    if_source_generation: str | None = None
+
+
+# Orders per ``BlobStore.copy_many`` call that one request can carry (the Cloud Storage batch limit).
+COPY_BATCH = 100
+
+
 class BlobStore(Protocol):
     """A bucket: a local folder or Cloud Storage. Object names use '/' and never start with one."""
 
@@ -91,6 +104,13 @@ class BlobStore(Protocol):
         nothing (NotFoundError when it is gone, PreconditionFailedError when another one is live).
         ``share``: the copy may share storage with the source (a hard link in a local folder), for objects
         written once and never edited in place (images served from the pay-once cache)."""
+        ...
+
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
+        """Each order as ``copy`` would make it, in as few calls as the store allows (Cloud Storage: one
+        batch request per ``COPY_BATCH`` orders); per order, True when copied, False when its source is gone
+        or another generation is live (where ``copy`` raises NotFoundError or PreconditionFailedError).
+        Other errors are raised; the orders made before stay made (a copy is idempotent)."""
         ...
 
     def sweep_interrupted(self, prefix: str) -> None:
@@ -399,6 +419,11 @@ class PaidImageCache(Protocol):
 
     def get(self, fingerprint: str) -> PaidImage | None: ...
 
+    def get_many(self, fingerprints: Iterable[str]) -> dict[str, PaidImage]:
+        """The entries stored for ``fingerprints`` (absent ones left out), in a few batched reads
+        (SQLite ``IN`` queries, Firestore ``get_all``) rather than one read each."""
+        ...
+
     def put(self, entry: PaidImage, *, replacing: PaidImage | None = None) -> bool:
         """Create the entry if there is none (atomic: of two runs settling at once, the first wins); with
         ``replacing``, overwrite that entry if it is still the one stored (a stale or superseded one).
@@ -406,6 +431,10 @@ class PaidImageCache(Protocol):
         ...
 
     def in_flight(self, fingerprint: str) -> InFlight | None: ...
+
+    def in_flight_many(self, fingerprints: Iterable[str]) -> dict[str, InFlight]:
+        """The markers stored for ``fingerprints`` (absent ones left out), read in batches like ``get_many``."""
+        ...
 
     def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
         """Store ``marker`` if no marker is stored for its fingerprint (atomic: of two runs submitting the

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from promptdrop.errors import NotFoundError, PreconditionFailedError, UnsafeNameError
-from promptdrop.ports import BlobStore
+from promptdrop.ports import COPY_BATCH, BlobStore, CopyOrder
 
 UNSAFE_NAMES = ["", "/etc/passwd", "../outside", "a/../../b", "a//b", "a/./b", "a\\b", "bad\x00name", "a/"]
 MiB = 1024 * 1024
@@ -294,6 +294,31 @@ class BlobStoreContract:
         assert second is not None
         store.copy("inbox/p.jsonl", "staged/p.jsonl", if_source_generation=second.generation)
         assert store.read_bytes("staged/p.jsonl") == b"second\n"
+
+    def test_copy_many_copies_each_order_or_says_why_not(self, store: BlobStore) -> None:
+        """copy_many: more orders than one batch request carries, each copied as ``copy`` would (bytes, type,
+        metadata, that generation); an order whose source is gone or another generation says False and
+        creates nothing, without stopping the others."""
+        store.write_bytes("images/a.png", b"png-a", content_type="image/png", metadata={"m": "1"})
+        store.write_bytes("images/b.png", b"old")
+        a, old_b = store.stat("images/a.png"), store.stat("images/b.png")
+        assert a is not None and old_b is not None
+        store.write_bytes("images/b.png", b"new")
+        orders = [
+            CopyOrder("images/a.png", f"run/images/a-{n}.png", a.generation) for n in range(COPY_BATCH + 5)
+        ]
+        orders += [
+            CopyOrder("images/missing.png", "run/images/missing.png"),
+            CopyOrder("images/b.png", "run/images/b.png", old_b.generation),
+            CopyOrder("images/a.png", "run/thumbs/a.webp"),
+        ]
+        assert list(store.copy_many(orders, share=True)) == [True] * (COPY_BATCH + 5) + [False, False, True]
+        copied = store.stat(f"run/images/a-{COPY_BATCH + 4}.png")
+        assert copied is not None
+        assert (copied.size, copied.content_type, dict(copied.metadata)) == (5, "image/png", {"m": "1"})
+        assert store.read_bytes("run/images/a-0.png") == store.read_bytes("run/thumbs/a.webp") == b"png-a"
+        assert store.stat("run/images/missing.png") is None and store.stat("run/images/b.png") is None
+        assert list(store.copy_many([])) == []
 
     def test_shared_copy_is_a_copy_of_that_generation(self, store: BlobStore) -> None:
         """``share`` (a hard link locally): the same bytes, type and metadata, a generation of its own, the

@@ -136,3 +136,25 @@ class PaidImageCacheContract:
             holders = list(pool.map(lambda i: caches[i].claim_in_flight(claims[i]), range(len(caches))))
         assert len(set(holders)) == 1
         assert holders[0] in claims and caches[0].in_flight(FINGERPRINT) == holders[0]
+
+    def test_get_many_reads_the_stored_entries_in_batches(self, paid_images: PaidImageCache) -> None:
+        """get_many answers for more fingerprints than one batched read takes (Firestore get_all 300 a
+        call, SQLite 500 per IN query): every stored one, field for field; absent ones left out."""
+        stored = [replace(make_entry(f"run-{n}"), fingerprint=f"{n:064x}") for n in range(0, 1300, 2)]
+        for entry in stored:
+            assert paid_images.put(entry)
+        wanted = [f"{n:064x}" for n in range(1300)] + [stored[0].fingerprint]  # a repeat is fine
+        assert paid_images.get_many(wanted) == {entry.fingerprint: entry for entry in stored}
+        assert paid_images.get_many([]) == {}
+        assert paid_images.get_many([f"{1:064x}"]) == {}
+
+    def test_in_flight_many_reads_the_stored_claims_in_batches(self, paid_images: PaidImageCache) -> None:
+        """in_flight_many names the holder of each claimed request, over several batched reads; released
+        and never-claimed requests are left out."""
+        claims = [InFlight(f"{n:064x}", f"run-{n % 3}", f"line-{n}") for n in range(0, 700, 2)]
+        for marker in claims:
+            assert paid_images.claim_in_flight(marker) == marker
+        paid_images.release_in_flight(claims[0])
+        wanted = [f"{n:064x}" for n in range(700)]
+        assert paid_images.in_flight_many(wanted) == {m.fingerprint: m for m in claims[1:]}
+        assert paid_images.in_flight_many([]) == {}

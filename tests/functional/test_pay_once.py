@@ -8,7 +8,7 @@ import io
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from promptdrop import prompts
 from promptdrop.cli import app
 from promptdrop.emulator.launcher import SERVER_RECORD
 from promptdrop.models import model_spec
+from promptdrop.ports import CopyOrder
 from promptdrop.states import RunState
 from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
@@ -282,13 +283,21 @@ class _CountingCopies:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.copies: Counter[str] = Counter()
+        self.singles: list[str] = []  # destinations of single copies
+        self.batches = 0  # copy_many calls
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def copy(self, source: str, destination: str, **options: Any) -> None:
         self.copies[destination] += 1
+        self.singles.append(destination)
         self.inner.copy(source, destination, **options)
+
+    def copy_many(self, orders: Sequence[CopyOrder], **options: Any) -> Sequence[bool]:
+        self.copies.update(order.destination for order in orders)
+        self.batches += 1
+        return self.inner.copy_many(orders, **options)  # type: ignore[no-any-return]
 
 
 def test_a_cache_decision_too_long_for_one_call_goes_on_next_tick_and_copies_each_image_once(
@@ -324,6 +333,8 @@ def test_a_cache_decision_too_long_for_one_call_goes_on_next_tick_and_copies_eac
     image_copies = {name: n for name, n in counting.copies.items() if "/images/" in name}
     assert len(image_copies) == 45 and set(image_copies.values()) == {1}
     assert set(counting.copies.values()) == {1}  # thumbnails too
+    # In batches: per block of 10 lines one call for the images and one for their thumbnails.
+    assert counting.batches == 2 * 5 and not [name for name in counting.singles if "/images/" in name]
     assert summary(pipeline, run)["cost"]["cached"] == 45
 
 

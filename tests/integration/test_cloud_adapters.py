@@ -19,12 +19,12 @@ from google.cloud import firestore, pubsub_v1, storage
 
 from promptdrop.adapters.firestore_cache import FirestorePaidImageCache
 from promptdrop.adapters.firestore_store import FirestoreJobStore, parse_store_url
-from promptdrop.adapters.gcs import GcsBlobStore
+from promptdrop.adapters.gcs import GcsBlobStore, batch_statuses, copy_call
 from promptdrop.adapters.pubsub import PubsubNotifier
 from promptdrop.budget import ByteBudget
 from promptdrop.errors import ConfigurationError, NotFoundError, PreconditionFailedError
 from promptdrop.events import parse_storage_notification
-from promptdrop.ports import JobStore
+from promptdrop.ports import CopyOrder, JobStore
 from promptdrop.states import RunState
 from promptdrop.testing.cloud import pull, subscribe
 from tests.contract.blob_store_contract import BlobStoreContract, Boom
@@ -56,6 +56,26 @@ class TestGcsBlobStore(BlobStoreContract):
     @pytest.fixture
     def store(self, bucket_name: str, storage_client: storage.Client) -> GcsBlobStore:
         return GcsBlobStore(bucket_name, storage_client)
+
+    def test_copy_many_goes_in_one_batch_request_per_hundred_copies(
+        self, store: GcsBlobStore, bucket_name: str, storage_client: storage.Client
+    ) -> None:
+        """The batch request itself answers each copy (200; 404 for a source gone; for another generation
+        live 412, or 404 where the old generation is not kept), so copy_many makes one request per ``COPY_BATCH`` orders, not one per order."""
+        store.write_bytes("images/a.png", b"png-a")
+        store.write_bytes("images/b.png", b"old")
+        a, old_b = store.stat("images/a.png"), store.stat("images/b.png")
+        assert a is not None and old_b is not None
+        store.write_bytes("images/b.png", b"new")
+        orders = [
+            CopyOrder("images/a.png", "run/a.png", a.generation),
+            CopyOrder("images/gone.png", "run/gone.png"),
+            CopyOrder("images/b.png", "run/b.png", old_b.generation),
+        ]
+        calls = [copy_call(bucket_name, order) for order in orders]
+        statuses = batch_statuses(storage_client, calls, 30.0)
+        assert statuses[:2] == [200, 404] and statuses[2] in (404, 412)
+        assert store.read_bytes("run/a.png") == b"png-a" and store.stat("run/b.png") is None
 
 
 class TestFirestoreJobStore(JobStoreContract):

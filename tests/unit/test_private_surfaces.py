@@ -32,7 +32,8 @@ def test_genai_api_client_request_is_where_gemini_get_operation_json_expects_it(
 
 
 def test_storage_client_http_session_takes_a_wider_pool() -> None:
-    """widen_connection_pool mounts its adapter on Client._http, the authorized requests.Session."""
+    """widen_connection_pool mounts its adapter on Client._http, the authorized requests.Session (which
+    batch_statuses sends Cloud Storage batch requests through)."""
     client = storage.Client(project="unit-test", credentials=AnonymousCredentials())
     widen_connection_pool(client, 29)
     session = client._http

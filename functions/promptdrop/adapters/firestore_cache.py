@@ -8,6 +8,7 @@ request an unfinished run is paying for now (``InFlight``), claimed the same way
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
@@ -20,6 +21,8 @@ from promptdrop.ports import InFlight, PaidImage
 
 PAID_IMAGES = "paid_images"
 IN_FLIGHT = "in_flight"
+# Documents per ``get_all`` call: one batched read, far from the request size limits.
+GET_ALL_BATCH = 300
 
 
 class FirestorePaidImageCache:
@@ -52,6 +55,24 @@ class FirestorePaidImageCache:
             snapshot = self._entries.document(fingerprint).get(**self._call)
         return PaidImage.from_json(snapshot.to_dict() or {}) if snapshot.exists else None
 
+    def get_many(self, fingerprints: Iterable[str]) -> dict[str, PaidImage]:
+        docs = self._get_all(self._entries, fingerprints, "reading paid images")
+        return {fingerprint: PaidImage.from_json(doc) for fingerprint, doc in docs.items()}
+
+    def _get_all(
+        self, collection: firestore.CollectionReference, ids: Iterable[str], what: str
+    ) -> dict[str, dict[str, Any]]:
+        """The documents of ``collection`` named ``ids`` that exist, ``GET_ALL_BATCH`` a call."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), GET_ALL_BATCH):
+            references = [collection.document(name) for name in wanted[start : start + GET_ALL_BATCH]]
+            with firestore_errors(f"{what} ({len(references)} at once)"):
+                for snapshot in self._client.get_all(references, **self._call):
+                    if snapshot.exists:
+                        found[snapshot.id] = snapshot.to_dict() or {}
+        return found
+
     def put(self, entry: PaidImage, *, replacing: PaidImage | None = None) -> bool:
         what = f"storing paid image {entry.fingerprint[:12]}"
         reference = self._entries.document(entry.fingerprint)
@@ -78,6 +99,10 @@ class FirestorePaidImageCache:
         with firestore_errors(f"reading in-flight request {fingerprint[:12]}"):
             snapshot = self._in_flight.document(fingerprint).get(**self._call)
         return InFlight.from_json(snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def in_flight_many(self, fingerprints: Iterable[str]) -> dict[str, InFlight]:
+        docs = self._get_all(self._in_flight, fingerprints, "reading in-flight requests")
+        return {fingerprint: InFlight.from_json(doc) for fingerprint, doc in docs.items()}
 
     def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
         reference = self._in_flight.document(marker.fingerprint)

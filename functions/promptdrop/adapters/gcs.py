@@ -10,12 +10,15 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from email.parser import BytesParser
 from typing import Any, BinaryIO, cast
+from urllib.parse import quote
 
 import requests
 from google.api_core import exceptions as api_exceptions
@@ -36,7 +39,7 @@ from promptdrop.errors import (
     TransientError,
 )
 from promptdrop.names import check_relative_path
-from promptdrop.ports import BlobInfo
+from promptdrop.ports import COPY_BATCH, BlobInfo, CopyOrder
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +325,8 @@ def widen_connection_pool(client: Client, connections: int) -> None:
     parallel uploads and read-ahead fetches would discard the rest and pay a new connection each time).
 
     ``Client._http`` (the authorized ``requests.Session``) is private, with no public way to size its pool:
-    this is the one place that touches it; tests/unit/test_private_surfaces.py fails loudly if it moves.
+    this and ``batch_statuses`` are the places that touch it; tests/unit/test_private_surfaces.py fails
+    loudly if it moves.
     """
     pool = HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
     for scheme in ("https://", "http://"):
@@ -522,6 +526,98 @@ class GcsBlobStore:
             token, _, _ = destination_blob.rewrite(source_blob, **condition, **self._call)
             while token is not None:
                 token, _, _ = destination_blob.rewrite(source_blob, token=token, **condition, **self._call)
+
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
+        done: list[bool] = []
+        for start in range(0, len(orders), COPY_BATCH):
+            done += self._copy_batch(orders[start : start + COPY_BATCH])
+        return done
+
+    def _copy_batch(self, orders: Sequence[CopyOrder]) -> Sequence[bool]:
+        """Up to ``COPY_BATCH`` copies in one batch request of ``objects.copy`` calls (a copy inside one bucket
+        completes in its one call, which a batch needs, unlike a rewrite). An order the batch did not settle
+        (a 429 or 5xx of its own, or the whole batch lost) is made again on its own, with the retries."""
+        calls = [copy_call(self._name, order) for order in orders]
+        try:
+            statuses = batch_statuses(self._client, calls, self._timeout)
+        except _LIBRARY_ERRORS as exc:
+            log.info("a batch of %d copies failed (%s); each is made on its own", len(orders), exc)
+            statuses = [None] * len(orders)
+        done: list[bool] = []
+        for order, status in zip(orders, statuses, strict=True):
+            if status is not None and 200 <= status < 300:
+                done.append(True)
+            elif status in (404, 412):
+                done.append(False)
+            else:
+                try:
+                    self.copy(
+                        order.source, order.destination, if_source_generation=order.if_source_generation
+                    )
+                    done.append(True)
+                except (NotFoundError, PreconditionFailedError):
+                    done.append(False)
+        return done
+
+
+def copy_call(bucket: str, order: CopyOrder) -> str:
+    """The ``objects.copy`` call of ``order`` as a batch part's request line."""
+    source = quote(check_relative_path(order.source, what="object name"), safe="")
+    destination = quote(check_relative_path(order.destination, what="object name"), safe="")
+    target = (
+        f"/storage/v1/b/{quote(bucket, safe='')}/o/{source}/copyTo/b/{quote(bucket, safe='')}/o/{destination}"
+    )
+    if order.if_source_generation is not None:
+        generation = int(order.if_source_generation)
+        target += f"?sourceGeneration={generation}&ifSourceGenerationMatch={generation}"
+    return f"POST {target} HTTP/1.1"
+
+
+def batch_statuses(
+    client: Client, calls: Sequence[str], timeout: float | tuple[float, float]
+) -> list[int | None]:
+    """Send ``calls`` (request lines without a body, at most ``COPY_BATCH``) as one JSON API batch request;
+    the HTTP status of each, in order (None: no answer for it).
+
+    Built here rather than with the library's ``Client.batch``: its parts carry no ``Content-ID``, which the
+    API documents and fake-gcs-server requires to answer a part, and it cannot return a copy's status. It
+    goes through ``Client._http`` (the authorized session), the private attribute ``widen_connection_pool``
+    already relies on (tests/unit/test_private_surfaces.py).
+    """
+    boundary = f"batch_{uuid.uuid4().hex}"
+    parts = [
+        f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <call-{index}>\r\n\r\n"
+        f"{call}\r\nContent-Length: 0\r\n\r\n\r\n"  # the part ends with a blank line
+        for index, call in enumerate(calls)
+    ]
+    body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    response = client._http.request(
+        "POST",
+        f"{client.api_endpoint}/batch/storage/v1",
+        data=body,
+        headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+        timeout=timeout,
+    )
+    response.raise_for_status()
+    return _part_statuses(response.headers.get("Content-Type", ""), response.content, len(calls))
+
+
+def _part_statuses(content_type: str, content: bytes, count: int) -> list[int | None]:
+    """Each part's HTTP status by its ``Content-ID`` (``<response-call-N>``)."""
+    message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + content)
+    statuses: list[int | None] = [None] * count
+    for part in message.walk():
+        if part is message:
+            continue
+        content_id = str(part.get("Content-ID", "")).strip("<>")
+        _, _, number = content_id.rpartition("call-")
+        payload = part.get_payload(decode=False)
+        if not number.isdigit() or int(number) >= count or not isinstance(payload, str):
+            continue
+        status_line = payload.lstrip().split("\n", 1)[0].split()
+        if len(status_line) >= 2 and status_line[1].isdigit():
+            statuses[int(number)] = int(status_line[1])
+    return statuses
 
 
 def _info(blob: Blob) -> BlobInfo:

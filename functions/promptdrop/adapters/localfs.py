@@ -25,7 +25,7 @@ import sqlite3
 import stat as stat_mode
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,7 @@ from promptdrop.errors import (
     UnsafeNameError,
 )
 from promptdrop.names import check_relative_path
-from promptdrop.ports import BlobInfo
+from promptdrop.ports import BlobInfo, CopyOrder
 
 RESERVED_PREFIX = ".promptdrop-"
 META_DB_NAME = RESERVED_PREFIX + "meta.db"
@@ -295,6 +295,22 @@ class LocalBlobStore:
                 shutil.copyfileobj(reader, handle, _COPY_BUFFER)
                 handle.close()
             self._publish(destination, path, temporary, info.content_type, info.metadata, if_absent=False)
+
+    def copy_many(self, orders: Sequence[CopyOrder], *, share: bool = False) -> Sequence[bool]:
+        """One ``copy`` each: a folder has no batch call, and a hard link costs no round trip."""
+        done: list[bool] = []
+        for order in orders:
+            try:
+                self.copy(
+                    order.source,
+                    order.destination,
+                    if_source_generation=order.if_source_generation,
+                    share=share,
+                )
+                done.append(True)
+            except (NotFoundError, PreconditionFailedError):
+                done.append(False)
+        return done
 
     def _link(
         self, source: str, source_path: Path, destination: str, path: Path, if_source_generation: str | None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +23,9 @@ from promptdrop.adapters.sqlite_store import (
     write_transaction,
 )
 from promptdrop.ports import InFlight, PaidImage
+
+# Fingerprints per ``IN (...)`` query: well under SQLite's limit on bound parameters (999 before 3.32).
+_IN_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS paid_images (
@@ -61,6 +64,21 @@ class SqlitePaidImageCache:
             ).fetchone()
         return None if row is None else PaidImage.from_json(orjson.loads(row[0]))
 
+    def get_many(self, fingerprints: Iterable[str]) -> dict[str, PaidImage]:
+        rows = self._select_in("SELECT fingerprint, doc FROM paid_images", fingerprints)
+        return {row[0]: PaidImage.from_json(orjson.loads(row[1])) for row in rows}
+
+    def _select_in(self, select: str, fingerprints: Iterable[str]) -> list[tuple[str, ...]]:
+        """``select`` + ``WHERE fingerprint IN (...)``, ``_IN_BATCH`` fingerprints a query."""
+        wanted = list(dict.fromkeys(fingerprints))
+        rows: list[tuple[str, ...]] = []
+        for start in range(0, len(wanted), _IN_BATCH):
+            batch = wanted[start : start + _IN_BATCH]
+            query = f"{select} WHERE fingerprint IN ({','.join('?' * len(batch))})"
+            with self._lock, translate_sqlite_errors(self._path):
+                rows += self._connection.execute(query, batch).fetchall()
+        return rows
+
     def put(self, entry: PaidImage, *, replacing: PaidImage | None = None) -> bool:
         doc = orjson.dumps(entry.to_json()).decode()
         with self._transaction() as conn:
@@ -83,6 +101,10 @@ class SqlitePaidImageCache:
                 "SELECT run_id, key FROM in_flight WHERE fingerprint = ?", (fingerprint,)
             ).fetchone()
         return None if row is None else InFlight(fingerprint, row[0], row[1])
+
+    def in_flight_many(self, fingerprints: Iterable[str]) -> dict[str, InFlight]:
+        rows = self._select_in("SELECT fingerprint, run_id, key FROM in_flight", fingerprints)
+        return {row[0]: InFlight(row[0], row[1], row[2]) for row in rows}
 
     def claim_in_flight(self, marker: InFlight, *, replacing: InFlight | None = None) -> InFlight:
         with self._transaction() as conn:

@@ -12,8 +12,10 @@ are written whole (``cached-outcomes.jsonl``) before any job is recorded; a subm
 file exists decides again from where it stopped (copies are idempotent), one that finds it reuses it, so the
 chunks stay the same and every line still ends in exactly one manifest entry (settle joins on key).
 
-Time: a re-dropped catalogue of 100,000 lines takes a store read and two or three Cloud Storage calls per
-line, more than one function invocation (540 s) may hold. So the decision is made in blocks of
+Time: a re-dropped catalogue of 100,000 lines takes a store read and two server-side copies per line. They
+are batched per block (entries and claims read a few hundred a call, copies sent 100 to a Cloud Storage
+batch request, 16 requests at once), which fits such a file in one invocation; a bigger file or a slower
+service may not fit. So the decision is made in blocks of
 ``DECIDE_BLOCK_LINES`` input lines, each block's served outcomes written as a part when it is whole; between
 blocks the deadline is checked, and ``OutOfTimeError`` hands the rest to the next tick, which starts after
 the last whole part.
@@ -33,13 +35,11 @@ entry is replaced by the next run that pays for the same request.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import mimetypes
-from collections import deque
-from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,10 +48,10 @@ import orjson
 
 from promptdrop import gallery
 from promptdrop.cost import CostTally
-from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PreconditionFailedError
+from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError
 from promptdrop.fingerprint import ImageDigest, maker_identity, request_fingerprint
 from promptdrop.outcomes import Outcome, Usage
-from promptdrop.ports import BlobInfo, InFlight, PaidImage
+from promptdrop.ports import COPY_BATCH, BlobInfo, CopyOrder, InFlight, PaidImage
 from promptdrop.prompts import PromptRequest, fingerprint_form
 from promptdrop.records import Run
 from promptdrop.usecases.context import Context
@@ -67,6 +67,9 @@ _HASH_BLOCK = 1 << 20
 # Input lines per part of the decision: big enough that a part is a few seconds of work, small enough that
 # a cut-off decision redoes little.
 DECIDE_BLOCK_LINES = 2000
+# Copy calls at once (each a batch of up to ``COPY_BATCH`` server-side copies in Cloud Storage): a block's
+# 2,000 images and 2,000 thumbnails in three rounds, not in 4,000 round trips.
+_COPY_CALLS = 16
 
 
 def enabled(ctx: Context, run: Run) -> bool:
@@ -187,6 +190,30 @@ def unfinished(ctx: Context, run_id: str) -> bool:
     return run is not None and not run.state.terminal
 
 
+def claim_many(ctx: Context, markers: Sequence[InFlight]) -> list[InFlight]:
+    """``claim`` of each marker, in order. The holders are read in batches first (``in_flight_many``): a
+    request held by this run or by an unfinished one is answered from that read; only those nobody holds,
+    or held by a run that has ended, take calls of their own (an atomic create-if-absent), many at once."""
+    if not markers:
+        return []
+    held = ctx.paid_images.in_flight_many(marker.fingerprint for marker in markers)
+    live: dict[str, bool] = {}
+    for holder in held.values():
+        if holder.run_id not in live:
+            live[holder.run_id] = holder.run_id == markers[0].run_id or unfinished(ctx, holder.run_id)
+    holders: list[InFlight | None] = [
+        held[m.fingerprint] if m.fingerprint in held and live[held[m.fingerprint].run_id] else None
+        for m in markers
+    ]
+    to_claim = [index for index, holder in enumerate(holders) if holder is None]
+    with ThreadPoolExecutor(
+        max(1, ctx.settings.upload_concurrency), thread_name_prefix="promptdrop-cache"
+    ) as pool:
+        for index, holder in zip(to_claim, pool.map(lambda i: claim(ctx, markers[i]), to_claim), strict=True):
+            holders[index] = holder
+    return [holder for holder in holders if holder is not None]
+
+
 def claim(ctx: Context, marker: InFlight) -> InFlight:
     """Claim ``marker``'s request as in flight for its run; returns who holds it now. A claim left by a run
     that has ended (a crash before its settle released it) is taken over."""
@@ -224,45 +251,70 @@ class CacheSplit:
         self._payers: dict[str, bool] = {}  # run id -> whether lines of this run may wait for it
 
     def prepare(self, lines: Iterable[tuple[PromptRequest, str]], deadline: float | None = None) -> None:
-        """Decide which lines are served: look each up and copy the images of those served,
-        ``PROMPTDROP_UPLOAD_CONCURRENCY`` lines at a time (each takes a few storage and store calls, which a
-        long cached file would otherwise wait for one by one). Called before the lines are chunked; an
-        earlier try's decision is reused as it is, and a paused one (``OutOfTimeError``) goes on from its
-        last whole block (the last block is kept too: a submission paused after the decision redoes none)."""
+        """Decide which lines are served, a block of ``DECIDE_BLOCK_LINES`` input lines at a time: the
+        block's entries read in batches, its images copied in batch requests, many at a time
+        (``_decide_block``). Called before the lines are chunked; an earlier try's decision is reused as it
+        is, and a paused one (``OutOfTimeError``) goes on from its last whole block (the last block is kept
+        too: a submission paused after the decision redoes none)."""
         if self._decided is not None:
             return
         self._decided = {}
         if not enabled(self.ctx, self.run):
             return
         block = self._read_parts()
-        workers = max(1, self.ctx.settings.upload_concurrency)
-        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
-            window: deque[Future[Outcome | Waiting | None]] = deque()  # bounded: the input is streamed
-            in_block: list[Outcome | Waiting] = []
-
-            def drain(until: int) -> None:
-                while window and (len(window) > until or window[0].done()):
-                    outcome = window.popleft().result()
-                    if outcome is not None:
-                        in_block.append(outcome)
-
-            for number, (line, model) in enumerate(lines, start=1):
+        pending: list[tuple[PromptRequest, str]] = []  # the block's lines: the input is streamed
+        with ThreadPoolExecutor(_copy_calls(self.ctx), thread_name_prefix="promptdrop-cache") as pool:
+            current = block
+            for line, model in lines:
                 line_block = (line.line - 1) // DECIDE_BLOCK_LINES
                 if line_block < block:
                     continue  # decided by an earlier call
-                while line_block > block:  # the block is whole: record it, then see if time is left
-                    drain(0)
-                    self._write_part(block, in_block)
-                    block += 1
+                while line_block > current:  # the block is whole: record it, then see if time is left
+                    self._write_part(current, self._decide_block(pool, pending))
+                    pending = []
+                    current += 1
                     if deadline is not None and self.ctx.clock() >= deadline:
                         raise OutOfTimeError(f"cache decision paused before input line {line.line}")
-                if number % (_FILL_ROUND * workers) == 0:
-                    renew(self.ctx, self.run.run_id)  # a long file: keep the run ours while it is decided
                 if not line.fresh:
-                    window.append(pool.submit(self._serve_from_cache, line, model))
-                drain(4 * workers - 1)
-            drain(0)
-            self._write_part(block, in_block)
+                    pending.append((line, model))
+            self._write_part(current, self._decide_block(pool, pending))
+
+    def _decide_block(
+        self, pool: ThreadPoolExecutor, lines: list[tuple[PromptRequest, str]]
+    ) -> list[Outcome | Waiting]:
+        """One block: each line served (a copy), waiting for an older unfinished run that sent the same
+        request, or left out (sent by this run, its request claimed as in flight). Batched: the entries and
+        the claims are read a few hundred a call, the copies made in batch requests."""
+        if not lines:
+            return []
+        renew(self.ctx, self.run.run_id)  # a long file: keep the run ours while it is decided
+        if any(line.image_refs for line, _ in lines):  # reference images are read (stat, hash): many at once
+            prints = list(pool.map(lambda item: self.digests.fingerprint(*item), lines))
+        else:
+            prints = [self.digests.fingerprint(line, model) for line, model in lines]
+        wanted = {line.key: fp for (line, _), fp in zip(lines, prints, strict=True) if fp is not None}
+        served = self._serve_many(pool, wanted)
+        missed = {key: fp for key, fp in wanted.items() if key not in served}
+        markers = [InFlight(fp, self.run.run_id, key) for key, fp in missed.items()]
+        holders = dict(zip(missed, claim_many(self.ctx, markers), strict=True))
+        # A payer that settled between the look-up and the claim recorded its image first.
+        ours = {key: missed[key] for key, holder in holders.items() if holder.run_id == self.run.run_id}
+        late = self._serve_many(pool, ours)
+        for marker in markers:
+            if marker.key in late and holders[marker.key] == marker:
+                self.ctx.paid_images.release_in_flight(marker)
+        served.update(late)
+        decided: list[Outcome | Waiting] = []
+        models = {line.key: model for line, model in lines}
+        for key in wanted:
+            holder = holders.get(key)
+            if key in served:
+                decided.append(served[key])
+            elif (
+                holder is not None and holder.run_id != self.run.run_id and self._may_wait_for(holder.run_id)
+            ):
+                decided.append(Waiting(key, models[key], holder))
+        return decided
 
     def _read_parts(self) -> int:
         """Take the outcomes of the blocks an earlier call decided; returns the first block left to decide."""
@@ -306,25 +358,6 @@ class CacheSplit:
             self._submitted.append(_Submitted(line.key, fingerprint, line.fresh or self.run.fresh))
         return False
 
-    def _serve_from_cache(self, line: PromptRequest, model: str) -> Outcome | Waiting | None:
-        """Served (a copy), waits for an older unfinished run that sent the same request, or None: sent
-        by this run, its request claimed as in flight."""
-        fingerprint = self.digests.fingerprint(line, model)
-        if fingerprint is None:
-            return None
-        served = self._copy(line.key, fingerprint)
-        if served is not None:
-            return served
-        marker = InFlight(fingerprint, self.run.run_id, line.key)
-        holder = claim(self.ctx, marker)
-        if holder.run_id == self.run.run_id:
-            # A payer that settled between the look-up and the claim recorded its image first.
-            served = self._copy(line.key, fingerprint)
-            if served is not None and holder == marker:
-                self.ctx.paid_images.release_in_flight(marker)
-            return served
-        return Waiting(line.key, model, holder) if self._may_wait_for(holder.run_id) else None
-
     def _may_wait_for(self, run_id: str) -> bool:
         """Only for an unfinished run created before this one: two runs never wait for each other."""
         if run_id not in self._payers:
@@ -342,46 +375,59 @@ class CacheSplit:
             self.saved.add_usage(outcome.model, Usage(**outcome.usage))
         return True
 
-    def serve_paid(self, key: str, fingerprint: str) -> Outcome | None:
-        """The line ``key`` served from the image paid for ``fingerprint``, if one is usable (a waiting
-        line whose payer has ended); None: there is none, the line is to be sent."""
-        return self._copy(key, fingerprint)
+    def serve_paid(self, wanted: Mapping[str, str]) -> dict[str, Outcome]:
+        """The lines of ``wanted`` (key -> fingerprint) served from the images paid for them, where one is
+        usable (waiting lines whose payer has ended); a line left out is to be sent."""
+        with ThreadPoolExecutor(_copy_calls(self.ctx), thread_name_prefix="promptdrop-cache") as pool:
+            return self._serve_many(pool, wanted)
 
-    def _copy(self, key: str, fingerprint: str) -> Outcome | None:
-        entry = lookup(self.ctx, fingerprint)
-        if entry is None:
-            return None
-        extension = PurePosixPath(entry.image).suffix.removeprefix(".")
-        destination = self.layout.image(key, extension)
-        try:
-            # That generation or nothing: an image rewritten or deleted since the check is never served.
-            self.ctx.blobs.copy(entry.image, destination, if_source_generation=entry.generation, share=True)
-        except (NotFoundError, PreconditionFailedError) as exc:
-            log.info("cached image %s went away (%s); submitting", entry.image, exc, extra=self._log)
-            return None
-        self._copy_thumbnail(entry.image, destination)
+    def _serve_many(self, pool: ThreadPoolExecutor, wanted: Mapping[str, str]) -> dict[str, Outcome]:
+        """Serve the lines ``wanted`` (key -> fingerprint) whose entry is usable: the entries read in
+        batches, each image copied at the generation recorded (that generation or nothing: an image
+        rewritten or deleted since is never served, so no stat is needed first), then the thumbnails of
+        those served."""
+        if not wanted:
+            return {}
+        entries = self.ctx.paid_images.get_many(wanted.values())
+        now, days = self.ctx.clock(), self.ctx.settings.cache_days
+        hits = {
+            key: entries[fp]
+            for key, fp in wanted.items()
+            if fp in entries and now - entries[fp].created_at <= days * _DAY
+        }
+        images = {
+            key: self.layout.image(key, PurePosixPath(entry.image).suffix.removeprefix("."))
+            for key, entry in hits.items()
+        }
+        orders = [CopyOrder(entry.image, images[key], entry.generation) for key, entry in hits.items()]
+        copied = dict(zip(hits, _copy_many(self.ctx, pool, orders), strict=True))
+        for key, done in copied.items():
+            if not done:
+                log.info("cached image %s went away; submitting", hits[key].image, extra=self._log)
+        if self.ctx.settings.thumbnails:  # the gallery's thumbnails too, when the paying runs made them
+            thumbs = (self._thumbnail_order(hits[key].image, images[key]) for key in hits if copied[key])
+            _copy_many(self.ctx, pool, [order for order in thumbs if order is not None])
+        return {key: self._outcome(key, hits[key], images[key]) for key in hits if copied[key]}
+
+    def _thumbnail_order(self, source_image: str, image: str) -> CopyOrder | None:
+        """The copy of the paying run's thumbnail of ``source_image`` (else the card shows the image)."""
+        source = gallery.thumb_name(_run_folder(source_image), source_image)
+        target = gallery.thumb_name(self.layout.folder, image)
+        return None if source is None or target is None else CopyOrder(source, target)
+
+    @staticmethod
+    def _outcome(key: str, entry: PaidImage, image: str) -> Outcome:
         return Outcome(
             key=key,
             status="succeeded",
             attempt=0,
             model=entry.model,
-            image=destination,
+            image=image,
             mime_type=entry.mime_type,
             bytes=entry.size,
             usage=dict(entry.usage) if entry.usage is not None else None,
             cached_from={"run_id": entry.run_id, "key": entry.key},
         )
-
-    def _copy_thumbnail(self, source_image: str, image: str) -> None:
-        """The gallery's thumbnail too, when the paying run made one (else the card shows the image)."""
-        if not self.ctx.settings.thumbnails:
-            return
-        source = gallery.thumb_name(_run_folder(source_image), source_image)
-        target = gallery.thumb_name(self.layout.folder, image)
-        if source is None or target is None:
-            return
-        with contextlib.suppress(NotFoundError, PreconditionFailedError):
-            self.ctx.blobs.copy(source, target, share=True)
 
     @property
     def _log(self) -> dict[str, str]:
@@ -399,6 +445,20 @@ class CacheSplit:
             log.info("%d line(s) served from the pay-once cache", len(self.served), extra=self._log)
         if self.waits:
             log.info("%d line(s) wait for runs paying for them now", len(self.waits), extra=self._log)
+
+
+def _copy_calls(ctx: Context) -> int:
+    """Copy calls at once: ``_COPY_CALLS``, fewer when ``PROMPTDROP_UPLOAD_CONCURRENCY`` allows fewer calls."""
+    return max(1, min(_COPY_CALLS, ctx.settings.upload_concurrency))
+
+
+def _copy_many(ctx: Context, pool: ThreadPoolExecutor, orders: Sequence[CopyOrder]) -> list[bool]:
+    """``BlobStore.copy_many`` of ``orders``, ``COPY_BATCH`` a call, as many calls at once as ``pool`` runs."""
+    batches = [orders[start : start + COPY_BATCH] for start in range(0, len(orders), COPY_BATCH)]
+    done: list[bool] = []
+    for result in pool.map(lambda batch: ctx.blobs.copy_many(batch, share=True), batches):
+        done += result
+    return done
 
 
 def _run_folder(image: str) -> str:

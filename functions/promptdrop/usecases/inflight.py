@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from promptdrop.outcomes import Outcome
@@ -123,13 +122,10 @@ def _decide(ctx: Context, run: Run, jobs: Sequence[Job], ready: list[cache.Waiti
     split = cache.CacheSplit(ctx, run)
     entries: list[dict[str, Any]] = []
     to_send: dict[str, str] = {}
-    with ThreadPoolExecutor(
-        max(1, ctx.settings.upload_concurrency), thread_name_prefix="promptdrop-cache"
-    ) as pool:
-        copies = list(pool.map(lambda w: split.serve_paid(w.key, w.payer.fingerprint), ready))
-    for waiting, served in zip(ready, copies, strict=True):
-        if served is not None:
-            entries.append({"key": waiting.key, "outcome": served.to_json()})
+    served = split.serve_paid({w.key: w.payer.fingerprint for w in ready})
+    for waiting in ready:
+        if waiting.key in served:
+            entries.append({"key": waiting.key, "outcome": served[waiting.key].to_json()})
         else:
             to_send[waiting.key] = waiting.model
     refused: list[Outcome] = []
@@ -153,8 +149,8 @@ def _claim(ctx: Context, run: Run, sent: Sequence[cache.Waiting]) -> None:
     fingerprints settle records in the cache and releases."""
     layout = ctx.layout(run.run_id)
     fingerprints = {item["key"]: item for item in read_records(ctx, layout.fingerprints) or []}
+    cache.claim_many(ctx, [InFlight(w.payer.fingerprint, run.run_id, w.key) for w in sent])
     for waiting in sent:
-        cache.claim(ctx, InFlight(waiting.payer.fingerprint, run.run_id, waiting.key))
         fingerprints[waiting.key] = {
             "key": waiting.key,
             "fingerprint": waiting.payer.fingerprint,
