@@ -32,7 +32,7 @@ KEY = "AIzaSy-not-a-real-key-0123456789"
             "maybe",
             "PROMPTDROP_CACHE='maybe': expected on or off (also true/false, yes/no, 1/0)",
         ),
-        ("PROMPTDROP_BACKEND", "gemni", "PROMPTDROP_BACKEND='gemni': expected gemini or emulator"),
+        ("PROMPTDROP_BACKEND", "gemni", "PROMPTDROP_BACKEND='gemni': expected gemini, emulator or vertex"),
         (
             "PROMPTDROP_JOB_DEADLINE",
             "forever",
