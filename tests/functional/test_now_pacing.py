@@ -37,7 +37,11 @@ def _now_lines(count: int, prefix: str = "n") -> bytes:
 
 
 def _most_in_one_window(arrivals: list[float], window: float) -> int:
-    """The most calls that arrived within any span shorter than ``window`` (less ``SLACK``)."""
+    """The most calls that arrived within any span shorter than ``window`` (less ``SLACK``).
+
+    Arrivals are the emulator's clock, after each call's own delays: on a loaded machine a pair let go at the
+    end of one window can arrive with the next pair, so the tests allow two pairs in one window and prove the
+    pacing by the span of the calls (unpaced, all arrive within a fraction of a second)."""
     return max(sum(start <= other < start + window - SLACK for other in arrivals) for start in arrivals)
 
 
@@ -82,7 +86,7 @@ def test_now_calls_are_spread_under_the_spend_per_window_and_the_run_ends(
     assert final.state is RunState.SUCCEEDED
     arrivals = emulator.server.generate_arrivals
     assert len(arrivals) == 6
-    assert _most_in_one_window(arrivals, WINDOW) == 2
+    assert _most_in_one_window(arrivals, WINDOW) <= 4
     assert max(arrivals) - min(arrivals) >= 2 * WINDOW - SLACK  # three windows' worth
     assert time.monotonic() - started < 6 * WINDOW  # paced, not stuck
     assert sorted(entry["status"] for entry in pipeline.manifest(final)) == ["succeeded"] * 6
@@ -116,7 +120,8 @@ def test_two_processes_share_one_spend_window(
     assert all(first.store.get_run(run_id).state is RunState.SUCCEEDED for run_id in run_ids)  # type: ignore[union-attr]
     arrivals = emulator.server.generate_arrivals
     assert len(arrivals) == 6
-    assert _most_in_one_window(arrivals, WINDOW) == 2
+    assert _most_in_one_window(arrivals, WINDOW) <= 4
+    assert max(arrivals) - min(arrivals) >= 2 * WINDOW - SLACK  # one window for both, not one each
 
 
 def test_a_429_with_retry_info_waits_as_long_as_it_says_and_is_not_a_send(
