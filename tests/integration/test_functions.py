@@ -353,12 +353,7 @@ def test_harvest_stopped_by_its_time_budget_resumes_and_writes_every_image_once(
     wait_until_done(deployment.emulator.client(), job.batch_name)
     poller = deployment.app("poll_jobs", PROMPTDROP_HARVEST_TIME_BUDGET="0.001")
 
-    snapshots: list[dict[str, int]] = []
-    for _ in range(10):
-        assert poller.post(eventarc.scheduler_tick()) == 200
-        snapshots.append(deployment.images(run))
-        if (current := deployment.store.get_run(run.run_id)) is not None and current.state.terminal:
-            break
+    snapshots, current = deployment.image_snapshots(poller, run)
     # One checkpoint (3 results) per tick, each tick continuing where the previous one stopped.
     assert [len(images) for images in snapshots] == [3, 6, 9, 10]
     for earlier, later in itertools.pairwise(snapshots):

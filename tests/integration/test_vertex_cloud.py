@@ -21,7 +21,6 @@ from google.genai import types
 from promptdrop.adapters.vertex import EmulatorCredentials, VertexBackend
 from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.states import RunState
-from promptdrop.testing import eventarc
 from promptdrop.testing.emulator import RunningEmulator
 from promptdrop.usecases import harvest
 from tests.support.deployment import Deployment, FunctionApp
@@ -151,12 +150,7 @@ def test_vertex_harvest_cut_by_its_time_budget_resumes_across_prediction_files_w
         time.sleep(0.05)
     _, poller = vertex_apps(deployment, emulator, PROMPTDROP_HARVEST_TIME_BUDGET="0.001")
 
-    snapshots: list[dict[str, int]] = []
-    for _ in range(10):
-        assert poller.post(eventarc.scheduler_tick()) == 200
-        snapshots.append(deployment.images(run))
-        if (current := deployment.store.get_run(run.run_id)) is not None and current.state.terminal:
-            break
+    snapshots, current = deployment.image_snapshots(poller, run)
     assert [len(images) for images in snapshots] == [3, 6, 9, 10]
     for earlier, later in itertools.pairwise(snapshots):
         assert {name: later[name] for name in earlier} == earlier  # same generation: not rewritten

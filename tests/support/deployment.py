@@ -240,6 +240,23 @@ class Deployment:
 
     # Driving runs
 
+    def image_snapshots(
+        self, poller: FunctionApp, run: Run, *, ticks: int = 10
+    ) -> tuple[list[dict[str, int]], Run]:
+        """Deliver ticks until the run ends (at most ``ticks``), noting the run's images (name -> generation)
+        after each: how a harvest cut by its time budget goes on, and whether it rewrites an image."""
+        snapshots: list[dict[str, int]] = []
+        current: Run | None = run
+        for _ in range(ticks):
+            assert poller.post(eventarc.scheduler_tick()) == 200
+            snapshots.append(self.images(run))
+            current = self.store.get_run(run.run_id)
+            assert current is not None
+            if current.state.terminal:
+                break
+        assert current is not None
+        return snapshots, current
+
     def finish(self, poller: FunctionApp, run_id: str, *, ticks: int = 200) -> Run:
         """Deliver scheduler ticks until the run ends (the emulator finishes jobs on its own threads)."""
         for _ in range(ticks):
