@@ -1,0 +1,94 @@
+"""The model table per backend through the CLI: `run --dry-run` with PROMPTDROP_BACKEND=vertex against the bundled
+emulator refuses what Vertex AI batch does not take in its location and says what Google's pages leave unconfirmed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.functional.conftest import jsonl
+from tests.functional.test_cli import batches, cli_env, promptdrop
+
+
+def vertex_env(home: Path, emulator: Any, location: str) -> dict[str, str]:
+    """The CLI on Vertex AI: the emulator's Vertex routes, anonymous credentials, no API key."""
+    return cli_env(
+        home,
+        emulator,
+        PROMPTDROP_BACKEND="vertex",
+        PROMPTDROP_VERTEX_PROJECT="demo-project",
+        PROMPTDROP_VERTEX_LOCATION=location,
+        PROMPTDROP_VERTEX_BASE_URL=emulator.url,
+    )
+
+
+def test_vertex_dry_run_refuses_a_model_outside_its_batch_locations_and_notes_unconfirmed_sizes(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """In location ``eu``, gemini-3-pro-image (Vertex batch in ``global`` only) is invalid with a reason naming
+    the backend and location; gemini-3.1-flash-image (``global``, ``us``, ``eu``) runs, and its 2K line runs
+    with one notice that the size is unconfirmed in Vertex batch (two 2K lines, one notice)."""
+    emulator = emulator_factory()
+    env = vertex_env(tmp_path / "home", emulator, "eu")
+    prompt_file = tmp_path / "vertex.jsonl"
+    prompt_file.write_bytes(
+        jsonl(
+            {"key": "pro", "prompt": "a red apple", "model": "gemini-3-pro-image"},
+            {"key": "flash", "prompt": "a green pear", "model": "gemini-3.1-flash-image"},
+            {"key": "big", "prompt": "a blue plum", "model": "gemini-3.1-flash-image", "image_size": "2K"},
+            {"key": "big2", "prompt": "a ripe fig", "model": "gemini-3.1-flash-image", "image_size": "2K"},
+        )
+    )
+
+    done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    stderr = " ".join(done.stderr.split())
+    assert "3 valid, 1 invalid line(s)" in done.stdout
+    assert (
+        "line 1: location_unsupported gemini-3-pro-image takes batch on Vertex AI only in location global; "
+        "PROMPTDROP_VERTEX_LOCATION=eu" in stderr
+    )
+    notices = re.findall(
+        r"model notice: gemini-3\.1-flash-image: image_size (\S+) in Vertex AI batch is unconfirmed", stderr
+    )
+    assert notices == ["2K"]  # the 1K line is confirmed; the 2K lines are said once
+    # Vertex AI's price for gemini-3.1-flash-image: the same $60/M image output, half in batch.
+    batch = re.search(r"estimated batch cost: \$([0-9.]+)", done.stdout)
+    assert batch is not None and float(batch.group(1)) > 0
+    assert batches(emulator) == []
+
+
+def test_vertex_dry_run_in_global_takes_gemini_3_pro_image_and_prices_an_unpriced_model_as_unknown(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """In ``global`` gemini-3-pro-image runs at 1K without a notice; gemini-2.5-flash-image, whose Vertex batch
+    and Vertex price no page gives, runs with a notice and counts as a line without a known price (never at
+    the Gemini API's price, a guess on Vertex)."""
+    emulator = emulator_factory()
+    env = vertex_env(tmp_path / "home", emulator, "global")
+    prompt_file = tmp_path / "vertex.jsonl"
+    prompt_file.write_bytes(
+        jsonl(
+            {"key": "pro", "prompt": "a red apple", "model": "gemini-3-pro-image"},
+            {"key": "old", "prompt": "a green pear", "model": "gemini-2.5-flash-image"},
+        )
+    )
+
+    done = promptdrop(env, "run", str(prompt_file), "--dry-run", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    stderr = " ".join(done.stderr.split())
+    stdout = " ".join(done.stdout.split())
+    assert "2 valid, 0 invalid line(s)" in stdout
+    assert "gemini-3-pro-image:" not in stderr
+    assert (
+        "model notice: gemini-2.5-flash-image: no Google page says whether Vertex AI batch takes it" in stderr
+    )
+    # The budget cap counts the unpriced line at the highest Vertex price of a 1K image (3 Pro Image's), and
+    # says so; the Gemini API's $0.0195 for a 2.5 Flash Image line is not used.
+    assert (
+        "note: 1 line(s) without a known price counted at the highest known price for their image size: "
+        "1 on gemini-2.5-flash-image at $0.0672 per 1K image (batch) plus input" in stdout
+    )
