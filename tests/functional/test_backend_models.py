@@ -3,9 +3,12 @@ emulator refuses what Vertex AI batch does not take in its location and says wha
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.functional.conftest import jsonl
 from tests.functional.test_cli import batches, cli_env, promptdrop
@@ -92,3 +95,22 @@ def test_vertex_dry_run_in_global_takes_gemini_3_pro_image_and_prices_an_unprice
         "note: 1 line(s) without a known price counted at the highest known price for their image size: "
         "1 on gemini-2.5-flash-image at $0.0672 per 1K image (batch) plus input" in stdout
     )
+
+
+def test_models_command_shows_what_vertex_batch_takes_per_model(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """`promptdrop models --json` joins each model's Vertex AI batch facts: locations, confirmed sizes, and
+    Vertex's price per image (null where Vertex publishes none)."""
+    emulator = emulator_factory()
+    done = promptdrop(cli_env(tmp_path / "home", emulator), "models", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {row["model"]: row for row in json.loads(done.stdout)["models"]}
+    pro = rows["gemini-3-pro-image"]["vertex"]
+    assert (pro["batch"], pro["locations"], pro["confirmed_sizes"]) == (True, ["global"], ["1K"])
+    assert pro["price_per_image"]["1K"]["batch"] == pytest.approx(0.0672)
+    flash = rows["gemini-3.1-flash-image"]["vertex"]
+    assert flash["locations"] == ["global", "us", "eu"]
+    old = rows["gemini-2.5-flash-image"]
+    assert old["vertex"]["batch"] is None and old["vertex"]["price_per_image"]["1K"]["batch"] is None
+    assert old["price_per_image"]["1K"]["batch"] == pytest.approx(0.01935)  # the Gemini API's own
