@@ -13,6 +13,7 @@ region     = "us-central1"
 #   scratch_days = 7    # crash leftovers under <output_prefix><run_id>/_work/, days after the run ended
 #   outputs_days = null # e.g. 90 to delete outputs after three months
 # }
+# soft_delete_days = 7 # deleted objects (outputs and scratch alike) stay restorable and billed; 0 off, 7-90
 
 # firestore = {
 #   database = "(default)" # only one database per project gets Firestore's free tier

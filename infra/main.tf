@@ -191,13 +191,22 @@ data "google_storage_project_service_account" "gcs" {
 
 resource "google_storage_bucket" "data" {
   # checkov:skip=CKV_GCP_62: Usage logs would need a second bucket and cost storage; Cloud Audit Logs record admin access, and every run is recorded in Firestore.
-  # checkov:skip=CKV_GCP_78: Outputs are written once under run-unique names and scratch objects are rewritten during a harvest; versioning would keep every scratch copy. Soft delete (7 days, the default) still protects against accidental deletes.
+  # checkov:skip=CKV_GCP_78: Outputs are written once under run-unique names and scratch objects are rewritten during a harvest; versioning would keep every scratch copy. Soft delete (var.soft_delete_days, 7 by default) still protects against accidental deletes.
   name                        = local.bucket_name
   location                    = var.region
   storage_class               = "STANDARD"
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
   force_destroy               = var.allow_data_deletion
+
+  # Soft delete is one policy per bucket: it keeps every deleted object, outputs and scratch alike, billed
+  # for its retention. Scratch is large and deleted as soon as its run ends (Gemini API results copies,
+  # Vertex AI prediction files of base64 images), so the policy is set explicitly to the shortest non-zero
+  # retention rather than left to a project or organization default that may be longer (up to 90 days);
+  # 0 turns it off and leaves outputs without protection (variables.tf).
+  soft_delete_policy {
+    retention_duration_seconds = var.soft_delete_days * 86400
+  }
 
   # Scratch that outlived its run. A run's scratch lives as long as the run, which has no bound (jobs are
   # launched one after another under the enqueued-token cap, each up to 48 h), so the rule counts from the

@@ -69,6 +69,17 @@ variable "retention" {
   }
 }
 
+variable "soft_delete_days" {
+  description = "Days a deleted object of the data bucket stays restorable (and billed): the bucket's soft delete policy, one for outputs and scratch alike. 7, the shortest Cloud Storage allows, keeps outputs restorable a week while large deleted scratch (results copies, Vertex AI prediction files) is billed a week at most; 0 turns soft delete off (scratch billed not a day longer, but a deleted output is gone); up to 90 keeps outputs restorable longer, at the price of every deleted scratch object billed that long."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.soft_delete_days == 0 || (var.soft_delete_days >= 7 && var.soft_delete_days <= 90 && floor(var.soft_delete_days) == var.soft_delete_days)
+    error_message = "soft_delete_days must be 0 (off) or a whole number of days from 7 to 90 (Cloud Storage's bounds)."
+  }
+}
+
 variable "firestore" {
   description = "The Firestore database (native mode) that keeps runs and jobs. Only one database per project gets the free tier."
   type = object({

@@ -47,7 +47,11 @@ from promptdrop.manifest import summary as run_summary
 from promptdrop.models import (
     BATCH_GENERATE,
     MODELS,
+    VERTEX,
+    ModelSpec,
     ServedModels,
+    backend_doubts,
+    backend_problem,
     lane_problem,
     model_spec,
     predict_choice,
@@ -122,14 +126,15 @@ def _money(value: float | None, why: str = "no price recorded") -> str:
     return f"unknown ({why})" if value is None else f"${value:,.4f}"
 
 
-def _price_why(models: Iterable[str]) -> str:
-    """Why a cost over these models is unknown: the first one without a published price."""
+def _price_why(models: Iterable[str], backend: str | None = None) -> str:
+    """Why a cost over these models is unknown: the first one without a published price (on ``backend``)."""
     for model in models:
-        spec = model_spec(model)
+        spec = model_spec(model, backend)
         if spec is None:
             return f"{model} is not in the price table"
         if spec.rates is None:
-            return f"{model}'s price is not published"
+            where = " on Vertex AI" if backend == VERTEX else ""
+            return f"{model}'s price{where} is not published"
     return "no price recorded"
 
 
@@ -138,15 +143,15 @@ def _run_models(run_record: Run) -> list[str]:
     return chosen or [run_record.model]
 
 
-def _cost_why(run_record: Run) -> str:
+def _cost_why(run_record: Run, backend: str | None = None) -> str:
     """Why a run's figure is unknown: it has not ended yet, or a model of it has no published price."""
-    return _price_why(_run_models(run_record)) if run_record.state.terminal else "not finished yet"
+    return _price_why(_run_models(run_record), backend) if run_record.state.terminal else "not finished yet"
 
 
-def _estimate_why(run_record: Run) -> str:
+def _estimate_why(run_record: Run, backend: str | None = None) -> str:
     if run_record.state is RunState.RECEIVED:
         return "not estimated until submitted"
-    return _price_why(_run_models(run_record))
+    return _price_why(_run_models(run_record), backend)
 
 
 def _print_model_notices(run_record: Run) -> None:
@@ -441,8 +446,8 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool, origin: Path) -> int:
-    money = CapEstimate()  # the figure the run's budget cap is held against, computed the same way
-    saved = CostTally()
+    money = CapEstimate(settings.backend)  # what the run's budget cap is held against, computed the same way
+    saved = CostTally(settings.backend)
     valid = invalid = now_lines = cached = 0
     try:
         ctx = build_context(settings, _launch_emulator)  # the backend is built only when asked for
@@ -452,7 +457,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     digests = cache.ImageDigests(ctx)
     options = parse_options(settings)
     today = datetime.now(UTC).date()
-    noticed: set[str] = set()
+    noticed: set[str] = set()  # model ids and backend notices said already
     served = _served_or_table(ctx)
     unpriced: set[str] = set()
     with file.open("rb") as stream:
@@ -473,6 +478,13 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                 problem = (choice.code, choice.message) if choice.model is None else None
                 if problem is None and served is not None:
                     problem = lane_problem(choice.model or "", served, line.lane)
+                place = {"backend": settings.backend, "location": settings.vertex_location, "lane": line.lane}
+                if problem is None:
+                    problem = backend_problem(choice.model or "", **place, size=line.image_size)
+                    for doubt in backend_doubts(choice.model or "", **place, size=line.image_size):
+                        if doubt not in noticed:
+                            noticed.add(doubt)
+                            err.print(f"[yellow]model notice:[/yellow] {doubt}")
                 if problem is not None:
                     invalid += 1
                     err.print(f"line {line.line}: [red]{problem[0]}[/red] {problem[1]}")
@@ -494,7 +506,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
                     continue
                 assert choice.model is not None
                 valid += 1
-                spec = model_spec(choice.model)
+                spec = model_spec(choice.model, settings.backend)
                 if spec is None or spec.rates is None:
                     unpriced.add(choice.model)
                 now_lines += line.lane == "now"
@@ -508,7 +520,7 @@ def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: 
     lanes = money.total
     batch = lanes.batch
     out.print(f"{valid} valid, {invalid} invalid line(s); {valid - now_lines} batch, {now_lines} now")
-    why = _price_why(sorted(unpriced))
+    why = _price_why(sorted(unpriced), settings.backend)
     out.print(f"estimated batch cost: {_money(batch.batch, why)} ({valid - now_lines} batch line(s))")
     out.print(
         f"same work on the interactive API: {_money(batch.interactive, why)} (saves {_money(batch.saved, why)})"
@@ -620,7 +632,7 @@ def _print_result(ctx: Context, run_record: Run, *, notices: bool = True) -> Non
     if notices:
         _print_model_notices(run_record)
     cost = run_record.cost
-    why = _cost_why(run_record)
+    why = _cost_why(run_record, ctx.settings.backend)
     out.print(
         f"cost: {_money(cost.batch, why)} batch (interactive would be {_money(cost.interactive, why)}, "
         f"saved {_money(cost.saved, why)})"
@@ -633,7 +645,7 @@ def _print_result(ctx: Context, run_record: Run, *, notices: bool = True) -> Non
     if cost.cached:
         out.print(
             f"cache: {cost.cached} line(s) served from the pay-once cache, not paid again "
-            f"(saved {_money(cost.saved_by_cache, _price_why(_run_models(run_record)))})"
+            f"(saved {_money(cost.saved_by_cache, _price_why(_run_models(run_record), ctx.settings.backend))})"
         )
     base = ctx.blobs.url.rstrip("/") + "/"
     if counts.succeeded:  # no images/ folder is written without an image
@@ -808,16 +820,16 @@ def status(
         _print_model_notices(record)
         c = record.counts
         out.print(f"lines {c.lines}: {c.succeeded} succeeded, {c.failed} failed, {c.invalid} invalid")
-        why = _cost_why(record)
+        why = _cost_why(record, settings.backend)
         out.print(
-            f"cost: estimate {_money(record.cost.estimate, _estimate_why(record))}, "
+            f"cost: estimate {_money(record.cost.estimate, _estimate_why(record, settings.backend))}, "
             f"batch {_money(record.cost.batch, why)}"
             + (f", now {_money(record.cost.now, why)} ({c.now} now lines)" if c.now else "")
         )
         if record.state is not RunState.RECEIVED:
             out.print(
                 f"cache: {record.cost.cached} line(s) served from the pay-once cache "
-                f"(saved {_money(record.cost.saved_by_cache, _price_why(_run_models(record)))})"
+                f"(saved {_money(record.cost.saved_by_cache, _price_why(_run_models(record), settings.backend))})"
             )
         elif (would := _cache_would_serve(settings, record)) is not None:
             out.print(f"cache: {would} line(s) would be served from the pay-once cache if submitted now")
@@ -1091,6 +1103,25 @@ def _model_row(name: str, served: ServedModels | None) -> dict[str, Any]:
         "alias_of": spec.alias_of if spec else None,
         "successor": spec.successor if spec else None,
         "note": spec.note if spec else None,
+        "vertex": _vertex_row(spec) if spec else None,
+    }
+
+
+def _vertex_row(spec: ModelSpec) -> dict[str, Any]:
+    """What the table knows of the model on Vertex AI batch (None: no page says)."""
+    vertex, priced = spec.vertex, spec.on(VERTEX)
+    return {
+        "batch": vertex.batch,
+        "locations": list(vertex.locations) if vertex.locations is not None else None,
+        "confirmed_sizes": list(vertex.sizes),
+        "refused_sizes": list(vertex.refused_sizes),
+        "price_per_image": {
+            size: {
+                "batch": priced.image_cost(size, batch=True),
+                "interactive": priced.image_cost(size, batch=False),
+            }
+            for size in spec.image_sizes
+        },
     }
 
 

@@ -3,7 +3,8 @@
 Rates come from the one table in ``models.py``; the Batch API bills half of each. A model missing from the
 table (or listed without confirmed prices) costs ``None``: a total that includes one is ``None`` too, never a partial guess.
 The budget cap alone counts such a line at the highest known price for its image size (``CapEstimate``), so
-an unpriced line can never turn the cap off.
+an unpriced line can never turn the cap off. ``backend`` picks whose prices apply (``ModelSpec.on``): on
+``vertex`` a model without a Vertex price costs ``None`` even when the Gemini API publishes one.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class Money:
         return round(self.interactive - self.batch, _DIGITS)
 
 
-def usage_cost(model: str, usage: Usage, *, batch: bool) -> float | None:
+def usage_cost(model: str, usage: Usage, *, batch: bool, backend: str = "gemini") -> float | None:
     """USD for one response's tokens: input at the text rate, image output and other output at theirs."""
-    spec = model_spec(model)
+    spec = model_spec(model, backend)
     if spec is None or spec.rates is None:
         return None
     rates = spec.rates
@@ -49,9 +50,9 @@ def usage_cost(model: str, usage: Usage, *, batch: bool) -> float | None:
     return interactive * BATCH_DISCOUNT if batch else interactive
 
 
-def estimate_request(model: str, image_size: str, input_tokens: int) -> Money:
+def estimate_request(model: str, image_size: str, input_tokens: int, backend: str = "gemini") -> Money:
     """One image of ``image_size`` plus ``input_tokens`` of input, before submission."""
-    spec = model_spec(model)
+    spec = model_spec(model, backend)
     image = spec.image_cost(image_size, batch=False) if spec else None
     if spec is None or spec.rates is None or image is None:
         return Money(batch=None, interactive=None)
@@ -59,19 +60,20 @@ def estimate_request(model: str, image_size: str, input_tokens: int) -> Money:
     return Money(batch=interactive * BATCH_DISCOUNT, interactive=interactive)
 
 
-def ceiling_request(image_size: str, input_tokens: int) -> Money:
+def ceiling_request(image_size: str, input_tokens: int, backend: str = "gemini") -> Money:
     """The most a priced model of the table bills for one image of ``image_size`` plus ``input_tokens`` of
     input: what a line whose own model has no known price counts as against the budget cap."""
-    priced = [spec for spec in MODELS.values() if spec.rates is not None]
+    priced = [spec.on(backend) for spec in MODELS.values() if spec.on(backend).rates is not None]
     sized = [spec for spec in priced if image_size in spec.image_tokens] or priced
-    amounts = (estimate_request(spec.name, image_size, input_tokens) for spec in sized)
+    amounts = (estimate_request(spec.name, image_size, input_tokens, backend) for spec in sized)
     return max(amounts, key=lambda money: money.interactive or 0.0)
 
 
 class CostTally:
     """Adds costs up; the total is unknown (None) as soon as one unknown model was added."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "gemini") -> None:
+        self.backend = backend  # whose prices apply
         self._batch = 0.0
         self._interactive = 0.0
         self._unknown = False
@@ -87,12 +89,13 @@ class CostTally:
     def add_usage(self, model: str, usage: Usage) -> None:
         self.add_money(
             Money(
-                batch=usage_cost(model, usage, batch=True), interactive=usage_cost(model, usage, batch=False)
+                batch=usage_cost(model, usage, batch=True, backend=self.backend),
+                interactive=usage_cost(model, usage, batch=False, backend=self.backend),
             )
         )
 
     def add_estimate(self, model: str, image_size: str, input_tokens: int) -> None:
-        self.add_money(estimate_request(model, image_size, input_tokens))
+        self.add_money(estimate_request(model, image_size, input_tokens, self.backend))
 
     @property
     def total(self) -> Money:
@@ -120,9 +123,9 @@ class LaneMoney:
 class LaneTally:
     """Adds costs up per lane: the saving of the Batch API is counted for batch lines only."""
 
-    def __init__(self) -> None:
-        self._batch = CostTally()
-        self._now = CostTally()
+    def __init__(self, backend: str = "gemini") -> None:
+        self._batch = CostTally(backend)
+        self._now = CostTally(backend)
 
     def _lane(self, lane: str) -> CostTally:
         return self._now if lane == "now" else self._batch
@@ -147,16 +150,17 @@ class CapEstimate:
     its lane (batch lines at the batch price, now lines at the interactive one). ``known`` is the estimate
     from known prices only (None as soon as one is unknown), as the run records it."""
 
-    def __init__(self) -> None:
-        self._counted = LaneTally()
-        self._known = LaneTally()
+    def __init__(self, backend: str = "gemini") -> None:
+        self.backend = backend
+        self._counted = LaneTally(backend)
+        self._known = LaneTally(backend)
         self._unpriced: Counter[tuple[str, str, str]] = Counter()  # (model, lane, size) -> lines
 
     def add(self, lane: str, model: str, image_size: str, input_tokens: int) -> None:
-        money = estimate_request(model, image_size, input_tokens)
+        money = estimate_request(model, image_size, input_tokens, self.backend)
         self._known.add_money(lane, money)
         if money.batch is None:
-            money = ceiling_request(image_size, input_tokens)
+            money = ceiling_request(image_size, input_tokens, self.backend)
             self._unpriced[(model, lane, image_size)] += 1
         self._counted.add_money(lane, money)
 
@@ -187,7 +191,7 @@ class CapEstimate:
             return None
         parts = []
         for (model, lane, size), lines in sorted(self._unpriced.items()):
-            image = ceiling_request(size, 0)
+            image = ceiling_request(size, 0, self.backend)
             price = image.interactive if lane == "now" else image.batch
             where = "now lane, interactive" if lane == "now" else "batch"
             parts.append(f"{lines} on {model} at ${price:.4f} per {size} image ({where}) plus input")
@@ -205,7 +209,8 @@ class ModelTally:
 
     _MONEY = ("batch", "interactive", "now", "saved_by_cache")
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "gemini") -> None:
+        self.backend = backend
         self._models: dict[str, dict[str, float | int | None]] = {}
 
     def add(self, model: str, *, lane: str, usage: Usage | None, succeeded: bool, cached: bool) -> None:
@@ -217,7 +222,8 @@ class ModelTally:
         row["cached"] = int(row["cached"] or 0) + int(cached)
         if usage is None:
             return
-        batch, interactive = usage_cost(model, usage, batch=True), usage_cost(model, usage, batch=False)
+        batch = usage_cost(model, usage, batch=True, backend=self.backend)
+        interactive = usage_cost(model, usage, batch=False, backend=self.backend)
         if cached:
             self._add(row, "saved_by_cache", batch)
         elif lane == "now":

@@ -43,6 +43,31 @@ Sources (checked 2026-12-07; ``shared/reference/gemini-batch-api.md`` §4.3, §7
   ("Spend-based rate limits", the zh-CN rendering; the English one was not stored) gives $10 for Tier 1 and
   $200 for Tier 3 but $200 for Tier 2. Tier 2 is unconfirmed: the lower $50 is kept (pacing under a limit
   lower than Google's only spreads calls more; above it, calls would be refused).
+
+Vertex AI batch inference (``PROMPTDROP_BACKEND=vertex``; ``VertexBatch``, checked 2026-12-07 with the
+``search`` tool; reference §12.4; issue 23). Where sources disagree the safe side is kept: a location not
+listed refuses the line, a size no page confirms for batch runs with a notice, a price not found is unknown.
+- Which models and locations: Google's Vertex batch pages, as the reference (§12.4) and issue 23 quote them,
+  list batch for gemini-3-pro-image in location ``global`` only and gemini-3.1-flash-image in ``global``,
+  ``us`` and ``eu``. The stored Vertex model pages (docs.cloud.google.com .../models/gemini/3-pro-image and
+  .../3-1-flash-image, GA ids) list "Batch inference" among their consumption options and more regions for
+  online calls (us-central1, us-east1, ... for 3 Pro Image): those are online endpoints, not batch ones, so
+  the batch list is kept. gemini-nano-banana-2.1 is "listed for Vertex batch" (§12.1) with no location
+  found: it runs with a notice. No page found says whether gemini-3.1-flash-lite-image or
+  gemini-2.5-flash-image take batch on Vertex: they run with a notice (the job is refused by Vertex if not).
+- Sizes: the model pages list 1K, 2K, 4K (4K "Preview") for 3 Pro Image and 512, 1K, 2K, 4K (4K "Preview")
+  for 3.1 Flash Image, online. For batch, a July 2026 third-party note says Vertex batch images came out
+  1K only, a third party says 4K went GA on 2026-08-31, and js-genai issue #1682 (2026-06-13, closed)
+  reports the GA 3.1 Flash Image on Vertex returning 1K whatever imageSize asked. Nothing from Google
+  confirms or denies other sizes in batch: 1K is the confirmed size, the others run with a notice.
+- Prices: Google's batch page for Vertex says "Batch requests for Gemini models are discounted 50% from
+  standard requests" (the same ``BATCH_DISCOUNT``). Google's Vertex pricing page itself was not in the
+  stored pages; third-party copies of it give, for Gemini 3 Pro Image, $120/M image output ($60/M in batch)
+  and $2/M input (finout.io, "top 16 Vertex services in 2026"), and for 3.1 Flash Image $0.50/M input and
+  $0.067 per 1K image = $60/M (University of Florida NaviGator model page, a Vertex deployment): the same
+  rates as the Gemini API, used here. No Vertex price was found for gemini-nano-banana-2.1,
+  gemini-3.1-flash-lite-image or gemini-2.5-flash-image: their Vertex cost is unknown (None).
+- No per-tier enqueued-token quota on Vertex (a shared pool, §12.4): the quotas above are the Gemini API's.
 """
 
 from __future__ import annotations
@@ -93,6 +118,24 @@ class Rates:
     image_output: float
 
 
+Backend = Literal["gemini", "vertex"]
+VERTEX: Final = "vertex"
+
+
+@dataclass(frozen=True, slots=True)
+class VertexBatch:
+    """What Vertex AI batch inference takes for one model (sources in the module docstring)."""
+
+    batch: bool | None  # takes batch on Vertex; None: no page says
+    locations: tuple[str, ...] | None  # locations listed for batch; None: none listed (unconfirmed)
+    sizes: tuple[str, ...] = ()  # image sizes confirmed in batch; others the model accepts are unconfirmed
+    refused_sizes: tuple[str, ...] = ()  # sizes a page says batch does not take there
+    rates: Rates | None = None  # Vertex's interactive prices; None: none found (cost unknown)
+
+
+_VERTEX_UNKNOWN: Final = VertexBatch(batch=None, locations=None)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """What one image model id accepts, what it costs, when it is (or was) served, and what replaces it."""
@@ -119,6 +162,11 @@ class ModelSpec:
     enqueued_tokens: tuple[int, int, int] | None = None
     extra_sizes: tuple[str, ...] = ()  # accepted sizes without a published token count
     note: str | None = None
+    vertex: VertexBatch = _VERTEX_UNKNOWN  # what Vertex AI batch takes of it
+
+    def on(self, backend: str) -> ModelSpec:
+        """This spec as the backend bills it: Vertex's prices on ``vertex``, the Gemini API's elsewhere."""
+        return replace(self, rates=self.vertex.rates) if backend == VERTEX else self
 
     @property
     def image_sizes(self) -> tuple[str, ...]:
@@ -179,15 +227,19 @@ def _alias(spec: ModelSpec, name: str, *, shutdown: date) -> ModelSpec:
     )
 
 
-_PRO_IMAGE = _spec(
-    "gemini-3-pro-image",
-    STANDARD_RATIOS,
-    {"1K": 1120, "2K": 1120, "4K": 2000},
-    Rates(text_input=2.0, image_input=2.0, text_output=12.0, image_output=120.0),
-    max_input_tokens=65_536,
-    max_input_images=14,
-    released=date(2026, 5, 28),
-    enqueued_tokens=(2_000_000, 270_000_000, 1_000_000_000),
+_PRO_IMAGE_RATES: Final = Rates(text_input=2.0, image_input=2.0, text_output=12.0, image_output=120.0)
+_PRO_IMAGE = replace(
+    _spec(
+        "gemini-3-pro-image",
+        STANDARD_RATIOS,
+        {"1K": 1120, "2K": 1120, "4K": 2000},
+        _PRO_IMAGE_RATES,
+        max_input_tokens=65_536,
+        max_input_images=14,
+        released=date(2026, 5, 28),
+        enqueued_tokens=(2_000_000, 270_000_000, 1_000_000_000),
+    ),
+    vertex=VertexBatch(batch=True, locations=("global",), sizes=("1K",), rates=_PRO_IMAGE_RATES),
 )
 _NANO_BANANA_21 = replace(
     _spec(
@@ -202,13 +254,15 @@ _NANO_BANANA_21 = replace(
     ),
     extra_sizes=("2K",),
     batch=None,  # Gemini API batch not confirmed on Google's pages
+    vertex=VertexBatch(batch=True, locations=None),  # listed for Vertex batch; no location, size or price
 )
+_FLASH_31_IMAGE_RATES: Final = Rates(text_input=0.5, image_input=0.5, text_output=3.0, image_output=60.0)
 _FLASH_31_IMAGE = replace(
     _spec(
         "gemini-3.1-flash-image",
         STANDARD_RATIOS + EXTREME_RATIOS,
         {"512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
-        Rates(text_input=0.5, image_input=0.5, text_output=3.0, image_output=60.0),
+        _FLASH_31_IMAGE_RATES,
         max_input_tokens=65_536,
         max_input_images=14,
         released=date(2026, 5, 28),
@@ -217,6 +271,9 @@ _FLASH_31_IMAGE = replace(
     deprecated=date(2026, 10, 6),
     successor=_NANO_BANANA_21.name,
     note="shutdown 2026-10-29 per third parties; no Google page gives a date",
+    vertex=VertexBatch(
+        batch=True, locations=("global", "us", "eu"), sizes=("1K",), rates=_FLASH_31_IMAGE_RATES
+    ),
 )
 _FLASH_LITE_31_IMAGE = _spec(
     "gemini-3.1-flash-lite-image",
@@ -264,9 +321,11 @@ def bare_model_id(model: str) -> str:
     return model.removeprefix("models/")
 
 
-def model_spec(model: str) -> ModelSpec | None:
-    """The spec of a model id (with or without the ``models/`` prefix), or None if unknown."""
-    return MODELS.get(bare_model_id(model))
+def model_spec(model: str, backend: str | None = None) -> ModelSpec | None:
+    """The spec of a model id (with or without the ``models/`` prefix), or None if unknown; with a backend,
+    priced as that backend bills it (``ModelSpec.on``)."""
+    spec = MODELS.get(bare_model_id(model))
+    return spec.on(backend) if spec is not None and backend is not None else spec
 
 
 def served_by_schedule(model: str, today: date) -> bool:
@@ -526,6 +585,66 @@ def lane_problem(model: str, served: ServedModels, lane: str) -> tuple[str, str]
             'send these lines in the now lane ("lane": "now", at the interactive price)',
         )
     return None
+
+
+def backend_problem(
+    model: str, *, backend: str, location: str, lane: str, size: str | None
+) -> tuple[str, str] | None:
+    """(code, message) when the table says this backend cannot take a batch line of this model and size in
+    this location (Vertex AI only: the Gemini API's answer is ``models.list``, ``lane_problem``)."""
+    spec = model_spec(model)
+    if backend != VERTEX or lane == "now" or spec is None:
+        return None
+    vertex = spec.vertex
+    if vertex.batch is False:
+        return (
+            "no_batch",
+            f"{model} does not take batch on Vertex AI; send these lines in the now lane "
+            '("lane": "now", at the interactive price)',
+        )
+    if vertex.locations is not None and location not in vertex.locations:
+        where = "location" if len(vertex.locations) == 1 else "locations"
+        return (
+            "location_unsupported",
+            f"{model} takes batch on Vertex AI only in {where} {', '.join(vertex.locations)}; "
+            f"PROMPTDROP_VERTEX_LOCATION={location}",
+        )
+    size = size or spec.default_size
+    if size in vertex.refused_sizes:
+        return (
+            "size_unsupported",
+            f"{model} takes no image_size {size} in batch on Vertex AI (location {location}); it takes "
+            f"{', '.join(s for s in spec.image_sizes if s not in vertex.refused_sizes)}",
+        )
+    return None
+
+
+def backend_doubts(
+    model: str, *, backend: str, location: str, lane: str, size: str | None
+) -> tuple[str, ...]:
+    """Notices for what a batch line needs on this backend that Google's pages do not confirm (it runs)."""
+    spec = model_spec(model)
+    if backend != VERTEX or lane == "now" or spec is None:
+        return ()
+    vertex = spec.vertex
+    if vertex.batch is None:
+        return (
+            f"{model}: no Google page says whether Vertex AI batch takes it (location {location}); its lines "
+            "run, and Vertex AI refuses the job if it does not",
+        )
+    doubts = []
+    if vertex.locations is None:
+        doubts.append(
+            f"{model}: Google's pages list no location for its Vertex AI batch; its lines run in "
+            f"PROMPTDROP_VERTEX_LOCATION={location} (unconfirmed)"
+        )
+    size = size or spec.default_size
+    if size not in vertex.sizes:
+        doubts.append(
+            f"{model}: image_size {size} in Vertex AI batch is unconfirmed (Google's pages give no batch "
+            "sizes; a July 2026 note says Vertex batch images came out 1K only); its lines run"
+        )
+    return tuple(doubts)
 
 
 def predict_choice(

@@ -42,3 +42,21 @@ def test_every_line_priced_has_no_notice_and_the_known_figure() -> None:
     money.add("batch", PRO, "1K", 0)
     assert money.notice() is None
     assert money.known == money.total and money.amount == pytest.approx(0.0672)
+
+
+def test_on_vertex_a_line_without_a_vertex_price_counts_at_vertex_s_dearest_price() -> None:
+    """gemini-2.5-flash-image has a Gemini API price but none on Vertex: the cap counts it at the dearest
+    Vertex price for its size (3 Pro Image's 1K), and says so."""
+    money = CapEstimate("vertex")
+    money.add("batch", "gemini-2.5-flash-image", "1K", 0)
+    assert money.unpriced == 1
+    assert money.known.batch.batch is None
+    assert money.total.batch.batch == pytest.approx(ceiling_request("1K", 0, "vertex").batch or 0)
+    assert money.total.batch.batch == pytest.approx(0.0672)
+    assert money.notice() == (
+        "1 line(s) without a known price counted at the highest known price for their image size: "
+        "1 on gemini-2.5-flash-image at $0.0672 per 1K image (batch) plus input"
+    )
+    gemini = CapEstimate()
+    gemini.add("batch", "gemini-2.5-flash-image", "1K", 0)
+    assert gemini.unpriced == 0 and gemini.total.batch.batch == pytest.approx(0.01935)

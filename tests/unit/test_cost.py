@@ -97,3 +97,20 @@ def test_tally_adds_checkpointed_money() -> None:
 def test_empty_tally_is_zero() -> None:
     """A run with nothing billed costs zero, not unknown."""
     assert CostTally().total == Money(batch=0.0, interactive=0.0)
+
+
+def test_vertex_costs_use_vertex_prices_and_none_where_vertex_publishes_none() -> None:
+    """On Vertex AI: its own figures (the same as the Gemini API's for 3 Pro Image and 3.1 Flash Image,
+    models.py), and no price for a model Vertex's pages give none for, never the Gemini API's as a guess."""
+    assert estimate_request(PRO, "1K", 0, "vertex").batch == pytest.approx(0.0672)
+    assert estimate_request(FLASH_31, "4K", 0, "vertex").batch == pytest.approx(0.0756)
+    assert estimate_request(FLASH_25, "1K", 0, "vertex") == Money(batch=None, interactive=None)
+    usage = Usage(prompt_tokens=10, output_tokens=1290, image_tokens=1290)
+    assert usage_cost(FLASH_25, usage, batch=True, backend="vertex") is None
+    assert usage_cost(FLASH_25, usage, batch=True) is not None
+    on_vertex, on_gemini = CostTally("vertex"), CostTally()
+    for tally in (on_vertex, on_gemini):
+        tally.add_usage(PRO, usage)
+        tally.add_usage(FLASH_25, usage)
+    assert on_vertex.total == Money(batch=None, interactive=None)
+    assert on_gemini.total.batch is not None

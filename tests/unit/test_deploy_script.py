@@ -387,6 +387,17 @@ def test_redeploy_pins_the_newest_enabled_version_and_never_asks_for_the_key(stu
 # --- --rotate-key --------------------------------------------------------------------------------------
 
 
+def test_rotate_key_on_vertex_says_there_is_no_key_and_changes_nothing(stubs: Stubs) -> None:
+    """backend = "vertex" deploys no key secret: --rotate-key says Vertex AI has no key instead of asking for
+    one (or claiming nothing was deployed)."""
+    stubs.var_file.write_text(stubs.var_file.read_text() + 'backend    = "vertex"\nwebhooks   = false\n')
+    result = stubs.run("--rotate-key", "--yes", stdin=NEW_KEY + "\n")
+    assert result.returncode != 0
+    assert "Vertex AI has no API key" in result.output and "nothing to rotate" in result.output
+    assert not [argv for argv in result.commands("gcloud") if argv[1:3] == ["secrets", "versions"]]
+    assert not [argv for argv in result.commands("terraform") if argv[1] == "apply"]
+
+
 def test_rotate_key_adds_a_version_pins_it_then_disables_the_old_one(stubs: Stubs) -> None:
     """A piped key becomes version 2, the apply pins 2, and only after the functions serve it is 1 disabled."""
     stubs.deployed(versions=1)

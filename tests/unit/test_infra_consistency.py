@@ -615,6 +615,32 @@ def test_prefix_defaults_agree_with_the_settings_defaults() -> None:
     assert (settings.inbox_prefix, settings.output_prefix) == (defaults.inbox_prefix, defaults.output_prefix)
 
 
+def soft_delete_seconds(tf: Terraform) -> int:
+    """The data bucket's soft delete retention as deployed with ``tf``'s variables (``var.x * 86400``)."""
+    policy = block(tf.resource("google_storage_bucket", "data"), "soft_delete_policy")
+    expression = re.fullmatch(r"\$\{var\.(\w+) \* 86400\}", str(policy["retention_duration_seconds"]))
+    assert expression is not None, policy
+    return int(tf.value(f"${{var.{expression.group(1)}}}")) * 86400
+
+
+def test_backend_vertex_keeps_soft_delete_on_the_data_bucket_at_the_shortest_retention() -> None:
+    """Prediction files (Vertex AI) and results copies (Gemini API) are large scratch, deleted when the run
+    ends; soft delete keeps a deleted object billed for its retention. The data bucket sets its policy itself
+    (not the project's or organization's default, which may be up to 90 days) to 7 days, the shortest
+    non-zero Cloud Storage allows, with backend = "vertex" as with the default; 0 turns it off."""
+    tf = terraform()
+    vertex = tf.with_variables(backend="vertex", webhooks=False)
+    assert soft_delete_seconds(vertex) == soft_delete_seconds(tf) == 7 * 86400
+    assert soft_delete_seconds(vertex.with_variables(soft_delete_days=0)) == 0
+    # The variable refuses what Cloud Storage refuses: between 0 (off) and 7 days, over 90, fractions.
+    (validation,) = tf.variables["soft_delete_days"]["validation"]
+    condition = str(validation["condition"])
+    for bound in ("var.soft_delete_days == 0", "var.soft_delete_days >= 7", "var.soft_delete_days <= 90"):
+        assert bound in condition
+    source_bucket = tf.resource("google_storage_bucket", "source")
+    assert "soft_delete_policy" not in source_bucket  # archives: never deleted but by their lifecycle rule
+
+
 def lifecycle_rules(bucket: dict[str, Any], *, optional: bool) -> list[dict[str, Any]]:
     """The bucket's fixed lifecycle rules, or the ones a dynamic block adds when configured."""
     if not optional:

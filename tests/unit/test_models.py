@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -15,6 +17,8 @@ from promptdrop.models import (
     MODELS,
     ModelChoice,
     ServedModels,
+    backend_doubts,
+    backend_problem,
     choose_model,
     enqueued_token_budget,
     lane_problem,
@@ -206,3 +210,124 @@ def test_retired_ids_appear_only_in_the_table_tests_and_notes() -> None:
             retired,
             found,
         )
+
+
+# Per backend: what Vertex AI batch takes (models.VertexBatch, sources in the module docstring). -----------
+
+
+def vertex(model: str, location: str, size: str | None = None, lane: str = "batch") -> tuple[str, str] | None:
+    return backend_problem(model, backend="vertex", location=location, lane=lane, size=size)
+
+
+def vertex_doubts(model: str, location: str = "global", size: str | None = None) -> tuple[str, ...]:
+    return backend_doubts(model, backend="vertex", location=location, lane="batch", size=size)
+
+
+def test_vertex_table_lists_batch_locations_and_confirmed_sizes_as_the_sources_give_them() -> None:
+    pro, flash = MODELS[PRO].vertex, MODELS[FLASH].vertex
+    assert (pro.batch, pro.locations, pro.sizes) == (True, ("global",), ("1K",))
+    assert (flash.batch, flash.locations, flash.sizes) == (True, ("global", "us", "eu"), ("1K",))
+    # Listed for Vertex batch, but no location, size or price found; no page says for the other two.
+    assert (MODELS[NANO].vertex.batch, MODELS[NANO].vertex.locations, MODELS[NANO].vertex.rates) == (
+        True,
+        None,
+        None,
+    )
+    for other in ("gemini-3.1-flash-lite-image", "gemini-2.5-flash-image"):
+        assert (MODELS[other].vertex.batch, MODELS[other].vertex.rates) == (None, None)
+    # An old id is the same model: its Vertex facts follow it.
+    assert MODELS[PRO_PREVIEW].vertex == pro
+
+
+@pytest.mark.parametrize(
+    ("model", "location", "refused"),
+    [
+        (PRO, "global", False),
+        (PRO, "us", True),
+        (PRO, "eu", True),
+        (PRO, "us-central1", True),  # an online region of the model page, not a batch location
+        (FLASH, "global", False),
+        (FLASH, "us", False),
+        (FLASH, "eu", False),
+        (FLASH, "europe-west4", True),
+        (NANO, "us-central1", False),  # no location listed: runs, with a notice
+        ("gemini-2.5-flash-image", "eu", False),  # batch unconfirmed: runs, with a notice
+        ("not-in-the-table", "eu", False),  # the table cannot check what it does not list
+    ],
+)
+def test_vertex_refuses_a_batch_line_outside_the_listed_locations(
+    model: str, location: str, refused: bool
+) -> None:
+    problem = vertex(model, location)
+    assert (problem is not None) == refused
+    if problem is not None:
+        code, message = problem
+        assert code == "location_unsupported"
+        assert "Vertex AI" in message and f"PROMPTDROP_VERTEX_LOCATION={location}" in message
+
+
+def test_vertex_location_message_names_the_backend_model_and_location() -> None:
+    assert vertex(PRO, "us") == (
+        "location_unsupported",
+        "gemini-3-pro-image takes batch on Vertex AI only in location global; PROMPTDROP_VERTEX_LOCATION=us",
+    )
+    assert vertex(FLASH, "asia") == (
+        "location_unsupported",
+        "gemini-3.1-flash-image takes batch on Vertex AI only in locations global, us, eu; "
+        "PROMPTDROP_VERTEX_LOCATION=asia",
+    )
+
+
+def test_the_gemini_api_and_the_now_lane_are_not_held_to_vertex_batch_locations() -> None:
+    for backend in ("gemini", "emulator"):
+        assert backend_problem(PRO, backend=backend, location="us", lane="batch", size="4K") is None
+        assert backend_doubts(PRO, backend=backend, location="us", lane="batch", size="4K") == ()
+    assert vertex(PRO, "us", lane="now") is None  # generate_content, not batch
+    assert backend_doubts(PRO, backend="vertex", location="us", lane="now", size="4K") == ()
+
+
+@pytest.mark.parametrize(("size", "doubted"), [(None, False), ("1K", False), ("2K", True), ("4K", True)])
+def test_vertex_batch_sizes_no_page_confirms_run_with_a_notice(size: str | None, doubted: bool) -> None:
+    assert vertex(PRO, "global", size) is None
+    doubts = vertex_doubts(PRO, size=size)
+    assert bool(doubts) == doubted
+    if doubted:
+        assert doubts == (
+            f"gemini-3-pro-image: image_size {size} in Vertex AI batch is unconfirmed (Google's pages give no "
+            "batch sizes; a July 2026 note says Vertex batch images came out 1K only); its lines run",
+        )
+
+
+def test_vertex_refuses_a_size_a_page_says_batch_does_not_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table has no such size today; when a page says so, the line is invalid, naming backend and location."""
+    spec = MODELS[FLASH]
+    refusing = replace(spec, vertex=replace(spec.vertex, refused_sizes=("4K",)))
+    monkeypatch.setattr("promptdrop.models.MODELS", MappingProxyType({**MODELS, FLASH: refusing}))
+    assert vertex(FLASH, "us", "4K") == (
+        "size_unsupported",
+        "gemini-3.1-flash-image takes no image_size 4K in batch on Vertex AI (location us); it takes 512, 1K, 2K",
+    )
+    assert vertex(FLASH, "us", "2K") is None
+
+
+def test_vertex_doubts_for_a_model_without_listed_locations_or_confirmed_batch() -> None:
+    nano = vertex_doubts(NANO, "us-central1", "1K")
+    assert len(nano) == 2
+    assert "no location" in nano[0] and "PROMPTDROP_VERTEX_LOCATION=us-central1" in nano[0]
+    assert "image_size 1K" in nano[1] and "unconfirmed" in nano[1]
+    (lite,) = vertex_doubts("gemini-3.1-flash-lite-image", "eu")
+    assert "no Google page says whether Vertex AI batch takes it" in lite and "location eu" in lite
+
+
+def test_vertex_prices_are_vertex_s_own_and_unknown_where_none_was_found() -> None:
+    for model in (PRO, FLASH):
+        gemini, on_vertex = model_spec(model), model_spec(model, "vertex")
+        assert gemini is not None and on_vertex is not None
+        assert on_vertex.rates == gemini.rates  # Vertex's published figures are the same (docstring)
+        assert on_vertex.image_cost("1K", batch=True) == pytest.approx(0.0672 if model == PRO else 0.0336)
+    for model in (NANO, "gemini-3.1-flash-lite-image", "gemini-2.5-flash-image"):
+        on_vertex = model_spec(model, "vertex")
+        assert on_vertex is not None and on_vertex.rates is None
+        assert on_vertex.image_cost("1K", batch=True) is None
+    gemini_25 = model_spec("gemini-2.5-flash-image", "gemini")
+    assert gemini_25 is not None and gemini_25.rates is not None  # the Gemini API's price stays

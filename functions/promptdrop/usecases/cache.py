@@ -241,7 +241,7 @@ class CacheSplit:
         self.digests = ImageDigests(ctx)
         self.served: list[Outcome] = []
         self.waits: list[Waiting] = []  # lines that wait for another run paying for the same request
-        self.saved = CostTally()
+        self.saved = CostTally(ctx.settings.backend)
         self._submitted: list[_Submitted] = []
         self._decided = _read_outcomes(ctx, self.layout.cached_outcomes)  # an earlier try's decision
         self._reused = self._decided is not None

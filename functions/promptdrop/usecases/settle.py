@@ -44,11 +44,13 @@ def settle_run(ctx: Context, run: Run, *, refused: LineError | None = None) -> R
     jobs = ctx.store.list_jobs(run.run_id)
     outcomes = load_outcomes(ctx, run, jobs)
     counts = Counts()
-    tally = LaneTally()
-    saved_by_cache = CostTally()  # lines served from the pay-once cache: what they would have cost
+    tally = LaneTally(ctx.settings.backend)
+    saved_by_cache = CostTally(
+        ctx.settings.backend
+    )  # lines served from the pay-once cache: what they would have cost
     cached = 0
     problems: Counter[str] = Counter()  # outcome codes of the lines that did not succeed
-    by_model = ModelTally()
+    by_model = ModelTally(ctx.settings.backend)
     errors_written = rejected_written = 0
     cancelled = run.cancel_requested
     kept: set[str] = set()  # the images of lines that succeeded

@@ -10,7 +10,7 @@ import base64
 import logging
 import mimetypes
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -18,7 +18,14 @@ from typing import Any
 from promptdrop import prompts
 from promptdrop.cost import CapEstimate, LaneMoney, LaneTally
 from promptdrop.errors import NotFoundError, OutOfTimeError, PermanentError, PromptdropError, TransientError
-from promptdrop.models import ModelChoice, ServedModels, choose_model, lane_problem
+from promptdrop.models import (
+    ModelChoice,
+    ServedModels,
+    backend_doubts,
+    backend_problem,
+    choose_model,
+    lane_problem,
+)
 from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.outcomes import LineError, Outcome
 from promptdrop.prompts import PromptRequest
@@ -158,7 +165,7 @@ def _screen(ctx: Context, run: Run, choose: ModelChooser) -> tuple[CapEstimate, 
     Lines whose model the API does not serve end ``invalid`` and count nothing; a line whose model has no
     known price counts at the highest known price for its size, so no line turns the cap off.
     """
-    money = CapEstimate()
+    money = CapEstimate(ctx.settings.backend)
     unserved: list[Outcome] = []
     now_asked = 0
     with parsed_input(ctx, run) as lines:
@@ -172,6 +179,8 @@ def _screen(ctx: Context, run: Run, choose: ModelChooser) -> tuple[CapEstimate, 
             choice = choose(line.model)
             if choice.model is None:
                 unserved.append(_invalid(line, _model_error(choice)))
+            elif (error := choose.line_error(choice.model, line)) is not None:
+                unserved.append(_invalid(line, error))  # ends invalid: counts nothing
             else:
                 money.add(line.lane, choice.model, line.image_size, line.estimated_input_tokens)
     return money, unserved
@@ -201,6 +210,7 @@ class ModelChooser:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.choices: dict[str, ModelChoice] = {}
+        self.doubts: dict[str, dict[str, None]] = {}  # requested id -> notices of unconfirmed limits
         self._served: ServedModels | None = None
 
     @property
@@ -223,23 +233,44 @@ class ModelChooser:
             self.choices[requested] = choice
         return choice
 
-    def lane_error(self, model: str, lane: str) -> LineError | None:
-        problem = lane_problem(model, self.served, lane)
-        return LineError(*problem) if problem else None
+    def line_error(self, model: str, line: PromptRequest) -> LineError | None:
+        """What refuses this line on ``model``: a lane the served model cannot take, or what the backend's
+        table says it cannot run here (``models.backend_problem``); what the table leaves unconfirmed is
+        noted for the model's notice (``decided``)."""
+        problem = lane_problem(model, self.served, line.lane)
+        settings = self.ctx.settings
+        where = {"backend": settings.backend, "location": settings.vertex_location, "lane": line.lane}
+        problem = problem or backend_problem(model, **where, size=line.image_size)
+        if problem is not None:
+            return LineError(*problem)
+        for doubt in backend_doubts(model, **where, size=line.image_size):
+            self.doubts.setdefault(line.model, {})[doubt] = None  # ordered, each said once
+        return None
+
+    def decided(self) -> dict[str, ModelChoice]:
+        """The choices made, each notice joined by what the backend's table left unconfirmed for its lines."""
+        return {
+            requested: replace(
+                choice, notice="; ".join(filter(None, (choice.notice, *self.doubts.get(requested, {}))))
+            )
+            if requested in self.doubts
+            else choice
+            for requested, choice in self.choices.items()
+        }
 
 
 @dataclass
 class _Plan:
     cache: CacheSplit  # lines served from images paid for before
+    cost: LaneTally  # at the backend's prices
     counts: Counts = field(default_factory=Counts)
-    cost: LaneTally = field(default_factory=LaneTally)
     jobs: list[Job] = field(default_factory=list)
     refused: list[Outcome] = field(default_factory=list)
     models: dict[str, ModelChoice] = field(default_factory=dict)
 
 
 def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelChooser) -> _Plan:
-    plan = _Plan(cache=CacheSplit(ctx, run))
+    plan = _Plan(cache=CacheSplit(ctx, run), cost=LaneTally(ctx.settings.backend))
     plan.cache.prepare(_cacheable(ctx, run, choose), deadline)
     planner = ChunkPlanner(ctx, run, attempt=1)
     references = _ReferenceImages(ctx, run, deadline, plan.cache.digests)
@@ -256,8 +287,8 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                     if choice.model is None:
                         raise _Refused(_model_error(choice))
                     model = choice.model
-                    if lane_error := choose.lane_error(model, line.lane):
-                        raise _Refused(lane_error)
+                    if line_error := choose.line_error(model, line):
+                        raise _Refused(line_error)
                     if plan.cache.serve(line, model):  # paid for by an earlier run: not submitted
                         plan.counts.valid += 1
                         continue
@@ -272,7 +303,7 @@ def _write_chunks(ctx: Context, run: Run, deadline: float | None, choose: ModelC
                 planner.add_line(model, line, request_line)
         references.keep()
         plan.jobs = planner.finish()
-        plan.models = choose.choices
+        plan.models = choose.decided()
         plan.cache.finish()
     except BaseException:
         planner.abort()
