@@ -255,3 +255,23 @@ def test_fresh_extra_files_say_so_in_their_defaults_and_expect_the_same_lines() 
     assert fresh.expected_lines == tuple(n + 1 for n in plain.expected_lines)
     mixed = mixed_file(random.Random(1), "m.jsonl", 3, fresh=True)
     assert json.loads(mixed.data.splitlines()[0])["defaults"]["fresh"] is True
+
+
+def test_a_files_api_call_on_vertex_is_a_miss_naming_the_routes() -> None:
+    """On Vertex AI nothing is uploaded and no results are downloaded; the Gemini backend (None) is not judged."""
+    snapshot = clean()
+    snapshot.files_api_calls = {"upload": 0, "download": 0}
+    assert judge(snapshot) == []
+    snapshot.files_api_calls = {"upload": 2, "download": 1, "file_get": 0}
+    (miss,) = judge(snapshot)
+    assert miss.check == "vertex reads and writes the bucket" and miss.check in CHECKS
+    assert miss.detail == "Files API calls on the Vertex backend: download 1, upload 2"
+
+
+def test_vertex_seed_files_add_one_lost_label_line_per_mixed_file() -> None:
+    gemini = seed_files(1, short=True)
+    vertex = seed_files(1, short=True, lost_labels=True)
+    for plain, lost in zip(gemini, vertex, strict=True):
+        marked = lost.data.count(b"[[emulator:label=lost]]")
+        assert marked == (1 if plain.name.startswith("mixed") else 0)
+        assert len(lost.expected_lines) == len(plain.expected_lines) + marked

@@ -23,6 +23,7 @@ CHECKS = (
     "images == succeeded entries",
     "one batch per display name",
     "requests billed once",
+    "vertex reads and writes the bucket",
     "no scratch left",
     "cached images decode",
     "the re-drop hit the cache",
@@ -120,6 +121,9 @@ class Snapshot:
     cached_images: Mapping[str, bool] = field(default_factory=dict)
     cache_redrop: str | None = None  # the inbox object whose run must have lines served from the cache
     billing: Billing | None = None  # None: not gathered (the emulator's counts were not read)
+    # Vertex AI backend: calls that reached the emulator's Files API routes (upload, results download, file
+    # get/list/delete), by route; None on the Gemini backend, which uses them.
+    files_api_calls: Mapping[str, int] | None = None
 
 
 def is_scratch(name: str) -> bool:
@@ -280,6 +284,16 @@ def _check_billing(snap: Snapshot) -> list[Miss]:
     return misses
 
 
+def _check_vertex_io(snap: Snapshot) -> list[Miss]:
+    """On Vertex AI a job reads its input from the bucket and writes its predictions there: a call to the
+    Files API (an upload, a results download) is a Gemini code path taken on the wrong backend."""
+    calls = {route: count for route, count in (snap.files_api_calls or {}).items() if count}
+    if not calls:
+        return []
+    shown = ", ".join(f"{route} {count}" for route, count in sorted(calls.items()))
+    return [Miss("vertex reads and writes the bucket", f"Files API calls on the Vertex backend: {shown}")]
+
+
 def _check_logs(snap: Snapshot) -> list[Miss]:
     return [
         Miss(
@@ -308,6 +322,7 @@ def judge(snap: Snapshot) -> list[Miss]:
         + _check_cache(snap)
         + _check_batches(snap)
         + _check_billing(snap)
+        + _check_vertex_io(snap)
         + _check_logs(snap)
         + _check_kills(snap)
     )

@@ -40,6 +40,8 @@ CREATE_STALL_RATE = 0.3
 # Webhook deliveries (Cloud path) the emulator never sends, and those it sends twice.
 WEBHOOK_DROP_RATE = 0.2
 WEBHOOK_DUPLICATE_RATE = 0.3
+# The emulator's Files API routes (uploads, results downloads, file get/list/delete): never called on Vertex AI.
+FILES_API_ROUTES = ("upload", "download", "file_get", "file_list", "file_delete")
 # Files dropped at most once the planned ones ended: the pay-once cache's re-drop, then files for the kills
 # aimed at harvests and creates that did not hit yet.
 MAX_EXTRA_FILES = 4
@@ -244,6 +246,13 @@ def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
         if example:
             examples[name] = example
     return counts, examples
+
+
+def files_api_calls(url: str) -> dict[str, int]:
+    """Calls that reached the emulator's Files API routes (faulted ones too), by route: read before it stops."""
+    calls = emulator_stats(url).get("calls_by_route")
+    counts = calls if isinstance(calls, dict) else {}
+    return {route: int(counts.get(route, 0)) for route in FILES_API_ROUTES}
 
 
 def fault_figures(url: str) -> dict[str, object]:
