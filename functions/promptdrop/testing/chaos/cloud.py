@@ -44,6 +44,7 @@ from promptdrop.testing.chaos.common import (
     fault_figures,
     files_api_calls,
     generate_counts,
+    lease_lost_jobs,
     line_figures,
     start_emulator,
     tracebacks,
@@ -491,7 +492,13 @@ class CloudChaos:
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
             cached_images=cached_images(manifests, self.read),
-            billing=billing(self.work / "gemini-emulator", self.generated, self.store, manifests),
+            billing=billing(
+                self.work / "gemini-emulator",
+                self.generated,
+                self.store,
+                manifests,
+                lease_lost_jobs(self.logs / f"{target}.log" for target in TARGETS),
+            ),
             cache_redrop=INBOX_PREFIX + CACHE_REDROP,
             files_api_calls=self.files_api_calls if self.vertex else None,
         )
