@@ -305,3 +305,17 @@ def test_vertex_seed_files_add_one_lost_label_line_per_mixed_file() -> None:
         marked = lost.data.count(b"[[emulator:label=lost]]")
         assert marked == (1 if plain.name.startswith("mixed") else 0)
         assert len(lost.expected_lines) == len(plain.expected_lines) + marked
+
+
+def test_scratch_stamped_for_the_lifecycle_rule_is_not_a_miss_unstamped_scratch_is() -> None:
+    """Cloud path: a kill between recording the end and deleting the scratch leaves objects settle stamped
+    (customTime) first; the deployment's `_work/` rule expires them. Unstamped, nothing would."""
+    snapshot = clean()
+    left = {f"outputs/{RUN}/_work/input.txt": 5, f"outputs/{RUN}/_work/cached-outcomes.jsonl": 7}
+    snapshot.objects = {**snapshot.objects, **left}
+    assert {miss.check for miss in judge(snapshot)} == {"no scratch left"}
+    snapshot.scratch_marked = frozenset(left)
+    assert judge(snapshot) == []
+    snapshot.scratch_marked = frozenset([f"outputs/{RUN}/_work/input.txt"])
+    ((miss,),) = [judge(snapshot)]
+    assert miss.detail == f"{RUN}: 1 files (7 bytes) left: _work/cached-outcomes.jsonl"

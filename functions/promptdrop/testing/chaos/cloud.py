@@ -131,6 +131,7 @@ class CloudChaos:
         self.kills: Counter[str] = Counter()
         self.generated = (0, 0, 0)  # generateContent calls the emulator answered, cut, stalled
         self.files_api_calls: dict[str, int] = {}  # Vertex AI: calls that reached the Files API routes
+        self.scratch_left_to_expire = 0  # scratch objects of ended runs stamped for the lifecycle rule
         self.resets = 0
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}
@@ -209,6 +210,7 @@ class CloudChaos:
         try:
             snapshot = self.snapshot()
             result.figures["now sends recorded"] = self.now_sends()
+            result.figures["scratch left to the lifecycle rule"] = self.scratch_left_to_expire
         finally:
             cloud.stop()
         result.misses = judge(snapshot)
@@ -328,6 +330,10 @@ class CloudChaos:
             count = sum(1 for _ in self.storage.list_blobs(BUCKET, prefix=prefix, page_size=1000))
             # Growing since the last look: a harvest is under way (not one a kill already stopped).
             growing = count > self.image_counts.get(run_id, count)
+            if count != self.image_counts.get(run_id):
+                log.warning(
+                    "big run %s: %d of %d images", run_id, count, total
+                )  # where the harvest kills aim
             self.image_counts[run_id] = count
             if growing and CHECKPOINT_LINES < count < total:
                 return run_id
@@ -406,6 +412,8 @@ class CloudChaos:
                 holder = self.lease_holder(harvesting) if harvesting else None
                 if holder is not None and holder not in restart_at:
                     victim, reason = holder, "harvest"
+                elif harvesting:
+                    log.warning("mid-harvest of %s: its lease holder is %s", harvesting, holder or "not ours")
                 if victim is None and now >= next_kill and self.kills["random"] < plan.random_kills:
                     alive = [t for t in self.functions if t not in restart_at]
                     victim, reason = rng.choice(alive), "random"
@@ -458,7 +466,11 @@ class CloudChaos:
 
     def snapshot(self) -> Snapshot:
         runs: list[RunView] = [run_view(run) for run in self.runs()]
-        objects = {blob.name: int(blob.size or 0) for blob in self.storage.list_blobs(BUCKET, prefix=OUTPUTS)}
+        blobs = list(self.storage.list_blobs(BUCKET, prefix=OUTPUTS))
+        objects = {blob.name: int(blob.size or 0) for blob in blobs}
+        # Stamped by settle before it recorded the end: the `_work/` lifecycle rule expires these.
+        marked = frozenset(blob.name for blob in blobs if "/_work/" in blob.name and blob.custom_time)
+        self.scratch_left_to_expire = len(marked)
         manifests: dict[str, list[dict[str, Any]] | None] = {}
         for run in runs:
             name = f"{OUTPUTS}{run.run_id}/manifest.jsonl"
@@ -501,6 +513,7 @@ class CloudChaos:
             ),
             cache_redrop=INBOX_PREFIX + CACHE_REDROP,
             files_api_calls=self.files_api_calls if self.vertex else None,
+            scratch_marked=marked,
         )
 
     def read(self, name: str) -> bytes | None:
