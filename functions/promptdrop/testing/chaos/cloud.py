@@ -330,10 +330,8 @@ class CloudChaos:
             count = sum(1 for _ in self.storage.list_blobs(BUCKET, prefix=prefix, page_size=1000))
             # Growing since the last look: a harvest is under way (not one a kill already stopped).
             growing = count > self.image_counts.get(run_id, count)
-            if count != self.image_counts.get(run_id):
-                log.warning(
-                    "big run %s: %d of %d images", run_id, count, total
-                )  # where the harvest kills aim
+            if count != self.image_counts.get(run_id):  # harness.log: where the harvest kills aim
+                log.warning("big run %s: %d of %d images", run_id, count, total)
             self.image_counts[run_id] = count
             if growing and CHECKPOINT_LINES < count < total:
                 return run_id
@@ -412,8 +410,6 @@ class CloudChaos:
                 holder = self.lease_holder(harvesting) if harvesting else None
                 if holder is not None and holder not in restart_at:
                     victim, reason = holder, "harvest"
-                elif harvesting:
-                    log.warning("mid-harvest of %s: its lease holder is %s", harvesting, holder or "not ours")
                 if victim is None and now >= next_kill and self.kills["random"] < plan.random_kills:
                     alive = [t for t in self.functions if t not in restart_at]
                     victim, reason = rng.choice(alive), "random"
