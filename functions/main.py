@@ -85,9 +85,11 @@ def on_prompt_file(event: CloudEvent) -> None:
     ctx = context()
     try:
         receipt = receive.receive_file(ctx, obj)
-    except TransientError:
-        log.warning("transient failure claiming %s; Pub/Sub will redeliver", obj.name, exc_info=True)
-        raise
+    except TransientError as exc:
+        # Expected under faults: answered 503 without a traceback (Flask logs one for an exception that
+        # escapes); any non-2xx makes Pub/Sub redeliver.
+        log.warning("transient failure claiming %s: %s; Pub/Sub will redeliver", obj.name, exc)
+        raise ServiceUnavailable(f"transient failure claiming {obj.name}") from exc
     except PermanentError as exc:
         _permanent(f"cannot take {obj.name}", exc)
         return
@@ -151,11 +153,10 @@ def on_prompt_message(event: CloudEvent) -> None:
             )
         else:
             receipt = _receive_uri(ctx, request)
-    except TransientError:
-        log.warning(
-            "transient failure on message %s; Pub/Sub will redeliver", message.message_id, exc_info=True
-        )
-        raise
+    except TransientError as exc:
+        # As on_prompt_file: a 503 without a traceback, and Pub/Sub redelivers.
+        log.warning("transient failure on message %s: %s; Pub/Sub will redeliver", message.message_id, exc)
+        raise ServiceUnavailable(f"transient failure on message {message.message_id}") from exc
     except PermanentError as exc:
         _permanent(f"cannot take message {message.message_id}", exc)
         return

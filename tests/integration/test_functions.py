@@ -507,18 +507,23 @@ def _proxy_address(cloud: LocalCloud, service: str) -> str:
 
 
 @pytest.mark.parametrize("service", ["firestore", "storage"])
-def test_transient_failure_before_the_claim_is_a_500_and_redelivery_completes_the_run(
-    deployment: Deployment, service: str
+def test_transient_failure_before_the_claim_is_a_503_without_traceback_and_redelivery_completes_the_run(
+    deployment: Deployment, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Firestore (claiming) or Storage (looking up the object) down: 500, no run; healed: 200 and done."""
+    """Firestore (claiming) or Storage (looking up the object) down: 503 (Pub/Sub redelivers any non-2xx),
+    logged as a warning naming the cause, with no traceback (an expected failure, not a bug); no run;
+    healed: 200 and done."""
     files, poller = deployment.app("on_prompt_file"), deployment.app("poll_jobs")
     # Without a payload the function must look the object up before it can claim it.
     event = deployment.notification("inbox/flaky.txt", PROMPTS, payload=service == "firestore")
     with FaultProxy.for_address(_proxy_address(deployment.cloud, service)) as proxy:
         _route_through(proxy, files, service, deployment)
         proxy.reset()
-        assert files.post(event) == 500
+        assert files.post(event) == 503
         assert deployment.runs() == []
+        warned = [r for r in caplog.records if "transient failure claiming" in r.getMessage()]
+        assert warned and all(r.exc_info is None for r in warned)
+        assert not [r for r in caplog.records if r.exc_info is not None and r.levelname != "DEBUG"]
         proxy.pass_through()
         assert _redeliver(files, event) == 200
         run = deployment.finish(poller, deployment.only_run().run_id)

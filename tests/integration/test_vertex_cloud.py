@@ -8,6 +8,7 @@ there (no results download), joined to lines by the key each request carries in 
 
 from __future__ import annotations
 
+import base64
 import itertools
 import time
 from typing import Any
@@ -19,10 +20,12 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from promptdrop.adapters.vertex import EmulatorCredentials, VertexBackend
+from promptdrop.errors import ConfigurationError
 from promptdrop.names import VERTEX_LABEL, vertex_label
 from promptdrop.states import RunState
 from promptdrop.testing.emulator import RunningEmulator
 from promptdrop.usecases import harvest
+from promptdrop.webhooks import Verifier, event_body
 from tests.support.deployment import Deployment, FunctionApp
 from tests.support.reference_rewrite import png
 
@@ -193,3 +196,33 @@ def test_sdk_in_vertex_mode_creates_lists_cancels_and_deletes_batch_prediction_j
     assert gone.value.code == 404
     calls: dict[str, int] = emulator.server.stats()["calls_by_route"]  # type: ignore[assignment]
     assert calls == {"create": 1, "list": 1, "cancel": 1, "get": 2, "delete": 1}
+
+
+def test_vertex_deployment_is_polling_only_its_webhook_function_refuses_even_a_signed_delivery(
+    deployment: Deployment,
+) -> None:
+    """Vertex AI batch sends no webhooks: a signed delivery naming a running Vertex job is refused (404) with
+    nothing read or written, the poller finishes the run, and webhooks on with this backend refuse to load."""
+    emulator = deployment.start_emulator("vertex", pending_seconds=0.3)
+    secret = "whsec_" + base64.b64encode(b"vertex-never-pushes-0a1b2c3d").decode()
+    files, poller = vertex_apps(deployment, emulator, PROMPTDROP_WEBHOOK_SECRET=secret)
+    hook = deployment.app("on_batch_webhook")
+    assert files.post(deployment.notification("inbox/polled.txt", b"a red kite\na blue boat\n")) == 200
+    run = deployment.only_run()
+    (job,) = deployment.jobs(run.run_id)
+    calls_before = dict(emulator.server.stats()["calls_by_route"])
+    body = orjson.dumps(event_body("batch.succeeded", str(job.batch_name), timestamp="2026-12-07T12:00:00Z"))
+    when = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": "msg_vertex1",
+        "webhook-timestamp": str(when),
+        "webhook-signature": Verifier(secret).sign("msg_vertex1", when, body),
+    }
+
+    assert hook.call(body, headers) == 404
+    assert deployment.jobs(run.run_id) == [job]
+    assert emulator.server.stats()["calls_by_route"] == calls_before  # not even a batches.get
+    assert deployment.finish(poller, run.run_id).state is RunState.SUCCEEDED
+    with pytest.raises(ConfigurationError, match="Vertex AI batch sends no webhooks"):
+        vertex_apps(deployment, emulator, PROMPTDROP_WEBHOOKS="on", PROMPTDROP_WEBHOOK_SECRET=secret)

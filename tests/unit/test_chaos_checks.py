@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from promptdrop.testing.chaos.checks import (
     judge,
     now_requests,
 )
-from promptdrop.testing.chaos.common import decodes
+from promptdrop.testing.chaos.common import decodes, lease_lost_jobs
 from promptdrop.testing.chaos.prompts import BIG_LINES_SHORT, big_file, mixed_file, seed_files
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
 
@@ -164,12 +165,41 @@ def test_billing_figures_count_each_request_once_and_the_cut_answers_apart() -> 
         "distinct requests": 5,
         "now answers cut": 1,
         "now calls stalled past the lease": 0,
+        "now lines re-sent after a lost lease": 0,
     }
     _billing(snapshot, generate_billed=1, generate_cut=0)
     assert judge(snapshot) == []
     # A call stalled past the lease: the run taken over, the line sent again by the other worker.
     _billing(snapshot, generate_billed=4, generate_cut=1, generate_stalled=1)
     assert judge(snapshot) == []
+
+
+def test_now_lines_re_sent_after_a_measured_lease_loss_are_counted_apart_once() -> None:
+    """A worker lost the run's lease with a now answer unrecorded (no stall, a slow machine): its successor
+    sent the line again. Taken off once, not on top of the stalls that caused the same loss."""
+    snapshot = clean()
+    _billing(snapshot, generate_billed=4, now_resent_after_lease_loss=1)
+    assert judge(snapshot) == []
+    _billing(snapshot, generate_billed=4, generate_stalled=1, now_resent_after_lease_loss=1)
+    assert judge(snapshot) == []
+    _billing(snapshot, generate_billed=5, generate_stalled=1, now_resent_after_lease_loss=1)
+    ((check, detail),) = [(miss.check, miss.detail) for miss in judge(snapshot)]
+    assert check == "requests billed once"
+    assert detail == (
+        "5 generateContent calls billed for 2 now-lane lines answered, 1 answers cut, 1 calls stalled, "
+        "1 re-sent after a lost lease: 1 billed twice"
+    )
+
+
+def test_lease_losses_are_read_from_the_functions_json_logs(tmp_path: Path) -> None:
+    lost = {
+        "message": "stopped: job cats-1-a1-c0001: the run's lease is not held by vm-1-ab (another worker took over)"
+    }
+    other = {
+        "message": "stopped: run cats-2: the run's lease is not held by vm-2-cd (another worker took over)"
+    }
+    (tmp_path / "on_now_chunk.log").write_text(json.dumps(lost) + "\n" + json.dumps(other) + "\n")
+    assert lease_lost_jobs([tmp_path / "on_now_chunk.log", tmp_path / "missing.log"]) == {"cats-1-a1-c0001"}
 
 
 def test_now_requests_are_the_now_lines_the_api_answered() -> None:
@@ -255,3 +285,37 @@ def test_fresh_extra_files_say_so_in_their_defaults_and_expect_the_same_lines() 
     assert fresh.expected_lines == tuple(n + 1 for n in plain.expected_lines)
     mixed = mixed_file(random.Random(1), "m.jsonl", 3, fresh=True)
     assert json.loads(mixed.data.splitlines()[0])["defaults"]["fresh"] is True
+
+
+def test_a_files_api_call_on_vertex_is_a_miss_naming_the_routes() -> None:
+    """On Vertex AI nothing is uploaded and no results are downloaded; the Gemini backend (None) is not judged."""
+    snapshot = clean()
+    snapshot.files_api_calls = {"upload": 0, "download": 0}
+    assert judge(snapshot) == []
+    snapshot.files_api_calls = {"upload": 2, "download": 1, "file_get": 0}
+    (miss,) = judge(snapshot)
+    assert miss.check == "vertex reads and writes the bucket" and miss.check in CHECKS
+    assert miss.detail == "Files API calls on the Vertex backend: download 1, upload 2"
+
+
+def test_vertex_seed_files_add_one_lost_label_line_per_mixed_file() -> None:
+    gemini = seed_files(1, short=True)
+    vertex = seed_files(1, short=True, lost_labels=True)
+    for plain, lost in zip(gemini, vertex, strict=True):
+        marked = lost.data.count(b"[[emulator:label=lost]]")
+        assert marked == (1 if plain.name.startswith("mixed") else 0)
+        assert len(lost.expected_lines) == len(plain.expected_lines) + marked
+
+
+def test_scratch_stamped_for_the_lifecycle_rule_is_not_a_miss_unstamped_scratch_is() -> None:
+    """Cloud path: a kill between recording the end and deleting the scratch leaves objects settle stamped
+    (customTime) first; the deployment's `_work/` rule expires them. Unstamped, nothing would."""
+    snapshot = clean()
+    left = {f"outputs/{RUN}/_work/input.txt": 5, f"outputs/{RUN}/_work/cached-outcomes.jsonl": 7}
+    snapshot.objects = {**snapshot.objects, **left}
+    assert {miss.check for miss in judge(snapshot)} == {"no scratch left"}
+    snapshot.scratch_marked = frozenset(left)
+    assert judge(snapshot) == []
+    snapshot.scratch_marked = frozenset([f"outputs/{RUN}/_work/input.txt"])
+    ((miss,),) = [judge(snapshot)]
+    assert miss.detail == f"{RUN}: 1 files (7 bytes) left: _work/cached-outcomes.jsonl"

@@ -23,6 +23,7 @@ CHECKS = (
     "images == succeeded entries",
     "one batch per display name",
     "requests billed once",
+    "vertex reads and writes the bucket",
     "no scratch left",
     "cached images decode",
     "the re-drop hit the cache",
@@ -57,7 +58,9 @@ class Billing:
     emulator answered is billed; a line answered by the API (succeeded, or failed for good) is one distinct
     request. Counted apart, the sends the harness cut: answers whose caller was gone (killed), and calls it
     stalled past the lease (another worker takes the run over and sends the line again; in production the
-    lease outlasts a call).
+    lease outlasts a call). Where the harness can see it (the Cloud path), the lease losses are also measured
+    rather than inferred from stalls: the sends beyond a line's first that the job store recorded in now
+    chunks whose worker logged that it lost the run's lease; the larger of the two is taken off.
     """
 
     batch_billed: Mapping[str, int]  # display name -> requests answered in the batches of that name that ran
@@ -66,6 +69,9 @@ class Billing:
     generate_cut: int  # of those, the answers whose caller had gone
     generate_stalled: int  # generateContent calls the emulator stalled (longer than the harness's lease)
     now_requests: int  # now-lane lines the API answered (distinct requests)
+    # Sends beyond a line's first recorded in now chunks whose worker lost the run's lease (a slow machine, a
+    # 3 s lease): the successor sent the line again, as it must when the answer was not recorded.
+    now_resent_after_lease_loss: int = 0
 
     @property
     def batch_requests(self) -> int:
@@ -80,6 +86,7 @@ class Billing:
             "distinct requests": self.batch_requests + self.now_requests,
             "now answers cut": self.generate_cut,
             "now calls stalled past the lease": self.generate_stalled,
+            "now lines re-sent after a lost lease": self.now_resent_after_lease_loss,
         }
 
 
@@ -120,6 +127,13 @@ class Snapshot:
     cached_images: Mapping[str, bool] = field(default_factory=dict)
     cache_redrop: str | None = None  # the inbox object whose run must have lines served from the cache
     billing: Billing | None = None  # None: not gathered (the emulator's counts were not read)
+    # Vertex AI backend: calls that reached the emulator's Files API routes (upload, results download, file
+    # get/list/delete), by route; None on the Gemini backend, which uses them.
+    files_api_calls: Mapping[str, int] | None = None
+    # Cloud path: scratch objects that settle stamped with the run's end (customTime) before recording it;
+    # the deployment's `_work/` lifecycle rule expires them, so a kill between the end and the scratch's
+    # deletion leaves nothing for good. Not a miss; the harness reports how many.
+    scratch_marked: frozenset[str] = frozenset()
 
 
 def is_scratch(name: str) -> bool:
@@ -200,7 +214,9 @@ def _check_outputs(snap: Snapshot) -> list[Miss]:
         scratch = sorted(
             name
             for name in snap.objects
-            if name.startswith(folder) and (name.startswith(folder + "_work/") or is_scratch(name))
+            if name.startswith(folder)
+            and (name.startswith(folder + "_work/") or is_scratch(name))
+            and name not in snap.scratch_marked
         )
         if scratch:
             sizes = sum(snap.objects[name] for name in scratch)
@@ -267,17 +283,30 @@ def _check_billing(snap: Snapshot) -> list[Miss]:
             misses.append(
                 Miss("requests billed once", f"job {name}: {billed} requests billed for its {meant} requests")
             )
-    extra = bill.generate_billed - bill.now_requests - bill.generate_cut - bill.generate_stalled
+    lease_lost = max(bill.generate_stalled, bill.now_resent_after_lease_loss)
+    extra = bill.generate_billed - bill.now_requests - bill.generate_cut - lease_lost
     if extra > 0:
+        resent = bill.now_resent_after_lease_loss
         misses.append(
             Miss(
                 "requests billed once",
                 f"{bill.generate_billed} generateContent calls billed for {bill.now_requests} now-lane lines "
-                f"answered, {bill.generate_cut} answers cut, {bill.generate_stalled} calls stalled: "
-                f"{extra} billed twice",
+                f"answered, {bill.generate_cut} answers cut, {bill.generate_stalled} calls stalled"
+                + (f", {resent} re-sent after a lost lease" if resent else "")
+                + f": {extra} billed twice",
             )
         )
     return misses
+
+
+def _check_vertex_io(snap: Snapshot) -> list[Miss]:
+    """On Vertex AI a job reads its input from the bucket and writes its predictions there: a call to the
+    Files API (an upload, a results download) is a Gemini code path taken on the wrong backend."""
+    calls = {route: count for route, count in (snap.files_api_calls or {}).items() if count}
+    if not calls:
+        return []
+    shown = ", ".join(f"{route} {count}" for route, count in sorted(calls.items()))
+    return [Miss("vertex reads and writes the bucket", f"Files API calls on the Vertex backend: {shown}")]
 
 
 def _check_logs(snap: Snapshot) -> list[Miss]:
@@ -308,6 +337,7 @@ def judge(snap: Snapshot) -> list[Miss]:
         + _check_cache(snap)
         + _check_batches(snap)
         + _check_billing(snap)
+        + _check_vertex_io(snap)
         + _check_logs(snap)
         + _check_kills(snap)
     )

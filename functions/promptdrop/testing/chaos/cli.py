@@ -17,6 +17,8 @@ from promptdrop.testing.chaos.cloud import run_cloud
 from promptdrop.testing.chaos.common import REPO, Plan, SeedResult
 from promptdrop.testing.chaos.local import run_local
 
+VERTEX_PATH = "cloud-vertex"  # the Cloud path with PROMPTDROP_BACKEND=vertex: its results and work folder
+
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -33,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--short", action="store_true", help="small files and a shorter kill phase (scripts/test)")
     p.add_argument("--path", choices=("local", "cloud", "both"), default="both", help="which deployment")
+    p.add_argument(
+        "--backend",
+        choices=("gemini", "vertex"),
+        default="gemini",
+        help="the batch API (vertex: the Cloud path only, PROMPTDROP_BACKEND=vertex)",
+    )
     p.add_argument("--work", type=Path, default=REPO / ".chaos", help="scratch folder (emptied per seed)")
     return p
 
@@ -62,16 +70,21 @@ def run_seed(path: str, seed: int, plan: Plan, work: Path) -> SeedResult:
     try:
         if path == "local":
             return run_local(seed, plan, folder)
-        return run_cloud(seed, plan, folder)
+        return run_cloud(seed, plan, folder, "vertex" if path == VERTEX_PATH else "gemini")
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     plan = Plan.for_mode(short=args.short)
     paths = ["local", "cloud"] if args.path == "both" else [args.path]
+    if args.backend == "vertex":
+        if args.path == "local":
+            p.error("--backend vertex runs the Cloud path only (a folder bucket has no gs:// for Vertex AI)")
+        paths = [VERTEX_PATH]
     results: list[SeedResult] = []
     for seed in args.seeds:
         for path in paths:

@@ -2,11 +2,17 @@
 Firestore / Pub/Sub emulators and fake-gcs-server, Firestore and Storage reached through fault proxies that
 reset connections some of the time, every Pub/Sub delivery possibly duplicated, overlapping poll ticks, and
 function instances SIGKILLed (while their create is stalled in the emulator, mid-harvest, at random).
+
+On the Vertex AI backend (``backend="vertex"``) the functions run with ``PROMPTDROP_BACKEND=vertex`` against
+the emulator's Vertex routes, which read the jobs' inputs from fake-gcs-server and write their predictions
+there; webhooks are off (Vertex sends none: jobs are polled), some lines lose their labels, and the checks
+add that no call reached the Files API (no upload, no results download).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import signal
@@ -36,7 +42,9 @@ from promptdrop.testing.chaos.common import (
     due_cache_redrop,
     extra_file,
     fault_figures,
+    files_api_calls,
     generate_counts,
+    lease_lost_jobs,
     line_figures,
     start_emulator,
     tracebacks,
@@ -58,6 +66,8 @@ from promptdrop.testing.cloud_local import (
 )
 from promptdrop.testing.faultproxy import FaultProxy
 from promptdrop.usecases.harvest import CHECKPOINT_LINES
+
+log = logging.getLogger(__name__)
 
 PROJECT = "chaos-project"
 BUCKET = "promptdrop-chaos"
@@ -107,18 +117,21 @@ class Deliveries:
 
 
 class CloudChaos:
-    def __init__(self, seed: int, plan: Plan, work: Path) -> None:
+    def __init__(self, seed: int, plan: Plan, work: Path, backend: str = "gemini") -> None:
         self.seed = seed
+        self.vertex = backend == "vertex"
         self.plan = plan
         self.work = work
         self.logs = work / "logs"
         self.rng = random.Random(seed)  # noqa: S311 - chaos timing, not secrets
-        self.files = seed_files(seed, short=plan.short)
+        self.files = seed_files(seed, short=plan.short, lost_labels=self.vertex)
         self.messages = seed_messages(seed, short=plan.short)
         self.drops: Counter[str] = Counter()
         self.published: Counter[str] = Counter()
         self.kills: Counter[str] = Counter()
         self.generated = (0, 0, 0)  # generateContent calls the emulator answered, cut, stalled
+        self.files_api_calls: dict[str, int] = {}  # Vertex AI: calls that reached the Files API routes
+        self.scratch_left_to_expire = 0  # scratch objects of ended runs stamped for the lifecycle rule
         self.resets = 0
         self.deliveries = Deliveries(random.Random(seed + 7))  # noqa: S311 - not secrets
         self.functions: dict[str, Child] = {}
@@ -137,7 +150,7 @@ class CloudChaos:
         threads: list[PubsubBridge | Ticker] = []
         proxies: list[FaultProxy] = []
         emulator: Child | None = None
-        result = SeedResult("cloud", self.seed)
+        result = SeedResult("cloud-vertex" if self.vertex else "cloud", self.seed)
         try:
             endpoints = cloud.start()
             # This process's own clients (uploads, checks) go straight to the emulators.
@@ -147,12 +160,15 @@ class CloudChaos:
             proxies = [firestore_proxy, storage_proxy]
             self.calm(proxies)
             ports = {target: free_port() for target in TARGETS}
-            webhook_secret = new_secret()
+            # Vertex AI sends no webhooks: its deployment polls (PROMPTDROP_WEBHOOKS=off, no secret).
+            webhook_secret = "" if self.vertex else new_secret()
+            # The emulator reaches fake-gcs-server straight (STORAGE_EMULATOR_HOST, from this process's
+            # environment): the Vertex routes read inputs and write predictions there.
             emulator, url = start_emulator(
                 self.work,
                 self.seed,
                 self.plan,
-                webhook_url=f"http://127.0.0.1:{ports['on_batch_webhook']}/",
+                webhook_url=None if self.vertex else f"http://127.0.0.1:{ports['on_batch_webhook']}/",
                 webhook_secret=webhook_secret,
             )
             self.storage = storage.Client(project=PROJECT)
@@ -181,6 +197,7 @@ class CloudChaos:
             result.figures["settle s"] = round(self.settle(stack), 1)
             result.figures.update(fault_figures(url))
             self.generated = generate_counts(url)  # read while the emulator runs
+            self.files_api_calls = files_api_calls(url)
         finally:
             for thread in threads:
                 thread.stop()
@@ -192,6 +209,8 @@ class CloudChaos:
                 proxy.stop()
         try:
             snapshot = self.snapshot()
+            result.figures["now sends recorded"] = self.now_sends()
+            result.figures["scratch left to the lifecycle rule"] = self.scratch_left_to_expire
         finally:
             cloud.stop()
         result.misses = judge(snapshot)
@@ -241,6 +260,14 @@ class CloudChaos:
             "PROMPTDROP_WEBHOOK_POLL_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.vertex:
+            for name in ("GEMINI_API_KEY", "PROMPTDROP_GEMINI_BASE_URL"):
+                env.pop(name, None)  # no API key on Vertex AI: the service account's token
+            env.update(
+                PROMPTDROP_BACKEND="vertex",
+                PROMPTDROP_VERTEX_PROJECT=PROJECT,
+                PROMPTDROP_VERTEX_BASE_URL=stack.gemini_url,
+            )
         return Child(target, function_argv(target, port), env, self.logs / f"{target}.log", REPO)
 
     def deliveries_for(self, stack: Stack) -> list[PubsubBridge | Ticker]:
@@ -303,6 +330,8 @@ class CloudChaos:
             count = sum(1 for _ in self.storage.list_blobs(BUCKET, prefix=prefix, page_size=1000))
             # Growing since the last look: a harvest is under way (not one a kill already stopped).
             growing = count > self.image_counts.get(run_id, count)
+            if count != self.image_counts.get(run_id):  # harness.log: where the harvest kills aim
+                log.warning("big run %s: %d of %d images", run_id, count, total)
             self.image_counts[run_id] = count
             if growing and CHECKPOINT_LINES < count < total:
                 return run_id
@@ -385,6 +414,7 @@ class CloudChaos:
                     alive = [t for t in self.functions if t not in restart_at]
                     victim, reason = rng.choice(alive), "random"
             if victim is not None:
+                log.warning("kill %s (%s)", victim, reason)  # harness.log: when, to read beside the logs
                 self.functions[victim].kill()
                 self.kills[reason] += 1
                 last_kill = now
@@ -422,9 +452,21 @@ class CloudChaos:
             write_stuck_runs(self.store, self.logs / "stuck-runs.json")
         return time.monotonic() - start
 
+    def now_sends(self) -> int:
+        """Sends of now-lane lines the jobs recorded (each counted before its call), written per job to
+        ``logs/now-sends.json``: beside the emulator's generate calls, which line was sent more than once."""
+        jobs = [job for run in self.runs() for job in self.store.list_jobs(run.run_id) if job.lane == "now"]
+        listed = [{"job": job.job_id, "phase": job.phase.value, "now_sends": job.now_sends} for job in jobs]
+        (self.logs / "now-sends.json").write_bytes(orjson.dumps(listed, option=orjson.OPT_INDENT_2))
+        return sum(sum(job.now_sends.values()) for job in jobs)
+
     def snapshot(self) -> Snapshot:
         runs: list[RunView] = [run_view(run) for run in self.runs()]
-        objects = {blob.name: int(blob.size or 0) for blob in self.storage.list_blobs(BUCKET, prefix=OUTPUTS)}
+        blobs = list(self.storage.list_blobs(BUCKET, prefix=OUTPUTS))
+        objects = {blob.name: int(blob.size or 0) for blob in blobs}
+        # Stamped by settle before it recorded the end: the `_work/` lifecycle rule expires these.
+        marked = frozenset(blob.name for blob in blobs if "/_work/" in blob.name and blob.custom_time)
+        self.scratch_left_to_expire = len(marked)
         manifests: dict[str, list[dict[str, Any]] | None] = {}
         for run in runs:
             name = f"{OUTPUTS}{run.run_id}/manifest.jsonl"
@@ -458,8 +500,16 @@ class CloudChaos:
             # give the harness its aim every time, require a kill in a create and one in a harvest.
             required_kills=() if self.plan.short else ("create", "harvest"),
             cached_images=cached_images(manifests, self.read),
-            billing=billing(self.work / "gemini-emulator", self.generated, self.store, manifests),
+            billing=billing(
+                self.work / "gemini-emulator",
+                self.generated,
+                self.store,
+                manifests,
+                lease_lost_jobs(self.logs / f"{target}.log" for target in TARGETS),
+            ),
             cache_redrop=INBOX_PREFIX + CACHE_REDROP,
+            files_api_calls=self.files_api_calls if self.vertex else None,
+            scratch_marked=marked,
         )
 
     def read(self, name: str) -> bytes | None:
@@ -467,5 +517,5 @@ class CloudChaos:
         return None if blob is None else bytes(blob.download_as_bytes())
 
 
-def run_cloud(seed: int, plan: Plan, work: Path) -> SeedResult:
-    return CloudChaos(seed, plan, work).run()
+def run_cloud(seed: int, plan: Plan, work: Path, backend: str = "gemini") -> SeedResult:
+    return CloudChaos(seed, plan, work, backend).run()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ CREATE_STALL_RATE = 0.3
 # Webhook deliveries (Cloud path) the emulator never sends, and those it sends twice.
 WEBHOOK_DROP_RATE = 0.2
 WEBHOOK_DUPLICATE_RATE = 0.3
+# The emulator's Files API routes (uploads, results downloads, file get/list/delete): never called on Vertex AI.
+FILES_API_ROUTES = ("upload", "download", "file_get", "file_list", "file_delete")
 # Files dropped at most once the planned ones ended: the pay-once cache's re-drop, then files for the kills
 # aimed at harvests and creates that did not hit yet.
 MAX_EXTRA_FILES = 4
@@ -217,20 +220,45 @@ def generate_counts(url: str) -> tuple[int, int, int]:
     )
 
 
+# What a worker logs when a write under the run's lease failed because another worker had taken it over.
+_LEASE_LOST = re.compile(r"stopped: job (\S+): the run's lease is not held by")
+
+
+def lease_lost_jobs(logs: Iterable[Path]) -> set[str]:
+    """Job ids whose worker logged that it lost the run's lease while working on them."""
+    lost: set[str] = set()
+    for path in logs:
+        if path.exists():
+            lost.update(_LEASE_LOST.findall(path.read_text(errors="replace")))
+    return lost
+
+
 def billing(
     emulator_dir: Path,
     generated: tuple[int, int, int],
     store: JobStore,
     manifests: Mapping[str, list[dict[str, Any]] | None],
+    lease_lost: set[str] | None = None,
 ) -> Billing:
-    """What the emulator billed, and the distinct requests of every run's jobs and now lines."""
-    jobs = {
-        job.job_id: job.request_count
-        for run in store.list_runs(limit=10_000)
-        for job in store.list_jobs(run.run_id)
-        if job.lane == "batch"
-    }
-    return Billing(batches_billed(emulator_dir), jobs, *generated, now_requests=now_requests(manifests))
+    """What the emulator billed, and the distinct requests of every run's jobs and now lines.
+
+    ``lease_lost``: job ids whose worker lost the run's lease (``lease_lost_jobs``); the sends beyond a line's
+    first in those now chunks are counted apart.
+    """
+    jobs = [job for run in store.list_runs(limit=10_000) for job in store.list_jobs(run.run_id)]
+    resent = sum(
+        max(0, sends - 1)
+        for job in jobs
+        if job.lane == "now" and job.job_id in (lease_lost or set())
+        for sends in job.now_sends.values()
+    )
+    return Billing(
+        batches_billed(emulator_dir),
+        {job.job_id: job.request_count for job in jobs if job.lane == "batch"},
+        *generated,
+        now_requests=now_requests(manifests),
+        now_resent_after_lease_loss=resent,
+    )
 
 
 def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
@@ -244,6 +272,13 @@ def tracebacks(logs: dict[str, Path]) -> tuple[dict[str, int], dict[str, str]]:
         if example:
             examples[name] = example
     return counts, examples
+
+
+def files_api_calls(url: str) -> dict[str, int]:
+    """Calls that reached the emulator's Files API routes (faulted ones too), by route: read before it stops."""
+    calls = emulator_stats(url).get("calls_by_route")
+    counts = calls if isinstance(calls, dict) else {}
+    return {route: int(counts.get(route, 0)) for route in FILES_API_ROUTES}
 
 
 def fault_figures(url: str) -> dict[str, object]:

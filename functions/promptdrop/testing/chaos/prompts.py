@@ -22,6 +22,8 @@ _SUBJECTS = ("a red fox", "a lighthouse", "two owls", "a teapot", "a glacier", "
 _RETRYABLE = ("[[emulator:error=13]]", "[[emulator:error=8]]", "[[emulator:error=14]]")
 # Final per-request outcomes: a safety block, a blocked prompt, INVALID_ARGUMENT.
 _FINAL = ("[[emulator:safety]]", "[[emulator:block]]", "[[emulator:error=3]]")
+# Vertex AI: the prediction comes back without the labels that carry the line's key.
+LOST_LABEL = "[[emulator:label=lost]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +65,18 @@ def _file(name: str, lines: list[str]) -> PromptFile:
     return PromptFile(name, ("\n".join(lines) + "\n").encode(), expected)
 
 
-def mixed_file(rng: random.Random, name: str, size: int, *, fresh: bool = False) -> PromptFile:
+def mixed_file(
+    rng: random.Random, name: str, size: int, *, fresh: bool = False, lost_label: bool = False
+) -> PromptFile:
     """Good, retryable, final and invalid lines in a random order, with blank lines and a defaults line;
     two of them in the now lane (sent at once with generate_content), one of those final.
 
     ``fresh``: every line is submitted even if the pay-once cache holds its image (the defaults say so).
+    ``lost_label`` (Vertex AI): one more line whose prediction comes back without its labels
+    (``[[emulator:label=lost]]``): it cannot be joined to its line, which is retried, then failed.
     """
     kinds = ["ok"] * size + ["retryable", "final", "final", "invalid", "invalid", "blank", "now", "now-final"]
+    kinds += ["lost"] if lost_label else []
     rng.shuffle(kinds)
     defaults: dict[str, Any] = {"model": MODEL, "aspect_ratio": "1:1"}
     if fresh:
@@ -89,7 +96,9 @@ def mixed_file(rng: random.Random, name: str, size: int, *, fresh: bool = False)
             lines.append(invalid[index % len(invalid)])
         else:
             final = rng.choice(_FINAL)
-            marker = {"ok": "", "now": "", "retryable": rng.choice(_RETRYABLE)}.get(kind, final)
+            marker = {"ok": "", "now": "", "retryable": rng.choice(_RETRYABLE), "lost": LOST_LABEL}.get(
+                kind, final
+            )
             line: dict[str, Any] = {"prompt": _prompt(rng, marker)}
             if kind.startswith("now"):
                 line["lane"] = "now"
@@ -134,18 +143,21 @@ def big_lines(*, short: bool) -> int:
     return BIG_LINES_SHORT if short else BIG_LINES_FULL
 
 
-def seed_files(seed: int, *, short: bool) -> list[PromptFile]:
-    """The files of one seed; a name listed twice is dropped twice (a re-upload: a new generation)."""
+def seed_files(seed: int, *, short: bool, lost_labels: bool = False) -> list[PromptFile]:
+    """The files of one seed; a name listed twice is dropped twice (a re-upload: a new generation).
+
+    ``lost_labels`` (Vertex AI): each mixed file has a line whose prediction loses its labels.
+    """
     rng = random.Random(seed)  # noqa: S311 - test data, not secrets
     files = [
-        mixed_file(rng, "mixed-a.jsonl", 8 if short else 20),
-        mixed_file(rng, "mixed-b.jsonl", 6 if short else 16),
+        mixed_file(rng, "mixed-a.jsonl", 8 if short else 20, lost_label=lost_labels),
+        mixed_file(rng, "mixed-b.jsonl", 6 if short else 16, lost_label=lost_labels),
         text_file(rng, "notes.txt", 5 if short else 12),
         expiring_file(rng, "expiring.jsonl"),
         big_file(rng, "big.jsonl", big_lines(short=short)),
     ]
     if not short:
-        files += [mixed_file(rng, f"mixed-{c}.jsonl", 10) for c in "cde"]
+        files += [mixed_file(rng, f"mixed-{c}.jsonl", 10, lost_label=lost_labels) for c in "cde"]
         files.append(big_file(rng, "big-2.jsonl", BIG_LINES_FULL))
     files.append(files[0])  # mixed-a again, later
     return files
