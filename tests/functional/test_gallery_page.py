@@ -21,14 +21,12 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from promptdrop import gallery as promptdrop_gallery
 from promptdrop.adapters.localfs import LocalBlobStore
-from promptdrop.settings import Settings
 from promptdrop.states import RunState
 from promptdrop.usecases import gallery
 from promptdrop.usecases.gallery import Thumbnails
 from promptdrop.usecases.harvest import ImageWriter
 from promptdrop.usecases.inputs import parsed_input
-from promptdrop.wiring import build_context
-from tests.functional.conftest import Pipeline, jsonl, pipeline_env
+from tests.functional.conftest import Pipeline, jsonl, pipeline_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,11 +55,7 @@ def chromium_path() -> str:
 @pytest.fixture
 def pipeline(tmp_path: Path, emulator_factory: Any) -> Pipeline:
     """The usual pipeline, with images at a quarter of their real size (1K: 256 px) so thumbnails shrink."""
-    emulator = emulator_factory(image_scale=0.25)
-    env = pipeline_env(tmp_path / "home", emulator.url)
-    return Pipeline(
-        home=tmp_path / "home", emulator=emulator, env=env, ctx=build_context(Settings.from_env(env))
-    )
+    return pipeline_for(tmp_path / "home", emulator_factory(image_scale=0.25))
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +241,25 @@ def test_thumbnails_off_makes_none(pipeline: Pipeline) -> None:
     assert '<img src="images/a.png"' in (pipeline.outputs(run) / "index.html").read_text()
 
 
-def _png() -> bytes:
+def test_a_small_image_is_its_own_thumbnail(tmp_path: Path) -> None:
+    """An image smaller than the thumbnail box (the emulator's 1/16-scale images: 64 px) gets no WebP: nothing
+    is decoded, encoded or written, and its card shows the image itself; a bigger one still gets its WebP."""
+    store = LocalBlobStore(tmp_path / "bucket")
+    folder = "outputs/r-1/"
+    with ImageWriter(store, 4, after_write=Thumbnails(store, folder)) as writer:
+        writer.submit(folder + "images/small.png", _png((64, 36)), "image/png", {})
+        writer.submit(folder + "images/big.png", _png(), "image/png", {})
+    assert writer.flush() == {}
+    thumbs = {info.name for info in store.list(folder + "thumbs/")}
+    assert thumbs == {folder + "thumbs/big.webp"}
+    entry = {"line": 1, "key": "small", "status": "succeeded", "image": folder + "images/small.png"}
+    card = promptdrop_gallery.card(entry, None, folder=folder, thumbs=thumbs)
+    assert card.thumb == card.image == "images/small.png"
+
+
+def _png(size: tuple[int, int] = (600, 300)) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (600, 300), "teal").save(out, format="PNG")
+    Image.new("RGB", size, "teal").save(out, format="PNG")
     return out.getvalue()
 
 

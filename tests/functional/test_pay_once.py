@@ -24,7 +24,7 @@ from promptdrop.ports import CopyOrder
 from promptdrop.states import RunState
 from promptdrop.usecases import cache, poll, receive
 from promptdrop.usecases.cache import ImageDigests
-from tests.functional.conftest import Pipeline, jsonl, pipeline_env, read_jsonl
+from tests.functional.conftest import Pipeline, jsonl, pipeline_env, pipeline_for, read_jsonl
 from tests.functional.test_cli import promptdrop
 from tests.support.reference_rewrite import rewritten_between_hash_and_send
 
@@ -67,8 +67,12 @@ def summary(pipeline: Pipeline, run: Any) -> dict[str, Any]:
     return data
 
 
-def test_redrop_with_three_edits_and_two_additions_sends_five_requests(pipeline: Pipeline) -> None:
+def test_redrop_with_three_edits_and_two_additions_sends_five_requests(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
     """50 lines paid once; the re-drop sends exactly the 5 changed requests, the 45 others are copies."""
+    # Images of 256 px (1K at a quarter scale): smaller ones are their own thumbnails, and none is copied.
+    pipeline = pipeline_for(tmp_path / "home", emulator_factory(image_scale=0.25))
     first = run_file(pipeline, "catalogue.jsonl", catalogue(50))
     assert first.state is RunState.SUCCEEDED
     assert requests_sent(pipeline.emulator) == 50

@@ -10,6 +10,7 @@ which runs the same chain in separate processes, with one upload, as a user woul
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -21,10 +22,12 @@ import orjson
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
+from PIL import Image
 
 from promptdrop.states import RunState
 from promptdrop.testing.bridge import PubsubBridge
 from promptdrop.testing.cloud import subscribe, unique_name
+from promptdrop.thumbnails import MAX_SIDE
 from tests.integration.conftest import STORAGE_EVENTS_TOPIC
 from tests.support.deployment import REPO, Deployment
 
@@ -75,15 +78,19 @@ def test_upload_runs_through_notification_bridge_functions_and_ticks_to_outputs(
     images = deployment.images(run)
     assert sorted(images) == sorted(entry["image"] for entry in manifest if entry["status"] == "succeeded")
     assert all(deployment.read(name).startswith(b"\x89PNG") for name in images)
-    # The gallery: a page served as HTML and a WebP thumbnail per image, made by the deployed functions.
+    # The gallery: a page served as HTML and a WebP thumbnail, made by the deployed functions, per image as large
+    # as a thumbnail (here the 4K one: 256 px at the tests' 1/16 scale); a smaller image is its own thumbnail.
     bucket = deployment.storage.bucket(deployment.bucket)
     page = bucket.get_blob(run.output_folder + "index.html")
     assert page is not None and page.content_type == "text/html; charset=utf-8"
     assert page.download_as_bytes().count(b'<article class="card') == 13
     thumbs = deployment.storage.list_blobs(deployment.bucket, prefix=run.output_folder + "thumbs/")
-    assert sorted((t.name, t.content_type) for t in thumbs) == sorted(
-        (name.replace("/images/", "/thumbs/").removesuffix(".png") + ".webp", "image/webp") for name in images
+    expected = sorted(
+        (name.replace("/images/", "/thumbs/").removesuffix(".png") + ".webp", "image/webp")
+        for name in images
+        if max(Image.open(io.BytesIO(deployment.read(name))).size) >= MAX_SIDE
     )
+    assert expected and sorted((t.name, t.content_type) for t in thumbs) == expected
     (event,) = deployment.events(1)
     assert event == {
         "schema_version": 1,

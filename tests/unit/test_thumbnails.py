@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from promptdrop.thumbnails import MAX_SIDE, ThumbnailError, make_thumbnail
+from promptdrop.thumbnails import MAX_SIDE, ThumbnailError, is_own_thumbnail, make_thumbnail
 
 
 def _encoded(size: tuple[int, int], fmt: str, mode: str = "RGB") -> bytes:
@@ -55,3 +55,26 @@ def test_oversized_images_are_refused_before_decoding() -> None:
     Image.new("1", (10_000, 8_000)).save(out, format="PNG")
     with pytest.raises(ThumbnailError, match="too large"):
         make_thumbnail(out.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "own"),
+    [
+        ((64, 36), "PNG", True),  # the emulator's 1K image at 1/16 scale
+        ((255, 100), "JPEG", True),
+        ((100, 100), "WEBP", True),
+        ((256, 144), "PNG", False),  # as large as the box: the WebP is still lighter
+        ((1024, 1024), "PNG", False),
+        ((64, 64), "BMP", False),  # a format browsers need not show
+    ],
+)
+def test_an_image_smaller_than_the_box_in_a_browser_format_is_its_own_thumbnail(
+    size: tuple[int, int], fmt: str, own: bool
+) -> None:
+    """Nothing to decode or encode for an image the page can show as it is."""
+    assert is_own_thumbnail(_encoded(size, fmt)) is own
+
+
+def test_unreadable_bytes_are_not_their_own_thumbnail() -> None:
+    """make_thumbnail then says why (ThumbnailError) and the card shows the full image."""
+    assert is_own_thumbnail(b"not an image") is False

@@ -1,7 +1,9 @@
 """Batch jobs of the emulator: records on disk, a scheduler thread and a small pool of workers.
 
-A job is PENDING for ``pending_seconds`` after creation, then RUNNING for ``running_seconds``, then a
-worker answers its requests one by one, streaming the results to a temporary file, and the job ends.
+A job is PENDING for ``pending_seconds`` after creation, then RUNNING: a worker answers its requests one by
+one from the start of RUNNING, streaming the results to a temporary file, and the job ends once they are all
+answered and ``running_seconds`` have passed since it started (not ``running_seconds`` *plus* the answering,
+as when the worker only began at the deadline: 12 jobs of a 20,000-line run waited 24 s idle that way).
 Deadlines are computed from the persisted create/start times and the *current* options, so an emulator
 restarted on the same data folder picks every unfinished job up where it stopped.
 
@@ -628,10 +630,6 @@ class Engine:
                         job.state, job.start_time, job.update_time = RUNNING, now, now
                         self._save(job)
                     if job.state == RUNNING and job.id not in self._in_pool:
-                        due = (job.start_time or now) + self.options.running_seconds
-                        if now < due:
-                            wake = min(wake, due)
-                            continue
                         self._in_pool.add(job.id)
                         assert self._pool is not None
                         self._pool.submit(self._run, job)
@@ -648,6 +646,7 @@ class Engine:
         )
         try:
             outcome = self._answer_all(job, tmp, inline=inline)
+            self._hold_until_due(job)
             if vertex and outcome.state == SUCCEEDED and not self._abandoned(job):
                 # Uploaded before the lock is taken: other calls go on meanwhile.
                 job.output_dir = self._write_predictions(job, tmp)
@@ -665,6 +664,17 @@ class Engine:
             tmp.unlink(missing_ok=True)
             with self._lock:
                 self._in_pool.discard(job.id)
+
+    def _hold_until_due(self, job: BatchRecord) -> None:
+        """Keep an answered job RUNNING until ``running_seconds`` (the current option) have passed since it
+        started; raise _Abandoned if it is cancelled or deleted, or the emulator stops, meanwhile."""
+        with self._lock:
+            while not self._abandoned(job):
+                left = (job.start_time or 0.0) + self.options.running_seconds - self._clock()
+                if left <= 0:
+                    return
+                self._lock.wait(min(left, 1.0))  # at most 1 s, as the scheduler: an injected clock moves too
+        raise _Abandoned
 
     def _finish(self, job: BatchRecord, tmp: Path, outcome: _Outcome, *, inline: bool) -> None:
         if outcome.state != SUCCEEDED:

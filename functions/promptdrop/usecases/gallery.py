@@ -38,7 +38,8 @@ _DECODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_pref
 
 
 class Thumbnails:
-    """Called by the harvest's image writer threads after each image is stored."""
+    """Called by the harvest's image writer threads after each image is stored; an image smaller than the
+    thumbnail box gets none (the card shows the image itself)."""
 
     def __init__(self, blobs: BlobStore, folder: str) -> None:
         self.blobs = blobs
@@ -46,8 +47,8 @@ class Thumbnails:
 
     def __call__(self, image_name: str, data: bytes) -> None:
         name = gallery.thumb_name(self.folder, image_name)
-        if name is None:
-            return
+        if name is None or thumbnails.is_own_thumbnail(data):
+            return  # a small image is its own thumbnail: the card shows it (gallery.card)
         try:
             small = _DECODERS.submit(thumbnails.make_thumbnail, data).result()
             self.blobs.write_bytes(name, small, content_type=gallery.THUMB_MIME_TYPE)
