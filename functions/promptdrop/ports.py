@@ -448,6 +448,11 @@ class PaidImageCache(Protocol):
         the one stored (its run has ended). Returns the marker stored after the call (``marker`` if won)."""
         ...
 
+    def claim_in_flight_many(self, markers: Sequence[InFlight]) -> list[InFlight]:
+        """``claim_in_flight`` without ``replacing`` of each marker, in a few batched writes (as
+        ``put_many``): per marker, the marker stored after the call (the first of a fingerprint repeated)."""
+        ...
+
     def release_in_flight(self, marker: InFlight) -> None:
         """Delete ``marker`` if it is still the one stored."""
         ...

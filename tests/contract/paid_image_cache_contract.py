@@ -205,3 +205,20 @@ class PaidImageCacheContract:
             other_key.fingerprint: other_key,
         }
         paid_images.release_in_flight_many([])
+
+    def test_claim_in_flight_many_claims_the_free_requests_and_names_the_other_holders(
+        self, paid_images: PaidImageCache
+    ) -> None:
+        """claim_in_flight_many over more requests than one batched write takes: each free one claimed for
+        this run, each held by another run answered with that holder, a repeated fingerprint held by its
+        first marker; claiming again (a submission run again) answers the same."""
+        theirs = [InFlight(f"{n:064x}", "run-b", f"line-{n}") for n in range(0, 1200, 7)]
+        for marker in theirs:
+            assert paid_images.claim_in_flight(marker) == marker
+        mine = [InFlight(f"{n:064x}", "run-a", f"line-{n}") for n in range(1200)]
+        repeat = replace(mine[3], key="line-again")
+        expected = [theirs[n // 7] if n % 7 == 0 else mine[n] for n in range(1200)] + [mine[3]]
+        assert paid_images.claim_in_flight_many([*mine, repeat]) == expected
+        assert paid_images.claim_in_flight_many(mine) == expected[:-1]
+        assert paid_images.in_flight_many(m.fingerprint for m in mine) == {h.fingerprint: h for h in expected}
+        assert paid_images.claim_in_flight_many([]) == []

@@ -478,8 +478,8 @@ def _fingerprints(pipeline: Pipeline, lines: list[dict[str, Any]]) -> list[str]:
 def test_settle_records_and_releases_a_runs_lines_in_batched_calls(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """12 new lines, fill blocks of 5: the entries are created in 3 batched calls and the claims released in
-    3, never one call per line (one by one it was 12 and 12)."""
+    """12 new lines, fill blocks of 5: the requests are claimed in 1 batched call, the entries created in 3
+    and the claims released in 3, never one call per line (one by one it was 12, 12 and 12)."""
     monkeypatch.setattr(cache, "FILL_BLOCK", 5)
     counting = _CacheCalls(pipeline.ctx.paid_images)
     ctx = dataclasses.replace(pipeline.ctx, paid_images=counting)
@@ -489,7 +489,9 @@ def test_settle_records_and_releases_a_runs_lines_in_batched_calls(
     run = pipeline.finish(receipt.run.run_id, ctx)
     assert run.state is RunState.SUCCEEDED
     assert (counting.calls["put_many"], counting.calls["release_in_flight_many"]) == (3, 3)
-    assert (counting.calls["put"], counting.calls["release_in_flight"]) == (0, 0)
+    assert counting.calls["claim_in_flight_many"] == 1
+    singles = ("put", "release_in_flight", "claim_in_flight")
+    assert [counting.calls[name] for name in singles] == [0, 0, 0]
     fingerprints = _fingerprints(pipeline, lines)
     entries = pipeline.ctx.paid_images.get_many(fingerprints)
     assert len(entries) == 12 and {entry.run_id for entry in entries.values()} == {run.run_id}

@@ -110,32 +110,32 @@ class TestFirestorePaidImageCache(PaidImageCacheContract):
         ]
 
 
-def test_a_settles_worth_of_entries_and_releases_take_a_few_firestore_calls(
+def test_a_runs_claims_entries_and_releases_take_a_few_firestore_calls(
     firestore_db: firestore.Client, project: str, cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What settle's fill asks of Firestore for 1,000 lines, counted as gRPC calls at a proxy in front of
-    the emulator: 1,000 entries created in 2 batched commits of 500, and 1,000 claims released in 4
-    batched reads and 4 batched deletes (one by one it was a create per entry and a transaction of 3-4
-    calls per claim: about 4,000 calls)."""
+    """What the pay-once cache asks of Firestore for a run of 1,000 new lines, counted as gRPC calls at a
+    proxy in front of the emulator: the requests claimed in 2 batched commits of 500, the entries created in
+    2 more, and the claims released in 4 batched reads and 4 batched deletes (one by one it was a create per
+    claim and per entry and a transaction of 3-4 calls per release: about 5,000 calls)."""
     lines = 1000
     claims = [InFlight(f"{n:064x}", "run-a", f"line-{n}") for n in range(lines)]
-    direct = FirestorePaidImageCache(firestore_db)
-    for marker in claims:
-        direct.claim_in_flight(marker)
+    entries = [replace(make_entry("run-a"), fingerprint=m.fingerprint, key=m.key) for m in claims]
     host, _, port = cloud.endpoints.firestore_host.rpartition(":")
     proxy = CountingProxy("firestore", (host, int(port)))
+    calls: list[int] = []
     try:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{proxy.port}")
         counted = FirestorePaidImageCache(firestore.Client(project=project))
-        entries = [replace(make_entry("run-a"), fingerprint=m.fingerprint, key=m.key) for m in claims]
+        assert counted.claim_in_flight_many(claims) == claims
+        calls.append(proxy.requests)
         assert counted.put_many(entries) == [True] * lines
-        after_fill = proxy.requests
+        calls.append(proxy.requests - sum(calls))
         counted.release_in_flight_many(claims)
-        after_release = proxy.requests
+        calls.append(proxy.requests - sum(calls))
     finally:
         proxy.stop()
-    assert after_fill == 2
-    assert after_release - after_fill == 4 + 4
+    assert calls == [2, 2, 4 + 4]
+    direct = FirestorePaidImageCache(firestore_db)
     assert direct.in_flight_many(m.fingerprint for m in claims) == {}
     assert direct.get_many(e.fingerprint for e in entries) == {e.fingerprint: e for e in entries}
 

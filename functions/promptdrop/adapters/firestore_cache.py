@@ -185,6 +185,22 @@ class FirestorePaidImageCache:
             result: InFlight = firestore.transactional(claim)(self._client.transaction())
         return result
 
+    def claim_in_flight_many(self, markers: Sequence[InFlight]) -> list[InFlight]:
+        first: dict[str, InFlight] = {}
+        for marker in markers:
+            first.setdefault(marker.fingerprint, marker)
+        names = list(first)
+        created: set[str] = set()
+        for start in range(0, len(names), WRITE_BATCH):
+            batch = {name: first[name].to_json() for name in names[start : start + WRITE_BATCH]}
+            created |= self._create_all(self._in_flight, batch, "claiming in-flight requests")
+        holders = {name: first[name] for name in created}
+        holders |= self.in_flight_many(name for name in names if name not in created)
+        for name in names:
+            if name not in holders:  # released between the create and the read: claimed on its own
+                holders[name] = self.claim_in_flight(first[name])
+        return [holders[marker.fingerprint] for marker in markers]
+
     def release_in_flight(self, marker: InFlight) -> None:
         reference = self._in_flight.document(marker.fingerprint)
 

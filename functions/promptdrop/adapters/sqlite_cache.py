@@ -134,6 +134,22 @@ class SqlitePaidImageCache:
             )
             return marker
 
+    def claim_in_flight_many(self, markers: Sequence[InFlight]) -> list[InFlight]:
+        if not markers:
+            return []
+        with self._transaction() as conn:  # one write transaction: the holders read are those stored
+            conn.executemany(
+                "INSERT OR IGNORE INTO in_flight (fingerprint, run_id, key) VALUES (?, ?, ?)",
+                [(marker.fingerprint, marker.run_id, marker.key) for marker in markers],
+            )
+            holders: list[InFlight] = []
+            for marker in markers:
+                row = conn.execute(
+                    "SELECT run_id, key FROM in_flight WHERE fingerprint = ?", (marker.fingerprint,)
+                ).fetchone()
+                holders.append(InFlight(marker.fingerprint, row[0], row[1]))
+            return holders
+
     def release_in_flight(self, marker: InFlight) -> None:
         with self._transaction() as conn:
             conn.execute(

@@ -193,32 +193,44 @@ def unfinished(ctx: Context, run_id: str) -> bool:
 
 def claim_many(ctx: Context, markers: Sequence[InFlight]) -> list[InFlight]:
     """``claim`` of each marker, in order. The holders are read in batches first (``in_flight_many``): a
-    request held by this run or by an unfinished one is answered from that read; only those nobody holds,
-    or held by a run that has ended, take calls of their own (an atomic create-if-absent), many at once."""
+    request held by this run or by an unfinished one is answered from that read; those nobody holds are
+    claimed in batched creates (``claim_in_flight_many``); only those held by a run that has ended take
+    calls of their own."""
     if not markers:
         return []
     held = ctx.paid_images.in_flight_many(marker.fingerprint for marker in markers)
     live: dict[str, bool] = {}
-    for holder in held.values():
-        if holder.run_id not in live:
-            live[holder.run_id] = holder.run_id == markers[0].run_id or unfinished(ctx, holder.run_id)
-    holders: list[InFlight | None] = [
-        held[m.fingerprint] if m.fingerprint in held and live[held[m.fingerprint].run_id] else None
-        for m in markers
-    ]
-    to_claim = [index for index, holder in enumerate(holders) if holder is None]
+    holders = [held.get(m.fingerprint) for m in markers]
+    to_claim = [i for i, holder in enumerate(holders) if not _live_holder(ctx, markers[i], holder, live)]
+    claimed = ctx.paid_images.claim_in_flight_many([markers[index] for index in to_claim])
+    for index, holder in zip(to_claim, claimed, strict=True):
+        holders[index] = holder
+    # Held by a run that has ended (a crash before its settle released them): taken over, many at once.
+    ended = [i for i in to_claim if not _live_holder(ctx, markers[i], holders[i], live)]
     with ThreadPoolExecutor(
         max(1, ctx.settings.upload_concurrency), thread_name_prefix="promptdrop-cache"
     ) as pool:
-        for index, holder in zip(to_claim, pool.map(lambda i: claim(ctx, markers[i]), to_claim), strict=True):
+        for index, holder in zip(
+            ended, pool.map(lambda i: claim(ctx, markers[i], holders[i]), ended), strict=True
+        ):
             holders[index] = holder
     return [holder for holder in holders if holder is not None]
 
 
-def claim(ctx: Context, marker: InFlight) -> InFlight:
+def _live_holder(ctx: Context, marker: InFlight, holder: InFlight | None, live: dict[str, bool]) -> bool:
+    """Whether ``holder`` is this run or an unfinished one (each run looked up once)."""
+    if holder is None:
+        return False
+    if holder.run_id not in live:
+        live[holder.run_id] = holder.run_id == marker.run_id or unfinished(ctx, holder.run_id)
+    return live[holder.run_id]
+
+
+def claim(ctx: Context, marker: InFlight, holder: InFlight | None = None) -> InFlight:
     """Claim ``marker``'s request as in flight for its run; returns who holds it now. A claim left by a run
-    that has ended (a crash before its settle released it) is taken over."""
-    holder = ctx.paid_images.claim_in_flight(marker)
+    that has ended (a crash before its settle released it) is taken over. ``holder``: who a claim just
+    made found holding it."""
+    holder = holder or ctx.paid_images.claim_in_flight(marker)
     for _ in range(3):  # each turn either wins or finds a newer holder
         if holder.run_id == marker.run_id or unfinished(ctx, holder.run_id):
             break
