@@ -430,6 +430,12 @@ class PaidImageCache(Protocol):
         False when another entry is stored."""
         ...
 
+    def put_many(self, entries: Sequence[PaidImage]) -> list[bool]:
+        """``put`` without ``replacing`` of each entry (one per fingerprint), in a few batched writes
+        (Firestore batches of up to 500 creates, SQLite one transaction per call) rather than one write
+        each: True where the entry was created, False where one was stored already (left as it is)."""
+        ...
+
     def in_flight(self, fingerprint: str) -> InFlight | None: ...
 
     def in_flight_many(self, fingerprints: Iterable[str]) -> dict[str, InFlight]:
@@ -442,8 +448,18 @@ class PaidImageCache(Protocol):
         the one stored (its run has ended). Returns the marker stored after the call (``marker`` if won)."""
         ...
 
+    def claim_in_flight_many(self, markers: Sequence[InFlight]) -> list[InFlight]:
+        """``claim_in_flight`` without ``replacing`` of each marker, in a few batched writes (as
+        ``put_many``): per marker, the marker stored after the call (the first of a fingerprint repeated)."""
+        ...
+
     def release_in_flight(self, marker: InFlight) -> None:
         """Delete ``marker`` if it is still the one stored."""
+        ...
+
+    def release_in_flight_many(self, markers: Sequence[InFlight]) -> None:
+        """``release_in_flight`` of each marker, in a few batched reads and writes: each deleted only if
+        it is still the one stored (a claim another run took over stays)."""
         ...
 
 

@@ -158,3 +158,67 @@ class PaidImageCacheContract:
         wanted = [f"{n:064x}" for n in range(700)]
         assert paid_images.in_flight_many(wanted) == {m.fingerprint: m for m in claims[1:]}
         assert paid_images.in_flight_many([]) == {}
+
+    def test_put_many_creates_the_absent_entries_and_keeps_the_stored_ones(
+        self, paid_images: PaidImageCache
+    ) -> None:
+        """put_many over more entries than one batched write takes (Firestore 500 a commit): each absent
+        one created (True), each one stored before left as it was (False), a repeated fingerprint created
+        once (the first); a second call, as a settle run again after a kill, changes nothing."""
+        older = [replace(make_entry("run-old"), fingerprint=f"{n:064x}") for n in range(0, 1200, 7)]
+        for entry in older:
+            assert paid_images.put(entry)
+        mine = [replace(make_entry("run-new"), fingerprint=f"{n:064x}") for n in range(1200)]
+        repeat = replace(mine[3], key="dog")
+        created = paid_images.put_many([*mine, repeat])
+        assert created == [n % 7 != 0 for n in range(1200)] + [False]
+        expected = {entry.fingerprint: entry for entry in mine} | {e.fingerprint: e for e in older}
+        assert paid_images.get_many(expected) == expected
+        assert paid_images.put_many(mine) == [False] * len(mine)
+        assert paid_images.get_many(expected) == expected
+        assert paid_images.put_many([]) == []
+
+    def test_release_in_flight_many_deletes_only_the_runs_own_claims(
+        self, paid_images: PaidImageCache
+    ) -> None:
+        """release_in_flight_many over more claims than one batched read takes: the run's own claims go;
+        one taken over by another run, one of another key, and one never claimed change nothing; releasing
+        again (a settle run again after a kill) is harmless."""
+        claims = [InFlight(f"{n:064x}", "run-a", f"line-{n}") for n in range(700)]
+        for marker in claims:
+            assert paid_images.claim_in_flight(marker) == marker
+        taken = InFlight(claims[5].fingerprint, "run-b", "line-5")
+        assert paid_images.claim_in_flight(taken, replacing=claims[5]) == taken
+        other_key = InFlight(f"{900:064x}", "run-a", "line-x")
+        assert paid_images.claim_in_flight(other_key) == other_key
+        never = InFlight(f"{901:064x}", "run-a", "line-901")
+        releasing = [*claims, replace(other_key, key="line-y"), never]
+        paid_images.release_in_flight_many(releasing)
+        wanted = [marker.fingerprint for marker in releasing]
+        assert paid_images.in_flight_many(wanted) == {
+            taken.fingerprint: taken,
+            other_key.fingerprint: other_key,
+        }
+        paid_images.release_in_flight_many(releasing)
+        assert paid_images.in_flight_many(wanted) == {
+            taken.fingerprint: taken,
+            other_key.fingerprint: other_key,
+        }
+        paid_images.release_in_flight_many([])
+
+    def test_claim_in_flight_many_claims_the_free_requests_and_names_the_other_holders(
+        self, paid_images: PaidImageCache
+    ) -> None:
+        """claim_in_flight_many over more requests than one batched write takes: each free one claimed for
+        this run, each held by another run answered with that holder, a repeated fingerprint held by its
+        first marker; claiming again (a submission run again) answers the same."""
+        theirs = [InFlight(f"{n:064x}", "run-b", f"line-{n}") for n in range(0, 1200, 7)]
+        for marker in theirs:
+            assert paid_images.claim_in_flight(marker) == marker
+        mine = [InFlight(f"{n:064x}", "run-a", f"line-{n}") for n in range(1200)]
+        repeat = replace(mine[3], key="line-again")
+        expected = [theirs[n // 7] if n % 7 == 0 else mine[n] for n in range(1200)] + [mine[3]]
+        assert paid_images.claim_in_flight_many([*mine, repeat]) == expected
+        assert paid_images.claim_in_flight_many(mine) == expected[:-1]
+        assert paid_images.in_flight_many(m.fingerprint for m in mine) == {h.fingerprint: h for h in expected}
+        assert paid_images.claim_in_flight_many([]) == []

@@ -445,3 +445,82 @@ def test_a_reference_image_rewritten_between_hash_and_read_is_sent_and_recorded_
     submission try again, which hashes and sends the new version (tests/support/reference_rewrite.py)."""
     ctx = pipeline.context(inline_image_max_bytes=16) if uploaded else pipeline.ctx
     rewritten_between_hash_and_send(ctx, uploaded=uploaded)
+
+
+class _CacheCalls:
+    """A pay-once cache that counts the calls made to it by name, and 'dies' once, at the ``kill_at``-th
+    call of ``kill_on`` (its writes so far stay)."""
+
+    def __init__(self, inner: Any, kill_on: str = "", kill_at: int = 0) -> None:
+        self.inner, self.kill_on, self.kill_at = inner, kill_on, kill_at
+        self.calls: Counter[str] = Counter()
+        self.fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            if name == self.kill_on and self.calls[name] == self.kill_at:
+                self.fired = True
+                raise _KilledOnce(name)
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def _fingerprints(pipeline: Pipeline, lines: list[dict[str, Any]]) -> list[str]:
+    digests = ImageDigests(pipeline.ctx)
+    parsed = prompts.parse_prompt_file(
+        io.BytesIO(jsonl(*lines)), "jsonl", prompts.ParseOptions(default_model=MODEL)
+    )
+    found = [digests.fingerprint(p, MODEL) for p in parsed if isinstance(p, prompts.PromptRequest)]
+    assert None not in found
+    return [fp for fp in found if fp is not None]
+
+
+def test_settle_records_and_releases_a_runs_lines_in_batched_calls(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 new lines, fill blocks of 5: the requests are claimed in 1 batched call, the entries created in 3
+    and the claims released in 3, never one call per line (one by one it was 12, 12 and 12)."""
+    monkeypatch.setattr(cache, "FILL_BLOCK", 5)
+    counting = _CacheCalls(pipeline.ctx.paid_images)
+    ctx = dataclasses.replace(pipeline.ctx, paid_images=counting)
+    lines = catalogue(12)
+    receipt = pipeline.drop("batched.jsonl", jsonl(*lines), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert run.state is RunState.SUCCEEDED
+    assert (counting.calls["put_many"], counting.calls["release_in_flight_many"]) == (3, 3)
+    assert counting.calls["claim_in_flight_many"] == 1
+    singles = ("put", "release_in_flight", "claim_in_flight")
+    assert [counting.calls[name] for name in singles] == [0, 0, 0]
+    fingerprints = _fingerprints(pipeline, lines)
+    entries = pipeline.ctx.paid_images.get_many(fingerprints)
+    assert len(entries) == 12 and {entry.run_id for entry in entries.values()} == {run.run_id}
+    assert pipeline.ctx.paid_images.in_flight_many(fingerprints) == {}
+
+
+@pytest.mark.parametrize("kill_on", ["put_many", "release_in_flight_many"])
+def test_a_settle_killed_between_two_batches_of_the_fill_is_finished_by_the_next_tick(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, kill_on: str
+) -> None:
+    """Killed after the first block of entries (or of releases) is written: the next tick settles again,
+    every line gets its entry once, no claim is left, and a re-drop is served wholly from the cache."""
+    monkeypatch.setattr(cache, "FILL_BLOCK", 5)
+    killing = _CacheCalls(pipeline.ctx.paid_images, kill_on=kill_on, kill_at=2)
+    ctx = dataclasses.replace(pipeline.ctx, paid_images=killing)
+    lines = catalogue(12)
+    receipt = pipeline.drop("killed.jsonl", jsonl(*lines), ctx)
+    assert receipt.run is not None
+    run = pipeline.finish(receipt.run.run_id, ctx)
+    assert killing.fired and run.state is RunState.SUCCEEDED
+    assert len(pipeline.manifest(run)) == 12
+    fingerprints = _fingerprints(pipeline, lines)
+    entries = pipeline.ctx.paid_images.get_many(fingerprints)
+    assert len(entries) == 12 and {entry.run_id for entry in entries.values()} == {run.run_id}
+    assert pipeline.ctx.paid_images.in_flight_many(fingerprints) == {}
+    again = run_file(pipeline, "killed.jsonl", lines)
+    assert sum("cached_from" in e for e in pipeline.manifest(again)) == 12
+    assert requests_sent(pipeline.emulator) == 12

@@ -3,14 +3,15 @@
 A row per request fingerprint holds the ``PaidImage`` as JSON. The conditional writes of ``put`` run
 inside ``BEGIN IMMEDIATE`` (the database's write lock), so of two processes settling the same new line at
 once exactly one entry is stored. Table ``in_flight`` holds a row per request an unfinished run is paying
-for now (``InFlight``), claimed the same way.
+for now (``InFlight``), claimed the same way. Many entries are created, or claims released, in one write
+transaction (``put_many``, ``release_in_flight_many``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,6 +96,19 @@ class SqlitePaidImageCache:
             conn.execute("UPDATE paid_images SET doc = ? WHERE fingerprint = ?", (doc, entry.fingerprint))
             return True
 
+    def put_many(self, entries: Sequence[PaidImage]) -> list[bool]:
+        if not entries:
+            return []
+        with self._transaction() as conn:  # one write transaction for them all
+            return [
+                conn.execute(
+                    "INSERT OR IGNORE INTO paid_images (fingerprint, doc) VALUES (?, ?)",
+                    (entry.fingerprint, orjson.dumps(entry.to_json()).decode()),
+                ).rowcount
+                == 1
+                for entry in entries
+            ]
+
     def in_flight(self, fingerprint: str) -> InFlight | None:
         with self._lock, translate_sqlite_errors(self._path):
             row = self._connection.execute(
@@ -120,9 +134,34 @@ class SqlitePaidImageCache:
             )
             return marker
 
+    def claim_in_flight_many(self, markers: Sequence[InFlight]) -> list[InFlight]:
+        if not markers:
+            return []
+        with self._transaction() as conn:  # one write transaction: the holders read are those stored
+            conn.executemany(
+                "INSERT OR IGNORE INTO in_flight (fingerprint, run_id, key) VALUES (?, ?, ?)",
+                [(marker.fingerprint, marker.run_id, marker.key) for marker in markers],
+            )
+            holders: list[InFlight] = []
+            for marker in markers:
+                row = conn.execute(
+                    "SELECT run_id, key FROM in_flight WHERE fingerprint = ?", (marker.fingerprint,)
+                ).fetchone()
+                holders.append(InFlight(marker.fingerprint, row[0], row[1]))
+            return holders
+
     def release_in_flight(self, marker: InFlight) -> None:
         with self._transaction() as conn:
             conn.execute(
                 "DELETE FROM in_flight WHERE fingerprint = ? AND run_id = ? AND key = ?",
                 (marker.fingerprint, marker.run_id, marker.key),
+            )
+
+    def release_in_flight_many(self, markers: Sequence[InFlight]) -> None:
+        if not markers:
+            return
+        with self._transaction() as conn:
+            conn.executemany(
+                "DELETE FROM in_flight WHERE fingerprint = ? AND run_id = ? AND key = ?",
+                [(marker.fingerprint, marker.run_id, marker.key) for marker in markers],
             )

@@ -61,8 +61,9 @@ from promptdrop.usecases.workfiles import read_records, write_records
 log = logging.getLogger(__name__)
 
 _DAY = 86_400.0
-# Lines (or entries) per worker between two renewals of the run's lease.
-_FILL_ROUND = 16
+# Entries written (or claims released) per batched call of settle's fill, the run's lease renewed between
+# two: Firestore's limit of writes per batch.
+FILL_BLOCK = 500
 _HASH_BLOCK = 1 << 20
 # Input lines per part of the decision: big enough that a part is a few seconds of work, small enough that
 # a cut-off decision redoes little.
@@ -192,32 +193,44 @@ def unfinished(ctx: Context, run_id: str) -> bool:
 
 def claim_many(ctx: Context, markers: Sequence[InFlight]) -> list[InFlight]:
     """``claim`` of each marker, in order. The holders are read in batches first (``in_flight_many``): a
-    request held by this run or by an unfinished one is answered from that read; only those nobody holds,
-    or held by a run that has ended, take calls of their own (an atomic create-if-absent), many at once."""
+    request held by this run or by an unfinished one is answered from that read; those nobody holds are
+    claimed in batched creates (``claim_in_flight_many``); only those held by a run that has ended take
+    calls of their own."""
     if not markers:
         return []
     held = ctx.paid_images.in_flight_many(marker.fingerprint for marker in markers)
     live: dict[str, bool] = {}
-    for holder in held.values():
-        if holder.run_id not in live:
-            live[holder.run_id] = holder.run_id == markers[0].run_id or unfinished(ctx, holder.run_id)
-    holders: list[InFlight | None] = [
-        held[m.fingerprint] if m.fingerprint in held and live[held[m.fingerprint].run_id] else None
-        for m in markers
-    ]
-    to_claim = [index for index, holder in enumerate(holders) if holder is None]
+    holders = [held.get(m.fingerprint) for m in markers]
+    to_claim = [i for i, holder in enumerate(holders) if not _live_holder(ctx, markers[i], holder, live)]
+    claimed = ctx.paid_images.claim_in_flight_many([markers[index] for index in to_claim])
+    for index, holder in zip(to_claim, claimed, strict=True):
+        holders[index] = holder
+    # Held by a run that has ended (a crash before its settle released them): taken over, many at once.
+    ended = [i for i in to_claim if not _live_holder(ctx, markers[i], holders[i], live)]
     with ThreadPoolExecutor(
         max(1, ctx.settings.upload_concurrency), thread_name_prefix="promptdrop-cache"
     ) as pool:
-        for index, holder in zip(to_claim, pool.map(lambda i: claim(ctx, markers[i]), to_claim), strict=True):
+        for index, holder in zip(
+            ended, pool.map(lambda i: claim(ctx, markers[i], holders[i]), ended), strict=True
+        ):
             holders[index] = holder
     return [holder for holder in holders if holder is not None]
 
 
-def claim(ctx: Context, marker: InFlight) -> InFlight:
+def _live_holder(ctx: Context, marker: InFlight, holder: InFlight | None, live: dict[str, bool]) -> bool:
+    """Whether ``holder`` is this run or an unfinished one (each run looked up once)."""
+    if holder is None:
+        return False
+    if holder.run_id not in live:
+        live[holder.run_id] = holder.run_id == marker.run_id or unfinished(ctx, holder.run_id)
+    return live[holder.run_id]
+
+
+def claim(ctx: Context, marker: InFlight, holder: InFlight | None = None) -> InFlight:
     """Claim ``marker``'s request as in flight for its run; returns who holds it now. A claim left by a run
-    that has ended (a crash before its settle released it) is taken over."""
-    holder = ctx.paid_images.claim_in_flight(marker)
+    that has ended (a crash before its settle released it) is taken over. ``holder``: who a claim just
+    made found holding it."""
+    holder = holder or ctx.paid_images.claim_in_flight(marker)
     for _ in range(3):  # each turn either wins or finds a newer holder
         if holder.run_id == marker.run_id or unfinished(ctx, holder.run_id):
             break
@@ -300,9 +313,8 @@ class CacheSplit:
         # A payer that settled between the look-up and the claim recorded its image first.
         ours = {key: missed[key] for key, holder in holders.items() if holder.run_id == self.run.run_id}
         late = self._serve_many(pool, ours)
-        for marker in markers:
-            if marker.key in late and holders[marker.key] == marker:
-                self.ctx.paid_images.release_in_flight(marker)
+        if released := [marker for marker in markers if marker.key in late and holders[marker.key] == marker]:
+            self.ctx.paid_images.release_in_flight_many(released)
         served.update(late)
         decided: list[Outcome | Waiting] = []
         models = {line.key: model for line, model in lines}
@@ -478,8 +490,8 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
     """Record the images this run paid for under their fingerprints; returns how many entries it wrote.
 
     Called by settle, after every image of the run is written whole, before the run ends. The entries are
-    written ``PROMPTDROP_UPLOAD_CONCURRENCY`` at a time, the run's lease renewed between rounds; then the
-    fingerprints file goes, so a settle that runs again does not record them again. A transient failure is
+    created ``FILL_BLOCK`` at a time in batched writes (``put_many``), the run's lease renewed between
+    blocks; then the claims are released the same way, and the fingerprints file goes, so a settle that runs again does not record them again. A transient failure is
     raised (the next tick settles again and fills what is missing); a permanent one is logged and the run
     ends anyway (the next run simply pays).
     """
@@ -502,17 +514,17 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
             for outcome in paid
             if outcome.image in images and outcome.model is not None
         ]
-        workers = max(1, ctx.settings.upload_concurrency)
-        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
-            for start in range(0, len(entries), _FILL_ROUND * workers):
-                renew(ctx, run.run_id)
-                round_ = entries[start : start + _FILL_ROUND * workers]
-                written += sum(
-                    pool.map(
-                        lambda item: _record(ctx, item[0], newest=bool(submitted[item[1].key].get("fresh"))),
-                        round_,
-                    )
-                )
+        for start in range(0, len(entries), FILL_BLOCK):
+            renew(ctx, run.run_id)
+            block = entries[start : start + FILL_BLOCK]
+            created = ctx.paid_images.put_many([entry for entry, _ in block])
+            written += sum(created)
+            stored = [
+                (entry, bool(submitted[outcome.key].get("fresh")))
+                for (entry, outcome), done in zip(block, created, strict=True)
+                if not done
+            ]
+            written += _replace_stored(ctx, stored)
     except PermanentError as exc:
         log.warning("the pay-once cache was not filled: %s", exc, extra={"run_id": run.run_id})
     _release(ctx, run, submitted.values())
@@ -522,22 +534,16 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
 
 def _release(ctx: Context, run: Run, submitted: Iterable[Mapping[str, Any]]) -> None:
     """The run's requests are no longer in flight: after ``fill``, so a run waiting for one of them that
-    finds no claim finds its image (or knows there is none)."""
+    finds no claim finds its image (or knows there is none). Released ``FILL_BLOCK`` at a time, in batches."""
     if not enabled(ctx, run):
         return
     markers = [
         InFlight(item["fingerprint"], run.run_id, item["key"]) for item in submitted if not item.get("fresh")
     ]
-    workers = max(1, ctx.settings.upload_concurrency)
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="promptdrop-cache") as pool:
-            for start in range(0, len(markers), _FILL_ROUND * workers):
-                renew(ctx, run.run_id)
-                list(
-                    pool.map(
-                        ctx.paid_images.release_in_flight, markers[start : start + _FILL_ROUND * workers]
-                    )
-                )
+        for start in range(0, len(markers), FILL_BLOCK):
+            renew(ctx, run.run_id)
+            ctx.paid_images.release_in_flight_many(markers[start : start + FILL_BLOCK])
     except PermanentError as exc:  # a claim left behind is taken over once this run has ended
         log.warning("in-flight claims not released: %s", exc, extra={"run_id": run.run_id})
 
@@ -558,13 +564,18 @@ def _entry(ctx: Context, run: Run, outcome: Outcome, info: BlobInfo, fingerprint
     )
 
 
-def _record(ctx: Context, entry: PaidImage, *, newest: bool) -> int:
-    """Create the entry; replace one that is unusable, or any other when this image is a fresh take."""
-    if ctx.paid_images.put(entry):
-        return 1
-    current = ctx.paid_images.get(entry.fingerprint)
-    if current == entry:
-        return 0  # recorded by an earlier settle of this run
-    if current is None or newest or not usable(ctx, current):
-        return int(ctx.paid_images.put(entry, replacing=current))
-    return 0
+def _replace_stored(ctx: Context, stored: Sequence[tuple[PaidImage, bool]]) -> int:
+    """The entries ``put_many`` found another entry for (with whether the image is a fresh take): each
+    replaces an entry that is unusable, or any other when it is a fresh take; returns how many it wrote.
+    The usual case is none; after a settle cut off mid-fill, the entries it wrote, read in batches."""
+    if not stored:
+        return 0
+    current = ctx.paid_images.get_many(entry.fingerprint for entry, _ in stored)
+    written = 0
+    for entry, newest in stored:
+        found = current.get(entry.fingerprint)
+        if found == entry:
+            continue  # recorded by an earlier settle of this run
+        if found is None or newest or not usable(ctx, found):
+            written += ctx.paid_images.put(entry, replacing=found)
+    return written
