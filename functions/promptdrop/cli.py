@@ -47,8 +47,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
-err = Console(stderr=True, soft_wrap=True)  # a command to copy stays on one line
+# Paths and ids stay whole on one line for copy and paste; no ":name:" in a key, prompt or path becomes an emoji
+# (and rich's table of emoji codes is not loaded at start-up).
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # a command to copy stays on one line
 log = logging.getLogger("promptdrop.cli")
 PROBLEMS_PAGE = "problems.html"  # the gallery's page of failed and invalid lines
 

@@ -111,7 +111,7 @@ def imported_by(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str
             ["status"],
             "no runs yet",
             {"promptdrop.settings", "promptdrop.records", "promptdrop.adapters.sqlite_store"},
-            (*NOT_AT_START, "promptdrop.manifest", "promptdrop.usecases.submit"),
+            (*NOT_AT_START, "promptdrop.manifest", "promptdrop.usecases.submit", "rich._emoji_codes"),
             id="status",
         ),
     ],
