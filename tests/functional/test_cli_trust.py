@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from scripts.bench_rerun_growth import files as bucket_files  # du-like: a hard link counted once
 
 from tests.functional.conftest import jsonl
 from tests.functional.test_cli import CLI, GOOD, GOOD_2, batches, cli_env, promptdrop, status_json
@@ -389,16 +390,6 @@ def test_a_rerun_from_the_cache_shows_its_saving_counts_its_lines_and_links_its_
         assert served.stat().st_ino == paid.stat().st_ino and served.read_bytes() == paid.read_bytes()
 
 
-def _bucket_files(bucket: Path) -> dict[int, tuple[str, int]]:
-    """inode -> (a name, bytes) of every file of the bucket folder: a hard link counted once (du-like)."""
-    found: dict[int, tuple[str, int]] = {}
-    for path in bucket.rglob("*"):
-        if path.is_file():
-            info = path.lstat()
-            found.setdefault(info.st_ino, (path.relative_to(bucket).as_posix(), info.st_size))
-    return found
-
-
 # What a fully cached re-run may add to the bucket, per line (issue 22). The manifest's line is the contract
 # (DESIGN "manifest.jsonl": every field present), about 400 bytes here; the gallery's card about 320; the
 # folder store's rows (an image and its thumbnail, 2 rows) about 290. Before the cut: about 1,290.
@@ -423,13 +414,13 @@ def test_a_fully_cached_rerun_grows_the_bucket_by_its_documents_only(
     first = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr
     bucket = home / "bucket"
-    before = _bucket_files(bucket)
+    before = bucket_files(bucket)
 
     second = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path, timeout=300)
 
     assert second.returncode == 0, second.stderr
     assert f"cache: {lines} line(s) served from the pay-once cache" in second.stdout
-    after = _bucket_files(bucket)
+    after = bucket_files(bucket)
     grown = {
         name: size - before.get(inode, ("", 0))[1]
         for inode, (name, size) in after.items()
