@@ -25,7 +25,8 @@ safety refusal; the children never see a PROMPTDROP_* or API-key variable of the
     measure the harvest itself, thumbnails off, so that their figures compare with the floor.
 (h) startup: the CLI's start-up time, `promptdrop --help` and `promptdrop status` (an empty state folder),
     each a fresh process, the median of 10 (``--startup-from DIR`` times the package in DIR/functions
-    instead, e.g. an export of main, for a before/after figure).
+    instead, e.g. an export of main, for a before/after figure; ``--startup-runs HOME`` times `status` once
+    more on a state folder that holds runs).
 (g) cache: the pay-once cache's decision for a re-dropped file whose every line was paid for before
     (``submit.submit_run`` after the claim: per block of 2,000 lines the entries read in batches, the
     images and their thumbnails copied server-side in batch requests of 100, up to 8 at once), 10,000
@@ -909,20 +910,27 @@ def machine() -> dict[str, Any]:
     }
 
 
-def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str, Any]:
-    """Wall time of whole CLI processes (interpreter, imports, the command), median of ``runs`` each."""
+def bench_startup(
+    work: Path, runs: int, source: Path | None = None, with_runs: Path | None = None
+) -> dict[str, Any]:
+    """Wall time of whole CLI processes (interpreter, imports, the command), median of ``runs`` each.
+
+    ``with_runs``: a state folder holding runs, where `status` is timed once more (``status-runs``)."""
     functions = (source or REPO) / "functions"
     figures: dict[str, Any] = {"package": str(functions)}
     with scratch(work, "startup-home") as home:
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(functions), **local_env(home)}
-        for name, argv in (("help", ["--help"]), ("status", ["status"])):
+        cases = [("help", ["--help"], env), ("status", ["status"], env)]
+        if with_runs is not None:
+            cases.append(("status-runs", ["status"], {**env, **local_env(with_runs.resolve())}))
+        for name, argv, case_env in cases:
             seconds, cpu = [], []
             for _ in range(runs):
                 used = resource.getrusage(resource.RUSAGE_CHILDREN)
                 began = time.perf_counter()
                 subprocess.run(
                     [sys.executable, "-m", "promptdrop.cli", *argv],
-                    env=env,
+                    env=case_env,
                     cwd=work,
                     check=True,
                     stdout=subprocess.DEVNULL,
@@ -938,7 +946,7 @@ def bench_startup(work: Path, runs: int, source: Path | None = None) -> dict[str
                 "seconds": seconds,
             }
             log(
-                f"  promptdrop {' '.join(argv)}: median {statistics.median(seconds):.3f} s wall, "
+                f"  promptdrop {' '.join(argv)} ({name}): median {statistics.median(seconds):.3f} s wall, "
                 f"{statistics.median(cpu):.3f} s CPU, of {runs}"
             )
     return figures
@@ -1064,6 +1072,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--startup-from", type=Path, default=None, help="(h): time the CLI of this checkout instead"
     )
+    parser.add_argument(
+        "--startup-runs",
+        type=Path,
+        default=None,
+        help="(h): also time `status` on this state folder (with runs)",
+    )
     parser.add_argument("--scale-lines", type=int, default=20_000, help="(i) lines of the local run")
     parser.add_argument("--scale-runs", type=int, default=1, help="(i) runs of each variant")
     parser.add_argument("--scale-tier", type=int, default=None, help="(i) PROMPTDROP_TIER for the runs")
@@ -1143,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
     startup = None
     if "startup" in sections:
         log("(h) CLI start-up: median of 10 fresh processes each")
-        startup = bench_startup(work, 10, args.startup_from)
+        startup = bench_startup(work, 10, args.startup_from, args.startup_runs)
 
     issue24: dict[str, Any] = {}
     if {"runs-page", "overhead"} & sections:  # issue 24's, in scripts/bench_overhead.py with their tables
@@ -1176,6 +1190,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{startup['help']['median_cpu_seconds']:.3f} s, `status` {startup['status']['median_seconds']:.3f} s / "
             f"{startup['status']['median_cpu_seconds']:.3f} s"
         )
+        if "status-runs" in startup:
+            runs_figure = startup["status-runs"]
+            report["table"] += (
+                f", `status` with runs {runs_figure['median_seconds']:.3f} s / "
+                f"{runs_figure['median_cpu_seconds']:.3f} s"
+            )
     for name, section in issue24.items():
         report[name] = section
         report["table"] += f"\n\n{name}:\n\n{section['table']}"

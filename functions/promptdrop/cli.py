@@ -14,59 +14,32 @@ import sys
 import textwrap
 import threading
 import time
-import webbrowser
 from collections.abc import Container, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from promptdrop import logs, prompts, reporting, spend
-from promptdrop.adapters.localfs import LocalBlobStore
-from promptdrop.adapters.webhook_listener import WebhookListener
-from promptdrop.cost import CapEstimate, CostTally
-from promptdrop.emulator.launcher import ensure_emulator
-from promptdrop.emulator.options import EmulatorOptions
 from promptdrop.errors import ConfigurationError, PreconditionFailedError, PromptdropError
-from promptdrop.events import StorageObject
-from promptdrop.layout import RunLayout
-from promptdrop.manifest import summary as run_summary
-from promptdrop.models import (
-    BATCH_GENERATE,
-    MODELS,
-    VERTEX,
-    ModelSpec,
-    ServedModels,
-    backend_doubts,
-    backend_problem,
-    lane_problem,
-    model_spec,
-    predict_choice,
-    served_by_schedule,
-)
-from promptdrop.ports import JobStore
-from promptdrop.records import Run
-from promptdrop.settings import Settings, parse_duration
 from promptdrop.states import RUN_ACTIVE, RUN_TERMINAL, JobPhase, RunState
-from promptdrop.usecases import cache, poll, receive, webhook
-from promptdrop.usecases.context import Context
-from promptdrop.usecases.harvest import extract_results
-from promptdrop.usecases.inputs import parse_options
-from promptdrop.webhooks import BATCH_EVENTS, Verifier
-from promptdrop.wiring import blob_store, build_context, job_store
+
+# Start-up: `--help` and `status` must start in well under 0.3 s, so the package's heavier modules (pydantic's
+# records and settings, the use cases, PIL through the gallery, the webhook listener, the emulator launcher)
+# are imported inside the commands that use them, not here (the one exception to the rule of imports at the
+# top, tests/unit/test_layering.py; they still count as this module's edges there).
+if TYPE_CHECKING:
+    from promptdrop import prompts
+    from promptdrop.layout import RunLayout
+    from promptdrop.models import ModelSpec, ServedModels
+    from promptdrop.ports import JobStore
+    from promptdrop.records import Run
+    from promptdrop.settings import Settings
+    from promptdrop.usecases.context import Context
 
 app = typer.Typer(
     name="promptdrop",
@@ -74,8 +47,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console(soft_wrap=True)  # paths and ids stay whole on one line for copy and paste
-err = Console(stderr=True, soft_wrap=True)  # a command to copy stays on one line
+# Paths and ids stay whole on one line for copy and paste; no ":name:" in a key, prompt or path becomes an emoji
+# (and rich's table of emoji codes is not loaded at start-up).
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # a command to copy stays on one line
 log = logging.getLogger("promptdrop.cli")
 PROBLEMS_PAGE = "problems.html"  # the gallery's page of failed and invalid lines
 
@@ -86,6 +61,8 @@ def _print_configuration_error(exc: ConfigurationError) -> None:
 
 
 def _settings() -> Settings:
+    from promptdrop.settings import Settings
+
     try:
         return Settings.from_env()
     except ConfigurationError as exc:
@@ -95,11 +72,17 @@ def _settings() -> Settings:
 
 def _launch_emulator(settings: Settings) -> str:
     """The bundled emulator serving this state folder: reused if running, else started in the background."""
+    from promptdrop.emulator.launcher import ensure_emulator
+    from promptdrop.emulator.options import EmulatorOptions
+
     options = EmulatorOptions(image_scale=settings.emulator_image_scale, idle_seconds=settings.emulator_idle)
     return ensure_emulator(settings.emulator_dir, options)
 
 
 def _context(settings: Settings) -> Context:
+    from promptdrop import logs
+    from promptdrop.wiring import build_context
+
     logs.configure(settings.log_format, logging.INFO if settings.verbose else logging.WARNING)
     if settings.backend == "emulator":
         err.print(
@@ -128,6 +111,8 @@ def _money(value: float | None, why: str = "no price recorded") -> str:
 
 def _price_why(models: Iterable[str], backend: str | None = None) -> str:
     """Why a cost over these models is unknown: the first one without a published price (on ``backend``)."""
+    from promptdrop.models import VERTEX, model_spec
+
     for model in models:
         spec = model_spec(model, backend)
         if spec is None:
@@ -178,6 +163,11 @@ def _webhook_receiver(ctx: Context, port: int, host: str = "127.0.0.1") -> Itera
     Google cannot reach this machine unless you forward a public URL here, registered with the secret in
     PROMPTDROP_WEBHOOK_SECRET.
     """
+    from promptdrop import logs
+    from promptdrop.adapters.webhook_listener import WebhookListener
+    from promptdrop.usecases import webhook
+    from promptdrop.webhooks import BATCH_EVENTS, Verifier
+
     pushed = threading.Event()
     holder: list[Verifier] = []
 
@@ -298,6 +288,8 @@ def _run_in_context(run_id: str) -> tuple[Context, Run]:
 
 def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -> Run | None:
     """The unfinished run started from FILE's exact bytes, its id printed; None when there is none."""
+    from promptdrop.usecases import receive
+
     digest = hashlib.sha256()
     with file.open("rb") as source:
         while block := source.read(4 * 1024 * 1024):
@@ -319,6 +311,8 @@ def _attach(ctx: Context, file: Path, fmt: prompts.LineFormat, *, fresh: bool) -
 def _prompt_file(settings: Settings, file: Path, *, as_is: bool) -> tuple[Path, prompts.LineFormat]:
     """The file to submit and its format: a .csv is converted to JSONL (in the state folder); a file that
     is not what its extension says is refused (exit 2) unless ``as_is``."""
+    from promptdrop import prompts
+
     fmt = prompts.detect_format(file.name)
     if fmt is None and file.suffix.lower() == ".csv":
         data = file.read_bytes()
@@ -351,12 +345,17 @@ def _prompt_file(settings: Settings, file: Path, *, as_is: bool) -> tuple[Path, 
 def _reference_source(origin: Path, name: str) -> Path:
     """The file of this machine a local run's reference image ``name`` comes from: beside the prompt file
     (relative paths), or the absolute path it was written as (``LOCAL_FILES_PREFIX`` + the path)."""
+    from promptdrop import prompts
+
     if name.startswith(prompts.LOCAL_FILES_PREFIX):
         return Path("/" + name.removeprefix(prompts.LOCAL_FILES_PREFIX))
     return origin.parent / name
 
 
 def _reference_names(settings: Settings, file: Path, fmt: prompts.LineFormat) -> set[str]:
+    from promptdrop import prompts
+    from promptdrop.usecases.inputs import parse_options
+
     names: set[str] = set()
     if not _mentions(file, b'"images"'):  # most files have none: no second parse of a big file
         return names
@@ -422,6 +421,9 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
     """Put FILE into the inbox and claim it as a run (submitted when small enough); print the run id.
 
     ``fresh`` (`--fresh`): every line is submitted, none served from the pay-once cache."""
+    from promptdrop.events import StorageObject
+    from promptdrop.usecases import receive
+
     settings = ctx.settings
     name = settings.inbox_prefix + file.name
     try:
@@ -446,6 +448,13 @@ def _submit(ctx: Context, file: Path, *, fresh: bool = False) -> Run:
 
 
 def _dry_run(settings: Settings, file: Path, fmt: prompts.LineFormat, *, fresh: bool, origin: Path) -> int:
+    from promptdrop import prompts
+    from promptdrop.cost import CapEstimate, CostTally
+    from promptdrop.models import backend_doubts, backend_problem, lane_problem, model_spec, predict_choice
+    from promptdrop.usecases import cache
+    from promptdrop.usecases.inputs import parse_options
+    from promptdrop.wiring import build_context
+
     money = CapEstimate(settings.backend)  # what the run's budget cap is held against, computed the same way
     saved = CostTally(settings.backend)
     valid = invalid = now_lines = cached = 0
@@ -583,6 +592,17 @@ def _progress_numbers(ctx: Context, run_record: Run) -> tuple[int, int]:
 
 def _wait(ctx: Context, run_id: str, pushed: threading.Event | None = None) -> Run:
     """Tick until the run ends; a webhook push (``pushed``) wakes the loop at once."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from promptdrop.usecases import poll
+
     interval = min(ctx.settings.poll_interval, 2.0)
     with Progress(
         SpinnerColumn(),
@@ -720,6 +740,8 @@ def serve(
 
 
 def _serve(ctx: Context, settings: Settings, interval: float | None, once: bool) -> None:
+    from promptdrop.usecases import poll
+
     pause = settings.poll_interval if interval is None else interval
     watcher = InboxWatcher(ctx)
     err.print(f"serving {ctx.blobs.url} (inbox {settings.inbox_prefix}, every {pause:g}s); Ctrl-C stops")
@@ -760,6 +782,9 @@ class InboxWatcher:
         self.done: set[tuple[str, str]] = set()
 
     def scan(self) -> list[str]:
+        from promptdrop.events import StorageObject
+        from promptdrop.usecases import receive
+
         settings = self.ctx.settings
         claimed = []
         present = list(self.ctx.blobs.list(settings.inbox_prefix))
@@ -789,6 +814,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Show runs, or one run with its jobs."""
+    from promptdrop.wiring import job_store
+
     settings = _settings()
     store = job_store(settings)
     if run_id is None:
@@ -806,6 +833,14 @@ def status(
         _print_state_folder(settings)
         _print_spend(settings, store)
         return
+    _print_run_status(settings, store, run_id, as_json=as_json)
+
+
+def _print_run_status(settings: Settings, store: JobStore, run_id: str, *, as_json: bool) -> None:
+    """`status RUN_ID`: one run with its jobs (the manifest's summary, for --json)."""
+    from promptdrop.manifest import summary as run_summary
+    from promptdrop.wiring import blob_store
+
     record = store.get_run(run_id)
     if record is None:
         err.print(f"no run {run_id}")
@@ -911,6 +946,8 @@ def _print_rows(rows: list[list[str]], *, numeric: Container[int] = ()) -> None:
 
 def _print_spend(settings: Settings, store: JobStore) -> None:
     """Today's and this month's spend (settled costs plus reservations) against the caps in force."""
+    from promptdrop import spend
+
     caps = spend.caps_at(
         time.time(), per_day=settings.max_spend_usd_per_day, per_month=settings.max_spend_usd_per_month
     )
@@ -925,6 +962,12 @@ def _print_spend(settings: Settings, store: JobStore) -> None:
 def _cache_would_serve(settings: Settings, record: Run) -> int | None:
     """Lines of a run not yet submitted that the cache holds now (models predicted from the table, as
     `--dry-run` does); None when its prompts cannot be read."""
+    from promptdrop import prompts
+    from promptdrop.models import predict_choice
+    from promptdrop.usecases import cache
+    from promptdrop.usecases.inputs import parse_options
+    from promptdrop.wiring import build_context
+
     ctx = build_context(settings)  # the bucket and the cache; no backend is built
     name = record.input_object if ctx.blobs.stat(record.input_object) else record.source.object
     if name is None or ctx.blobs.stat(name) is None:
@@ -947,6 +990,8 @@ def _cache_would_serve(settings: Settings, record: Run) -> int | None:
 
 def gallery_location(settings: Settings, run_id: str, page: str = "index.html") -> str:
     """Where a run's gallery page opens: the local file, or the Cloud Storage authenticated browser URL."""
+    from promptdrop.layout import RunLayout
+
     name = RunLayout.of(settings.output_prefix, run_id).folder + page
     if settings.bucket_is_gcs:
         return f"https://storage.cloud.google.com/{settings.bucket_name}/{quote(name)}"
@@ -959,6 +1004,11 @@ def open_gallery(
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print where the page is")] = False,
 ) -> None:
     """Print where a run's gallery page is and open it in a browser when one is available."""
+    import webbrowser
+
+    from promptdrop.layout import RunLayout
+    from promptdrop.wiring import blob_store, job_store
+
     settings = _settings()
     store = job_store(settings)
     if run_id is None:
@@ -998,6 +1048,8 @@ def open_gallery(
 @app.command()
 def cancel(run_id: Annotated[str, typer.Argument(help="The run to cancel")]) -> None:
     """Cancel a run: its batch jobs are cancelled and every unfinished line is reported as cancelled."""
+    from promptdrop.usecases import poll
+
     ctx, record = _run_in_context(run_id)
     if record.state.terminal:
         out.print(f"{run_id} already ended: {record.state.value}")
@@ -1022,6 +1074,10 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """What the runs that ended cost, per UTC day and model: lines, images, batch and now cost, savings."""
+    from promptdrop import reporting
+    from promptdrop.settings import parse_duration
+    from promptdrop.wiring import job_store
+
     settings = _settings()
     window = parse_duration(since)
     if window is None:
@@ -1055,6 +1111,9 @@ def extract(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for images/ and manifest.jsonl")],
 ) -> None:
     """Turn an already downloaded batch results file into images plus a manifest (streaming)."""
+    from promptdrop.adapters.localfs import LocalBlobStore
+    from promptdrop.usecases.harvest import extract_results
+
     try:
         store = LocalBlobStore(out_dir)
         with results_file.open("rb") as stream:
@@ -1074,6 +1133,8 @@ def extract(
 
 def _model_row(name: str, served: ServedModels | None) -> dict[str, Any]:
     """One model as `promptdrop models --json` shows it: what the API says, and what the table knows."""
+    from promptdrop.models import BATCH_GENERATE, model_spec
+
     spec = model_spec(name)
     if served is not None:
         batch: bool | None = served.supports(name, BATCH_GENERATE)
@@ -1111,6 +1172,8 @@ def _model_row(name: str, served: ServedModels | None) -> dict[str, Any]:
 
 def _vertex_row(spec: ModelSpec) -> dict[str, Any]:
     """What the table knows of the model on Vertex AI batch (None: no page says)."""
+    from promptdrop.models import VERTEX
+
     vertex, priced = spec.vertex, spec.on(VERTEX)
     return {
         "batch": vertex.batch,
@@ -1132,6 +1195,8 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout")] = False,
 ) -> None:
     """The models the API serves now: batch or not, prices per image, sizes, ratios, lifecycle."""
+    from promptdrop.models import MODELS, served_by_schedule
+
     settings = _settings()
     ctx = _context(settings)
     served = _served_or_table(ctx)

@@ -24,6 +24,7 @@ DEFAULT_PAGE_SIZE: Final = 500
 PROMPT_SHOWN_CHARS: Final = 400
 PAGE_STEMS: Final = ("index", "problems")  # every page is <stem>.html or <page|problems>-N.html
 STATUSES: Final = ("succeeded", "failed", "invalid")
+PAYERS_SHOWN: Final = 5  # runs named in a page's line on who paid for its cached lines
 
 
 def thumb_name(folder: str, image_name: str) -> str | None:
@@ -202,11 +203,11 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:
 .why{aspect-ratio:1;margin:0;padding:14px;overflow:auto;background:#fce8e6;color:var(--bad);word-break:break-word}
 .invalid .why{background:#fef7e0;color:var(--inv)}
 .why strong{display:block;margin-bottom:4px;text-transform:uppercase;font-size:12px;letter-spacing:.04em}
-.body{padding:8px 10px 10px}
-.key{margin:0 0 4px;font:600 13px/1.3 ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
-.prompt{margin:0 0 6px;white-space:pre-wrap;word-break:break-word;max-height:7.5em;overflow:auto}
-.meta{margin:0;color:var(--mute);font-size:12px}
+.key{margin:0;padding:8px 10px 4px;font:600 13px/1.3 ui-monospace,SFMono-Regular,Menlo,monospace;word-break:break-all}
+.prompt{margin:0;padding:0 10px 6px;white-space:pre-wrap;word-break:break-word;max-height:calc(7.5em + 6px);overflow:auto}
+.meta{margin:0;padding:0 10px 10px;color:var(--mute);font-size:12px}
 .empty{padding:24px;color:var(--mute)}
+.paid{margin:0;padding:8px 24px 0;color:var(--mute)}
 .cached{position:absolute;top:6px;left:6px;padding:1px 7px;border-radius:9px;background:#e8f0fe;color:#1967d2;font-size:11px;font-weight:600}
 footer{padding:8px 24px 24px;color:var(--mute);font-size:12px}
 """
@@ -225,12 +226,17 @@ def page_head(title: str, css: str) -> str:
     )
 
 
+def _run_models(summary: Mapping[str, Any]) -> list[str]:
+    """The models the run's header names: the run's own and its jobs'."""
+    return sorted(
+        {str(m) for m in [summary.get("model"), *(j.get("model") for j in summary.get("jobs") or [])] if m}
+    )
+
+
 def _header(summary: Mapping[str, Any]) -> str:
     counts = summary.get("counts") or {}
     cost = summary.get("cost") or {}
-    models = sorted(
-        {str(m) for m in [summary.get("model"), *(j.get("model") for j in summary.get("jobs") or [])] if m}
-    )
+    models = _run_models(summary)
     state = str(summary.get("state") or "")
     facts = [
         f'<span class="state state-{_e(state)}">{_e(state)}</span>',
@@ -259,26 +265,27 @@ def _header(summary: Mapping[str, Any]) -> str:
     )
 
 
-def _card_html(c: Card) -> str:
+def _card_html(c: Card, run_model: str | None = None) -> str:
+    """A card, lean: a page holds hundreds, and a re-run served from the cache writes them again (its images
+    are links). What the header or the manifest already says is not repeated on every card: the model when
+    the run has one (``run_model``), and the run and key a cached line was paid by (the manifest's
+    ``cached_from``; the card says "cached")."""
     label = c.key if c.key is not None else f"line {c.line}"
     if c.image is not None and c.thumb is not None:
         visual = (
             f'<a class="pic" href="{_href(c.image)}"><img src="{_href(c.thumb)}" alt="{_e(label)}" '
-            'loading="lazy" decoding="async">'
-            + ('<span class="cached">cached</span>' if c.cached_from else "")
-            + "</a>"
+            'loading="lazy">' + ('<span class="cached">cached</span>' if c.cached_from else "") + "</a>"
         )
     else:
         visual = f'<p class="why"><strong>{_e(c.status)}</strong>{_e(c.reason or "")}</p>'
     meta = [f"line {c.line}"]
-    meta += [_e(v) for v in (c.image_size, c.aspect_ratio, c.model) if v]
-    if c.cached_from:
-        # Paid for by an earlier run (named, not linked: the page links only inside its own folder).
-        meta.append(f"cached from {_e(c.cached_from)}")
+    meta += [_e(v) for v in (c.image_size, c.aspect_ratio) if v]
+    if c.model and c.model != run_model:
+        meta.append(_e(c.model))
     prompt = f'<p class="prompt">{_e(c.prompt)}</p>' if c.prompt else ""
     return (
-        f'<article class="card {c.status}" id="line-{c.line}">{visual}<div class="body">'
-        f'<p class="key">{_e(label)}</p>{prompt}<p class="meta">{" · ".join(meta)}</p></div></article>'
+        f'<article class="card {c.status}" id="line-{c.line}">{visual}'
+        f'<p class="key">{_e(label)}</p>{prompt}<p class="meta">{" · ".join(meta)}</p></article>'
     )
 
 
@@ -317,11 +324,22 @@ def render_page(
     labels = f'<label for="f-all">all on this page ({len(cards)})</label>' + "".join(
         f'<label for="f-{s}">{s} ({on_page[s]})</label>' for s in STATUSES if on_page[s]
     )
-    body = "".join(_card_html(c) for c in cards) or '<p class="empty">No lines to show.</p>'
+    models = _run_models(summary)
+    run_model = models[0] if len(models) == 1 else None  # named once, in the header
+    body = "".join(_card_html(c, run_model) for c in cards) or '<p class="empty">No lines to show.</p>'
+    payers = sorted({c.cached_from.rpartition("/")[0] for c in cards if c.cached_from})
+    paid = (
+        f'<p class="paid">the lines marked cached on this page were paid for by run '
+        f"{_e(', '.join(payers[:PAYERS_SHOWN]))}"
+        + (f" and {len(payers) - PAYERS_SHOWN} more" if len(payers) > PAYERS_SHOWN else "")
+        + " (each line's run and key: manifest.jsonl, cached_from)</p>"
+        if payers
+        else ""
+    )
     pager = _pager(stem, number, has_next, pages)
     title = f"{summary.get('run_id', 'run')} · {summary.get('state', '')}"
     return (
-        page_head(title, _CSS) + f'{_header(summary)}<nav class="series">{"".join(series)}</nav>{pager}'
+        page_head(title, _CSS) + f'{_header(summary)}{paid}<nav class="series">{"".join(series)}</nav>{pager}'
         f'{radios}<nav class="filters">{labels}</nav><main>{body}</main>{pager}'
         f"<footer>promptdrop gallery · {len(cards)} card(s) on this page</footer></body></html>\n"
     )

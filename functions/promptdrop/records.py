@@ -15,7 +15,8 @@ from promptdrop.states import JobPhase, JobState, RunState
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+    # Built on first use, not at import: `status` on an empty state folder and `--help` never need them.
+    model_config = ConfigDict(extra="ignore", validate_assignment=False, defer_build=True)
 
 
 class RunSource(_Record):

@@ -65,6 +65,69 @@ def outputs(home: Path, run_id: str) -> Path:
     return home / "bucket" / "outputs" / run_id
 
 
+# What neither `--help` nor `status` needs (issue 22: they start in under 0.3 s): the use cases and PIL through
+# the gallery, the webhook listener (http.server), the browser, the progress bar, the emulator's launcher.
+NOT_AT_START = (
+    "PIL",
+    "promptdrop.usecases.poll",
+    "promptdrop.usecases.gallery",
+    "promptdrop.reporting",
+    "promptdrop.emulator.launcher",
+    "http.server",
+    "webbrowser",
+    "rich.progress",
+)
+
+
+def imported_by(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI under ``-X importtime`` and return the modules the process imported (from its stderr)."""
+    env = {"PATH": os.environ.get("PATH", ""), "PROMPTDROP_HOME": str(home), "COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *CLI[1:], *args],
+        env=env,
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = {
+        line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    return done, names
+
+
+@pytest.mark.parametrize(
+    ("args", "said", "needed", "absent"),
+    [
+        pytest.param(
+            ["--help"],
+            "status",
+            {"typer", "promptdrop.errors"},
+            (*NOT_AT_START, "pydantic", "promptdrop.settings", "promptdrop.records", "promptdrop.wiring"),
+            id="help",
+        ),
+        pytest.param(
+            ["status"],
+            "no runs yet",
+            {"promptdrop.settings", "promptdrop.records", "promptdrop.adapters.sqlite_store"},
+            (*NOT_AT_START, "promptdrop.manifest", "promptdrop.usecases.submit", "rich._emoji_codes"),
+            id="status",
+        ),
+    ],
+)
+def test_help_and_status_import_only_what_they_use(
+    tmp_path: Path, args: list[str], said: str, needed: set[str], absent: tuple[str, ...]
+) -> None:
+    """The start-up of `--help` and of `status` on an empty state folder: the modules of other commands are
+    imported inside those commands (the count of modules, not a time: timing flakes on a shared machine)."""
+    done, names = imported_by(tmp_path / "home", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert said in done.stdout
+    assert needed <= names  # the import log was read
+    assert sorted(names & set(absent)) == []
+
+
 GOOD = {"key": "apple", "prompt": "a red apple"}
 GOOD_2 = {"key": "pear", "prompt": "a green pear", "aspect_ratio": "16:9"}
 BAD_RATIO = {"key": "odd", "prompt": "odd ratio", "aspect_ratio": "5:7"}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from scripts.bench_rerun_growth import files as bucket_files  # du-like: a hard link counted once
 
 from tests.functional.conftest import jsonl
 from tests.functional.test_cli import CLI, GOOD, GOOD_2, batches, cli_env, promptdrop, status_json
@@ -387,3 +388,48 @@ def test_a_rerun_from_the_cache_shows_its_saving_counts_its_lines_and_links_its_
     for name in ("apple.png", "pear.png", "plum.png"):
         paid, served = (home / "bucket" / "outputs" / run_id / "images" / name for run_id in ids)
         assert served.stat().st_ino == paid.stat().st_ino and served.read_bytes() == paid.read_bytes()
+
+
+# What a fully cached re-run may add to the bucket, per line (issue 22). The manifest's line is the contract
+# (DESIGN "manifest.jsonl": every field present), about 400 bytes here; the gallery's card about 320; the
+# folder store's rows (an image and its thumbnail, 2 rows) about 290. Before the cut: about 1,290.
+CACHED_RERUN_BYTES_PER_LINE = 1_120
+STORE_ROWS_BYTES_PER_LINE = 320  # before: 368 (a rowid table and its index on the name)
+GALLERY_BYTES_PER_LINE = 380  # before: 443 (per card: the model, "cached from run/key", a wrapper div)
+
+
+def test_a_fully_cached_rerun_grows_the_bucket_by_its_documents_only(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    """issue 22: a re-run served wholly from the cache adds no image bytes (links) and, per line, no more
+    than the manifest's line, a lean gallery card and the folder store's rows (bytes, counted once per inode)."""
+    lines = 200
+    emulator = emulator_factory()
+    home = tmp_path / "home"
+    env = narrow_env(home, emulator)
+    prompt_file = tmp_path / "many.jsonl"
+    prompt_file.write_bytes(
+        jsonl(*({"key": f"item-{n:05d}", "prompt": f"a picture number {n} of a cat"} for n in range(lines)))
+    )
+    first = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    bucket = home / "bucket"
+    before = bucket_files(bucket)
+
+    second = promptdrop(env, "run", str(prompt_file), "--wait", cwd=tmp_path, timeout=300)
+
+    assert second.returncode == 0, second.stderr
+    assert f"cache: {lines} line(s) served from the pay-once cache" in second.stdout
+    after = bucket_files(bucket)
+    grown = {
+        name: size - before.get(inode, ("", 0))[1]
+        for inode, (name, size) in after.items()
+        if size != before.get(inode, ("", 0))[1]
+    }
+    run_id = second.stdout.splitlines()[0].strip()
+    folder = f"outputs/{run_id}/"
+    assert not [name for name in grown if name.startswith((folder + "images/", folder + "thumbs/"))]
+    growth = sum(size for _, size in after.values()) - sum(size for _, size in before.values())
+    assert growth < CACHED_RERUN_BYTES_PER_LINE * lines, sorted(grown.items(), key=lambda kv: -kv[1])
+    assert grown[".promptdrop-meta.db"] < STORE_ROWS_BYTES_PER_LINE * lines
+    assert grown[folder + "index.html"] < GALLERY_BYTES_PER_LINE * lines

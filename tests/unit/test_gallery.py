@@ -247,7 +247,8 @@ def test_filters_work_without_javascript() -> None:
 
 
 def test_a_cached_card_says_which_run_paid_and_the_header_counts_the_saving() -> None:
-    """A line served from the pay-once cache is badged and names its origin; the header shows the saving."""
+    """A line served from the pay-once cache is badged, the page names the run that paid; the header shows the
+    saving."""
     entry = _entry(
         2, "a", "succeeded", image=FOLDER + "images/a.png", cached_from={"run_id": "old-run", "key": "a"}
     )
@@ -262,7 +263,29 @@ def test_a_cached_card_says_which_run_paid_and_the_header_counts_the_saving() ->
     summary = {**SUMMARY, "cost": {**SUMMARY["cost"], "cached": 1, "saved_by_cache": 0.067}}
     page = gallery.render_page([cached, paid], summary, stem="index", number=1, pages=1, has_next=False)
     assert page.count('<span class="cached">cached</span>') == 1
-    assert "cached from old-run/a" in page
+    # Which run paid: once on the page, not on every card (each line's run and key are in the manifest).
+    assert page.count("old-run") == 1
+    assert "paid for by run old-run (" in page
     assert "<b>1</b> from the pay-once cache, saving <b>$0.0670</b>" in page
     plain = gallery.render_page([paid], SUMMARY, stem="index", number=1, pages=1, has_next=False)
     assert "pay-once cache" not in plain
+
+
+def test_a_run_of_one_model_names_it_once_not_on_every_card() -> None:
+    """The header names the run's model; a card names a model only when the run has several (bytes: a page of
+    500 cards, written again by every re-run served from the cache)."""
+    cards = [
+        gallery.card(
+            _entry(n, f"k{n}", "succeeded", image=FOLDER + f"images/k{n}.png", model="gemini-3-pro-image"),
+            _request(n, f"k{n}", "a cat"),
+            folder=FOLDER,
+            thumbs=set(),
+        )
+        for n in (1, 2, 3)
+    ]
+    one_model = {**SUMMARY, "jobs": [{"model": "gemini-3-pro-image"}]}
+    page = gallery.render_page(cards, one_model, stem="index", number=1, pages=1, has_next=False)
+    assert page.count("gemini-3-pro-image") == 1  # the header's
+    assert '<p class="meta">line 2 · 1K · 1:1</p>' in page
+    several = gallery.render_page(cards, SUMMARY, stem="index", number=1, pages=1, has_next=False)
+    assert '<p class="meta">line 2 · 1K · 1:1 · gemini-3-pro-image</p>' in several

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS objects (
     inode INTEGER NOT NULL,
     content_type TEXT,
     metadata TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS generation_counter (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     value INTEGER NOT NULL
