@@ -231,11 +231,17 @@ class LocalCloud:
         log_dir: Path | None = None,
         storage_events: StorageEvents | None = None,
         startup_timeout: float = 60.0,
+        storage_root: Path | None = None,
     ) -> None:
+        """``storage_root``: fake-gcs-server keeps objects in files there (best on a tmpfs) instead of in memory,
+        whose backend slows with every object the bucket holds (a client upload took 2.8 ms with 2,000
+        objects and 8.6 ms with 8,000; the filesystem backend on a tmpfs 1.2-1.5 ms throughout): for runs
+        of tens of thousands of objects (scripts/bench --only cloud-scale)."""
         self.project = project
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="promptdrop-cloud-"))
         self.storage_events = storage_events
         self.startup_timeout = startup_timeout
+        self.storage_root = storage_root
         self._servers: list[_Server] = []
         self._endpoints: CloudEndpoints | None = None
 
@@ -283,10 +289,13 @@ class LocalCloud:
         pubsub_host = f"127.0.0.1:{pubsub_port}"
         pubsub.wait_ready(f"http://{pubsub_host}/", b"Ok", deadline)
 
+        backend = ["-backend", "memory"]
+        if self.storage_root is not None:
+            self.storage_root.mkdir(parents=True, exist_ok=True)
+            backend = ["-backend", "filesystem", "-filesystem-root", str(self.storage_root)]
         storage_argv = [
             str(fake_gcs),
-            "-backend",
-            "memory",
+            *backend,
             "-scheme",
             "http",
             "-host",

@@ -202,16 +202,23 @@ def local_cloud(
     *,
     image_scale: float = 0.25,
     functions_reach: Callable[[CloudEndpoints], CloudEndpoints] | None = None,
+    storage_root: Path | None = None,
 ) -> Iterator[Stack]:
     """Start everything; on leaving the block (or a failure while starting) stop all of it.
 
     ``functions_reach``: the endpoints the functions are given instead of the servers' own (e.g. through
-    counting proxies, scripts/bench --only cloud-scale); the harness's own clients use the servers'."""
+    counting proxies, scripts/bench --only cloud-scale); the harness's own clients use the servers'.
+    ``storage_root``: where fake-gcs-server keeps its objects as files (``LocalCloud``), else in memory."""
     from google.cloud import pubsub_v1, storage
 
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cloud = LocalCloud(project, log_dir=log_dir, storage_events=StorageEvents(INBOX_TOPIC, INBOX_PREFIX))
+    cloud = LocalCloud(
+        project,
+        log_dir=log_dir,
+        storage_events=StorageEvents(INBOX_TOPIC, INBOX_PREFIX),
+        storage_root=storage_root,
+    )
     processes = Processes(log_dir)
     threads: list[PubsubBridge | Ticker] = []
     try:
