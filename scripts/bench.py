@@ -1082,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-runs", type=int, default=1, help="(i) runs of each variant")
     parser.add_argument("--scale-tier", type=int, default=None, help="(i) PROMPTDROP_TIER for the runs")
     parser.add_argument("--scale-from", type=Path, default=None, help="(i): run the package in DIR/functions")
-    parser.add_argument("--cloud-lines", type=int, default=2000, help="(j) lines through the local Cloud")
+    parser.add_argument("--cloud-lines", type=int, default=20000, help="(j) lines through the local Cloud")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (the naive approach: one)")
     parser.add_argument("--work", type=Path, default=REPO / ".bench", help="scratch folder (emptied first)")
     parser.add_argument("--json", type=Path, default=None, help="figures as JSON (default WORK/results.json)")
