@@ -509,14 +509,19 @@ def fill(ctx: Context, run: Run, outcomes: Mapping[str, Outcome]) -> int:
     written = 0
     try:
         images = {info.name: info for info in ctx.blobs.list(layout.folder + "images/")} if paid else {}
-        entries = [
-            (_entry(ctx, run, outcome, images[outcome.image], submitted[outcome.key]["fingerprint"]), outcome)
-            for outcome in paid
-            if outcome.image in images and outcome.model is not None
-        ]
-        for start in range(0, len(entries), FILL_BLOCK):
+        ready = [o for o in paid if o.image in images and o.model is not None]
+        for start in range(0, len(ready), FILL_BLOCK):
             renew(ctx, run.run_id)
-            block = entries[start : start + FILL_BLOCK]
+            # Entries are built a block at a time: a settle of 100,000 lines holds 500 of them, not all.
+            block = [
+                (
+                    _entry(
+                        ctx, run, outcome, images[outcome.image or ""], submitted[outcome.key]["fingerprint"]
+                    ),
+                    outcome,
+                )
+                for outcome in ready[start : start + FILL_BLOCK]
+            ]
             created = ctx.paid_images.put_many([entry for entry, _ in block])
             written += sum(created)
             stored = [
