@@ -258,6 +258,20 @@ def _harvest_context() -> Any:
     return ctx
 
 
+def _timed_harvest(ctx: Any, run: Any, job: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of one whole ``harvest.harvest_job`` (CPU of every thread of the process: on a
+    shared machine steadier than wall time)."""
+    from promptdrop.usecases import harvest
+
+    cpu = time.process_time()
+    start = time.perf_counter()
+    done = harvest.harvest_job(ctx, run, job, deadline=None)
+    seconds = time.perf_counter() - start
+    if not done:
+        raise RuntimeError("the harvest did not finish")
+    return seconds, time.process_time() - cpu
+
+
 def _terminal_job(ctx: Any, results: str, keys: bytes, run_id: str = RUN_ID) -> tuple[Any, Any]:
     """Run and job records for a finished batch whose results file is already in the bucket."""
     from promptdrop.records import Job, Run, RunSource
@@ -304,7 +318,6 @@ def _terminal_job(ctx: Any, results: str, keys: bytes, run_id: str = RUN_ID) -> 
 
 def worker_harvest(args: dict[str, Any]) -> dict[str, Any]:
     """``harvest.harvest_job`` of one finished job, into the bucket the environment names."""
-    from promptdrop.usecases import harvest
 
     ctx = _harvest_context()
     results = ctx.layout(RUN_ID).job_results(JOB_ID)
@@ -315,13 +328,7 @@ def worker_harvest(args: dict[str, Any]) -> dict[str, Any]:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(args["results"], target)
     run, job = _terminal_job(ctx, results, Path(args["keys"]).read_bytes())
-    cpu = time.process_time()  # every thread of the process: on a shared machine steadier than wall time
-    start = time.perf_counter()
-    done = harvest.harvest_job(ctx, run, job, deadline=None)
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - cpu
-    if not done:
-        raise RuntimeError("the harvest did not finish")
+    seconds, cpu = _timed_harvest(ctx, run, job)
     images = [info for info in ctx.blobs.list(ctx.layout(RUN_ID).folder + "images/")]
     thumbs = [info for info in ctx.blobs.list(ctx.layout(RUN_ID).folder + "thumbs/")]
     return {"seconds": seconds, "cpu_seconds": cpu, "written": len(images), "thumbs": len(thumbs)}
@@ -478,7 +485,6 @@ def worker_backend_harvest(args: dict[str, Any]) -> dict[str, Any]:
     (the bundled emulator the parent runs) copied into the bucket in parts, then harvested; ``vertex``, the
     prediction files already in the bucket (Vertex AI wrote them there), harvested in place."""
     from promptdrop.adapters.gemini import GeminiBackend
-    from promptdrop.usecases import harvest
 
     ctx = _harvest_context()
     layout = ctx.layout(RUN_ID)
@@ -498,13 +504,7 @@ def worker_backend_harvest(args: dict[str, Any]) -> dict[str, Any]:
         ctx.backend_factory = lambda: backend
         changes = {"results_file": args["results_file"]}
     job = ctx.store.update_job(job.job_id, {"results_object": None, **changes})
-    cpu = time.process_time()
-    start = time.perf_counter()
-    done = harvest.harvest_job(ctx, run, job, deadline=None)
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - cpu
-    if not done:
-        raise RuntimeError("the harvest did not finish")
+    seconds, cpu = _timed_harvest(ctx, run, job)
     written = len(list(ctx.blobs.list(layout.folder + "images/")))
     return {"seconds": seconds, "cpu_seconds": cpu, "written": written}
 
